@@ -1,0 +1,146 @@
+//! The device seam: one synchronous trait every backend implements.
+//!
+//! cryptoki, tss-esapi and yubikey all block and are not `Sync`, so a backend is driven
+//! by its own worker thread(s) ([`crate::worker`]); async code only sends it jobs. A
+//! device that allows parallel work (a PKCS#11 token with several sessions) gives the
+//! worker several *lanes*, each a `Backend` value sharing the device's state.
+
+pub mod crypto;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
+
+use crate::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding, WireError};
+
+/// A key as a device lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKey {
+    /// Label on the device: the second half of the key NAME.
+    pub label: String,
+    /// Algorithm.
+    pub alg: KeyAlg,
+    /// Device-level reference (an RFC 7512 URI for PKCS#11).
+    pub uri: Option<String>,
+}
+
+/// A public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// Algorithm.
+    pub alg: KeyAlg,
+    /// DER SubjectPublicKeyInfo.
+    pub spki_der: Vec<u8>,
+}
+
+/// What to sign: a digest (ECDSA, RSA) or, for Ed25519, these bytes as the message.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInput<'a> {
+    /// The digest.
+    pub digest: &'a [u8],
+    /// Its algorithm, if the request named one; otherwise the key's default.
+    pub hash: Option<HashAlg>,
+    /// RSA padding.
+    pub padding: RsaPadding,
+}
+
+/// A signature and how it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// DER for ECDSA; raw for RSA and Ed25519.
+    pub signature: Vec<u8>,
+    /// The key's algorithm.
+    pub alg: KeyAlg,
+    /// The hash the digest was taken to be.
+    pub hash: HashAlg,
+}
+
+/// Status of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// What it says of itself, e.g. `SoftHSM project SoftHSM v2 token 'waxseal' serial 1234`.
+    pub detail: String,
+    /// How many keys it holds.
+    pub keys: usize,
+}
+
+/// A backend operation that failed. Messages say what failed and what to do; they
+/// never hold a PIN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The device is not there (unplugged, token missing, module not loadable).
+    #[error("{0}")]
+    Absent(String),
+    /// No key with that label.
+    #[error("{0}")]
+    UnknownKey(String),
+    /// A key with that label exists already.
+    #[error("{0}")]
+    KeyExists(String),
+    /// A PIN is needed and no source gave one.
+    #[error("{0}")]
+    PinRequired(String),
+    /// The device refused the PIN.
+    #[error("{0}")]
+    PinIncorrect(String),
+    /// The PIN is locked.
+    #[error("{0}")]
+    PinBlocked(String),
+    /// The device cannot do this.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The request does not fit the key (wrong digest length…).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The device failed.
+    #[error("{0}")]
+    Device(String),
+}
+
+impl BackendError {
+    /// The wire error for a client: the one place backend errors become codes.
+    pub fn to_wire(&self) -> WireError {
+        let code = match self {
+            BackendError::Absent(_) => ErrorCode::DeviceAbsent,
+            BackendError::UnknownKey(_) => ErrorCode::UnknownKey,
+            BackendError::KeyExists(_) => ErrorCode::KeyExists,
+            BackendError::PinRequired(_) => ErrorCode::PinRequired,
+            BackendError::PinIncorrect(_) => ErrorCode::PinIncorrect,
+            BackendError::PinBlocked(_) => ErrorCode::PinBlocked,
+            BackendError::Unsupported(_) => ErrorCode::Unsupported,
+            BackendError::BadRequest(_) => ErrorCode::BadRequest,
+            BackendError::Device(_) => ErrorCode::DeviceError,
+        };
+        WireError::new(code, self.to_string())
+    }
+}
+
+/// One lane of a device. Methods block; `&mut self` because a lane owns its session.
+pub trait Backend: Send {
+    /// Every signing key on the device.
+    fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError>;
+    /// The public key of `label`.
+    fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError>;
+    /// Generates a key on the device; the private half never leaves it.
+    fn generate(&mut self, label: &str, alg: KeyAlg) -> Result<(DeviceKey, PublicKey), BackendError>;
+    /// Signs with `label`.
+    fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError>;
+    /// Device status; connects if needed.
+    fn info(&mut self) -> Result<DeviceInfo, BackendError>;
+}
+
+/// Checks a digest against its algorithm and the key's; returns the hash to use.
+pub fn digest_hash(alg: KeyAlg, input: &SignInput<'_>) -> Result<HashAlg, BackendError> {
+    let hash = input.hash.unwrap_or_else(|| alg.default_hash());
+    if input.digest.len() != hash.len() {
+        return Err(BackendError::BadRequest(format!(
+            "digest is {} bytes but {hash} digests are {} bytes{}",
+            input.digest.len(),
+            hash.len(),
+            if input.hash.is_none() {
+                format!(" ({hash} is the default for {alg} keys; name another with `hash`)")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(hash)
+}

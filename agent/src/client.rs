@@ -1,0 +1,192 @@
+//! A blocking client of `agent.sock`, used by the CLI and the KMS plug-in.
+//!
+//! One request at a time over one connection; `hello` is exchanged on connect so a
+//! version mismatch is reported before anything else.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::proto::{
+    self, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg, KeyRef,
+    ListKeysOk, Op, Purpose, PublicKeyOk, Request, Response, ResponseError, RsaPadding, Sign,
+    SignOk, StatusOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+};
+
+/// What went wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent listens on the socket.
+    #[error("cannot connect to the agent at {path}: {source}. Is waxseal-agent running? (start it with `waxseal-agent`, or try `waxseal demo`; a different socket is chosen with --socket or WAXSEAL_SOCK)")]
+    Connect {
+        /// The socket path tried.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The connection broke mid-exchange.
+    #[error("lost the connection to the agent: {0}")]
+    Io(#[from] io::Error),
+    /// The agent answered with an error.
+    #[error("{0}")]
+    Agent(WireError),
+    /// The agent's answer made no sense.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl From<ResponseError> for ClientError {
+    fn from(e: ResponseError) -> Self {
+        match e {
+            ResponseError::Agent(w) => ClientError::Agent(w),
+            ResponseError::Shape(s) => ClientError::Protocol(s),
+        }
+    }
+}
+
+/// A connection to the agent.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    next_id: u64,
+    agent: String,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to `path` and exchanges `hello`.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut client = Client {
+            stream,
+            next_id: 0,
+            agent: String::new(),
+            buf: Vec::with_capacity(512),
+        };
+        let hello: HelloOk = client.call(Op::Hello(Hello {
+            version: PROTOCOL_VERSION,
+        }))?;
+        if hello.version != PROTOCOL_VERSION {
+            return Err(ClientError::Protocol(format!(
+                "the agent speaks protocol version {} and this client version {PROTOCOL_VERSION}; use matching waxseal and waxseal-agent",
+                hello.version
+            )));
+        }
+        client.agent = hello.agent;
+        Ok(client)
+    }
+
+    /// Sets a read/write timeout on the connection (none by default: a touch or PIN
+    /// prompt may take a while).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)
+    }
+
+    /// The agent's self-description from `hello`.
+    pub fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    /// Sends one request and waits for its response.
+    pub fn call<T: DeserializeOwned>(&mut self, op: Op) -> Result<T, ClientError> {
+        let response = self.round_trip(op)?;
+        Ok(response.into_result()?)
+    }
+
+    fn round_trip(&mut self, op: Op) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let payload = Request { id, op }.to_json();
+        if payload.len() > MAX_FRAME {
+            return Err(ClientError::Protocol(format!(
+                "request of {} bytes is over the {MAX_FRAME}-byte frame limit",
+                payload.len()
+            )));
+        }
+        self.stream.write_all(&proto::encode_frame(&payload))?;
+        let mut prefix = [0u8; 4];
+        self.stream.read_exact(&mut prefix)?;
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > MAX_FRAME {
+            return Err(ClientError::Protocol(format!(
+                "agent announced a {len}-byte response, over the frame limit"
+            )));
+        }
+        self.buf.resize(len, 0);
+        self.stream.read_exact(&mut self.buf)?;
+        let response = Response::decode(&self.buf).map_err(ClientError::Protocol)?;
+        if response.id.is_some_and(|rid| rid != id) {
+            return Err(ClientError::Protocol(format!(
+                "agent answered request {} while {id} was pending",
+                response.id.unwrap_or_default()
+            )));
+        }
+        Ok(response)
+    }
+
+    /// `status`.
+    pub fn status(&mut self) -> Result<StatusOk, ClientError> {
+        self.call(Op::Status)
+    }
+
+    /// `list_keys`.
+    pub fn list_keys(&mut self) -> Result<ListKeysOk, ClientError> {
+        self.call(Op::ListKeys)
+    }
+
+    /// `public_key`.
+    pub fn public_key(&mut self, key: &str) -> Result<PublicKeyOk, ClientError> {
+        self.call(Op::PublicKey(KeyRef { key: key.into() }))
+    }
+
+    /// `generate_key`.
+    pub fn generate_key(&mut self, key: &str, alg: KeyAlg) -> Result<GenerateKeyOk, ClientError> {
+        self.call(Op::GenerateKey(GenerateKey {
+            key: key.into(),
+            alg,
+        }))
+    }
+
+    /// `sign` with purpose `digest`.
+    pub fn sign_digest(
+        &mut self,
+        key: &str,
+        digest: &[u8],
+        hash: Option<HashAlg>,
+        padding: Option<RsaPadding>,
+    ) -> Result<SignOk, ClientError> {
+        self.call(Op::Sign(Sign {
+            key: key.into(),
+            purpose: Purpose::Digest,
+            hash,
+            digest: Bytes(digest.to_vec()),
+            name: None,
+            padding,
+        }))
+    }
+
+    /// `sign` with purpose `blob`: the digest of the artifact called `name`.
+    pub fn sign_blob(
+        &mut self,
+        key: &str,
+        name: &str,
+        digest: &[u8],
+        hash: HashAlg,
+    ) -> Result<SignOk, ClientError> {
+        self.call(Op::Sign(Sign {
+            key: key.into(),
+            purpose: Purpose::Blob,
+            hash: Some(hash),
+            digest: Bytes(digest.to_vec()),
+            name: Some(name.into()),
+            padding: None,
+        }))
+    }
+}

@@ -1,0 +1,436 @@
+//! The TOML configuration file: agent settings, devices and per-key policy.
+//!
+//! Every error names the file, the line and the key (`device[1].pin`), whether it comes
+//! from TOML syntax, a wrong type, an unknown key or a check made after parsing.
+//! Options that this version does not implement are refused, never silently ignored.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::keyuri::{valid_device_name, KeyName};
+use crate::pin::PinSource;
+use crate::proto::Purpose;
+
+/// Default cap on concurrent connections to `agent.sock`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default idle timeout of a connection, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+
+/// The whole configuration, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Where it was read from (for messages); `None` for the built-in empty config.
+    pub path: Option<PathBuf>,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[[device]]`, in file order.
+    pub devices: Vec<DeviceConfig>,
+    /// `[[key]]`, in file order.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Directory of the sockets.
+    pub runtime_dir: Option<PathBuf>,
+    /// Directory of the state (audit log, key files).
+    pub state_dir: Option<PathBuf>,
+    /// Cap on concurrent connections; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            runtime_dir: None,
+            state_dir: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// One `[[device]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// First part of every key NAME on it.
+    pub name: String,
+    /// What kind of device, with its settings.
+    pub kind: DeviceKind,
+    /// Where its PIN comes from, if it needs one.
+    pub pin: Option<PinSource>,
+}
+
+/// The kinds of device, with their own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A PKCS#11 token.
+    Pkcs11 {
+        /// The module (shared library).
+        module: PathBuf,
+        /// How to find the token.
+        token: TokenSelector,
+        /// Sessions kept open for parallel signing (default: 4).
+        sessions: usize,
+    },
+}
+
+impl DeviceKind {
+    /// `pkcs11`, `tpm`, `yubikey`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            DeviceKind::Pkcs11 { .. } => "pkcs11",
+        }
+    }
+}
+
+/// How a PKCS#11 token is found among the module's slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSelector {
+    /// By `CKA_LABEL` of the token (`token = "..."`).
+    Label(String),
+    /// By serial number (`serial = "..."`).
+    Serial(String),
+}
+
+impl fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSelector::Label(l) => write!(f, "token labelled '{l}'"),
+            TokenSelector::Serial(s) => write!(f, "token with serial '{s}'"),
+        }
+    }
+}
+
+/// One `[[key]]`: the policy of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// `DEVICE/LABEL`.
+    pub name: String,
+    /// Purposes the key may sign for.
+    pub purposes: Vec<Purpose>,
+}
+
+/// A configuration that cannot be used, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {key}{}{message}", line.map(|l| format!(":{l}")).unwrap_or_default(), if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `device[0].kind`; empty for file-level errors.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+// --- raw TOML shape -----------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default, rename = "device")]
+    devices: Vec<RawDevice>,
+    #[serde(default, rename = "key")]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    runtime_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: String,
+    kind: String,
+    module: Option<PathBuf>,
+    token: Option<String>,
+    serial: Option<String>,
+    pin: Option<String>,
+    sessions: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: String,
+    purposes: Vec<Purpose>,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and checks `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                file: file.to_string(),
+                line: inner.span().map(|s| line_of(text, s.start)),
+                key: if key == "." { String::new() } else { key },
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        let at = |key: String, message: String| ConfigError {
+            file: file.to_string(),
+            line: span_of(text, &key).map(|s| line_of(text, s.start)),
+            key,
+            message,
+        };
+        let agent = AgentConfig {
+            runtime_dir: raw.agent.runtime_dir,
+            state_dir: raw.agent.state_dir,
+            max_connections: raw.agent.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            idle_timeout_secs: raw
+                .agent
+                .idle_timeout_secs
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS),
+        };
+        if agent.max_connections == 0 {
+            return Err(at("agent.max_connections".into(), "must be at least 1".into()));
+        }
+        if agent.idle_timeout_secs == 0 {
+            return Err(at("agent.idle_timeout_secs".into(), "must be at least 1".into()));
+        }
+        let mut names = HashSet::new();
+        let mut devices = Vec::new();
+        for (i, d) in raw.devices.into_iter().enumerate() {
+            let k = |field: &str| format!("device[{i}].{field}");
+            if !valid_device_name(&d.name) {
+                return Err(at(
+                    k("name"),
+                    format!("`{}` is not a valid device name: use 1-32 of a-z, 0-9, - and _", d.name),
+                ));
+            }
+            if !names.insert(d.name.clone()) {
+                return Err(at(k("name"), format!("device `{}` is defined twice", d.name)));
+            }
+            let pin = match &d.pin {
+                Some(spec) => Some(PinSource::parse(spec).map_err(|m| at(k("pin"), m))?),
+                None => None,
+            };
+            let kind = match d.kind.as_str() {
+                "pkcs11" => {
+                    let module = d.module.ok_or_else(|| {
+                        at(k("kind"), "a pkcs11 device needs `module`, e.g. module = \"/usr/lib/softhsm/libsofthsm2.so\"".into())
+                    })?;
+                    let token = match (d.token, d.serial) {
+                        (Some(l), None) => TokenSelector::Label(l),
+                        (None, Some(s)) => TokenSelector::Serial(s),
+                        (Some(_), Some(_)) => {
+                            return Err(at(k("serial"), "give `token` (label) or `serial`, not both".into()))
+                        }
+                        (None, None) => {
+                            return Err(at(k("kind"), "a pkcs11 device needs `token` (the token label) or `serial`".into()))
+                        }
+                    };
+                    let sessions = d.sessions.unwrap_or(4);
+                    if !(1..=64).contains(&sessions) {
+                        return Err(at(k("sessions"), "must be between 1 and 64".into()));
+                    }
+                    DeviceKind::Pkcs11 {
+                        module,
+                        token,
+                        sessions,
+                    }
+                }
+                "tpm" | "yubikey" => {
+                    return Err(at(
+                        k("kind"),
+                        format!("device kind `{}` is not available in this version of waxseal-agent yet (pkcs11 is)", d.kind),
+                    ))
+                }
+                other => {
+                    return Err(at(
+                        k("kind"),
+                        format!("unknown device kind `{other}` (expected pkcs11, tpm or yubikey)"),
+                    ))
+                }
+            };
+            devices.push(DeviceConfig {
+                name: d.name,
+                kind,
+                pin,
+            });
+        }
+        let mut keys = Vec::new();
+        let mut key_names = HashSet::new();
+        for (i, key) in raw.keys.into_iter().enumerate() {
+            let k = |field: &str| format!("key[{i}].{field}");
+            KeyName::parse(&key.name).map_err(|e| at(k("name"), e.to_string()))?;
+            if !key_names.insert(key.name.clone()) {
+                return Err(at(k("name"), format!("key `{}` has two [[key]] entries", key.name)));
+            }
+            if key.purposes.is_empty() {
+                return Err(at(k("purposes"), "must name at least one purpose (digest, blob, x509-tbs, ssh)".into()));
+            }
+            keys.push(KeyConfig {
+                name: key.name,
+                purposes: key.purposes,
+            });
+        }
+        Ok(Config {
+            path: None,
+            agent,
+            devices,
+            keys,
+        })
+    }
+}
+
+/// 1-based line of byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Span of the value at a dotted path like `device[1].pin` (or of the closest parent).
+fn span_of(text: &str, key: &str) -> Option<Range<usize>> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut best = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        item = item.get(name)?;
+        if let Some(i) = index {
+            item = item.get(i)?;
+        }
+        best = item.span().or(best);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[agent]
+runtime_dir = "/run/user/1000/waxseal"
+max_connections = 8
+
+[[device]]
+name = "hsm"
+kind = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "waxseal"
+pin = "file:/etc/pin"
+
+[[key]]
+name = "hsm/fulcio-root"
+purposes = ["x509-tbs"]
+"#;
+
+    #[test]
+    fn good_config() {
+        let c = Config::parse(GOOD, "c.toml").unwrap();
+        assert_eq!(c.agent.max_connections, 8);
+        assert_eq!(c.agent.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS);
+        assert_eq!(c.devices[0].name, "hsm");
+        assert_eq!(c.devices[0].pin, Some(PinSource::File("/etc/pin".into())));
+        assert!(matches!(
+            &c.devices[0].kind,
+            DeviceKind::Pkcs11 { token: TokenSelector::Label(l), sessions: 4, .. } if l == "waxseal"
+        ));
+        assert_eq!(c.keys[0].purposes, vec![Purpose::X509Tbs]);
+    }
+
+    #[test]
+    fn empty_config_is_valid() {
+        let c = Config::parse("", "c.toml").unwrap();
+        assert!(c.devices.is_empty());
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text, "c.toml").unwrap_err()
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_key() {
+        let e = err("[[device]]\nname = \"hsm\"\nkind = 3\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.key, "device[0].kind", "{e}");
+        let s = e.to_string();
+        assert!(s.starts_with("c.toml:3: device[0].kind: "), "{s}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = err("[agent]\nmax_connections = 2\naudit_fsink = true\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("audit_fsink"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = err("[agent]\n\nruntime_dir = \n");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_key() {
+        let text = "[[device]]\nname = \"a\"\nkind = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\n\n[[device]]\nname = \"b\"\nkind = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\npin = \"1234\"\n";
+        let e = err(text);
+        assert_eq!((e.key.as_str(), e.line), ("device[1].pin", Some(12)), "{e}");
+        assert!(!e.to_string().contains("1234"), "a PIN-like value is never echoed: {e}");
+
+        let e = err("[[device]]\nname = \"Bad Name\"\nkind = \"pkcs11\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("device[0].name", Some(2)), "{e}");
+
+        let e = err("[[device]]\nname = \"x\"\nkind = \"floppy\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("device[0].kind", Some(3)), "{e}");
+        assert!(e.message.contains("floppy"));
+
+        let e = err("[[device]]\nname = \"x\"\nkind = \"pkcs11\"\nmodule = \"/m\"\n");
+        assert!(e.message.contains("token"), "{e}");
+
+        let e = err("[[key]]\nname = \"nodevice\"\npurposes = [\"digest\"]\n");
+        assert_eq!((e.key.as_str(), e.line), ("key[0].name", Some(2)), "{e}");
+
+        let e = err("[[key]]\nname = \"a/b\"\npurposes = [\"coffee\"]\n");
+        assert_eq!(e.key, "key[0].purposes[0]", "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn duplicate_device() {
+        let d = "[[device]]\nname = \"a\"\nkind = \"pkcs11\"\nmodule = \"/m\"\ntoken = \"t\"\n";
+        let e = err(&format!("{d}{d}"));
+        assert_eq!((e.key.as_str(), e.line), ("device[1].name", Some(7)), "{e}");
+    }
+}

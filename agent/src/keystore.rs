@@ -1,0 +1,246 @@
+//! The registry of devices and keys: routes a key NAME to its device's worker, applies
+//! the policy, and turns backend results into protocol results.
+//!
+//! The native server (and later the SSH and D-Bus faces) are thin adapters over this.
+
+use tracing::{info, warn};
+
+use crate::backend::{self, Backend, BackendError, SignInput};
+use crate::config::{Config, DeviceKind};
+use crate::keyuri::KeyName;
+use crate::policy::{Caller, Policy};
+use crate::proto::{
+    Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, KeyAlg, KeyInfo, ListKeysOk, Purpose,
+    PublicKeyOk, RsaPadding, Sign, SignOk, StatusOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
+};
+use crate::worker::{DeviceWorker, WorkerGone};
+
+/// One configured device and its worker.
+#[derive(Debug)]
+struct Device {
+    name: String,
+    kind: &'static str,
+    worker: DeviceWorker,
+}
+
+/// Every device, and the policy over their keys.
+#[derive(Debug)]
+pub struct KeyStore {
+    devices: Vec<Device>,
+    policy: Policy,
+}
+
+impl From<WorkerGone> for WireError {
+    fn from(e: WorkerGone) -> Self {
+        WireError::new(ErrorCode::DeviceError, e.to_string())
+    }
+}
+
+fn wire(e: BackendError) -> WireError {
+    e.to_wire()
+}
+
+impl KeyStore {
+    /// Starts a worker per configured device. Devices connect on first use.
+    pub fn open(config: &Config) -> std::io::Result<KeyStore> {
+        let mut devices = Vec::new();
+        for d in &config.devices {
+            let lanes: Vec<Box<dyn Backend>> = match &d.kind {
+                #[cfg(feature = "pkcs11")]
+                DeviceKind::Pkcs11 {
+                    module,
+                    token,
+                    sessions,
+                } => backend::pkcs11::open(backend::pkcs11::Pkcs11Settings {
+                    name: d.name.clone(),
+                    module: module.clone(),
+                    token: token.clone(),
+                    pin: d.pin.clone(),
+                    sessions: *sessions,
+                }),
+                #[cfg(not(feature = "pkcs11"))]
+                DeviceKind::Pkcs11 { .. } => {
+                    warn!(device = %d.name, "this agent was built without the pkcs11 feature; device skipped");
+                    continue;
+                }
+            };
+            info!(device = %d.name, kind = d.kind.word(), lanes = lanes.len(), "device configured");
+            devices.push(Device {
+                name: d.name.clone(),
+                kind: d.kind.word(),
+                worker: DeviceWorker::spawn(&d.name, lanes)?,
+            });
+        }
+        Ok(KeyStore {
+            devices,
+            policy: Policy::new(&config.keys),
+        })
+    }
+
+    fn device(&self, name: &str) -> Result<&Device, WireError> {
+        self.devices.iter().find(|d| d.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
+            WireError::new(
+                ErrorCode::UnknownKey,
+                format!(
+                    "no device named `{name}` (configured: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            )
+        })
+    }
+
+    fn split<'a>(&self, key: &'a str) -> Result<(&Device, KeyName<'a>), WireError> {
+        let name = KeyName::parse(key).map_err(|e| WireError::new(ErrorCode::UnknownKey, e.to_string()))?;
+        Ok((self.device(name.device)?, name))
+    }
+
+    fn key_info(&self, device: &str, key: backend::DeviceKey) -> KeyInfo {
+        let name = format!("{device}/{}", key.label);
+        KeyInfo {
+            purposes: self.policy.purposes(&name),
+            name,
+            device: device.to_string(),
+            alg: key.alg,
+            uri: key.uri,
+        }
+    }
+
+    /// `status`: every device, present or not.
+    pub async fn status(&self) -> StatusOk {
+        let mut devices = Vec::with_capacity(self.devices.len());
+        let mut total = 0;
+        for d in &self.devices {
+            let status = match d.worker.run(|b| b.info()).await.map_err(WireError::from) {
+                Ok(Ok(info)) => {
+                    total += info.keys;
+                    DeviceStatus {
+                        name: d.name.clone(),
+                        kind: d.kind.to_string(),
+                        present: true,
+                        keys: info.keys,
+                        detail: info.detail,
+                        error: None,
+                    }
+                }
+                Ok(Err(e)) => DeviceStatus {
+                    name: d.name.clone(),
+                    kind: d.kind.to_string(),
+                    present: !matches!(e, BackendError::Absent(_)),
+                    keys: 0,
+                    detail: String::new(),
+                    error: Some(e.to_wire().to_string()),
+                },
+                Err(e) => DeviceStatus {
+                    name: d.name.clone(),
+                    kind: d.kind.to_string(),
+                    present: false,
+                    keys: 0,
+                    detail: String::new(),
+                    error: Some(e.to_string()),
+                },
+            };
+            devices.push(status);
+        }
+        StatusOk {
+            agent: AGENT_NAME.to_string(),
+            version: PROTOCOL_VERSION,
+            devices,
+            keys: total,
+        }
+    }
+
+    /// `list_keys`: keys of every present device; absent devices are logged and skipped.
+    pub async fn list_keys(&self) -> ListKeysOk {
+        let mut keys = Vec::new();
+        for d in &self.devices {
+            match d.worker.run(|b| b.list_keys()).await {
+                Ok(Ok(list)) => keys.extend(list.into_iter().map(|k| self.key_info(&d.name, k))),
+                Ok(Err(e)) => warn!(device = %d.name, error = %e, "device left out of list_keys"),
+                Err(e) => warn!(device = %d.name, error = %e, "device left out of list_keys"),
+            }
+        }
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        ListKeysOk { keys }
+    }
+
+    /// `public_key`.
+    pub async fn public_key(&self, key: &str) -> Result<PublicKeyOk, WireError> {
+        let (device, name) = self.split(key)?;
+        let label = name.label.to_string();
+        let pk = device.worker.run(move |b| b.public_key(&label)).await?.map_err(wire)?;
+        Ok(PublicKeyOk {
+            pem: backend::crypto::spki_pem(&pk.spki_der),
+            spki_der: Bytes(pk.spki_der),
+            alg: pk.alg,
+        })
+    }
+
+    /// `generate_key`.
+    pub async fn generate(&self, key: &str, alg: KeyAlg) -> Result<GenerateKeyOk, WireError> {
+        let (device, name) = self.split(key)?;
+        if !alg.is_generatable() {
+            return Err(WireError::new(
+                ErrorCode::Unsupported,
+                format!("cannot generate {alg} keys (p256, p384, rsa2048, rsa3072, rsa4096, ed25519)"),
+            ));
+        }
+        let label = name.label.to_string();
+        let (k, pk) = device.worker.run(move |b| b.generate(&label, alg)).await?.map_err(wire)?;
+        Ok(GenerateKeyOk {
+            key: self.key_info(&device.name, k),
+            pem: backend::crypto::spki_pem(&pk.spki_der),
+            spki_der: Bytes(pk.spki_der),
+        })
+    }
+
+    /// `sign` (purposes `digest` and `blob`).
+    pub async fn sign(&self, req: Sign, caller: &Caller) -> Result<SignOk, WireError> {
+        let (device, name) = self.split(&req.key)?;
+        self.policy.check_sign(&req.key, req.purpose, caller)?;
+        match req.purpose {
+            Purpose::Digest | Purpose::Blob => {}
+            Purpose::X509Tbs | Purpose::Ssh => {
+                return Err(WireError::new(
+                    ErrorCode::Unsupported,
+                    format!("purpose `{}` is not served on agent.sock by this version", req.purpose),
+                ))
+            }
+        }
+        if req.purpose == Purpose::Blob && req.name.as_deref().map_or(true, str::is_empty) {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                "purpose `blob` needs `name`, the artifact's name",
+            ));
+        }
+        let label = name.label.to_string();
+        let hash = req.hash;
+        let padding = req.padding.unwrap_or(RsaPadding::Pkcs1);
+        let digest = req.digest.0;
+        let signed = device
+            .worker
+            .run(move |b| {
+                b.sign(
+                    &label,
+                    &SignInput {
+                        digest: &digest,
+                        hash,
+                        padding,
+                    },
+                )
+            })
+            .await?
+            .map_err(wire)?;
+        Ok(SignOk {
+            alg: signed.alg.signature_alg(signed.hash, padding),
+            signature: Bytes(signed.signature),
+        })
+    }
+
+    /// Stops every worker, waiting for jobs in progress.
+    pub fn shutdown(self) {
+        for d in self.devices {
+            d.worker.shutdown();
+        }
+    }
+}

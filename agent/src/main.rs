@@ -1,0 +1,147 @@
+//! `waxseal-agent`: the daemon. Runs in the foreground and logs to stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use waxseal_agent::config::{Config, ConfigError};
+use waxseal_agent::keystore::KeyStore;
+use waxseal_agent::paths;
+use waxseal_agent::server::{listen, native};
+
+/// Keeps signing keys inside hardware and signs for local programs through a socket.
+#[derive(Debug, Parser)]
+#[command(name = "waxseal-agent", version, about)]
+struct Args {
+    /// Config file (default: $XDG_CONFIG_HOME/waxseal/config.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the sockets (default: $XDG_RUNTIME_DIR/waxseal).
+    #[arg(long, value_name = "DIR")]
+    runtime_dir: Option<PathBuf>,
+    /// Directory of the state: audit log, key files (default: $XDG_STATE_HOME/waxseal).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace (also WAXSEAL_LOG).
+    #[arg(long, env = "WAXSEAL_LOG", default_value = "info")]
+    log_level: tracing::Level,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(args.log_level)
+        .with_target(false)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(explicit: Option<PathBuf>) -> Result<Config, ConfigError> {
+    match explicit {
+        Some(path) => Config::load(&path),
+        None => {
+            let path = paths::config_file();
+            if path.exists() {
+                Config::load(&path)
+            } else {
+                warn!(path = %path.display(), "no config file; running with no devices (see README: Configuration)");
+                Ok(Config::default())
+            }
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    // Socket activation first: it reads and clears LISTEN_* before any thread starts.
+    let activated = listen::activated(paths::AGENT_SOCKET).map_err(|e| format!("socket activation: {e}"))?;
+    let config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
+    let runtime_dir = args
+        .runtime_dir
+        .or_else(|| config.agent.runtime_dir.clone())
+        .unwrap_or_else(paths::runtime_dir);
+    let state_dir = args
+        .state_dir
+        .or_else(|| config.agent.state_dir.clone())
+        .unwrap_or_else(paths::state_dir);
+    listen::prepare_dir(&state_dir).map_err(|e| e.to_string())?;
+    let listener = match activated {
+        Some(l) => {
+            info!("using the socket passed by systemd");
+            l
+        }
+        None => {
+            listen::prepare_dir(&runtime_dir).map_err(|e| e.to_string())?;
+            listen::bind(&runtime_dir, paths::AGENT_SOCKET).map_err(|e| e.to_string())?
+        }
+    };
+    listener
+        .socket
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket: {e}"))?;
+    let store = Arc::new(KeyStore::open(&config).map_err(|e| format!("cannot start device workers: {e}"))?);
+    let opts = native::ServeOptions {
+        max_connections: config.agent.max_connections,
+        idle_timeout: Duration::from_secs(config.agent.idle_timeout_secs),
+        uid: rustix::process::geteuid().as_raw(),
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("waxseal-io")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let created = listener.created.clone();
+    let result = rt.block_on(async {
+        let socket = tokio::net::UnixListener::from_std(listener.socket).map_err(|e| format!("socket: {e}"))?;
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = stop.send(true);
+        });
+        info!(
+            socket = %created.as_deref().unwrap_or(std::path::Path::new("(systemd)")).display(),
+            devices = config.devices.len(),
+            "{} ready",
+            waxseal_agent::proto::AGENT_NAME
+        );
+        native::serve(socket, store.clone(), opts, stopped).await;
+        Ok::<(), String>(())
+    });
+    if let Some(path) = &created {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), error = %e, "could not remove the socket");
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.shutdown(),
+        Err(_) => warn!("requests still running at exit; devices closed by the OS"),
+    }
+    info!("stopped");
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}

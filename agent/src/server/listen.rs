@@ -1,0 +1,162 @@
+//! The runtime directory and the listening sockets.
+//!
+//! The directory is created 0700 or tightened to it, and refused when it is a symlink or
+//! belongs to another user. A socket file left by a dead agent is replaced; one with a
+//! live agent behind it is not. Under systemd socket activation (`LISTEN_FDS`) the
+//! passed socket is used as is and never removed by the agent.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// A socket the agent listens on.
+#[derive(Debug)]
+pub struct Listener {
+    /// The listening socket.
+    pub socket: UnixListener,
+    /// The file the agent created (removed at shutdown); `None` when systemd owns it.
+    pub created: Option<PathBuf>,
+}
+
+/// Why the agent cannot listen.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The runtime directory is unusable.
+    #[error("runtime directory {path}: {why}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Another agent answers on the socket.
+    #[error("another waxseal-agent is already listening on {0}; stop it first or choose another --runtime-dir")]
+    InUse(PathBuf),
+    /// Binding failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Creates `dir` with mode 0700, or checks and tightens an existing one.
+pub fn prepare_dir(dir: &Path) -> Result<(), ListenError> {
+    let err = |why: String| ListenError::Dir {
+        path: dir.to_path_buf(),
+        why,
+    };
+    match fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            if meta.file_type().is_symlink() {
+                return Err(err("is a symbolic link; refusing to use it".into()));
+            }
+            if !meta.is_dir() {
+                return Err(err("exists and is not a directory".into()));
+            }
+            let me = rustix::process::geteuid().as_raw();
+            if meta.uid() != me {
+                return Err(err(format!("belongs to uid {}, not to this agent's uid {me}", meta.uid())));
+            }
+            if meta.mode() & 0o777 != 0o700 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| err(format!("cannot set mode 0700: {e}")))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| err(format!("cannot create it: {e}"))),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Binds `dir/name` with mode 0600, replacing a stale socket.
+pub fn bind(dir: &Path, name: &str) -> Result<Listener, ListenError> {
+    let path = dir.join(name);
+    if let Ok(meta) = fs::symlink_metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(ListenError::Bind {
+                path,
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"),
+            });
+        }
+        if UnixStream::connect(&path).is_ok() {
+            return Err(ListenError::InUse(path));
+        }
+        tracing::info!(path = %path.display(), "replacing a stale socket");
+        fs::remove_file(&path).map_err(|source| ListenError::Bind { path: path.clone(), source })?;
+    }
+    let socket = UnixListener::bind(&path).map_err(|source| ListenError::Bind { path: path.clone(), source })?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .map_err(|source| ListenError::Bind { path: path.clone(), source })?;
+    Ok(Listener {
+        socket,
+        created: Some(path),
+    })
+}
+
+/// The socket passed by systemd for `name`, if the agent was socket-activated.
+///
+/// With several sockets, `LISTEN_FDNAMES` (FileDescriptorName= in the unit) picks the
+/// one named `name` or its stem (`agent`); a single unnamed socket is taken as the
+/// native one. Call before any thread starts: the `LISTEN_*` variables are consumed.
+pub fn activated(name: &str) -> io::Result<Option<Listener>> {
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|v| v.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let stem = name.trim_end_matches(".sock");
+    let index = names
+        .iter()
+        .position(|n| n == name || n == stem)
+        .unwrap_or(0);
+    Ok(fds.take_unix_listener(index)?.map(|socket| Listener { socket, created: None }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_is_created_and_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/waxseal");
+        prepare_dir(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_dir(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(prepare_dir(&link).unwrap_err().to_string().contains("symbolic link"));
+    }
+
+    #[test]
+    fn stale_socket_replaced_live_one_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = bind(tmp.path(), "agent.sock").unwrap();
+        let path = first.created.clone().unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert!(matches!(bind(tmp.path(), "agent.sock"), Err(ListenError::InUse(_))));
+        drop(first); // the file stays, nobody listens: stale
+        assert!(path.exists());
+        let second = bind(tmp.path(), "agent.sock").unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(second);
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"not a socket").unwrap();
+        assert!(bind(tmp.path(), "agent.sock").is_err(), "regular files are not removed");
+    }
+}
