@@ -20,12 +20,12 @@ use crate::proto::{
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent listens on the socket.
-    #[error("cannot connect to the agent at {path}: {source}. Is waxseal-agent running? (start it with `waxseal-agent`, or try `waxseal demo`; a different socket is chosen with --socket or WAXSEAL_SOCK)")]
+    #[error("cannot connect to the agent at {path}: {error}. Is waxseal-agent running? (start it with `waxseal-agent`, or try `waxseal demo`; a different socket is chosen with --socket or WAXSEAL_SOCK)")]
     Connect {
         /// The socket path tried.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The connection broke mid-exchange.
     #[error("lost the connection to the agent: {0}")]
@@ -59,9 +59,9 @@ pub struct Client {
 impl Client {
     /// Connects to `path` and exchanges `hello`.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(path).map_err(|error| ClientError::Connect {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut client = Client {
             stream,

@@ -1,1 +1,161 @@
-fn main() {}
+//! `waxseal`: the command line of waxseal. Talks to `waxseal-agent` over `agent.sock`.
+//!
+//! Exit status: 0 success, 1 a refused or failed operation (stderr says why and what to
+//! do), 2 a usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// `print!` that ends the program quietly when stdout is closed (`waxseal keys list | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
+/// `println!` with the same care as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
+mod commands;
+mod sshfmt;
+mod verify;
+
+use waxseal_agent::proto::{HashAlg, KeyAlg};
+
+/// Sign with keys that stay inside hardware (PKCS#11 tokens, TPMs, YubiKeys).
+#[derive(Debug, Parser)]
+#[command(name = "waxseal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The agent's socket (default: $XDG_RUNTIME_DIR/waxseal/agent.sock).
+    #[arg(long, global = true, env = "WAXSEAL_SOCK", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Agent version, devices (present or absent) and key count.
+    Status,
+    /// List, generate and export keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sign a file (writes FILE.sig, base64 DER) or a digest (signature on stdout).
+    Sign(SignArgs),
+    /// Verify a file's signature with an agent key or a PEM public key.
+    Verify(VerifyArgs),
+    /// The embedded default: a SoftHSM2 token, an agent, a key, a signature, verified.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// NAME DEVICE ALG PURPOSES of every key.
+    List,
+    /// Generate a key on its device (the private key never leaves it).
+    Generate {
+        /// DEVICE/LABEL, e.g. hsm/release.
+        name: String,
+        /// Algorithm.
+        #[arg(long, value_parser = parse_alg)]
+        alg: KeyAlg,
+    },
+    /// Print a public key.
+    Pubkey {
+        /// DEVICE/LABEL.
+        name: String,
+        /// pem (SubjectPublicKeyInfo) or ssh (authorized_keys line).
+        #[arg(long, default_value = "pem", value_parser = ["pem", "ssh"])]
+        format: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct SignArgs {
+    /// File to sign.
+    #[arg(required_unless_present = "digest", conflicts_with = "digest")]
+    file: Option<PathBuf>,
+    /// Key NAME (DEVICE/LABEL).
+    #[arg(long)]
+    key: String,
+    /// Sign this digest (hex) instead of a file.
+    #[arg(long, value_name = "HEX")]
+    digest: Option<String>,
+    /// Hash algorithm of --digest (default: the key's, SHA-384 for P-384, else SHA-256).
+    #[arg(long, value_parser = parse_hash)]
+    hash: Option<HashAlg>,
+    /// RSA keys: sign with PSS instead of PKCS#1 v1.5.
+    #[arg(long)]
+    pss: bool,
+    /// Where the file's signature goes (default: FILE.sig).
+    #[arg(long, value_name = "OUT")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The signed file.
+    file: PathBuf,
+    /// Signature file, base64 or raw DER (default: FILE.sig).
+    #[arg(long, value_name = "SIG")]
+    signature: Option<PathBuf>,
+    /// Verify with this agent key.
+    #[arg(long, conflicts_with = "public_key", required_unless_present = "public_key")]
+    key: Option<String>,
+    /// Verify with this PEM public key (no agent needed).
+    #[arg(long, value_name = "PEMFILE")]
+    public_key: Option<PathBuf>,
+    /// RSA keys: the signature is PSS.
+    #[arg(long)]
+    pss: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Stop the demo agent instead.
+    #[arg(long)]
+    stop: bool,
+}
+
+fn parse_alg(s: &str) -> Result<KeyAlg, String> {
+    s.parse()
+}
+
+fn parse_hash(s: &str) -> Result<HashAlg, String> {
+    s.parse()
+}
+
+/// Stdout went away: a closed pipe is a normal end, anything else an error.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("waxseal: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waxseal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -98,7 +98,7 @@ async fn connection(stream: UnixStream, store: Arc<KeyStore>, opts: &ServeOption
     };
     let (r, mut w) = stream.into_split();
     if caller.uid != opts.uid {
-        warn!(uid = caller.uid, pid = ?caller.pid, "connection from another uid refused");
+        warn!(uid = caller.uid, pid = caller.pid.unwrap_or(0), "connection from another uid refused");
         let e = WireError::new(
             ErrorCode::PolicyDenied,
             format!("uid {} may not use this agent (it serves uid {} only)", caller.uid, opts.uid),
@@ -106,7 +106,7 @@ async fn connection(stream: UnixStream, store: Arc<KeyStore>, opts: &ServeOption
         let _ = send(&mut w, &encode_error(None, &e)).await;
         return;
     }
-    debug!(uid = caller.uid, pid = ?caller.pid, "client connected");
+    debug!(uid = caller.uid, pid = caller.pid.unwrap_or(0), "client connected");
     let mut r = BufReader::with_capacity(8 * 1024, r);
     let mut buf = Vec::new();
     loop {
@@ -116,13 +116,13 @@ async fn connection(stream: UnixStream, store: Arc<KeyStore>, opts: &ServeOption
         };
         let frame = match read {
             Err(_) => {
-                debug!(pid = ?caller.pid, "idle timeout; closing");
+                debug!(pid = caller.pid.unwrap_or(0), "idle timeout; closing");
                 return;
             }
             Ok(Ok(Some(()))) => &buf,
             Ok(Ok(None)) => return, // clean close
             Ok(Err(FrameRead::TooLarge(len))) => {
-                warn!(pid = ?caller.pid, len, "frame over the limit; closing the connection");
+                warn!(pid = caller.pid.unwrap_or(0), len, "frame over the limit; closing the connection");
                 let e = WireError::new(
                     ErrorCode::FrameTooLarge,
                     format!("frame of {len} bytes announced; the limit is {MAX_FRAME} bytes"),
@@ -195,7 +195,7 @@ async fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
         Op::GenerateKey(g) => {
             let r = store.generate(&g.key, g.alg).await;
             if r.is_ok() {
-                info!(key = %g.key, alg = %g.alg, uid = caller.uid, pid = ?caller.pid, "key generated");
+                info!(key = %g.key, alg = %g.alg, uid = caller.uid, pid = caller.pid.unwrap_or(0), "key generated");
             }
             reply(id, r)
         }
@@ -204,8 +204,8 @@ async fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
             let purpose = s.purpose;
             let r = store.sign(s, caller).await;
             match &r {
-                Ok(_) => debug!(%key, %purpose, pid = ?caller.pid, "signed"),
-                Err(e) => info!(%key, %purpose, pid = ?caller.pid, code = %e.code, "sign refused or failed"),
+                Ok(_) => debug!(%key, %purpose, pid = caller.pid.unwrap_or(0), "signed"),
+                Err(e) => info!(%key, %purpose, pid = caller.pid.unwrap_or(0), code = %e.code, "sign refused or failed"),
             }
             reply(id, r)
         }
