@@ -1,1 +1,351 @@
+//! Test harness: real SoftHSM2 tokens in temp dirs and a real `waxseal-agent` process on
+//! a temp socket, plus helpers to run the peers we check against (OpenSSL,
+//! pkcs11-tool). Nothing here is a mock.
+//!
+//! Every agent is its own process with its own `SOFTHSM2_CONF`, so tests run in
+//! parallel without sharing a token. The binaries are built once per test run with the
+//! same cargo that runs the tests, so they are never stale.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed step is a failed test
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use waxseal_agent::client::Client;
+
+/// The SoftHSM2 module on Debian/Ubuntu.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// OpenSC's PKCS#11 spy, which logs every call to the module behind it.
+pub const SPY_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so";
+
+/// Fails the test, naming the install script, when `program` is not installed.
+pub fn require(program: &str) -> PathBuf {
+    if program.starts_with('/') {
+        assert!(Path::new(program).exists(), "{program} is missing: run scripts/install-deps");
+        return PathBuf::from(program);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("`{program}` is not installed: run scripts/install-deps"))
+}
+
+/// Paths of the `waxseal-agent` and `waxseal` binaries of this workspace.
+#[derive(Debug)]
+pub struct Bins {
+    /// `waxseal-agent`.
+    pub agent: PathBuf,
+    /// `waxseal`.
+    pub cli: PathBuf,
+}
+
+/// Builds the binaries (once per process) with the cargo and profile of this test run.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target root").to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bins", "-p", "waxseal-agent", "-p", "waxseal", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the binaries");
+        assert!(status.success(), "cargo build of waxseal-agent and waxseal failed");
+        Bins {
+            agent: profile_dir.join("waxseal-agent"),
+            cli: profile_dir.join("waxseal"),
+        }
+    })
+}
+
+/// A private SoftHSM2 token directory with its own config file.
+#[derive(Debug)]
+pub struct SoftHsm {
+    dir: TempDir,
+}
+
+impl Default for SoftHsm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SoftHsm {
+    /// An empty token directory.
+    pub fn new() -> Self {
+        require(SOFTHSM_MODULE);
+        require("softhsm2-util");
+        let dir = tempfile::Builder::new().prefix("softhsm-").tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("tokens")).expect("tokens dir");
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .expect("softhsm2.conf");
+        SoftHsm { dir }
+    }
+
+    /// `SOFTHSM2_CONF` for processes using these tokens.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// The tokens directory.
+    pub fn token_dir(&self) -> PathBuf {
+        self.dir.path().join("tokens")
+    }
+
+    /// Initialises a token with `label`, SO PIN `so_pin` and user PIN `pin`.
+    pub fn init_token(&self, label: &str, so_pin: &str, pin: &str) {
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", self.conf())
+            .args(["--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", pin])
+            .output()
+            .expect("softhsm2-util");
+        assert!(out.status.success(), "softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Writes a PIN file and returns its path.
+    pub fn pin_file(&self, name: &str, pin: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, format!("{pin}\n")).expect("pin file");
+        p
+    }
+
+    /// Runs `pkcs11-tool` on this token directory with `args`.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> Output {
+        require("pkcs11-tool");
+        Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", self.conf())
+            .arg("--module")
+            .arg(SOFTHSM_MODULE)
+            .args(args)
+            .output()
+            .expect("pkcs11-tool")
+    }
+}
+
+/// A `[[device]]` entry for a SoftHSM2 token.
+pub fn pkcs11_device(name: &str, token: &str, pin_file: &Path) -> String {
+    format!(
+        "[[device]]\nname = \"{name}\"\nkind = \"pkcs11\"\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"{token}\"\npin = \"file:{}\"\n",
+        pin_file.display()
+    )
+}
+
+/// A running `waxseal-agent` process in its own temp dirs.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    dir: TempDir,
+    /// The native socket.
+    pub socket: PathBuf,
+}
+
+/// How to start an agent.
+#[derive(Debug, Default)]
+pub struct AgentBuilder {
+    config: String,
+    env: Vec<(String, String)>,
+}
+
+impl AgentBuilder {
+    /// Appends TOML to the config.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    /// Sets an environment variable of the agent.
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env.push((key.into(), value.as_ref().to_string_lossy().into_owned()));
+        self
+    }
+
+    /// Uses the tokens of `hsm`.
+    pub fn softhsm(self, hsm: &SoftHsm) -> Self {
+        self.env("SOFTHSM2_CONF", hsm.conf())
+    }
+
+    /// Starts the agent and waits until it answers `hello`.
+    pub fn start(self) -> Agent {
+        let dir = tempfile::Builder::new().prefix("waxseal-agent-").tempdir().expect("tempdir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, &self.config).expect("config");
+        let runtime = dir.path().join("run");
+        let socket = runtime.join("agent.sock");
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+        let mut cmd = Command::new(&bins().agent);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--runtime-dir")
+            .arg(&runtime)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--log-level")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn waxseal-agent");
+        let mut agent = Agent {
+            child: Some(child),
+            dir,
+            socket,
+        };
+        agent.wait_ready();
+        agent
+    }
+}
+
+impl Agent {
+    /// A builder.
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if Client::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("waxseal-agent exited with {status} before it was ready; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "waxseal-agent not ready after 20 s; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A connected client (after `hello`).
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap_or_else(|e| panic!("connect: {e}\nlog:\n{}", self.log()))
+    }
+
+    /// A raw stream to the socket, for malformed input.
+    pub fn raw(&self) -> UnixStream {
+        let s = UnixStream::connect(&self.socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s
+    }
+
+    /// The agent's temp dir (config, run/, state/, agent.log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Runs the `waxseal` CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&bins().cli)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("WAXSEAL_SOCK")
+            .output()
+            .expect("run waxseal")
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "agent ignored SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes one frame (length prefix + payload) to a raw stream.
+pub fn write_frame(s: &mut UnixStream, payload: &[u8]) {
+    s.write_all(&(payload.len() as u32).to_be_bytes()).expect("write");
+    s.write_all(payload).expect("write");
+}
+
+/// Reads one frame as JSON; `None` at end of stream.
+pub fn read_frame(s: &mut UnixStream) -> Option<serde_json::Value> {
+    let mut prefix = [0u8; 4];
+    match s.read_exact(&mut prefix) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) => panic!("read: {e}"),
+    }
+    let mut buf = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    s.read_exact(&mut buf).expect("read body");
+    Some(serde_json::from_slice(&buf).expect("response is JSON"))
+}
+
+/// Whether the peer closed the stream (reads EOF or a reset).
+pub fn is_closed(s: &mut UnixStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+/// Runs a command, asserting success; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Hex dump for messages.
+pub fn hex_of(b: &[u8]) -> String {
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}

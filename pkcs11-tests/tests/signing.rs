@@ -1,0 +1,302 @@
+//! Keys generated on a real SoftHSM2 token through the agent, signatures verified by
+//! RustCrypto and by OpenSSL, attributes read back by pkcs11-tool, two tokens at once,
+//! and a wrong PIN that costs the token exactly one login.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use p256::pkcs8::DecodePublicKey;
+use pkcs11_tests::{pkcs11_device, require, run_ok, Agent, SoftHsm, SOFTHSM_MODULE, SPY_MODULE};
+use sha2::{Digest, Sha256, Sha384};
+use waxseal_agent::client::ClientError;
+use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding};
+
+fn one_token(label: &str, pin: &str) -> (SoftHsm, Agent) {
+    let hsm = SoftHsm::new();
+    hsm.init_token(label, "5555", pin);
+    let pin_file = hsm.pin_file("pin", pin);
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&pkcs11_device("hsm", label, &pin_file))
+        .start();
+    (hsm, agent)
+}
+
+fn agent_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Agent(e)) => e.code,
+        other => panic!("expected an agent error, got {other:?}"),
+    }
+}
+
+/// Verifies with `openssl dgst` (or `pkeyutl -rawin` for Ed25519), a peer we did not write.
+fn openssl_verify(dir: &std::path::Path, pem: &str, message: &[u8], sig: &[u8], alg: KeyAlg, pss: bool) {
+    require("openssl");
+    std::fs::write(dir.join("pub.pem"), pem).unwrap();
+    std::fs::write(dir.join("msg"), message).unwrap();
+    std::fs::write(dir.join("sig"), sig).unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir);
+    match alg {
+        KeyAlg::Ed25519 => {
+            cmd.args(["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "msg", "-sigfile", "sig"]);
+        }
+        _ => {
+            let hash = if alg == KeyAlg::P384 { "-sha384" } else { "-sha256" };
+            cmd.args(["dgst", hash]);
+            if pss {
+                cmd.args(["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-1"]);
+            }
+            cmd.args(["-verify", "pub.pem", "-signature", "sig", "msg"]);
+        }
+    }
+    let out = run_ok(&mut cmd);
+    assert!(out.contains("Verified") || out.contains("Signature Verified Successfully"), "{out}");
+}
+
+#[test]
+fn every_algorithm_generates_signs_and_verifies() {
+    let (_hsm, agent) = one_token("algs", "1234");
+    let mut client = agent.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let message = b"waxseal signs this release";
+    for alg in KeyAlg::GENERATABLE {
+        let name = format!("hsm/k-{alg}");
+        let made = match client.generate_key(&name, alg) {
+            Ok(m) => m,
+            Err(ClientError::Agent(e)) if alg == KeyAlg::Ed25519 && e.code == ErrorCode::Unsupported => {
+                panic!("SoftHSM2 2.6 offers CKM_EC_EDWARDS_KEY_PAIR_GEN; the agent said: {e}")
+            }
+            Err(e) => panic!("generate {alg}: {e}"),
+        };
+        assert_eq!(made.key.alg, alg);
+        assert_eq!(made.key.name, name);
+        assert!(made.key.uri.as_deref().unwrap().starts_with("pkcs11:token=algs;"), "{:?}", made.key.uri);
+        let pk = client.public_key(&name).unwrap();
+        assert_eq!(pk.spki_der, made.spki_der);
+
+        let digest = if alg == KeyAlg::P384 {
+            Sha384::digest(message).to_vec()
+        } else {
+            Sha256::digest(message).to_vec()
+        };
+        let paddings: &[Option<RsaPadding>] = if matches!(alg, KeyAlg::Rsa(_)) {
+            &[None, Some(RsaPadding::Pss)]
+        } else {
+            &[None]
+        };
+        for &padding in paddings {
+            let signed = client.sign_digest(&name, &digest, None, padding).unwrap();
+            let sig = &signed.signature.0;
+            let pss = padding == Some(RsaPadding::Pss);
+            match alg {
+                KeyAlg::P256 => {
+                    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+                    assert_eq!(signed.alg, "ecdsa-p256-sha256");
+                    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
+                    vk.verify_prehash(&digest, &p256::ecdsa::Signature::from_der(sig).unwrap()).unwrap();
+                }
+                KeyAlg::P384 => {
+                    use p384::ecdsa::signature::hazmat::PrehashVerifier;
+                    assert_eq!(signed.alg, "ecdsa-p384-sha384", "P-384 digests default to SHA-384");
+                    let vk = p384::ecdsa::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
+                    vk.verify_prehash(&digest, &p384::ecdsa::Signature::from_der(sig).unwrap()).unwrap();
+                }
+                KeyAlg::Rsa(bits) => {
+                    let key = rsa::RsaPublicKey::from_public_key_der(&pk.spki_der.0).unwrap();
+                    assert_eq!(sig.len() * 8, bits as usize);
+                    if pss {
+                        assert_eq!(signed.alg, "rsa-pss-sha256");
+                        key.verify(rsa::Pss::new::<Sha256>(), &digest, sig).unwrap();
+                    } else {
+                        assert_eq!(signed.alg, "rsa-pkcs1v15-sha256");
+                        key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig).unwrap();
+                    }
+                }
+                KeyAlg::Ed25519 => {
+                    assert_eq!(signed.alg, "ed25519");
+                    let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
+                    vk.verify_strict(&digest, &ed25519_dalek::Signature::from_slice(sig).unwrap()).unwrap();
+                }
+            }
+            // OpenSSL checks the same signature over the message (Ed25519: over the digest).
+            let signed_bytes: &[u8] = if alg == KeyAlg::Ed25519 { &digest } else { message };
+            openssl_verify(tmp.path(), &pk.pem, signed_bytes, sig, alg, pss);
+        }
+    }
+    // A digest of the wrong length is refused before it reaches the token.
+    assert_eq!(agent_code(client.sign_digest("hsm/k-p256", &[1u8; 20], None, None)), ErrorCode::BadRequest);
+    assert_eq!(
+        agent_code(client.sign_digest("hsm/k-p256", &[1u8; 32], Some(HashAlg::Sha384), None)),
+        ErrorCode::BadRequest
+    );
+    // SHA-512 digests with RSA.
+    let d512 = sha2::Sha512::digest(message);
+    let signed = client.sign_digest("hsm/k-rsa2048", &d512, Some(HashAlg::Sha512), None).unwrap();
+    assert_eq!(signed.alg, "rsa-pkcs1v15-sha512");
+    let key = rsa::RsaPublicKey::from_public_key_der(&client.public_key("hsm/k-rsa2048").unwrap().spki_der.0).unwrap();
+    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &d512, &signed.signature.0).unwrap();
+
+    let listed = client.list_keys().unwrap();
+    let names: Vec<&str> = listed.keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names.len(), KeyAlg::GENERATABLE.len(), "{names:?}");
+    assert_eq!(agent_code(client.generate_key("hsm/k-p256", KeyAlg::P256)), ErrorCode::KeyExists);
+    assert_eq!(agent_code(client.generate_key("hsm/weak", KeyAlg::Rsa(1024))), ErrorCode::Unsupported);
+    assert_eq!(agent_code(client.public_key("hsm/none")), ErrorCode::UnknownKey);
+    assert_eq!(agent_code(client.public_key("nodev/x")), ErrorCode::UnknownKey);
+}
+
+#[test]
+fn private_keys_are_sensitive_and_never_extractable() {
+    let (hsm, agent) = one_token("attrs", "4321");
+    let mut client = agent.client();
+    client.generate_key("hsm/ec", KeyAlg::P256).unwrap();
+    client.generate_key("hsm/rsa", KeyAlg::Rsa(2048)).unwrap();
+    let out = hsm.pkcs11_tool(&["--token-label", "attrs", "--login", "--pin", "4321", "--list-objects"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let private: Vec<&str> = text.split("Private Key Object").skip(1).map(|b| b.split("Object;").next().unwrap_or(b)).collect();
+    assert_eq!(private.len(), 2, "two private keys expected:\n{text}");
+    for block in private {
+        let access = block.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or_else(|| panic!("no Access line:\n{block}"));
+        assert!(access.contains("sensitive"), "{access}");
+        assert!(access.contains("always sensitive"), "{access}");
+        assert!(access.contains("never extractable"), "{access}");
+        assert!(access.contains("local"), "generated on the token: {access}");
+        let terms: Vec<&str> = access.split_once(':').unwrap().1.split(',').map(str::trim).collect();
+        assert!(!terms.contains(&"extractable"), "{access}");
+        let usage = block.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap();
+        assert!(usage.contains("sign"), "{usage}");
+        assert!(!usage.contains("decrypt") && !usage.contains("derive"), "signing keys only: {usage}");
+    }
+    // Private objects are invisible without login: CKA_PRIVATE is set.
+    let out = hsm.pkcs11_tool(&["--token-label", "attrs", "--list-objects", "--type", "privkey"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Private Key Object"));
+}
+
+#[test]
+fn two_tokens_on_two_devices_and_an_absent_one() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("alpha", "5555", "1111");
+    hsm.init_token("beta", "5555", "2222");
+    let a = hsm.pin_file("a.pin", "1111");
+    let b = hsm.pin_file("b.pin", "2222");
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&pkcs11_device("a", "alpha", &a))
+        .config(&pkcs11_device("b", "beta", &b))
+        .config(&pkcs11_device("gone", "missing-token", &b))
+        .start();
+    let mut client = agent.client();
+    client.generate_key("a/one", KeyAlg::P256).unwrap();
+    client.generate_key("b/two", KeyAlg::P384).unwrap();
+    // Same label on both devices: two different keys.
+    client.generate_key("b/one", KeyAlg::P256).unwrap();
+    let keys = client.list_keys().unwrap().keys;
+    let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["a/one", "b/one", "b/two"]);
+    assert_ne!(client.public_key("a/one").unwrap().spki_der, client.public_key("b/one").unwrap().spki_der);
+    let d = Sha256::digest(b"x");
+    client.sign_digest("a/one", &d, None, None).unwrap();
+    client.sign_digest("b/one", &d, None, None).unwrap();
+    assert_eq!(agent_code(client.sign_digest("gone/k", &d, None, None)), ErrorCode::DeviceAbsent);
+    let status = client.status().unwrap();
+    assert_eq!(status.keys, 3);
+    let gone = status.devices.iter().find(|d| d.name == "gone").unwrap();
+    assert!(!gone.present);
+    assert!(gone.error.as_deref().unwrap().contains("missing-token"), "{gone:?}");
+    assert!(status.devices.iter().filter(|d| d.present).count() == 2);
+}
+
+fn spy_logins(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("C_Login"))
+        .count()
+}
+
+#[test]
+fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
+    require(SPY_MODULE);
+    let hsm = SoftHsm::new();
+    hsm.init_token("pins", "5555", "246810");
+    let pin_file = hsm.pin_file("pin", "000000");
+    let spy_log = hsm.token_dir().join("../spy.log");
+    let device = format!(
+        "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{SPY_MODULE}\"\ntoken = \"pins\"\npin = \"file:{}\"\n",
+        pin_file.display()
+    );
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .env("PKCS11SPY", SOFTHSM_MODULE)
+        .env("PKCS11SPY_OUTPUT", &spy_log)
+        .config(&device)
+        .start();
+    let mut client = agent.client();
+    let d = Sha256::digest(b"x");
+    let first = client.sign_digest("hsm/any", &d, None, None);
+    let Err(ClientError::Agent(e)) = first else { panic!("{first:?}") };
+    assert_eq!(e.code, ErrorCode::PinIncorrect);
+    assert!(e.message.contains("file:"), "names the PIN source: {}", e.message);
+    assert!(!e.message.contains("000000"), "never shows the PIN: {}", e.message);
+    for _ in 0..3 {
+        assert_eq!(agent_code(client.sign_digest("hsm/any", &d, None, None)), ErrorCode::PinIncorrect);
+        assert_eq!(agent_code(client.generate_key("hsm/k", KeyAlg::P256)), ErrorCode::PinIncorrect);
+    }
+    let status = client.status().unwrap();
+    assert!(status.devices[0].error.as_deref().unwrap().contains("pin-incorrect"));
+    assert_eq!(spy_logins(&spy_log), 1, "one C_Login for seven requests; spy log: {}", spy_log.display());
+    assert!(!agent.log().contains("000000"), "the PIN never reaches the log");
+
+    // Fixing the PIN source is enough: the next request logs in once and works.
+    std::fs::write(&pin_file, "246810\n").unwrap();
+    client.generate_key("hsm/k", KeyAlg::P256).unwrap();
+    client.sign_digest("hsm/k", &d, None, None).unwrap();
+    client.sign_digest("hsm/k", &d, None, None).unwrap();
+    assert_eq!(spy_logins(&spy_log), 2);
+    assert!(!agent.log().contains("246810"));
+}
+
+#[test]
+fn missing_pin_source_is_pin_required() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("nopin", "5555", "1234");
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&format!(
+            "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"nopin\"\n"
+        ))
+        .config("[[device]]\nname = \"envpin\"\nkind = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken = \"nopin\"\npin = \"env:WAXSEAL_TEST_UNSET_PIN\"\n")
+        .start();
+    let mut client = agent.client();
+    let e = client.generate_key("hsm/k", KeyAlg::P256);
+    let Err(ClientError::Agent(e)) = e else { panic!("{e:?}") };
+    assert_eq!(e.code, ErrorCode::PinRequired);
+    assert!(e.message.contains("pin = "), "says how to fix it: {}", e.message);
+    assert_eq!(agent_code(client.generate_key("envpin/k", KeyAlg::P256)), ErrorCode::PinRequired);
+}
+
+#[test]
+fn env_pin_source_and_serial_selector() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("bys", "5555", "7777");
+    // Find the serial with pkcs11-tool, a peer we did not write.
+    let out = hsm.pkcs11_tool(&["--list-token-slots"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let serial = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("serial num").map(|s| s.trim_start_matches([' ', ':']).trim().to_string()))
+        .unwrap_or_else(|| panic!("no serial in:\n{text}"));
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .env("TEST_PIN", "7777")
+        .config(&format!(
+            "[[device]]\nname = \"s\"\nkind = \"pkcs11\"\nmodule = \"{SOFTHSM_MODULE}\"\nserial = \"{serial}\"\npin = \"env:TEST_PIN\"\nsessions = 2\n"
+        ))
+        .start();
+    let mut client = agent.client();
+    client.generate_key("s/k", KeyAlg::P256).unwrap();
+    let uri = client.list_keys().unwrap().keys[0].uri.clone().unwrap();
+    assert!(uri.contains(&format!("serial={serial}")), "{uri}");
+}
