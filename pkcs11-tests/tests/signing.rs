@@ -167,7 +167,11 @@ fn private_keys_are_sensitive_and_never_extractable() {
         assert!(!terms.contains(&"extractable"), "{access}");
         let usage = block.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap();
         assert!(usage.contains("sign"), "{usage}");
-        assert!(!usage.contains("decrypt") && !usage.contains("derive"), "signing keys only: {usage}");
+        assert!(!usage.contains("decrypt") && !usage.contains("derive") && !usage.contains("unwrap"), "signing keys only: {usage}\n{text}");
+    }
+    for block in text.split("Public Key Object").skip(1) {
+        let usage = block.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap();
+        assert!(usage.trim_end().ends_with("verify"), "verify only: {usage}");
     }
     // Private objects are invisible without login: CKA_PRIVATE is set.
     let out = hsm.pkcs11_tool(&["--token-label", "attrs", "--list-objects", "--type", "privkey"]);

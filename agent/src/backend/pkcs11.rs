@@ -610,7 +610,7 @@ impl Backend for Lane {
                         Attribute::ModulusBits(u64::from(bits).into()),
                         Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
                     ],
-                    vec![Attribute::Decrypt(false), Attribute::Unwrap(false)],
+                    vec![],
                 ),
             };
             if !mechs.contains(&mech_type) {
@@ -627,15 +627,22 @@ impl Backend for Lane {
                 v.push(Attribute::Label(label.as_bytes().to_vec()));
                 v.push(Attribute::Id(id.clone()));
             };
+            // Signing keys only: tokens default other usages to true (SoftHSM2 does).
             common(&mut public);
-            public.push(Attribute::Private(false));
-            public.push(Attribute::Verify(true));
+            public.extend([
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+            ]);
             common(&mut private);
             private.extend([
                 Attribute::Private(true),
                 Attribute::Sensitive(true),
                 Attribute::Extractable(false),
                 Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
             ]);
             let (_, handle) = session.generate_key_pair(&mech, &public, &private)?;
             info!(device = %name, label, %alg, "generated a key on the token");
