@@ -3,7 +3,7 @@
 //! One request at a time over one connection; `hello` is exchanged on connect so a
 //! version mismatch is reported before anything else.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,10 +11,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    self, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg, KeyRef,
-    ListKeysOk, Op, Purpose, PublicKeyOk, Request, Response, ResponseError, RsaPadding, Sign,
-    SignOk, StatusOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    self, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk,
+    Op, PublicKeyOk, Purpose, Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk,
+    WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
+use crate::wire::{FrameReader, ReadError};
 
 /// What went wrong talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +54,13 @@ pub struct Client {
     stream: UnixStream,
     next_id: u64,
     agent: String,
-    buf: Vec<u8>,
+    reader: FrameReader,
+    spin: Duration,
 }
+
+/// How long the client polls for a response before sleeping: a software token signs
+/// in well under this; slower devices are waited for asleep (see [`crate::wire`]).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(250);
 
 impl Client {
     /// Connects to `path` and exchanges `hello`.
@@ -67,7 +73,8 @@ impl Client {
             stream,
             next_id: 0,
             agent: String::new(),
-            buf: Vec::with_capacity(512),
+            reader: FrameReader::new(),
+            spin: DEFAULT_SPIN,
         };
         let hello: HelloOk = client.call(Op::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -87,6 +94,11 @@ impl Client {
     pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(timeout)?;
         self.stream.set_write_timeout(timeout)
+    }
+
+    /// Sets how long to poll for a response before sleeping (zero: never poll).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
     }
 
     /// The agent's self-description from `hello`.
@@ -111,17 +123,20 @@ impl Client {
             )));
         }
         self.stream.write_all(&proto::encode_frame(&payload))?;
-        let mut prefix = [0u8; 4];
-        self.stream.read_exact(&mut prefix)?;
-        let len = u32::from_be_bytes(prefix) as usize;
-        if len > MAX_FRAME {
-            return Err(ClientError::Protocol(format!(
-                "agent announced a {len}-byte response, over the frame limit"
-            )));
-        }
-        self.buf.resize(len, 0);
-        self.stream.read_exact(&mut self.buf)?;
-        let response = Response::decode(&self.buf).map_err(ClientError::Protocol)?;
+        let payload = match self.reader.read(&self.stream, self.spin, None) {
+            Ok(p) => p,
+            Err(ReadError::Closed) => {
+                return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()))
+            }
+            Err(ReadError::Idle) => return Err(ClientError::Io(io::ErrorKind::TimedOut.into())),
+            Err(ReadError::TooLarge(len)) => {
+                return Err(ClientError::Protocol(format!(
+                    "agent announced a {len}-byte response, over the frame limit"
+                )))
+            }
+            Err(ReadError::Broken(e)) => return Err(ClientError::Io(e)),
+        };
+        let response = Response::decode(payload).map_err(ClientError::Protocol)?;
         if response.id.is_some_and(|rid| rid != id) {
             return Err(ClientError::Protocol(format!(
                 "agent answered request {} while {id} was pending",

@@ -19,6 +19,8 @@ use crate::proto::Purpose;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default idle timeout of a connection, in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Default time a connection polls for its next request, in microseconds.
+pub const DEFAULT_SPIN_US: u64 = 100;
 
 /// The whole configuration, checked.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +46,9 @@ pub struct AgentConfig {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout_secs: u64,
+    /// Microseconds a connection polls for its next request before sleeping; 0 never
+    /// polls (saves CPU, costs ~50 µs of latency per request on VMs).
+    pub spin_us: u64,
 }
 
 impl Default for AgentConfig {
@@ -53,6 +58,7 @@ impl Default for AgentConfig {
             state_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            spin_us: DEFAULT_SPIN_US,
         }
     }
 }
@@ -152,6 +158,7 @@ struct RawAgent {
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    spin_us: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -214,12 +221,25 @@ impl Config {
                 .agent
                 .idle_timeout_secs
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS),
+            spin_us: raw.agent.spin_us.unwrap_or(DEFAULT_SPIN_US),
         };
+        if agent.spin_us > 10_000 {
+            return Err(at(
+                "agent.spin_us".into(),
+                "must be at most 10000 (10 ms)".into(),
+            ));
+        }
         if agent.max_connections == 0 {
-            return Err(at("agent.max_connections".into(), "must be at least 1".into()));
+            return Err(at(
+                "agent.max_connections".into(),
+                "must be at least 1".into(),
+            ));
         }
         if agent.idle_timeout_secs == 0 {
-            return Err(at("agent.idle_timeout_secs".into(), "must be at least 1".into()));
+            return Err(at(
+                "agent.idle_timeout_secs".into(),
+                "must be at least 1".into(),
+            ));
         }
         let mut names = HashSet::new();
         let mut devices = Vec::new();
@@ -228,11 +248,17 @@ impl Config {
             if !valid_device_name(&d.name) {
                 return Err(at(
                     k("name"),
-                    format!("`{}` is not a valid device name: use 1-32 of a-z, 0-9, - and _", d.name),
+                    format!(
+                        "`{}` is not a valid device name: use 1-32 of a-z, 0-9, - and _",
+                        d.name
+                    ),
                 ));
             }
             if !names.insert(d.name.clone()) {
-                return Err(at(k("name"), format!("device `{}` is defined twice", d.name)));
+                return Err(at(
+                    k("name"),
+                    format!("device `{}` is defined twice", d.name),
+                ));
             }
             let pin = match &d.pin {
                 Some(spec) => Some(PinSource::parse(spec).map_err(|m| at(k("pin"), m))?),
@@ -288,10 +314,16 @@ impl Config {
             let k = |field: &str| format!("key[{i}].{field}");
             KeyName::parse(&key.name).map_err(|e| at(k("name"), e.to_string()))?;
             if !key_names.insert(key.name.clone()) {
-                return Err(at(k("name"), format!("key `{}` has two [[key]] entries", key.name)));
+                return Err(at(
+                    k("name"),
+                    format!("key `{}` has two [[key]] entries", key.name),
+                ));
             }
             if key.purposes.is_empty() {
-                return Err(at(k("purposes"), "must name at least one purpose (digest, blob, x509-tbs, ssh)".into()));
+                return Err(at(
+                    k("purposes"),
+                    "must name at least one purpose (digest, blob, x509-tbs, ssh)".into(),
+                ));
             }
             keys.push(KeyConfig {
                 name: key.name,
@@ -407,7 +439,10 @@ purposes = ["x509-tbs"]
         let text = "[[device]]\nname = \"a\"\nkind = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\n\n[[device]]\nname = \"b\"\nkind = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\npin = \"1234\"\n";
         let e = err(text);
         assert_eq!((e.key.as_str(), e.line), ("device[1].pin", Some(12)), "{e}");
-        assert!(!e.to_string().contains("1234"), "a PIN-like value is never echoed: {e}");
+        assert!(
+            !e.to_string().contains("1234"),
+            "a PIN-like value is never echoed: {e}"
+        );
 
         let e = err("[[device]]\nname = \"Bad Name\"\nkind = \"pkcs11\"\n");
         assert_eq!((e.key.as_str(), e.line), ("device[0].name", Some(2)), "{e}");

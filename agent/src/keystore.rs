@@ -1,4 +1,4 @@
-//! The registry of devices and keys: routes a key NAME to its device's worker, applies
+//! The registry of devices and keys: routes a key NAME to its device's lanes, applies
 //! the policy, and turns backend results into protocol results.
 //!
 //! The native server (and later the SSH and D-Bus faces) are thin adapters over this.
@@ -10,17 +10,17 @@ use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
-    Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, KeyAlg, KeyInfo, ListKeysOk, Purpose,
-    PublicKeyOk, RsaPadding, Sign, SignOk, StatusOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
+    Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, KeyAlg, KeyInfo, ListKeysOk, PublicKeyOk,
+    Purpose, RsaPadding, Sign, SignOk, StatusOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
-use crate::worker::{DeviceWorker, WorkerGone};
+use crate::worker::{DeviceLanes, LaneError};
 
-/// One configured device and its worker.
+/// One configured device and its lanes.
 #[derive(Debug)]
 struct Device {
     name: String,
     kind: &'static str,
-    worker: DeviceWorker,
+    lanes: DeviceLanes,
 }
 
 /// Every device, and the policy over their keys.
@@ -30,8 +30,8 @@ pub struct KeyStore {
     policy: Policy,
 }
 
-impl From<WorkerGone> for WireError {
-    fn from(e: WorkerGone) -> Self {
+impl From<LaneError> for WireError {
+    fn from(e: LaneError) -> Self {
         WireError::new(ErrorCode::DeviceError, e.to_string())
     }
 }
@@ -41,8 +41,8 @@ fn wire(e: BackendError) -> WireError {
 }
 
 impl KeyStore {
-    /// Starts a worker per configured device. Devices connect on first use.
-    pub fn open(config: &Config) -> std::io::Result<KeyStore> {
+    /// Sets up every configured device. Devices connect on first use.
+    pub fn open(config: &Config) -> KeyStore {
         let mut devices = Vec::new();
         for d in &config.devices {
             let lanes: Vec<Box<dyn Backend>> = match &d.kind {
@@ -68,13 +68,13 @@ impl KeyStore {
             devices.push(Device {
                 name: d.name.clone(),
                 kind: d.kind.word(),
-                worker: DeviceWorker::spawn(&d.name, lanes)?,
+                lanes: DeviceLanes::new(&d.name, lanes),
             });
         }
-        Ok(KeyStore {
+        KeyStore {
             devices,
             policy: Policy::new(&config.keys),
-        })
+        }
     }
 
     fn device(&self, name: &str) -> Result<&Device, WireError> {
@@ -84,14 +84,19 @@ impl KeyStore {
                 ErrorCode::UnknownKey,
                 format!(
                     "no device named `{name}` (configured: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             )
         })
     }
 
     fn split<'a>(&self, key: &'a str) -> Result<(&Device, KeyName<'a>), WireError> {
-        let name = KeyName::parse(key).map_err(|e| WireError::new(ErrorCode::UnknownKey, e.to_string()))?;
+        let name = KeyName::parse(key)
+            .map_err(|e| WireError::new(ErrorCode::UnknownKey, e.to_string()))?;
         Ok((self.device(name.device)?, name))
     }
 
@@ -107,11 +112,11 @@ impl KeyStore {
     }
 
     /// `status`: every device, present or not.
-    pub async fn status(&self) -> StatusOk {
+    pub fn status(&self) -> StatusOk {
         let mut devices = Vec::with_capacity(self.devices.len());
         let mut total = 0;
         for d in &self.devices {
-            let status = match d.worker.run(|b| b.info()).await.map_err(WireError::from) {
+            let status = match d.lanes.run(|b| b.info()).map_err(WireError::from) {
                 Ok(Ok(info)) => {
                     total += info.keys;
                     DeviceStatus {
@@ -151,10 +156,10 @@ impl KeyStore {
     }
 
     /// `list_keys`: keys of every present device; absent devices are logged and skipped.
-    pub async fn list_keys(&self) -> ListKeysOk {
+    pub fn list_keys(&self) -> ListKeysOk {
         let mut keys = Vec::new();
         for d in &self.devices {
-            match d.worker.run(|b| b.list_keys()).await {
+            match d.lanes.run(|b| b.list_keys()) {
                 Ok(Ok(list)) => keys.extend(list.into_iter().map(|k| self.key_info(&d.name, k))),
                 Ok(Err(e)) => warn!(device = %d.name, error = %e, "device left out of list_keys"),
                 Err(e) => warn!(device = %d.name, error = %e, "device left out of list_keys"),
@@ -165,10 +170,12 @@ impl KeyStore {
     }
 
     /// `public_key`.
-    pub async fn public_key(&self, key: &str) -> Result<PublicKeyOk, WireError> {
+    pub fn public_key(&self, key: &str) -> Result<PublicKeyOk, WireError> {
         let (device, name) = self.split(key)?;
-        let label = name.label.to_string();
-        let pk = device.worker.run(move |b| b.public_key(&label)).await?.map_err(wire)?;
+        let pk = device
+            .lanes
+            .run(|b| b.public_key(name.label))?
+            .map_err(wire)?;
         Ok(PublicKeyOk {
             pem: backend::crypto::spki_pem(&pk.spki_der),
             spki_der: Bytes(pk.spki_der),
@@ -177,16 +184,20 @@ impl KeyStore {
     }
 
     /// `generate_key`.
-    pub async fn generate(&self, key: &str, alg: KeyAlg) -> Result<GenerateKeyOk, WireError> {
+    pub fn generate(&self, key: &str, alg: KeyAlg) -> Result<GenerateKeyOk, WireError> {
         let (device, name) = self.split(key)?;
         if !alg.is_generatable() {
             return Err(WireError::new(
                 ErrorCode::Unsupported,
-                format!("cannot generate {alg} keys (p256, p384, rsa2048, rsa3072, rsa4096, ed25519)"),
+                format!(
+                    "cannot generate {alg} keys (p256, p384, rsa2048, rsa3072, rsa4096, ed25519)"
+                ),
             ));
         }
-        let label = name.label.to_string();
-        let (k, pk) = device.worker.run(move |b| b.generate(&label, alg)).await?.map_err(wire)?;
+        let (k, pk) = device
+            .lanes
+            .run(|b| b.generate(name.label, alg))?
+            .map_err(wire)?;
         Ok(GenerateKeyOk {
             key: self.key_info(&device.name, k),
             pem: backend::crypto::spki_pem(&pk.spki_der),
@@ -194,8 +205,8 @@ impl KeyStore {
         })
     }
 
-    /// `sign` (purposes `digest` and `blob`).
-    pub async fn sign(&self, req: Sign, caller: &Caller) -> Result<SignOk, WireError> {
+    /// `sign` (purposes `digest` and `blob`), on the calling thread.
+    pub fn sign(&self, req: &Sign, caller: &Caller) -> Result<SignOk, WireError> {
         let (device, name) = self.split(&req.key)?;
         self.policy.check_sign(&req.key, req.purpose, caller)?;
         match req.purpose {
@@ -203,7 +214,10 @@ impl KeyStore {
             Purpose::X509Tbs | Purpose::Ssh => {
                 return Err(WireError::new(
                     ErrorCode::Unsupported,
-                    format!("purpose `{}` is not served on agent.sock by this version", req.purpose),
+                    format!(
+                        "purpose `{}` is not served on agent.sock by this version",
+                        req.purpose
+                    ),
                 ))
             }
         }
@@ -213,23 +227,15 @@ impl KeyStore {
                 "purpose `blob` needs `name`, the artifact's name",
             ));
         }
-        let label = name.label.to_string();
-        let hash = req.hash;
         let padding = req.padding.unwrap_or(RsaPadding::Pkcs1);
-        let digest = req.digest.0;
+        let input = SignInput {
+            digest: &req.digest.0,
+            hash: req.hash,
+            padding,
+        };
         let signed = device
-            .worker
-            .run(move |b| {
-                b.sign(
-                    &label,
-                    &SignInput {
-                        digest: &digest,
-                        hash,
-                        padding,
-                    },
-                )
-            })
-            .await?
+            .lanes
+            .run(|b| b.sign(name.label, &input))?
             .map_err(wire)?;
         Ok(SignOk {
             alg: signed.alg.signature_alg(signed.hash, padding),
@@ -237,10 +243,10 @@ impl KeyStore {
         })
     }
 
-    /// Stops every worker, waiting for jobs in progress.
-    pub fn shutdown(self) {
-        for d in self.devices {
-            d.worker.shutdown();
+    /// Closes every idle lane (sessions logged out and closed by the module).
+    pub fn shutdown(&self) {
+        for d in &self.devices {
+            d.lanes.close();
         }
     }
 }

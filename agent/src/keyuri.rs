@@ -141,7 +141,24 @@ fn pct_encode(v: &[u8], all: bool) -> String {
     let mut out = String::with_capacity(v.len() * 3);
     for &b in v {
         let keep = !all
-            && (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'&' | b'+' | b',' | b'!' | b'$' | b'\'' | b'(' | b')' | b'*'));
+            && (b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b':'
+                        | b'@'
+                        | b'&'
+                        | b'+'
+                        | b','
+                        | b'!'
+                        | b'$'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                ));
         if keep {
             out.push(b as char);
         } else {
@@ -182,7 +199,9 @@ mod tests {
         assert_eq!((n.device, n.label), ("hsm", "release"));
         assert_eq!(n.to_string(), "hsm/release");
         assert_eq!(KeyName::parse("yk/9c").unwrap().label, "9c");
-        for bad in ["release", "/x", "HSM/x", "hsm/", "hsm/a/b", "h sm/x", "hsm/a\nb"] {
+        for bad in [
+            "release", "/x", "HSM/x", "hsm/", "hsm/a/b", "h sm/x", "hsm/a\nb",
+        ] {
             assert!(KeyName::parse(bad).is_err(), "{bad:?}");
         }
         let e = KeyName::parse("nope").unwrap_err().to_string();
@@ -199,7 +218,10 @@ mod tests {
             kind: Some("private".into()),
         };
         let s = uri.to_string();
-        assert_eq!(s, "pkcs11:token=wax%20seal;object=release%3B1;id=%01%AB;type=private");
+        assert_eq!(
+            s,
+            "pkcs11:token=wax%20seal;object=release%3B1;id=%01%AB;type=private"
+        );
         assert_eq!(Pkcs11Uri::parse(&s).unwrap(), uri);
     }
 

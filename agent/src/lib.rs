@@ -10,6 +10,7 @@ pub mod client;
 pub mod keyuri;
 pub mod paths;
 pub mod proto;
+pub mod wire;
 
 #[cfg(feature = "daemon")]
 pub mod backend;

@@ -66,7 +66,8 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Config, ConfigError> {
 
 fn run(args: Args) -> Result<(), String> {
     // Socket activation first: it reads and clears LISTEN_* before any thread starts.
-    let activated = listen::activated(paths::AGENT_SOCKET).map_err(|e| format!("socket activation: {e}"))?;
+    let activated =
+        listen::activated(paths::AGENT_SOCKET).map_err(|e| format!("socket activation: {e}"))?;
     let config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
     let runtime_dir = args
         .runtime_dir
@@ -91,22 +92,22 @@ fn run(args: Args) -> Result<(), String> {
         .socket
         .set_nonblocking(true)
         .map_err(|e| format!("socket: {e}"))?;
-    let store = Arc::new(KeyStore::open(&config).map_err(|e| format!("cannot start device workers: {e}"))?);
+    let store = Arc::new(KeyStore::open(&config));
     let opts = native::ServeOptions {
         max_connections: config.agent.max_connections,
         idle_timeout: Duration::from_secs(config.agent.idle_timeout_secs),
         uid: rustix::process::geteuid().as_raw(),
+        spin: Duration::from_micros(config.agent.spin_us),
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("waxseal-io")
+    // tokio only accepts and waits for signals; connections have their own threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let created = listener.created.clone();
     let result = rt.block_on(async {
-        let socket = tokio::net::UnixListener::from_std(listener.socket).map_err(|e| format!("socket: {e}"))?;
+        let socket = tokio::net::UnixListener::from_std(listener.socket)
+            .map_err(|e| format!("socket: {e}"))?;
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -127,17 +128,17 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
-    match Arc::try_unwrap(store) {
-        Ok(store) => store.shutdown(),
-        Err(_) => warn!("requests still running at exit; devices closed by the OS"),
-    }
+    store.shutdown();
     info!("stopped");
     result
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers; stop the agent with SIGKILL");
         return std::future::pending().await;
     };

@@ -14,7 +14,9 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const SOCKET_ENV: &str = "WAXSEAL_SOCK";
 
 fn non_empty(var: &str) -> Option<PathBuf> {
-    env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+    env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn home() -> PathBuf {

@@ -63,9 +63,10 @@ impl PinSource {
                 "PIN source `credential:` is not available in this version yet; use file:PATH (systemd: file:${CREDENTIALS_DIRECTORY}/NAME)"
                     .into(),
             ),
-            _ => Err(format!(
+            _ => Err(
                 "unknown PIN source (expected file:PATH or env:VAR; the value is not shown)"
-            )),
+                    .to_string(),
+            ),
         }
     }
 
@@ -84,9 +85,9 @@ impl PinSource {
                 text.truncate(line_len);
                 text
             }
-            PinSource::Env(var) => Zeroizing::new(
-                std::env::var(var).map_err(|_| PinError::Env(var.clone()))?,
-            ),
+            PinSource::Env(var) => {
+                Zeroizing::new(std::env::var(var).map_err(|_| PinError::Env(var.clone()))?)
+            }
         };
         if text.is_empty() {
             return Err(PinError::Empty(self.to_string()));
@@ -116,8 +117,14 @@ mod tests {
 
     #[test]
     fn parse_sources() {
-        assert_eq!(PinSource::parse("file:/x").unwrap(), PinSource::File("/x".into()));
-        assert_eq!(PinSource::parse("env:P").unwrap(), PinSource::Env("P".into()));
+        assert_eq!(
+            PinSource::parse("file:/x").unwrap(),
+            PinSource::File("/x".into())
+        );
+        assert_eq!(
+            PinSource::parse("env:P").unwrap(),
+            PinSource::Env("P".into())
+        );
         for bad in ["file:", "env:", "1234", "pinentry", "credential:x"] {
             let e = PinSource::parse(bad).unwrap_err();
             assert!(!e.contains("1234"), "the value must never be echoed: {e}");
@@ -132,7 +139,10 @@ mod tests {
         let pin = PinSource::File(path.clone()).read().unwrap();
         assert_eq!(pin.expose_secret(), "123456");
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(PinSource::File(path).read(), Err(PinError::Empty(_))));
+        assert!(matches!(
+            PinSource::File(path).read(),
+            Err(PinError::Empty(_))
+        ));
         let missing = PinSource::File(dir.path().join("none")).read().unwrap_err();
         assert!(missing.to_string().contains("cannot read the PIN"));
     }

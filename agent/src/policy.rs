@@ -48,7 +48,12 @@ impl Policy {
     }
 
     /// Whether `caller` may have `key` sign for `purpose`; the refusal names the rule.
-    pub fn check_sign(&self, key: &str, purpose: Purpose, _caller: &Caller) -> Result<(), WireError> {
+    pub fn check_sign(
+        &self,
+        key: &str,
+        purpose: Purpose,
+        _caller: &Caller,
+    ) -> Result<(), WireError> {
         let allowed = self.purposes(key);
         if allowed.contains(&purpose) {
             return Ok(());
@@ -80,9 +85,14 @@ mod tests {
             name: "hsm/root".into(),
             purposes: vec![Purpose::X509Tbs],
         }]);
-        let me = Caller { uid: 1000, pid: None };
+        let me = Caller {
+            uid: 1000,
+            pid: None,
+        };
         assert!(p.check_sign("hsm/other", Purpose::Digest, &me).is_ok());
-        let e = p.check_sign("hsm/other", Purpose::X509Tbs, &me).unwrap_err();
+        let e = p
+            .check_sign("hsm/other", Purpose::X509Tbs, &me)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::PolicyDenied);
         assert!(e.message.contains("[[key]]"), "{}", e.message);
         let e = p.check_sign("hsm/root", Purpose::Digest, &me).unwrap_err();

@@ -115,7 +115,11 @@ struct VerifyArgs {
     #[arg(long, value_name = "SIG")]
     signature: Option<PathBuf>,
     /// Verify with this agent key.
-    #[arg(long, conflicts_with = "public_key", required_unless_present = "public_key")]
+    #[arg(
+        long,
+        conflicts_with = "public_key",
+        required_unless_present = "public_key"
+    )]
     key: Option<String>,
     /// Verify with this PEM public key (no agent needed).
     #[arg(long, value_name = "PEMFILE")]

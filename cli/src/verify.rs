@@ -53,7 +53,13 @@ impl AnyPublicKey {
 
     /// Checks `signature` over `digest` (for Ed25519: over the digest bytes as message).
     /// Returns the algorithm name on success.
-    pub fn verify_digest(&self, digest: &[u8], hash: HashAlg, signature: &[u8], pss: bool) -> Result<String> {
+    pub fn verify_digest(
+        &self,
+        digest: &[u8],
+        hash: HashAlg,
+        signature: &[u8],
+        pss: bool,
+    ) -> Result<String> {
         use p256::ecdsa::signature::hazmat::PrehashVerifier;
         let fail = |e: &dyn std::fmt::Display| anyhow!("signature does NOT verify: {e}");
         match self {
@@ -69,15 +75,30 @@ impl AnyPublicKey {
             }
             AnyPublicKey::Rsa(k) => {
                 let r = match (pss, hash) {
-                    (false, HashAlg::Sha256) => k.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), digest, signature),
-                    (false, HashAlg::Sha384) => k.verify(rsa::Pkcs1v15Sign::new::<Sha384>(), digest, signature),
-                    (false, HashAlg::Sha512) => k.verify(rsa::Pkcs1v15Sign::new::<Sha512>(), digest, signature),
-                    (true, HashAlg::Sha256) => k.verify(rsa::Pss::new::<Sha256>(), digest, signature),
-                    (true, HashAlg::Sha384) => k.verify(rsa::Pss::new::<Sha384>(), digest, signature),
-                    (true, HashAlg::Sha512) => k.verify(rsa::Pss::new::<Sha512>(), digest, signature),
+                    (false, HashAlg::Sha256) => {
+                        k.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), digest, signature)
+                    }
+                    (false, HashAlg::Sha384) => {
+                        k.verify(rsa::Pkcs1v15Sign::new::<Sha384>(), digest, signature)
+                    }
+                    (false, HashAlg::Sha512) => {
+                        k.verify(rsa::Pkcs1v15Sign::new::<Sha512>(), digest, signature)
+                    }
+                    (true, HashAlg::Sha256) => {
+                        k.verify(rsa::Pss::new::<Sha256>(), digest, signature)
+                    }
+                    (true, HashAlg::Sha384) => {
+                        k.verify(rsa::Pss::new::<Sha384>(), digest, signature)
+                    }
+                    (true, HashAlg::Sha512) => {
+                        k.verify(rsa::Pss::new::<Sha512>(), digest, signature)
+                    }
                 };
                 r.map_err(|e| fail(&e))?;
-                Ok(format!("rsa-{}-{hash}", if pss { "pss" } else { "pkcs1v15" }))
+                Ok(format!(
+                    "rsa-{}-{hash}",
+                    if pss { "pss" } else { "pkcs1v15" }
+                ))
             }
             AnyPublicKey::Ed25519(k) => {
                 let sig = ed25519_dalek::Signature::from_slice(signature).map_err(|e| fail(&e))?;
@@ -90,12 +111,15 @@ impl AnyPublicKey {
 
 /// Hashes a file.
 pub fn hash_file(path: &Path, hash: HashAlg) -> Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     fn run<D: Digest>(f: &mut std::fs::File, path: &Path) -> Result<Vec<u8>> {
         let mut h = D::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             if n == 0 {
                 return Ok(h.finalize().to_vec());
             }
@@ -125,8 +149,13 @@ pub fn spki_from_pem(text: &str) -> Result<Vec<u8>> {
 
 /// Reads a signature file: base64 text (as `waxseal sign` writes) or raw bytes.
 pub fn read_signature(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read the signature {}", path.display()))?;
-    let text: Vec<u8> = raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let raw = std::fs::read(path)
+        .with_context(|| format!("cannot read the signature {}", path.display()))?;
+    let text: Vec<u8> = raw
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     Ok(B64.decode(&text).unwrap_or(raw))
 }
 

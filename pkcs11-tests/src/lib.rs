@@ -27,7 +27,10 @@ pub const SPY_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so";
 /// Fails the test, naming the install script, when `program` is not installed.
 pub fn require(program: &str) -> PathBuf {
     if program.starts_with('/') {
-        assert!(Path::new(program).exists(), "{program} is missing: run scripts/install-deps");
+        assert!(
+            Path::new(program).exists(),
+            "{program} is missing: run scripts/install-deps"
+        );
         return PathBuf::from(program);
     }
     let found = std::env::var_os("PATH").and_then(|paths| {
@@ -52,22 +55,37 @@ pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>
+        let mut profile_dir = exe.parent().expect("target dir").to_path_buf();
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir.pop();
+        }
         let target_dir = profile_dir.parent().expect("target root").to_path_buf();
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bins", "-p", "waxseal-agent", "-p", "waxseal", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "waxseal-agent",
+            "-p",
+            "waxseal",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build for the binaries");
-        assert!(status.success(), "cargo build of waxseal-agent and waxseal failed");
+        assert!(
+            status.success(),
+            "cargo build of waxseal-agent and waxseal failed"
+        );
         Bins {
             agent: profile_dir.join("waxseal-agent"),
             cli: profile_dir.join("waxseal"),
@@ -92,7 +110,10 @@ impl SoftHsm {
     pub fn new() -> Self {
         require(SOFTHSM_MODULE);
         require("softhsm2-util");
-        let dir = tempfile::Builder::new().prefix("softhsm-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("softhsm-")
+            .tempdir()
+            .expect("tempdir");
         std::fs::create_dir(dir.path().join("tokens")).expect("tokens dir");
         std::fs::write(
             dir.path().join("softhsm2.conf"),
@@ -119,10 +140,23 @@ impl SoftHsm {
     pub fn init_token(&self, label: &str, so_pin: &str, pin: &str) {
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", self.conf())
-            .args(["--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", pin])
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                so_pin,
+                "--pin",
+                pin,
+            ])
             .output()
             .expect("softhsm2-util");
-        assert!(out.status.success(), "softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Writes a PIN file and returns its path.
@@ -167,6 +201,7 @@ pub struct Agent {
 pub struct AgentBuilder {
     config: String,
     env: Vec<(String, String)>,
+    log_level: Option<String>,
 }
 
 impl AgentBuilder {
@@ -179,7 +214,14 @@ impl AgentBuilder {
 
     /// Sets an environment variable of the agent.
     pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
-        self.env.push((key.into(), value.as_ref().to_string_lossy().into_owned()));
+        self.env
+            .push((key.into(), value.as_ref().to_string_lossy().into_owned()));
+        self
+    }
+
+    /// Log level of the agent (default: debug).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = Some(level.into());
         self
     }
 
@@ -190,7 +232,10 @@ impl AgentBuilder {
 
     /// Starts the agent and waits until it answers `hello`.
     pub fn start(self) -> Agent {
-        let dir = tempfile::Builder::new().prefix("waxseal-agent-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("waxseal-agent-")
+            .tempdir()
+            .expect("tempdir");
         let config = dir.path().join("config.toml");
         std::fs::write(&config, &self.config).expect("config");
         let runtime = dir.path().join("run");
@@ -204,7 +249,7 @@ impl AgentBuilder {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .arg("--log-level")
-            .arg("debug")
+            .arg(self.log_level.as_deref().unwrap_or("debug"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -234,23 +279,36 @@ impl Agent {
             if Client::connect(&self.socket).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("waxseal-agent exited with {status} before it was ready; log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "waxseal-agent exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "waxseal-agent not ready after 20 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "waxseal-agent not ready after 20 s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// A connected client (after `hello`).
     pub fn client(&self) -> Client {
-        Client::connect(&self.socket).unwrap_or_else(|e| panic!("connect: {e}\nlog:\n{}", self.log()))
+        Client::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect: {e}\nlog:\n{}", self.log()))
     }
 
     /// A raw stream to the socket, for malformed input.
     pub fn raw(&self) -> UnixStream {
         let s = UnixStream::connect(&self.socket).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         s
     }
 
@@ -290,7 +348,11 @@ impl Agent {
             if let Some(s) = child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "agent ignored SIGTERM; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent ignored SIGTERM; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -307,7 +369,8 @@ impl Drop for Agent {
 
 /// Writes one frame (length prefix + payload) to a raw stream.
 pub fn write_frame(s: &mut UnixStream, payload: &[u8]) {
-    s.write_all(&(payload.len() as u32).to_be_bytes()).expect("write");
+    s.write_all(&(payload.len() as u32).to_be_bytes())
+        .expect("write");
     s.write_all(payload).expect("write");
 }
 

@@ -9,7 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pkcs11_tests::{bins, is_closed, pkcs11_device, read_frame, require, write_frame, Agent, SoftHsm};
+use pkcs11_tests::{
+    bins, is_closed, pkcs11_device, read_frame, require, write_frame, Agent, SoftHsm,
+};
 use sha2::{Digest, Sha256};
 use waxseal_agent::proto::KeyAlg;
 
@@ -17,7 +19,10 @@ fn agent_with_key() -> (SoftHsm, Agent) {
     let hsm = SoftHsm::new();
     hsm.init_token("t", "5555", "1234");
     let pin = hsm.pin_file("pin", "1234");
-    let agent = Agent::builder().softhsm(&hsm).config(&pkcs11_device("hsm", "t", &pin)).start();
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&pkcs11_device("hsm", "t", &pin))
+        .start();
     agent.client().generate_key("hsm/k", KeyAlg::P256).unwrap();
     (hsm, agent)
 }
@@ -27,7 +32,10 @@ fn sockets_and_runtime_dir_have_tight_modes() {
     let agent = Agent::builder().start();
     let dir = agent.socket.parent().unwrap();
     assert_eq!(std::fs::metadata(dir).unwrap().mode() & 0o777, 0o700);
-    assert_eq!(std::fs::metadata(&agent.socket).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&agent.socket).unwrap().mode() & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -50,7 +58,10 @@ fn malformed_and_huge_frames_fail_alone_while_another_client_is_served() {
     write_frame(&mut garbage, &vec![0xA5u8; 300 * 1024]);
     let r = read_frame(&mut garbage).unwrap();
     assert_eq!(r["error"]["code"], "bad-request", "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("UTF-8"), "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("UTF-8"),
+        "{r}"
+    );
     assert!(is_closed(&mut garbage));
 
     // Not JSON.
@@ -62,12 +73,23 @@ fn malformed_and_huge_frames_fail_alone_while_another_client_is_served() {
 
     // Wrong-typed member and unknown op: errors carrying the id; the connection stays.
     let mut typed = agent.raw();
-    write_frame(&mut typed, br#"{"id":7,"op":"sign","key":"hsm/k","purpose":"digest","digest":12}"#);
+    write_frame(
+        &mut typed,
+        br#"{"id":7,"op":"sign","key":"hsm/k","purpose":"digest","digest":12}"#,
+    );
     let r = read_frame(&mut typed).unwrap();
-    assert_eq!((r["id"].as_u64(), r["error"]["code"].as_str()), (Some(7), Some("bad-request")), "{r}");
+    assert_eq!(
+        (r["id"].as_u64(), r["error"]["code"].as_str()),
+        (Some(7), Some("bad-request")),
+        "{r}"
+    );
     write_frame(&mut typed, br#"{"id":8,"op":"explode"}"#);
     let r = read_frame(&mut typed).unwrap();
-    assert_eq!((r["id"].as_u64(), r["error"]["code"].as_str()), (Some(8), Some("unsupported")), "{r}");
+    assert_eq!(
+        (r["id"].as_u64(), r["error"]["code"].as_str()),
+        (Some(8), Some("unsupported")),
+        "{r}"
+    );
     write_frame(&mut typed, br#"{"id":9,"op":"hello","version":1}"#);
     let r = read_frame(&mut typed).unwrap();
     assert_eq!(r["ok"]["version"], 1, "{r}");
@@ -94,7 +116,11 @@ fn malformed_and_huge_frames_fail_alone_while_another_client_is_served() {
 #[test]
 fn a_client_of_another_uid_is_refused() {
     require("setpriv");
-    assert_eq!(rustix::process::geteuid().as_raw(), 0, "this test runs the client as uid 65534 and needs root");
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "this test runs the client as uid 65534 and needs root"
+    );
     let (_hsm, agent) = agent_with_key();
     // The CLI binary where uid 65534 can run it.
     let tmp = tempfile::tempdir().unwrap();
@@ -110,7 +136,10 @@ fn a_client_of_another_uid_is_refused() {
             .arg("status")
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // By default the 0700 runtime dir already keeps others out.
     let (code, err) = as_nobody();
@@ -124,10 +153,16 @@ fn a_client_of_another_uid_is_refused() {
     std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let (code, err) = as_nobody();
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("policy-denied") && err.contains("uid 65534"), "{err}");
+    assert!(
+        err.contains("policy-denied") && err.contains("uid 65534"),
+        "{err}"
+    );
     assert!(agent.log().contains("connection from another uid refused"));
     // The agent's own uid is still served.
-    agent.client().sign_digest("hsm/k", &Sha256::digest(b"x"), None, None).unwrap();
+    agent
+        .client()
+        .sign_digest("hsm/k", &Sha256::digest(b"x"), None, None)
+        .unwrap();
 }
 
 #[test]
@@ -156,7 +191,10 @@ fn sigterm_removes_the_socket_and_a_restart_replaces_a_stale_one() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while waxseal_agent::client::Client::connect(&path).is_err() {
-        assert!(Instant::now() < deadline, "agent did not replace the stale socket");
+        assert!(
+            Instant::now() < deadline,
+            "agent did not replace the stale socket"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // A second agent on the same live socket refuses to start.
@@ -200,8 +238,15 @@ fn systemd_socket_activation() {
     let mut client = waxseal_agent::client::Client::connect(&path).unwrap();
     assert!(client.agent().starts_with("waxseal-agent"));
     assert_eq!(client.status().unwrap().devices.len(), 0);
-    assert!(!tmp.path().join("unused/agent.sock").exists(), "no socket of its own");
-    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+    assert!(
+        !tmp.path().join("unused/agent.sock").exists(),
+        "no socket of its own"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
@@ -219,11 +264,15 @@ fn idle_connections_are_closed_and_the_connection_cap_queues_clients() {
     let b = agent.client();
     // A third connects (the backlog accepts it) but is not served until a slot frees.
     let mut c = UnixStream::connect(&agent.socket).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     write_frame(&mut c, br#"{"id":0,"op":"hello","version":1}"#);
     let mut buf = [0u8; 4];
     let waited = std::io::Read::read(&mut c, &mut buf);
-    assert!(waited.is_err(), "third client must wait while two are connected");
+    assert!(
+        waited.is_err(),
+        "third client must wait while two are connected"
+    );
     drop(a);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let r = read_frame(&mut c).unwrap();
@@ -231,7 +280,10 @@ fn idle_connections_are_closed_and_the_connection_cap_queues_clients() {
     // Idle connections are closed after idle_timeout_secs.
     std::thread::sleep(Duration::from_millis(1500));
     let mut b = b;
-    assert!(b.status().is_err(), "idle connection should have been closed");
+    assert!(
+        b.status().is_err(),
+        "idle connection should have been closed"
+    );
     assert!(is_closed(&mut c));
 }
 
@@ -251,7 +303,13 @@ fn config_errors_name_file_line_and_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:9: device[0].pin", config.display())), "{err}");
-    assert!(!err.contains("hunter2"), "a PIN-like value is never echoed: {err}");
+    assert!(
+        err.contains(&format!("{}:9: device[0].pin", config.display())),
+        "{err}"
+    );
+    assert!(
+        !err.contains("hunter2"),
+        "a PIN-like value is never echoed: {err}"
+    );
     assert!(!tmp.path().join("run/agent.sock").exists());
 }

@@ -27,19 +27,38 @@ fn keys_sign_verify_round_trip_with_openssl() {
     let out = agent.cli(&["keys", "generate", "hsm/release", "--alg", "p384"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("-----BEGIN PUBLIC KEY-----"));
-    assert!(agent.cli(&["keys", "generate", "hsm/root", "--alg", "p256"]).status.success());
+    assert!(agent
+        .cli(&["keys", "generate", "hsm/root", "--alg", "p256"])
+        .status
+        .success());
 
     let list = stdout(&agent.cli(&["keys", "list"]));
     let lines: Vec<&str> = list.lines().collect();
     assert!(lines[0].starts_with("NAME"), "{list}");
-    assert!(lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["hsm/release", "hsm", "p384", "digest,blob,ssh"]), "{list}");
-    assert!(lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["hsm/root", "hsm", "p256", "x509-tbs"]), "{list}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["hsm/release", "hsm", "p384", "digest,blob,ssh"]),
+        "{list}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["hsm/root", "hsm", "p256", "x509-tbs"]),
+        "{list}"
+    );
 
-    let json: serde_json::Value = serde_json::from_str(&stdout(&agent.cli(&["--json", "keys", "list"]))).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&agent.cli(&["--json", "keys", "list"]))).unwrap();
     assert_eq!(json["keys"].as_array().unwrap().len(), 2);
 
     let status = stdout(&agent.cli(&["status"]));
-    assert!(status.contains("device:  hsm (pkcs11) present, 2 keys"), "{status}");
+    assert!(
+        status.contains("device:  hsm (pkcs11) present, 2 keys"),
+        "{status}"
+    );
 
     // sign FILE → FILE.sig; verify by agent key, by PEM, and with openssl.
     let tmp = tempfile::tempdir().unwrap();
@@ -50,49 +69,108 @@ fn keys_sign_verify_round_trip_with_openssl() {
     assert!(out.status.success(), "{}", stderr(&out));
     let sig = tmp.path().join("release.tar.gz.sig");
     assert!(sig.exists());
-    assert!(agent.cli(&["verify", f, "--key", "hsm/release"]).status.success());
+    assert!(agent
+        .cli(&["verify", f, "--key", "hsm/release"])
+        .status
+        .success());
     let pem = tmp.path().join("pub.pem");
     std::fs::write(&pem, stdout(&agent.cli(&["keys", "pubkey", "hsm/release"]))).unwrap();
-    let out = Command::new(&bins().cli).args(["verify", f, "--public-key", pem.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "verify needs no agent with --public-key: {}", stderr(&out));
+    let out = Command::new(&bins().cli)
+        .args(["verify", f, "--public-key", pem.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify needs no agent with --public-key: {}",
+        stderr(&out)
+    );
     let der = tmp.path().join("sig.der");
-    run_ok(Command::new("openssl").args(["base64", "-d", "-in"]).arg(&sig).arg("-out").arg(&der));
-    let ok = run_ok(Command::new("openssl").args(["dgst", "-sha384", "-verify"]).arg(&pem).arg("-signature").arg(&der).arg(&file));
+    run_ok(
+        Command::new("openssl")
+            .args(["base64", "-d", "-in"])
+            .arg(&sig)
+            .arg("-out")
+            .arg(&der),
+    );
+    let ok = run_ok(
+        Command::new("openssl")
+            .args(["dgst", "-sha384", "-verify"])
+            .arg(&pem)
+            .arg("-signature")
+            .arg(&der)
+            .arg(&file),
+    );
     assert!(ok.contains("Verified OK"), "{ok}");
 
     // A changed file fails, with exit 1 and a reason.
     std::fs::write(&file, vec![43u8; 100_000]).unwrap();
     let out = agent.cli(&["verify", f, "--key", "hsm/release"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("does not match its signature"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match its signature"),
+        "{}",
+        stderr(&out)
+    );
 
     // sign --digest prints base64 DER that openssl accepts for the same digest.
-    let out = agent.cli(&["sign", "--digest", &"ab".repeat(48), "--key", "hsm/release", "--hash", "sha384"]);
+    let out = agent.cli(&[
+        "sign",
+        "--digest",
+        &"ab".repeat(48),
+        "--key",
+        "hsm/release",
+        "--hash",
+        "sha384",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).trim().len() > 80);
 
     // Refusals: exit 1 with the code and what to do.
     let out = agent.cli(&["sign", "--digest", &"ab".repeat(32), "--key", "hsm/root"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("policy-denied") && stderr(&out).contains("x509-tbs"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("policy-denied") && stderr(&out).contains("x509-tbs"),
+        "{}",
+        stderr(&out)
+    );
     let out = agent.cli(&["sign", "--digest", "zz", "--key", "hsm/release"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("hexadecimal"));
     let out = agent.cli(&["keys", "pubkey", "hsm/missing"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("unknown-key") && stderr(&out).contains("waxseal keys list"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown-key") && stderr(&out).contains("waxseal keys list"),
+        "{}",
+        stderr(&out)
+    );
 
     // Usage errors: exit 2.
-    assert_eq!(agent.cli(&["keys", "generate", "hsm/x", "--alg", "dsa"]).status.code(), Some(2));
+    assert_eq!(
+        agent
+            .cli(&["keys", "generate", "hsm/x", "--alg", "dsa"])
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(agent.cli(&["sign"]).status.code(), Some(2));
 
     // ssh format matches ssh-keygen's reading of the PEM key.
     let ssh = stdout(&agent.cli(&["keys", "pubkey", "hsm/release", "--format", "ssh"]));
     assert!(ssh.starts_with("ecdsa-sha2-nistp384 "), "{ssh}");
-    if let Ok(out) = Command::new("ssh-keygen").args(["-i", "-m", "PKCS8", "-f"]).arg(&pem).output() {
-        assert!(out.status.success(), "ssh-keygen is installed by scripts/install-deps");
+    if let Ok(out) = Command::new("ssh-keygen")
+        .args(["-i", "-m", "PKCS8", "-f"])
+        .arg(&pem)
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "ssh-keygen is installed by scripts/install-deps"
+        );
         let theirs = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(ssh.split_whitespace().nth(1), theirs.split_whitespace().nth(1));
+        assert_eq!(
+            ssh.split_whitespace().nth(1),
+            theirs.split_whitespace().nth(1)
+        );
     } else {
         panic!("ssh-keygen missing: run scripts/install-deps");
     }
@@ -109,7 +187,10 @@ fn no_agent_gives_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("cannot connect to the agent") && err.contains("waxseal demo"), "{err}");
+    assert!(
+        err.contains("cannot connect to the agent") && err.contains("waxseal demo"),
+        "{err}"
+    );
     // WAXSEAL_SOCK is honoured too.
     let out = Command::new(&bins().cli)
         .env("WAXSEAL_SOCK", tmp.path().join("env.sock"))
@@ -137,15 +218,32 @@ fn demo_runs_twice_and_stops() {
     };
     std::fs::create_dir(home.path().join("run")).unwrap();
     let first = run(&["demo"]);
-    assert!(first.status.success(), "{}{}", stdout(&first), stderr(&first));
+    assert!(
+        first.status.success(),
+        "{}{}",
+        stdout(&first),
+        stderr(&first)
+    );
     let text = stdout(&first);
-    for step in ["created", "started", "generated", "signature verified", "demo --stop"] {
+    for step in [
+        "created",
+        "started",
+        "generated",
+        "signature verified",
+        "demo --stop",
+    ] {
         assert!(text.contains(step), "missing `{step}` in:\n{text}");
     }
     let demo = home.path().join("state/waxseal/demo");
     // The printed openssl command works: the signature is real P-256 over SHA-256.
     let der = demo.join("sig.der");
-    run_ok(Command::new("openssl").args(["base64", "-d", "-in"]).arg(demo.join("hello.txt.sig")).arg("-out").arg(&der));
+    run_ok(
+        Command::new("openssl")
+            .args(["base64", "-d", "-in"])
+            .arg(demo.join("hello.txt.sig"))
+            .arg("-out")
+            .arg(&der),
+    );
     let ok = run_ok(
         Command::new("openssl")
             .args(["dgst", "-sha256", "-verify"])
@@ -159,8 +257,14 @@ fn demo_runs_twice_and_stops() {
     let second = run(&["demo"]);
     assert!(second.status.success(), "{}", stderr(&second));
     let text = stdout(&second);
-    assert!(text.contains("found") && text.contains("already running"), "{text}");
-    assert!(!text.contains("generated inside"), "the key is reused: {text}");
+    assert!(
+        text.contains("found") && text.contains("already running"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("generated inside"),
+        "the key is reused: {text}"
+    );
 
     let keys = stdout(&run(&["keys", "list"]));
     assert!(keys.contains("demo/release"), "{keys}");
@@ -173,9 +277,16 @@ fn demo_runs_twice_and_stops() {
     // After a stop the demo starts the agent again with the same token and key.
     let third = run(&["demo"]);
     assert!(third.status.success(), "{}", stderr(&third));
-    assert!(stdout(&third).contains("started") && stdout(&third).contains("found inside"), "{}", stdout(&third));
+    assert!(
+        stdout(&third).contains("started") && stdout(&third).contains("found inside"),
+        "{}",
+        stdout(&third)
+    );
     assert!(run(&["demo", "--stop"]).status.success());
     let log = std::fs::read_to_string(demo.join("agent.log")).unwrap();
     let pin = std::fs::read_to_string(demo.join("pin")).unwrap();
-    assert!(!log.contains(pin.trim()), "the PIN never reaches the agent log");
+    assert!(
+        !log.contains(pin.trim()),
+        "the PIN never reaches the agent log"
+    );
 }

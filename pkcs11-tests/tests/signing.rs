@@ -30,7 +30,14 @@ fn agent_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
 }
 
 /// Verifies with `openssl dgst` (or `pkeyutl -rawin` for Ed25519), a peer we did not write.
-fn openssl_verify(dir: &std::path::Path, pem: &str, message: &[u8], sig: &[u8], alg: KeyAlg, pss: bool) {
+fn openssl_verify(
+    dir: &std::path::Path,
+    pem: &str,
+    message: &[u8],
+    sig: &[u8],
+    alg: KeyAlg,
+    pss: bool,
+) {
     require("openssl");
     std::fs::write(dir.join("pub.pem"), pem).unwrap();
     std::fs::write(dir.join("msg"), message).unwrap();
@@ -39,19 +46,34 @@ fn openssl_verify(dir: &std::path::Path, pem: &str, message: &[u8], sig: &[u8], 
     cmd.current_dir(dir);
     match alg {
         KeyAlg::Ed25519 => {
-            cmd.args(["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "msg", "-sigfile", "sig"]);
+            cmd.args([
+                "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "msg",
+                "-sigfile", "sig",
+            ]);
         }
         _ => {
-            let hash = if alg == KeyAlg::P384 { "-sha384" } else { "-sha256" };
+            let hash = if alg == KeyAlg::P384 {
+                "-sha384"
+            } else {
+                "-sha256"
+            };
             cmd.args(["dgst", hash]);
             if pss {
-                cmd.args(["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-1"]);
+                cmd.args([
+                    "-sigopt",
+                    "rsa_padding_mode:pss",
+                    "-sigopt",
+                    "rsa_pss_saltlen:-1",
+                ]);
             }
             cmd.args(["-verify", "pub.pem", "-signature", "sig", "msg"]);
         }
     }
     let out = run_ok(&mut cmd);
-    assert!(out.contains("Verified") || out.contains("Signature Verified Successfully"), "{out}");
+    assert!(
+        out.contains("Verified") || out.contains("Signature Verified Successfully"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -64,14 +86,24 @@ fn every_algorithm_generates_signs_and_verifies() {
         let name = format!("hsm/k-{alg}");
         let made = match client.generate_key(&name, alg) {
             Ok(m) => m,
-            Err(ClientError::Agent(e)) if alg == KeyAlg::Ed25519 && e.code == ErrorCode::Unsupported => {
+            Err(ClientError::Agent(e))
+                if alg == KeyAlg::Ed25519 && e.code == ErrorCode::Unsupported =>
+            {
                 panic!("SoftHSM2 2.6 offers CKM_EC_EDWARDS_KEY_PAIR_GEN; the agent said: {e}")
             }
             Err(e) => panic!("generate {alg}: {e}"),
         };
         assert_eq!(made.key.alg, alg);
         assert_eq!(made.key.name, name);
-        assert!(made.key.uri.as_deref().unwrap().starts_with("pkcs11:token=algs;"), "{:?}", made.key.uri);
+        assert!(
+            made.key
+                .uri
+                .as_deref()
+                .unwrap()
+                .starts_with("pkcs11:token=algs;"),
+            "{:?}",
+            made.key.uri
+        );
         let pk = client.public_key(&name).unwrap();
         assert_eq!(pk.spki_der, made.spki_der);
 
@@ -93,14 +125,21 @@ fn every_algorithm_generates_signs_and_verifies() {
                 KeyAlg::P256 => {
                     use p256::ecdsa::signature::hazmat::PrehashVerifier;
                     assert_eq!(signed.alg, "ecdsa-p256-sha256");
-                    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
-                    vk.verify_prehash(&digest, &p256::ecdsa::Signature::from_der(sig).unwrap()).unwrap();
+                    let vk =
+                        p256::ecdsa::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
+                    vk.verify_prehash(&digest, &p256::ecdsa::Signature::from_der(sig).unwrap())
+                        .unwrap();
                 }
                 KeyAlg::P384 => {
                     use p384::ecdsa::signature::hazmat::PrehashVerifier;
-                    assert_eq!(signed.alg, "ecdsa-p384-sha384", "P-384 digests default to SHA-384");
-                    let vk = p384::ecdsa::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
-                    vk.verify_prehash(&digest, &p384::ecdsa::Signature::from_der(sig).unwrap()).unwrap();
+                    assert_eq!(
+                        signed.alg, "ecdsa-p384-sha384",
+                        "P-384 digests default to SHA-384"
+                    );
+                    let vk =
+                        p384::ecdsa::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
+                    vk.verify_prehash(&digest, &p384::ecdsa::Signature::from_der(sig).unwrap())
+                        .unwrap();
                 }
                 KeyAlg::Rsa(bits) => {
                     let key = rsa::RsaPublicKey::from_public_key_der(&pk.spki_der.0).unwrap();
@@ -110,40 +149,72 @@ fn every_algorithm_generates_signs_and_verifies() {
                         key.verify(rsa::Pss::new::<Sha256>(), &digest, sig).unwrap();
                     } else {
                         assert_eq!(signed.alg, "rsa-pkcs1v15-sha256");
-                        key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig).unwrap();
+                        key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig)
+                            .unwrap();
                     }
                 }
                 KeyAlg::Ed25519 => {
                     assert_eq!(signed.alg, "ed25519");
-                    let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
-                    vk.verify_strict(&digest, &ed25519_dalek::Signature::from_slice(sig).unwrap()).unwrap();
+                    let vk =
+                        ed25519_dalek::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
+                    vk.verify_strict(&digest, &ed25519_dalek::Signature::from_slice(sig).unwrap())
+                        .unwrap();
                 }
             }
             // OpenSSL checks the same signature over the message (Ed25519: over the digest).
-            let signed_bytes: &[u8] = if alg == KeyAlg::Ed25519 { &digest } else { message };
+            let signed_bytes: &[u8] = if alg == KeyAlg::Ed25519 {
+                &digest
+            } else {
+                message
+            };
             openssl_verify(tmp.path(), &pk.pem, signed_bytes, sig, alg, pss);
         }
     }
     // A digest of the wrong length is refused before it reaches the token.
-    assert_eq!(agent_code(client.sign_digest("hsm/k-p256", &[1u8; 20], None, None)), ErrorCode::BadRequest);
+    assert_eq!(
+        agent_code(client.sign_digest("hsm/k-p256", &[1u8; 20], None, None)),
+        ErrorCode::BadRequest
+    );
     assert_eq!(
         agent_code(client.sign_digest("hsm/k-p256", &[1u8; 32], Some(HashAlg::Sha384), None)),
         ErrorCode::BadRequest
     );
     // SHA-512 digests with RSA.
     let d512 = sha2::Sha512::digest(message);
-    let signed = client.sign_digest("hsm/k-rsa2048", &d512, Some(HashAlg::Sha512), None).unwrap();
+    let signed = client
+        .sign_digest("hsm/k-rsa2048", &d512, Some(HashAlg::Sha512), None)
+        .unwrap();
     assert_eq!(signed.alg, "rsa-pkcs1v15-sha512");
-    let key = rsa::RsaPublicKey::from_public_key_der(&client.public_key("hsm/k-rsa2048").unwrap().spki_der.0).unwrap();
-    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &d512, &signed.signature.0).unwrap();
+    let key = rsa::RsaPublicKey::from_public_key_der(
+        &client.public_key("hsm/k-rsa2048").unwrap().spki_der.0,
+    )
+    .unwrap();
+    key.verify(
+        rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
+        &d512,
+        &signed.signature.0,
+    )
+    .unwrap();
 
     let listed = client.list_keys().unwrap();
     let names: Vec<&str> = listed.keys.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names.len(), KeyAlg::GENERATABLE.len(), "{names:?}");
-    assert_eq!(agent_code(client.generate_key("hsm/k-p256", KeyAlg::P256)), ErrorCode::KeyExists);
-    assert_eq!(agent_code(client.generate_key("hsm/weak", KeyAlg::Rsa(1024))), ErrorCode::Unsupported);
-    assert_eq!(agent_code(client.public_key("hsm/none")), ErrorCode::UnknownKey);
-    assert_eq!(agent_code(client.public_key("nodev/x")), ErrorCode::UnknownKey);
+    assert_eq!(
+        agent_code(client.generate_key("hsm/k-p256", KeyAlg::P256)),
+        ErrorCode::KeyExists
+    );
+    assert_eq!(
+        agent_code(client.generate_key("hsm/weak", KeyAlg::Rsa(1024))),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        agent_code(client.public_key("hsm/none")),
+        ErrorCode::UnknownKey
+    );
+    assert_eq!(
+        agent_code(client.public_key("nodev/x")),
+        ErrorCode::UnknownKey
+    );
 }
 
 #[test]
@@ -152,29 +223,68 @@ fn private_keys_are_sensitive_and_never_extractable() {
     let mut client = agent.client();
     client.generate_key("hsm/ec", KeyAlg::P256).unwrap();
     client.generate_key("hsm/rsa", KeyAlg::Rsa(2048)).unwrap();
-    let out = hsm.pkcs11_tool(&["--token-label", "attrs", "--login", "--pin", "4321", "--list-objects"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hsm.pkcs11_tool(&[
+        "--token-label",
+        "attrs",
+        "--login",
+        "--pin",
+        "4321",
+        "--list-objects",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let private: Vec<&str> = text.split("Private Key Object").skip(1).map(|b| b.split("Object;").next().unwrap_or(b)).collect();
+    let private: Vec<&str> = text
+        .split("Private Key Object")
+        .skip(1)
+        .map(|b| b.split("Object;").next().unwrap_or(b))
+        .collect();
     assert_eq!(private.len(), 2, "two private keys expected:\n{text}");
     for block in private {
-        let access = block.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or_else(|| panic!("no Access line:\n{block}"));
+        let access = block
+            .lines()
+            .find(|l| l.trim_start().starts_with("Access:"))
+            .unwrap_or_else(|| panic!("no Access line:\n{block}"));
         assert!(access.contains("sensitive"), "{access}");
         assert!(access.contains("always sensitive"), "{access}");
         assert!(access.contains("never extractable"), "{access}");
         assert!(access.contains("local"), "generated on the token: {access}");
-        let terms: Vec<&str> = access.split_once(':').unwrap().1.split(',').map(str::trim).collect();
+        let terms: Vec<&str> = access
+            .split_once(':')
+            .unwrap()
+            .1
+            .split(',')
+            .map(str::trim)
+            .collect();
         assert!(!terms.contains(&"extractable"), "{access}");
-        let usage = block.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap();
+        let usage = block
+            .lines()
+            .find(|l| l.trim_start().starts_with("Usage:"))
+            .unwrap();
         assert!(usage.contains("sign"), "{usage}");
-        assert!(!usage.contains("decrypt") && !usage.contains("derive") && !usage.contains("unwrap"), "signing keys only: {usage}\n{text}");
+        assert!(
+            !usage.contains("decrypt") && !usage.contains("derive") && !usage.contains("unwrap"),
+            "signing keys only: {usage}\n{text}"
+        );
     }
     for block in text.split("Public Key Object").skip(1) {
-        let usage = block.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap();
+        let usage = block
+            .lines()
+            .find(|l| l.trim_start().starts_with("Usage:"))
+            .unwrap();
         assert!(usage.trim_end().ends_with("verify"), "verify only: {usage}");
     }
     // Private objects are invisible without login: CKA_PRIVATE is set.
-    let out = hsm.pkcs11_tool(&["--token-label", "attrs", "--list-objects", "--type", "privkey"]);
+    let out = hsm.pkcs11_tool(&[
+        "--token-label",
+        "attrs",
+        "--list-objects",
+        "--type",
+        "privkey",
+    ]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("Private Key Object"));
 }
 
@@ -199,16 +309,25 @@ fn two_tokens_on_two_devices_and_an_absent_one() {
     let keys = client.list_keys().unwrap().keys;
     let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["a/one", "b/one", "b/two"]);
-    assert_ne!(client.public_key("a/one").unwrap().spki_der, client.public_key("b/one").unwrap().spki_der);
+    assert_ne!(
+        client.public_key("a/one").unwrap().spki_der,
+        client.public_key("b/one").unwrap().spki_der
+    );
     let d = Sha256::digest(b"x");
     client.sign_digest("a/one", &d, None, None).unwrap();
     client.sign_digest("b/one", &d, None, None).unwrap();
-    assert_eq!(agent_code(client.sign_digest("gone/k", &d, None, None)), ErrorCode::DeviceAbsent);
+    assert_eq!(
+        agent_code(client.sign_digest("gone/k", &d, None, None)),
+        ErrorCode::DeviceAbsent
+    );
     let status = client.status().unwrap();
     assert_eq!(status.keys, 3);
     let gone = status.devices.iter().find(|d| d.name == "gone").unwrap();
     assert!(!gone.present);
-    assert!(gone.error.as_deref().unwrap().contains("missing-token"), "{gone:?}");
+    assert!(
+        gone.error.as_deref().unwrap().contains("missing-token"),
+        "{gone:?}"
+    );
     assert!(status.devices.iter().filter(|d| d.present).count() == 2);
 }
 
@@ -240,18 +359,46 @@ fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
     let mut client = agent.client();
     let d = Sha256::digest(b"x");
     let first = client.sign_digest("hsm/any", &d, None, None);
-    let Err(ClientError::Agent(e)) = first else { panic!("{first:?}") };
+    let Err(ClientError::Agent(e)) = first else {
+        panic!("{first:?}")
+    };
     assert_eq!(e.code, ErrorCode::PinIncorrect);
-    assert!(e.message.contains("file:"), "names the PIN source: {}", e.message);
-    assert!(!e.message.contains("000000"), "never shows the PIN: {}", e.message);
+    assert!(
+        e.message.contains("file:"),
+        "names the PIN source: {}",
+        e.message
+    );
+    assert!(
+        !e.message.contains("000000"),
+        "never shows the PIN: {}",
+        e.message
+    );
     for _ in 0..3 {
-        assert_eq!(agent_code(client.sign_digest("hsm/any", &d, None, None)), ErrorCode::PinIncorrect);
-        assert_eq!(agent_code(client.generate_key("hsm/k", KeyAlg::P256)), ErrorCode::PinIncorrect);
+        assert_eq!(
+            agent_code(client.sign_digest("hsm/any", &d, None, None)),
+            ErrorCode::PinIncorrect
+        );
+        assert_eq!(
+            agent_code(client.generate_key("hsm/k", KeyAlg::P256)),
+            ErrorCode::PinIncorrect
+        );
     }
     let status = client.status().unwrap();
-    assert!(status.devices[0].error.as_deref().unwrap().contains("pin-incorrect"));
-    assert_eq!(spy_logins(&spy_log), 1, "one C_Login for seven requests; spy log: {}", spy_log.display());
-    assert!(!agent.log().contains("000000"), "the PIN never reaches the log");
+    assert!(status.devices[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("pin-incorrect"));
+    assert_eq!(
+        spy_logins(&spy_log),
+        1,
+        "one C_Login for seven requests; spy log: {}",
+        spy_log.display()
+    );
+    assert!(
+        !agent.log().contains("000000"),
+        "the PIN never reaches the log"
+    );
 
     // Fixing the PIN source is enough: the next request logs in once and works.
     std::fs::write(&pin_file, "246810\n").unwrap();
@@ -275,10 +422,19 @@ fn missing_pin_source_is_pin_required() {
         .start();
     let mut client = agent.client();
     let e = client.generate_key("hsm/k", KeyAlg::P256);
-    let Err(ClientError::Agent(e)) = e else { panic!("{e:?}") };
+    let Err(ClientError::Agent(e)) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.code, ErrorCode::PinRequired);
-    assert!(e.message.contains("pin = "), "says how to fix it: {}", e.message);
-    assert_eq!(agent_code(client.generate_key("envpin/k", KeyAlg::P256)), ErrorCode::PinRequired);
+    assert!(
+        e.message.contains("pin = "),
+        "says how to fix it: {}",
+        e.message
+    );
+    assert_eq!(
+        agent_code(client.generate_key("envpin/k", KeyAlg::P256)),
+        ErrorCode::PinRequired
+    );
 }
 
 #[test]
@@ -290,7 +446,11 @@ fn env_pin_source_and_serial_selector() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let serial = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("serial num").map(|s| s.trim_start_matches([' ', ':']).trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("serial num")
+                .map(|s| s.trim_start_matches([' ', ':']).trim().to_string())
+        })
         .unwrap_or_else(|| panic!("no serial in:\n{text}"));
     let agent = Agent::builder()
         .softhsm(&hsm)

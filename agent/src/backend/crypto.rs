@@ -56,7 +56,9 @@ pub fn spki_from_point(alg: KeyAlg, point: &[u8]) -> Result<Vec<u8>, EncodingErr
             if point.len() != 32 {
                 return Err(bad(&format!("{} bytes instead of 32", point.len())));
             }
-            let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+            let mut der = vec![
+                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+            ];
             der.extend_from_slice(point);
             return Ok(der);
         }
@@ -105,7 +107,9 @@ pub fn ecdsa_raw_to_der(alg: KeyAlg, raw: &[u8]) -> Result<Vec<u8>, EncodingErro
     let mut fixed = vec![0u8; 2 * field];
     fixed[field - half..field].copy_from_slice(&raw[..half]);
     fixed[2 * field - half..].copy_from_slice(&raw[half..]);
-    let bad = |e: p256::ecdsa::Error| EncodingError(format!("device returned an invalid ECDSA signature: {e}"));
+    let bad = |e: p256::ecdsa::Error| {
+        EncodingError(format!("device returned an invalid ECDSA signature: {e}"))
+    };
     Ok(match alg {
         KeyAlg::P256 => p256::ecdsa::Signature::from_slice(&fixed)
             .map_err(bad)?
@@ -163,7 +167,11 @@ mod tests {
         let mut der = vec![0x04, 65];
         der.extend_from_slice(&point);
         assert_eq!(unwrap_octet_string(&der), &point[..]);
-        assert_eq!(unwrap_octet_string(&point), &point[..], "raw point left alone");
+        assert_eq!(
+            unwrap_octet_string(&point),
+            &point[..],
+            "raw point left alone"
+        );
         let big = [4u8; 133];
         let mut der = vec![0x04, 0x81, 133];
         der.extend_from_slice(&big);
@@ -199,10 +207,16 @@ mod tests {
         let sk = p256::SecretKey::from_slice(&[3u8; 32]).unwrap();
         let point = sk.public_key().to_sec1_bytes();
         let der = spki_from_point(KeyAlg::P256, &point).unwrap();
-        assert_eq!(p256::PublicKey::from_public_key_der(&der).unwrap(), sk.public_key());
+        assert_eq!(
+            p256::PublicKey::from_public_key_der(&der).unwrap(),
+            sk.public_key()
+        );
         let pem = spki_pem(&der);
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
-        assert_eq!(p256::PublicKey::from_public_key_pem(&pem).unwrap(), sk.public_key());
+        assert_eq!(
+            p256::PublicKey::from_public_key_pem(&pem).unwrap(),
+            sk.public_key()
+        );
         assert!(spki_from_point(KeyAlg::P384, &point).is_err());
         let ed = spki_from_point(KeyAlg::Ed25519, &[1u8; 32]).unwrap();
         assert_eq!(ed.len(), 44);

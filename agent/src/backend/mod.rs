@@ -120,7 +120,11 @@ pub trait Backend: Send {
     /// The public key of `label`.
     fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError>;
     /// Generates a key on the device; the private half never leaves it.
-    fn generate(&mut self, label: &str, alg: KeyAlg) -> Result<(DeviceKey, PublicKey), BackendError>;
+    fn generate(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+    ) -> Result<(DeviceKey, PublicKey), BackendError>;
     /// Signs with `label`.
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError>;
     /// Device status; connects if needed.
@@ -130,11 +134,11 @@ pub trait Backend: Send {
 /// Checks a digest against its algorithm and the key's; returns the hash to use.
 pub fn digest_hash(alg: KeyAlg, input: &SignInput<'_>) -> Result<HashAlg, BackendError> {
     let hash = input.hash.unwrap_or_else(|| alg.default_hash());
-    if input.digest.len() != hash.len() {
+    if input.digest.len() != hash.digest_len() {
         return Err(BackendError::BadRequest(format!(
             "digest is {} bytes but {hash} digests are {} bytes{}",
             input.digest.len(),
-            hash.len(),
+            hash.digest_len(),
             if input.hash.is_none() {
                 format!(" ({hash} is the default for {alg} keys; name another with `hash`)")
             } else {

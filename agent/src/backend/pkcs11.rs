@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -26,7 +27,9 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::crypto::{self, OID_ED25519, OID_P256, OID_P384};
-use super::{digest_hash, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey, SignInput, Signed};
+use super::{
+    digest_hash, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey, SignInput, Signed,
+};
 use crate::config::TokenSelector;
 use crate::keyuri::Pkcs11Uri;
 use crate::pin::{fingerprint, PinSource};
@@ -53,12 +56,14 @@ pub fn open(settings: Pkcs11Settings) -> Vec<Box<dyn Backend>> {
     let shared = Arc::new(Shared {
         settings,
         conn: Mutex::new(Conn::default()),
+        live: AtomicU64::new(0),
     });
     (0..lanes)
         .map(|_| {
             Box::new(Lane {
                 shared: shared.clone(),
                 session: None,
+                keys: HashMap::new(),
             }) as Box<dyn Backend>
         })
         .collect()
@@ -105,6 +110,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Shared {
     settings: Pkcs11Settings,
     conn: Mutex<Conn>,
+    /// The generation of the live connection, 0 when disconnected: a lane whose session
+    /// is of this generation may sign with its own copy of the key handles, without
+    /// taking `conn`.
+    live: AtomicU64,
 }
 
 #[derive(Default)]
@@ -136,6 +145,8 @@ struct KeyEntry {
 struct Lane {
     shared: Arc<Shared>,
     session: Option<(u64, Session)>,
+    /// This lane's copy of the key handles, taken while its session's generation was live.
+    keys: HashMap<String, KeyEntry>,
 }
 
 /// How an error from the module is handled.
@@ -216,6 +227,7 @@ impl Shared {
                 conn.keys_loaded = false;
                 let link = Link { ctx, slot };
                 conn.link = Some(link.clone());
+                self.live.store(conn.generation, Ordering::Release);
                 info!(device = self.name(), slot = slot.id(), "token found");
                 return Ok(link);
             }
@@ -231,8 +243,12 @@ impl Shared {
     }
 
     fn disconnect(&self, conn: &mut Conn) {
+        self.live.store(0, Ordering::Release);
         if conn.link.take().is_some() {
-            warn!(device = self.name(), "lost the token; will reconnect on the next request");
+            warn!(
+                device = self.name(),
+                "lost the token; will reconnect on the next request"
+            );
         }
         conn.logged_in = false;
         conn.keys.clear();
@@ -254,7 +270,10 @@ impl Shared {
             return Ok(());
         }
         if let Ok(info) = session.get_session_info() {
-            if matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser) {
+            if matches!(
+                info.session_state(),
+                SessionState::RoUser | SessionState::RwUser
+            ) {
                 conn.logged_in = true;
                 return Ok(());
             }
@@ -285,12 +304,19 @@ impl Shared {
                 conn.refused_pin = None;
                 Ok(())
             }
-            Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid, _)) => {
+            Err(CkError::Pkcs11(
+                RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid,
+                _,
+            )) => {
                 conn.refused_pin = Some(print);
                 let left = match link.ctx.get_token_info(link.slot) {
                     Ok(t) if t.user_pin_locked() => " The PIN is now locked.".to_string(),
-                    Ok(t) if t.user_pin_final_try() => " One try is left before the PIN locks.".to_string(),
-                    Ok(t) if t.user_pin_count_low() => " The token reports few tries left.".to_string(),
+                    Ok(t) if t.user_pin_final_try() => {
+                        " One try is left before the PIN locks.".to_string()
+                    }
+                    Ok(t) if t.user_pin_count_low() => {
+                        " The token reports few tries left.".to_string()
+                    }
                     _ => String::new(),
                 };
                 warn!(device = name, source = %source, "token refused the PIN; it will not be retried");
@@ -303,7 +329,9 @@ impl Shared {
             ))),
             Err(e) => match classify(name, e) {
                 Fault::Fail(err) => Err(err),
-                _ => Err(BackendError::Absent(format!("device {name}: the token went away during login"))),
+                _ => Err(BackendError::Absent(format!(
+                    "device {name}: the token went away during login"
+                ))),
             },
         }
     }
@@ -324,14 +352,21 @@ impl Shared {
             keys.insert(label, entry);
         }
         for label in dup {
-            warn!(device = self.name(), label, "several private keys share this label; using the first");
+            warn!(
+                device = self.name(),
+                label, "several private keys share this label; using the first"
+            );
         }
         conn.keys = keys;
         conn.keys_loaded = true;
         Ok(())
     }
 
-    fn read_key(&self, session: &Session, handle: ObjectHandle) -> Result<Option<(String, KeyEntry)>, CkError> {
+    fn read_key(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+    ) -> Result<Option<(String, KeyEntry)>, CkError> {
         let attrs = session.get_attributes(
             handle,
             &[
@@ -360,33 +395,64 @@ impl Shared {
             Ok(l) if !l.is_empty() && !l.contains('/') && !l.chars().any(char::is_control) => l,
             _ if !id.is_empty() => format!("id-{}", hex::encode(&id)),
             _ => {
-                debug!(device = self.name(), "skipping a private key with neither label nor id");
+                debug!(
+                    device = self.name(),
+                    "skipping a private key with neither label nor id"
+                );
                 return Ok(None);
             }
         };
         let (alg, spki) = match key_type {
             Some(KeyType::RSA) => {
                 let (Some(n), Some(e)) = (modulus, exponent) else {
-                    debug!(device = self.name(), label, "RSA key without modulus; skipped");
+                    debug!(
+                        device = self.name(),
+                        label, "RSA key without modulus; skipped"
+                    );
                     return Ok(None);
                 };
-                (KeyAlg::Rsa(crypto::rsa_bits(&n)), crypto::spki_from_rsa(&n, &e).ok())
+                (
+                    KeyAlg::Rsa(crypto::rsa_bits(&n)),
+                    crypto::spki_from_rsa(&n, &e).ok(),
+                )
             }
             Some(KeyType::EC) | Some(KeyType::EC_EDWARDS) => {
                 let Some(alg) = params.as_deref().and_then(crypto::alg_of_ec_params) else {
-                    debug!(device = self.name(), label, "key on an unsupported curve; skipped");
+                    debug!(
+                        device = self.name(),
+                        label, "key on an unsupported curve; skipped"
+                    );
                     return Ok(None);
                 };
                 let point = self.public_point(session, handle, &id, &label)?;
-                (alg, point.and_then(|p| crypto::spki_from_point(alg, crypto::unwrap_octet_string(&p)).ok()))
+                (
+                    alg,
+                    point.and_then(|p| {
+                        crypto::spki_from_point(alg, crypto::unwrap_octet_string(&p)).ok()
+                    }),
+                )
             }
             _ => return Ok(None),
         };
-        Ok(Some((label, KeyEntry { handle, alg, id, spki })))
+        Ok(Some((
+            label,
+            KeyEntry {
+                handle,
+                alg,
+                id,
+                spki,
+            },
+        )))
     }
 
     /// `CKA_EC_POINT` of the public key paired with a private key (by id, else label).
-    fn public_point(&self, session: &Session, private: ObjectHandle, id: &[u8], label: &str) -> Result<Option<Vec<u8>>, CkError> {
+    fn public_point(
+        &self,
+        session: &Session,
+        private: ObjectHandle,
+        id: &[u8],
+        label: &str,
+    ) -> Result<Option<Vec<u8>>, CkError> {
         let mut template = vec![Attribute::Class(ObjectClass::PUBLIC_KEY)];
         if id.is_empty() {
             template.push(Attribute::Label(label.as_bytes().to_vec()));
@@ -407,7 +473,10 @@ impl Shared {
 
     fn uri(&self, link: &Link, label: &str, id: &[u8]) -> String {
         let (token, serial) = match link.ctx.get_token_info(link.slot) {
-            Ok(t) => (Some(t.label().trim_end().to_string()), Some(t.serial_number().trim_end().to_string())),
+            Ok(t) => (
+                Some(t.label().trim_end().to_string()),
+                Some(t.serial_number().trim_end().to_string()),
+            ),
             Err(_) => (None, None),
         };
         Pkcs11Uri {
@@ -427,7 +496,11 @@ impl Lane {
         let shared = &*self.shared;
         let mut conn = lock(&shared.conn);
         let link = shared.connect(&mut conn)?;
-        if self.session.as_ref().is_some_and(|(g, _)| *g != conn.generation) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|(g, _)| *g != conn.generation)
+        {
             self.session = None;
         }
         if self.session.is_none() {
@@ -455,7 +528,10 @@ impl Lane {
                 }
                 return Err(match fault {
                     Fault::Fail(err) => err,
-                    _ => BackendError::Absent(format!("device {}: the token went away", shared.name())),
+                    _ => BackendError::Absent(format!(
+                        "device {}: the token went away",
+                        shared.name()
+                    )),
                 });
             }
         }
@@ -502,7 +578,6 @@ impl Lane {
         }
         Err(last.unwrap_or_else(|| BackendError::Device("retry loop ended".into())))
     }
-
 }
 
 fn unknown_key(device: &str, label: &str) -> BackendError {
@@ -535,7 +610,56 @@ fn public_of(name: &str, label: &str, entry: &KeyEntry) -> Result<PublicKey, Bac
             "device {name}: the public key of '{label}' is not on the token (no CKO_PUBLIC_KEY with its CKA_ID)"
         ))
     })?;
-    Ok(PublicKey { alg: entry.alg, spki_der: spki })
+    Ok(PublicKey {
+        alg: entry.alg,
+        spki_der: spki,
+    })
+}
+
+impl Lane {
+    /// Signs without the shared lock when this lane's session and key copy are current.
+    /// `None`: take the slow path (which connects, logs in, reloads and heals).
+    fn fast_sign(
+        &mut self,
+        label: &str,
+        input: &SignInput<'_>,
+    ) -> Option<Result<Signed, BackendError>> {
+        let (generation, session) = self.session.as_ref()?;
+        if *generation != self.shared.live.load(Ordering::Acquire) {
+            self.keys.clear();
+            return None;
+        }
+        let entry = self.keys.get(label)?;
+        let hash = match digest_hash(entry.alg, input) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
+        match sign_with(session, entry.handle, entry.alg, hash, input) {
+            Ok(raw) => Some(finish(self.shared.name(), entry.alg, hash, raw)),
+            Err(e) => match classify(self.shared.name(), e) {
+                Fault::Fail(err) => Some(Err(err)),
+                _ => {
+                    // Lost session, login or handle: the slow path heals it.
+                    self.keys.clear();
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// DER-encodes ECDSA output; other signatures are returned as the device made them.
+fn finish(device: &str, alg: KeyAlg, hash: HashAlg, raw: Vec<u8>) -> Result<Signed, BackendError> {
+    let signature = match alg {
+        KeyAlg::P256 | KeyAlg::P384 => crypto::ecdsa_raw_to_der(alg, &raw)
+            .map_err(|e| BackendError::Device(format!("device {device}: {e}")))?,
+        _ => raw,
+    };
+    Ok(Signed {
+        signature,
+        alg,
+        hash,
+    })
 }
 
 impl Backend for Lane {
@@ -569,17 +693,26 @@ impl Backend for Lane {
                 // Maybe created since the last scan.
                 self.list_keys()?;
                 let conn = lock(&self.shared.conn);
-                conn.keys.get(label).cloned().ok_or_else(|| unknown_key(&name, label))?
+                conn.keys
+                    .get(label)
+                    .cloned()
+                    .ok_or_else(|| unknown_key(&name, label))?
             }
         };
         public_of(&name, label, &entry)
     }
 
-    fn generate(&mut self, label: &str, alg: KeyAlg) -> Result<(DeviceKey, PublicKey), BackendError> {
+    fn generate(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
         let shared = self.shared.clone();
         let name = shared.name().to_string();
         if !alg.is_generatable() {
-            return Err(BackendError::Unsupported(format!("cannot generate {alg} keys (p256, p384, rsa2048, rsa3072, rsa4096, ed25519)")));
+            return Err(BackendError::Unsupported(format!(
+                "cannot generate {alg} keys (p256, p384, rsa2048, rsa3072, rsa4096, ed25519)"
+            )));
         }
         self.with_retry(|conn, link, session| {
             shared.load_keys(conn, session)?;
@@ -594,7 +727,14 @@ impl Backend for Lane {
                 KeyAlg::P256 | KeyAlg::P384 => (
                     Mechanism::EccKeyPairGen,
                     MechanismType::ECC_KEY_PAIR_GEN,
-                    vec![Attribute::EcParams(if alg == KeyAlg::P256 { OID_P256 } else { OID_P384 }.to_vec())],
+                    vec![Attribute::EcParams(
+                        if alg == KeyAlg::P256 {
+                            OID_P256
+                        } else {
+                            OID_P384
+                        }
+                        .to_vec(),
+                    )],
                     vec![Attribute::Derive(false)],
                 ),
                 KeyAlg::Ed25519 => (
@@ -647,7 +787,10 @@ impl Backend for Lane {
             let (_, handle) = session.generate_key_pair(&mech, &public, &private)?;
             info!(device = %name, label, %alg, "generated a key on the token");
             let Some((_, entry)) = shared.read_key(session, handle)? else {
-                return Err(BackendError::Device(format!("device {name}: the new key cannot be read back")).into());
+                return Err(BackendError::Device(format!(
+                    "device {name}: the new key cannot be read back"
+                ))
+                .into());
             };
             let public = public_of(&name, label, &entry)?;
             let key = DeviceKey {
@@ -661,6 +804,9 @@ impl Backend for Lane {
     }
 
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError> {
+        if let Some(done) = self.fast_sign(label, input) {
+            return done;
+        }
         let name = self.shared.settings.name.clone();
         let mut rescanned = false;
         for _attempt in 0..2 {
@@ -677,28 +823,32 @@ impl Backend for Lane {
             };
             drop(conn);
             let hash = digest_hash(entry.alg, input)?;
-            let result = self.with_retry(|conn, _, session| {
+            let mut fresh = None;
+            let raw = self.with_retry(|conn, _, session| {
                 // The handle may have been refreshed by a retry.
                 let handle = conn.keys.get(label).map_or(entry.handle, |e| e.handle);
-                sign_with(session, handle, entry.alg, hash, input).map_err(OpError::from)
-            });
-            let raw = result?;
-            let signature = match entry.alg {
-                KeyAlg::P256 | KeyAlg::P384 => crypto::ecdsa_raw_to_der(entry.alg, &raw)
-                    .map_err(|e| BackendError::Device(format!("device {name}: {e}")))?,
-                _ => raw,
-            };
-            return Ok(Signed { signature, alg: entry.alg, hash });
+                let raw = sign_with(session, handle, entry.alg, hash, input)?;
+                fresh = Some(conn.keys.clone());
+                Ok(raw)
+            })?;
+            if let (Some(keys), Some((generation, _))) = (fresh, &self.session) {
+                if *generation == self.shared.live.load(Ordering::Acquire) {
+                    self.keys = keys;
+                }
+            }
+            return finish(&name, entry.alg, hash, raw);
         }
         Err(unknown_key(&name, label))
     }
-
     fn info(&mut self) -> Result<DeviceInfo, BackendError> {
         let (conn, link, _) = self.ready()?;
         let keys = conn.keys.len();
         drop(conn);
         let t = link.ctx.get_token_info(link.slot).map_err(|e| {
-            BackendError::Absent(format!("device {}: C_GetTokenInfo failed: {e}", self.shared.name()))
+            BackendError::Absent(format!(
+                "device {}: C_GetTokenInfo failed: {e}",
+                self.shared.name()
+            ))
         })?;
         Ok(DeviceInfo {
             detail: format!(
@@ -742,7 +892,7 @@ fn sign_with(
                 let params = PkcsPssParams {
                     hash_alg,
                     mgf,
-                    s_len: (hash.len() as u64).into(),
+                    s_len: (hash.digest_len() as u64).into(),
                 };
                 session.sign(&Mechanism::RsaPkcsPss(params), handle, input.digest)
             }

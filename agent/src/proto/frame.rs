@@ -98,7 +98,11 @@ mod tests {
     #[test]
     fn oversized_is_refused_from_the_prefix_alone() {
         let limit = (MAX_FRAME as u32).to_be_bytes();
-        assert_eq!(decode_frame(&limit).unwrap(), None, "exactly 1 MiB is allowed");
+        assert_eq!(
+            decode_frame(&limit).unwrap(),
+            None,
+            "exactly 1 MiB is allowed"
+        );
         let over = (MAX_FRAME as u32 + 1).to_be_bytes();
         assert_eq!(
             decode_frame(&over),

@@ -115,7 +115,7 @@ word_enum! {
 
 impl HashAlg {
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,
@@ -125,7 +125,7 @@ impl HashAlg {
 
     /// The algorithm whose digests are `len` bytes long.
     pub fn from_len(len: usize) -> Option<HashAlg> {
-        HashAlg::ALL.iter().copied().find(|h| h.len() == len)
+        HashAlg::ALL.iter().copied().find(|h| h.digest_len() == len)
     }
 }
 
@@ -410,7 +410,11 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         }
         None => return Err(RequestError::bad(Some(id), "missing `op`".to_string())),
     };
-    fn body<T: DeserializeOwned>(id: u64, op: &str, map: Map<String, Value>) -> Result<T, RequestError> {
+    fn body<T: DeserializeOwned>(
+        id: u64,
+        op: &str,
+        map: Map<String, Value>,
+    ) -> Result<T, RequestError> {
         serde_json::from_value(Value::Object(map))
             .map_err(|e| RequestError::bad(Some(id), format!("`{op}` request: {e}")))
     }
@@ -615,18 +619,30 @@ mod tests {
     fn design_examples_decode() {
         assert_eq!(
             decode(r#"{"id":0,"op":"hello","version":1}"#).unwrap(),
-            Request { id: 0, op: Op::Hello(Hello { version: 1 }) }
+            Request {
+                id: 0,
+                op: Op::Hello(Hello { version: 1 })
+            }
         );
-        assert_eq!(decode(r#"{"id":1,"op":"list_keys"}"#).unwrap().op, Op::ListKeys);
         assert_eq!(
-            decode(r#"{"id":2,"op":"public_key","key":"hsm/release"}"#).unwrap().op,
-            Op::PublicKey(KeyRef { key: "hsm/release".into() })
+            decode(r#"{"id":1,"op":"list_keys"}"#).unwrap().op,
+            Op::ListKeys
+        );
+        assert_eq!(
+            decode(r#"{"id":2,"op":"public_key","key":"hsm/release"}"#)
+                .unwrap()
+                .op,
+            Op::PublicKey(KeyRef {
+                key: "hsm/release".into()
+            })
         );
         let sign = decode(
             r#"{"id":3,"op":"sign","key":"hsm/release","purpose":"digest","hash":"sha256","digest":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}"#,
         )
         .unwrap();
-        let Op::Sign(s) = sign.op else { panic!("not sign") };
+        let Op::Sign(s) = sign.op else {
+            panic!("not sign")
+        };
         assert_eq!(s.purpose, Purpose::Digest);
         assert_eq!(s.hash, Some(HashAlg::Sha256));
         assert_eq!(s.digest.0, (0u8..32).collect::<Vec<_>>());
@@ -639,7 +655,10 @@ mod tests {
             Op::Status,
             Op::ListKeys,
             Op::PublicKey(KeyRef { key: "a/b".into() }),
-            Op::GenerateKey(GenerateKey { key: "a/b".into(), alg: KeyAlg::Rsa(3072) }),
+            Op::GenerateKey(GenerateKey {
+                key: "a/b".into(),
+                alg: KeyAlg::Rsa(3072),
+            }),
             Op::Sign(Sign {
                 key: "a/b".into(),
                 purpose: Purpose::Blob,
@@ -658,7 +677,13 @@ mod tests {
     #[test]
     fn unknown_members_are_ignored() {
         let r = decode(r#"{"id":9,"op":"status","future":[1,2,3]}"#).unwrap();
-        assert_eq!(r, Request { id: 9, op: Op::Status });
+        assert_eq!(
+            r,
+            Request {
+                id: 9,
+                op: Op::Status
+            }
+        );
     }
 
     #[test]
@@ -721,11 +746,26 @@ mod tests {
             (r#"{"id":4,"op":"hello","version":"1"}"#, "invalid type"),
             (r#"{"id":4,"op":"hello"}"#, "missing field `version`"),
             (r#"{"id":4,"op":"public_key","key":5}"#, "invalid type"),
-            (r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest","digest":"!!"}"#, "not base64"),
-            (r#"{"id":4,"op":"sign","key":"a/b","purpose":"nope","digest":""}"#, "unknown Purpose"),
-            (r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest","hash":"md5","digest":""}"#, "unknown HashAlg"),
-            (r#"{"id":4,"op":"generate_key","key":"a/b","alg":"rsa1"}"#, "unknown key algorithm"),
-            (r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest"}"#, "missing field `digest`"),
+            (
+                r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest","digest":"!!"}"#,
+                "not base64",
+            ),
+            (
+                r#"{"id":4,"op":"sign","key":"a/b","purpose":"nope","digest":""}"#,
+                "unknown Purpose",
+            ),
+            (
+                r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest","hash":"md5","digest":""}"#,
+                "unknown HashAlg",
+            ),
+            (
+                r#"{"id":4,"op":"generate_key","key":"a/b","alg":"rsa1"}"#,
+                "unknown key algorithm",
+            ),
+            (
+                r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest"}"#,
+                "missing field `digest`",
+            ),
         ];
         for (bad, want) in cases {
             let e = decode(bad).unwrap_err();
@@ -746,7 +786,13 @@ mod tests {
 
     #[test]
     fn responses_encode_as_designed() {
-        let hello = encode_ok(0, &HelloOk { version: 1, agent: "waxseal-agent 0.1.0".into() });
+        let hello = encode_ok(
+            0,
+            &HelloOk {
+                version: 1,
+                agent: "waxseal-agent 0.1.0".into(),
+            },
+        );
         assert_eq!(
             std::str::from_utf8(&hello).unwrap(),
             r#"{"id":0,"ok":{"version":1,"agent":"waxseal-agent 0.1.0"}}"#
@@ -757,7 +803,9 @@ mod tests {
             r#"{"id":3,"error":{"code":"policy-denied","message":"no"}}"#
         );
         let null = encode_error(None, &WireError::new(ErrorCode::FrameTooLarge, "big"));
-        assert!(std::str::from_utf8(&null).unwrap().starts_with(r#"{"id":null,"#));
+        assert!(std::str::from_utf8(&null)
+            .unwrap()
+            .starts_with(r#"{"id":null,"#));
     }
 
     #[test]
@@ -765,14 +813,21 @@ mod tests {
         let r = Response::decode(br#"{"id":1,"ok":{"keys":[{"name":"hsm/release","device":"hsm","alg":"p256","purposes":["digest","blob","ssh"]}]}}"#).unwrap();
         let keys: ListKeysOk = r.into_result().unwrap();
         assert_eq!(keys.keys[0].alg, KeyAlg::P256);
-        assert_eq!(keys.keys[0].purposes, vec![Purpose::Digest, Purpose::Blob, Purpose::Ssh]);
-        let r = Response::decode(br#"{"id":3,"error":{"code":"pin-incorrect","message":"m"}}"#).unwrap();
+        assert_eq!(
+            keys.keys[0].purposes,
+            vec![Purpose::Digest, Purpose::Blob, Purpose::Ssh]
+        );
+        let r = Response::decode(br#"{"id":3,"error":{"code":"pin-incorrect","message":"m"}}"#)
+            .unwrap();
         match r.into_result::<SignOk>() {
             Err(ResponseError::Agent(e)) => assert_eq!(e.code, ErrorCode::PinIncorrect),
             other => panic!("{other:?}"),
         }
         assert!(Response::decode(br#"{"id":3}"#).is_err());
-        assert!(Response::decode(br#"{"id":3,"ok":{},"error":{"code":"locked","message":""}}"#).is_err());
+        assert!(
+            Response::decode(br#"{"id":3,"ok":{},"error":{"code":"locked","message":""}}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -60,7 +60,10 @@ pub fn prepare_dir(dir: &Path) -> Result<(), ListenError> {
             }
             let me = rustix::process::geteuid().as_raw();
             if meta.uid() != me {
-                return Err(err(format!("belongs to uid {}, not to this agent's uid {me}", meta.uid())));
+                return Err(err(format!(
+                    "belongs to uid {}, not to this agent's uid {me}",
+                    meta.uid()
+                )));
             }
             if meta.mode() & 0o777 != 0o700 {
                 fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
@@ -86,18 +89,31 @@ pub fn bind(dir: &Path, name: &str) -> Result<Listener, ListenError> {
         if !meta.file_type().is_socket() {
             return Err(ListenError::Bind {
                 path,
-                source: io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                ),
             });
         }
         if UnixStream::connect(&path).is_ok() {
             return Err(ListenError::InUse(path));
         }
         tracing::info!(path = %path.display(), "replacing a stale socket");
-        fs::remove_file(&path).map_err(|source| ListenError::Bind { path: path.clone(), source })?;
+        fs::remove_file(&path).map_err(|source| ListenError::Bind {
+            path: path.clone(),
+            source,
+        })?;
     }
-    let socket = UnixListener::bind(&path).map_err(|source| ListenError::Bind { path: path.clone(), source })?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-        .map_err(|source| ListenError::Bind { path: path.clone(), source })?;
+    let socket = UnixListener::bind(&path).map_err(|source| ListenError::Bind {
+        path: path.clone(),
+        source,
+    })?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ListenError::Bind {
+            path: path.clone(),
+            source,
+        }
+    })?;
     Ok(Listener {
         socket,
         created: Some(path),
@@ -122,7 +138,10 @@ pub fn activated(name: &str) -> io::Result<Option<Listener>> {
         .iter()
         .position(|n| n == name || n == stem)
         .unwrap_or(0);
-    Ok(fds.take_unix_listener(index)?.map(|socket| Listener { socket, created: None }))
+    Ok(fds.take_unix_listener(index)?.map(|socket| Listener {
+        socket,
+        created: None,
+    }))
 }
 
 #[cfg(test)]
@@ -140,7 +159,10 @@ mod tests {
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        assert!(prepare_dir(&link).unwrap_err().to_string().contains("symbolic link"));
+        assert!(prepare_dir(&link)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
     }
 
     #[test]
@@ -149,7 +171,10 @@ mod tests {
         let first = bind(tmp.path(), "agent.sock").unwrap();
         let path = first.created.clone().unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert!(matches!(bind(tmp.path(), "agent.sock"), Err(ListenError::InUse(_))));
+        assert!(matches!(
+            bind(tmp.path(), "agent.sock"),
+            Err(ListenError::InUse(_))
+        ));
         drop(first); // the file stays, nobody listens: stale
         assert!(path.exists());
         let second = bind(tmp.path(), "agent.sock").unwrap();
@@ -157,6 +182,9 @@ mod tests {
         drop(second);
         fs::remove_file(&path).unwrap();
         fs::write(&path, b"not a socket").unwrap();
-        assert!(bind(tmp.path(), "agent.sock").is_err(), "regular files are not removed");
+        assert!(
+            bind(tmp.path(), "agent.sock").is_err(),
+            "regular files are not removed"
+        );
     }
 }

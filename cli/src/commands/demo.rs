@@ -55,7 +55,10 @@ impl Layout {
                 socket.display()
             );
         }
-        let runtime = socket.parent().map(Path::to_path_buf).unwrap_or_else(paths::runtime_dir);
+        let runtime = socket
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(paths::runtime_dir);
         Ok(Layout {
             dir: state.join("demo"),
             state,
@@ -86,7 +89,8 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .context("SoftHSM2 is not installed (no libsofthsm2.so found): run scripts/install-deps, or apt-get install softhsm2")?;
-    fs::create_dir_all(&layout.dir).with_context(|| format!("cannot create {}", layout.dir.display()))?;
+    fs::create_dir_all(&layout.dir)
+        .with_context(|| format!("cannot create {}", layout.dir.display()))?;
     fs::set_permissions(&layout.dir, fs::Permissions::from_mode(0o700))?;
 
     // 1. The token.
@@ -114,7 +118,11 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     say(format!(
         "3. {} {} on {}",
         client.agent(),
-        if started { "started" } else { "already running" },
+        if started {
+            "started"
+        } else {
+            "already running"
+        },
         layout.socket.display()
     ));
 
@@ -138,13 +146,21 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
 
     // 5. A signature.
     let file = layout.dir.join("hello.txt");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     fs::write(&file, format!("Hello from waxseal at unix time {now}.\n"))?;
     let digest = hash_file(&file, HashAlg::Sha256)?;
     let signed = client.sign_blob(KEY, "hello.txt", &digest, HashAlg::Sha256)?;
     let sig_path = layout.dir.join("hello.txt.sig");
     fs::write(&sig_path, format!("{}\n", B64.encode(&signed.signature.0)))?;
-    say(format!("5. signed {} ({}); signature in {}", file.display(), signed.alg, sig_path.display()));
+    say(format!(
+        "5. signed {} ({}); signature in {}",
+        file.display(),
+        signed.alg,
+        sig_path.display()
+    ));
 
     // 6. Verified here, with the public key only.
     let alg = verify_file(&pk.spki_der.0, &file, &signed.signature.0, false)?;
@@ -176,7 +192,11 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         file.display()
     );
     outln!();
-    outln!("The agent (pid {}) keeps running; its log is {}.", pid.trim(), layout.dir.join("agent.log").display());
+    outln!(
+        "The agent (pid {}) keeps running; its log is {}.",
+        pid.trim(),
+        layout.dir.join("agent.log").display()
+    );
     outln!("Stop it with: waxseal {sock_hint}demo --stop");
     Ok(())
 }
@@ -224,9 +244,20 @@ fn ensure_token(layout: &Layout) -> Result<bool> {
     // softhsm2-util takes PINs as arguments; they protect a demo token only.
     let out = Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", layout.conf())
-        .args(["--init-token", "--free", "--label", TOKEN, "--so-pin", &so_pin, "--pin", &pin])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--so-pin",
+            &so_pin,
+            "--pin",
+            &pin,
+        ])
         .output()
-        .context("cannot run softhsm2-util: run scripts/install-deps, or apt-get install softhsm2")?;
+        .context(
+            "cannot run softhsm2-util: run scripts/install-deps, or apt-get install softhsm2",
+        )?;
     if !out.status.success() {
         bail!(
             "softhsm2-util --init-token failed: {}",
@@ -281,7 +312,12 @@ fn ensure_agent(layout: &Layout, config: &Path) -> Result<(Client, bool)> {
         .stderr(log)
         .process_group(0) // not killed with the terminal's Ctrl-C
         .spawn()
-        .with_context(|| format!("cannot start {} (build it with `cargo build --release`)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it with `cargo build --release`)",
+                bin.display()
+            )
+        })?;
     fs::write(layout.pid(), format!("{}\n", child.id()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -301,8 +337,12 @@ fn ensure_agent(layout: &Layout, config: &Path) -> Result<(Client, bool)> {
 }
 
 fn stop(layout: &Layout) -> Result<()> {
-    let text = fs::read_to_string(layout.pid()).context("no demo agent was started (no agent.pid)")?;
-    let raw: i32 = text.trim().parse().context("agent.pid does not hold a pid")?;
+    let text =
+        fs::read_to_string(layout.pid()).context("no demo agent was started (no agent.pid)")?;
+    let raw: i32 = text
+        .trim()
+        .parse()
+        .context("agent.pid does not hold a pid")?;
     let pid = rustix::process::Pid::from_raw(raw).context("agent.pid does not hold a pid")?;
     if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_err() {
         let _ = fs::remove_file(layout.pid());

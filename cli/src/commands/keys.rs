@@ -13,12 +13,35 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             if ctx.json {
                 return ctx.print_json(&keys);
             }
-            let width = keys.keys.iter().map(|k| k.name.len()).max().unwrap_or(4).max(4);
-            let dev_width = keys.keys.iter().map(|k| k.device.len()).max().unwrap_or(6).max(6);
-            outln!("{:width$}  {:dev_width$}  {:8}  PURPOSES", "NAME", "DEVICE", "ALG");
+            let width = keys
+                .keys
+                .iter()
+                .map(|k| k.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let dev_width = keys
+                .keys
+                .iter()
+                .map(|k| k.device.len())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            outln!(
+                "{:width$}  {:dev_width$}  {:8}  PURPOSES",
+                "NAME",
+                "DEVICE",
+                "ALG"
+            );
             for k in &keys.keys {
                 let purposes: Vec<&str> = k.purposes.iter().map(|p| p.as_str()).collect();
-                outln!("{:width$}  {:dev_width$}  {:8}  {}", k.name, k.device, k.alg.to_string(), purposes.join(","));
+                outln!(
+                    "{:width$}  {:dev_width$}  {:8}  {}",
+                    k.name,
+                    k.device,
+                    k.alg.to_string(),
+                    purposes.join(",")
+                );
             }
             Ok(())
         }
@@ -27,7 +50,10 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             if ctx.json {
                 return ctx.print_json(&made);
             }
-            eprintln!("generated {} ({}) on device {}; the private key cannot leave it", made.key.name, made.key.alg, made.key.device);
+            eprintln!(
+                "generated {} ({}) on device {}; the private key cannot leave it",
+                made.key.name, made.key.alg, made.key.device
+            );
             out!("{}", made.pem);
             Ok(())
         }

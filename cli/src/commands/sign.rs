@@ -52,6 +52,12 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
             "digest": hex::encode(&digest), "hash": hash,
         }));
     }
-    eprintln!("signed {} with {} ({}); signature in {}", file.display(), args.key, signed.alg, out.display());
+    eprintln!(
+        "signed {} with {} ({}); signature in {}",
+        file.display(),
+        args.key,
+        signed.alg,
+        out.display()
+    );
     Ok(())
 }
