@@ -96,12 +96,6 @@ fn module(path: &Path) -> Result<Pkcs11, BackendError> {
     Ok(ctx)
 }
 
-/// Finalizes every loaded module (at agent shutdown, after the workers stopped).
-pub fn finalize_all() {
-    // Contexts are finalized when their last clone drops; nothing else to do but let
-    // the process exit. Kept as an explicit step for the shutdown sequence.
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|p| p.into_inner())
