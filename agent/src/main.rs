@@ -64,11 +64,28 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Config, ConfigError> {
     }
 }
 
+/// Raises the soft open-files limit to the hard one: each connection holds two
+/// descriptors (its socket and the copy shutdown uses), so 1024 connections need more
+/// than the usual soft limit of 1024.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+        if soft < hard {
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                warn!(error = %e, "cannot raise the open-files limit");
+            }
+        }
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     // Socket activation first: it reads and clears LISTEN_* before any thread starts.
     let activated =
         listen::activated(paths::AGENT_SOCKET).map_err(|e| format!("socket activation: {e}"))?;
     let config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
+    raise_fd_limit();
     let runtime_dir = args
         .runtime_dir
         .or_else(|| config.agent.runtime_dir.clone())

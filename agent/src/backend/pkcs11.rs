@@ -509,9 +509,11 @@ impl Lane {
                 }
             }
         }
-        let session = match &self.session {
-            Some((_, s)) => s,
-            None => unreachable!("session opened above"),
+        let Some((_, session)) = &self.session else {
+            return Err(BackendError::Device(format!(
+                "device {}: no session",
+                shared.name()
+            )));
         };
         shared.login(&mut conn, &link, session)?;
         if !conn.keys_loaded {

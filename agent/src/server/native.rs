@@ -72,10 +72,12 @@ impl Open {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
     }
+    /// Ends every connection's reading side: a thread waiting for a frame sees the end
+    /// of the stream; one in the middle of a request still writes its response.
     fn close_all(&self) -> usize {
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         for s in streams.values() {
-            let _ = s.shutdown(Shutdown::Both);
+            let _ = s.shutdown(Shutdown::Read);
         }
         streams.len()
     }
