@@ -122,6 +122,9 @@ pub struct KeyConfig {
     pub name: String,
     /// Purposes the key may sign for.
     pub purposes: Vec<Purpose>,
+    /// Whether the key is listed and usable on an SSH connection bound for forwarding
+    /// (`session-bind@openssh.com`); by default yes, except for `x509-tbs` keys.
+    pub ssh_forwarding: Option<bool>,
 }
 
 /// A configuration that cannot be used, located in its file.
@@ -178,6 +181,7 @@ struct RawDevice {
 struct RawKey {
     name: String,
     purposes: Vec<Purpose>,
+    ssh_forwarding: Option<bool>,
 }
 
 impl Config {
@@ -328,6 +332,7 @@ impl Config {
             keys.push(KeyConfig {
                 name: key.name,
                 purposes: key.purposes,
+                ssh_forwarding: key.ssh_forwarding,
             });
         }
         Ok(Config {

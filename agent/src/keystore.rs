@@ -3,7 +3,12 @@
 //!
 //! The native server (and later the SSH and D-Bus faces) are thin adapters over this.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use crate::backend::{self, Backend, BackendError, SignInput};
 use crate::config::{Config, DeviceKind};
@@ -28,6 +33,19 @@ struct Device {
 pub struct KeyStore {
     devices: Vec<Device>,
     policy: Policy,
+    /// SHA-256 of the passphrase that locked the agent (`ssh-add -x`), if locked.
+    lock: Mutex<Option<Zeroizing<[u8; 32]>>>,
+}
+
+/// A key offered on `ssh.sock`.
+#[derive(Debug, Clone)]
+pub struct SshKey {
+    /// Key NAME (the identity's comment).
+    pub name: String,
+    /// Algorithm.
+    pub alg: KeyAlg,
+    /// DER SubjectPublicKeyInfo.
+    pub spki: Vec<u8>,
 }
 
 impl From<LaneError> for WireError {
@@ -74,6 +92,7 @@ impl KeyStore {
         KeyStore {
             devices,
             policy: Policy::new(&config.keys),
+            lock: Mutex::new(None),
         }
     }
 
@@ -207,6 +226,7 @@ impl KeyStore {
 
     /// `sign` (purposes `digest` and `blob`), on the calling thread.
     pub fn sign(&self, req: &Sign, caller: &Caller) -> Result<SignOk, WireError> {
+        self.check_unlocked()?;
         let (device, name) = self.split(&req.key)?;
         self.policy.check_sign(&req.key, req.purpose, caller)?;
         match req.purpose {
@@ -232,6 +252,7 @@ impl KeyStore {
             digest: &req.digest.0,
             hash: req.hash,
             padding,
+            raw: false,
         };
         let signed = device
             .lanes
@@ -241,6 +262,112 @@ impl KeyStore {
             alg: signed.alg.signature_alg(signed.hash, padding),
             signature: Bytes(signed.signature),
         })
+    }
+
+    fn check_unlocked(&self) -> Result<(), WireError> {
+        if self.is_locked() {
+            return Err(WireError::new(
+                ErrorCode::Locked,
+                "the agent is locked (ssh-add -x); unlock it with ssh-add -X",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the agent is locked.
+    pub fn is_locked(&self) -> bool {
+        self.lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Locks the agent with `passphrase`; false if it was locked already.
+    pub fn lock(&self, passphrase: &[u8]) -> bool {
+        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if lock.is_some() {
+            return false;
+        }
+        *lock = Some(Zeroizing::new(Sha256::digest(passphrase).into()));
+        info!("agent locked");
+        true
+    }
+
+    /// Unlocks the agent if `passphrase` is the one it was locked with. A wrong
+    /// passphrase costs a second, against guessing.
+    pub fn unlock(&self, passphrase: &[u8]) -> bool {
+        let given: Zeroizing<[u8; 32]> = Zeroizing::new(Sha256::digest(passphrase).into());
+        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match lock.as_ref() {
+            Some(held)
+                if held
+                    .iter()
+                    .zip(given.iter())
+                    .fold(0u8, |d, (a, b)| d | (a ^ b))
+                    == 0 =>
+            {
+                *lock = None;
+                info!("agent unlocked");
+                true
+            }
+            _ => {
+                drop(lock);
+                warn!("unlock refused");
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        }
+    }
+
+    /// Keys offered on `ssh.sock`: those whose policy allows `ssh` (and, on a
+    /// connection bound for forwarding, `ssh_forwarding`). None while locked.
+    pub fn ssh_keys(&self, forwarded: bool) -> Vec<SshKey> {
+        if self.is_locked() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for key in self.list_keys().keys {
+            if !key.purposes.contains(&Purpose::Ssh)
+                || (forwarded && !self.policy.ssh_forwarding(&key.name))
+            {
+                continue;
+            }
+            match self.public_key(&key.name) {
+                Ok(pk) => out.push(SshKey {
+                    name: key.name,
+                    alg: pk.alg,
+                    spki: pk.spki_der.0,
+                }),
+                Err(e) => warn!(key = %key.name, error = %e, "key left out of the SSH identities"),
+            }
+        }
+        out
+    }
+
+    /// Signs for `ssh.sock`: `input` is the digest (ECDSA, RSA) or the message (Ed25519).
+    pub fn sign_ssh(
+        &self,
+        key: &str,
+        input: &SignInput<'_>,
+        caller: &Caller,
+        forwarded: bool,
+    ) -> Result<Vec<u8>, WireError> {
+        self.check_unlocked()?;
+        let (device, name) = self.split(key)?;
+        self.policy.check_sign(key, Purpose::Ssh, caller)?;
+        if forwarded && !self.policy.ssh_forwarding(key) {
+            return Err(WireError::new(
+                ErrorCode::PolicyDenied,
+                format!(
+                    "key {key} may not be used through a forwarded agent (ssh_forwarding = false)"
+                ),
+            ));
+        }
+        let signed = device
+            .lanes
+            .run(|b| b.sign(name.label, input))?
+            .map_err(wire)?;
+        Ok(signed.signature)
     }
 
     /// Closes every idle lane (sessions logged out and closed by the module).

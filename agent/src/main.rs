@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use waxseal_agent::config::{Config, ConfigError};
 use waxseal_agent::keystore::KeyStore;
 use waxseal_agent::paths;
-use waxseal_agent::server::{listen, native};
+use waxseal_agent::server::{self, listen, native, ssh};
 
 /// Keeps signing keys inside hardware and signs for local programs through a socket.
 #[derive(Debug, Parser)]
@@ -82,8 +82,7 @@ fn raise_fd_limit() {
 
 fn run(args: Args) -> Result<(), String> {
     // Socket activation first: it reads and clears LISTEN_* before any thread starts.
-    let activated =
-        listen::activated(paths::AGENT_SOCKET).map_err(|e| format!("socket activation: {e}"))?;
+    let mut activated = listen::activated().map_err(|e| format!("socket activation: {e}"))?;
     let config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
     raise_fd_limit();
     let runtime_dir = args
@@ -95,22 +94,31 @@ fn run(args: Args) -> Result<(), String> {
         .or_else(|| config.agent.state_dir.clone())
         .unwrap_or_else(paths::state_dir);
     listen::prepare_dir(&state_dir).map_err(|e| e.to_string())?;
-    let listener = match activated {
-        Some(l) => {
-            info!("using the socket passed by systemd");
-            l
+    let mut take = |name: &str| -> Result<listen::Listener, String> {
+        if let Some(i) = activated.iter().position(|(n, _)| n == name) {
+            info!(socket = name, "using the socket passed by systemd");
+            return Ok(activated.remove(i).1);
         }
-        None => {
-            listen::prepare_dir(&runtime_dir).map_err(|e| e.to_string())?;
-            listen::bind(&runtime_dir, paths::AGENT_SOCKET).map_err(|e| e.to_string())?
+        listen::prepare_dir(&runtime_dir).map_err(|e| e.to_string())?;
+        listen::bind(&runtime_dir, name).map_err(|e| e.to_string())
+    };
+    let agent_listener = take(paths::AGENT_SOCKET)?;
+    let ssh_listener = match take(paths::SSH_SOCKET) {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(p) = &agent_listener.created {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
         }
     };
-    listener
-        .socket
-        .set_nonblocking(true)
-        .map_err(|e| format!("socket: {e}"))?;
+    for l in [&agent_listener, &ssh_listener] {
+        l.socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket: {e}"))?;
+    }
     let store = Arc::new(KeyStore::open(&config));
-    let opts = native::ServeOptions {
+    let opts = server::ServeOptions {
         max_connections: config.agent.max_connections,
         idle_timeout: Duration::from_secs(config.agent.idle_timeout_secs),
         uid: rustix::process::geteuid().as_raw(),
@@ -121,9 +129,14 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let created = listener.created.clone();
+    let created: Vec<PathBuf> = [&agent_listener, &ssh_listener]
+        .iter()
+        .filter_map(|l| l.created.clone())
+        .collect();
     let result = rt.block_on(async {
-        let socket = tokio::net::UnixListener::from_std(listener.socket)
+        let agent_socket = tokio::net::UnixListener::from_std(agent_listener.socket)
+            .map_err(|e| format!("socket: {e}"))?;
+        let ssh_socket = tokio::net::UnixListener::from_std(ssh_listener.socket)
             .map_err(|e| format!("socket: {e}"))?;
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
@@ -131,15 +144,24 @@ fn run(args: Args) -> Result<(), String> {
             let _ = stop.send(true);
         });
         info!(
-            socket = %created.as_deref().unwrap_or(std::path::Path::new("(systemd)")).display(),
+            runtime_dir = %runtime_dir.display(),
             devices = config.devices.len(),
             "{} ready",
             waxseal_agent::proto::AGENT_NAME
         );
-        native::serve(socket, store.clone(), opts, stopped).await;
+        tokio::join!(
+            server::serve(
+                agent_socket,
+                store.clone(),
+                opts.clone(),
+                native::connection,
+                stopped.clone()
+            ),
+            server::serve(ssh_socket, store.clone(), opts, ssh::connection, stopped),
+        );
         Ok::<(), String>(())
     });
-    if let Some(path) = &created {
+    for path in &created {
         if let Err(e) = std::fs::remove_file(path) {
             warn!(path = %path.display(), error = %e, "could not remove the socket");
         }

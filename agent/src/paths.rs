@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 /// File name of the native socket inside the runtime dir.
 pub const AGENT_SOCKET: &str = "agent.sock";
+/// File name of the OpenSSH agent socket inside the runtime dir.
+pub const SSH_SOCKET: &str = "ssh.sock";
 /// Environment variable naming the native socket (the CLI's `--socket`).
 pub const SOCKET_ENV: &str = "WAXSEAL_SOCK";
 

@@ -5,7 +5,7 @@
 //! (`x509-tbs` only where configured). Callers are already limited to the agent's own
 //! uid when they connect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::KeyConfig;
 use crate::proto::{ErrorCode, Purpose, WireError};
@@ -26,6 +26,7 @@ pub struct Caller {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     keys: HashMap<String, Vec<Purpose>>,
+    no_forwarding: HashSet<String>,
 }
 
 impl Policy {
@@ -36,6 +37,14 @@ impl Policy {
                 .iter()
                 .map(|k| (k.name.clone(), k.purposes.clone()))
                 .collect(),
+            no_forwarding: keys
+                .iter()
+                .filter(|k| {
+                    !k.ssh_forwarding
+                        .unwrap_or(!k.purposes.contains(&Purpose::X509Tbs))
+                })
+                .map(|k| k.name.clone())
+                .collect(),
         }
     }
 
@@ -45,6 +54,11 @@ impl Policy {
             .get(key)
             .cloned()
             .unwrap_or_else(|| DEFAULT_PURPOSES.to_vec())
+    }
+
+    /// Whether `key` may be listed and used on an SSH connection bound for forwarding.
+    pub fn ssh_forwarding(&self, key: &str) -> bool {
+        !self.no_forwarding.contains(key)
     }
 
     /// Whether `caller` may have `key` sign for `purpose`; the refusal names the rule.
@@ -81,10 +95,24 @@ mod tests {
 
     #[test]
     fn defaults_and_entries() {
-        let p = Policy::new(&[KeyConfig {
-            name: "hsm/root".into(),
-            purposes: vec![Purpose::X509Tbs],
-        }]);
+        let p = Policy::new(&[
+            KeyConfig {
+                name: "hsm/root".into(),
+                purposes: vec![Purpose::X509Tbs],
+                ssh_forwarding: None,
+            },
+            KeyConfig {
+                name: "hsm/git".into(),
+                purposes: vec![Purpose::Ssh],
+                ssh_forwarding: Some(false),
+            },
+        ]);
+        assert!(
+            !p.ssh_forwarding("hsm/root"),
+            "x509-tbs keys are not forwarded by default"
+        );
+        assert!(!p.ssh_forwarding("hsm/git"));
+        assert!(p.ssh_forwarding("hsm/other"));
         let me = Caller {
             uid: 1000,
             pid: None,

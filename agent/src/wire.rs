@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustix::net::RecvFlags;
 
-use crate::proto::{self, FrameError, PREFIX_LEN};
+use crate::proto::{self, PREFIX_LEN};
 
 /// Why no frame was read.
 #[derive(Debug)]
@@ -36,22 +36,48 @@ pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    limit: usize,
 }
 
 impl Default for FrameReader {
     fn default() -> Self {
-        FrameReader {
-            buf: vec![0; 16 * 1024],
-            start: 0,
-            end: 0,
-        }
+        Self::with_limit(proto::MAX_FRAME)
     }
 }
 
 impl FrameReader {
-    /// A reader with an empty buffer.
+    /// A reader for the native protocol (1 MiB frames).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A reader refusing frames over `limit` bytes (the SSH agent protocol: 256 KiB).
+    pub fn with_limit(limit: usize) -> Self {
+        FrameReader {
+            buf: vec![0; 16 * 1024],
+            start: 0,
+            end: 0,
+            limit,
+        }
+    }
+
+    /// Splits one frame off the buffered bytes: `Ok(None)` needs more, with the frame's
+    /// total length once the prefix is known.
+    fn split(&self) -> Result<Result<usize, usize>, ReadError> {
+        let have = &self.buf[self.start..self.end];
+        let Some(prefix) = have.get(..PREFIX_LEN) else {
+            return Ok(Err(PREFIX_LEN));
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > self.limit {
+            return Err(ReadError::TooLarge(len as u64));
+        }
+        let total = PREFIX_LEN + len;
+        Ok(if have.len() >= total {
+            Ok(total)
+        } else {
+            Err(total)
+        })
     }
 
     /// Reads the next frame's payload.
@@ -72,17 +98,13 @@ impl FrameReader {
         let began = Instant::now();
         let mut frame_started: Option<Instant> = (self.end > self.start).then_some(began);
         loop {
-            let need = match proto::decode_frame(&self.buf[self.start..self.end]) {
-                Ok(Some((_, used))) => {
+            let need = match self.split()? {
+                Ok(used) => {
                     let from = self.start + PREFIX_LEN;
                     self.start += used;
                     return Ok(&self.buf[from..self.start]);
                 }
-                Err(FrameError::TooLarge(len)) => return Err(ReadError::TooLarge(len)),
-                Ok(None) => match proto::frame::payload_len(&self.buf[self.start..self.end]) {
-                    Ok(Some(len)) => PREFIX_LEN + len,
-                    _ => PREFIX_LEN,
-                },
+                Err(need) => need,
             };
             // Room for the whole frame after `start`.
             if self.start + need > self.buf.len() {
@@ -160,6 +182,17 @@ mod tests {
         assert!(matches!(
             r.read(&b, Duration::ZERO, None),
             Err(ReadError::Closed)
+        ));
+    }
+
+    #[test]
+    fn limit_is_per_reader() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&proto::encode_frame(&[b'x'; 300])).unwrap();
+        let mut r = FrameReader::with_limit(256);
+        assert!(matches!(
+            r.read(&b, Duration::ZERO, None),
+            Err(ReadError::TooLarge(300))
         ));
     }
 

@@ -61,6 +61,15 @@ enum Command {
     Verify(VerifyArgs),
     /// The embedded default: a SoftHSM2 token, an agent, a key, a signature, verified.
     Demo(DemoArgs),
+    /// SSH: the keys offered on ssh.sock.
+    #[command(subcommand)]
+    Ssh(SshCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SshCommand {
+    /// authorized_keys lines for every key whose policy allows `ssh`.
+    Keys,
 }
 
 #[derive(Debug, Subcommand)]

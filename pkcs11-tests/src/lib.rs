@@ -194,6 +194,8 @@ pub struct Agent {
     dir: TempDir,
     /// The native socket.
     pub socket: PathBuf,
+    /// The OpenSSH agent socket.
+    pub ssh_socket: PathBuf,
 }
 
 /// How to start an agent.
@@ -260,6 +262,7 @@ impl AgentBuilder {
         let mut agent = Agent {
             child: Some(child),
             dir,
+            ssh_socket: runtime.join("ssh.sock"),
             socket,
         };
         agent.wait_ready();

@@ -40,6 +40,8 @@ pub struct SignInput<'a> {
     pub hash: Option<HashAlg>,
     /// RSA padding.
     pub padding: RsaPadding,
+    /// Sign `digest` as the whole message (Ed25519 SSH signatures), not as a digest.
+    pub raw: bool,
 }
 
 /// A signature and how it was made.
@@ -133,6 +135,15 @@ pub trait Backend: Send {
 
 /// Checks a digest against its algorithm and the key's; returns the hash to use.
 pub fn digest_hash(alg: KeyAlg, input: &SignInput<'_>) -> Result<HashAlg, BackendError> {
+    if input.raw {
+        // Ed25519 hashes internally (SHA-512); nothing to check but the key type.
+        return match alg {
+            KeyAlg::Ed25519 => Ok(HashAlg::Sha512),
+            _ => Err(BackendError::BadRequest(format!(
+                "{alg} keys sign digests, not whole messages"
+            ))),
+        };
+    }
     let hash = input.hash.unwrap_or_else(|| alg.default_hash());
     if input.digest.len() != hash.digest_len() {
         return Err(BackendError::BadRequest(format!(

@@ -120,28 +120,42 @@ pub fn bind(dir: &Path, name: &str) -> Result<Listener, ListenError> {
     })
 }
 
-/// The socket passed by systemd for `name`, if the agent was socket-activated.
+/// The sockets passed by systemd, by file name (`agent.sock`, `ssh.sock`).
 ///
-/// With several sockets, `LISTEN_FDNAMES` (FileDescriptorName= in the unit) picks the
-/// one named `name` or its stem (`agent`); a single unnamed socket is taken as the
-/// native one. Call before any thread starts: the `LISTEN_*` variables are consumed.
-pub fn activated(name: &str) -> io::Result<Option<Listener>> {
+/// `LISTEN_FDNAMES` (FileDescriptorName= in the unit) names them: `agent` or
+/// `agent.sock`, `ssh` or `ssh.sock`. A single unnamed socket is taken as `agent.sock`.
+/// Call before any thread starts: the `LISTEN_*` variables are consumed.
+pub fn activated() -> io::Result<Vec<(String, Listener)>> {
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|v| v.split(':').map(str::to_string).collect())
         .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
-    if fds.len() == 0 {
-        return Ok(None);
+    let mut out = Vec::new();
+    for i in 0..fds.len() {
+        let name = match names.get(i).map(String::as_str) {
+            Some("agent" | "agent.sock") | None if i == 0 => "agent.sock",
+            Some("agent" | "agent.sock") => "agent.sock",
+            Some("ssh" | "ssh.sock") => "ssh.sock",
+            Some(other) => {
+                tracing::warn!(
+                    name = other,
+                    "ignoring a passed socket with an unknown name"
+                );
+                continue;
+            }
+            None => continue,
+        };
+        if let Some(socket) = fds.take_unix_listener(i)? {
+            out.push((
+                name.to_string(),
+                Listener {
+                    socket,
+                    created: None,
+                },
+            ));
+        }
     }
-    let stem = name.trim_end_matches(".sock");
-    let index = names
-        .iter()
-        .position(|n| n == name || n == stem)
-        .unwrap_or(0);
-    Ok(fds.take_unix_listener(index)?.map(|socket| Listener {
-        socket,
-        created: None,
-    }))
+    Ok(out)
 }
 
 #[cfg(test)]

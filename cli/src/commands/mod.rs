@@ -12,6 +12,7 @@ use crate::{Cli, Command};
 mod demo;
 mod keys;
 mod sign;
+mod ssh;
 mod status;
 mod verify;
 
@@ -48,5 +49,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sign(a) => sign::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
+        Command::Ssh(c) => ssh::run(&ctx, c),
     }
 }

@@ -1,0 +1,350 @@
+//! The OpenSSH agent protocol on `ssh.sock` (draft-miller-ssh-agent, OpenSSH's
+//! PROTOCOL.agent), through `ssh-agent-lib`: its message types decode and encode every
+//! frame and its [`Session`] trait dispatches; this module supplies keys and signatures.
+//!
+//! Separate from `agent.sock` on purpose: this socket gets forwarded to other hosts.
+//! Only keys whose policy allows `ssh` are offered; on a connection bound for forwarding
+//! (`session-bind@openssh.com` with the forwarding flag, its host signature checked),
+//! keys with `ssh_forwarding = false` are neither listed nor usable. Keys live in
+//! hardware, so add/remove requests fail; lock/unlock lock the whole agent.
+//!
+//! Each connection has its own thread, as on `agent.sock` ([`super::serve`]): frames
+//! are read with brief polling, decoded by the library, answered synchronously.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use p256::pkcs8::DecodePublicKey;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use ssh_agent_lib::agent::Session;
+use ssh_agent_lib::error::AgentError;
+use ssh_agent_lib::proto::extension::SessionBind;
+use ssh_agent_lib::proto::{
+    AddIdentity, AddIdentityConstrained, AddSmartcardKeyConstrained, Extension, Identity,
+    PublicCredential, RemoveIdentity, Request, Response, SignRequest, SmartcardKey,
+};
+use ssh_encoding::{Decode, Encode};
+use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData};
+use ssh_key::{Algorithm, Signature};
+use tracing::{debug, info, warn};
+
+use super::ServeOptions;
+use crate::backend::SignInput;
+use crate::keystore::{KeyStore, SshKey};
+use crate::policy::Caller;
+use crate::proto::{HashAlg, KeyAlg, RsaPadding};
+use crate::wire::{FrameReader, ReadError};
+
+/// OpenSSH's limit on an agent message (`AGENT_MAX_LEN`): 256 KiB.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+
+/// `SSH_AGENT_RSA_SHA2_256`.
+const RSA_SHA2_256: u32 = 2;
+/// `SSH_AGENT_RSA_SHA2_512`.
+const RSA_SHA2_512: u32 = 4;
+
+fn send(mut w: &UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(256);
+    let framed = response
+        .encoded_len()
+        .and_then(|len| (len as u32).encode(&mut out))
+        .and_then(|()| response.encode(&mut out));
+    if framed.is_err() {
+        out.clear();
+        out.extend_from_slice(&[0, 0, 0, 1, 5]); // SSH_AGENT_FAILURE
+    }
+    w.write_all(&out)
+}
+
+/// Serves one connection until it closes.
+pub fn connection(
+    stream: &UnixStream,
+    store: &Arc<KeyStore>,
+    opts: &ServeOptions,
+    caller: &Caller,
+) {
+    let pid = caller.pid.unwrap_or(0);
+    if caller.uid != opts.uid {
+        warn!(
+            uid = caller.uid,
+            pid, "ssh: connection from another uid refused"
+        );
+        let _ = send(stream, &Response::Failure);
+        return;
+    }
+    if stream.set_read_timeout(Some(opts.idle_timeout)).is_err() {
+        return;
+    }
+    let mut session = SshSession {
+        store: store.clone(),
+        caller: caller.clone(),
+        forwarded: false,
+        keys: Vec::new(),
+    };
+    let mut reader = FrameReader::with_limit(MAX_MESSAGE);
+    loop {
+        let frame = match reader.read(stream, opts.spin, Some(opts.idle_timeout)) {
+            Ok(frame) => frame,
+            Err(ReadError::TooLarge(len)) => {
+                warn!(
+                    pid,
+                    len, "ssh: message over 256 KiB; closing the connection"
+                );
+                let _ = send(stream, &Response::Failure);
+                return;
+            }
+            Err(ReadError::Closed | ReadError::Idle) => return,
+            Err(ReadError::Broken(e)) => {
+                debug!(pid, error = %e, "ssh: connection broke");
+                return;
+            }
+        };
+        let response = match Request::decode(&mut &frame[..]) {
+            Ok(request) => {
+                // Every method of SshSession completes without waiting on anything, so
+                // block_on returns after one poll; the device work runs right here.
+                match futures::executor::block_on(session.handle(request)) {
+                    Ok(r) => r,
+                    Err(AgentError::ExtensionFailure) => Response::ExtensionFailure,
+                    Err(e) => {
+                        debug!(pid, error = %e, "ssh: request failed");
+                        Response::Failure
+                    }
+                }
+            }
+            Err(e) => {
+                info!(pid, error = %e, len = frame.len(), "ssh: message not understood");
+                Response::Failure
+            }
+        };
+        if send(stream, &response).is_err() {
+            return;
+        }
+    }
+}
+
+/// One SSH agent connection.
+struct SshSession {
+    store: Arc<KeyStore>,
+    caller: Caller,
+    /// Bound for forwarding by `session-bind@openssh.com`.
+    forwarded: bool,
+    /// The identities last offered, with their keys.
+    keys: Vec<(KeyData, SshKey)>,
+}
+
+/// The SSH public key of a key's SPKI.
+fn key_data(key: &SshKey) -> Option<KeyData> {
+    match key.alg {
+        KeyAlg::P256 => p256::ecdsa::VerifyingKey::from_public_key_der(&key.spki)
+            .ok()
+            .map(|k| KeyData::Ecdsa(EcdsaPublicKey::from(k))),
+        KeyAlg::P384 => p384::ecdsa::VerifyingKey::from_public_key_der(&key.spki)
+            .ok()
+            .map(|k| KeyData::Ecdsa(EcdsaPublicKey::from(k))),
+        KeyAlg::Rsa(_) => rsa::RsaPublicKey::from_public_key_der(&key.spki)
+            .ok()
+            .and_then(|k| ssh_key::public::RsaPublicKey::try_from(&k).ok())
+            .map(KeyData::Rsa),
+        KeyAlg::Ed25519 => key
+            .spki
+            .get(12..)
+            .and_then(|raw| Ed25519PublicKey::try_from(raw).ok())
+            .map(KeyData::Ed25519),
+    }
+}
+
+fn refused(why: impl Into<String>) -> AgentError {
+    AgentError::Other(why.into().into())
+}
+
+impl SshSession {
+    fn refresh(&mut self) {
+        self.keys = self
+            .store
+            .ssh_keys(self.forwarded)
+            .into_iter()
+            .filter_map(|k| key_data(&k).map(|d| (d, k)))
+            .collect();
+    }
+
+    fn find(&mut self, wanted: &KeyData) -> Option<SshKey> {
+        let hit = |keys: &[(KeyData, SshKey)]| {
+            keys.iter()
+                .find(|(d, _)| d == wanted)
+                .map(|(_, k)| k.clone())
+        };
+        if let Some(k) = hit(&self.keys) {
+            return Some(k);
+        }
+        self.refresh();
+        hit(&self.keys)
+    }
+}
+
+#[ssh_agent_lib::async_trait]
+impl Session for SshSession {
+    async fn request_identities(&mut self) -> Result<Vec<Identity>, AgentError> {
+        self.refresh();
+        Ok(self
+            .keys
+            .iter()
+            .map(|(data, key)| Identity {
+                credential: PublicCredential::Key(data.clone()),
+                comment: key.name.clone(),
+            })
+            .collect())
+    }
+
+    async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
+        let pid = self.caller.pid.unwrap_or(0);
+        let Some(key) = self.find(request.credential.key_data()) else {
+            info!(
+                pid,
+                "ssh: sign request for a key this agent does not offer here"
+            );
+            return Err(AgentError::Failure);
+        };
+        let data = &request.data;
+        let (digest, hash, raw): (Vec<u8>, HashAlg, bool) = match key.alg {
+            KeyAlg::P256 => (Sha256::digest(data).to_vec(), HashAlg::Sha256, false),
+            KeyAlg::P384 => (Sha384::digest(data).to_vec(), HashAlg::Sha384, false),
+            KeyAlg::Rsa(_) if request.flags & RSA_SHA2_512 != 0 => {
+                (Sha512::digest(data).to_vec(), HashAlg::Sha512, false)
+            }
+            KeyAlg::Rsa(_) if request.flags & RSA_SHA2_256 != 0 => {
+                (Sha256::digest(data).to_vec(), HashAlg::Sha256, false)
+            }
+            KeyAlg::Rsa(_) => {
+                info!(pid, key = %key.name, "ssh: refused an ssh-rsa (SHA-1) signature");
+                return Err(refused(
+                    "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256 or rsa-sha2-512",
+                ));
+            }
+            KeyAlg::Ed25519 => (data.clone(), HashAlg::Sha512, true),
+        };
+        let input = SignInput {
+            digest: &digest,
+            hash: (!raw).then_some(hash),
+            padding: RsaPadding::Pkcs1,
+            raw,
+        };
+        let sig = match self
+            .store
+            .sign_ssh(&key.name, &input, &self.caller, self.forwarded)
+        {
+            Ok(sig) => sig,
+            Err(e) => {
+                info!(pid, key = %key.name, code = %e.code, "ssh: sign refused or failed: {}", e.message);
+                return Err(refused(e.to_string()));
+            }
+        };
+        debug!(pid, key = %key.name, "ssh: signed");
+        let bad = |e: &dyn std::fmt::Display| {
+            refused(format!("device returned an unusable signature: {e}"))
+        };
+        match key.alg {
+            KeyAlg::P256 => {
+                let s = p256::ecdsa::Signature::from_der(&sig).map_err(|e| bad(&e))?;
+                Signature::try_from(s).map_err(|e| bad(&e))
+            }
+            KeyAlg::P384 => {
+                let s = p384::ecdsa::Signature::from_der(&sig).map_err(|e| bad(&e))?;
+                Signature::try_from(s).map_err(|e| bad(&e))
+            }
+            KeyAlg::Rsa(_) => {
+                let h = if hash == HashAlg::Sha512 {
+                    ssh_key::HashAlg::Sha512
+                } else {
+                    ssh_key::HashAlg::Sha256
+                };
+                Signature::new(Algorithm::Rsa { hash: Some(h) }, sig).map_err(|e| bad(&e))
+            }
+            KeyAlg::Ed25519 => Signature::new(Algorithm::Ed25519, sig).map_err(|e| bad(&e)),
+        }
+    }
+
+    async fn add_identity(&mut self, _: AddIdentity) -> Result<(), AgentError> {
+        Err(hardware_only())
+    }
+
+    async fn add_identity_constrained(
+        &mut self,
+        _: AddIdentityConstrained,
+    ) -> Result<(), AgentError> {
+        Err(hardware_only())
+    }
+
+    async fn remove_identity(&mut self, _: RemoveIdentity) -> Result<(), AgentError> {
+        Err(hardware_only())
+    }
+
+    async fn remove_all_identities(&mut self) -> Result<(), AgentError> {
+        Err(hardware_only())
+    }
+
+    async fn add_smartcard_key(&mut self, _: SmartcardKey) -> Result<(), AgentError> {
+        Err(hardware_only())
+    }
+
+    async fn add_smartcard_key_constrained(
+        &mut self,
+        _: AddSmartcardKeyConstrained,
+    ) -> Result<(), AgentError> {
+        Err(hardware_only())
+    }
+
+    async fn remove_smartcard_key(&mut self, _: SmartcardKey) -> Result<(), AgentError> {
+        Err(hardware_only())
+    }
+
+    async fn lock(&mut self, passphrase: String) -> Result<(), AgentError> {
+        if self.store.lock(passphrase.as_bytes()) {
+            Ok(())
+        } else {
+            Err(refused("the agent is already locked"))
+        }
+    }
+
+    async fn unlock(&mut self, passphrase: String) -> Result<(), AgentError> {
+        if self.store.unlock(passphrase.as_bytes()) {
+            Ok(())
+        } else {
+            Err(refused("wrong passphrase, or the agent is not locked"))
+        }
+    }
+
+    async fn extension(&mut self, extension: Extension) -> Result<Option<Extension>, AgentError> {
+        if extension.name != "session-bind@openssh.com" {
+            debug!(name = %extension.name, "ssh: unknown extension");
+            return Err(AgentError::Failure);
+        }
+        let bind = match extension.parse_message::<SessionBind>() {
+            Ok(Some(bind)) => bind,
+            _ => {
+                warn!("ssh: malformed session-bind@openssh.com");
+                return Err(AgentError::ExtensionFailure);
+            }
+        };
+        if let Err(e) = bind.verify_signature() {
+            warn!(error = %e, "ssh: session-bind signature does not verify; refused");
+            return Err(AgentError::ExtensionFailure);
+        }
+        if bind.is_forwarding {
+            self.forwarded = true;
+            info!(
+                pid = self.caller.pid.unwrap_or(0),
+                "ssh: connection bound for forwarding"
+            );
+        } else {
+            debug!("ssh: connection bound for authentication");
+        }
+        Ok(None)
+    }
+}
+
+fn hardware_only() -> AgentError {
+    info!("ssh: refused to add or remove an identity: waxseal keys live in hardware");
+    refused("waxseal keys live in hardware; create them with `waxseal keys generate`, not ssh-add")
+}
