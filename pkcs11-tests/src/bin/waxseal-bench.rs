@@ -212,6 +212,109 @@ fn main() {
             println!("| added latency (1/agent − 1/direct) | 1 | | {added:.1} µs | | |");
         }
     }
+    ssh_comparison(&hsm, &agent, secs);
     println!();
     println!("Agent: ready {:.0} ms after spawn (to first `hello` answered); idle RSS {:.1} MiB; after the run {:.1} MiB", ready.as_secs_f64() * 1e3, idle_rss as f64 / 1024.0, rss_kib(agent.pid()) as f64 / 1024.0);
+}
+
+/// SSH signatures at the protocol level: waxseal's ssh.sock vs OpenSSH's ssh-agent with
+/// the same SoftHSM2 token loaded by `ssh-add -s`, same key, same client loop.
+fn ssh_comparison(hsm: &SoftHsm, agent: &Agent, secs: f64) {
+    use ssh_agent_lib::blocking::Client as SshClient;
+    use ssh_agent_lib::proto::SignRequest;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let oss_sock = tmp.path().join("openssh.sock");
+    let mut oss = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&oss_sock)
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&oss_sock).is_err() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let askpass = tmp.path().join("askpass");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho {PIN}\n")).unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("ssh-add")
+        .arg("-s")
+        .arg(SOFTHSM_MODULE)
+        .env("SSH_AUTH_SOCK", &oss_sock)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-add -s: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ours = SshClient::new(UnixStream::connect(&agent.ssh_socket).unwrap())
+        .request_identities()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.comment == "hsm/p256")
+        .expect("hsm/p256 on ssh.sock");
+    let theirs = SshClient::new(UnixStream::connect(&oss_sock).unwrap())
+        .request_identities()
+        .unwrap();
+    assert!(
+        theirs.iter().any(|i| i.credential == ours.credential),
+        "ssh-agent offers the same key"
+    );
+    let credential = ours.credential;
+    let bench = |sock: std::path::PathBuf, threads: usize| {
+        let credential = credential.clone();
+        measure(
+            threads,
+            secs,
+            move || SshClient::new(UnixStream::connect(&sock).unwrap()),
+            move |c| {
+                let sig = c
+                    .sign(SignRequest {
+                        credential: credential.clone(),
+                        data: vec![7u8; 64],
+                        flags: 0,
+                    })
+                    .unwrap();
+                assert_eq!(sig.algorithm().as_str(), "ecdsa-sha2-nistp256");
+            },
+        )
+    };
+    println!();
+    println!("SSH agent protocol, ecdsa-sha2-nistp256 on the same SoftHSM2 key, 64-byte payload:");
+    println!();
+    println!("| agent | clients | signatures/s | p50 | p99 | waxseal/OpenSSH |");
+    println!("|---|---|---|---|---|---|");
+    for threads in [1usize, 4] {
+        let o = bench(oss_sock.clone(), threads);
+        let w = bench(agent.ssh_socket.clone(), threads);
+        println!(
+            "| OpenSSH ssh-agent + ssh-add -s | {threads} | {:.0} | {:.1} µs | {:.1} µs | |",
+            o.rate,
+            o.p50.as_secs_f64() * 1e6,
+            o.p99.as_secs_f64() * 1e6
+        );
+        println!(
+            "| waxseal ssh.sock | {threads} | {:.0} | {:.1} µs | {:.1} µs | {:.2} |",
+            w.rate,
+            w.p50.as_secs_f64() * 1e6,
+            w.p99.as_secs_f64() * 1e6,
+            w.rate / o.rate
+        );
+    }
+    let _ = oss.kill();
+    let _ = oss.wait();
 }
