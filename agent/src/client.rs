@@ -11,9 +11,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    self, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk,
-    Op, PublicKeyOk, Purpose, Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk,
-    WireError, MAX_FRAME, PROTOCOL_VERSION,
+    self, Attest, AttestOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg,
+    KeyRef, ListKeysOk, Op, PublicKeyOk, Purpose, Request, Response, ResponseError, RsaPadding,
+    Sign, SignOk, StatusOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 
@@ -166,6 +166,14 @@ impl Client {
         self.call(Op::GenerateKey(GenerateKey {
             key: key.into(),
             alg,
+        }))
+    }
+
+    /// `attest`: the device's evidence for `key`, bound to `nonce` (random if `None`).
+    pub fn attest(&mut self, key: &str, nonce: Option<&[u8]>) -> Result<AttestOk, ClientError> {
+        self.call(Op::Attest(Attest {
+            key: key.into(),
+            nonce: nonce.map(|n| Bytes(n.to_vec())),
         }))
     }
 

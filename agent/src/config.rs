@@ -86,6 +86,13 @@ pub enum DeviceKind {
         /// Sessions kept open for parallel signing (default: 4).
         sessions: usize,
     },
+    /// A TPM 2.0.
+    Tpm {
+        /// TCTI configuration (default `device:/dev/tpmrm0`).
+        tcti: String,
+        /// Folder of the TSS2 PEM key files (default: `STATE_DIR/tpm`).
+        key_dir: Option<PathBuf>,
+    },
 }
 
 impl DeviceKind {
@@ -93,6 +100,7 @@ impl DeviceKind {
     pub fn word(&self) -> &'static str {
         match self {
             DeviceKind::Pkcs11 { .. } => "pkcs11",
+            DeviceKind::Tpm { .. } => "tpm",
         }
     }
 }
@@ -174,6 +182,8 @@ struct RawDevice {
     serial: Option<String>,
     pin: Option<String>,
     sessions: Option<usize>,
+    tcti: Option<String>,
+    key_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +280,11 @@ impl Config {
             };
             let kind = match d.kind.as_str() {
                 "pkcs11" => {
+                    for (field, set) in [("tcti", d.tcti.is_some()), ("key_dir", d.key_dir.is_some())] {
+                        if set {
+                            return Err(at(k(field), format!("`{field}` is for tpm devices, not pkcs11")));
+                        }
+                    }
                     let module = d.module.ok_or_else(|| {
                         at(k("kind"), "a pkcs11 device needs `module`, e.g. module = \"/usr/lib/softhsm/libsofthsm2.so\"".into())
                     })?;
@@ -293,10 +308,30 @@ impl Config {
                         sessions,
                     }
                 }
-                "tpm" | "yubikey" => {
+                "tpm" => {
+                    for (field, set) in [
+                        ("module", d.module.is_some()),
+                        ("token", d.token.is_some()),
+                        ("serial", d.serial.is_some()),
+                        ("sessions", d.sessions.is_some()),
+                    ] {
+                        if set {
+                            return Err(at(k(field), format!("`{field}` is for pkcs11 devices; a tpm device takes `tcti`, `key_dir` and `pin`")));
+                        }
+                    }
+                    let tcti = d.tcti.unwrap_or_else(|| "device:/dev/tpmrm0".to_string());
+                    if tcti.trim().is_empty() {
+                        return Err(at(k("tcti"), "must not be empty (e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321)".into()));
+                    }
+                    DeviceKind::Tpm {
+                        tcti,
+                        key_dir: d.key_dir,
+                    }
+                }
+                "yubikey" => {
                     return Err(at(
                         k("kind"),
-                        format!("device kind `{}` is not available in this version of waxseal-agent yet (pkcs11 is)", d.kind),
+                        format!("device kind `{}` is not available in this version of waxseal-agent yet (pkcs11 and tpm are)", d.kind),
                     ))
                 }
                 other => {
@@ -465,6 +500,34 @@ purposes = ["x509-tbs"]
         let e = err("[[key]]\nname = \"a/b\"\npurposes = [\"coffee\"]\n");
         assert_eq!(e.key, "key[0].purposes[0]", "{e}");
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn tpm_devices() {
+        let c = Config::parse("[[device]]\nname = \"tpm\"\nkind = \"tpm\"\n", "c.toml").unwrap();
+        assert_eq!(
+            c.devices[0].kind,
+            DeviceKind::Tpm {
+                tcti: "device:/dev/tpmrm0".into(),
+                key_dir: None
+            }
+        );
+        let c = Config::parse(
+            "[[device]]\nname = \"t\"\nkind = \"tpm\"\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\nkey_dir = \"/k\"\npin = \"env:P\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.devices[0].kind, DeviceKind::Tpm { tcti, key_dir: Some(_) } if tcti.starts_with("swtpm:"))
+        );
+        let e = err("[[device]]\nname = \"t\"\nkind = \"tpm\"\nmodule = \"/m.so\"\n");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("device[0].module", Some(4)),
+            "{e}"
+        );
+        let e = err("[[device]]\nname = \"h\"\nkind = \"pkcs11\"\nmodule = \"/m\"\ntoken = \"t\"\ntcti = \"x\"\n");
+        assert_eq!(e.key, "device[0].tcti", "{e}");
     }
 
     #[test]

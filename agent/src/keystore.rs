@@ -15,8 +15,9 @@ use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
-    Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, KeyAlg, KeyInfo, ListKeysOk, PublicKeyOk,
-    Purpose, RsaPadding, Sign, SignOk, StatusOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
+    AttestOk, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, KeyAlg, KeyInfo, ListKeysOk,
+    PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, WireError, AGENT_NAME,
+    PROTOCOL_VERSION,
 };
 use crate::worker::{DeviceLanes, LaneError};
 
@@ -61,6 +62,11 @@ fn wire(e: BackendError) -> WireError {
 impl KeyStore {
     /// Sets up every configured device. Devices connect on first use.
     pub fn open(config: &Config) -> KeyStore {
+        let state_dir = config
+            .agent
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::paths::state_dir);
         let mut devices = Vec::new();
         for d in &config.devices {
             let lanes: Vec<Box<dyn Backend>> = match &d.kind {
@@ -79,6 +85,20 @@ impl KeyStore {
                 #[cfg(not(feature = "pkcs11"))]
                 DeviceKind::Pkcs11 { .. } => {
                     warn!(device = %d.name, "this agent was built without the pkcs11 feature; device skipped");
+                    continue;
+                }
+                #[cfg(feature = "tpm")]
+                DeviceKind::Tpm { tcti, key_dir } => {
+                    backend::tpm::open(backend::tpm::TpmSettings {
+                        name: d.name.clone(),
+                        tcti: tcti.clone(),
+                        key_dir: key_dir.clone().unwrap_or_else(|| state_dir.join("tpm")),
+                        pin: d.pin.clone(),
+                    })
+                }
+                #[cfg(not(feature = "tpm"))]
+                DeviceKind::Tpm { .. } => {
+                    warn!(device = %d.name, "this agent was built without the tpm feature; device skipped");
                     continue;
                 }
             };
@@ -221,6 +241,34 @@ impl KeyStore {
             key: self.key_info(&device.name, k),
             pem: backend::crypto::spki_pem(&pk.spki_der),
             spki_der: Bytes(pk.spki_der),
+        })
+    }
+
+    /// `attest`: the device's evidence that the key was made inside it.
+    pub fn attest(&self, key: &str, nonce: Option<&[u8]>) -> Result<AttestOk, WireError> {
+        let (device, name) = self.split(key)?;
+        let mut fresh = [0u8; 32];
+        let nonce = match nonce {
+            Some(n) => n,
+            None => {
+                getrandom::getrandom(&mut fresh).map_err(|e| {
+                    WireError::new(
+                        ErrorCode::DeviceError,
+                        format!("no randomness for a nonce: {e}"),
+                    )
+                })?;
+                &fresh[..]
+            }
+        };
+        let a = device
+            .lanes
+            .run(|b| b.attest(name.label, nonce))?
+            .map_err(wire)?;
+        info!(key, format = %a.format, "attestation issued");
+        Ok(AttestOk {
+            key: key.to_string(),
+            format: a.format,
+            evidence: a.evidence,
         })
     }
 

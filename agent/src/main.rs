@@ -83,7 +83,7 @@ fn raise_fd_limit() {
 fn run(args: Args) -> Result<(), String> {
     // Socket activation first: it reads and clears LISTEN_* before any thread starts.
     let mut activated = listen::activated().map_err(|e| format!("socket activation: {e}"))?;
-    let config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
+    let mut config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
     raise_fd_limit();
     let runtime_dir = args
         .runtime_dir
@@ -117,6 +117,7 @@ fn run(args: Args) -> Result<(), String> {
             .set_nonblocking(true)
             .map_err(|e| format!("socket: {e}"))?;
     }
+    config.agent.state_dir = Some(state_dir.clone());
     let store = Arc::new(KeyStore::open(&config));
     let opts = server::ServeOptions {
         max_connections: config.agent.max_connections,

@@ -84,6 +84,18 @@ enum KeysCommand {
         #[arg(long, value_parser = parse_alg)]
         alg: KeyAlg,
     },
+    /// Attestation: the device's evidence that the key was made inside it (TPM:
+    /// TPM2_Certify by the agent's attestation key). JSON on stdout, or a file in DIR.
+    Attest {
+        /// DEVICE/LABEL.
+        name: String,
+        /// Write DIR/LABEL.FORMAT.json instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Qualifying data (hex, at most 32 bytes) to bind into the evidence; random if absent.
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
+    },
     /// Print a public key.
     Pubkey {
         /// DEVICE/LABEL.

@@ -8,6 +8,8 @@
 pub mod crypto;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 use crate::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding, WireError};
 
@@ -62,6 +64,16 @@ pub struct DeviceInfo {
     pub detail: String,
     /// How many keys it holds.
     pub keys: usize,
+}
+
+/// Evidence that a key lives in the device, in a device-specific JSON form
+/// (documented in docs/protocol.md under `attest`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attestation {
+    /// What kind of evidence: `tpm2-certify`, `piv-attestation`.
+    pub format: String,
+    /// The evidence.
+    pub evidence: serde_json::Value,
 }
 
 /// A backend operation that failed. Messages say what failed and what to do; they
@@ -131,6 +143,13 @@ pub trait Backend: Send {
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError>;
     /// Device status; connects if needed.
     fn info(&mut self) -> Result<DeviceInfo, BackendError>;
+    /// Evidence from the device that `label` was made inside it, bound to `nonce`.
+    fn attest(&mut self, label: &str, nonce: &[u8]) -> Result<Attestation, BackendError> {
+        let _ = (label, nonce);
+        Err(BackendError::Unsupported(
+            "this kind of device has no standard key attestation".into(),
+        ))
+    }
 }
 
 /// Checks a digest against its algorithm and the key's; returns the hash to use.

@@ -28,7 +28,8 @@ use zeroize::Zeroizing;
 
 use super::crypto::{self, OID_ED25519, OID_P256, OID_P384};
 use super::{
-    digest_hash, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey, SignInput, Signed,
+    digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey, SignInput,
+    Signed,
 };
 use crate::config::TokenSelector;
 use crate::keyuri::Pkcs11Uri;
@@ -856,6 +857,13 @@ impl Backend for Lane {
             ),
             keys,
         })
+    }
+
+    fn attest(&mut self, label: &str, _nonce: &[u8]) -> Result<Attestation, BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "device {}: PKCS#11 has no standard key attestation, so waxseal cannot prove where {label} was made (some HSMs have vendor mechanisms). `pkcs11-tool --list-objects` shows its CKA_LOCAL, CKA_SENSITIVE and CKA_EXTRACTABLE attributes",
+            self.shared.name()
+        )))
     }
 }
 

@@ -262,6 +262,8 @@ pub enum Op {
     GenerateKey(GenerateKey),
     /// Sign.
     Sign(Sign),
+    /// Evidence that a key was made inside its device.
+    Attest(Attest),
 }
 
 impl Op {
@@ -274,6 +276,7 @@ impl Op {
             Op::PublicKey(_) => "public_key",
             Op::GenerateKey(_) => "generate_key",
             Op::Sign(_) => "sign",
+            Op::Attest(_) => "attest",
         }
     }
 }
@@ -299,6 +302,16 @@ pub struct GenerateKey {
     pub key: String,
     /// Algorithm.
     pub alg: KeyAlg,
+}
+
+/// `attest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attest {
+    /// Key NAME.
+    pub key: String,
+    /// Qualifying data bound into the evidence (at most 32 bytes); random if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<Bytes>,
 }
 
 /// `sign`.
@@ -425,13 +438,14 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         "public_key" => Op::PublicKey(body(id, &op, map)?),
         "generate_key" => Op::GenerateKey(body(id, &op, map)?),
         "sign" => Op::Sign(body(id, &op, map)?),
+        "attest" => Op::Attest(body(id, &op, map)?),
         other => {
             return Err(RequestError {
                 id: Some(id),
                 error: WireError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign)",
+                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest)",
                         other.chars().take(64).collect::<String>()
                     ),
                 ),
@@ -529,6 +543,17 @@ pub struct GenerateKeyOk {
     pub spki_der: Bytes,
     /// PEM SubjectPublicKeyInfo.
     pub pem: String,
+}
+
+/// `attest` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttestOk {
+    /// Key NAME.
+    pub key: String,
+    /// Kind of evidence: `tpm2-certify` (docs/protocol.md describes each).
+    pub format: String,
+    /// The evidence, in the form `format` names.
+    pub evidence: Value,
 }
 
 /// `sign` result.

@@ -114,6 +114,13 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
             }
             reply(id, r)
         }
+        Op::Attest(a) => {
+            let r = store.attest(&a.key, a.nonce.as_ref().map(|n| n.0.as_slice()));
+            if let Err(e) = &r {
+                info!(key = %a.key, pid, code = %e.code, "attest refused or failed");
+            }
+            reply(id, r)
+        }
         Op::Sign(s) => {
             let r = store.sign(&s, caller);
             match &r {

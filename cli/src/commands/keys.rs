@@ -1,6 +1,6 @@
-//! `waxseal keys list|generate|pubkey`.
+//! `waxseal keys list|generate|attest|pubkey`.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::Ctx;
 use crate::{sshfmt, KeysCommand};
@@ -55,6 +55,29 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
                 made.key.name, made.key.alg, made.key.device
             );
             out!("{}", made.pem);
+            Ok(())
+        }
+        KeysCommand::Attest { name, out, nonce } => {
+            let nonce = nonce
+                .map(|h| hex::decode(h.trim()).context("--nonce is not hex"))
+                .transpose()?;
+            let a = client.attest(&name, nonce.as_deref())?;
+            let text = serde_json::to_string_pretty(&a)? + "\n";
+            match out {
+                Some(dir) => {
+                    let label = name.split_once('/').map_or(name.as_str(), |(_, l)| l);
+                    let path = dir.join(format!("{label}.{}.json", a.format));
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    if ctx.json {
+                        return ctx.print_json(&serde_json::json!({ "file": path }));
+                    }
+                    outln!("{}", path.display());
+                }
+                None => out!("{text}"),
+            }
             Ok(())
         }
         KeysCommand::Pubkey { name, format } => {

@@ -1,0 +1,1567 @@
+//! TPM 2.0 devices through `tss-esapi` (tpm2-tss ESAPI).
+//!
+//! Keys are ordinary signing keys under the owner hierarchy's storage root key (SRK),
+//! made from the TCG's standard ECC P-256 SRK template so that other tools
+//! (tpm2-openssl, ssh-tpm-agent, tpm2-tools) derive the same parent. The TPM returns
+//! each key wrapped by the SRK; the agent stores it as a TSS2 PEM key file
+//! ([`keyfile`]) under the device's key folder. Persistent keys (0x81……) are
+//! listed and used as `DEVICE/0x81……`.
+//!
+//! An ESAPI context is not `Send`, so each TPM device is owned by one worker thread;
+//! its single lane ([`TpmLane`]) sends that thread jobs. The thread keeps the SRK and
+//! the most recently used keys loaded (a TPM holds only a few transient objects, so
+//! the rest are flushed), retries `TPM_RC_RETRY`/`YIELDED`/`TESTING`, reconnects once
+//! when the connection breaks (a restarted TPM or swtpm) and otherwise answers
+//! `device-absent`. A wrong auth value is never retried: its fingerprint is kept, as
+//! for PKCS#11 PINs, because each try counts toward the TPM's dictionary-attack lockout.
+
+pub mod keyfile;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use secrecy::ExposeSecret as _;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, error, info, warn};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::response_code::{Tss2ResponseCode, Tss2ResponseCodeKind};
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::constants::{CapabilityType, PropertyTag, StartupType};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Auth, CapabilityData, Data, Digest, EccParameter, EccPoint, EccScheme, HashScheme,
+    HashcheckTicket, KeyDerivationFunctionScheme, Private, Public, PublicBuilder,
+    PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
+    Signature, SignatureScheme, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+use self::keyfile::{tpm2b, KeyFile, PARENT_OWNER};
+use super::{
+    crypto, digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey,
+    SignInput, Signed,
+};
+use crate::pin::{fingerprint, PinSource};
+use crate::proto::{HashAlg, KeyAlg, RsaPadding};
+
+/// Default TCTI: the kernel's resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+
+/// Keys kept loaded besides the SRK. A TPM has room for only a few transient objects
+/// (three on the reference implementation and swtpm), and attestation needs one more.
+const CACHED_KEYS: usize = 2;
+
+/// How long a command answered with RETRY/YIELDED/TESTING is retried.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// What a TPM device needs.
+#[derive(Debug, Clone)]
+pub struct TpmSettings {
+    /// Device name from the config.
+    pub name: String,
+    /// TCTI configuration string, e.g. `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`.
+    pub tcti: String,
+    /// Folder of the TSS2 PEM key files.
+    pub key_dir: PathBuf,
+    /// Source of the keys' auth value, if they have one.
+    pub pin: Option<PinSource>,
+}
+
+/// Counters, for benchmarks and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TpmStats {
+    /// TPM commands sent (including retries).
+    pub commands: u64,
+    /// Key loads (TPM2_Load or persistent-handle lookups).
+    pub loads: u64,
+    /// Connections made.
+    pub connects: u64,
+}
+
+/// One TPM device's lanes: a single lane backed by the device's worker thread.
+pub fn open(settings: TpmSettings) -> Vec<Box<dyn Backend>> {
+    vec![Box::new(TpmLane::spawn(settings))]
+}
+
+// --- the lane: jobs to the worker thread ---------------------------------------------
+
+type Job = Box<dyn FnOnce(&mut Tpm) + Send>;
+
+/// The `Backend` face of a TPM device: forwards each call to the device's thread.
+pub struct TpmLane {
+    name: String,
+    jobs: crossbeam_channel::Sender<Job>,
+}
+
+impl std::fmt::Debug for TpmLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmLane")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TpmLane {
+    /// Starts the device's worker thread.
+    pub fn spawn(settings: TpmSettings) -> TpmLane {
+        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        let name = settings.name.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("tpm-{name}"))
+            .spawn(move || {
+                let mut tpm = Tpm::new(settings);
+                for job in rx {
+                    if catch_unwind(AssertUnwindSafe(|| job(&mut tpm))).is_err() {
+                        error!(device = %tpm.settings.name, "a TPM operation panicked; the connection is dropped");
+                        tpm.disconnect();
+                    }
+                }
+                tpm.disconnect();
+            });
+        if let Err(e) = spawned {
+            error!(device = %name, error = %e, "cannot start the TPM worker thread");
+        }
+        TpmLane { name, jobs }
+    }
+
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tpm) -> Result<R, BackendError> + Send + 'static,
+    ) -> Result<R, BackendError> {
+        let gone = || {
+            BackendError::Device(format!(
+                "device {}: the TPM worker stopped (see the agent log)",
+                self.name
+            ))
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.jobs
+            .send(Box::new(move |tpm: &mut Tpm| {
+                let _ = tx.send(f(tpm));
+            }))
+            .map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
+    }
+}
+
+impl Backend for TpmLane {
+    fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError> {
+        self.call(|t| t.list_keys())
+    }
+
+    fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError> {
+        let label = label.to_string();
+        self.call(move |t| t.public_key(&label))
+    }
+
+    fn generate(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        let label = label.to_string();
+        self.call(move |t| t.generate(&label, alg))
+    }
+
+    fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError> {
+        let label = label.to_string();
+        let digest = input.digest.to_vec();
+        let (hash, padding, raw) = (input.hash, input.padding, input.raw);
+        self.call(move |t| {
+            t.sign(
+                &label,
+                &SignInput {
+                    digest: &digest,
+                    hash,
+                    padding,
+                    raw,
+                },
+            )
+        })
+    }
+
+    fn info(&mut self) -> Result<DeviceInfo, BackendError> {
+        self.call(|t| t.info())
+    }
+
+    fn attest(&mut self, label: &str, nonce: &[u8]) -> Result<Attestation, BackendError> {
+        let label = label.to_string();
+        let nonce = nonce.to_vec();
+        self.call(move |t| t.attest(&label, &nonce))
+    }
+}
+
+// --- errors --------------------------------------------------------------------------
+
+/// How an operation failed, before it becomes a [`BackendError`].
+#[derive(Debug)]
+enum Fail {
+    /// The connection is gone or out of step (TPM or swtpm restarted): reconnect.
+    Lost(String),
+    /// The TPM no longer holds an object the agent loaded (flushed by another
+    /// program on a TPM without a resource manager): start over on a new connection.
+    Stale(String),
+    /// The TPM (or ESAPI) refused a command.
+    Tpm(&'static str, tss_esapi::Error),
+    /// Already decided.
+    Backend(BackendError),
+}
+
+impl From<BackendError> for Fail {
+    fn from(e: BackendError) -> Self {
+        Fail::Backend(e)
+    }
+}
+
+/// The raw TSS2_RC of an error, when it has one.
+fn raw_rc(e: &tss_esapi::Error) -> Option<u32> {
+    let text = match e {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) => rc.to_string(),
+        _ => return None,
+    };
+    let hex = text.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The TPM-layer kind of an error; `None` for errors from the TSS layers above.
+fn tpm_kind(e: &tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
+    match e {
+        tss_esapi::Error::Tss2Error(rc) if raw_rc(e).is_some_and(|r| r >> 16 == 0) => rc.kind(),
+        _ => None,
+    }
+}
+
+/// Whether an error says the connection to the TPM is broken or out of step.
+fn is_lost(e: &tss_esapi::Error) -> bool {
+    match raw_rc(e) {
+        // Non-TPM layers (ESAPI 7, SYS 8, TCTI 10, RM 11…): sequence, connection,
+        // try-again, IO, malformed or short responses.
+        Some(rc) if rc >> 16 != 0 => matches!(rc & 0xffff, 7 | 8 | 9 | 10 | 17 | 19 | 20),
+        Some(_) => matches!(tpm_kind(e), Some(Tss2ResponseCodeKind::Reboot)),
+        None => false,
+    }
+}
+
+/// Whether an error says a handle the agent holds no longer refers to a loaded object.
+fn is_stale(e: &tss_esapi::Error) -> bool {
+    use Tss2ResponseCodeKind as K;
+    matches!(
+        tpm_kind(e),
+        Some(
+            K::Handle
+                | K::ReferenceH0
+                | K::ReferenceH1
+                | K::ReferenceH2
+                | K::ReferenceH3
+                | K::ReferenceH4
+                | K::ReferenceH5
+                | K::ReferenceH6
+        )
+    )
+}
+
+fn describe(e: &tss_esapi::Error) -> String {
+    match raw_rc(e) {
+        Some(rc) => format!("{e} (TPM_RC {rc:#x})"),
+        None => e.to_string(),
+    }
+}
+
+// --- the device ------------------------------------------------------------------------
+
+/// A key as read from its file or persistent handle.
+#[derive(Debug, Clone)]
+struct KeyMeta {
+    /// The file, for file keys; `None` for persistent keys.
+    file: Option<KeyFile>,
+    /// The persistent handle, for persistent keys.
+    persistent: Option<u32>,
+    public: Public,
+    alg: KeyAlg,
+    spki: Vec<u8>,
+    restricted: bool,
+    sign: bool,
+}
+
+impl KeyMeta {
+    fn needs_auth(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| !f.empty_auth)
+    }
+}
+
+/// A key file read earlier, with what identifies its version on disk.
+#[derive(Debug, Clone)]
+struct CachedFile {
+    stamp: (u64, u64, i64, i64),
+    meta: KeyMeta,
+}
+
+/// A key loaded in the TPM.
+struct Loaded {
+    label: String,
+    /// The TPM2B_PUBLIC it was loaded from (a replaced file is loaded again).
+    public: Vec<u8>,
+    handle: KeyHandle,
+    persistent: bool,
+}
+
+/// A live ESAPI connection and what it holds loaded.
+struct Conn {
+    ctx: Context,
+    srk: Option<KeyHandle>,
+    /// Least recently used first.
+    loaded: Vec<Loaded>,
+    commands: u64,
+}
+
+impl Conn {
+    /// Runs one TPM command, retrying while the TPM says RETRY, YIELDED or TESTING.
+    fn cmd<T>(
+        &mut self,
+        what: &'static str,
+        mut f: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T, Fail> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let mut started = false;
+        loop {
+            self.commands += 1;
+            match f(&mut self.ctx) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let transient = matches!(
+                        tpm_kind(&e),
+                        Some(
+                            Tss2ResponseCodeKind::Retry
+                                | Tss2ResponseCodeKind::Yielded
+                                | Tss2ResponseCodeKind::Testing
+                                | Tss2ResponseCodeKind::NvRate
+                        )
+                    );
+                    if !started && tpm_kind(&e) == Some(Tss2ResponseCodeKind::Initialize) {
+                        // A TPM that was reset and not started (a bare simulator):
+                        // start it, as the kernel or firmware would have.
+                        started = true;
+                        warn!(what, "the TPM needs TPM2_Startup; sending Startup(CLEAR)");
+                        self.commands += 1;
+                        if let Err(e) = self.ctx.startup(StartupType::Clear) {
+                            return Err(Fail::Lost(format!("TPM2_Startup: {}", describe(&e))));
+                        }
+                        continue;
+                    }
+                    if transient && start.elapsed() < RETRY_FOR {
+                        debug!(what, error = %e, "TPM asked to retry");
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(100));
+                        continue;
+                    }
+                    if is_lost(&e) {
+                        return Err(Fail::Lost(format!("{what}: {}", describe(&e))));
+                    }
+                    if is_stale(&e) {
+                        return Err(Fail::Stale(format!("{what}: {}", describe(&e))));
+                    }
+                    return Err(Fail::Tpm(what, e));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, handle: KeyHandle) {
+        let _ = self.cmd("TPM2_FlushContext", |c| {
+            c.flush_context(ObjectHandle::from(handle))
+        });
+    }
+
+    /// The owner SRK, created from the standard template on first use.
+    fn srk(&mut self) -> Result<KeyHandle, Fail> {
+        if let Some(h) = self.srk {
+            return Ok(h);
+        }
+        let template = srk_template().map_err(|e| Fail::Tpm("SRK template", e))?;
+        let created = self.with_object_room(|c| {
+            c.cmd("TPM2_CreatePrimary (SRK)", |ctx| {
+                ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.create_primary(Hierarchy::Owner, template.clone(), None, None, None, None)
+                })
+            })
+        })?;
+        self.srk = Some(created.key_handle);
+        Ok(created.key_handle)
+    }
+
+    /// Runs `f`; when the TPM is out of object slots, flushes the cached keys and
+    /// tries once more.
+    fn with_object_room<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        match f(self) {
+            Err(Fail::Tpm(_, e))
+                if matches!(
+                    tpm_kind(&e),
+                    Some(Tss2ResponseCodeKind::ObjectMemory | Tss2ResponseCodeKind::SessionMemory)
+                ) =>
+            {
+                debug!("TPM out of object memory: flushing cached keys");
+                self.evict_all();
+                f(self)
+            }
+            other => other,
+        }
+    }
+
+    fn evict_all(&mut self) {
+        for l in std::mem::take(&mut self.loaded) {
+            if !l.persistent {
+                self.flush(l.handle);
+            }
+        }
+    }
+
+    fn evict_except(&mut self, label: &str) {
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.loaded)
+            .into_iter()
+            .partition(|l| l.label == label);
+        self.loaded = keep;
+        for l in drop {
+            if !l.persistent {
+                self.flush(l.handle);
+            }
+        }
+    }
+}
+
+/// The ECC P-256 storage root key template that TSS2 key files with parent
+/// 0x40000001 mean (TCG Provisioning Guidance 7.5.1 over the EK profile's ECC P-256
+/// template, with an empty `unique`): restricted decryption key, AES-128 CFB, no
+/// scheme, `noDA`, `userWithAuth`. tpm2-openssl derives the same key from it: the
+/// tests load our key files with its provider.
+fn srk_template() -> tss_esapi::Result<Public> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// waxseal's attestation key: an ECC P-256 restricted signing primary key (ECDSA
+/// SHA-256) in the endorsement hierarchy. Primary keys are derived from the hierarchy
+/// seed and the template, so the same TPM gives the same AK every time: nothing to
+/// store, and the AK changes only when the endorsement seed does.
+fn ak_template() -> tss_esapi::Result<Public> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new()
+                .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+                .with_curve(EccCurve::NistP256)
+                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+                .with_symmetric(SymmetricDefinitionObject::Null)
+                .with_is_signing_key(true)
+                .with_is_decryption_key(false)
+                .with_restricted(true)
+                .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(b"waxseal attestation key v1".to_vec())?,
+            EccParameter::try_from(Vec::new())?,
+        ))
+        .build()
+}
+
+/// An unrestricted signing key: fixedTPM, fixedParent, sensitiveDataOrigin,
+/// userWithAuth, sign; no scheme fixed, so each signature names its hash and padding.
+fn key_template(alg: KeyAlg) -> Result<Public, BackendError> {
+    let build = || -> tss_esapi::Result<Public> {
+        let attrs = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_sign_encrypt(true)
+            .with_decrypt(false)
+            .with_restricted(false)
+            .build()?;
+        let builder = PublicBuilder::new()
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs);
+        match alg {
+            KeyAlg::P256 | KeyAlg::P384 => builder
+                .with_public_algorithm(PublicAlgorithm::Ecc)
+                .with_ecc_parameters(
+                    // Scheme NULL lets each signature choose its hash. tss-esapi's
+                    // builder refuses NULL on a key it is told signs, though the TPM
+                    // accepts it; the object attributes above make it a signing key.
+                    PublicEccParametersBuilder::new()
+                        .with_ecc_scheme(EccScheme::Null)
+                        .with_curve(if alg == KeyAlg::P256 {
+                            EccCurve::NistP256
+                        } else {
+                            EccCurve::NistP384
+                        })
+                        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+                        .with_symmetric(SymmetricDefinitionObject::Null)
+                        .build()?,
+                )
+                .with_ecc_unique_identifier(EccPoint::default())
+                .build(),
+            KeyAlg::Rsa(bits) => builder
+                .with_public_algorithm(PublicAlgorithm::Rsa)
+                .with_rsa_parameters(
+                    PublicRsaParametersBuilder::new_unrestricted_signing_key(
+                        RsaScheme::Null,
+                        match bits {
+                            2048 => RsaKeyBits::Rsa2048,
+                            3072 => RsaKeyBits::Rsa3072,
+                            _ => RsaKeyBits::Rsa4096,
+                        },
+                        RsaExponent::default(),
+                    )
+                    .build()?,
+                )
+                .with_rsa_unique_identifier(PublicKeyRsa::default())
+                .build(),
+            KeyAlg::Ed25519 => Err(tss_esapi::Error::WrapperError(
+                tss_esapi::WrapperErrorKind::UnsupportedParam,
+            )),
+        }
+    };
+    build().map_err(|e| BackendError::Device(format!("cannot build the key template: {e}")))
+}
+
+/// Algorithm, SPKI and usage of a public area.
+fn describe_public(public: &Public) -> Result<(KeyAlg, Vec<u8>), String> {
+    match public {
+        Public::Ecc {
+            parameters, unique, ..
+        } => {
+            let (alg, size) = match parameters.ecc_curve() {
+                EccCurve::NistP256 => (KeyAlg::P256, 32),
+                EccCurve::NistP384 => (KeyAlg::P384, 48),
+                other => return Err(format!("curve {other:?} is not supported (P-256, P-384)")),
+            };
+            let mut point = vec![0x04];
+            point.extend(left_pad(unique.x().value(), size));
+            point.extend(left_pad(unique.y().value(), size));
+            let spki = crypto::spki_from_point(alg, &point).map_err(|e| e.0)?;
+            Ok((alg, spki))
+        }
+        Public::Rsa {
+            parameters, unique, ..
+        } => {
+            let modulus = unique.value();
+            let e = match parameters.exponent().value() {
+                0 => 65537,
+                e => e,
+            };
+            let exponent: Vec<u8> = e
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|&b| b == 0)
+                .collect();
+            let spki = crypto::spki_from_rsa(modulus, &exponent).map_err(|e| e.0)?;
+            Ok((KeyAlg::Rsa(crypto::rsa_bits(modulus)), spki))
+        }
+        _ => Err("not an asymmetric key".into()),
+    }
+}
+
+fn left_pad(v: &[u8], size: usize) -> Vec<u8> {
+    let mut out = vec![0u8; size.saturating_sub(v.len())];
+    out.extend_from_slice(v);
+    out
+}
+
+fn meta_from_public(
+    public: Public,
+    file: Option<KeyFile>,
+    persistent: Option<u32>,
+) -> Result<KeyMeta, String> {
+    let (alg, spki) = describe_public(&public)?;
+    let attrs = public.object_attributes();
+    Ok(KeyMeta {
+        file,
+        persistent,
+        alg,
+        spki,
+        restricted: attrs.restricted(),
+        sign: attrs.sign_encrypt() && !attrs.decrypt(),
+        public,
+    })
+}
+
+/// Labels of persistent keys: `0x81` followed by six hex digits.
+fn persistent_label(label: &str) -> Option<u32> {
+    let hex = label.strip_prefix("0x")?;
+    if hex.len() != 8 {
+        return None;
+    }
+    let v = u32::from_str_radix(hex, 16).ok()?;
+    (v >> 24 == 0x81).then_some(v)
+}
+
+/// Whether `label` may name a key file: 1–64 of `A-Z a-z 0-9 . _ -`, not starting with
+/// `.` and not of the persistent-handle form.
+fn valid_file_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 64
+        && !label.starts_with('.')
+        && !label.starts_with("0x")
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The device behind one TPM lane; owned by its worker thread.
+pub struct Tpm {
+    settings: TpmSettings,
+    conn: Option<Conn>,
+    files: HashMap<String, CachedFile>,
+    refused_pin: Option<Zeroizing<[u8; 32]>>,
+    stats: TpmStats,
+}
+
+impl std::fmt::Debug for Tpm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tpm")
+            .field("settings", &self.settings)
+            .field("connected", &self.conn.is_some())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tpm {
+    /// A device; connects on first use.
+    pub fn new(settings: TpmSettings) -> Tpm {
+        Tpm {
+            settings,
+            conn: None,
+            files: HashMap::new(),
+            refused_pin: None,
+            stats: TpmStats::default(),
+        }
+    }
+
+    /// Counters since this value was made.
+    pub fn stats(&self) -> TpmStats {
+        let mut s = self.stats;
+        if let Some(c) = &self.conn {
+            s.commands += c.commands;
+        }
+        s
+    }
+
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Drops the connection: flushes what it loaded and closes the TCTI.
+    pub fn disconnect(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.evict_all();
+            if let Some(srk) = conn.srk.take() {
+                conn.flush(srk);
+            }
+            self.stats.commands += conn.commands;
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), BackendError> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let tcti = TctiNameConf::from_str(&self.settings.tcti).map_err(|e| {
+            BackendError::Absent(format!(
+                "device {}: TCTI `{}` is not valid: {e}",
+                self.name(),
+                self.settings.tcti
+            ))
+        })?;
+        let ctx = Context::new(tcti).map_err(|e| {
+            BackendError::Absent(format!(
+                "device {}: cannot reach the TPM at {}: {} (is the TPM there and readable by this user? /dev/tpmrm0 needs group tss)",
+                self.name(),
+                self.settings.tcti,
+                describe(&e)
+            ))
+        })?;
+        self.stats.connects += 1;
+        info!(device = %self.settings.name, tcti = %self.settings.tcti, "TPM connected");
+        self.conn = Some(Conn {
+            ctx,
+            srk: None,
+            loaded: Vec::new(),
+            commands: 0,
+        });
+        Ok(())
+    }
+
+    /// Runs `op` on a live connection; when the connection turns out to be broken,
+    /// reconnects and runs it once more. Never loops, never hangs on a dead TPM.
+    fn with_conn<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Conn, &mut TpmCtx<'_>) -> Result<T, Fail>,
+    ) -> Result<T, BackendError> {
+        for attempt in 0..2 {
+            self.connect()?;
+            let Some(mut conn) = self.conn.take() else {
+                return Err(BackendError::Device("no TPM connection".into()));
+            };
+            let mut cx = TpmCtx {
+                settings: &self.settings,
+                refused_pin: &mut self.refused_pin,
+                stats: &mut self.stats,
+            };
+            let result = op(&mut conn, &mut cx);
+            match result {
+                Ok(v) => {
+                    self.conn = Some(conn);
+                    return Ok(v);
+                }
+                Err(Fail::Lost(why)) => {
+                    warn!(device = %self.settings.name, error = %why, "TPM connection lost; reconnecting");
+                    // The old context's handles mean nothing to a restarted TPM: drop
+                    // it without flushing.
+                    self.stats.commands += conn.commands;
+                    drop(conn);
+                    if attempt == 1 {
+                        return Err(BackendError::Absent(format!(
+                            "device {}: the TPM at {} stopped answering ({why})",
+                            self.settings.name, self.settings.tcti
+                        )));
+                    }
+                }
+                Err(Fail::Stale(why)) => {
+                    warn!(device = %self.settings.name, error = %why, "a TPM object the agent loaded is gone; starting over");
+                    self.stats.commands += conn.commands;
+                    drop(conn);
+                    if attempt == 1 {
+                        return Err(BackendError::Device(format!(
+                            "device {}: {why}",
+                            self.settings.name
+                        )));
+                    }
+                }
+                Err(Fail::Tpm(what, e)) => {
+                    let err = map_tpm_error(&self.settings.name, what, &e);
+                    if raw_rc(&e).is_some_and(|rc| rc >> 16 != 0) {
+                        // An ESAPI-level failure may leave the context out of step.
+                        self.stats.commands += conn.commands;
+                        drop(conn);
+                    } else {
+                        self.conn = Some(conn);
+                    }
+                    return Err(err);
+                }
+                Err(Fail::Backend(e)) => {
+                    self.conn = Some(conn);
+                    return Err(e);
+                }
+            }
+        }
+        Err(BackendError::Absent(format!(
+            "device {}: the TPM at {} is not answering",
+            self.settings.name, self.settings.tcti
+        )))
+    }
+
+    fn key_path(&self, label: &str) -> PathBuf {
+        self.settings.key_dir.join(format!("{label}.pem"))
+    }
+
+    /// Reads (or takes from the cache) the key file of `label`.
+    fn file_meta(&mut self, label: &str) -> Result<KeyMeta, BackendError> {
+        let path = self.key_path(label);
+        let md = fs::metadata(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                BackendError::UnknownKey(format!(
+                    "device {}: no key `{label}` (no {} and not a persistent handle 0x81……)",
+                    self.name(),
+                    path.display()
+                ))
+            } else {
+                BackendError::Device(format!("cannot read {}: {e}", path.display()))
+            }
+        })?;
+        let stamp = (md.ino(), md.len(), md.mtime(), md.mtime_nsec());
+        if let Some(c) = self.files.get(label) {
+            if c.stamp == stamp {
+                return Ok(c.meta.clone());
+            }
+        }
+        let meta = read_key_file(&path).map_err(|why| {
+            BackendError::Device(format!(
+                "device {}: {} is not a usable TPM key: {why}",
+                self.name(),
+                path.display()
+            ))
+        })?;
+        self.files.insert(
+            label.to_string(),
+            CachedFile {
+                stamp,
+                meta: meta.clone(),
+            },
+        );
+        Ok(meta)
+    }
+
+    fn key_meta(&mut self, label: &str) -> Result<KeyMeta, BackendError> {
+        match persistent_label(label) {
+            Some(handle) => {
+                let name = self.settings.name.clone();
+                self.with_conn(|conn, _| persistent_meta(conn, &name, handle))
+            }
+            None => self.file_meta(label),
+        }
+    }
+
+    /// Every signing key: the key folder's TSS2 files, then persistent keys.
+    pub fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError> {
+        let mut keys = Vec::new();
+        let entries = match fs::read_dir(&self.settings.key_dir) {
+            Ok(rd) => rd.filter_map(Result::ok).collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(BackendError::Device(format!(
+                    "cannot read {}: {e}",
+                    self.settings.key_dir.display()
+                )))
+            }
+        };
+        let mut labels: Vec<String> = entries
+            .iter()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let label = name.strip_suffix(".pem")?;
+                valid_file_label(label).then(|| label.to_string())
+            })
+            .collect();
+        labels.sort();
+        for label in labels {
+            match self.file_meta(&label) {
+                Ok(meta) if meta.sign && !meta.restricted => keys.push(DeviceKey {
+                    uri: Some(format!(
+                        "tpm:name={label};file={}",
+                        self.key_path(&label).display()
+                    )),
+                    label,
+                    alg: meta.alg,
+                }),
+                Ok(_) => {
+                    debug!(device = %self.settings.name, key = %label, "not an unrestricted signing key; not listed")
+                }
+                Err(e) => {
+                    warn!(device = %self.settings.name, key = %label, error = %e, "key file left out")
+                }
+            }
+        }
+        let name = self.settings.name.clone();
+        let persistent = self.with_conn(|conn, _| {
+            let (data, _) = conn.cmd("TPM2_GetCapability (handles)", |c| {
+                c.get_capability(CapabilityType::Handles, 0x8100_0000, 64)
+            })?;
+            let handles: Vec<u32> = match data {
+                CapabilityData::Handles(list) => list
+                    .into_inner()
+                    .into_iter()
+                    .map(u32::from)
+                    .filter(|h| h >> 24 == 0x81)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut out = Vec::new();
+            for h in handles {
+                match persistent_meta(conn, &name, h) {
+                    Ok(meta) if meta.sign && !meta.restricted => out.push((h, meta.alg)),
+                    Ok(_) => {}
+                    Err(Fail::Lost(e)) => return Err(Fail::Lost(e)),
+                    Err(_) => {}
+                }
+            }
+            Ok(out)
+        })?;
+        for (h, alg) in persistent {
+            keys.push(DeviceKey {
+                label: format!("{h:#010x}"),
+                alg,
+                uri: Some(format!("tpm:handle={h:#010x}")),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// The public key of `label`, from its file (no TPM needed) or persistent handle.
+    pub fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError> {
+        let meta = self.key_meta(label)?;
+        Ok(PublicKey {
+            alg: meta.alg,
+            spki_der: meta.spki,
+        })
+    }
+
+    /// Creates a key under the SRK and writes its TSS2 PEM file.
+    pub fn generate(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        if !valid_file_label(label) {
+            return Err(BackendError::BadRequest(format!(
+                "`{label}` cannot name a TPM key file: use 1-64 of A-Z a-z 0-9 . _ - (not starting with `.` or `0x`)"
+            )));
+        }
+        if !matches!(
+            alg,
+            KeyAlg::P256 | KeyAlg::P384 | KeyAlg::Rsa(2048) | KeyAlg::Rsa(3072)
+        ) {
+            return Err(BackendError::Unsupported(format!(
+                "device {}: TPM keys can be p256, p384, rsa2048 or rsa3072 (not {alg})",
+                self.name()
+            )));
+        }
+        let path = self.key_path(label);
+        if path.exists() {
+            return Err(BackendError::KeyExists(format!(
+                "device {}: key `{label}` exists already ({})",
+                self.name(),
+                path.display()
+            )));
+        }
+        let auth = match &self.settings.pin {
+            Some(source) => {
+                let pin = source.read().map_err(|e| {
+                    BackendError::PinRequired(format!("device {}: {e}", self.settings.name))
+                })?;
+                Some(auth_of(
+                    &self.settings.name,
+                    pin.expose_secret().as_bytes(),
+                )?)
+            }
+            None => None,
+        };
+        let template = key_template(alg)?;
+        let empty_auth = auth.is_none();
+        let created = self.with_conn(|conn, _| {
+            let srk = conn.srk()?;
+            conn.with_object_room(|c| {
+                c.cmd("TPM2_Create", |ctx| {
+                    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                        ctx.create(srk, template.clone(), auth.clone(), None, None, None)
+                    })
+                })
+            })
+        })?;
+        let public_area = created.out_public.marshall().map_err(|e| {
+            BackendError::Device(format!("cannot encode the new key's public area: {e}"))
+        })?;
+        let file = KeyFile {
+            empty_auth,
+            has_policy: false,
+            parent: PARENT_OWNER,
+            public: tpm2b(&public_area),
+            private: tpm2b(created.out_private.value()),
+            description: None,
+        };
+        let meta = meta_from_public(created.out_public, Some(file.clone()), None)
+            .map_err(|e| BackendError::Device(format!("the TPM made an unusable key: {e}")))?;
+        write_new_file(&self.settings.key_dir, &path, file.to_pem().as_bytes())?;
+        info!(device = %self.settings.name, key = %label, %alg, file = %path.display(), "TPM key generated");
+        Ok((
+            DeviceKey {
+                label: label.to_string(),
+                alg: meta.alg,
+                uri: Some(format!("tpm:name={label};file={}", path.display())),
+            },
+            PublicKey {
+                alg: meta.alg,
+                spki_der: meta.spki,
+            },
+        ))
+    }
+
+    /// Signs a digest with `label`.
+    pub fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError> {
+        let meta = self.key_meta(label)?;
+        check_usable(&self.settings.name, label, &meta)?;
+        let hash = digest_hash(meta.alg, input)?;
+        let auth = self.auth_for(&meta)?;
+        let scheme = match (meta.alg, input.padding) {
+            (KeyAlg::Rsa(_), RsaPadding::Pss) => SignatureScheme::RsaPss {
+                hash_scheme: HashScheme::new(hashing(hash)),
+            },
+            (KeyAlg::Rsa(_), RsaPadding::Pkcs1) => SignatureScheme::RsaSsa {
+                hash_scheme: HashScheme::new(hashing(hash)),
+            },
+            _ => SignatureScheme::EcDsa {
+                hash_scheme: HashScheme::new(hashing(hash)),
+            },
+        };
+        let digest = Digest::try_from(input.digest.to_vec())
+            .map_err(|e| BackendError::BadRequest(format!("digest: {e}")))?;
+        let label_owned = label.to_string();
+        let signature = self.with_conn(|conn, cx| {
+            let handle = load_key(conn, cx, &label_owned, &meta, auth.as_ref())?;
+            let result = conn.cmd("TPM2_Sign", |ctx| {
+                ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.sign(handle, digest.clone(), scheme, null_ticket()?)
+                })
+            });
+            cx.auth_outcome(&label_owned, auth.as_ref(), result)
+        })?;
+        let bytes = match signature {
+            Signature::EcDsa(sig) => {
+                let size = if meta.alg == KeyAlg::P384 { 48 } else { 32 };
+                let mut raw = left_pad(sig.signature_r().value(), size);
+                raw.extend(left_pad(sig.signature_s().value(), size));
+                crypto::ecdsa_raw_to_der(meta.alg, &raw).map_err(|e| BackendError::Device(e.0))?
+            }
+            Signature::RsaSsa(sig) | Signature::RsaPss(sig) => sig.signature().value().to_vec(),
+            other => {
+                return Err(BackendError::Device(format!(
+                    "the TPM answered with an unexpected signature type {:?}",
+                    other.algorithm()
+                )))
+            }
+        };
+        Ok(Signed {
+            signature: bytes,
+            alg: meta.alg,
+            hash,
+        })
+    }
+
+    /// TPM2_Certify over `label` by the agent's attestation key, with `nonce` as the
+    /// qualifying data.
+    pub fn attest(&mut self, label: &str, nonce: &[u8]) -> Result<Attestation, BackendError> {
+        let meta = self.key_meta(label)?;
+        let auth = self.auth_for(&meta)?;
+        if nonce.len() > 32 {
+            return Err(BackendError::BadRequest(
+                "the nonce may be at most 32 bytes".into(),
+            ));
+        }
+        let qualifying = Data::try_from(nonce.to_vec())
+            .map_err(|e| BackendError::BadRequest(format!("nonce: {e}")))?;
+        let ak_template =
+            ak_template().map_err(|e| BackendError::Device(format!("AK template: {e}")))?;
+        let label_owned = label.to_string();
+        let (attest, signature, ak_public) = self.with_conn(|conn, cx| {
+            // Room for the AK: the SRK, this key and the AK are all that stay loaded.
+            conn.evict_except(&label_owned);
+            let handle = load_key(conn, cx, &label_owned, &meta, auth.as_ref())?;
+            let ak = conn.with_object_room(|c| {
+                c.cmd("TPM2_CreatePrimary (AK)", |ctx| {
+                    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                        ctx.create_primary(
+                            Hierarchy::Endorsement,
+                            ak_template.clone(),
+                            None,
+                            None,
+                            None,
+                            None,
+                        )
+                    })
+                })
+            })?;
+            let result = conn.cmd("TPM2_Certify", |ctx| {
+                ctx.execute_with_sessions(
+                    (
+                        Some(AuthSession::Password),
+                        Some(AuthSession::Password),
+                        None,
+                    ),
+                    |ctx| {
+                        ctx.certify(
+                            ObjectHandle::from(handle),
+                            ak.key_handle,
+                            qualifying.clone(),
+                            SignatureScheme::Null,
+                        )
+                    },
+                )
+            });
+            conn.flush(ak.key_handle);
+            let (attest, sig) = cx.auth_outcome(&label_owned, auth.as_ref(), result)?;
+            Ok((attest, sig, ak.out_public))
+        })?;
+        let bad = |e: tss_esapi::Error| BackendError::Device(format!("cannot encode: {e}"));
+        let attest_bytes = attest.marshall().map_err(bad)?;
+        let tpmt_signature = signature.marshall().map_err(bad)?;
+        let ak_area = ak_public.marshall().map_err(bad)?;
+        let (_, ak_spki) = describe_public(&ak_public).map_err(BackendError::Device)?;
+        let der_sig = match &signature {
+            Signature::EcDsa(sig) => {
+                let mut raw = left_pad(sig.signature_r().value(), 32);
+                raw.extend(left_pad(sig.signature_s().value(), 32));
+                crypto::ecdsa_raw_to_der(KeyAlg::P256, &raw)
+                    .map_err(|e| BackendError::Device(e.0))?
+            }
+            _ => {
+                return Err(BackendError::Device(
+                    "the AK did not sign with ECDSA".into(),
+                ))
+            }
+        };
+        let key_area = meta.public.marshall().map_err(bad)?;
+        let name = |area: &[u8]| {
+            let mut n = vec![0x00, 0x0b];
+            n.extend(Sha256::digest(area));
+            hex::encode(n)
+        };
+        let evidence = json!({
+            "nonce": B64.encode(nonce),
+            "attest": B64.encode(&attest_bytes),
+            "signature": B64.encode(&der_sig),
+            "signature_alg": "ecdsa-p256-sha256",
+            "tpmt_signature": B64.encode(&tpmt_signature),
+            "key_public": B64.encode(&key_area),
+            "key_name": name(&key_area),
+            "key_spki_pem": crypto::spki_pem(&meta.spki),
+            "ak_public": B64.encode(&ak_area),
+            "ak_name": name(&ak_area),
+            "ak_spki_pem": crypto::spki_pem(&ak_spki),
+            "ak_template": "waxseal AK v1: ECC P-256 restricted signing primary key (ECDSA SHA-256), endorsement hierarchy",
+        });
+        Ok(Attestation {
+            format: "tpm2-certify".into(),
+            evidence,
+        })
+    }
+
+    /// Device status: manufacturer and firmware, and how many keys it has.
+    pub fn info(&mut self) -> Result<DeviceInfo, BackendError> {
+        let (maker, fw) = self.with_conn(|conn, _| {
+            let maker = conn.cmd("TPM2_GetCapability (properties)", |c| {
+                c.get_tpm_property(PropertyTag::Manufacturer)
+            })?;
+            let fw = conn.cmd("TPM2_GetCapability (properties)", |c| {
+                c.get_tpm_property(PropertyTag::FirmwareVersion1)
+            })?;
+            Ok((maker, fw))
+        })?;
+        let maker = maker
+            .map(|m| {
+                String::from_utf8_lossy(&m.to_be_bytes())
+                    .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                    .to_string()
+            })
+            .unwrap_or_else(|| "?".into());
+        let keys = self.list_keys()?.len();
+        Ok(DeviceInfo {
+            detail: format!(
+                "TPM 2.0 by {maker}, firmware {}.{}, at {}; key files in {}",
+                fw.map_or(0, |v| v >> 16),
+                fw.map_or(0, |v| v & 0xffff),
+                self.settings.tcti,
+                self.settings.key_dir.display()
+            ),
+            keys,
+        })
+    }
+
+    /// The auth value `meta` needs, from the device's PIN source.
+    fn auth_for(&self, meta: &KeyMeta) -> Result<Option<Auth>, BackendError> {
+        let wants = meta.needs_auth() || (meta.persistent.is_some() && self.settings.pin.is_some());
+        if !wants {
+            return Ok(None);
+        }
+        let Some(source) = &self.settings.pin else {
+            return Err(BackendError::PinRequired(format!(
+                "device {}: this key has an auth value; set `pin` (file:PATH or env:VAR) on the device",
+                self.name()
+            )));
+        };
+        let pin = source
+            .read()
+            .map_err(|e| BackendError::PinRequired(format!("device {}: {e}", self.name())))?;
+        let print = fingerprint(&pin);
+        if self.refused_pin.as_ref().is_some_and(|r| **r == *print) {
+            return Err(BackendError::PinIncorrect(format!(
+                "device {}: the TPM already refused the auth value from {source}; the agent does not try it again (each try counts toward the TPM's dictionary-attack lockout). Put the right PIN there and retry",
+                self.name()
+            )));
+        }
+        auth_of(self.name(), pin.expose_secret().as_bytes()).map(Some)
+    }
+}
+
+/// Borrowed device state an operation needs besides the connection.
+struct TpmCtx<'a> {
+    settings: &'a TpmSettings,
+    refused_pin: &'a mut Option<Zeroizing<[u8; 32]>>,
+    stats: &'a mut TpmStats,
+}
+
+impl TpmCtx<'_> {
+    /// Records what a command using `auth` taught about it: a refused auth value is
+    /// remembered and never sent again; a lockout is reported with what to do.
+    fn auth_outcome<T>(
+        &mut self,
+        label: &str,
+        auth: Option<&Auth>,
+        result: Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        let name = &self.settings.name;
+        match result {
+            Ok(v) => {
+                if auth.is_some() && self.refused_pin.is_some() {
+                    *self.refused_pin = None;
+                }
+                Ok(v)
+            }
+            Err(Fail::Tpm(_, e))
+                if matches!(
+                    tpm_kind(&e),
+                    Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth)
+                ) =>
+            {
+                if let (Some(auth), Some(source)) = (auth, &self.settings.pin) {
+                    let _ = auth;
+                    if let Ok(pin) = source.read() {
+                        *self.refused_pin = Some(fingerprint(&pin));
+                    }
+                }
+                warn!(device = %name, key = %label, "the TPM refused the key's auth value; it will not be retried");
+                Err(Fail::Backend(BackendError::PinIncorrect(format!(
+                    "device {name}: the TPM refused the auth value (PIN) of key {label}. The agent will not retry it: each wrong try counts toward the TPM's dictionary-attack lockout. Fix the device's `pin` source and try again"
+                ))))
+            }
+            other => other,
+        }
+    }
+}
+
+fn map_tpm_error(device: &str, what: &str, e: &tss_esapi::Error) -> BackendError {
+    match tpm_kind(e) {
+        Some(Tss2ResponseCodeKind::Lockout) => BackendError::PinBlocked(format!(
+            "device {device}: the TPM is in dictionary-attack lockout after too many wrong auth values; keys with an auth value are refused until it recovers. Wait for the recovery time (`tpm2_getcap properties-variable` shows TPM2_PT_LOCKOUT_COUNTER and the TPM's lockout settings) or have the owner run `tpm2_dictionarylockout --clear-lockout`"
+        )),
+        Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
+            BackendError::PinIncorrect(format!(
+                "device {device}: {what}: the TPM refused the authorization ({})",
+                describe(e)
+            ))
+        }
+        Some(Tss2ResponseCodeKind::Hierarchy) => BackendError::Device(format!(
+            "device {device}: {what}: a TPM hierarchy is disabled ({})",
+            describe(e)
+        )),
+        _ => BackendError::Device(format!("device {device}: {what} failed: {}", describe(e))),
+    }
+}
+
+fn check_usable(device: &str, label: &str, meta: &KeyMeta) -> Result<(), BackendError> {
+    if meta.restricted {
+        return Err(BackendError::Unsupported(format!(
+            "device {device}: key {label} is a restricted signing key (an attestation key): the TPM lets it sign only data the TPM produced itself, not digests. Use an unrestricted key (waxseal keys generate {device}/NAME)"
+        )));
+    }
+    if !meta.sign {
+        return Err(BackendError::Unsupported(format!(
+            "device {device}: key {label} is not a signing key"
+        )));
+    }
+    if meta.file.as_ref().is_some_and(|f| f.has_policy) {
+        return Err(BackendError::Unsupported(format!(
+            "device {device}: key {label} is bound to a TPM policy; waxseal signs only with keys authorised by an auth value"
+        )));
+    }
+    Ok(())
+}
+
+fn hashing(hash: HashAlg) -> HashingAlgorithm {
+    match hash {
+        HashAlg::Sha256 => HashingAlgorithm::Sha256,
+        HashAlg::Sha384 => HashingAlgorithm::Sha384,
+        HashAlg::Sha512 => HashingAlgorithm::Sha512,
+    }
+}
+
+fn null_ticket() -> tss_esapi::Result<HashcheckTicket> {
+    HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+}
+
+fn auth_of(device: &str, pin: &[u8]) -> Result<Auth, BackendError> {
+    if pin.len() > 32 {
+        return Err(BackendError::BadRequest(format!(
+            "device {device}: a TPM key's auth value (the PIN) may be at most 32 bytes"
+        )));
+    }
+    Auth::try_from(pin.to_vec())
+        .map_err(|e| BackendError::BadRequest(format!("device {device}: auth value: {e}")))
+}
+
+/// Reads a TSS2 PEM key file.
+fn read_key_file(path: &Path) -> Result<KeyMeta, String> {
+    let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let file = KeyFile::from_pem(&text).map_err(|e| e.0)?;
+    let public = Public::unmarshall(file.public_area())
+        .map_err(|e| format!("its public area does not parse: {e}"))?;
+    meta_from_public(public, Some(file), None)
+}
+
+/// The public area of persistent key `handle`.
+fn persistent_meta(conn: &mut Conn, device: &str, handle: u32) -> Result<KeyMeta, Fail> {
+    let tpm_handle = TpmHandle::try_from(handle).map_err(|e| {
+        Fail::Backend(BackendError::UnknownKey(format!(
+            "device {device}: {handle:#010x} is not a persistent handle: {e}"
+        )))
+    })?;
+    let object = match conn.cmd("TPM2_ReadPublic", |c| c.tr_from_tpm_public(tpm_handle)) {
+        Ok(o) => o,
+        Err(Fail::Tpm(_, e)) => {
+            return Err(Fail::Backend(BackendError::UnknownKey(format!(
+                "device {device}: no persistent key at {handle:#010x} ({})",
+                describe(&e)
+            ))))
+        }
+        Err(Fail::Stale(why)) => {
+            return Err(Fail::Backend(BackendError::UnknownKey(format!(
+                "device {device}: no persistent key at {handle:#010x} ({why})"
+            ))))
+        }
+        Err(e) => return Err(e),
+    };
+    let read = conn.cmd("TPM2_ReadPublic", |c| {
+        c.read_public(KeyHandle::from(object))
+    });
+    let mut object = object;
+    let _ = conn.ctx.tr_close(&mut object);
+    let (public, _, _) = read?;
+    meta_from_public(public, None, Some(handle)).map_err(|why| {
+        Fail::Backend(BackendError::Unsupported(format!(
+            "device {device}: persistent object {handle:#010x}: {why}"
+        )))
+    })
+}
+
+/// The handle of `label` loaded in the TPM: from the cache (no TPM command), or loaded
+/// under its parent, evicting the least recently used key when the cache is full.
+fn load_key(
+    conn: &mut Conn,
+    cx: &mut TpmCtx<'_>,
+    label: &str,
+    meta: &KeyMeta,
+    auth: Option<&Auth>,
+) -> Result<KeyHandle, Fail> {
+    let public_id: Vec<u8> = match &meta.file {
+        Some(f) => f.public.clone(),
+        None => meta.spki.clone(),
+    };
+    if let Some(i) = conn
+        .loaded
+        .iter()
+        .position(|l| l.label == label && l.public == public_id)
+    {
+        let l = conn.loaded.remove(i);
+        let handle = l.handle;
+        conn.loaded.push(l);
+        if let Some(a) = auth {
+            set_auth(conn, handle, a)?;
+        }
+        return Ok(handle);
+    }
+    // A stale entry (the file changed) goes first.
+    if let Some(i) = conn.loaded.iter().position(|l| l.label == label) {
+        let l = conn.loaded.remove(i);
+        if !l.persistent {
+            conn.flush(l.handle);
+        }
+    }
+    while conn.loaded.len() >= CACHED_KEYS {
+        let l = conn.loaded.remove(0);
+        if !l.persistent {
+            conn.flush(l.handle);
+        }
+    }
+    cx.stats.loads += 1;
+    let (handle, persistent) = match (&meta.file, meta.persistent) {
+        (Some(file), _) => {
+            let parent = match file.parent {
+                PARENT_OWNER => conn.srk()?,
+                h if h >> 24 == 0x81 => {
+                    let tpm_handle = TpmHandle::try_from(h).map_err(|e| Fail::Tpm("parent handle", e))?;
+                    KeyHandle::from(conn.cmd("TPM2_ReadPublic (parent)", |c| {
+                        c.tr_from_tpm_public(tpm_handle)
+                    })?)
+                }
+                h => {
+                    return Err(Fail::Backend(BackendError::Unsupported(format!(
+                        "device {}: key {label} has parent {h:#010x}; only the owner SRK (0x40000001) and persistent parents (0x81……) are supported",
+                        cx.settings.name
+                    ))))
+                }
+            };
+            let private = Private::try_from(file.private_blob().to_vec())
+                .map_err(|e| Fail::Tpm("private blob", e))?;
+            let public = meta.public.clone();
+            let handle = conn.with_object_room(|c| {
+                c.cmd("TPM2_Load", |ctx| {
+                    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                        ctx.load(parent, private.clone(), public.clone())
+                    })
+                })
+            })?;
+            (handle, false)
+        }
+        (None, Some(h)) => {
+            let tpm_handle = TpmHandle::try_from(h).map_err(|e| Fail::Tpm("handle", e))?;
+            let object = conn.cmd("TPM2_ReadPublic", |c| c.tr_from_tpm_public(tpm_handle))?;
+            (KeyHandle::from(object), true)
+        }
+        (None, None) => {
+            return Err(Fail::Backend(BackendError::Device(
+                "key has neither file nor handle".into(),
+            )))
+        }
+    };
+    conn.loaded.push(Loaded {
+        label: label.to_string(),
+        public: public_id,
+        handle,
+        persistent,
+    });
+    if let Some(a) = auth {
+        set_auth(conn, handle, a)?;
+    }
+    Ok(handle)
+}
+
+fn set_auth(conn: &mut Conn, handle: KeyHandle, auth: &Auth) -> Result<(), Fail> {
+    conn.ctx
+        .tr_set_auth(ObjectHandle::from(handle), auth.clone())
+        .map_err(|e| Fail::Tpm("Esys_TR_SetAuth", e))
+}
+
+/// Writes a new file that must not exist yet, atomically: a temporary file (0600) is
+/// written and synced, then linked to `path` (which fails if `path` appeared).
+fn write_new_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
+    let io = |what: &str, e: std::io::Error| {
+        BackendError::Device(format!("cannot {what} {}: {e}", path.display()))
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io("create the folder of", e))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(BackendError::KeyExists(
+            format!("{} exists already", path.display()),
+        )),
+        Err(e) => Err(io("write", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(persistent_label("0x81000001"), Some(0x8100_0001));
+        assert_eq!(persistent_label("0x40000001"), None);
+        assert_eq!(persistent_label("0x8100001"), None);
+        assert!(valid_file_label("git-signing_2.key"));
+        for bad in ["", ".hidden", "0x81000001", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_file_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn templates_build() {
+        srk_template().unwrap();
+        ak_template().unwrap();
+        for alg in [
+            KeyAlg::P256,
+            KeyAlg::P384,
+            KeyAlg::Rsa(2048),
+            KeyAlg::Rsa(3072),
+        ] {
+            let t = key_template(alg).unwrap();
+            let a = t.object_attributes();
+            assert!(a.fixed_tpm() && a.fixed_parent() && a.sensitive_data_origin());
+            assert!(a.user_with_auth() && a.sign_encrypt());
+            assert!(!a.decrypt() && !a.restricted());
+        }
+        assert!(key_template(KeyAlg::Ed25519).is_err());
+    }
+}
