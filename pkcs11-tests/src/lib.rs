@@ -1,6 +1,6 @@
-//! Test harness: real SoftHSM2 tokens in temp dirs and a real `waxseal-agent` process on
-//! a temp socket, plus helpers to run the peers we check against (OpenSSL,
-//! pkcs11-tool). Nothing here is a mock.
+//! Test harness: real SoftHSM2 tokens and swtpm TPMs in temp dirs and a real
+//! `waxseal-agent` process on a temp socket, plus helpers to run the peers we check
+//! against (OpenSSL, pkcs11-tool, tpm2-tools). Nothing here is a mock.
 //!
 //! Every agent is its own process with its own `SOFTHSM2_CONF`, so tests run in
 //! parallel without sharing a token. The binaries are built once per test run with the
@@ -414,4 +414,169 @@ pub fn hex_of(b: &[u8]) -> String {
         let _ = write!(s, "{x:02x}");
         s
     })
+}
+
+/// A software TPM (`swtpm socket --tpm2`) on free loopback ports, with its state in a
+/// temp dir. Killing it and starting it again on the same state is a TPM restart.
+///
+/// swtpm serves one connection at a time: while an agent holds its connection, other
+/// TPM programs (tpm2-tools, the tpm2-openssl provider) wait. Tests stop the agent
+/// before running them.
+#[derive(Debug)]
+pub struct Swtpm {
+    dir: TempDir,
+    /// The TPM command port; the control port is `port + 1`.
+    pub port: u16,
+}
+
+impl Swtpm {
+    /// Starts a fresh TPM.
+    pub fn start() -> Swtpm {
+        require("swtpm");
+        let dir = tempfile::Builder::new()
+            .prefix("swtpm-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir(dir.path().join("state")).expect("state dir");
+        let mut tpm = Swtpm { dir, port: 0 };
+        tpm.launch();
+        tpm
+    }
+
+    fn launch(&mut self) {
+        for _ in 0..20 {
+            let port = if self.port != 0 {
+                self.port
+            } else {
+                free_port_pair()
+            };
+            let state = self.dir.path().join("state");
+            let pid = self.dir.path().join("pid");
+            let _ = std::fs::remove_file(&pid);
+            let out = Command::new("swtpm")
+                .arg("socket")
+                .arg("--tpmstate")
+                .arg(format!("dir={}", state.display()))
+                .arg("--tpm2")
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .arg("--pid")
+                .arg(format!("file={}", pid.display()))
+                .arg("--log")
+                .arg(format!(
+                    "file={},level=1",
+                    self.dir.path().join("swtpm.log").display()
+                ))
+                .arg("--daemon")
+                .output()
+                .expect("run swtpm");
+            if !out.status.success() {
+                if self.port != 0 {
+                    // Restarting on our own port: it may linger in TIME_WAIT briefly.
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                continue;
+            }
+            self.port = port;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return;
+        }
+        panic!("swtpm would not start: {}", self.log());
+    }
+
+    /// The TCTI string for this TPM.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// swtpm's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("swtpm.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Kills the TPM (SIGKILL), as a crash or power loss would.
+    pub fn kill(&self) {
+        if let Some(pid) = self.pid().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while rustix::process::test_kill_process(pid).is_ok() {
+                assert!(Instant::now() < deadline, "swtpm survived SIGKILL");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.path().join("pid"));
+    }
+
+    /// Starts the TPM again on the same state and port: a TPM restart.
+    pub fn restart(&mut self) {
+        self.launch();
+    }
+
+    /// A `tpm2-tools` command aimed at this TPM.
+    pub fn tool(&self, program: &str) -> Command {
+        require(program);
+        let mut c = Command::new(program);
+        c.env("TPM2TOOLS_TCTI", self.tcti())
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// An `openssl` command with the tpm2-openssl provider aimed at this TPM.
+    pub fn openssl(&self) -> Command {
+        require("openssl");
+        require("/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so");
+        let mut c = Command::new("openssl");
+        c.env("TPM2OPENSSL_TCTI", self.tcti())
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// A scratch dir beside the TPM state.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two consecutive free loopback ports (swtpm's command and control ports).
+fn free_port_pair() -> u16 {
+    loop {
+        let a = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let port = a.local_addr().expect("addr").port();
+        if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A `[[device]]` entry for a TPM.
+pub fn tpm_device(name: &str, tpm: &Swtpm, key_dir: &Path, pin_file: Option<&Path>) -> String {
+    let mut s = format!(
+        "[[device]]\nname = \"{name}\"\nkind = \"tpm\"\ntcti = \"{}\"\nkey_dir = \"{}\"\n",
+        tpm.tcti(),
+        key_dir.display()
+    );
+    if let Some(p) = pin_file {
+        s.push_str(&format!("pin = \"file:{}\"\n", p.display()));
+    }
+    s
 }

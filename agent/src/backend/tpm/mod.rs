@@ -108,7 +108,19 @@ type Job = Box<dyn FnOnce(&mut Tpm) + Send>;
 /// The `Backend` face of a TPM device: forwards each call to the device's thread.
 pub struct TpmLane {
     name: String,
-    jobs: crossbeam_channel::Sender<Job>,
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for TpmLane {
+    /// Stops the worker and waits for it to flush what it loaded: a TPM without a
+    /// resource manager (swtpm, a bare /dev/tpm0) keeps transient objects otherwise.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for TpmLane {
@@ -136,10 +148,18 @@ impl TpmLane {
                 }
                 tpm.disconnect();
             });
-        if let Err(e) = spawned {
-            error!(device = %name, error = %e, "cannot start the TPM worker thread");
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error!(device = %name, error = %e, "cannot start the TPM worker thread");
+                None
+            }
+        };
+        TpmLane {
+            name,
+            jobs: Some(jobs),
+            thread,
         }
-        TpmLane { name, jobs }
     }
 
     fn call<R: Send + 'static>(
@@ -154,6 +174,8 @@ impl TpmLane {
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
             .send(Box::new(move |tpm: &mut Tpm| {
                 let _ = tx.send(f(tpm));
             }))
@@ -219,6 +241,9 @@ enum Fail {
     /// The TPM no longer holds an object the agent loaded (flushed by another
     /// program on a TPM without a resource manager): start over on a new connection.
     Stale(String),
+    /// The TPM's object slots were full of objects nobody uses; they were flushed,
+    /// ours included: start over on a new connection.
+    Full(String),
     /// The TPM (or ESAPI) refused a command.
     Tpm(&'static str, tss_esapi::Error),
     /// Already decided.
@@ -410,24 +435,64 @@ impl Conn {
     }
 
     /// Runs `f`; when the TPM is out of object slots, flushes the cached keys and
-    /// tries once more.
+    /// tries once more. When it is still full, the slots hold objects nobody can use
+    /// any more (a TPM without a resource manager keeps what a killed process loaded):
+    /// every transient object is flushed and the operation starts over.
     fn with_object_room<T>(
         &mut self,
         mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
     ) -> Result<T, Fail> {
-        match f(self) {
-            Err(Fail::Tpm(_, e))
-                if matches!(
-                    tpm_kind(&e),
-                    Some(Tss2ResponseCodeKind::ObjectMemory | Tss2ResponseCodeKind::SessionMemory)
-                ) =>
-            {
-                debug!("TPM out of object memory: flushing cached keys");
-                self.evict_all();
-                f(self)
-            }
-            other => other,
+        let full = |r: &Result<T, Fail>| {
+            matches!(r, Err(Fail::Tpm(_, e)) if matches!(
+                tpm_kind(e),
+                Some(Tss2ResponseCodeKind::ObjectMemory | Tss2ResponseCodeKind::SessionMemory)
+            ))
+        };
+        let mut result = f(self);
+        if full(&result) && !self.loaded.is_empty() {
+            debug!("TPM out of object memory: flushing cached keys");
+            self.evict_all();
+            result = f(self);
         }
+        if full(&result) {
+            let flushed = self.flush_all_transients();
+            warn!(
+                flushed,
+                "the TPM's object slots were full of objects the agent did not load; flushed them all"
+            );
+            return Err(Fail::Full(format!(
+                "the TPM's object slots were full; {flushed} left-over transient objects flushed"
+            )));
+        }
+        result
+    }
+
+    /// Flushes every transient object in the TPM (ours included); returns how many.
+    fn flush_all_transients(&mut self) -> usize {
+        self.loaded.clear();
+        self.srk = None;
+        let Ok((CapabilityData::Handles(list), _)) = self
+            .cmd("TPM2_GetCapability (transient)", |c| {
+                c.get_capability(CapabilityType::Handles, 0x8000_0000, 64)
+            })
+        else {
+            return 0;
+        };
+        let mut n = 0;
+        for h in list.into_inner() {
+            if !matches!(h, TpmHandle::Transient(_)) {
+                continue;
+            }
+            if let Ok(obj) = self.cmd("TPM2_ReadPublic", |c| c.tr_from_tpm_public(h)) {
+                if self
+                    .cmd("TPM2_FlushContext", |c| c.flush_context(obj))
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     fn evict_all(&mut self) {
@@ -633,7 +698,8 @@ fn meta_from_public(
         alg,
         spki,
         restricted: attrs.restricted(),
-        sign: attrs.sign_encrypt() && !attrs.decrypt(),
+        // Keys made elsewhere may also decrypt (tpm2-openssl sets both); they still sign.
+        sign: attrs.sign_encrypt(),
         public,
     })
 }
@@ -780,7 +846,7 @@ impl Tpm {
                         )));
                     }
                 }
-                Err(Fail::Stale(why)) => {
+                Err(Fail::Stale(why) | Fail::Full(why)) => {
                     warn!(device = %self.settings.name, error = %why, "a TPM object the agent loaded is gone; starting over");
                     self.stats.commands += conn.commands;
                     drop(conn);
@@ -1051,9 +1117,12 @@ impl Tpm {
         let label_owned = label.to_string();
         let signature = self.with_conn(|conn, cx| {
             let handle = load_key(conn, cx, &label_owned, &meta, auth.as_ref())?;
-            let result = conn.cmd("TPM2_Sign", |ctx| {
-                ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
-                    ctx.sign(handle, digest.clone(), scheme, null_ticket()?)
+            // A persistent key needs a free object slot while it signs.
+            let result = conn.with_object_room(|c| {
+                c.cmd("TPM2_Sign", |ctx| {
+                    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                        ctx.sign(handle, digest.clone(), scheme, null_ticket()?)
+                    })
                 })
             });
             cx.auth_outcome(&label_owned, auth.as_ref(), result)
@@ -1211,8 +1280,9 @@ impl Tpm {
 
     /// The auth value `meta` needs, from the device's PIN source.
     fn auth_for(&self, meta: &KeyMeta) -> Result<Option<Auth>, BackendError> {
-        let wants = meta.needs_auth() || (meta.persistent.is_some() && self.settings.pin.is_some());
-        if !wants {
+        // Persistent keys carry no emptyAuth flag; they are used with the empty auth
+        // value rather than spending a dictionary-attack try on a guess.
+        if !meta.needs_auth() {
             return Ok(None);
         }
         let Some(source) = &self.settings.pin else {
@@ -1361,14 +1431,11 @@ fn persistent_meta(conn: &mut Conn, device: &str, handle: u32) -> Result<KeyMeta
             "device {device}: {handle:#010x} is not a persistent handle: {e}"
         )))
     })?;
-    let object = match conn.cmd("TPM2_ReadPublic", |c| c.tr_from_tpm_public(tpm_handle)) {
+    // The TPM copies a persistent object into an object slot to use it: make room.
+    let object = match conn
+        .with_object_room(|c| c.cmd("TPM2_ReadPublic", |x| x.tr_from_tpm_public(tpm_handle)))
+    {
         Ok(o) => o,
-        Err(Fail::Tpm(_, e)) => {
-            return Err(Fail::Backend(BackendError::UnknownKey(format!(
-                "device {device}: no persistent key at {handle:#010x} ({})",
-                describe(&e)
-            ))))
-        }
         Err(Fail::Stale(why)) => {
             return Err(Fail::Backend(BackendError::UnknownKey(format!(
                 "device {device}: no persistent key at {handle:#010x} ({why})"
@@ -1376,8 +1443,10 @@ fn persistent_meta(conn: &mut Conn, device: &str, handle: u32) -> Result<KeyMeta
         }
         Err(e) => return Err(e),
     };
-    let read = conn.cmd("TPM2_ReadPublic", |c| {
-        c.read_public(KeyHandle::from(object))
+    let read = conn.with_object_room(|c| {
+        c.cmd("TPM2_ReadPublic", |x| {
+            x.read_public(KeyHandle::from(object))
+        })
     });
     let mut object = object;
     let _ = conn.ctx.tr_close(&mut object);
@@ -1435,8 +1504,8 @@ fn load_key(
                 PARENT_OWNER => conn.srk()?,
                 h if h >> 24 == 0x81 => {
                     let tpm_handle = TpmHandle::try_from(h).map_err(|e| Fail::Tpm("parent handle", e))?;
-                    KeyHandle::from(conn.cmd("TPM2_ReadPublic (parent)", |c| {
-                        c.tr_from_tpm_public(tpm_handle)
+                    KeyHandle::from(conn.with_object_room(|c| {
+                        c.cmd("TPM2_ReadPublic (parent)", |x| x.tr_from_tpm_public(tpm_handle))
                     })?)
                 }
                 h => {
@@ -1460,7 +1529,9 @@ fn load_key(
         }
         (None, Some(h)) => {
             let tpm_handle = TpmHandle::try_from(h).map_err(|e| Fail::Tpm("handle", e))?;
-            let object = conn.cmd("TPM2_ReadPublic", |c| c.tr_from_tpm_public(tpm_handle))?;
+            let object = conn.with_object_room(|c| {
+                c.cmd("TPM2_ReadPublic", |x| x.tr_from_tpm_public(tpm_handle))
+            })?;
             (KeyHandle::from(object), true)
         }
         (None, None) => {
