@@ -140,7 +140,7 @@ impl TpmLane {
             .name(format!("tpm-{name}"))
             .spawn(move || {
                 let mut tpm = Tpm::new(settings);
-                for job in rx {
+                while let Some(job) = next_job(&rx) {
                     if catch_unwind(AssertUnwindSafe(|| job(&mut tpm))).is_err() {
                         error!(device = %tpm.settings.name, "a TPM operation panicked; the connection is dropped");
                         tpm.disconnect();
@@ -181,6 +181,25 @@ impl TpmLane {
             }))
             .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
+    }
+}
+
+/// How long the worker polls for the next job before it sleeps. A client signing in a
+/// loop sends its next request within a socket round trip; catching it awake saves the
+/// wake-up (30–50 µs on the VMs here).
+const WORKER_SPIN: Duration = Duration::from_micros(150);
+
+fn next_job(rx: &crossbeam_channel::Receiver<Job>) -> Option<Job> {
+    let until = Instant::now() + WORKER_SPIN;
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) if Instant::now() < until => {
+                std::thread::yield_now();
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => return rx.recv().ok(),
+        }
     }
 }
 
@@ -521,7 +540,7 @@ impl Conn {
 /// template, with an empty `unique`): restricted decryption key, AES-128 CFB, no
 /// scheme, `noDA`, `userWithAuth`. tpm2-openssl derives the same key from it: the
 /// tests load our key files with its provider.
-fn srk_template() -> tss_esapi::Result<Public> {
+pub fn srk_template() -> tss_esapi::Result<Public> {
     let attrs = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
@@ -584,7 +603,7 @@ fn ak_template() -> tss_esapi::Result<Public> {
 
 /// An unrestricted signing key: fixedTPM, fixedParent, sensitiveDataOrigin,
 /// userWithAuth, sign; no scheme fixed, so each signature names its hash and padding.
-fn key_template(alg: KeyAlg) -> Result<Public, BackendError> {
+pub fn key_template(alg: KeyAlg) -> Result<Public, BackendError> {
     let build = || -> tss_esapi::Result<Public> {
         let attrs = ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)

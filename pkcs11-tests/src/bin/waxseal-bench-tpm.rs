@@ -1,0 +1,197 @@
+//! `waxseal-bench-tpm`: P-256 signatures per second on swtpm, direct in-process
+//! `tss-esapi` versus through `waxseal-agent` over `agent.sock`; TPM commands per
+//! signature (counted by the backend); SRK creation and key load times.
+//!
+//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench-tpm -- [--seconds N]`.
+//! swtpm serves one connection at a time, so the phases run one after another.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use pkcs11_tests::{tpm_device, Agent, Swtpm};
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{Digest, HashScheme, HashcheckTicket, SignatureScheme};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::Context;
+use waxseal_agent::backend::tpm::{key_template, srk_template, Tpm, TpmSettings};
+use waxseal_agent::backend::SignInput;
+use waxseal_agent::proto::{KeyAlg, RsaPadding};
+
+fn pct(lat: &mut [Duration], q: f64) -> Duration {
+    lat.sort_unstable();
+    lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs `op` for `secs`; returns (rate, p50, p99).
+fn measure(secs: f64, mut op: impl FnMut()) -> (f64, Duration, Duration) {
+    for _ in 0..20 {
+        op();
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut lat = Vec::new();
+    while Instant::now() < end {
+        let t = Instant::now();
+        op();
+        lat.push(t.elapsed());
+    }
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+}
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .map_or(3.0, |s| s.parse().expect("--seconds N"));
+    let tpm = Swtpm::start();
+    let keys = tempfile::tempdir().unwrap();
+    let digest = [0x5au8; 32];
+
+    // 1. Direct tss-esapi: SRK, one P-256 key, TPM2_Sign in a loop.
+    let (direct, srk_ms, load_ms) = {
+        let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti()).unwrap()).unwrap();
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        let t = Instant::now();
+        let srk = ctx
+            .create_primary(Hierarchy::Owner, srk_template().unwrap(), None, None, None, None)
+            .unwrap()
+            .key_handle;
+        let srk_ms = t.elapsed().as_secs_f64() * 1e3;
+        let made = ctx
+            .create(srk, key_template(KeyAlg::P256).unwrap(), None, None, None, None)
+            .unwrap();
+        // Key load time: TPM2_Load + TPM2_FlushContext, averaged.
+        let n = 50;
+        let t = Instant::now();
+        for _ in 0..n {
+            let h = ctx
+                .load(srk, made.out_private.clone(), made.out_public.clone())
+                .unwrap();
+            ctx.flush_context(h.into()).unwrap();
+        }
+        let load_ms = t.elapsed().as_secs_f64() * 1e3 / f64::from(n);
+        let key = ctx
+            .load(srk, made.out_private.clone(), made.out_public.clone())
+            .unwrap();
+        let scheme = SignatureScheme::EcDsa {
+            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        };
+        let d = Digest::try_from(digest.to_vec()).unwrap();
+        let direct = measure(secs, || {
+            let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+                tag: TPM2_ST_HASHCHECK,
+                hierarchy: TPM2_RH_NULL,
+                digest: Default::default(),
+            })
+            .unwrap();
+            ctx.sign(key, d.clone(), scheme, ticket).unwrap();
+        });
+        ctx.flush_context(key.into()).unwrap();
+        ctx.flush_context(srk.into()).unwrap();
+        (direct, srk_ms, load_ms)
+    };
+
+    // 2. The backend in-process: TPM commands per signature, cold and warm.
+    let (cold_cmds, warm_cmds, first_ms) = {
+        let mut backend = Tpm::new(TpmSettings {
+            name: "tpm".into(),
+            tcti: tpm.tcti(),
+            key_dir: keys.path().to_path_buf(),
+            pin: None,
+        });
+        backend.generate("bench", KeyAlg::P256).unwrap();
+        backend.disconnect();
+        let input = SignInput {
+            digest: &digest,
+            hash: None,
+            padding: RsaPadding::Pkcs1,
+            raw: false,
+        };
+        let before = backend.stats().commands;
+        let t = Instant::now();
+        backend.sign("bench", &input).unwrap();
+        let first_ms = t.elapsed().as_secs_f64() * 1e3;
+        let cold = backend.stats().commands - before;
+        let before = backend.stats().commands;
+        let n = 200;
+        for _ in 0..n {
+            backend.sign("bench", &input).unwrap();
+        }
+        let warm = (backend.stats().commands - before) as f64 / f64::from(n);
+        backend.disconnect();
+        (cold, warm, first_ms)
+    };
+
+    // 3. Through the agent.
+    let agent = Agent::builder()
+        .log_level("warn")
+        .config(&tpm_device("tpm", &tpm, keys.path(), None))
+        .start();
+    let mut client = agent.client();
+    client.sign_digest("tpm/bench", &digest, None, None).unwrap();
+    let via = measure(secs, || {
+        client.sign_digest("tpm/bench", &digest, None, None).unwrap();
+    });
+    // Two clients at once: the TPM is serial; the agent queues them on its one lane.
+    let two = {
+        let stop = Instant::now() + Duration::from_secs_f64(secs);
+        let socket = agent.socket.clone();
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let socket = socket.clone();
+                std::thread::spawn(move || {
+                    let mut c = waxseal_agent::client::Client::connect(&socket).unwrap();
+                    let mut n = 0u64;
+                    while Instant::now() < stop {
+                        c.sign_digest("tpm/bench", &[1u8; 32], None, None).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        total as f64 / secs
+    };
+
+    println!("| P-256 on swtpm | clients | signatures/s | p50 | p99 | agent / direct |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| direct tss-esapi (TPM2_Sign on a loaded key) | 1 | {:.0} | {:.0} µs | {:.0} µs | |",
+        direct.0,
+        us(direct.1),
+        us(direct.2)
+    );
+    println!(
+        "| through agent.sock | 1 | {:.0} | {:.0} µs | {:.0} µs | {:.2} |",
+        via.0,
+        us(via.1),
+        us(via.2),
+        via.0 / direct.0
+    );
+    println!(
+        "| through agent.sock | 2 | {two:.0} | | | {:.2} |",
+        two / direct.0
+    );
+    println!(
+        "| added latency (1/agent − 1/direct) | 1 | | {:.1} µs | | |",
+        (1.0 / via.0 - 1.0 / direct.0) * 1e6
+    );
+    println!();
+    println!(
+        "TPM commands per signature: {warm_cmds:.2} with the key loaded; {cold_cmds} for the first signature on a new connection (SRK create + load + sign; {first_ms:.1} ms)."
+    );
+    println!(
+        "SRK (ECC P-256 primary) creation: {srk_ms:.1} ms; key load (TPM2_Load + flush): {load_ms:.2} ms."
+    );
+}
