@@ -832,3 +832,70 @@ fn absent_tpm_is_reported_not_fatal() {
     assert_eq!(c, ErrorCode::DeviceAbsent);
     assert!(agent.client().list_keys().unwrap().keys.is_empty());
 }
+
+#[test]
+fn tpm_keys_sign_for_openssh_through_ssh_sock() {
+    let tpm = Swtpm::start();
+    let keys = key_dir();
+    let agent = tpm_agent(&tpm, keys.path(), None);
+    agent
+        .client()
+        .generate_key("tpm/git", KeyAlg::P256)
+        .unwrap();
+    agent
+        .client()
+        .generate_key("tpm/rsa", KeyAlg::Rsa(2048))
+        .unwrap();
+    let ssh = |program: &str| {
+        let mut c = Command::new(require(program));
+        c.env("SSH_AUTH_SOCK", &agent.ssh_socket)
+            .env_remove("SSH_AGENT_PID");
+        c
+    };
+    let listed = run_ok(ssh("ssh-add").arg("-L"));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ecdsa-sha2-nistp256 ") && l.ends_with(" tpm/git")),
+        "{listed}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ssh-rsa ") && l.ends_with(" tpm/rsa")),
+        "{listed}"
+    );
+
+    let dir = agent.dir().to_path_buf();
+    let msg = dir.join("commit");
+    std::fs::write(&msg, b"tree 4b825dc6\nsigned by a TPM key\n").unwrap();
+    for (i, line) in lines.iter().enumerate() {
+        let pubkey = dir.join(format!("k{i}.pub"));
+        std::fs::write(&pubkey, format!("{line}\n")).unwrap();
+        let _ = std::fs::remove_file(dir.join("commit.sig"));
+        run_ok(
+            ssh("ssh-keygen")
+                .args(["-Y", "sign", "-n", "git", "-f"])
+                .arg(&pubkey)
+                .arg(&msg),
+        );
+        let allowed = dir.join("allowed");
+        std::fs::write(&allowed, format!("me {line}\n")).unwrap();
+        let out = Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-f"])
+            .arg(&allowed)
+            .args(["-I", "me", "-n", "git", "-s"])
+            .arg(dir.join("commit.sig"))
+            .stdin(std::fs::File::open(&msg).unwrap())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("Good \"git\" signature"),
+            "{line}: {text}"
+        );
+    }
+}

@@ -63,12 +63,26 @@ fn main() {
         ctx.set_sessions((Some(AuthSession::Password), None, None));
         let t = Instant::now();
         let srk = ctx
-            .create_primary(Hierarchy::Owner, srk_template().unwrap(), None, None, None, None)
+            .create_primary(
+                Hierarchy::Owner,
+                srk_template().unwrap(),
+                None,
+                None,
+                None,
+                None,
+            )
             .unwrap()
             .key_handle;
         let srk_ms = t.elapsed().as_secs_f64() * 1e3;
         let made = ctx
-            .create(srk, key_template(KeyAlg::P256).unwrap(), None, None, None, None)
+            .create(
+                srk,
+                key_template(KeyAlg::P256).unwrap(),
+                None,
+                None,
+                None,
+                None,
+            )
             .unwrap();
         // Key load time: TPM2_Load + TPM2_FlushContext, averaged.
         let n = 50;
@@ -138,9 +152,13 @@ fn main() {
         .config(&tpm_device("tpm", &tpm, keys.path(), None))
         .start();
     let mut client = agent.client();
-    client.sign_digest("tpm/bench", &digest, None, None).unwrap();
+    client
+        .sign_digest("tpm/bench", &digest, None, None)
+        .unwrap();
     let via = measure(secs, || {
-        client.sign_digest("tpm/bench", &digest, None, None).unwrap();
+        client
+            .sign_digest("tpm/bench", &digest, None, None)
+            .unwrap();
     });
     // Two clients at once: the TPM is serial; the agent queues them on its one lane.
     let two = {
