@@ -29,8 +29,8 @@ macro_rules! outln {
 }
 
 mod commands;
-mod sshfmt;
-mod verify;
+use waxseal::sshfmt;
+use waxseal::verify;
 
 use waxseal_agent::proto::{HashAlg, KeyAlg};
 

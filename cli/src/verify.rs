@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use waxseal_agent::proto::HashAlg;
 
 /// A public key of a kind waxseal signs with.
+#[derive(Debug, Clone)]
 pub enum AnyPublicKey {
     /// ECDSA P-256.
     P256(p256::ecdsa::VerifyingKey),

@@ -48,6 +48,8 @@ pub struct Bins {
     pub agent: PathBuf,
     /// `waxseal`.
     pub cli: PathBuf,
+    /// `sigstore-kms-waxseal`, the cosign/Fulcio KMS plug-in.
+    pub kms_plugin: PathBuf,
 }
 
 /// Builds the binaries (once per process) with the cargo and profile of this test run.
@@ -89,6 +91,7 @@ pub fn bins() -> &'static Bins {
         Bins {
             agent: profile_dir.join("waxseal-agent"),
             cli: profile_dir.join("waxseal"),
+            kms_plugin: profile_dir.join("sigstore-kms-waxseal"),
         }
     })
 }

@@ -1,0 +1,5 @@
+//! The library half of the `waxseal` package: what its two binaries share (`waxseal`
+//! and `sigstore-kms-waxseal`): local signature checks and key formats.
+
+pub mod sshfmt;
+pub mod verify;
