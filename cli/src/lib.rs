@@ -1,5 +1,6 @@
 //! The library half of the `waxseal` package: what its two binaries share (`waxseal`
 //! and `sigstore-kms-waxseal`): local signature checks and key formats.
 
+pub mod sigstore;
 pub mod sshfmt;
 pub mod verify;

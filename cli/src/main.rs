@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod commands;
+use waxseal::sigstore;
 use waxseal::sshfmt;
 use waxseal::verify;
 
@@ -55,9 +56,9 @@ enum Command {
     /// List, generate and export keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Sign a file (writes FILE.sig, base64 DER) or a digest (signature on stdout).
+    /// Sign a file (writes a Sigstore bundle, FILE.sigstore.json) or a digest (signature on stdout).
     Sign(SignArgs),
-    /// Verify a file's signature with an agent key or a PEM public key.
+    /// Verify a file's Sigstore bundle (or bare signature) with an agent key or a PEM public key.
     Verify(VerifyArgs),
     /// The embedded default: a SoftHSM2 token, an agent, a key, a signature, verified.
     Demo(DemoArgs),
@@ -120,21 +121,40 @@ struct SignArgs {
     /// Hash algorithm of --digest (default: the key's, SHA-384 for P-384, else SHA-256).
     #[arg(long, value_parser = parse_hash)]
     hash: Option<HashAlg>,
-    /// RSA keys: sign with PSS instead of PKCS#1 v1.5.
+    /// RSA keys: sign with PSS instead of PKCS#1 v1.5 (with --raw or --digest only:
+    /// a Sigstore bundle cannot say its signature is PSS).
     #[arg(long)]
     pss: bool,
-    /// Where the file's signature goes (default: FILE.sig).
-    #[arg(long, value_name = "OUT")]
+    /// Where the bundle goes (default: FILE.sigstore.json).
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["raw", "digest"])]
+    bundle: Option<PathBuf>,
+    /// Write only the bare signature (base64 DER) to FILE.sig instead of a bundle.
+    #[arg(long, conflicts_with = "digest")]
+    raw: bool,
+    /// With --raw: where the signature goes (default: FILE.sig).
+    #[arg(long, value_name = "OUT", requires = "raw")]
     out: Option<PathBuf>,
+    /// Upload the signature to this Rekor v1 log and put the entry into the bundle.
+    #[arg(long, value_name = "URL", requires = "rekor_public_key", conflicts_with_all = ["raw", "digest"])]
+    rekor_url: Option<String>,
+    /// The Rekor log's public key (PEM): its answer is checked against it.
+    #[arg(long, value_name = "PEMFILE", requires = "rekor_url")]
+    rekor_public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
     /// The signed file.
     file: PathBuf,
-    /// Signature file, base64 or raw DER (default: FILE.sig).
+    /// The Sigstore bundle (default: FILE.sigstore.json, or FILE.sig when only that exists).
+    #[arg(long, value_name = "BUNDLE", conflicts_with = "signature")]
+    bundle: Option<PathBuf>,
+    /// A bare signature file instead of a bundle, base64 or raw DER.
     #[arg(long, value_name = "SIG")]
     signature: Option<PathBuf>,
+    /// Check the bundle's transparency log entries against this Rekor public key (PEM).
+    #[arg(long, value_name = "PEMFILE", conflicts_with = "signature")]
+    rekor_public_key: Option<PathBuf>,
     /// Verify with this agent key.
     #[arg(
         long,
@@ -145,7 +165,7 @@ struct VerifyArgs {
     /// Verify with this PEM public key (no agent needed).
     #[arg(long, value_name = "PEMFILE")]
     public_key: Option<PathBuf>,
-    /// RSA keys: the signature is PSS.
+    /// RSA keys: the bare signature is PSS.
     #[arg(long)]
     pss: bool,
 }

@@ -583,3 +583,104 @@ pub fn tpm_device(name: &str, tpm: &Swtpm, key_dir: &Path, pin_file: Option<&Pat
     }
     s
 }
+
+/// The Node.js tools of `pkcs11-tests/js` (@sigstore/verify, @sigstore/mock): their
+/// folder, after checking that node and the npm packages are installed.
+pub fn sigstore_js() -> PathBuf {
+    require("node");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    for package in ["@sigstore/verify", "@sigstore/mock", "@sigstore/bundle"] {
+        assert!(
+            dir.join("node_modules").join(package).is_dir(),
+            "npm package {package} is not installed in {}: run scripts/install-deps",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// `node js/verify.js BUNDLE ARTIFACT KEY [REKOR_KEY REKOR_URL]`: @sigstore/verify's verdict,
+/// `Ok(())` or `Err(its message)`.
+pub fn sigstore_js_verify(
+    bundle: &Path,
+    artifact: &Path,
+    key_pem: &Path,
+    rekor: Option<&MockRekor>,
+) -> Result<(), String> {
+    let dir = sigstore_js();
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("verify.js"))
+        .arg(bundle)
+        .arg(artifact)
+        .arg(key_pem);
+    if let Some(r) = rekor {
+        cmd.arg(&r.public_key).arg(&r.url);
+    }
+    let out = cmd.output().expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && text.trim() == "OK" {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+/// A local Rekor v1: @sigstore/mock's `rekorHandler` in a Node HTTP server on loopback.
+#[derive(Debug)]
+pub struct MockRekor {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The log's public key (PEM file).
+    pub public_key: PathBuf,
+    _dir: TempDir,
+}
+
+impl MockRekor {
+    /// Starts it and waits until it listens.
+    pub fn start() -> MockRekor {
+        let js = sigstore_js();
+        let dir = tempfile::Builder::new()
+            .prefix("rekor-")
+            .tempdir()
+            .expect("tempdir");
+        let public_key = dir.path().join("rekor.pub.pem");
+        let mut child = Command::new("node")
+            .arg(js.join("rekor.js"))
+            .arg(&public_key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node rekor.js");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let port = line
+            .strip_prefix("PORT ")
+            .unwrap_or_else(|| panic!("rekor.js did not start: {line:?}"))
+            .trim()
+            .to_string();
+        MockRekor {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            public_key,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for MockRekor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -60,12 +60,13 @@ fn keys_sign_verify_round_trip_with_openssl() {
         "{status}"
     );
 
-    // sign FILE → FILE.sig; verify by agent key, by PEM, and with openssl.
+    // sign FILE --raw → FILE.sig; verify by agent key, by PEM, and with openssl.
+    // (Bundles, the default, are tested in sigstore.rs.)
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("release.tar.gz");
     std::fs::write(&file, vec![42u8; 100_000]).unwrap();
     let f = file.to_str().unwrap();
-    let out = agent.cli(&["sign", f, "--key", "hsm/release"]);
+    let out = agent.cli(&["sign", f, "--key", "hsm/release", "--raw"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let sig = tmp.path().join("release.tar.gz.sig");
     assert!(sig.exists());

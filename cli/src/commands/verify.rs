@@ -1,36 +1,99 @@
-//! `waxseal verify FILE (--key NAME | --public-key PEMFILE) [--signature SIG]`.
+//! `waxseal verify FILE [--bundle B | --signature SIG] (--key NAME | --public-key PEM)
+//! [--rekor-public-key PEM]`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::verify::{read_signature, verify_file};
+use crate::sigstore::{verify_bundle, Bundle, Rekor};
+use crate::verify::{read_signature, spki_from_pem, verify_file};
 use crate::VerifyArgs;
+
+fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    spki_from_pem(&text).with_context(|| format!("{} is not a PEM public key", path.display()))
+}
 
 pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
     let spki = match (&args.key, &args.public_key) {
         (Some(key), _) => ctx.connect()?.public_key(key)?.spki_der.0,
-        (None, Some(pem)) => {
-            let text = std::fs::read_to_string(pem)
-                .with_context(|| format!("cannot read the public key {}", pem.display()))?;
-            crate::verify::spki_from_pem(&text)
-                .with_context(|| format!("{} is not a PEM public key", pem.display()))?
-        }
+        (None, Some(pem)) => read_pem(pem, "the public key")?,
         (None, None) => anyhow::bail!("give --key NAME or --public-key PEMFILE"),
     };
-    let sig_path = args.signature.clone().unwrap_or_else(|| {
+    let with_suffix = |s: &str| {
         let mut p = args.file.clone().into_os_string();
-        p.push(".sig");
+        p.push(s);
         PathBuf::from(p)
-    });
-    let signature = read_signature(&sig_path)?;
-    let checked = verify_file(&spki, &args.file, &signature, args.pss)?;
+    };
+    let bundle_path = args
+        .bundle
+        .clone()
+        .unwrap_or_else(|| with_suffix(".sigstore.json"));
+    let raw_path = match &args.signature {
+        Some(p) => Some(p.clone()),
+        None if args.bundle.is_none()
+            && !bundle_path.exists()
+            && with_suffix(".sig").exists()
+            && args.rekor_public_key.is_none() =>
+        {
+            Some(with_suffix(".sig"))
+        }
+        None => None,
+    };
+
+    if let Some(sig_path) = raw_path {
+        let signature = read_signature(&sig_path)?;
+        let checked = verify_file(&spki, &args.file, &signature, args.pss)?;
+        if ctx.json {
+            return ctx.print_json(&serde_json::json!({
+                "verified": true, "file": args.file, "signature_file": sig_path, "alg": checked,
+            }));
+        }
+        outln!("Verified OK: {} ({checked})", args.file.display());
+        return Ok(());
+    }
+
+    let rekor = match &args.rekor_public_key {
+        Some(pem) => Some(Rekor {
+            url: String::new(),
+            key_der: read_pem(pem, "the Rekor public key")?,
+        }),
+        None => None,
+    };
+    let bundle = Bundle::read(&bundle_path)?;
+    let v = verify_bundle(&bundle, &args.file, &spki, rekor.as_ref()).with_context(|| {
+        format!(
+            "{} does not verify against {}",
+            args.file.display(),
+            bundle_path.display()
+        )
+    })?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
-            "verified": true, "file": args.file, "signature_file": sig_path, "alg": checked,
+            "verified": true, "file": args.file, "bundle": bundle_path, "result": v,
         }));
     }
-    outln!("Verified OK: {} ({checked})", args.file.display());
+    outln!("Verified OK: {} ({})", args.file.display(), v.alg);
+    if v.tlog_entries_checked > 0 {
+        outln!(
+            "  transparency log: {} entr{} checked (signed entry timestamp, inclusion proof, checkpoint); logged at {}",
+            v.tlog_entries_checked,
+            if v.tlog_entries_checked == 1 { "y" } else { "ies" },
+            v.integrated_time.map_or(String::new(), |t| format!("{t} (Unix time)"))
+        );
+    }
+    if v.tlog_entries_unchecked > 0 {
+        eprintln!(
+            "note: {} transparency log entr{} not checked: give --rekor-public-key to check them",
+            v.tlog_entries_unchecked,
+            if v.tlog_entries_unchecked == 1 {
+                "y was"
+            } else {
+                "ies were"
+            }
+        );
+    }
     Ok(())
 }

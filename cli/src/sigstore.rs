@@ -1,0 +1,815 @@
+//! Sigstore bundles (v0.3, message signatures over a public key) and the Rekor v1 log.
+//!
+//! The bundle types are serde structs that follow the protobuf JSON mapping of
+//! `dev.sigstore.bundle.v1.Bundle` (sigstore/protobuf-specs): camelCase names, `int64`
+//! as strings (numbers accepted when reading), `bytes` as standard base64. We write
+//! them ourselves rather than use the `sigstore-protobuf-specs` crate, which brings
+//! prost and a tree of generated types for the four messages we need.
+//!
+//! Rekor: `hashedrekord` v0.0.1 entries are uploaded with `POST /api/v1/log/entries`.
+//! Before an entry goes into a bundle the answer is checked: the canonicalized body
+//! holds our digest, signature and key; the log ID is the log key's; the signed entry
+//! timestamp (SET) verifies against the log key; the inclusion proof leads to its root
+//! hash and the checkpoint over that root is signed by the log key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use waxseal_agent::proto::HashAlg;
+
+use crate::verify::{hash_file, AnyPublicKey};
+
+/// The media type of the bundles we write.
+pub const MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// Media types we read.
+pub const MEDIA_TYPES_READ: [&str; 3] = [
+    MEDIA_TYPE,
+    "application/vnd.dev.sigstore.bundle+json;version=0.2",
+    "application/vnd.dev.sigstore.bundle+json;version=0.1",
+];
+
+/// `bytes` in protobuf JSON: standard base64 (URL-safe accepted when reading).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct B64Bytes(pub Vec<u8>);
+
+impl Serialize for B64Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        B64.decode(s.trim())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(s.trim()))
+            .map(B64Bytes)
+            .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
+    }
+}
+
+/// `int64` in protobuf JSON: written as a string, read from a string or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Int64(pub i64);
+
+impl Serialize for Int64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Int64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => s.parse().map(Int64).map_err(serde::de::Error::custom),
+            Value::Number(n) => n
+                .as_i64()
+                .map(Int64)
+                .ok_or_else(|| serde::de::Error::custom("not an int64")),
+            other => Err(serde::de::Error::custom(format!(
+                "expected an int64, found {other}"
+            ))),
+        }
+    }
+}
+
+/// `dev.sigstore.bundle.v1.Bundle`, for message signatures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bundle {
+    /// [`MEDIA_TYPE`].
+    pub media_type: String,
+    /// Key hint and log entries.
+    pub verification_material: VerificationMaterial,
+    /// The signature over the artifact's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_signature: Option<MessageSignature>,
+    /// A DSSE envelope (bundles of attestations): read, and refused by our verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsse_envelope: Option<Value>,
+}
+
+/// `VerificationMaterial`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationMaterial {
+    /// The key, by hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PublicKeyIdentifier>,
+    /// A certificate (keyless bundles): read, and refused by our verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Value>,
+    /// A certificate chain (v0.1/v0.2 keyless bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509_certificate_chain: Option<Value>,
+    /// Transparency log entries.
+    #[serde(default)]
+    pub tlog_entries: Vec<TlogEntry>,
+    /// RFC 3161 timestamps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_verification_data: Option<Value>,
+}
+
+/// `PublicKeyIdentifier`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicKeyIdentifier {
+    /// base64 of SHA-256 of the DER SubjectPublicKeyInfo, as cosign writes it.
+    pub hint: String,
+}
+
+/// `MessageSignature`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageSignature {
+    /// The artifact's digest.
+    pub message_digest: HashOutput,
+    /// The signature (DER for ECDSA).
+    pub signature: B64Bytes,
+}
+
+/// `HashOutput`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HashOutput {
+    /// `SHA2_256`, `SHA2_384`, `SHA2_512`.
+    pub algorithm: String,
+    /// The digest.
+    pub digest: B64Bytes,
+}
+
+/// `TransparencyLogEntry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlogEntry {
+    /// Index in the log.
+    pub log_index: Int64,
+    /// SHA-256 of the log's public key.
+    pub log_id: LogId,
+    /// `hashedrekord` / `0.0.1`.
+    pub kind_version: KindVersion,
+    /// Seconds since the epoch, as the log recorded it.
+    pub integrated_time: Int64,
+    /// The signed entry timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inclusion_promise: Option<InclusionPromise>,
+    /// Proof that the entry is in the log's Merkle tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inclusion_proof: Option<InclusionProof>,
+    /// The entry as the log stored it.
+    pub canonicalized_body: B64Bytes,
+}
+
+/// `LogId`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogId {
+    /// The key ID.
+    pub key_id: B64Bytes,
+}
+
+/// `KindVersion`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindVersion {
+    /// Entry kind.
+    pub kind: String,
+    /// Its version.
+    pub version: String,
+}
+
+/// `InclusionPromise`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InclusionPromise {
+    /// The SET.
+    pub signed_entry_timestamp: B64Bytes,
+}
+
+/// `InclusionProof`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InclusionProof {
+    /// Index of the entry in the tree the proof is for.
+    pub log_index: Int64,
+    /// Root hash of that tree.
+    pub root_hash: B64Bytes,
+    /// Size of that tree.
+    pub tree_size: Int64,
+    /// Sibling hashes, leaf to root.
+    #[serde(default)]
+    pub hashes: Vec<B64Bytes>,
+    /// The signed checkpoint (a signed note) over the root.
+    pub checkpoint: Checkpoint,
+}
+
+/// `Checkpoint`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The signed note's text.
+    pub envelope: String,
+}
+
+/// The Sigstore name of a hash.
+pub fn hash_name(hash: HashAlg) -> &'static str {
+    match hash {
+        HashAlg::Sha256 => "SHA2_256",
+        HashAlg::Sha384 => "SHA2_384",
+        HashAlg::Sha512 => "SHA2_512",
+    }
+}
+
+fn hash_of_name(name: &str) -> Result<HashAlg> {
+    match name {
+        "SHA2_256" => Ok(HashAlg::Sha256),
+        "SHA2_384" => Ok(HashAlg::Sha384),
+        "SHA2_512" => Ok(HashAlg::Sha512),
+        other => bail!(
+            "messageDigest.algorithm `{other}` is not supported (SHA2_256, SHA2_384, SHA2_512)"
+        ),
+    }
+}
+
+/// The key hint cosign writes: base64 of SHA-256 of the DER SubjectPublicKeyInfo.
+pub fn key_hint(spki: &[u8]) -> String {
+    B64.encode(Sha256::digest(spki))
+}
+
+/// PEM SubjectPublicKeyInfo.
+pub fn spki_pem(spki: &[u8]) -> String {
+    let b64 = B64.encode(spki);
+    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PUBLIC KEY-----\n");
+    pem
+}
+
+impl Bundle {
+    /// A key-only bundle of a message signature.
+    pub fn new(spki: &[u8], hash: HashAlg, digest: &[u8], signature: &[u8]) -> Bundle {
+        Bundle {
+            media_type: MEDIA_TYPE.to_string(),
+            verification_material: VerificationMaterial {
+                public_key: Some(PublicKeyIdentifier {
+                    hint: key_hint(spki),
+                }),
+                certificate: None,
+                x509_certificate_chain: None,
+                tlog_entries: Vec::new(),
+                timestamp_verification_data: None,
+            },
+            message_signature: Some(MessageSignature {
+                message_digest: HashOutput {
+                    algorithm: hash_name(hash).to_string(),
+                    digest: B64Bytes(digest.to_vec()),
+                },
+                signature: B64Bytes(signature.to_vec()),
+            }),
+            dsse_envelope: None,
+        }
+    }
+
+    /// Writes the bundle to `path` atomically: a temporary file beside it, renamed.
+    /// Nothing is left behind on failure.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.with_context(|| format!("cannot write the bundle {}", path.display()))
+    }
+
+    /// Reads a bundle file.
+    pub fn read(path: &Path) -> Result<Bundle> {
+        let text = std::fs::read(path)
+            .with_context(|| format!("cannot read the bundle {}", path.display()))?;
+        let bundle: Bundle = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a Sigstore bundle", path.display()))?;
+        if !MEDIA_TYPES_READ.contains(&bundle.media_type.as_str()) {
+            bail!(
+                "{}: mediaType `{}` is not a bundle version this verifier reads (v0.1–v0.3)",
+                path.display(),
+                bundle.media_type
+            );
+        }
+        Ok(bundle)
+    }
+}
+
+// --- Rekor ---------------------------------------------------------------------------
+
+/// The `hashedrekord` v0.0.1 entry Rekor is asked to log.
+pub fn hashedrekord(hash: HashAlg, digest: &[u8], signature: &[u8], spki: &[u8]) -> Value {
+    json!({
+        "apiVersion": "0.0.1",
+        "kind": "hashedrekord",
+        "spec": {
+            "data": { "hash": { "algorithm": hash.as_str(), "value": hex::encode(digest) } },
+            "signature": {
+                "content": B64.encode(signature),
+                "publicKey": { "content": B64.encode(spki_pem(spki)) }
+            }
+        }
+    })
+}
+
+/// Rekor's answer for one entry (`LogEntryAnon`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RekorEntry {
+    body: String,
+    integrated_time: i64,
+    #[serde(rename = "logID")]
+    log_id: String,
+    log_index: i64,
+    verification: Option<RekorVerification>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RekorVerification {
+    signed_entry_timestamp: Option<String>,
+    inclusion_proof: Option<RekorProof>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RekorProof {
+    checkpoint: String,
+    #[serde(default)]
+    hashes: Vec<String>,
+    log_index: i64,
+    root_hash: String,
+    tree_size: i64,
+}
+
+/// A Rekor log: where it is and the key its answers must be signed with.
+#[derive(Debug, Clone)]
+pub struct Rekor {
+    /// Base URL, e.g. `https://rekor.sigstore.dev`.
+    pub url: String,
+    /// The log's public key (SPKI DER).
+    pub key_der: Vec<u8>,
+}
+
+impl Rekor {
+    /// Uploads a `hashedrekord` entry and returns it as a checked bundle entry.
+    pub fn upload(
+        &self,
+        hash: HashAlg,
+        digest: &[u8],
+        signature: &[u8],
+        spki: &[u8],
+    ) -> Result<TlogEntry> {
+        let url = format!("{}/api/v1/log/entries", self.url.trim_end_matches('/'));
+        let request = hashedrekord(hash, digest, signature, spki);
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .build();
+        let response = agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .set("Accept", "application/json")
+            .send_string(&request.to_string());
+        let text = match response {
+            Ok(r) => r
+                .into_string()
+                .with_context(|| format!("Rekor at {url}: cannot read the answer"))?,
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                bail!(
+                    "Rekor at {url} refused the entry: HTTP {code}: {}",
+                    body.trim().chars().take(300).collect::<String>()
+                );
+            }
+            Err(e) => bail!("cannot reach Rekor at {url}: {e}"),
+        };
+        let answer: serde_json::Map<String, Value> = serde_json::from_str(&text)
+            .with_context(|| format!("Rekor at {url}: the answer is not a JSON object"))?;
+        let (uuid, entry) = answer
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("Rekor at {url}: the answer holds no entry"))?;
+        let entry: RekorEntry = serde_json::from_value(entry)
+            .with_context(|| format!("Rekor at {url}: entry {uuid} is not a log entry"))?;
+        let tlog = to_tlog_entry(entry).with_context(|| format!("Rekor at {url}: entry {uuid}"))?;
+        self.check_entry(&tlog, hash, digest, signature, spki)
+            .with_context(|| format!("Rekor at {url}: entry {uuid} does not check out"))?;
+        Ok(tlog)
+    }
+
+    /// Checks a bundle's log entry against this log's key and the signature it is for.
+    pub fn check_entry(
+        &self,
+        entry: &TlogEntry,
+        hash: HashAlg,
+        digest: &[u8],
+        signature: &[u8],
+        spki: &[u8],
+    ) -> Result<()> {
+        let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
+        // 1. The entry is ours.
+        if entry.kind_version.kind != "hashedrekord" {
+            bail!(
+                "the entry is of kind `{}`, not hashedrekord",
+                entry.kind_version.kind
+            );
+        }
+        let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
+            .context("canonicalizedBody is not JSON")?;
+        let spec = &body["spec"];
+        let logged_digest = spec["data"]["hash"]["value"].as_str().unwrap_or_default();
+        if logged_digest != hex::encode(digest) {
+            bail!("the logged digest {logged_digest} is not the artifact's");
+        }
+        if spec["data"]["hash"]["algorithm"].as_str() != Some(hash.as_str()) {
+            bail!("the logged hash algorithm is not {hash}");
+        }
+        let logged_sig = spec["signature"]["content"].as_str().unwrap_or_default();
+        if B64.decode(logged_sig).ok().as_deref() != Some(signature) {
+            bail!("the logged signature is not the bundle's");
+        }
+        let logged_key = spec["signature"]["publicKey"]["content"]
+            .as_str()
+            .and_then(|k| B64.decode(k).ok())
+            .and_then(|pem| crate::verify::spki_from_pem(&String::from_utf8_lossy(&pem)).ok());
+        if logged_key.as_deref() != Some(spki) {
+            bail!("the logged public key is not the signing key");
+        }
+        // 2. The log is the one we trust.
+        let log_id = Sha256::digest(&self.key_der);
+        if entry.log_id.key_id.0 != log_id[..] {
+            bail!(
+                "logId {} is not the log key's ({})",
+                hex::encode(&entry.log_id.key_id.0),
+                hex::encode(log_id)
+            );
+        }
+        // 3. The signed entry timestamp.
+        let promise = entry
+            .inclusion_promise
+            .as_ref()
+            .ok_or_else(|| anyhow!("no inclusion promise (signed entry timestamp)"))?;
+        let set_payload = format!(
+            "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
+            Value::String(B64.encode(&entry.canonicalized_body.0)),
+            entry.integrated_time.0,
+            Value::String(hex::encode(&entry.log_id.key_id.0)),
+            entry.log_index.0
+        );
+        let set_digest = Sha256::digest(set_payload.as_bytes());
+        log_key
+            .verify_digest(
+                &set_digest,
+                HashAlg::Sha256,
+                &promise.signed_entry_timestamp.0,
+                false,
+            )
+            .context("the signed entry timestamp does not verify with the Rekor public key")?;
+        // 4. The inclusion proof and its checkpoint.
+        if let Some(proof) = &entry.inclusion_proof {
+            let leaf = leaf_hash(&entry.canonicalized_body.0);
+            let root = root_from_proof(
+                proof.log_index.0,
+                proof.tree_size.0,
+                leaf,
+                &proof.hashes.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
+            )?;
+            if root.as_slice() != proof.root_hash.0.as_slice() {
+                bail!("the inclusion proof does not lead to its root hash");
+            }
+            check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)?;
+        }
+        Ok(())
+    }
+}
+
+fn to_tlog_entry(e: RekorEntry) -> Result<TlogEntry> {
+    let v = e
+        .verification
+        .ok_or_else(|| anyhow!("no `verification` (signed entry timestamp) in the answer"))?;
+    let set = v
+        .signed_entry_timestamp
+        .ok_or_else(|| anyhow!("no signed entry timestamp in the answer"))?;
+    let body = B64.decode(&e.body).context("body is not base64")?;
+    let kind_version = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .map(|b| KindVersion {
+            kind: b["kind"].as_str().unwrap_or("hashedrekord").to_string(),
+            version: b["apiVersion"].as_str().unwrap_or("0.0.1").to_string(),
+        })
+        .unwrap_or(KindVersion {
+            kind: "hashedrekord".into(),
+            version: "0.0.1".into(),
+        });
+    let inclusion_proof = match v.inclusion_proof {
+        Some(p) => Some(InclusionProof {
+            log_index: Int64(p.log_index),
+            root_hash: B64Bytes(hex::decode(&p.root_hash).context("rootHash is not hex")?),
+            tree_size: Int64(p.tree_size),
+            hashes: p
+                .hashes
+                .iter()
+                .map(|h| hex::decode(h).map(B64Bytes))
+                .collect::<Result<_, _>>()
+                .context("an inclusion proof hash is not hex")?,
+            checkpoint: Checkpoint {
+                envelope: p.checkpoint,
+            },
+        }),
+        None => None,
+    };
+    Ok(TlogEntry {
+        log_index: Int64(e.log_index),
+        log_id: LogId {
+            key_id: B64Bytes(hex::decode(&e.log_id).context("logID is not hex")?),
+        },
+        kind_version,
+        integrated_time: Int64(e.integrated_time),
+        inclusion_promise: Some(InclusionPromise {
+            signed_entry_timestamp: B64Bytes(B64.decode(&set).context("the SET is not base64")?),
+        }),
+        inclusion_proof,
+        canonicalized_body: B64Bytes(body),
+    })
+}
+
+/// RFC 6962 leaf hash.
+fn leaf_hash(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(data);
+    h.finalize().into()
+}
+
+fn node_hash(left: &[u8], right: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+/// The root an RFC 6962 / RFC 9162 inclusion proof leads to.
+fn root_from_proof(index: i64, size: i64, leaf: [u8; 32], hashes: &[Vec<u8>]) -> Result<[u8; 32]> {
+    if index < 0 || size <= 0 || index >= size {
+        bail!("inclusion proof: index {index} is not inside a tree of {size}");
+    }
+    let (mut fn_, mut sn) = (index as u64, (size - 1) as u64);
+    let mut r = leaf;
+    for p in hashes {
+        if p.len() != 32 {
+            bail!("inclusion proof: a hash is not 32 bytes");
+        }
+        if sn == 0 {
+            bail!("inclusion proof: too many hashes");
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = node_hash(p, &r);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    if sn != 0 {
+        bail!("inclusion proof: too few hashes");
+    }
+    Ok(r)
+}
+
+/// Checks a checkpoint (signed note): signed by the log key, for the proof's tree.
+fn check_checkpoint(
+    envelope: &str,
+    log_key: &AnyPublicKey,
+    log_der: &[u8],
+    proof: &InclusionProof,
+) -> Result<()> {
+    let (note, sigs) = envelope
+        .split_once("\n\n")
+        .ok_or_else(|| anyhow!("the checkpoint is not a signed note"))?;
+    let note = format!("{note}\n");
+    let mut lines = note.lines();
+    let _origin = lines.next();
+    let size: i64 = lines
+        .next()
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| anyhow!("the checkpoint has no tree size"))?;
+    let root = lines
+        .next()
+        .and_then(|l| B64.decode(l).ok())
+        .ok_or_else(|| anyhow!("the checkpoint has no root hash"))?;
+    if size != proof.tree_size.0 || root != proof.root_hash.0 {
+        bail!("the checkpoint is for another tree than the inclusion proof");
+    }
+    let key_hint = &Sha256::digest(log_der)[..4];
+    let digest = Sha256::digest(note.as_bytes());
+    for line in sigs.lines() {
+        let Some(rest) = line.strip_prefix("\u{2014} ") else {
+            continue;
+        };
+        let Some((_name, sig)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(raw) = B64.decode(sig) else { continue };
+        if raw.len() > 4 && &raw[..4] == key_hint {
+            log_key
+                .verify_digest(&digest, HashAlg::Sha256, &raw[4..], false)
+                .context("the checkpoint's signature does not verify with the Rekor public key")?;
+            return Ok(());
+        }
+    }
+    bail!("the checkpoint carries no signature by the Rekor key")
+}
+
+// --- verification --------------------------------------------------------------------
+
+/// What a successful bundle verification checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    /// Signature algorithm.
+    pub alg: String,
+    /// The digest's algorithm.
+    pub hash: String,
+    /// Log entries checked against the Rekor key.
+    pub tlog_entries_checked: usize,
+    /// Log entries present but not checked (no Rekor key given).
+    pub tlog_entries_unchecked: usize,
+    /// The log's time for the first checked entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrated_time: Option<i64>,
+}
+
+/// Verifies `bundle` for `file` with the key `spki`, and its log entries with `rekor`.
+/// Each failure says what did not match.
+pub fn verify_bundle(
+    bundle: &Bundle,
+    file: &Path,
+    spki: &[u8],
+    rekor: Option<&Rekor>,
+) -> Result<Verified> {
+    if bundle.dsse_envelope.is_some() {
+        bail!("the bundle holds a DSSE envelope (an attestation), not a message signature");
+    }
+    let vm = &bundle.verification_material;
+    if vm.certificate.is_some() || vm.x509_certificate_chain.is_some() {
+        bail!("the bundle is signed with a certificate (keyless); this verifier checks key-based bundles: use cosign or sigstore-js for certificates");
+    }
+    let ms = bundle
+        .message_signature
+        .as_ref()
+        .ok_or_else(|| anyhow!("the bundle has no messageSignature"))?;
+    if let Some(pk) = &vm.public_key {
+        let expected = key_hint(spki);
+        if !pk.hint.is_empty() && pk.hint != expected {
+            bail!(
+                "key hint mismatch: the bundle names key {} but this key is {expected}",
+                pk.hint
+            );
+        }
+    }
+    let hash = hash_of_name(&ms.message_digest.algorithm)?;
+    let digest = hash_file(file, hash)?;
+    if digest != ms.message_digest.digest.0 {
+        bail!(
+            "digest mismatch: {} has {} {} but the bundle signed {}",
+            file.display(),
+            hash,
+            hex::encode(&digest),
+            hex::encode(&ms.message_digest.digest.0)
+        );
+    }
+    let key = AnyPublicKey::from_spki(spki)?;
+    if matches!(key, AnyPublicKey::Ed25519(_)) {
+        bail!("Ed25519 keys are not used for Sigstore message signatures by waxseal");
+    }
+    let alg = key
+        .verify_digest(&digest, hash, &ms.signature.0, false)
+        .context(
+            "signature mismatch: the bundle's signature is not by this key over this digest",
+        )?;
+    let mut checked = 0;
+    let mut integrated_time = None;
+    if let Some(rekor) = rekor {
+        if vm.tlog_entries.is_empty() {
+            bail!("the bundle has no transparency log entry, and --rekor-public-key asks for one");
+        }
+        for (i, e) in vm.tlog_entries.iter().enumerate() {
+            rekor
+                .check_entry(e, hash, &digest, &ms.signature.0, spki)
+                .with_context(|| format!("tlog entry {i} (log index {})", e.log_index.0))?;
+            integrated_time.get_or_insert(e.integrated_time.0);
+            checked += 1;
+        }
+    }
+    Ok(Verified {
+        alg,
+        hash: hash_name(hash).to_string(),
+        tlog_entries_checked: checked,
+        tlog_entries_unchecked: vm.tlog_entries.len() - checked,
+        integrated_time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tree_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+        if leaves.len() == 1 {
+            return leaves[0];
+        }
+        let k = leaves.len().next_power_of_two() / 2;
+        node_hash(&tree_root(&leaves[..k]), &tree_root(&leaves[k..]))
+    }
+
+    fn proof(leaves: &[[u8; 32]], m: usize) -> Vec<Vec<u8>> {
+        if leaves.len() == 1 {
+            return vec![];
+        }
+        let k = leaves.len().next_power_of_two() / 2;
+        if m < k {
+            let mut p = proof(&leaves[..k], m);
+            p.push(tree_root(&leaves[k..]).to_vec());
+            p
+        } else {
+            let mut p = proof(&leaves[k..], m - k);
+            p.push(tree_root(&leaves[..k]).to_vec());
+            p
+        }
+    }
+
+    #[test]
+    fn inclusion_proofs_for_every_leaf_of_every_small_tree() {
+        for n in 1..=17usize {
+            let leaves: Vec<[u8; 32]> = (0..n).map(|i| leaf_hash(&[i as u8])).collect();
+            let root = tree_root(&leaves);
+            for m in 0..n {
+                let p = proof(&leaves, m);
+                let got = root_from_proof(m as i64, n as i64, leaves[m], &p).unwrap();
+                assert_eq!(got, root, "tree {n} leaf {m}");
+                if !p.is_empty() {
+                    let mut bad = p.clone();
+                    bad[0][0] ^= 1;
+                    assert_ne!(
+                        root_from_proof(m as i64, n as i64, leaves[m], &bad).unwrap(),
+                        root
+                    );
+                }
+            }
+        }
+        assert!(root_from_proof(3, 3, [0; 32], &[]).is_err());
+    }
+
+    #[test]
+    fn bundle_json_follows_the_protobuf_mapping() {
+        let b = Bundle::new(b"spki", HashAlg::Sha256, &[1; 32], &[2; 8]);
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["mediaType"], MEDIA_TYPE);
+        assert_eq!(
+            v["verificationMaterial"]["publicKey"]["hint"],
+            key_hint(b"spki")
+        );
+        assert_eq!(v["verificationMaterial"]["tlogEntries"], json!([]));
+        assert_eq!(
+            v["messageSignature"]["messageDigest"]["algorithm"],
+            "SHA2_256"
+        );
+        let mut e: Value = json!({
+            "logIndex": 12, "logId": {"keyId": "AAEC"}, "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
+            "integratedTime": "1700000000", "canonicalizedBody": "e30="
+        });
+        let t: TlogEntry = serde_json::from_value(e.clone()).unwrap();
+        assert_eq!(t.log_index.0, 12);
+        assert_eq!(serde_json::to_value(&t).unwrap()["logIndex"], "12");
+        e["integratedTime"] = json!(true);
+        assert!(serde_json::from_value::<TlogEntry>(e).is_err());
+    }
+}

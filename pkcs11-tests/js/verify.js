@@ -1,0 +1,48 @@
+// Verifies a Sigstore bundle with @sigstore/verify, a verifier waxseal did not write.
+// Usage: node verify.js BUNDLE ARTIFACT PUBLIC_KEY.pem [REKOR_PUBLIC_KEY.pem REKOR_URL]
+// Without a Rekor key: key-only bundle, tlogThreshold 0 and timestampThreshold 0.
+// With one: the log is trusted and the default thresholds apply (one tlog entry, one
+// timestamp). Prints "OK" and exits 0, or prints the error and exits 1.
+'use strict';
+const fs = require('fs');
+const crypto = require('crypto');
+const { bundleFromJSON } = require('@sigstore/bundle');
+const { TrustedRoot } = require('@sigstore/protobuf-specs');
+const { Verifier, toSignedEntity, toTrustMaterial } = require('@sigstore/verify');
+
+function main() {
+  const [bundlePath, artifactPath, keyPath, rekorKeyPath, rekorUrl] = process.argv.slice(2);
+  if (!keyPath) throw new Error('usage: node verify.js BUNDLE ARTIFACT PUBLIC_KEY.pem [REKOR_PUBLIC_KEY.pem]');
+  const bundle = bundleFromJSON(JSON.parse(fs.readFileSync(bundlePath, 'utf8')));
+  const artifact = fs.readFileSync(artifactPath);
+  const publicKey = crypto.createPublicKey(fs.readFileSync(keyPath));
+  const der = publicKey.export({ format: 'der', type: 'spki' });
+  const hint = crypto.createHash('sha256').update(der).digest('base64');
+  const keyFinder = (h) => {
+    if (h !== hint) throw new Error(`unknown key hint ${h} (expected ${hint})`);
+    return { publicKey, validFor: () => true };
+  };
+  const root = { mediaType: 'application/vnd.dev.sigstore.trustedroot+json;version=0.1', tlogs: [], certificateAuthorities: [], ctlogs: [], timestampAuthorities: [] };
+  let options = { tlogThreshold: 0, timestampThreshold: 0 };
+  if (rekorKeyPath) {
+    const logKey = crypto.createPublicKey(fs.readFileSync(rekorKeyPath));
+    const logDer = logKey.export({ format: 'der', type: 'spki' });
+    root.tlogs.push({
+      baseUrl: rekorUrl || 'http://127.0.0.1',
+      hashAlgorithm: 'SHA2_256',
+      publicKey: { rawBytes: logDer.toString('base64'), keyDetails: 'PKIX_ECDSA_P256_SHA_256', validFor: { start: '2000-01-01T00:00:00Z' } },
+      logId: { keyId: crypto.createHash('sha256').update(logDer).digest('base64') },
+    });
+    options = {};
+  }
+  const trust = toTrustMaterial(TrustedRoot.fromJSON(root), keyFinder);
+  new Verifier(trust, options).verify(toSignedEntity(bundle, artifact));
+  process.stdout.write('OK\n');
+}
+
+try {
+  main();
+} catch (e) {
+  process.stdout.write(`FAILED: ${e.code ? e.code + ': ' : ''}${e.message}\n`);
+  process.exit(1);
+}
