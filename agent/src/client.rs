@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use crate::proto::{
     self, Attest, AttestOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg,
     KeyRef, ListKeysOk, Op, PublicKeyOk, Purpose, Request, Response, ResponseError, RsaPadding,
-    Sign, SignOk, StatusOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk, WireError, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 
@@ -190,6 +191,7 @@ impl Client {
             purpose: Purpose::Digest,
             hash,
             digest: Bytes(digest.to_vec()),
+            tbs: None,
             name: None,
             padding,
         }))
@@ -208,8 +210,39 @@ impl Client {
             purpose: Purpose::Blob,
             hash: Some(hash),
             digest: Bytes(digest.to_vec()),
+            tbs: None,
             name: Some(name.into()),
             padding: None,
+        }))
+    }
+
+    /// `sign` with purpose `x509-tbs`: the signature over a DER TBSCertificate, made with
+    /// the hash its signature algorithm names (RSA: PKCS#1 v1.5).
+    pub fn sign_tbs(&mut self, key: &str, tbs: &[u8]) -> Result<SignOk, ClientError> {
+        self.call(Op::Sign(Sign {
+            key: key.into(),
+            purpose: Purpose::X509Tbs,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: Some(Bytes(tbs.to_vec())),
+            name: None,
+            padding: None,
+        }))
+    }
+
+    /// `store_certificate`: `cert` (DER) stored on the device of `key` as object `id`.
+    pub fn store_certificate(
+        &mut self,
+        key: &str,
+        id: &str,
+        label: Option<&str>,
+        cert: &[u8],
+    ) -> Result<StoreCertificateOk, ClientError> {
+        self.call(Op::StoreCertificate(StoreCertificate {
+            key: key.into(),
+            object_id: id.into(),
+            label: label.map(Into::into),
+            cert: Bytes(cert.to_vec()),
         }))
     }
 }

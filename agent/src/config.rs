@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::keyuri::{valid_device_name, KeyName};
 use crate::pin::PinSource;
 use crate::proto::Purpose;
+use crate::x509::CertKind;
 
 /// Default cap on concurrent connections to `agent.sock`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -133,6 +134,9 @@ pub struct KeyConfig {
     /// Whether the key is listed and usable on an SSH connection bound for forwarding
     /// (`session-bind@openssh.com`); by default yes, except for `x509-tbs` keys.
     pub ssh_forwarding: Option<bool>,
+    /// Which certificates an `x509-tbs` key may sign: CA certificates, end-entity
+    /// certificates or both (the default).
+    pub x509_issue: Vec<CertKind>,
 }
 
 /// A configuration that cannot be used, located in its file.
@@ -192,6 +196,7 @@ struct RawKey {
     name: String,
     purposes: Vec<Purpose>,
     ssh_forwarding: Option<bool>,
+    x509_issue: Option<Vec<CertKind>>,
 }
 
 impl Config {
@@ -364,10 +369,27 @@ impl Config {
                     "must name at least one purpose (digest, blob, x509-tbs, ssh)".into(),
                 ));
             }
+            let x509_issue = match key.x509_issue {
+                None => vec![CertKind::Ca, CertKind::Leaf],
+                Some(kinds) if kinds.is_empty() => {
+                    return Err(at(
+                        k("x509_issue"),
+                        "must name at least one kind of certificate (ca, leaf)".into(),
+                    ))
+                }
+                Some(_) if !key.purposes.contains(&Purpose::X509Tbs) => {
+                    return Err(at(
+                        k("x509_issue"),
+                        "only applies to keys whose purposes include x509-tbs".into(),
+                    ))
+                }
+                Some(kinds) => kinds,
+            };
             keys.push(KeyConfig {
                 name: key.name,
                 purposes: key.purposes,
                 ssh_forwarding: key.ssh_forwarding,
+                x509_issue,
             });
         }
         Ok(Config {

@@ -6,20 +6,21 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::backend::{self, Backend, BackendError, SignInput};
+use crate::backend::{self, Backend, BackendError, CertObject, SignInput};
 use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
-    AttestOk, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, KeyAlg, KeyInfo, ListKeysOk,
-    PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, WireError, AGENT_NAME,
-    PROTOCOL_VERSION,
+    AttestOk, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, HashAlg, KeyAlg, KeyInfo, ListKeysOk,
+    PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk,
+    WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
 use crate::worker::{DeviceLanes, LaneError};
+use crate::x509::{SigFamily, TbsSummary};
 
 /// One configured device and its lanes.
 #[derive(Debug)]
@@ -272,14 +273,15 @@ impl KeyStore {
         })
     }
 
-    /// `sign` (purposes `digest` and `blob`), on the calling thread.
+    /// `sign` (purposes `digest`, `blob` and `x509-tbs`), on the calling thread.
     pub fn sign(&self, req: &Sign, caller: &Caller) -> Result<SignOk, WireError> {
         self.check_unlocked()?;
         let (device, name) = self.split(&req.key)?;
         self.policy.check_sign(&req.key, req.purpose, caller)?;
         match req.purpose {
             Purpose::Digest | Purpose::Blob => {}
-            Purpose::X509Tbs | Purpose::Ssh => {
+            Purpose::X509Tbs => return self.sign_tbs(req, device, name.label),
+            Purpose::Ssh => {
                 return Err(WireError::new(
                     ErrorCode::Unsupported,
                     format!(
@@ -309,6 +311,107 @@ impl KeyStore {
         Ok(SignOk {
             alg: signed.alg.signature_alg(signed.hash, padding),
             signature: Bytes(signed.signature),
+        })
+    }
+
+    /// `sign` with purpose `x509-tbs` (policy's purpose check done): parses the
+    /// TBSCertificate, applies `x509_issue`, checks it fits the key, logs what is
+    /// certified and signs its digest.
+    fn sign_tbs(&self, req: &Sign, device: &Device, label: &str) -> Result<SignOk, WireError> {
+        let key = &req.key;
+        let Some(tbs) = req.tbs.as_ref() else {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                "purpose x509-tbs needs `tbs`, the DER TBSCertificate",
+            ));
+        };
+        let summary = TbsSummary::parse(&tbs.0).map_err(|e| {
+            warn!(key = %key, error = %e, "x509-tbs refused: malformed TBSCertificate");
+            WireError::new(ErrorCode::BadRequest, format!("x509-tbs: {e}"))
+        })?;
+        let refuse = |e: WireError| {
+            warn!(
+                key = %key, subject = %summary.subject, issuer = %summary.issuer,
+                serial = %summary.serial, ca = %summary.ca_text(), code = %e.code,
+                reason = %e.message, "x509-tbs refused"
+            );
+            e
+        };
+        self.policy.check_tbs(key, &summary).map_err(refuse)?;
+        let pk = device.lanes.run(|b| b.public_key(label))?.map_err(wire)?;
+        summary.fits(pk.alg).map_err(|e| {
+            refuse(WireError::new(
+                ErrorCode::BadRequest,
+                format!("x509-tbs: {e}"),
+            ))
+        })?;
+        let raw = summary.family == SigFamily::Ed25519;
+        let digest = if raw {
+            tbs.0.clone()
+        } else {
+            match summary.hash {
+                HashAlg::Sha256 => Sha256::digest(&tbs.0).to_vec(),
+                HashAlg::Sha384 => Sha384::digest(&tbs.0).to_vec(),
+                HashAlg::Sha512 => Sha512::digest(&tbs.0).to_vec(),
+            }
+        };
+        let input = SignInput {
+            digest: &digest,
+            hash: Some(summary.hash),
+            padding: RsaPadding::Pkcs1,
+            raw,
+        };
+        let signed = device.lanes.run(|b| b.sign(label, &input))?.map_err(wire)?;
+        info!(
+            key = %key, subject = %summary.subject, issuer = %summary.issuer,
+            serial = %summary.serial, not_before = %summary.not_before,
+            not_after = %summary.not_after, ca = %summary.ca_text(),
+            eku = %summary.eku.join(","), hash = %summary.hash,
+            "x509-tbs signed: certificate issued"
+        );
+        Ok(SignOk {
+            alg: signed.alg.signature_alg(signed.hash, RsaPadding::Pkcs1),
+            signature: Bytes(signed.signature),
+        })
+    }
+
+    /// `store_certificate`: checks that `cert` is a certificate for `key`, then stores
+    /// it on the key's device.
+    pub fn store_certificate(
+        &self,
+        req: &StoreCertificate,
+    ) -> Result<StoreCertificateOk, WireError> {
+        self.check_unlocked()?;
+        let (device, name) = self.split(&req.key)?;
+        let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
+        if req.object_id.is_empty() || req.object_id.len() > 64 {
+            return Err(bad("`object_id` must be 1 to 64 characters".into()));
+        }
+        let label = req.label.clone().unwrap_or_else(|| "PKCS11CA".to_string());
+        if label.is_empty() || label.len() > 64 {
+            return Err(bad("`label` must be 1 to 64 characters".into()));
+        }
+        let object = CertObject::from_der(&req.object_id, &label, &req.cert.0)
+            .map_err(|e| bad(format!("store_certificate: {e}")))?;
+        let pk = device
+            .lanes
+            .run(|b| b.public_key(name.label))?
+            .map_err(wire)?;
+        if object.spki != pk.spki_der {
+            return Err(bad(format!(
+                "store_certificate: the certificate (subject {}) is not for {}: its public key differs",
+                object.subject_text, req.key
+            )));
+        }
+        device
+            .lanes
+            .run(|b| b.store_certificate(name.label, &object))?
+            .map_err(wire)?;
+        info!(key = %req.key, object_id = %req.object_id, label = %label, subject = %object.subject_text, "certificate stored on the device");
+        Ok(StoreCertificateOk {
+            key: req.key.clone(),
+            object_id: req.object_id.clone(),
+            label,
         })
     }
 

@@ -26,3 +26,5 @@ pub mod policy;
 pub mod server;
 #[cfg(feature = "daemon")]
 pub mod worker;
+#[cfg(feature = "daemon")]
+pub mod x509;

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::config::KeyConfig;
 use crate::proto::{ErrorCode, Purpose, WireError};
+use crate::x509::{CertKind, TbsSummary};
 
 /// Purposes of a key that has no `[[key]]` entry.
 pub const DEFAULT_PURPOSES: [Purpose; 3] = [Purpose::Digest, Purpose::Blob, Purpose::Ssh];
@@ -27,6 +28,8 @@ pub struct Caller {
 pub struct Policy {
     keys: HashMap<String, Vec<Purpose>>,
     no_forwarding: HashSet<String>,
+    /// `x509_issue` of the keys whose entry narrows it.
+    x509_issue: HashMap<String, Vec<CertKind>>,
 }
 
 impl Policy {
@@ -45,6 +48,32 @@ impl Policy {
                 })
                 .map(|k| k.name.clone())
                 .collect(),
+            x509_issue: keys
+                .iter()
+                .filter(|k| {
+                    !(k.x509_issue.contains(&CertKind::Ca)
+                        && k.x509_issue.contains(&CertKind::Leaf))
+                })
+                .map(|k| (k.name.clone(), k.x509_issue.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether `key` may sign the certificate `tbs` describes (`x509_issue`); the
+    /// refusal names the rule. The purpose is checked by [`Policy::check_sign`].
+    pub fn check_tbs(&self, key: &str, tbs: &TbsSummary) -> Result<(), WireError> {
+        let kind = tbs.kind();
+        match self.x509_issue.get(key) {
+            Some(kinds) if !kinds.contains(&kind) => Err(WireError::new(
+                ErrorCode::PolicyDenied,
+                format!(
+                    "key {key} may not sign a {} certificate (subject {}): its [[key]] entry has x509_issue = [{}]",
+                    if kind == CertKind::Ca { "CA" } else { "leaf (non-CA)" },
+                    tbs.subject,
+                    kinds.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -100,11 +129,13 @@ mod tests {
                 name: "hsm/root".into(),
                 purposes: vec![Purpose::X509Tbs],
                 ssh_forwarding: None,
+                x509_issue: vec![CertKind::Ca],
             },
             KeyConfig {
                 name: "hsm/git".into(),
                 purposes: vec![Purpose::Ssh],
                 ssh_forwarding: Some(false),
+                x509_issue: vec![CertKind::Ca, CertKind::Leaf],
             },
         ]);
         assert!(

@@ -1,6 +1,7 @@
 //! The library half of the `waxseal` package: what its two binaries share (`waxseal`
-//! and `sigstore-kms-waxseal`): local signature checks and key formats.
+//! and `sigstore-kms-waxseal`): local signature checks, key formats and the CA profiles.
 
+pub mod ca;
 pub mod sigstore;
 pub mod sshfmt;
 pub mod verify;

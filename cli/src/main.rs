@@ -65,6 +65,64 @@ enum Command {
     /// SSH: the keys offered on ssh.sock.
     #[command(subcommand)]
     Ssh(SshCommand),
+    /// A Fulcio CA on agent keys: the root and intermediate certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// A self-signed root certificate (Fulcio's root profile) for an agent key.
+    Root {
+        /// The root key, DEVICE/LABEL; its [[key]] entry must allow purpose x509-tbs.
+        #[arg(long)]
+        key: String,
+        /// Subject common name.
+        #[arg(long)]
+        cn: String,
+        /// Subject organization.
+        #[arg(long)]
+        org: String,
+        /// Validity in days, from now.
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+        /// Where the PEM certificate goes; an existing file is never replaced.
+        #[arg(long, default_value = "root.pem")]
+        out: PathBuf,
+        /// Also store the certificate on the key's PKCS#11 token as `fulcio createca`
+        /// does (CKA_ID = ID, label PKCS11CA), for Fulcio's pkcs11ca.
+        #[arg(long, value_name = "ID")]
+        pkcs11_store: Option<String>,
+    },
+    /// An intermediate certificate signed by the root key, and the chain file for
+    /// Fulcio's --kms-cert-chain-path (intermediate first, root last).
+    Intermediate {
+        /// The intermediate's key, DEVICE/LABEL.
+        #[arg(long, conflicts_with = "csr", required_unless_present = "csr")]
+        key: Option<String>,
+        /// Certify the key of this PKCS#10 request (PEM or DER) instead; its signature
+        /// is checked first.
+        #[arg(long, value_name = "FILE")]
+        csr: Option<PathBuf>,
+        /// The root key, DEVICE/LABEL.
+        #[arg(long)]
+        root_key: String,
+        /// The root certificate (from `waxseal ca root`).
+        #[arg(long, value_name = "PEMFILE")]
+        root_cert: PathBuf,
+        /// Subject common name.
+        #[arg(long)]
+        cn: String,
+        /// Subject organization.
+        #[arg(long)]
+        org: String,
+        /// Validity in days, from now; clipped to the root's.
+        #[arg(long, default_value_t = 1825, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+        /// Where the PEM chain goes; an existing file is never replaced.
+        #[arg(long, default_value = "chain.pem")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

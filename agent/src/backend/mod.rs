@@ -12,6 +12,7 @@ pub mod pkcs11;
 pub mod tpm;
 
 use crate::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding, WireError};
+pub use crate::x509::CertObject;
 
 /// A key as a device lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +149,13 @@ pub trait Backend: Send {
         let _ = (label, nonce);
         Err(BackendError::Unsupported(
             "this kind of device has no standard key attestation".into(),
+        ))
+    }
+    /// Stores `cert`, a certificate for the key `label`, as an object on the device.
+    fn store_certificate(&mut self, label: &str, cert: &CertObject) -> Result<(), BackendError> {
+        let _ = (label, cert);
+        Err(BackendError::Unsupported(
+            "this kind of device does not store certificates for waxseal".into(),
         ))
     }
 }

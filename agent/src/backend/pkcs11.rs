@@ -20,7 +20,9 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use tracing::{debug, info, warn};
@@ -28,8 +30,8 @@ use zeroize::Zeroizing;
 
 use super::crypto::{self, OID_ED25519, OID_P256, OID_P384};
 use super::{
-    digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey, SignInput,
-    Signed,
+    digest_hash, Attestation, Backend, BackendError, CertObject, DeviceInfo, DeviceKey, PublicKey,
+    SignInput, Signed,
 };
 use crate::config::TokenSelector;
 use crate::keyuri::Pkcs11Uri;
@@ -856,6 +858,39 @@ impl Backend for Lane {
                 t.serial_number().trim_end()
             ),
             keys,
+        })
+    }
+
+    fn store_certificate(&mut self, label: &str, cert: &CertObject) -> Result<(), BackendError> {
+        let shared = self.shared.clone();
+        let name = shared.name().to_string();
+        self.with_retry(|conn, _, session| {
+            shared.load_keys(conn, session)?;
+            if !conn.keys.contains_key(label) {
+                return Err(unknown_key(&name, label).into());
+            }
+            let taken = session.find_objects(&[Attribute::Id(cert.id.clone())])?;
+            if !taken.is_empty() {
+                return Err(BackendError::KeyExists(format!(
+                    "device {name} already has an object with id '{}' (CKA_ID); choose another id",
+                    String::from_utf8_lossy(&cert.id)
+                ))
+                .into());
+            }
+            // As `fulcio createca` (crypto11's ImportCertificateWithLabel) stores it.
+            session.create_object(&[
+                Attribute::Class(ObjectClass::CERTIFICATE),
+                Attribute::CertificateType(CertificateType::X_509),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Id(cert.id.clone()),
+                Attribute::Label(cert.label.as_bytes().to_vec()),
+                Attribute::Subject(cert.subject.clone()),
+                Attribute::Issuer(cert.issuer.clone()),
+                Attribute::SerialNumber(cert.serial.clone()),
+                Attribute::Value(cert.value.clone()),
+            ])?;
+            Ok(())
         })
     }
 

@@ -21,6 +21,13 @@ impl fmt::Debug for Bytes {
     }
 }
 
+impl Bytes {
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&B64.encode(&self.0))
@@ -264,6 +271,8 @@ pub enum Op {
     Sign(Sign),
     /// Evidence that a key was made inside its device.
     Attest(Attest),
+    /// Store a certificate for a key on its device (PKCS#11 tokens).
+    StoreCertificate(StoreCertificate),
 }
 
 impl Op {
@@ -277,6 +286,7 @@ impl Op {
             Op::GenerateKey(_) => "generate_key",
             Op::Sign(_) => "sign",
             Op::Attest(_) => "attest",
+            Op::StoreCertificate(_) => "store_certificate",
         }
     }
 }
@@ -314,6 +324,22 @@ pub struct Attest {
     pub nonce: Option<Bytes>,
 }
 
+/// `store_certificate`: puts `cert` on the device of `key` as a certificate object, the
+/// way `fulcio createca` stores its root (PKCS#11: CKO_CERTIFICATE, CKA_ID = the ASCII
+/// bytes of `object_id`, CKA_LABEL = `label`). The certificate must be for `key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreCertificate {
+    /// Key NAME whose certificate this is.
+    pub key: String,
+    /// Object id (CKA_ID, as ASCII bytes); refused when an object has it already.
+    pub object_id: String,
+    /// Object label; `PKCS11CA` (what Fulcio's pkcs11ca looks for) if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The DER certificate.
+    pub cert: Bytes,
+}
+
 /// `sign`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sign {
@@ -324,14 +350,42 @@ pub struct Sign {
     /// Hash algorithm of `digest`; by default the key's (SHA-384 for P-384, else SHA-256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<HashAlg>,
-    /// The digest to sign (`digest` and `blob`).
+    /// The digest to sign (`digest` and `blob`); absent for `x509-tbs`.
+    #[serde(default, skip_serializing_if = "Bytes::is_empty")]
     pub digest: Bytes,
+    /// The DER TBSCertificate to sign (`x509-tbs`): the agent parses it, checks it
+    /// against the key's policy, logs it, and signs it with the hash its signature
+    /// algorithm names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tbs: Option<Bytes>,
     /// Artifact name (`blob`), recorded for audit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// RSA padding; PKCS#1 v1.5 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding: Option<RsaPadding>,
+}
+
+impl Sign {
+    /// Checks that the payload fits the purpose: `tbs` for `x509-tbs`, `digest` for
+    /// the others, never both.
+    fn check_payload(&self) -> Result<(), String> {
+        match (self.purpose, self.tbs.is_some(), self.digest.is_empty()) {
+            (Purpose::X509Tbs, true, true) => Ok(()),
+            (Purpose::X509Tbs, false, _) => {
+                Err("missing field `tbs` (purpose x509-tbs signs a DER TBSCertificate)".into())
+            }
+            (Purpose::X509Tbs, true, false) => Err(
+                "purpose x509-tbs takes `tbs` and no `digest`: the agent hashes the TBSCertificate itself".into(),
+            ),
+            (_, true, _) => Err(format!(
+                "`tbs` is only for purpose x509-tbs, not {}",
+                self.purpose
+            )),
+            (_, false, true) => Err("missing field `digest`".into()),
+            (_, false, false) => Ok(()),
+        }
+    }
 }
 
 impl Request {
@@ -437,15 +491,21 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         "list_keys" => Op::ListKeys,
         "public_key" => Op::PublicKey(body(id, &op, map)?),
         "generate_key" => Op::GenerateKey(body(id, &op, map)?),
-        "sign" => Op::Sign(body(id, &op, map)?),
+        "sign" => {
+            let sign: Sign = body(id, &op, map)?;
+            sign.check_payload()
+                .map_err(|m| RequestError::bad(Some(id), format!("`sign` request: {m}")))?;
+            Op::Sign(sign)
+        }
         "attest" => Op::Attest(body(id, &op, map)?),
+        "store_certificate" => Op::StoreCertificate(body(id, &op, map)?),
         other => {
             return Err(RequestError {
                 id: Some(id),
                 error: WireError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest)",
+                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate)",
                         other.chars().take(64).collect::<String>()
                     ),
                 ),
@@ -554,6 +614,17 @@ pub struct AttestOk {
     pub format: String,
     /// The evidence, in the form `format` names.
     pub evidence: Value,
+}
+
+/// `store_certificate` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreCertificateOk {
+    /// Key NAME.
+    pub key: String,
+    /// Object id, as given.
+    pub object_id: String,
+    /// Object label.
+    pub label: String,
 }
 
 /// `sign` result.
@@ -689,8 +760,24 @@ mod tests {
                 purpose: Purpose::Blob,
                 hash: Some(HashAlg::Sha384),
                 digest: Bytes(vec![7; 48]),
+                tbs: None,
                 name: Some("release.tar.gz".into()),
                 padding: Some(RsaPadding::Pss),
+            }),
+            Op::Sign(Sign {
+                key: "a/root".into(),
+                purpose: Purpose::X509Tbs,
+                hash: None,
+                digest: Bytes::default(),
+                tbs: Some(Bytes(vec![0x30, 0x00])),
+                name: None,
+                padding: None,
+            }),
+            Op::StoreCertificate(StoreCertificate {
+                key: "a/root".into(),
+                object_id: "99".into(),
+                label: None,
+                cert: Bytes(vec![0x30, 0x00]),
             }),
         ];
         for (id, op) in ops.into_iter().enumerate() {
@@ -790,6 +877,22 @@ mod tests {
             (
                 r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest"}"#,
                 "missing field `digest`",
+            ),
+            (
+                r#"{"id":4,"op":"sign","key":"a/b","purpose":"x509-tbs","digest":"AAAA"}"#,
+                "missing field `tbs`",
+            ),
+            (
+                r#"{"id":4,"op":"sign","key":"a/b","purpose":"x509-tbs","tbs":"MAA=","digest":"AAAA"}"#,
+                "no `digest`",
+            ),
+            (
+                r#"{"id":4,"op":"sign","key":"a/b","purpose":"blob","tbs":"MAA=","digest":"AAAA"}"#,
+                "only for purpose x509-tbs",
+            ),
+            (
+                r#"{"id":4,"op":"store_certificate","key":"a/b","object_id":"1"}"#,
+                "missing field `cert`",
             ),
         ];
         for (bad, want) in cases {

@@ -26,6 +26,30 @@ fn send(mut w: &UnixStream, payload: &[u8]) -> io::Result<()> {
     w.write_all(&proto::encode_frame(payload))
 }
 
+/// Sends a last error and closes so that the client reads it: a Unix socket closed
+/// with unread input resets the peer, whose read then fails instead of seeing the
+/// error. So the write side is shut first and what the client sent meanwhile (its
+/// `hello`, most often) is drained, within 64 KiB and 200 ms.
+fn send_and_close(mut stream: &UnixStream, payload: &[u8]) {
+    if send(stream, payload).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let mut buf = [0u8; 4096];
+    let mut drained = 0usize;
+    while drained < 64 * 1024 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match io::Read::read(&mut stream, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
 /// Serves one connection until it closes.
 pub fn connection(
     stream: &UnixStream,
@@ -43,7 +67,7 @@ pub fn connection(
                 caller.uid, opts.uid
             ),
         );
-        let _ = send(stream, &encode_error(None, &e));
+        send_and_close(stream, &encode_error(None, &e));
         return;
     }
     if let Err(e) = stream.set_read_timeout(Some(opts.idle_timeout)) {
@@ -81,7 +105,11 @@ pub fn connection(
                 (encode_error(e.id, &e.error), e.malformed)
             }
         };
-        if send(stream, &response).is_err() || close {
+        if close {
+            send_and_close(stream, &response);
+            return;
+        }
+        if send(stream, &response).is_err() {
             return;
         }
     }
@@ -118,6 +146,13 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
             let r = store.attest(&a.key, a.nonce.as_ref().map(|n| n.0.as_slice()));
             if let Err(e) = &r {
                 info!(key = %a.key, pid, code = %e.code, "attest refused or failed");
+            }
+            reply(id, r)
+        }
+        Op::StoreCertificate(c) => {
+            let r = store.store_certificate(&c);
+            if let Err(e) = &r {
+                info!(key = %c.key, pid, code = %e.code, "store_certificate refused or failed");
             }
             reply(id, r)
         }

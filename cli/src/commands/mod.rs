@@ -9,6 +9,7 @@ use waxseal_agent::paths;
 
 use crate::{Cli, Command};
 
+mod ca;
 mod demo;
 mod keys;
 mod sign;
@@ -50,5 +51,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Ssh(c) => ssh::run(&ctx, c),
+        Command::Ca(c) => ca::run(&ctx, c),
     }
 }

@@ -1,0 +1,239 @@
+//! `waxseal ca root|intermediate`: a Fulcio CA whose keys stay in the agent's devices.
+//!
+//! The TBSCertificates are built here with rcgen ([`waxseal::ca`]); the agent signs them
+//! with purpose `x509-tbs`, parsing and logging each one. Every certificate is parsed
+//! back and its signature checked before it is written, and an existing output file is
+//! never replaced.
+
+use std::cell::RefCell;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use waxseal::ca::{self, KeyMaterial, RemoteSigner, RootInfo, SignFn};
+use waxseal_agent::client::Client;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::Ctx;
+use crate::CaCommand;
+
+/// What was issued, for `--json` and the summary.
+#[derive(Debug, Serialize)]
+struct Issued {
+    subject: String,
+    issuer: String,
+    serial: String,
+    not_before: String,
+    not_after: String,
+    sha256_fingerprint: String,
+    out: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pkcs11_id: Option<String>,
+}
+
+pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Root {
+            key,
+            cn,
+            org,
+            days,
+            out,
+            pkcs11_store,
+        } => root(ctx, &key, &cn, &org, days, &out, pkcs11_store.as_deref()),
+        CaCommand::Intermediate {
+            key,
+            csr,
+            root_key,
+            root_cert,
+            cn,
+            org,
+            days,
+            out,
+        } => intermediate(
+            ctx,
+            key.as_deref(),
+            csr.as_deref(),
+            &root_key,
+            &root_cert,
+            &cn,
+            &org,
+            days,
+            &out,
+        ),
+    }
+}
+
+/// A signer that sends each TBSCertificate to the agent with purpose `x509-tbs`.
+fn agent_signer<'c>(client: &'c RefCell<Client>, key: &'c str) -> Result<RemoteSigner<SignFn<'c>>> {
+    let public = client
+        .borrow_mut()
+        .public_key(key)
+        .with_context(|| format!("cannot read the public key of {key}"))?;
+    let material = KeyMaterial::from_spki(&public.spki_der.0)
+        .with_context(|| format!("{key} cannot sign certificates"))?;
+    let sign: SignFn<'c> = Box::new(move |tbs: &[u8]| {
+        let signed = client
+            .borrow_mut()
+            .sign_tbs(key, tbs)
+            .map_err(|e| anyhow!("{key} did not sign the certificate: {e}"))?;
+        Ok(signed.signature.0)
+    });
+    Ok(RemoteSigner::new(material, sign))
+}
+
+fn refuse_existing(out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!(
+            "{} exists already; waxseal never replaces a CA file. Choose another --out or move it away",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn root(
+    ctx: &Ctx,
+    key: &str,
+    cn: &str,
+    org: &str,
+    days: u32,
+    out: &Path,
+    pkcs11_store: Option<&str>,
+) -> Result<()> {
+    refuse_existing(out)?;
+    let client = RefCell::new(ctx.connect()?);
+    let signer = agent_signer(&client, key)?;
+    let params = ca::root_params(cn, org, days, signer.key())?;
+    let cert = params.self_signed(&signer).map_err(|e| signer.explain(e))?;
+    let der = cert.der().to_vec();
+    ca::check_signature(&der, signer.key().spki())?;
+    if let Some(id) = pkcs11_store {
+        client
+            .borrow_mut()
+            .store_certificate(key, id, None, &der)
+            .with_context(|| format!("cannot store the root certificate on {key}'s token as id '{id}'; nothing was written"))?;
+    }
+    write_new(out, &ca::cert_pem(&der))?;
+    report(ctx, &der, out, pkcs11_store, "root")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn intermediate(
+    ctx: &Ctx,
+    key: Option<&str>,
+    csr: Option<&Path>,
+    root_key: &str,
+    root_cert: &Path,
+    cn: &str,
+    org: &str,
+    days: u32,
+    out: &Path,
+) -> Result<()> {
+    refuse_existing(out)?;
+    let root_data = fs::read(root_cert)
+        .with_context(|| format!("cannot read the root certificate {}", root_cert.display()))?;
+    let root = RootInfo::parse(&root_data)
+        .with_context(|| format!("{} cannot issue the intermediate", root_cert.display()))?;
+    let client = RefCell::new(ctx.connect()?);
+    let subject_key = match (key, csr) {
+        (Some(key), None) => {
+            let public = client
+                .borrow_mut()
+                .public_key(key)
+                .with_context(|| format!("cannot read the public key of {key}"))?;
+            KeyMaterial::from_spki(&public.spki_der.0)?
+        }
+        (None, Some(csr)) => {
+            let data = fs::read(csr).with_context(|| format!("cannot read {}", csr.display()))?;
+            let (material, subject) =
+                ca::csr_key(&data).with_context(|| format!("{} refused", csr.display()))?;
+            eprintln!(
+                "certificate request {} checked (its subject {subject:?} is replaced by CN={cn}, O={org})",
+                csr.display()
+            );
+            material
+        }
+        _ => bail!("name the intermediate's key with --key NAME or --csr FILE (one of them)"),
+    };
+    let signer = agent_signer(&client, root_key)?;
+    if signer.key().spki() != root.spki.as_slice() {
+        bail!(
+            "{} is not {root_key}'s certificate: its public key differs. Pass the root certificate made with --key {root_key}",
+            root_cert.display()
+        );
+    }
+    let params = ca::intermediate_params(cn, org, days, &subject_key, &root)?;
+    let issuer = ca::issuer_from_cert(&root.der, signer)?;
+    let cert = params
+        .signed_by(&subject_key, &issuer)
+        .map_err(|e| issuer.key().explain(e))?;
+    let der = cert.der().to_vec();
+    ca::check_signature(&der, &root.spki)?;
+    let chain = format!("{}{}", ca::cert_pem(&der), ca::cert_pem(&root.der));
+    write_new(out, &chain)?;
+    report(
+        ctx,
+        &der,
+        out,
+        None,
+        "intermediate (chain: intermediate, then root)",
+    )
+}
+
+/// Writes `text` to `out`, which must not exist, through a temporary file.
+fn write_new(out: &Path, text: &str) -> Result<()> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("cert"),
+        std::process::id()
+    ));
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    // hard_link fails if `out` appeared meanwhile: never replace a CA file.
+    let linked = fs::hard_link(&tmp, out);
+    let _ = fs::remove_file(&tmp);
+    linked.with_context(|| format!("cannot create {}", out.display()))
+}
+
+fn report(ctx: &Ctx, der: &[u8], out: &Path, pkcs11_id: Option<&str>, what: &str) -> Result<()> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| anyhow!("certificate does not parse: {e}"))?;
+    let issued = Issued {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        serial: cert.tbs_certificate.raw_serial_as_string(),
+        not_before: cert.validity().not_before.to_string(),
+        not_after: cert.validity().not_after.to_string(),
+        sha256_fingerprint: hex::encode(Sha256::digest(der)),
+        out: out.to_path_buf(),
+        pkcs11_id: pkcs11_id.map(str::to_string),
+    };
+    if ctx.json {
+        return ctx.print_json(&issued);
+    }
+    outln!("{what} certificate written to {}", out.display());
+    outln!("  subject      {}", issued.subject);
+    outln!("  issuer       {}", issued.issuer);
+    outln!("  serial       {}", issued.serial);
+    outln!(
+        "  valid        {} to {}",
+        issued.not_before,
+        issued.not_after
+    );
+    outln!("  SHA-256      {}", issued.sha256_fingerprint);
+    if let Some(id) = pkcs11_id {
+        outln!("  stored on the token as CKO_CERTIFICATE id '{id}', label PKCS11CA");
+    }
+    Ok(())
+}
