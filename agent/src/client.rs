@@ -12,9 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::proto::{
     self, Attest, AttestOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg,
-    KeyRef, ListKeysOk, Op, PublicKeyOk, Purpose, Request, Response, ResponseError, RsaPadding,
-    Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk, WireError, MAX_FRAME,
-    PROTOCOL_VERSION,
+    KeyRef, ListKeysOk, Op, PinPolicy, PublicKeyOk, Purpose, Request, Response, ResponseError,
+    RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk, TouchPolicy, Unlock,
+    UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 
@@ -49,14 +49,28 @@ impl From<ResponseError> for ClientError {
     }
 }
 
+/// What a client does with a notice (e.g. "touch your YubiKey") the agent sends while
+/// a request is in progress.
+pub type NoticeHandler = Box<dyn FnMut(&str) + Send>;
+
 /// A connection to the agent.
-#[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
     next_id: u64,
     agent: String,
     reader: FrameReader,
     spin: Duration,
+    on_notice: Option<NoticeHandler>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("stream", &self.stream)
+            .field("next_id", &self.next_id)
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long the client polls for a response before sleeping: a software token signs
@@ -76,6 +90,7 @@ impl Client {
             agent: String::new(),
             reader: FrameReader::new(),
             spin: DEFAULT_SPIN,
+            on_notice: None,
         };
         let hello: HelloOk = client.call(Op::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -102,6 +117,11 @@ impl Client {
         self.spin = spin;
     }
 
+    /// Shows the agent's notices (ignored without a handler).
+    pub fn on_notice(&mut self, handler: NoticeHandler) {
+        self.on_notice = Some(handler);
+    }
+
     /// The agent's self-description from `hello`.
     pub fn agent(&self) -> &str {
         &self.agent
@@ -124,6 +144,21 @@ impl Client {
             )));
         }
         self.stream.write_all(&proto::encode_frame(&payload))?;
+        loop {
+            let response = self.read_response(id)?;
+            match response.notice {
+                Some(notice) => {
+                    if let Some(handler) = self.on_notice.as_mut() {
+                        handler(&notice);
+                    }
+                }
+                None => return Ok(response),
+            }
+        }
+    }
+
+    /// Reads the next frame answering request `id`: a notice or the response.
+    fn read_response(&mut self, id: u64) -> Result<Response, ClientError> {
         let payload = match self.reader.read(&self.stream, self.spin, None) {
             Ok(p) => p,
             Err(ReadError::Closed) => {
@@ -164,9 +199,29 @@ impl Client {
 
     /// `generate_key`.
     pub fn generate_key(&mut self, key: &str, alg: KeyAlg) -> Result<GenerateKeyOk, ClientError> {
+        self.generate_key_with(key, alg, None, None)
+    }
+
+    /// `generate_key` with a YubiKey's touch and PIN policies.
+    pub fn generate_key_with(
+        &mut self,
+        key: &str,
+        alg: KeyAlg,
+        touch: Option<TouchPolicy>,
+        pin_policy: Option<PinPolicy>,
+    ) -> Result<GenerateKeyOk, ClientError> {
         self.call(Op::GenerateKey(GenerateKey {
             key: key.into(),
             alg,
+            touch,
+            pin_policy,
+        }))
+    }
+
+    /// `unlock`: the user's go-ahead to try `device`'s PIN again.
+    pub fn unlock(&mut self, device: &str) -> Result<UnlockOk, ClientError> {
+        self.call(Op::Unlock(Unlock {
+            device: device.into(),
         }))
     }
 

@@ -87,6 +87,14 @@ pub enum DeviceKind {
         /// Sessions kept open for parallel signing (default: 4).
         sessions: usize,
     },
+    /// A YubiKey (PIV), through pcscd.
+    Yubikey {
+        /// Which YubiKey; the first one found if absent.
+        serial: Option<u32>,
+        /// Where the management key (hex) comes from; else the PIN-protected one on the
+        /// card, else the factory default (with a warning).
+        mgm_key: Option<PinSource>,
+    },
     /// A TPM 2.0.
     Tpm {
         /// TCTI configuration (default `device:/dev/tpmrm0`).
@@ -102,6 +110,7 @@ impl DeviceKind {
         match self {
             DeviceKind::Pkcs11 { .. } => "pkcs11",
             DeviceKind::Tpm { .. } => "tpm",
+            DeviceKind::Yubikey { .. } => "yubikey",
         }
     }
 }
@@ -183,11 +192,29 @@ struct RawDevice {
     kind: String,
     module: Option<PathBuf>,
     token: Option<String>,
-    serial: Option<String>,
+    serial: Option<SerialValue>,
     pin: Option<String>,
+    mgm_key: Option<String>,
     sessions: Option<usize>,
     tcti: Option<String>,
     key_dir: Option<PathBuf>,
+}
+
+/// `serial` as written: a YubiKey's is a number, a PKCS#11 token's a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SerialValue {
+    Number(u64),
+    Text(String),
+}
+
+impl SerialValue {
+    fn text(self) -> String {
+        match self {
+            SerialValue::Number(n) => n.to_string(),
+            SerialValue::Text(t) => t,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -285,22 +312,36 @@ impl Config {
             };
             let kind = match d.kind.as_str() {
                 "pkcs11" => {
-                    for (field, set) in [("tcti", d.tcti.is_some()), ("key_dir", d.key_dir.is_some())] {
+                    for (field, set) in [
+                        ("tcti", d.tcti.is_some()),
+                        ("key_dir", d.key_dir.is_some()),
+                        ("mgm_key", d.mgm_key.is_some()),
+                    ] {
                         if set {
-                            return Err(at(k(field), format!("`{field}` is for tpm devices, not pkcs11")));
+                            return Err(at(
+                                k(field),
+                                format!("`{field}` is for tpm devices, not pkcs11"),
+                            ));
                         }
                     }
                     let module = d.module.ok_or_else(|| {
                         at(k("kind"), "a pkcs11 device needs `module`, e.g. module = \"/usr/lib/softhsm/libsofthsm2.so\"".into())
                     })?;
-                    let token = match (d.token, d.serial) {
+                    let token = match (d.token, d.serial.map(SerialValue::text)) {
                         (Some(l), None) => TokenSelector::Label(l),
                         (None, Some(s)) => TokenSelector::Serial(s),
                         (Some(_), Some(_)) => {
-                            return Err(at(k("serial"), "give `token` (label) or `serial`, not both".into()))
+                            return Err(at(
+                                k("serial"),
+                                "give `token` (label) or `serial`, not both".into(),
+                            ))
                         }
                         (None, None) => {
-                            return Err(at(k("kind"), "a pkcs11 device needs `token` (the token label) or `serial`".into()))
+                            return Err(at(
+                                k("kind"),
+                                "a pkcs11 device needs `token` (the token label) or `serial`"
+                                    .into(),
+                            ))
                         }
                     };
                     let sessions = d.sessions.unwrap_or(4);
@@ -319,9 +360,10 @@ impl Config {
                         ("token", d.token.is_some()),
                         ("serial", d.serial.is_some()),
                         ("sessions", d.sessions.is_some()),
+                        ("mgm_key", d.mgm_key.is_some()),
                     ] {
                         if set {
-                            return Err(at(k(field), format!("`{field}` is for pkcs11 devices; a tpm device takes `tcti`, `key_dir` and `pin`")));
+                            return Err(at(k(field), format!("`{field}` is not for tpm devices; a tpm device takes `tcti`, `key_dir` and `pin`")));
                         }
                     }
                     let tcti = d.tcti.unwrap_or_else(|| "device:/dev/tpmrm0".to_string());
@@ -334,10 +376,33 @@ impl Config {
                     }
                 }
                 "yubikey" => {
-                    return Err(at(
-                        k("kind"),
-                        format!("device kind `{}` is not available in this version of waxseal-agent yet (pkcs11 and tpm are)", d.kind),
-                    ))
+                    for (field, set) in [
+                        ("module", d.module.is_some()),
+                        ("token", d.token.is_some()),
+                        ("sessions", d.sessions.is_some()),
+                        ("tcti", d.tcti.is_some()),
+                        ("key_dir", d.key_dir.is_some()),
+                    ] {
+                        if set {
+                            return Err(at(k(field), format!("`{field}` is not for yubikey devices; a yubikey device takes `serial`, `pin` and `mgm_key`")));
+                        }
+                    }
+                    let serial = match d.serial {
+                        None => None,
+                        Some(v) => {
+                            let text = v.text();
+                            Some(text.parse::<u32>().map_err(|_| {
+                                at(k("serial"), format!("`{text}` is not a YubiKey serial number (the number `ykman list` or `waxseal status` shows)"))
+                            })?)
+                        }
+                    };
+                    let mgm_key = match &d.mgm_key {
+                        Some(spec) => {
+                            Some(PinSource::parse(spec).map_err(|m| at(k("mgm_key"), m))?)
+                        }
+                        None => None,
+                    };
+                    DeviceKind::Yubikey { serial, mgm_key }
                 }
                 other => {
                     return Err(at(
@@ -557,5 +622,42 @@ purposes = ["x509-tbs"]
         let d = "[[device]]\nname = \"a\"\nkind = \"pkcs11\"\nmodule = \"/m\"\ntoken = \"t\"\n";
         let e = err(&format!("{d}{d}"));
         assert_eq!((e.key.as_str(), e.line), ("device[1].name", Some(7)), "{e}");
+    }
+
+    #[test]
+    fn yubikey_devices() {
+        let c = Config::parse(
+            "[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nserial = 12345678\npin = \"file:/p\"\nmgm_key = \"env:MGM\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.devices[0].kind,
+            DeviceKind::Yubikey {
+                serial: Some(12_345_678),
+                mgm_key: Some(PinSource::Env("MGM".into()))
+            }
+        );
+        let c = Config::parse(
+            "[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nserial = \"42\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.devices[0].kind,
+            DeviceKind::Yubikey {
+                serial: Some(42),
+                ..
+            }
+        ));
+        let e = err("[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nserial = \"abc\"\n");
+        assert_eq!(e.key, "device[0].serial", "{e}");
+        let e = err("[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nmodule = \"/m\"\n");
+        assert_eq!(e.key, "device[0].module", "{e}");
+        let e = err("[[device]]\nname = \"h\"\nkind = \"pkcs11\"\nmodule = \"/m\"\ntoken = \"t\"\nmgm_key = \"env:X\"\n");
+        assert_eq!(e.key, "device[0].mgm_key", "{e}");
+        // x509_issue only with x509-tbs.
+        let e = err("[[key]]\nname = \"a/b\"\npurposes = [\"digest\"]\nx509_issue = [\"ca\"]\n");
+        assert_eq!(e.key, "key[0].x509_issue", "{e}");
     }
 }

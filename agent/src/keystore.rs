@@ -10,14 +10,14 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::backend::{self, Backend, BackendError, CertObject, SignInput};
+use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions, SignInput};
 use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
     AttestOk, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, HashAlg, KeyAlg, KeyInfo, ListKeysOk,
     PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk,
-    WireError, AGENT_NAME, PROTOCOL_VERSION,
+    UnlockOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
 use crate::worker::{DeviceLanes, LaneError};
 use crate::x509::{SigFamily, TbsSummary};
@@ -100,6 +100,20 @@ impl KeyStore {
                 #[cfg(not(feature = "tpm"))]
                 DeviceKind::Tpm { .. } => {
                     warn!(device = %d.name, "this agent was built without the tpm feature; device skipped");
+                    continue;
+                }
+                #[cfg(feature = "yubikey")]
+                DeviceKind::Yubikey { serial, mgm_key } => {
+                    backend::yubikey::open(backend::yubikey::YubikeySettings {
+                        name: d.name.clone(),
+                        serial: *serial,
+                        pin: d.pin.clone(),
+                        mgm_key: mgm_key.clone(),
+                    })
+                }
+                #[cfg(not(feature = "yubikey"))]
+                DeviceKind::Yubikey { .. } => {
+                    warn!(device = %d.name, "this agent was built without the yubikey feature; device skipped");
                     continue;
                 }
             };
@@ -224,7 +238,12 @@ impl KeyStore {
     }
 
     /// `generate_key`.
-    pub fn generate(&self, key: &str, alg: KeyAlg) -> Result<GenerateKeyOk, WireError> {
+    pub fn generate(
+        &self,
+        key: &str,
+        alg: KeyAlg,
+        opts: &GenerateOptions,
+    ) -> Result<GenerateKeyOk, WireError> {
         let (device, name) = self.split(key)?;
         if !alg.is_generatable() {
             return Err(WireError::new(
@@ -236,7 +255,7 @@ impl KeyStore {
         }
         let (k, pk) = device
             .lanes
-            .run(|b| b.generate(name.label, alg))?
+            .run(|b| b.generate_with(name.label, alg, opts))?
             .map_err(wire)?;
         Ok(GenerateKeyOk {
             key: self.key_info(&device.name, k),
@@ -274,7 +293,15 @@ impl KeyStore {
     }
 
     /// `sign` (purposes `digest`, `blob` and `x509-tbs`), on the calling thread.
-    pub fn sign(&self, req: &Sign, caller: &Caller) -> Result<SignOk, WireError> {
+    ///
+    /// `notice` is told, before the device is asked, when the device will wait for the
+    /// user (a YubiKey touch).
+    pub fn sign(
+        &self,
+        req: &Sign,
+        caller: &Caller,
+        notice: &mut dyn FnMut(&str),
+    ) -> Result<SignOk, WireError> {
         self.check_unlocked()?;
         let (device, name) = self.split(&req.key)?;
         self.policy.check_sign(&req.key, req.purpose, caller)?;
@@ -297,6 +324,7 @@ impl KeyStore {
                 "purpose `blob` needs `name`, the artifact's name",
             ));
         }
+        self.touch_notice(device, &req.key, name.label, notice)?;
         let padding = req.padding.unwrap_or(RsaPadding::Pkcs1);
         let input = SignInput {
             digest: &req.digest.0,
@@ -415,6 +443,35 @@ impl KeyStore {
         })
     }
 
+    /// Tells `notice` (and the log) when signing with `key` will wait for a touch.
+    fn touch_notice(
+        &self,
+        device: &Device,
+        key: &str,
+        label: &str,
+        notice: &mut dyn FnMut(&str),
+    ) -> Result<(), WireError> {
+        if device.kind != "yubikey" {
+            return Ok(());
+        }
+        if let Some(text) = device.lanes.run(|b| b.touch_notice(label))? {
+            info!(key, "{text}");
+            notice(&text);
+        }
+        Ok(())
+    }
+
+    /// `unlock`: the user's go-ahead to try `device`'s PIN again.
+    pub fn unlock_device(&self, device: &str) -> Result<UnlockOk, WireError> {
+        let d = self.device(device)?;
+        let message = d.lanes.run(|b| b.unlock())?.map_err(wire)?;
+        info!(device, %message, "unlock");
+        Ok(UnlockOk {
+            device: device.to_string(),
+            message,
+        })
+    }
+
     fn check_unlocked(&self) -> Result<(), WireError> {
         if self.is_locked() {
             return Err(WireError::new(
@@ -514,6 +571,8 @@ impl KeyStore {
                 ),
             ));
         }
+        // An SSH client cannot be told; the log says it.
+        self.touch_notice(device, key, name.label, &mut |_| {})?;
         let signed = device
             .lanes
             .run(|b| b.sign(name.label, input))?

@@ -33,7 +33,7 @@ use waxseal::sigstore;
 use waxseal::sshfmt;
 use waxseal::verify;
 
-use waxseal_agent::proto::{HashAlg, KeyAlg};
+use waxseal_agent::proto::{HashAlg, KeyAlg, PinPolicy, TouchPolicy};
 
 /// Sign with keys that stay inside hardware (PKCS#11 tokens, TPMs, YubiKeys).
 #[derive(Debug, Parser)]
@@ -68,6 +68,12 @@ enum Command {
     /// A Fulcio CA on agent keys: the root and intermediate certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Let the agent try DEVICE's PIN once more (YubiKey: below the retry floor, or
+    /// after a refused PIN): it is tried right away.
+    Unlock {
+        /// The device name from the config, e.g. yk.
+        device: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +148,12 @@ enum KeysCommand {
         /// Algorithm.
         #[arg(long, value_parser = parse_alg)]
         alg: KeyAlg,
+        /// YubiKey: when the key wants a touch to sign (never, always, cached).
+        #[arg(long, value_parser = parse_touch)]
+        touch: Option<TouchPolicy>,
+        /// YubiKey: when the key wants the PIN (never, once, always).
+        #[arg(long, value_parser = parse_pin_policy)]
+        pin_policy: Option<PinPolicy>,
     },
     /// Attestation: the device's evidence that the key was made inside it (TPM:
     /// TPM2_Certify by the agent's attestation key). JSON on stdout, or a file in DIR.
@@ -240,6 +252,14 @@ fn parse_alg(s: &str) -> Result<KeyAlg, String> {
 }
 
 fn parse_hash(s: &str) -> Result<HashAlg, String> {
+    s.parse()
+}
+
+fn parse_touch(s: &str) -> Result<TouchPolicy, String> {
+    s.parse()
+}
+
+fn parse_pin_policy(s: &str) -> Result<PinPolicy, String> {
     s.parse()
 }
 

@@ -50,6 +50,8 @@ pub struct Bins {
     pub cli: PathBuf,
     /// `sigstore-kms-waxseal`, the cosign/Fulcio KMS plug-in.
     pub kms_plugin: PathBuf,
+    /// `piv-emulator`, the PIV card of the YubiKey tests.
+    pub piv_emulator: PathBuf,
 }
 
 /// Builds the binaries (once per process) with the cargo and profile of this test run.
@@ -75,6 +77,8 @@ pub fn bins() -> &'static Bins {
             "waxseal-agent",
             "-p",
             "waxseal",
+            "-p",
+            "piv-emulator",
             "--manifest-path",
         ])
         .arg(&manifest)
@@ -86,12 +90,13 @@ pub fn bins() -> &'static Bins {
         let status = cmd.status().expect("run cargo build for the binaries");
         assert!(
             status.success(),
-            "cargo build of waxseal-agent and waxseal failed"
+            "cargo build of waxseal-agent, waxseal and piv-emulator failed"
         );
         Bins {
             agent: profile_dir.join("waxseal-agent"),
             cli: profile_dir.join("waxseal"),
             kms_plugin: profile_dir.join("sigstore-kms-waxseal"),
+            piv_emulator: profile_dir.join("piv-emulator"),
         }
     })
 }

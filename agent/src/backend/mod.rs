@@ -10,8 +10,10 @@ pub mod crypto;
 pub mod pkcs11;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+#[cfg(feature = "yubikey")]
+pub mod yubikey;
 
-use crate::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding, WireError};
+use crate::proto::{ErrorCode, HashAlg, KeyAlg, PinPolicy, RsaPadding, TouchPolicy, WireError};
 pub use crate::x509::CertObject;
 
 /// A key as a device lists it.
@@ -45,6 +47,15 @@ pub struct SignInput<'a> {
     pub padding: RsaPadding,
     /// Sign `digest` as the whole message (Ed25519 SSH signatures), not as a digest.
     pub raw: bool,
+}
+
+/// What a new key gets beyond its algorithm: a YubiKey's touch and PIN policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenerateOptions {
+    /// Touch policy.
+    pub touch: Option<TouchPolicy>,
+    /// PIN policy.
+    pub pin_policy: Option<PinPolicy>,
 }
 
 /// A signature and how it was made.
@@ -140,8 +151,35 @@ pub trait Backend: Send {
         label: &str,
         alg: KeyAlg,
     ) -> Result<(DeviceKey, PublicKey), BackendError>;
+    /// Generates a key with `opts`; devices without such options refuse them.
+    fn generate_with(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+        opts: &GenerateOptions,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        if opts.touch.is_some() || opts.pin_policy.is_some() {
+            return Err(BackendError::Unsupported(
+                "touch and PIN policies are set on YubiKey keys only".into(),
+            ));
+        }
+        self.generate(label, alg)
+    }
     /// Signs with `label`.
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError>;
+    /// What to tell the user before signing with `label` when the device will wait
+    /// for a touch (`None`: no touch needed).
+    fn touch_notice(&mut self, label: &str) -> Option<String> {
+        let _ = label;
+        None
+    }
+    /// The user's go-ahead to try the PIN again: the device verifies it now, once,
+    /// even below the agent's retry floor. Returns what happened.
+    fn unlock(&mut self) -> Result<String, BackendError> {
+        Err(BackendError::Unsupported(
+            "this kind of device has no PIN retry floor to lift; fix its PIN source instead".into(),
+        ))
+    }
     /// Device status; connects if needed.
     fn info(&mut self) -> Result<DeviceInfo, BackendError>;
     /// Evidence from the device that `label` was made inside it, bound to `nonce`.

@@ -146,6 +146,30 @@ word_enum! {
     }
 }
 
+word_enum! {
+    /// When a YubiKey wants a touch to sign with a key (set when the key is generated).
+    TouchPolicy {
+        /// Never.
+        Never = "never",
+        /// For every signature.
+        Always = "always",
+        /// Once, then not again for 15 seconds.
+        Cached = "cached",
+    }
+}
+
+word_enum! {
+    /// When a YubiKey wants the PIN verified to sign with a key.
+    PinPolicy {
+        /// Never.
+        Never = "never",
+        /// Once per session.
+        Once = "once",
+        /// Before every signature.
+        Always = "always",
+    }
+}
+
 /// Key algorithm. On the wire: `p256`, `p384`, `rsa2048` (any `rsaN`), `ed25519`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyAlg {
@@ -273,6 +297,8 @@ pub enum Op {
     Attest(Attest),
     /// Store a certificate for a key on its device (PKCS#11 tokens).
     StoreCertificate(StoreCertificate),
+    /// Try a device's PIN again, below the retry floor or after a refusal.
+    Unlock(Unlock),
 }
 
 impl Op {
@@ -287,6 +313,7 @@ impl Op {
             Op::Sign(_) => "sign",
             Op::Attest(_) => "attest",
             Op::StoreCertificate(_) => "store_certificate",
+            Op::Unlock(_) => "unlock",
         }
     }
 }
@@ -312,6 +339,28 @@ pub struct GenerateKey {
     pub key: String,
     /// Algorithm.
     pub alg: KeyAlg,
+    /// YubiKey: touch policy of the new key (the card's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub touch: Option<TouchPolicy>,
+    /// YubiKey: PIN policy of the new key (the card's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_policy: Option<PinPolicy>,
+}
+
+/// `unlock`: the user's go-ahead to try a device's PIN once more (see docs/protocol.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unlock {
+    /// Device name.
+    pub device: String,
+}
+
+/// `unlock` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnlockOk {
+    /// Device name.
+    pub device: String,
+    /// What happened, e.g. `PIN verified; 3 tries left`.
+    pub message: String,
 }
 
 /// `attest`.
@@ -371,6 +420,9 @@ impl Sign {
     /// the others, never both.
     fn check_payload(&self) -> Result<(), String> {
         match (self.purpose, self.tbs.is_some(), self.digest.is_empty()) {
+            (Purpose::X509Tbs, true, true) if self.hash.is_some() || self.padding.is_some() => Err(
+                "purpose x509-tbs takes no `hash` or `padding`: the TBSCertificate's signature algorithm names them".into(),
+            ),
             (Purpose::X509Tbs, true, true) => Ok(()),
             (Purpose::X509Tbs, false, _) => {
                 Err("missing field `tbs` (purpose x509-tbs signs a DER TBSCertificate)".into())
@@ -499,13 +551,14 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         }
         "attest" => Op::Attest(body(id, &op, map)?),
         "store_certificate" => Op::StoreCertificate(body(id, &op, map)?),
+        "unlock" => Op::Unlock(body(id, &op, map)?),
         other => {
             return Err(RequestError {
                 id: Some(id),
                 error: WireError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate)",
+                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate, unlock)",
                         other.chars().take(64).collect::<String>()
                     ),
                 ),
@@ -657,6 +710,17 @@ pub fn encode_error(id: Option<u64>, error: &WireError) -> Vec<u8> {
     serde_json::to_vec(&Wire { id, error }).unwrap_or_default()
 }
 
+/// Encodes a notice: a frame sent while a request is in progress (e.g. "touch your
+/// YubiKey"), before its response. Clients show it and keep waiting.
+pub fn encode_notice(id: u64, notice: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        id: u64,
+        notice: &'a str,
+    }
+    serde_json::to_vec(&Wire { id, notice }).unwrap_or_default()
+}
+
 /// A response as a client reads it, before its `ok` is given a type.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Response {
@@ -668,6 +732,9 @@ pub struct Response {
     /// Failure.
     #[serde(default)]
     pub error: Option<WireError>,
+    /// A notice while the request is in progress; the response follows.
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 impl Response {
@@ -675,6 +742,12 @@ impl Response {
     pub fn decode(payload: &[u8]) -> Result<Response, String> {
         let r: Response = serde_json::from_slice(payload)
             .map_err(|e| format!("agent sent a response that is not valid: {e}"))?;
+        if r.notice.is_some() {
+            if r.ok.is_some() || r.error.is_some() {
+                return Err("agent notice carries a result".to_string());
+            }
+            return Ok(r);
+        }
         if r.ok.is_some() == r.error.is_some() {
             return Err("agent response has neither or both of `ok` and `error`".to_string());
         }
@@ -754,6 +827,17 @@ mod tests {
             Op::GenerateKey(GenerateKey {
                 key: "a/b".into(),
                 alg: KeyAlg::Rsa(3072),
+                touch: None,
+                pin_policy: None,
+            }),
+            Op::GenerateKey(GenerateKey {
+                key: "yk/9c".into(),
+                alg: KeyAlg::P256,
+                touch: Some(TouchPolicy::Cached),
+                pin_policy: Some(PinPolicy::Always),
+            }),
+            Op::Unlock(Unlock {
+                device: "yk".into(),
             }),
             Op::Sign(Sign {
                 key: "a/b".into(),

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use super::ServeOptions;
+use crate::backend::GenerateOptions;
 use crate::keystore::KeyStore;
 use crate::policy::Caller;
 use crate::proto::{
-    self, decode_request, encode_error, encode_ok, ErrorCode, HelloOk, Op, WireError, AGENT_NAME,
-    MAX_FRAME, PROTOCOL_VERSION,
+    self, decode_request, encode_error, encode_notice, encode_ok, ErrorCode, HelloOk, Op,
+    WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 
@@ -99,7 +100,7 @@ pub fn connection(
             }
         };
         let (response, close) = match decode_request(frame) {
-            Ok(req) => (handle(store, req.id, req.op, caller), false),
+            Ok(req) => (handle(store, req.id, req.op, caller, stream), false),
             Err(e) => {
                 debug!(pid, error = %e.error, "bad request");
                 (encode_error(e.id, &e.error), e.malformed)
@@ -116,7 +117,7 @@ pub fn connection(
 }
 
 /// Answers one request; returns the response payload.
-fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
+fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, stream: &UnixStream) -> Vec<u8> {
     fn reply<T: serde::Serialize>(id: u64, r: Result<T, WireError>) -> Vec<u8> {
         match r {
             Ok(ok) => encode_ok(id, &ok),
@@ -136,7 +137,11 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
         Op::ListKeys => encode_ok(id, &store.list_keys()),
         Op::PublicKey(k) => reply(id, store.public_key(&k.key)),
         Op::GenerateKey(g) => {
-            let r = store.generate(&g.key, g.alg);
+            let opts = GenerateOptions {
+                touch: g.touch,
+                pin_policy: g.pin_policy,
+            };
+            let r = store.generate(&g.key, g.alg, &opts);
             if r.is_ok() {
                 info!(key = %g.key, alg = %g.alg, uid = caller.uid, pid, "key generated");
             }
@@ -149,6 +154,10 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
             }
             reply(id, r)
         }
+        Op::Unlock(u) => {
+            info!(device = %u.device, uid = caller.uid, pid, "unlock asked");
+            reply(id, store.unlock_device(&u.device))
+        }
         Op::StoreCertificate(c) => {
             let r = store.store_certificate(&c);
             if let Err(e) = &r {
@@ -157,7 +166,10 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller) -> Vec<u8> {
             reply(id, r)
         }
         Op::Sign(s) => {
-            let r = store.sign(&s, caller);
+            let mut notice = |text: &str| {
+                let _ = send(stream, &encode_notice(id, text));
+            };
+            let r = store.sign(&s, caller, &mut notice);
             match &r {
                 Ok(_) => debug!(key = %s.key, purpose = %s.purpose, pid, "signed"),
                 Err(e) => {

@@ -418,7 +418,10 @@ impl Agent {
     fn new(init: &InitOptions) -> Result<Agent> {
         let key = key_name(init.key_resource_id.as_deref())?;
         let socket = paths::client_socket();
-        let client = Client::connect(&socket).map_err(|e| explain(e, &socket, &key, "connect"))?;
+        let mut client =
+            Client::connect(&socket).map_err(|e| explain(e, &socket, &key, "connect"))?;
+        // sigstore passes the plug-in's stderr through to the user.
+        client.on_notice(Box::new(|n| eprintln!("sigstore-kms-waxseal: {n}")));
         Ok(Agent {
             client,
             socket,

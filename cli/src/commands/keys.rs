@@ -2,6 +2,8 @@
 
 use anyhow::{Context as _, Result};
 
+use waxseal_agent::proto::TouchPolicy;
+
 use super::Ctx;
 use crate::{sshfmt, KeysCommand};
 
@@ -45,8 +47,16 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             }
             Ok(())
         }
-        KeysCommand::Generate { name, alg } => {
-            let made = client.generate_key(&name, alg)?;
+        KeysCommand::Generate {
+            name,
+            alg,
+            touch,
+            pin_policy,
+        } => {
+            if touch.is_some_and(|t| t != TouchPolicy::Never) {
+                eprintln!("touch the YubiKey when it blinks: it signs the new key's certificate");
+            }
+            let made = client.generate_key_with(&name, alg, touch, pin_policy)?;
             if ctx.json {
                 return ctx.print_json(&made);
             }
@@ -71,10 +81,25 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
                         .with_context(|| format!("cannot create {}", dir.display()))?;
                     std::fs::write(&path, text)
                         .with_context(|| format!("cannot write {}", path.display()))?;
-                    if ctx.json {
-                        return ctx.print_json(&serde_json::json!({ "file": path }));
+                    let mut files = vec![path];
+                    // PIV: the certificates as PEM files too, for `openssl verify`.
+                    for (member, suffix) in [
+                        ("attestation_certificate", "attestation.pem"),
+                        ("intermediate_certificate", "f9.pem"),
+                    ] {
+                        if let Some(pem) = a.evidence.get(member).and_then(|v| v.as_str()) {
+                            let p = dir.join(format!("{label}.{suffix}"));
+                            std::fs::write(&p, pem)
+                                .with_context(|| format!("cannot write {}", p.display()))?;
+                            files.push(p);
+                        }
                     }
-                    outln!("{}", path.display());
+                    if ctx.json {
+                        return ctx.print_json(&serde_json::json!({ "files": files }));
+                    }
+                    for f in files {
+                        outln!("{}", f.display());
+                    }
                 }
                 None => out!("{text}"),
             }

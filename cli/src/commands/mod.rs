@@ -26,9 +26,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Connects to the agent.
+    /// Connects to the agent; its notices ("touch your YubiKey") go to stderr.
     pub fn connect(&self) -> Result<Client> {
-        Ok(Client::connect(&self.socket)?)
+        let mut client = Client::connect(&self.socket)?;
+        client.on_notice(Box::new(|notice| eprintln!("waxseal: {notice}")));
+        Ok(client)
     }
 
     /// Prints `value` as JSON on stdout.
@@ -52,5 +54,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Ssh(c) => ssh::run(&ctx, c),
         Command::Ca(c) => ca::run(&ctx, c),
+        Command::Unlock { device } => {
+            let ok = ctx.connect()?.unlock(&device)?;
+            if ctx.json {
+                return ctx.print_json(&ok);
+            }
+            outln!("{}", ok.message);
+            Ok(())
+        }
     }
 }
