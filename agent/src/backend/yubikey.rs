@@ -615,19 +615,28 @@ impl Backend for Lane {
                 )))
             }
         };
-        if info.pin != PinPolicy::Never {
+        // PIN policy `always` wants a VERIFY right before each signature. With `once` the
+        // card may still be verified from an earlier signature: try first, and verify
+        // only when the card says so (another client may have reset its status).
+        if info.pin == PinPolicy::Always {
             self.verify_pin("signing")?;
         }
-        let signature = self
-            .with_card(|yk| piv::sign_data(yk, &data, piv, id))
-            .map_err(|f| match f {
-                Fault::Card(yubikey::Error::AuthenticationError) => {
-                    BackendError::PinRequired(format!(
-                        "device {name}: the YubiKey wants the PIN (or a touch) for slot {label}"
-                    ))
-                }
-                f => self.fail(f, "signing"),
-            })?;
+        let mut attempt = self.with_card(|yk| piv::sign_data(yk, &data, piv, id));
+        if info.pin == PinPolicy::Once
+            && matches!(
+                attempt,
+                Err(Fault::Card(yubikey::Error::AuthenticationError))
+            )
+        {
+            self.verify_pin("signing")?;
+            attempt = self.with_card(|yk| piv::sign_data(yk, &data, piv, id));
+        }
+        let signature = attempt.map_err(|f| match f {
+            Fault::Card(yubikey::Error::AuthenticationError) => BackendError::PinRequired(format!(
+                "device {name}: the YubiKey refused to sign with slot {label}: PIN not verified or touch not given"
+            )),
+            f => self.fail(f, "signing"),
+        })?;
         if info.touch != TouchPolicy::Never {
             self.last_touch = Some(Instant::now());
         }
