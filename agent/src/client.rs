@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    self, Attest, AttestOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg,
-    KeyRef, ListKeysOk, Op, PinPolicy, PublicKeyOk, Purpose, Request, Response, ResponseError,
-    RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk, TouchPolicy, Unlock,
-    UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    self, Attest, AttestOk, AuditTail, AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg,
+    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PinPolicy, PublicKeyOk, Purpose, Request,
+    Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
+    StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 
@@ -218,11 +218,22 @@ impl Client {
         }))
     }
 
-    /// `unlock`: the user's go-ahead to try `device`'s PIN again.
-    pub fn unlock(&mut self, device: &str) -> Result<UnlockOk, ClientError> {
+    /// `unlock`: with a device, the user's go-ahead to try its PIN again; without,
+    /// ends a `lock`.
+    pub fn unlock(&mut self, device: Option<&str>) -> Result<UnlockOk, ClientError> {
         self.call(Op::Unlock(Unlock {
-            device: device.into(),
+            device: device.map(Into::into),
         }))
+    }
+
+    /// `audit_tail`: the last `n` audit records.
+    pub fn audit_tail(&mut self, n: Option<u32>) -> Result<AuditTailOk, ClientError> {
+        self.call(Op::AuditTail(AuditTail { n }))
+    }
+
+    /// `lock`: drop cached PINs and refuse signing until `unlock`.
+    pub fn lock(&mut self) -> Result<UnlockOk, ClientError> {
+        self.call(Op::Lock)
     }
 
     /// `attest`: the device's evidence for `key`, bound to `nonce` (random if `None`).

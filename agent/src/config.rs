@@ -50,7 +50,21 @@ pub struct AgentConfig {
     /// Microseconds a connection polls for its next request before sleeping; 0 never
     /// polls (saves CPU, costs ~50 µs of latency per request on VMs).
     pub spin_us: u64,
+    /// A program that asks a person to confirm a signature (SSH_ASKPASS-style: the
+    /// question is its argument; exit 0 allows). Used instead of desktop notifications.
+    pub confirm_program: Option<PathBuf>,
+    /// How long a confirmation waits for an answer; no answer is a denial.
+    pub confirm_timeout_secs: u64,
+    /// Whether audit records are fsynced before signatures are returned.
+    pub audit_fsync: bool,
+    /// The audit log is rotated when it grows past this many bytes.
+    pub audit_max_bytes: u64,
 }
+
+/// Default seconds a confirmation waits.
+pub const DEFAULT_CONFIRM_TIMEOUT_SECS: u64 = 30;
+/// Default size at which the audit log rotates: 64 MiB.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -60,6 +74,10 @@ impl Default for AgentConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             spin_us: DEFAULT_SPIN_US,
+            confirm_program: None,
+            confirm_timeout_secs: DEFAULT_CONFIRM_TIMEOUT_SECS,
+            audit_fsync: true,
+            audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
         }
     }
 }
@@ -134,7 +152,7 @@ impl fmt::Display for TokenSelector {
 }
 
 /// One `[[key]]`: the policy of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyConfig {
     /// `DEVICE/LABEL`.
     pub name: String,
@@ -146,6 +164,17 @@ pub struct KeyConfig {
     /// Which certificates an `x509-tbs` key may sign: CA certificates, end-entity
     /// certificates or both (the default).
     pub x509_issue: Vec<CertKind>,
+    /// Uids that may use the key (any uid the agent admits, if empty).
+    pub allow_uids: Vec<u32>,
+    /// Executables that may use the key, compared with the peer's `/proc/PID/exe`
+    /// (any, if empty).
+    pub allow_exe: Vec<PathBuf>,
+    /// Whether a person confirms each signature.
+    pub confirm: bool,
+    /// At most this many signatures in any hour.
+    pub max_per_hour: Option<u32>,
+    /// At most this many signatures in any 24 hours.
+    pub max_per_day: Option<u32>,
 }
 
 /// A configuration that cannot be used, located in its file.
@@ -183,6 +212,10 @@ struct RawAgent {
     max_connections: Option<usize>,
     idle_timeout_secs: Option<u64>,
     spin_us: Option<u64>,
+    confirm_program: Option<PathBuf>,
+    confirm_timeout_secs: Option<u64>,
+    audit_fsync: Option<bool>,
+    audit_max_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +257,14 @@ struct RawKey {
     purposes: Vec<Purpose>,
     ssh_forwarding: Option<bool>,
     x509_issue: Option<Vec<CertKind>>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    #[serde(default)]
+    allow_exe: Vec<PathBuf>,
+    #[serde(default)]
+    confirm: bool,
+    max_per_hour: Option<u32>,
+    max_per_day: Option<u32>,
 }
 
 impl Config {
@@ -268,7 +309,34 @@ impl Config {
                 .idle_timeout_secs
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS),
             spin_us: raw.agent.spin_us.unwrap_or(DEFAULT_SPIN_US),
+            confirm_program: raw.agent.confirm_program,
+            confirm_timeout_secs: raw
+                .agent
+                .confirm_timeout_secs
+                .unwrap_or(DEFAULT_CONFIRM_TIMEOUT_SECS),
+            audit_fsync: raw.agent.audit_fsync.unwrap_or(true),
+            audit_max_bytes: raw.agent.audit_max_bytes.unwrap_or(DEFAULT_AUDIT_MAX_BYTES),
         };
+        if !(1..=3600).contains(&agent.confirm_timeout_secs) {
+            return Err(at(
+                "agent.confirm_timeout_secs".into(),
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        if agent.audit_max_bytes < 4096 {
+            return Err(at(
+                "agent.audit_max_bytes".into(),
+                "must be at least 4096".into(),
+            ));
+        }
+        if let Some(p) = &agent.confirm_program {
+            if !p.is_absolute() {
+                return Err(at(
+                    "agent.confirm_program".into(),
+                    "must be an absolute path".into(),
+                ));
+            }
+        }
         if agent.spin_us > 10_000 {
             return Err(at(
                 "agent.spin_us".into(),
@@ -450,11 +518,33 @@ impl Config {
                 }
                 Some(kinds) => kinds,
             };
+            if let Some(p) = key.allow_exe.iter().find(|p| !p.is_absolute()) {
+                return Err(at(
+                    k("allow_exe"),
+                    format!("`{}` is not an absolute path", p.display()),
+                ));
+            }
+            for (field, v) in [
+                ("max_per_hour", key.max_per_hour),
+                ("max_per_day", key.max_per_day),
+            ] {
+                if v == Some(0) {
+                    return Err(at(
+                        k(field),
+                        "must be at least 1 (remove the key's purposes to forbid it)".into(),
+                    ));
+                }
+            }
             keys.push(KeyConfig {
                 name: key.name,
                 purposes: key.purposes,
                 ssh_forwarding: key.ssh_forwarding,
                 x509_issue,
+                allow_uids: key.allow_uids,
+                allow_exe: key.allow_exe,
+                confirm: key.confirm,
+                max_per_hour: key.max_per_hour,
+                max_per_day: key.max_per_day,
             });
         }
         Ok(Config {

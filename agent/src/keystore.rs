@@ -3,14 +3,19 @@
 //!
 //! The native server (and later the SSH and D-Bus faces) are thin adapters over this.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
 
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions, SignInput};
+use crate::audit::{Audit, Record};
+use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions, SignInput, Signed};
 use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
@@ -31,12 +36,80 @@ struct Device {
 }
 
 /// Every device, and the policy over their keys.
-#[derive(Debug)]
 pub struct KeyStore {
     devices: Vec<Device>,
-    policy: Policy,
+    /// Replaced whole when the config is reloaded (SIGHUP).
+    policy: RwLock<Arc<Policy>>,
     /// SHA-256 of the passphrase that locked the agent (`ssh-add -x`), if locked.
     lock: Mutex<Option<Zeroizing<[u8; 32]>>>,
+    /// Locked by the user (`waxseal lock`, D-Bus `Lock`) until `unlock`.
+    user_locked: AtomicBool,
+    /// Observers of [`Event`]s (the D-Bus face).
+    events: Mutex<Vec<crossbeam_channel::Sender<Event>>>,
+    /// Who asks a person to confirm a signature, for keys with `confirm = true`.
+    confirmer: RwLock<Option<Arc<dyn Confirmer>>>,
+    /// The audit log; `None` only for key stores made without one (tools, benches).
+    audit: Option<Audit>,
+    /// When each rate-limited key signed, over the last day.
+    rates: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("devices", &self.devices)
+            .field("locked", &self.is_locked())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the agent did, for observers such as the D-Bus face.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A signature was returned to a client.
+    SignatureIssued {
+        /// Key NAME.
+        key: String,
+        /// Purpose.
+        purpose: Purpose,
+        /// Who asked.
+        caller: Caller,
+    },
+    /// The agent was locked (`true`) or unlocked.
+    Locked(bool),
+}
+
+/// A question to a person: may this signature be made?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmRequest {
+    /// Key NAME.
+    pub key: String,
+    /// Purpose.
+    pub purpose: Purpose,
+    /// Who asks.
+    pub caller: Caller,
+    /// What is signed: the digest (hex) and artifact name, or the certificate's summary.
+    pub what: String,
+}
+
+impl ConfirmRequest {
+    /// The question as one text, for a notification or a prompt program.
+    pub fn text(&self) -> String {
+        format!(
+            "Sign with {} for {}?\nAsked by {}\n{}",
+            self.key,
+            self.purpose,
+            self.caller.describe(),
+            self.what
+        )
+    }
+}
+
+/// Asks a person to allow or deny a signature. Blocks until answered; no answer in
+/// time is a denial. `Err` means nobody could be asked (also a denial, said so).
+pub trait Confirmer: Send + Sync {
+    /// `Ok(true)` allow, `Ok(false)` deny.
+    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, String>;
 }
 
 /// A key offered on `ssh.sock`.
@@ -126,9 +199,25 @@ impl KeyStore {
         }
         KeyStore {
             devices,
-            policy: Policy::new(&config.keys),
+            policy: RwLock::new(Arc::new(Policy::new(&config.keys))),
             lock: Mutex::new(None),
+            user_locked: AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
+            confirmer: RwLock::new(None),
+            audit: None,
+            rates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records every signature and refusal in `audit` from now on.
+    pub fn with_audit(mut self, audit: Audit) -> KeyStore {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The last `n` audit records.
+    pub fn audit_tail(&self, n: usize) -> Vec<String> {
+        self.audit.as_ref().map_or_else(Vec::new, |a| a.tail(n))
     }
 
     fn device(&self, name: &str) -> Result<&Device, WireError> {
@@ -157,7 +246,7 @@ impl KeyStore {
     fn key_info(&self, device: &str, key: backend::DeviceKey) -> KeyInfo {
         let name = format!("{device}/{}", key.label);
         KeyInfo {
-            purposes: self.policy.purposes(&name),
+            purposes: self.policy().purposes(&name),
             name,
             device: device.to_string(),
             alg: key.alg,
@@ -295,19 +384,55 @@ impl KeyStore {
     /// `sign` (purposes `digest`, `blob` and `x509-tbs`), on the calling thread.
     ///
     /// `notice` is told, before the device is asked, when the device will wait for the
-    /// user (a YubiKey touch).
+    /// user (a YubiKey touch). Every refusal and every signature is in the audit log,
+    /// and a signature is returned only once its record is durable.
     pub fn sign(
         &self,
         req: &Sign,
         caller: &Caller,
         notice: &mut dyn FnMut(&str),
     ) -> Result<SignOk, WireError> {
+        let mut subject = Map::new();
+        if !req.digest.is_empty() {
+            let hash = req.hash.map_or("default".to_string(), |h| h.to_string());
+            subject.insert("hash".into(), json!(hash));
+            subject.insert("digest".into(), json!(hex::encode(&req.digest.0)));
+        }
+        if let Some(name) = &req.name {
+            subject.insert("name".into(), json!(name));
+        }
+        if let Some(tbs) = &req.tbs {
+            subject.insert(
+                "tbs_sha256".into(),
+                json!(hex::encode(Sha256::digest(&tbs.0))),
+            );
+        }
+        let mut gated = false;
+        let result = self.sign_checked(req, caller, notice, &mut subject, &mut gated);
+        if let Err(e) = &result {
+            if !gated {
+                self.audit_refusal(&req.key, req.purpose, caller, subject, e);
+            }
+        }
+        result
+    }
+
+    fn sign_checked(
+        &self,
+        req: &Sign,
+        caller: &Caller,
+        notice: &mut dyn FnMut(&str),
+        subject: &mut Map<String, Value>,
+        gated: &mut bool,
+    ) -> Result<SignOk, WireError> {
         self.check_unlocked()?;
         let (device, name) = self.split(&req.key)?;
-        self.policy.check_sign(&req.key, req.purpose, caller)?;
+        self.policy().check_sign(&req.key, req.purpose, caller)?;
         match req.purpose {
             Purpose::Digest | Purpose::Blob => {}
-            Purpose::X509Tbs => return self.sign_tbs(req, device, name.label),
+            Purpose::X509Tbs => {
+                return self.sign_tbs(req, caller, device, name.label, subject, gated, notice)
+            }
             Purpose::Ssh => {
                 return Err(WireError::new(
                     ErrorCode::Unsupported,
@@ -324,7 +449,6 @@ impl KeyStore {
                 "purpose `blob` needs `name`, the artifact's name",
             ));
         }
-        self.touch_notice(device, &req.key, name.label, notice)?;
         let padding = req.padding.unwrap_or(RsaPadding::Pkcs1);
         let input = SignInput {
             digest: &req.digest.0,
@@ -332,20 +456,259 @@ impl KeyStore {
             padding,
             raw: false,
         };
-        let signed = device
-            .lanes
-            .run(|b| b.sign(name.label, &input))?
-            .map_err(wire)?;
+        let what = match &req.name {
+            Some(n) => format!("artifact {n}, digest {}", hex::encode(&req.digest.0)),
+            None => format!("digest {}", hex::encode(&req.digest.0)),
+        };
+        *gated = true;
+        let signed =
+            self.gated_sign(&req.key, req.purpose, caller, subject.clone(), what, || {
+                self.touch_notice(device, &req.key, name.label, notice)?;
+                device
+                    .lanes
+                    .run(|b| b.sign(name.label, &input))?
+                    .map_err(wire)
+            })?;
         Ok(SignOk {
             alg: signed.alg.signature_alg(signed.hash, padding),
             signature: Bytes(signed.signature),
         })
     }
 
+    /// Writes a refusal to the audit log (and the log).
+    fn audit_refusal(
+        &self,
+        key: &str,
+        purpose: Purpose,
+        caller: &Caller,
+        subject: Map<String, Value>,
+        e: &WireError,
+    ) {
+        info!(key, %purpose, caller = %caller.describe(), code = %e.code, reason = %e.message, "signature refused");
+        if let Some(audit) = &self.audit {
+            let record = Record {
+                event: "refused",
+                key: key.to_string(),
+                purpose: purpose.to_string(),
+                caller: caller.clone(),
+                subject,
+                outcome: Some((e.code.to_string(), e.message.clone())),
+                intent: None,
+            };
+            if let Err(err) = audit.append(&record) {
+                warn!(error = %err, "refusal not recorded in the audit log");
+            }
+        }
+    }
+
+    /// The last gate and the audited signature: rate limits, confirmation, the intent
+    /// record, `sign` (the device), the record made durable, the outcome. Refusals and
+    /// failures here are audited here.
+    fn gated_sign(
+        &self,
+        key: &str,
+        purpose: Purpose,
+        caller: &Caller,
+        subject: Map<String, Value>,
+        what: String,
+        sign: impl FnOnce() -> Result<Signed, WireError>,
+    ) -> Result<Signed, WireError> {
+        let refuse = |e: WireError| {
+            self.audit_refusal(key, purpose, caller, subject.clone(), &e);
+            e
+        };
+        let slot = self.take_rate(key).map_err(refuse)?;
+        let give_back = || {
+            if let Some(t) = slot {
+                self.give_back_rate(key, t);
+            }
+        };
+        if let Err(e) = self.confirm(key, purpose, caller, &what) {
+            give_back();
+            return Err(refuse(e));
+        }
+        let record =
+            |event: &'static str, outcome: Option<(String, String)>, intent: Option<u64>| Record {
+                event,
+                key: key.to_string(),
+                purpose: purpose.to_string(),
+                caller: caller.clone(),
+                subject: subject.clone(),
+                outcome,
+                intent,
+            };
+        let intent = match &self.audit {
+            Some(audit) => match audit.append(&record("intent", None, None)) {
+                Ok(seq) => Some(seq),
+                Err(e) => {
+                    give_back();
+                    return Err(WireError::new(
+                        ErrorCode::DeviceError,
+                        format!("{e}; nothing is signed that the audit log cannot hold"),
+                    ));
+                }
+            },
+            None => None,
+        };
+        let result = sign();
+        let (Some(audit), Some(seq)) = (&self.audit, intent) else {
+            if result.is_err() {
+                give_back();
+            } else {
+                self.emit(Event::SignatureIssued {
+                    key: key.to_string(),
+                    purpose,
+                    caller: caller.clone(),
+                });
+            }
+            return result;
+        };
+        match result {
+            Err(e) => {
+                give_back();
+                let _ = audit.append(&record(
+                    "failed",
+                    Some((e.code.to_string(), e.message.clone())),
+                    Some(seq),
+                ));
+                Err(e)
+            }
+            Ok(signed) => {
+                if let Err(e) = audit.wait_durable(seq) {
+                    let _ = audit.append(&record(
+                        "withheld",
+                        Some(("device-error".into(), e.clone())),
+                        Some(seq),
+                    ));
+                    return Err(WireError::new(
+                        ErrorCode::DeviceError,
+                        format!("{e}; the signature was withheld"),
+                    ));
+                }
+                if let Err(e) = audit.append(&record("signed", None, Some(seq))) {
+                    warn!(error = %e, "the outcome of a durable intent record was not written");
+                }
+                self.emit(Event::SignatureIssued {
+                    key: key.to_string(),
+                    purpose,
+                    caller: caller.clone(),
+                });
+                Ok(signed)
+            }
+        }
+    }
+
+    /// Takes one signature from `key`'s hourly and daily allowance.
+    fn take_rate(&self, key: &str) -> Result<Option<Instant>, WireError> {
+        let limits = self.policy().limits(key);
+        if limits.per_hour.is_none() && limits.per_day.is_none() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let day = Duration::from_secs(86_400);
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let made = rates.entry(key.to_string()).or_default();
+        let keep = if limits.per_day.is_some() { day } else { hour };
+        while made.front().is_some_and(|t| now.duration_since(*t) >= keep) {
+            made.pop_front();
+        }
+        if let Some(max) = limits.per_hour {
+            let in_hour: Vec<&Instant> = made
+                .iter()
+                .filter(|t| now.duration_since(**t) < hour)
+                .collect();
+            if in_hour.len() >= max as usize {
+                let wait = in_hour
+                    .first()
+                    .map_or(0, |t| (hour - now.duration_since(**t)).as_secs() + 1);
+                return Err(WireError::new(
+                    ErrorCode::RateLimited,
+                    format!("key {key} made {max} signatures in the last hour, its [[key]] max_per_hour; the next is possible in {wait} s"),
+                ));
+            }
+        }
+        if let Some(max) = limits.per_day {
+            if made.len() >= max as usize {
+                let wait = made
+                    .front()
+                    .map_or(0, |t| (day - now.duration_since(*t)).as_secs() + 1);
+                return Err(WireError::new(
+                    ErrorCode::RateLimited,
+                    format!("key {key} made {max} signatures in the last 24 hours, its [[key]] max_per_day; the next is possible in {wait} s"),
+                ));
+            }
+        }
+        made.push_back(now);
+        Ok(Some(now))
+    }
+
+    /// Returns an allowance taken for a signature that was not made.
+    fn give_back_rate(&self, key: &str, taken: Instant) {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(made) = rates.get_mut(key) {
+            if let Some(i) = made.iter().rposition(|t| *t == taken) {
+                made.remove(i);
+            }
+        }
+    }
+
+    /// Asks a person when `key`'s policy says `confirm = true`.
+    fn confirm(
+        &self,
+        key: &str,
+        purpose: Purpose,
+        caller: &Caller,
+        what: &str,
+    ) -> Result<(), WireError> {
+        if !self.policy().confirm(key) {
+            return Ok(());
+        }
+        let Some(confirmer) = self.confirmer() else {
+            return Err(WireError::new(
+                ErrorCode::ConfirmDenied,
+                format!("key {key} needs a person's confirmation (confirm = true) and there is no way to ask: no desktop notification service answered and [agent] confirm_program is not set"),
+            ));
+        };
+        let request = ConfirmRequest {
+            key: key.to_string(),
+            purpose,
+            caller: caller.clone(),
+            what: what.to_string(),
+        };
+        info!(key, %purpose, caller = %caller.describe(), "asking for confirmation");
+        match confirmer.confirm(&request) {
+            Ok(true) => {
+                info!(key, "confirmed");
+                Ok(())
+            }
+            Ok(false) => Err(WireError::new(
+                ErrorCode::ConfirmDenied,
+                format!("the signature with {key} was denied, or not confirmed in time"),
+            )),
+            Err(e) => Err(WireError::new(
+                ErrorCode::ConfirmDenied,
+                format!(
+                    "the signature with {key} needs confirmation, which could not be asked: {e}"
+                ),
+            )),
+        }
+    }
+
     /// `sign` with purpose `x509-tbs` (policy's purpose check done): parses the
     /// TBSCertificate, applies `x509_issue`, checks it fits the key, logs what is
     /// certified and signs its digest.
-    fn sign_tbs(&self, req: &Sign, device: &Device, label: &str) -> Result<SignOk, WireError> {
+    #[allow(clippy::too_many_arguments)]
+    fn sign_tbs(
+        &self,
+        req: &Sign,
+        caller: &Caller,
+        device: &Device,
+        label: &str,
+        subject: &mut Map<String, Value>,
+        gated: &mut bool,
+        notice: &mut dyn FnMut(&str),
+    ) -> Result<SignOk, WireError> {
         let key = &req.key;
         let Some(tbs) = req.tbs.as_ref() else {
             return Err(WireError::new(
@@ -357,6 +720,18 @@ impl KeyStore {
             warn!(key = %key, error = %e, "x509-tbs refused: malformed TBSCertificate");
             WireError::new(ErrorCode::BadRequest, format!("x509-tbs: {e}"))
         })?;
+        subject.insert(
+            "certificate".into(),
+            json!({
+                "subject": summary.subject,
+                "issuer": summary.issuer,
+                "serial": summary.serial,
+                "not_before": summary.not_before,
+                "not_after": summary.not_after,
+                "ca": summary.ca_text(),
+                "eku": summary.eku,
+            }),
+        );
         let refuse = |e: WireError| {
             warn!(
                 key = %key, subject = %summary.subject, issuer = %summary.issuer,
@@ -365,7 +740,7 @@ impl KeyStore {
             );
             e
         };
-        self.policy.check_tbs(key, &summary).map_err(refuse)?;
+        self.policy().check_tbs(key, &summary).map_err(refuse)?;
         let pk = device.lanes.run(|b| b.public_key(label))?.map_err(wire)?;
         summary.fits(pk.alg).map_err(|e| {
             refuse(WireError::new(
@@ -389,7 +764,25 @@ impl KeyStore {
             padding: RsaPadding::Pkcs1,
             raw,
         };
-        let signed = device.lanes.run(|b| b.sign(label, &input))?.map_err(wire)?;
+        let what = format!(
+            "certificate for {} (issuer {}, serial {}, CA {}, valid {} to {}, EKU {})",
+            summary.subject,
+            summary.issuer,
+            summary.serial,
+            summary.ca_text(),
+            summary.not_before,
+            summary.not_after,
+            if summary.eku.is_empty() {
+                "none".to_string()
+            } else {
+                summary.eku.join(", ")
+            }
+        );
+        *gated = true;
+        let signed = self.gated_sign(key, req.purpose, caller, subject.clone(), what, || {
+            self.touch_notice(device, key, label, notice)?;
+            device.lanes.run(|b| b.sign(label, &input))?.map_err(wire)
+        })?;
         info!(
             key = %key, subject = %summary.subject, issuer = %summary.issuer,
             serial = %summary.serial, not_before = %summary.not_before,
@@ -467,13 +860,20 @@ impl KeyStore {
         let message = d.lanes.run(|b| b.unlock())?.map_err(wire)?;
         info!(device, %message, "unlock");
         Ok(UnlockOk {
-            device: device.to_string(),
+            device: Some(device.to_string()),
+            locked: self.is_locked(),
             message,
         })
     }
 
     fn check_unlocked(&self) -> Result<(), WireError> {
-        if self.is_locked() {
+        if self.user_locked.load(Ordering::Acquire) {
+            return Err(WireError::new(
+                ErrorCode::Locked,
+                "the agent is locked (waxseal lock); unlock it with `waxseal unlock`",
+            ));
+        }
+        if self.ssh_locked() {
             return Err(WireError::new(
                 ErrorCode::Locked,
                 "the agent is locked (ssh-add -x); unlock it with ssh-add -X",
@@ -482,12 +882,94 @@ impl KeyStore {
         Ok(())
     }
 
-    /// Whether the agent is locked.
-    pub fn is_locked(&self) -> bool {
+    fn ssh_locked(&self) -> bool {
         self.lock
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+    }
+
+    /// Whether the agent is locked (by `ssh-add -x` or by the user).
+    pub fn is_locked(&self) -> bool {
+        self.user_locked.load(Ordering::Acquire) || self.ssh_locked()
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy (config reload).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// Installs who asks people to confirm signatures.
+    pub fn set_confirmer(&self, confirmer: Arc<dyn Confirmer>) {
+        *self.confirmer.write().unwrap_or_else(|p| p.into_inner()) = Some(confirmer);
+    }
+
+    /// The current confirmer, if any.
+    pub fn confirmer(&self) -> Option<Arc<dyn Confirmer>> {
+        self.confirmer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A stream of [`Event`]s from now on.
+    pub fn subscribe(&self) -> crossbeam_channel::Receiver<Event> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    fn emit(&self, event: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    /// Forgets every PIN the devices hold (PKCS#11 sessions log out, YubiKeys are
+    /// reopened), so the next signature needs the PIN again. For sleep, screen lock
+    /// and `waxseal lock`.
+    pub fn forget_pins(&self) {
+        for d in &self.devices {
+            match d.lanes.run(|b| b.forget_pin()) {
+                Ok(()) => {}
+                Err(e) => warn!(device = %d.name, error = %e, "cannot drop the device's PIN"),
+            }
+        }
+        info!("cached PINs dropped");
+    }
+
+    /// `waxseal lock` / D-Bus `Lock`: drops cached PINs and refuses signing until
+    /// [`KeyStore::unlock_user`]. False if it was locked already.
+    pub fn lock_user(&self) -> bool {
+        let was = self.user_locked.swap(true, Ordering::AcqRel);
+        self.forget_pins();
+        if !was {
+            info!("agent locked by the user");
+            self.emit(Event::Locked(true));
+        }
+        !was
+    }
+
+    /// Undoes [`KeyStore::lock_user`]. False if it was not locked that way.
+    pub fn unlock_user(&self) -> bool {
+        let was = self.user_locked.swap(false, Ordering::AcqRel);
+        if was {
+            info!("agent unlocked by the user");
+            self.emit(Event::Locked(self.is_locked()));
+        }
+        was
     }
 
     /// Locks the agent with `passphrase`; false if it was locked already.
@@ -498,6 +980,7 @@ impl KeyStore {
         }
         *lock = Some(Zeroizing::new(Sha256::digest(passphrase).into()));
         info!("agent locked");
+        self.emit(Event::Locked(true));
         true
     }
 
@@ -515,7 +998,9 @@ impl KeyStore {
                     == 0 =>
             {
                 *lock = None;
+                drop(lock);
                 info!("agent unlocked");
+                self.emit(Event::Locked(self.is_locked()));
                 true
             }
             _ => {
@@ -536,7 +1021,7 @@ impl KeyStore {
         let mut out = Vec::new();
         for key in self.list_keys().keys {
             if !key.purposes.contains(&Purpose::Ssh)
-                || (forwarded && !self.policy.ssh_forwarding(&key.name))
+                || (forwarded && !self.policy().ssh_forwarding(&key.name))
             {
                 continue;
             }
@@ -560,24 +1045,63 @@ impl KeyStore {
         caller: &Caller,
         forwarded: bool,
     ) -> Result<Vec<u8>, WireError> {
-        self.check_unlocked()?;
-        let (device, name) = self.split(key)?;
-        self.policy.check_sign(key, Purpose::Ssh, caller)?;
-        if forwarded && !self.policy.ssh_forwarding(key) {
-            return Err(WireError::new(
-                ErrorCode::PolicyDenied,
-                format!(
-                    "key {key} may not be used through a forwarded agent (ssh_forwarding = false)"
-                ),
-            ));
+        let mut subject = Map::new();
+        let data = if input.raw {
+            hex::encode(Sha256::digest(input.digest))
+        } else {
+            hex::encode(input.digest)
+        };
+        subject.insert("ssh_data".into(), json!(data));
+        if forwarded {
+            subject.insert("forwarded".into(), json!(true));
         }
-        // An SSH client cannot be told; the log says it.
-        self.touch_notice(device, key, name.label, &mut |_| {})?;
-        let signed = device
-            .lanes
-            .run(|b| b.sign(name.label, input))?
-            .map_err(wire)?;
-        Ok(signed.signature)
+        let mut gated = false;
+        let result = (|| {
+            self.check_unlocked()?;
+            let (device, name) = self.split(key)?;
+            self.policy().check_sign(key, Purpose::Ssh, caller)?;
+            if forwarded && !self.policy().ssh_forwarding(key) {
+                return Err(WireError::new(
+                    ErrorCode::PolicyDenied,
+                    format!(
+                        "key {key} may not be used through a forwarded agent (ssh_forwarding = false)"
+                    ),
+                ));
+            }
+            gated = true;
+            let what = format!(
+                "SSH signature{} ({})",
+                if forwarded {
+                    " through a forwarded agent"
+                } else {
+                    ""
+                },
+                if input.raw {
+                    "message SHA-256 "
+                } else {
+                    "digest "
+                }
+                .to_string()
+                    + &data
+            );
+            self.gated_sign(key, Purpose::Ssh, caller, subject.clone(), what, || {
+                // An SSH client cannot be told; the log says it.
+                self.touch_notice(device, key, name.label, &mut |_| {})?;
+                device
+                    .lanes
+                    .run(|b| b.sign(name.label, input))?
+                    .map_err(wire)
+            })
+        })();
+        match result {
+            Ok(signed) => Ok(signed.signature),
+            Err(e) => {
+                if !gated {
+                    self.audit_refusal(key, Purpose::Ssh, caller, subject, &e);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Closes every idle lane (sessions logged out and closed by the module).

@@ -6,6 +6,7 @@
 //! device workers, key store, policy and the socket servers.
 #![forbid(unsafe_code)]
 
+pub mod audit_chain;
 pub mod client;
 pub mod keyuri;
 pub mod paths;
@@ -13,9 +14,13 @@ pub mod proto;
 pub mod wire;
 
 #[cfg(feature = "daemon")]
+pub mod audit;
+#[cfg(feature = "daemon")]
 pub mod backend;
 #[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod confirm;
 #[cfg(feature = "daemon")]
 pub mod keystore;
 #[cfg(feature = "daemon")]

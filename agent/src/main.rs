@@ -9,9 +9,12 @@ use clap::Parser;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use waxseal_agent::audit::Audit;
 use waxseal_agent::config::{Config, ConfigError};
+use waxseal_agent::confirm::ProgramConfirmer;
 use waxseal_agent::keystore::KeyStore;
 use waxseal_agent::paths;
+use waxseal_agent::policy::Policy;
 use waxseal_agent::server::{self, listen, native, ssh};
 
 /// Keeps signing keys inside hardware and signs for local programs through a socket.
@@ -83,6 +86,10 @@ fn raise_fd_limit() {
 fn run(args: Args) -> Result<(), String> {
     // Socket activation first: it reads and clears LISTEN_* before any thread starts.
     let mut activated = listen::activated().map_err(|e| format!("socket activation: {e}"))?;
+    let config_path = args.config.clone().or_else(|| {
+        let p = paths::config_file();
+        p.exists().then_some(p)
+    });
     let mut config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
     raise_fd_limit();
     let runtime_dir = args
@@ -118,7 +125,26 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("socket: {e}"))?;
     }
     config.agent.state_dir = Some(state_dir.clone());
-    let store = Arc::new(KeyStore::open(&config));
+    let audit_dir = state_dir.join("audit");
+    let audit = Audit::open(
+        &audit_dir,
+        config.agent.audit_fsync,
+        config.agent.audit_max_bytes,
+    )
+    .map_err(|e| {
+        format!(
+            "cannot open the audit log in {}: {e} (the agent signs nothing it cannot record)",
+            audit_dir.display()
+        )
+    })?;
+    let store = Arc::new(KeyStore::open(&config).with_audit(audit));
+    if let Some(program) = &config.agent.confirm_program {
+        store.set_confirmer(Arc::new(ProgramConfirmer {
+            program: program.clone(),
+            timeout: Duration::from_secs(config.agent.confirm_timeout_secs),
+        }));
+        info!(program = %program.display(), "confirmations are asked through confirm_program");
+    }
     let opts = server::ServeOptions {
         max_connections: config.agent.max_connections,
         idle_timeout: Duration::from_secs(config.agent.idle_timeout_secs),
@@ -144,6 +170,11 @@ fn run(args: Args) -> Result<(), String> {
             wait_for_signal().await;
             let _ = stop.send(true);
         });
+        tokio::spawn(reload_on_sighup(
+            store.clone(),
+            config_path.clone(),
+            config.clone(),
+        ));
         info!(
             runtime_dir = %runtime_dir.display(),
             devices = config.devices.len(),
@@ -171,6 +202,38 @@ fn run(args: Args) -> Result<(), String> {
     store.shutdown();
     info!("stopped");
     result
+}
+
+/// SIGHUP reloads the config: the `[[key]]` policy takes effect at once; a file that
+/// does not load keeps the old policy, and changes that need a restart are named.
+async fn reload_on_sighup(store: Arc<KeyStore>, path: Option<PathBuf>, mut current: Config) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; config reloads need a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            warn!("SIGHUP: there is no config file to reload");
+            continue;
+        };
+        match Config::load(path) {
+            Ok(new) => {
+                store.set_policy(Policy::new(&new.keys));
+                if new.devices != current.devices {
+                    warn!("SIGHUP: [[device]] changes take effect at the next restart");
+                }
+                let mut agent = new.agent.clone();
+                agent.state_dir = current.agent.state_dir.clone();
+                if agent != current.agent {
+                    warn!("SIGHUP: [agent] changes take effect at the next restart");
+                }
+                info!(path = %path.display(), keys = new.keys.len(), "SIGHUP: config reloaded; the new [[key]] policy applies");
+                current.keys = new.keys;
+            }
+            Err(e) => error!("SIGHUP: the config does not load, the old one stays: {e}"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

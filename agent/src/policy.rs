@@ -21,6 +21,28 @@ pub struct Caller {
     pub uid: u32,
     /// Peer pid, when the kernel reports one.
     pub pid: Option<i32>,
+    /// The peer's executable (`/proc/PID/exe`), read when it connected.
+    pub exe: Option<std::path::PathBuf>,
+}
+
+impl Caller {
+    /// A caller from its peer credentials; the executable is read from `/proc`.
+    pub fn from_peer(uid: u32, pid: Option<i32>) -> Caller {
+        let exe = pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok());
+        Caller { uid, pid, exe }
+    }
+
+    /// `uid 1000 pid 4242 (/usr/bin/cosign)`, for logs and questions.
+    pub fn describe(&self) -> String {
+        let mut s = format!("uid {}", self.uid);
+        if let Some(p) = self.pid {
+            s.push_str(&format!(" pid {p}"));
+        }
+        if let Some(e) = &self.exe {
+            s.push_str(&format!(" ({})", e.display()));
+        }
+        s
+    }
 }
 
 /// The checked policy of every key.
@@ -30,6 +52,17 @@ pub struct Policy {
     no_forwarding: HashSet<String>,
     /// `x509_issue` of the keys whose entry narrows it.
     x509_issue: HashMap<String, Vec<CertKind>>,
+    /// The whole `[[key]]` entries, for the caller, confirmation and rate rules.
+    entries: HashMap<String, KeyConfig>,
+}
+
+/// How many signatures a key may make, per hour and per day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_per_hour`.
+    pub per_hour: Option<u32>,
+    /// `max_per_day`.
+    pub per_day: Option<u32>,
 }
 
 impl Policy {
@@ -56,7 +89,64 @@ impl Policy {
                 })
                 .map(|k| (k.name.clone(), k.x509_issue.clone()))
                 .collect(),
+            entries: keys.iter().map(|k| (k.name.clone(), k.clone())).collect(),
         }
+    }
+
+    /// Whether a person must confirm each signature with `key`.
+    pub fn confirm(&self, key: &str) -> bool {
+        self.entries.get(key).is_some_and(|k| k.confirm)
+    }
+
+    /// The rate limits of `key`.
+    pub fn limits(&self, key: &str) -> Limits {
+        self.entries.get(key).map_or(Limits::default(), |k| Limits {
+            per_hour: k.max_per_hour,
+            per_day: k.max_per_day,
+        })
+    }
+
+    /// `allow_uids` and `allow_exe` of `key`'s entry; the refusal names the rule.
+    fn check_caller(&self, key: &str, caller: &Caller) -> Result<(), WireError> {
+        let Some(entry) = self.entries.get(key) else {
+            return Ok(());
+        };
+        if !entry.allow_uids.is_empty() && !entry.allow_uids.contains(&caller.uid) {
+            return Err(WireError::new(
+                ErrorCode::PolicyDenied,
+                format!(
+                    "key {key} may not be used by uid {}: its [[key]] entry has allow_uids = {:?}",
+                    caller.uid, entry.allow_uids
+                ),
+            ));
+        }
+        if !entry.allow_exe.is_empty() {
+            let allowed = caller
+                .exe
+                .as_ref()
+                .is_some_and(|exe| entry.allow_exe.iter().any(|a| a == exe));
+            if !allowed {
+                let exe = caller
+                    .exe
+                    .as_ref()
+                    .map_or("an unknown program".to_string(), |e| {
+                        e.display().to_string()
+                    });
+                return Err(WireError::new(
+                    ErrorCode::PolicyDenied,
+                    format!(
+                        "key {key} may not be used by {exe}: its [[key]] entry has allow_exe = [{}]",
+                        entry
+                            .allow_exe
+                            .iter()
+                            .map(|p| format!("\"{}\"", p.display()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether `key` may sign the certificate `tbs` describes (`x509_issue`); the
@@ -95,11 +185,11 @@ impl Policy {
         &self,
         key: &str,
         purpose: Purpose,
-        _caller: &Caller,
+        caller: &Caller,
     ) -> Result<(), WireError> {
         let allowed = self.purposes(key);
         if allowed.contains(&purpose) {
-            return Ok(());
+            return self.check_caller(key, caller);
         }
         let list = allowed
             .iter()
@@ -130,12 +220,14 @@ mod tests {
                 purposes: vec![Purpose::X509Tbs],
                 ssh_forwarding: None,
                 x509_issue: vec![CertKind::Ca],
+                ..KeyConfig::default()
             },
             KeyConfig {
                 name: "hsm/git".into(),
                 purposes: vec![Purpose::Ssh],
                 ssh_forwarding: Some(false),
                 x509_issue: vec![CertKind::Ca, CertKind::Leaf],
+                ..KeyConfig::default()
             },
         ]);
         assert!(
@@ -147,6 +239,7 @@ mod tests {
         let me = Caller {
             uid: 1000,
             pid: None,
+            exe: None,
         };
         assert!(p.check_sign("hsm/other", Purpose::Digest, &me).is_ok());
         let e = p

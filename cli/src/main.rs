@@ -68,11 +68,34 @@ enum Command {
     /// A Fulcio CA on agent keys: the root and intermediate certificates.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Let the agent try DEVICE's PIN once more (YubiKey: below the retry floor, or
-    /// after a refused PIN): it is tried right away.
+    /// The audit log: check its hash chain, or show its last records.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Drop every cached PIN and refuse signing until `waxseal unlock`.
+    Lock,
+    /// End `waxseal lock`; or, with DEVICE, let the agent try that device's PIN once
+    /// more (YubiKey: below the retry floor, or after a refused PIN), right away.
     Unlock {
         /// The device name from the config, e.g. yk.
-        device: String,
+        device: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; names the first broken or missing record.
+    Verify {
+        /// Audit files in chain order (default: every file in --dir).
+        files: Vec<PathBuf>,
+        /// The audit directory (default: $XDG_STATE_HOME/waxseal/audit).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// The last records, from the agent.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        n: u32,
     },
 }
 

@@ -173,6 +173,9 @@ pub trait Backend: Send {
         let _ = label;
         None
     }
+    /// Drops what the device holds of the PIN (a logged-in session, a verified card),
+    /// so that the next operation needs the PIN again.
+    fn forget_pin(&mut self) {}
     /// The user's go-ahead to try the PIN again: the device verifies it now, once,
     /// even below the agent's retry floor. Returns what happened.
     fn unlock(&mut self) -> Result<String, BackendError> {

@@ -861,6 +861,35 @@ impl Backend for Lane {
         })
     }
 
+    fn forget_pin(&mut self) {
+        let shared = self.shared.clone();
+        let mut conn = lock(&shared.conn);
+        if !conn.logged_in {
+            return;
+        }
+        let Some(link) = conn.link.clone() else {
+            return;
+        };
+        // Logging out one session logs the whole application out of the token.
+        let result = match &self.session {
+            Some((generation, session)) if *generation == conn.generation => session.logout(),
+            _ => link
+                .ctx
+                .open_ro_session(link.slot)
+                .and_then(|session| session.logout()),
+        };
+        match result {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => {
+                conn.logged_in = false;
+                info!(
+                    device = shared.name(),
+                    "logged out: the PIN is needed again"
+                );
+            }
+            Err(e) => warn!(device = shared.name(), error = %e, "C_Logout failed"),
+        }
+    }
+
     fn store_certificate(&mut self, label: &str, cert: &CertObject) -> Result<(), BackendError> {
         let shared = self.shared.clone();
         let name = shared.name().to_string();

@@ -663,6 +663,14 @@ impl Backend for Lane {
         })
     }
 
+    fn forget_pin(&mut self) {
+        // The `yubikey` crate keeps the verified PIN in its handle; dropping the handle
+        // resets the card, so its security status goes too.
+        if self.card.take().is_some() {
+            info!(device = %self.settings.name, "YubiKey handle dropped: the PIN is needed again");
+        }
+    }
+
     fn unlock(&mut self) -> Result<String, BackendError> {
         self.refused_pin = None;
         self.unlocked = true;

@@ -297,8 +297,12 @@ pub enum Op {
     Attest(Attest),
     /// Store a certificate for a key on its device (PKCS#11 tokens).
     StoreCertificate(StoreCertificate),
-    /// Try a device's PIN again, below the retry floor or after a refusal.
+    /// Drop cached PINs and refuse signing until `unlock`.
+    Lock,
+    /// End a `lock`, or try a device's PIN again (below the retry floor).
     Unlock(Unlock),
+    /// The last records of the audit log.
+    AuditTail(AuditTail),
 }
 
 impl Op {
@@ -313,7 +317,9 @@ impl Op {
             Op::Sign(_) => "sign",
             Op::Attest(_) => "attest",
             Op::StoreCertificate(_) => "store_certificate",
+            Op::Lock => "lock",
             Op::Unlock(_) => "unlock",
+            Op::AuditTail(_) => "audit_tail",
         }
     }
 }
@@ -347,18 +353,38 @@ pub struct GenerateKey {
     pub pin_policy: Option<PinPolicy>,
 }
 
-/// `unlock`: the user's go-ahead to try a device's PIN once more (see docs/protocol.md).
+/// `unlock`: without `device`, ends a `lock`; with it, the user's go-ahead to try
+/// that device's PIN once more (see docs/protocol.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unlock {
     /// Device name.
-    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
-/// `unlock` result.
+/// `audit_tail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditTail {
+    /// How many records (default 20, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+}
+
+/// `audit_tail` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditTailOk {
+    /// The records, oldest first, as written.
+    pub records: Vec<Value>,
+}
+
+/// `unlock` and `lock` result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnlockOk {
-    /// Device name.
-    pub device: String,
+    /// Device name, for a device unlock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Whether the agent is still locked.
+    pub locked: bool,
     /// What happened, e.g. `PIN verified; 3 tries left`.
     pub message: String,
 }
@@ -551,14 +577,16 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         }
         "attest" => Op::Attest(body(id, &op, map)?),
         "store_certificate" => Op::StoreCertificate(body(id, &op, map)?),
+        "lock" => Op::Lock,
         "unlock" => Op::Unlock(body(id, &op, map)?),
+        "audit_tail" => Op::AuditTail(body(id, &op, map)?),
         other => {
             return Err(RequestError {
                 id: Some(id),
                 error: WireError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate, unlock)",
+                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate, lock, unlock, audit_tail)",
                         other.chars().take(64).collect::<String>()
                     ),
                 ),
@@ -837,8 +865,11 @@ mod tests {
                 pin_policy: Some(PinPolicy::Always),
             }),
             Op::Unlock(Unlock {
-                device: "yk".into(),
+                device: Some("yk".into()),
             }),
+            Op::Unlock(Unlock { device: None }),
+            Op::Lock,
+            Op::AuditTail(AuditTail { n: Some(5) }),
             Op::Sign(Sign {
                 key: "a/b".into(),
                 purpose: Purpose::Blob,

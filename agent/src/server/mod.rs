@@ -116,10 +116,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let caller = match stream.peer_cred() {
-            Ok(c) => Caller {
-                uid: c.uid(),
-                pid: c.pid(),
-            },
+            Ok(c) => Caller::from_peer(c.uid(), c.pid()),
             Err(e) => {
                 warn!(error = %e, "cannot read peer credentials; connection refused");
                 continue;

@@ -18,8 +18,8 @@ use crate::backend::GenerateOptions;
 use crate::keystore::KeyStore;
 use crate::policy::Caller;
 use crate::proto::{
-    self, decode_request, encode_error, encode_notice, encode_ok, ErrorCode, HelloOk, Op,
-    WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
+    self, decode_request, encode_error, encode_notice, encode_ok, AuditTailOk, ErrorCode, HelloOk,
+    Op, UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 
@@ -154,10 +154,56 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, stream: &UnixStrea
             }
             reply(id, r)
         }
-        Op::Unlock(u) => {
-            info!(device = %u.device, uid = caller.uid, pid, "unlock asked");
-            reply(id, store.unlock_device(&u.device))
+        Op::AuditTail(t) => {
+            let n = t.n.unwrap_or(20).min(1000) as usize;
+            let records = store
+                .audit_tail(n)
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::String(l.clone())))
+                .collect();
+            encode_ok(id, &AuditTailOk { records })
         }
+        Op::Lock => {
+            info!(uid = caller.uid, pid, "lock asked");
+            let newly = store.lock_user();
+            encode_ok(
+                id,
+                &UnlockOk {
+                    device: None,
+                    locked: true,
+                    message: if newly {
+                        "agent locked: cached PINs dropped; signing refused until `waxseal unlock`"
+                    } else {
+                        "the agent was locked already"
+                    }
+                    .into(),
+                },
+            )
+        }
+        Op::Unlock(u) => match &u.device {
+            Some(device) => {
+                info!(device = %device, uid = caller.uid, pid, "device unlock asked");
+                reply(id, store.unlock_device(device))
+            }
+            None => {
+                info!(uid = caller.uid, pid, "unlock asked");
+                let was = store.unlock_user();
+                let locked = store.is_locked();
+                let message = match (was, locked) {
+                    (_, true) => "still locked by ssh-add -x; unlock it with ssh-add -X",
+                    (true, false) => "agent unlocked",
+                    (false, false) => "the agent was not locked",
+                };
+                encode_ok(
+                    id,
+                    &UnlockOk {
+                        device: None,
+                        locked,
+                        message: message.into(),
+                    },
+                )
+            }
+        },
         Op::StoreCertificate(c) => {
             let r = store.store_certificate(&c);
             if let Err(e) = &r {

@@ -9,6 +9,7 @@ use waxseal_agent::paths;
 
 use crate::{Cli, Command};
 
+mod audit;
 mod ca;
 mod demo;
 mod keys;
@@ -54,8 +55,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Ssh(c) => ssh::run(&ctx, c),
         Command::Ca(c) => ca::run(&ctx, c),
+        Command::Audit(c) => audit::run(&ctx, c),
+        Command::Lock => {
+            let ok = ctx.connect()?.lock()?;
+            if ctx.json {
+                return ctx.print_json(&ok);
+            }
+            outln!("{}", ok.message);
+            Ok(())
+        }
         Command::Unlock { device } => {
-            let ok = ctx.connect()?.unlock(&device)?;
+            let ok = ctx.connect()?.unlock(device.as_deref())?;
             if ctx.json {
                 return ctx.print_json(&ok);
             }

@@ -1,0 +1,440 @@
+//! The audit log: one JSON line per signature and per refusal, hash-chained.
+//!
+//! Each line carries `prev`, the SHA-256 (hex) of the line before it (64 zeros for
+//! the very first), so removing or changing a line breaks the chain at the next one.
+//! Lines live in `STATE_DIR/audit/audit.jsonl`; past `audit_max_bytes` the file is
+//! renamed `audit-<seq>.jsonl` and a new one starts, whose first line's `prev` is the
+//! hash of the old file's last line, so the chain runs through every file.
+//!
+//! **Durability.** A signature is recorded before it is made (`intent`), and the
+//! client gets it only once that record is on disk: a background thread fsyncs
+//! (`fdatasync`) whatever has been written, and every request waiting at that moment
+//! is served by the one sync (group commit). The sync runs while the device signs, so
+//! it overlaps the device's work. The outcome (`signed`, `failed`) is appended after,
+//! without waiting. `audit_fsync = false` skips the syncs (the lines still reach the
+//! kernel before the client gets its signature, so they survive the agent being
+//! killed, but not the machine losing power).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tracing::{error, info};
+
+use crate::policy::Caller;
+
+pub use crate::audit_chain::{files, verify_files, Broken, Verified, CURRENT, GENESIS};
+
+/// What one line records.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// `intent`, `signed`, `failed`, `refused`, or an agent event (`lock`, `unlock`).
+    pub event: &'static str,
+    /// Key NAME.
+    pub key: String,
+    /// Purpose word.
+    pub purpose: String,
+    /// Who asked.
+    pub caller: Caller,
+    /// What was (to be) signed: `digest`, `hash`, `name`, `certificate`, …
+    pub subject: Map<String, Value>,
+    /// For refusals and failures: the error code and message.
+    pub outcome: Option<(String, String)>,
+    /// For outcomes: the `seq` of the intent line they close.
+    pub intent: Option<u64>,
+}
+
+/// The audit log of one agent.
+pub struct Audit {
+    dir: PathBuf,
+    fsync: bool,
+    max_bytes: u64,
+    shared: Arc<Shared>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("dir", &self.dir)
+            .field("fsync", &self.fsync)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when lines were written (wakes the syncer) or synced (wakes waiters).
+    changed: Condvar,
+}
+
+struct State {
+    file: File,
+    size: u64,
+    last_hash: String,
+    /// Lines written so far (the last line's `seq`).
+    written: u64,
+    /// Lines known to be on disk.
+    synced: u64,
+    /// The last sync's failure, reported to every waiter until a sync succeeds.
+    sync_error: Option<String>,
+    stop: bool,
+    /// The last lines, for `audit_tail`.
+    recent: VecDeque<String>,
+}
+
+const RECENT: usize = 1000;
+
+impl Audit {
+    /// Opens (or starts) the log in `dir`, continuing the chain of what is there.
+    pub fn open(dir: &Path, fsync: bool, max_bytes: u64) -> io::Result<Audit> {
+        std::fs::create_dir_all(dir)?;
+        set_mode(dir, 0o700);
+        let (last_hash, written, recent) = last_of_chain(dir)?;
+        let path = dir.join(CURRENT);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        set_mode(&path, 0o600);
+        let size = file.metadata()?.len();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                file,
+                size,
+                last_hash,
+                written,
+                synced: written,
+                sync_error: None,
+                stop: false,
+                recent,
+            }),
+            changed: Condvar::new(),
+        });
+        let syncer = if fsync {
+            let s = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("waxseal-audit".into())
+                    .spawn(move || s.sync_loop())?,
+            )
+        } else {
+            None
+        };
+        info!(dir = %dir.display(), records = written, fsync, "audit log open");
+        Ok(Audit {
+            dir: dir.to_path_buf(),
+            fsync,
+            max_bytes,
+            shared,
+            syncer,
+        })
+    }
+
+    /// Appends `record`; returns its `seq`. The line is in the kernel when this
+    /// returns; [`Audit::wait_durable`] waits for the disk.
+    pub fn append(&self, record: &Record) -> Result<u64, String> {
+        let mut st = self.shared.lock();
+        if st.size >= self.max_bytes {
+            self.rotate(&mut st)?;
+        }
+        let seq = st.written + 1;
+        let mut line = Map::new();
+        line.insert("seq".into(), json!(seq));
+        line.insert("time".into(), json!(rfc3339_now()));
+        line.insert("event".into(), json!(record.event));
+        line.insert("key".into(), json!(record.key));
+        line.insert("purpose".into(), json!(record.purpose));
+        for (k, v) in &record.subject {
+            line.insert(k.clone(), v.clone());
+        }
+        line.insert(
+            "caller".into(),
+            json!({
+                "uid": record.caller.uid,
+                "pid": record.caller.pid,
+                "exe": record.caller.exe.as_ref().map(|p| p.display().to_string()),
+            }),
+        );
+        if let Some(intent) = record.intent {
+            line.insert("intent".into(), json!(intent));
+        }
+        if let Some((code, message)) = &record.outcome {
+            line.insert("code".into(), json!(code));
+            line.insert("reason".into(), json!(message));
+        }
+        line.insert("prev".into(), json!(st.last_hash));
+        let text = serde_json::to_string(&Value::Object(line))
+            .map_err(|e| format!("cannot encode an audit record: {e}"))?;
+        let mut bytes = Vec::with_capacity(text.len() + 1);
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.push(b'\n');
+        st.file.write_all(&bytes).map_err(|e| {
+            error!(error = %e, "cannot write the audit log");
+            format!("cannot write the audit log: {e}")
+        })?;
+        st.size += bytes.len() as u64;
+        st.last_hash = hex::encode(Sha256::digest(text.as_bytes()));
+        st.written = seq;
+        if st.recent.len() == RECENT {
+            st.recent.pop_front();
+        }
+        st.recent.push_back(text);
+        drop(st);
+        if self.fsync {
+            self.shared.changed.notify_all();
+        }
+        Ok(seq)
+    }
+
+    /// Waits until line `seq` is on disk (at once with `audit_fsync = false`).
+    pub fn wait_durable(&self, seq: u64) -> Result<(), String> {
+        if !self.fsync {
+            return Ok(());
+        }
+        let mut st = self.shared.lock();
+        while st.synced < seq {
+            if let Some(e) = &st.sync_error {
+                return Err(e.clone());
+            }
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines (at most the last 1000 the agent wrote or found).
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let st = self.shared.lock();
+        let skip = st.recent.len().saturating_sub(n);
+        st.recent.iter().skip(skip).cloned().collect()
+    }
+
+    /// The directory of the log files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Renames the current file aside and starts a new one; the chain goes on.
+    fn rotate(&self, st: &mut MutexGuard<'_, State>) -> Result<(), String> {
+        st.file
+            .sync_data()
+            .map_err(|e| format!("cannot sync the audit log before rotating it: {e}"))?;
+        st.synced = st.written;
+        let old = self.dir.join(format!("audit-{:012}.jsonl", st.written));
+        std::fs::rename(self.dir.join(CURRENT), &old)
+            .map_err(|e| format!("cannot rotate the audit log: {e}"))?;
+        let path = self.dir.join(CURRENT);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot start a new audit log: {e}"))?;
+        set_mode(&path, 0o600);
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        st.file = file;
+        st.size = 0;
+        info!(rotated = %old.display(), "audit log rotated; the chain continues in a new file");
+        Ok(())
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Syncs whatever was written, one `fdatasync` for every line written meanwhile.
+    fn sync_loop(&self) {
+        loop {
+            let mut st = self.lock();
+            while st.synced == st.written && !st.stop {
+                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.stop && st.synced == st.written {
+                return;
+            }
+            let target = st.written;
+            let file = st.file.try_clone();
+            drop(st);
+            let result = file.and_then(|f| f.sync_data());
+            let mut st = self.lock();
+            match result {
+                Ok(()) => {
+                    st.synced = st.synced.max(target);
+                    st.sync_error = None;
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot sync the audit log");
+                    st.sync_error = Some(format!("cannot sync the audit log: {e}"));
+                }
+            }
+            drop(st);
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// The hash and `seq` of the chain's last line, and its last lines, from the files in
+/// `dir`. A damaged chain is not repaired here (`waxseal audit verify` names it); the
+/// new lines continue from the last line as it is.
+fn last_of_chain(dir: &Path) -> io::Result<(String, u64, VecDeque<String>)> {
+    let mut last = None;
+    let mut recent = VecDeque::new();
+    for path in files(dir)? {
+        let reader = BufReader::new(File::open(&path)?);
+        for line in reader.lines() {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(line.clone());
+            last = Some(line);
+        }
+    }
+    Ok(match last {
+        None => (GENESIS.to_string(), 0, recent),
+        Some(line) => {
+            let seq = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(Value::as_u64))
+                .unwrap_or(0);
+            (hex::encode(Sha256::digest(line.as_bytes())), seq, recent)
+        }
+    })
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+/// Now as `2026-11-30T23:40:01.123456Z`.
+pub fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_micros()
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn record(event: &'static str, key: &str) -> Record {
+        let mut subject = Map::new();
+        subject.insert("digest".into(), json!("ab"));
+        Record {
+            event,
+            key: key.into(),
+            purpose: "digest".into(),
+            caller: Caller {
+                uid: 1000,
+                pid: Some(7),
+                exe: None,
+            },
+            subject,
+            outcome: None,
+            intent: None,
+        }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_422), (2025, 11, 30));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert!(rfc3339_now().ends_with('Z'));
+    }
+
+    #[test]
+    fn chain_continues_across_reopen_and_rotation_and_names_a_changed_line() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let audit = Audit::open(dir.path(), true, 4096).unwrap();
+            for i in 0..40 {
+                let seq = audit
+                    .append(&record("intent", &format!("hsm/k{i}")))
+                    .unwrap();
+                audit.wait_durable(seq).unwrap();
+            }
+        }
+        let audit = Audit::open(dir.path(), false, 4096).unwrap();
+        audit.append(&record("signed", "hsm/after")).unwrap();
+        assert_eq!(audit.tail(2).len(), 2);
+        drop(audit);
+        let all = files(dir.path()).unwrap();
+        assert!(all.len() > 2, "rotated: {all:?}");
+        let ok = verify_files(&all).unwrap();
+        assert_eq!(ok.records, 41);
+
+        // Change one character of a line in the middle of the first file.
+        let first = &all[0];
+        let text = std::fs::read_to_string(first).unwrap();
+        let changed = text.replacen("hsm/k3\"", "hsm/kX\"", 1);
+        assert_ne!(text, changed);
+        std::fs::write(first, changed).unwrap();
+        let broken = verify_files(&all).unwrap_err();
+        assert_eq!(broken.line, 5, "{broken}");
+        assert!(broken.problem.contains("prev"), "{broken}");
+
+        // A removed line is named too.
+        std::fs::write(first, &text).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let without: String = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        std::fs::write(first, without).unwrap();
+        let broken = verify_files(&all).unwrap_err();
+        assert_eq!(broken.line, 3, "{broken}");
+        assert!(broken.problem.contains("missing"), "{broken}");
+    }
+}

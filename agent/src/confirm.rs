@@ -1,0 +1,57 @@
+//! Asking a person to confirm a signature with a program of their choosing
+//! (`[agent] confirm_program`), the way OpenSSH's `SSH_ASKPASS` confirms keys added
+//! with `ssh-add -c`.
+//!
+//! The program gets the question as its one argument (key, purpose, caller and what
+//! is signed, on separate lines) and the same parts in `WAXSEAL_CONFIRM_KEY`,
+//! `WAXSEAL_CONFIRM_PURPOSE`, `WAXSEAL_CONFIRM_CALLER` and `WAXSEAL_CONFIRM_WHAT`,
+//! plus `SSH_ASKPASS_PROMPT=confirm` for askpass programs. Exit status 0 allows; any
+//! other status, a crash, or no answer within the timeout denies.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::keystore::{ConfirmRequest, Confirmer};
+
+/// A confirmer that runs a program.
+#[derive(Debug, Clone)]
+pub struct ProgramConfirmer {
+    /// The program.
+    pub program: PathBuf,
+    /// How long to wait for it.
+    pub timeout: Duration,
+}
+
+impl Confirmer for ProgramConfirmer {
+    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, String> {
+        let mut child = Command::new(&self.program)
+            .arg(request.text())
+            .env("WAXSEAL_CONFIRM_KEY", &request.key)
+            .env("WAXSEAL_CONFIRM_PURPOSE", request.purpose.as_str())
+            .env("WAXSEAL_CONFIRM_CALLER", request.caller.describe())
+            .env("WAXSEAL_CONFIRM_WHAT", &request.what)
+            .env("SSH_ASKPASS_PROMPT", "confirm")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status.success()),
+                Ok(None) if Instant::now() >= deadline => {
+                    warn!(program = %self.program.display(), "no answer in time: denied");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(false);
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("waiting for {}: {e}", self.program.display())),
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `waxseal audit verify|tail`: check the audit log's hash chain; show its last records.
+
+use anyhow::{bail, Context as _, Result};
+use waxseal_agent::audit_chain;
+use waxseal_agent::paths;
+
+use super::Ctx;
+use crate::AuditCommand;
+
+pub fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
+    match cmd {
+        AuditCommand::Verify { files, dir } => {
+            let files = if files.is_empty() {
+                let dir = dir.unwrap_or_else(|| paths::state_dir().join("audit"));
+                let found = audit_chain::files(&dir).with_context(|| {
+                    format!("cannot read the audit directory {}", dir.display())
+                })?;
+                if found.is_empty() {
+                    bail!(
+                        "no audit log in {} (pass the files, or --dir STATE_DIR/audit)",
+                        dir.display()
+                    );
+                }
+                found
+            } else {
+                files
+            };
+            match audit_chain::verify_files(&files) {
+                Ok(v) => {
+                    if ctx.json {
+                        return ctx.print_json(&serde_json::json!({
+                            "ok": true,
+                            "records": v.records,
+                            "files": v.files,
+                            "last_hash": v.last_hash,
+                        }));
+                    }
+                    outln!(
+                        "audit log OK: {} records in {} file{}, the chain unbroken; last record's SHA-256 {}",
+                        v.records,
+                        v.files,
+                        if v.files == 1 { "" } else { "s" },
+                        v.last_hash
+                    );
+                    Ok(())
+                }
+                Err(broken) => {
+                    if ctx.json {
+                        ctx.print_json(&serde_json::json!({
+                            "ok": false,
+                            "file": broken.file,
+                            "line": broken.line,
+                            "problem": broken.problem,
+                        }))?;
+                    }
+                    bail!("audit log broken at {broken}")
+                }
+            }
+        }
+        AuditCommand::Tail { n } => {
+            let tail = ctx.connect()?.audit_tail(Some(n))?;
+            if ctx.json {
+                return ctx.print_json(&tail);
+            }
+            for r in tail.records {
+                outln!("{r}");
+            }
+            Ok(())
+        }
+    }
+}
