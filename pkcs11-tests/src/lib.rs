@@ -200,6 +200,8 @@ pub fn pkcs11_device(name: &str, token: &str, pin_file: &Path) -> String {
 pub struct Agent {
     child: Option<Child>,
     dir: TempDir,
+    /// The state directory (audit log in `audit/`).
+    pub state_dir: PathBuf,
     /// The native socket.
     pub socket: PathBuf,
     /// The OpenSSH agent socket.
@@ -212,6 +214,7 @@ pub struct AgentBuilder {
     config: String,
     env: Vec<(String, String)>,
     log_level: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 impl AgentBuilder {
@@ -232,6 +235,13 @@ impl AgentBuilder {
     /// Log level of the agent (default: debug).
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = Some(level.into());
+        self
+    }
+
+    /// Uses this state directory (audit log, TPM keys) instead of a fresh one, e.g.
+    /// to restart on the state of an agent that was killed.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -257,7 +267,11 @@ impl AgentBuilder {
             .arg("--runtime-dir")
             .arg(&runtime)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(
+                self.state_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("state")),
+            )
             .arg("--log-level")
             .arg(self.log_level.as_deref().unwrap_or("debug"))
             .stdin(Stdio::null())
@@ -269,6 +283,10 @@ impl AgentBuilder {
         let child = cmd.spawn().expect("spawn waxseal-agent");
         let mut agent = Agent {
             child: Some(child),
+            state_dir: self
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("state")),
             dir,
             ssh_socket: runtime.join("ssh.sock"),
             socket,
@@ -347,6 +365,22 @@ impl Agent {
             .env_remove("WAXSEAL_SOCK")
             .output()
             .expect("run waxseal")
+    }
+
+    /// Sends SIGKILL and waits: the agent gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. SIGHUP) without waiting.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(child) = &self.child {
+            let pid = rustix::process::Pid::from_child(child);
+            rustix::process::kill_process(pid, signal).expect("signal the agent");
+        }
     }
 
     /// Sends SIGTERM and waits for the exit.
