@@ -17,6 +17,7 @@ use crate::proto::{
     StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
+use zeroize::Zeroizing;
 
 /// What went wrong talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,10 @@ impl From<ResponseError> for ClientError {
 /// a request is in progress.
 pub type NoticeHandler = Box<dyn FnMut(&str) + Send>;
 
+/// How a client answers the agent's PIN prompt (`pin = "prompt"`): the PIN, or `None`
+/// to cancel.
+pub type PromptHandler = Box<dyn FnMut(&str) -> Option<Zeroizing<String>> + Send>;
+
 /// A connection to the agent.
 pub struct Client {
     stream: UnixStream,
@@ -61,6 +66,7 @@ pub struct Client {
     reader: FrameReader,
     spin: Duration,
     on_notice: Option<NoticeHandler>,
+    on_prompt: Option<PromptHandler>,
 }
 
 impl std::fmt::Debug for Client {
@@ -91,6 +97,7 @@ impl Client {
             reader: FrameReader::new(),
             spin: DEFAULT_SPIN,
             on_notice: None,
+            on_prompt: None,
         };
         let hello: HelloOk = client.call(Op::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -122,6 +129,11 @@ impl Client {
         self.on_notice = Some(handler);
     }
 
+    /// Answers the agent's PIN prompts (without a handler they are cancelled).
+    pub fn on_prompt(&mut self, handler: PromptHandler) {
+        self.on_prompt = Some(handler);
+    }
+
     /// The agent's self-description from `hello`.
     pub fn agent(&self) -> &str {
         &self.agent
@@ -146,14 +158,29 @@ impl Client {
         self.stream.write_all(&proto::encode_frame(&payload))?;
         loop {
             let response = self.read_response(id)?;
-            match response.notice {
-                Some(notice) => {
-                    if let Some(handler) = self.on_notice.as_mut() {
-                        handler(&notice);
-                    }
+            if let Some(notice) = &response.notice {
+                if let Some(handler) = self.on_notice.as_mut() {
+                    handler(notice);
                 }
-                None => return Ok(response),
+                continue;
             }
+            if let Some(prompt) = &response.prompt {
+                let pin = self.on_prompt.as_mut().and_then(|h| h(prompt));
+                let reply = match &pin {
+                    Some(p) => Zeroizing::new(
+                        serde_json::json!({"id": id, "op": "pin_reply", "pin": p.as_str()})
+                            .to_string(),
+                    ),
+                    None => Zeroizing::new(
+                        serde_json::json!({"id": id, "op": "pin_reply", "cancel": true})
+                            .to_string(),
+                    ),
+                };
+                let framed = Zeroizing::new(proto::encode_frame(reply.as_bytes()));
+                self.stream.write_all(&framed)?;
+                continue;
+            }
+            return Ok(response);
         }
     }
 

@@ -91,6 +91,9 @@ pub struct DeviceConfig {
     pub kind: DeviceKind,
     /// Where its PIN comes from, if it needs one.
     pub pin: Option<PinSource>,
+    /// How long a PIN the device holds (a logged-in token, a verified card) is kept
+    /// before the agent drops it; forever if `None`.
+    pub pin_ttl: Option<std::time::Duration>,
 }
 
 /// The kinds of device, with their own settings.
@@ -228,6 +231,7 @@ struct RawDevice {
     serial: Option<SerialValue>,
     pin: Option<String>,
     mgm_key: Option<String>,
+    pin_ttl: Option<u64>,
     sessions: Option<usize>,
     tcti: Option<String>,
     key_dir: Option<PathBuf>,
@@ -479,10 +483,28 @@ impl Config {
                     ))
                 }
             };
+            if matches!(pin, Some(PinSource::Prompt)) && !matches!(kind, DeviceKind::Pkcs11 { .. })
+            {
+                return Err(at(
+                    k("pin"),
+                    "`prompt` is available for pkcs11 devices; use file:, env:, credential: or pinentry here".into(),
+                ));
+            }
+            let pin_ttl = match d.pin_ttl {
+                Some(0) => {
+                    return Err(at(
+                        k("pin_ttl"),
+                        "must be at least 1 (seconds); leave it out to keep the PIN".into(),
+                    ))
+                }
+                Some(secs) => Some(std::time::Duration::from_secs(secs)),
+                None => None,
+            };
             devices.push(DeviceConfig {
                 name: d.name,
                 kind,
                 pin,
+                pin_ttl,
             });
         }
         let mut keys = Vec::new();

@@ -33,6 +33,10 @@ struct Device {
     name: String,
     kind: &'static str,
     lanes: DeviceLanes,
+    /// `pin_ttl`: how long the device may hold a PIN.
+    pin_ttl: Option<Duration>,
+    /// Since when the device has held the PIN (first success after it was dropped).
+    pin_since: Mutex<Option<Instant>>,
 }
 
 /// Every device, and the policy over their keys.
@@ -77,6 +81,25 @@ pub enum Event {
     },
     /// The agent was locked (`true`) or unlocked.
     Locked(bool),
+}
+
+/// The requesting client, for what only it can do in the middle of a request.
+pub trait Interaction {
+    /// Tells the person something (e.g. to touch their YubiKey).
+    fn notice(&mut self, text: &str);
+    /// Asks the person for a PIN; `None` when nobody can be asked or they cancelled.
+    fn ask_pin(&mut self, question: &str) -> Option<secrecy::SecretString>;
+}
+
+/// A client that cannot be asked anything (ssh.sock, tools).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoInteraction;
+
+impl Interaction for NoInteraction {
+    fn notice(&mut self, _text: &str) {}
+    fn ask_pin(&mut self, _question: &str) -> Option<secrecy::SecretString> {
+        None
+    }
 }
 
 /// A question to a person: may this signature be made?
@@ -195,6 +218,8 @@ impl KeyStore {
                 name: d.name.clone(),
                 kind: d.kind.word(),
                 lanes: DeviceLanes::new(&d.name, lanes),
+                pin_ttl: d.pin_ttl,
+                pin_since: Mutex::new(None),
             });
         }
         KeyStore {
@@ -206,6 +231,51 @@ impl KeyStore {
             confirmer: RwLock::new(None),
             audit: None,
             rates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Shares the store, and starts what runs beside the requests: the sweeper that
+    /// drops PINs held longer than their device's `pin_ttl`.
+    pub fn start(self) -> Arc<KeyStore> {
+        let store = Arc::new(self);
+        if store.devices.iter().any(|d| d.pin_ttl.is_some()) {
+            let weak = Arc::downgrade(&store);
+            let spawned = std::thread::Builder::new()
+                .name("waxseal-pin-ttl".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let Some(store) = weak.upgrade() else { return };
+                    store.expire_pins();
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot start the pin_ttl sweeper; PINs are kept");
+            }
+        }
+        store
+    }
+
+    /// Drops the PIN of every device that has held it longer than its `pin_ttl`.
+    fn expire_pins(&self) {
+        for d in &self.devices {
+            let Some(ttl) = d.pin_ttl else { continue };
+            let mut since = d.pin_since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.is_some_and(|t| t.elapsed() >= ttl) {
+                *since = None;
+                drop(since);
+                if let Err(e) = d.lanes.run(|b| b.forget_pin()) {
+                    warn!(device = %d.name, error = %e, "cannot drop the PIN after pin_ttl");
+                } else {
+                    info!(device = %d.name, ttl_secs = ttl.as_secs(), "pin_ttl passed: PIN dropped");
+                }
+            }
+        }
+    }
+
+    /// Notes that `device` holds its PIN (after a successful operation).
+    fn pin_in_use(&self, device: &Device) {
+        if device.pin_ttl.is_some() {
+            let mut since = device.pin_since.lock().unwrap_or_else(|p| p.into_inner());
+            since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -383,14 +453,15 @@ impl KeyStore {
 
     /// `sign` (purposes `digest`, `blob` and `x509-tbs`), on the calling thread.
     ///
-    /// `notice` is told, before the device is asked, when the device will wait for the
-    /// user (a YubiKey touch). Every refusal and every signature is in the audit log,
+    /// `ui` is the requesting client: told, before the device is asked, when the
+    /// device will wait for the user (a YubiKey touch), and asked for a PIN when the
+    /// device's source is `prompt`. Every refusal and every signature is in the audit log,
     /// and a signature is returned only once its record is durable.
     pub fn sign(
         &self,
         req: &Sign,
         caller: &Caller,
-        notice: &mut dyn FnMut(&str),
+        ui: &mut dyn Interaction,
     ) -> Result<SignOk, WireError> {
         let mut subject = Map::new();
         if !req.digest.is_empty() {
@@ -408,7 +479,7 @@ impl KeyStore {
             );
         }
         let mut gated = false;
-        let result = self.sign_checked(req, caller, notice, &mut subject, &mut gated);
+        let result = self.sign_checked(req, caller, ui, &mut subject, &mut gated);
         if let Err(e) = &result {
             if !gated {
                 self.audit_refusal(&req.key, req.purpose, caller, subject, e);
@@ -421,7 +492,7 @@ impl KeyStore {
         &self,
         req: &Sign,
         caller: &Caller,
-        notice: &mut dyn FnMut(&str),
+        ui: &mut dyn Interaction,
         subject: &mut Map<String, Value>,
         gated: &mut bool,
     ) -> Result<SignOk, WireError> {
@@ -431,7 +502,7 @@ impl KeyStore {
         match req.purpose {
             Purpose::Digest | Purpose::Blob => {}
             Purpose::X509Tbs => {
-                return self.sign_tbs(req, caller, device, name.label, subject, gated, notice)
+                return self.sign_tbs(req, caller, device, name.label, subject, gated, ui)
             }
             Purpose::Ssh => {
                 return Err(WireError::new(
@@ -463,11 +534,13 @@ impl KeyStore {
         *gated = true;
         let signed =
             self.gated_sign(&req.key, req.purpose, caller, subject.clone(), what, || {
-                self.touch_notice(device, &req.key, name.label, notice)?;
+                self.prompt_pin(device, ui)?;
+                self.touch_notice(device, &req.key, name.label, ui)?;
                 device
                     .lanes
                     .run(|b| b.sign(name.label, &input))?
                     .map_err(wire)
+                    .inspect(|_| self.pin_in_use(device))
             })?;
         Ok(SignOk {
             alg: signed.alg.signature_alg(signed.hash, padding),
@@ -707,7 +780,7 @@ impl KeyStore {
         label: &str,
         subject: &mut Map<String, Value>,
         gated: &mut bool,
-        notice: &mut dyn FnMut(&str),
+        ui: &mut dyn Interaction,
     ) -> Result<SignOk, WireError> {
         let key = &req.key;
         let Some(tbs) = req.tbs.as_ref() else {
@@ -780,8 +853,13 @@ impl KeyStore {
         );
         *gated = true;
         let signed = self.gated_sign(key, req.purpose, caller, subject.clone(), what, || {
-            self.touch_notice(device, key, label, notice)?;
-            device.lanes.run(|b| b.sign(label, &input))?.map_err(wire)
+            self.prompt_pin(device, ui)?;
+            self.touch_notice(device, key, label, ui)?;
+            device
+                .lanes
+                .run(|b| b.sign(label, &input))?
+                .map_err(wire)
+                .inspect(|_| self.pin_in_use(device))
         })?;
         info!(
             key = %key, subject = %summary.subject, issuer = %summary.issuer,
@@ -836,20 +914,52 @@ impl KeyStore {
         })
     }
 
-    /// Tells `notice` (and the log) when signing with `key` will wait for a touch.
+    /// With `pin = "prompt"`: before an operation on `key`, asks the requesting person
+    /// for the device's PIN when it needs a login.
+    pub fn login_interactively(
+        &self,
+        key: &str,
+        ui: &mut dyn Interaction,
+    ) -> Result<(), WireError> {
+        let (device, _) = self.split(key)?;
+        self.prompt_pin(device, ui)
+    }
+
+    /// With `pin = "prompt"`: asks the requesting person for the PIN when the device
+    /// needs a login, and logs in with it.
+    fn prompt_pin(&self, device: &Device, ui: &mut dyn Interaction) -> Result<(), WireError> {
+        let Some(question) = device.lanes.run(|b| b.pin_needed())? else {
+            return Ok(());
+        };
+        match ui.ask_pin(&question) {
+            Some(pin) => {
+                info!(device = %device.name, "PIN typed by the requesting person");
+                device.lanes.run(|b| b.login_with(pin))?.map_err(wire)
+            }
+            None => Err(WireError::new(
+                ErrorCode::PinRequired,
+                format!(
+                    "device {} asks for its PIN (pin = \"prompt\"), and the requesting client did not give one (run the waxseal command from a terminal)",
+                    device.name
+                ),
+            )),
+        }
+    }
+
+    /// Tells `ui` (and the log) when signing with `key` will wait for a touch.
     fn touch_notice(
         &self,
         device: &Device,
         key: &str,
         label: &str,
-        notice: &mut dyn FnMut(&str),
+        ui: &mut dyn Interaction,
     ) -> Result<(), WireError> {
         if device.kind != "yubikey" {
             return Ok(());
         }
         if let Some(text) = device.lanes.run(|b| b.touch_notice(label))? {
             info!(key, "{text}");
-            notice(&text);
+            ui.notice(&text);
         }
         Ok(())
     }
@@ -942,6 +1052,7 @@ impl KeyStore {
     /// and `waxseal lock`.
     pub fn forget_pins(&self) {
         for d in &self.devices {
+            *d.pin_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
             match d.lanes.run(|b| b.forget_pin()) {
                 Ok(()) => {}
                 Err(e) => warn!(device = %d.name, error = %e, "cannot drop the device's PIN"),
@@ -1086,11 +1197,12 @@ impl KeyStore {
             );
             self.gated_sign(key, Purpose::Ssh, caller, subject.clone(), what, || {
                 // An SSH client cannot be told; the log says it.
-                self.touch_notice(device, key, name.label, &mut |_| {})?;
+                self.touch_notice(device, key, name.label, &mut NoInteraction)?;
                 device
                     .lanes
                     .run(|b| b.sign(name.label, input))?
                     .map_err(wire)
+                    .inspect(|_| self.pin_in_use(device))
             })
         })();
         match result {

@@ -137,7 +137,7 @@ fn run(args: Args) -> Result<(), String> {
             audit_dir.display()
         )
     })?;
-    let store = Arc::new(KeyStore::open(&config).with_audit(audit));
+    let store = KeyStore::open(&config).with_audit(audit).start();
     if let Some(program) = &config.agent.confirm_program {
         store.set_confirmer(Arc::new(ProgramConfirmer {
             program: program.clone(),

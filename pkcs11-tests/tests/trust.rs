@@ -403,3 +403,166 @@ fn lock_unlock_and_sighup_reload() {
     assert_eq!(code, ErrorCode::PolicyDenied);
     drop(tmp);
 }
+
+/// A command in a pseudo-terminal made by `script`, whose keyboard the test types on
+/// once the expected text shows on its screen.
+struct Terminal {
+    child: std::process::Child,
+    screen: Arc<Mutex<String>>,
+}
+
+impl Terminal {
+    fn run(command: &str) -> Terminal {
+        pkcs11_tests::require("script");
+        use std::io::Read;
+        let mut child = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", command, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("script");
+        let mut out = child.stdout.take().unwrap();
+        let screen: Arc<Mutex<String>> = Arc::default();
+        let s = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Terminal { child, screen }
+    }
+
+    fn wait_for(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.screen.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "`{text}` never showed; screen: {}",
+                self.screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\r").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn finish(mut self) -> (bool, String) {
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let screen = self.screen.lock().unwrap().clone();
+        (status.success(), screen)
+    }
+}
+
+#[test]
+fn pin_typed_at_the_requesting_terminal_without_echo_and_dropped_after_pin_ttl() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("prompted", "5555", "1234");
+    let config = "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken = \"prompted\"\npin = \"prompt\"\npin_ttl = 2\n";
+    let agent = Agent::builder().softhsm(&hsm).config(config).start();
+    let cli = pkcs11_tests::bins().cli.display().to_string();
+    let socket = agent.socket.display().to_string();
+    let run = |args: &str| Terminal::run(&format!("{cli} --socket {socket} {args}"));
+
+    // A wrong PIN is refused, and the same PIN typed again is not tried again.
+    for expected in ["refused the PIN", "already refused"] {
+        let mut t = run("keys generate hsm/k --alg p256");
+        t.wait_for("PIN of device hsm");
+        t.type_line("9999");
+        let (ok, screen) = t.finish();
+        assert!(!ok, "{screen}");
+        assert!(screen.contains(expected), "{screen}");
+    }
+
+    let mut t = run("keys generate hsm/k --alg p256");
+    t.wait_for("PIN of device hsm (token 'prompted')");
+    t.type_line("1234");
+    let (ok, screen) = t.finish();
+    assert!(ok, "{screen}\n{}", agent.log());
+    assert!(screen.contains("BEGIN PUBLIC KEY"), "{screen}");
+    assert!(!screen.contains("1234"), "the PIN was echoed: {screen}");
+    assert!(!agent.log().contains("1234"));
+
+    // Logged in now: a client that cannot be asked still signs…
+    sign(&agent, "hsm/k", b"while the PIN is held").unwrap();
+    // …until pin_ttl passes and the token is logged out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("pin_ttl passed") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, msg) = refusal(sign(&agent, "hsm/k", b"after pin_ttl"));
+    assert_eq!(code, ErrorCode::PinRequired, "{msg}");
+    assert!(msg.contains("prompt"), "{msg}");
+    let digest = hex::encode(Sha256::digest(b"typed again"));
+    let mut t = run(&format!("sign --digest {digest} --key hsm/k"));
+    t.wait_for("PIN of device hsm");
+    t.type_line("1234");
+    let (ok, screen) = t.finish();
+    assert!(ok, "{screen}");
+}
+
+#[test]
+fn pin_from_a_systemd_credential_and_from_pinentry() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("cred", "5555", "1234");
+    hsm.init_token("entry", "5555", "2468");
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("hsm-pin"), "1234\n").unwrap();
+    // A terminal for the pinentry program to ask at.
+    let tty_holder = Terminal::run("tty; sleep 60");
+    tty_holder.wait_for("/dev/pts/");
+    let tty = tty_holder
+        .screen
+        .lock()
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("/dev/pts/"))
+        .unwrap()
+        .trim()
+        .to_string();
+    pkcs11_tests::require("pinentry-tty");
+    let module = "/usr/lib/softhsm/libsofthsm2.so";
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .env("WAXSEAL_PINENTRY_TTY", &tty)
+        .config(&format!(
+            "[[device]]\nname = \"cred\"\nkind = \"pkcs11\"\nmodule = \"{module}\"\ntoken = \"cred\"\npin = \"credential:hsm-pin\"\n\n\
+             [[device]]\nname = \"entry\"\nkind = \"pkcs11\"\nmodule = \"{module}\"\ntoken = \"entry\"\npin = \"pinentry:/usr/bin/pinentry-tty\"\n"
+        ))
+        .start();
+    agent.client().generate_key("cred/k", KeyAlg::P256).unwrap();
+    sign(&agent, "cred/k", b"from a credential").unwrap();
+
+    let socket = agent.socket.clone();
+    let asking = std::thread::spawn(move || {
+        waxseal_agent::client::Client::connect(&socket)
+            .unwrap()
+            .generate_key("entry/k", KeyAlg::P256)
+    });
+    let mut holder = tty_holder;
+    holder.wait_for("PIN:");
+    assert!(holder
+        .screen
+        .lock()
+        .unwrap()
+        .contains("PIN of device entry"));
+    holder.type_line("2468");
+    asking.join().unwrap().unwrap();
+    sign(&agent, "entry/k", b"from pinentry").unwrap();
+    assert!(!holder.screen.lock().unwrap().contains("2468"), "echoed");
+    let _ = holder.child.kill();
+}

@@ -173,6 +173,19 @@ pub trait Backend: Send {
         let _ = label;
         None
     }
+    /// With `pin = "prompt"`: the question to ask the requesting person when the next
+    /// operation needs a login, `None` when it does not (or the source is another).
+    fn pin_needed(&mut self) -> Option<String> {
+        None
+    }
+    /// Logs in with a PIN the requesting person typed (`pin = "prompt"`). A refused
+    /// PIN is remembered like any other and never tried again.
+    fn login_with(&mut self, pin: secrecy::SecretString) -> Result<(), BackendError> {
+        drop(pin);
+        Err(BackendError::Unsupported(
+            "this kind of device does not take a typed PIN".into(),
+        ))
+    }
     /// Drops what the device holds of the PIN (a logged-in session, a verified card),
     /// so that the next operation needs the PIN again.
     fn forget_pin(&mut self) {}

@@ -37,6 +37,7 @@ use crate::config::TokenSelector;
 use crate::keyuri::Pkcs11Uri;
 use crate::pin::{fingerprint, PinSource};
 use crate::proto::{HashAlg, KeyAlg, RsaPadding};
+use secrecy::SecretString;
 
 /// Settings of one PKCS#11 device.
 #[derive(Debug, Clone)]
@@ -121,6 +122,8 @@ struct Conn {
     logged_in: bool,
     /// Fingerprint of the last PIN the token refused.
     refused_pin: Option<Zeroizing<[u8; 32]>>,
+    /// A PIN the client typed (`pin = "prompt"`), for the next login.
+    pending_pin: Option<SecretString>,
     keys: HashMap<String, KeyEntry>,
     keys_loaded: bool,
 }
@@ -285,9 +288,16 @@ impl Shared {
                 "device {name} needs a PIN and its [[device]] entry has no `pin` (add pin = \"file:/path\" or \"env:VAR\")"
             ))
         })?;
-        let pin = source
-            .read()
-            .map_err(|e| BackendError::PinRequired(format!("device {name}: {e}")))?;
+        let pin = match source {
+            PinSource::Prompt => conn.pending_pin.take().ok_or_else(|| {
+                BackendError::PinRequired(format!(
+                    "device {name} asks for its PIN (pin = \"prompt\") and this request came from a client that cannot ask a person; log in from a terminal with the waxseal command first"
+                ))
+            })?,
+            _ => source
+                .read_for(&format!("PIN of device {name} (token '{}')", token.label().trim_end()))
+                .map_err(|e| BackendError::PinRequired(format!("device {name}: {e}")))?,
+        };
         let print = fingerprint(&pin);
         if conn.refused_pin.as_ref().is_some_and(|r| **r == *print) {
             return Err(BackendError::PinIncorrect(format!(
@@ -859,6 +869,33 @@ impl Backend for Lane {
             ),
             keys,
         })
+    }
+
+    fn pin_needed(&mut self) -> Option<String> {
+        if !matches!(self.shared.settings.pin, Some(PinSource::Prompt)) {
+            return None;
+        }
+        let shared = self.shared.clone();
+        let mut conn = lock(&shared.conn);
+        if conn.logged_in {
+            return None;
+        }
+        let link = shared.connect(&mut conn).ok()?;
+        let token = link.ctx.get_token_info(link.slot).ok()?;
+        token.login_required().then(|| {
+            format!(
+                "PIN of device {} (token '{}'): ",
+                shared.name(),
+                token.label().trim_end()
+            )
+        })
+    }
+
+    fn login_with(&mut self, pin: SecretString) -> Result<(), BackendError> {
+        lock(&self.shared.conn).pending_pin = Some(pin);
+        let result = self.ready().map(|_| ());
+        lock(&self.shared.conn).pending_pin = None;
+        result
     }
 
     fn forget_pin(&mut self) {

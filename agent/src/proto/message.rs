@@ -749,6 +749,18 @@ pub fn encode_notice(id: u64, notice: &str) -> Vec<u8> {
     serde_json::to_vec(&Wire { id, notice }).unwrap_or_default()
 }
 
+/// Encodes a PIN prompt: the agent asks the requesting person for a PIN
+/// (`pin = "prompt"`). The client answers `{"id":…,"op":"pin_reply","pin":"…"}`, or
+/// `{"id":…,"op":"pin_reply","cancel":true}`, and then reads the response.
+pub fn encode_prompt(id: u64, prompt: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        id: u64,
+        prompt: &'a str,
+    }
+    serde_json::to_vec(&Wire { id, prompt }).unwrap_or_default()
+}
+
 /// A response as a client reads it, before its `ok` is given a type.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Response {
@@ -763,6 +775,9 @@ pub struct Response {
     /// A notice while the request is in progress; the response follows.
     #[serde(default)]
     pub notice: Option<String>,
+    /// A PIN prompt: the client answers with a `pin_reply`; the response follows.
+    #[serde(default)]
+    pub prompt: Option<String>,
 }
 
 impl Response {
@@ -770,9 +785,9 @@ impl Response {
     pub fn decode(payload: &[u8]) -> Result<Response, String> {
         let r: Response = serde_json::from_slice(payload)
             .map_err(|e| format!("agent sent a response that is not valid: {e}"))?;
-        if r.notice.is_some() {
+        if r.notice.is_some() || r.prompt.is_some() {
             if r.ok.is_some() || r.error.is_some() {
-                return Err("agent notice carries a result".to_string());
+                return Err("agent notice or prompt carries a result".to_string());
             }
             return Ok(r);
         }

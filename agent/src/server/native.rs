@@ -10,18 +10,20 @@
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use super::ServeOptions;
 use crate::backend::GenerateOptions;
-use crate::keystore::KeyStore;
+use crate::keystore::{Interaction, KeyStore};
 use crate::policy::Caller;
 use crate::proto::{
-    self, decode_request, encode_error, encode_notice, encode_ok, AuditTailOk, ErrorCode, HelloOk,
-    Op, UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
+    self, decode_request, encode_error, encode_notice, encode_ok, encode_prompt, AuditTailOk,
+    ErrorCode, HelloOk, Op, UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
+use secrecy::SecretString;
 
 fn send(mut w: &UnixStream, payload: &[u8]) -> io::Result<()> {
     w.write_all(&proto::encode_frame(payload))
@@ -36,7 +38,7 @@ fn send_and_close(mut stream: &UnixStream, payload: &[u8]) {
         return;
     }
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
     let mut buf = [0u8; 4096];
     let mut drained = 0usize;
     while drained < 64 * 1024 {
@@ -100,7 +102,10 @@ pub fn connection(
             }
         };
         let (response, close) = match decode_request(frame) {
-            Ok(req) => (handle(store, req.id, req.op, caller, stream), false),
+            Ok(req) => (
+                handle(store, req.id, req.op, caller, stream, &mut reader),
+                false,
+            ),
             Err(e) => {
                 debug!(pid, error = %e.error, "bad request");
                 (encode_error(e.id, &e.error), e.malformed)
@@ -116,8 +121,57 @@ pub fn connection(
     }
 }
 
+/// How long a person has to type a PIN the agent asked for.
+const PIN_PROMPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The requesting client, in the middle of its request: notices go out as frames
+/// `{"id":…,"notice":…}`; a PIN is asked with `{"id":…,"prompt":…}` and comes back as
+/// `{"id":…,"op":"pin_reply","pin":…}` (or `"cancel":true`).
+struct ConnUi<'a> {
+    stream: &'a UnixStream,
+    reader: &'a mut FrameReader,
+    id: u64,
+}
+
+impl Interaction for ConnUi<'_> {
+    fn notice(&mut self, text: &str) {
+        let _ = send(self.stream, &encode_notice(self.id, text));
+    }
+
+    fn ask_pin(&mut self, question: &str) -> Option<SecretString> {
+        send(self.stream, &encode_prompt(self.id, question)).ok()?;
+        let frame = self
+            .reader
+            .read(self.stream, Duration::ZERO, Some(PIN_PROMPT_TIMEOUT))
+            .ok()?;
+        let mut reply: serde_json::Value = serde_json::from_slice(frame).ok()?;
+        if reply.get("op").and_then(|v| v.as_str()) != Some("pin_reply")
+            || reply.get("id").and_then(|v| v.as_u64()) != Some(self.id)
+        {
+            warn!("the client answered a PIN prompt with something else; no PIN");
+            return None;
+        }
+        match reply.get_mut("pin").map(serde_json::Value::take) {
+            Some(serde_json::Value::String(pin)) if !pin.is_empty() => {
+                let mut pin = zeroize::Zeroizing::new(pin);
+                let secret = SecretString::from(pin.as_str());
+                pin.clear();
+                Some(secret)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Answers one request; returns the response payload.
-fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, stream: &UnixStream) -> Vec<u8> {
+fn handle(
+    store: &KeyStore,
+    id: u64,
+    op: Op,
+    caller: &Caller,
+    stream: &UnixStream,
+    reader: &mut FrameReader,
+) -> Vec<u8> {
     fn reply<T: serde::Serialize>(id: u64, r: Result<T, WireError>) -> Vec<u8> {
         match r {
             Ok(ok) => encode_ok(id, &ok),
@@ -125,6 +179,22 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, stream: &UnixStrea
         }
     }
     let pid = caller.pid.unwrap_or(0);
+    // `pin = "prompt"`: the person at this client types the PIN before the device is used.
+    let key = match &op {
+        Op::PublicKey(k) => Some(k.key.as_str()),
+        Op::GenerateKey(g) => Some(g.key.as_str()),
+        Op::Attest(a) => Some(a.key.as_str()),
+        Op::StoreCertificate(c) => Some(c.key.as_str()),
+        _ => None,
+    };
+    if let Some(key) = key {
+        let mut ui = ConnUi { stream, reader, id };
+        if let Err(e) = store.login_interactively(key, &mut ui) {
+            if e.code == ErrorCode::PinRequired || e.code == ErrorCode::PinIncorrect {
+                return encode_error(Some(id), &e);
+            }
+        }
+    }
     match op {
         Op::Hello(_) => encode_ok(
             id,
@@ -212,10 +282,8 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, stream: &UnixStrea
             reply(id, r)
         }
         Op::Sign(s) => {
-            let mut notice = |text: &str| {
-                let _ = send(stream, &encode_notice(id, text));
-            };
-            let r = store.sign(&s, caller, &mut notice);
+            let mut ui = ConnUi { stream, reader, id };
+            let r = store.sign(&s, caller, &mut ui);
             match &r {
                 Ok(_) => debug!(key = %s.key, purpose = %s.purpose, pid, "signed"),
                 Err(e) => {

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 use waxseal_agent::client::Client;
 use waxseal_agent::paths;
+use zeroize::Zeroizing;
 
 use crate::{Cli, Command};
 
@@ -31,6 +32,7 @@ impl Ctx {
     pub fn connect(&self) -> Result<Client> {
         let mut client = Client::connect(&self.socket)?;
         client.on_notice(Box::new(|notice| eprintln!("waxseal: {notice}")));
+        client.on_prompt(Box::new(read_pin));
         Ok(client)
     }
 
@@ -39,6 +41,33 @@ impl Ctx {
         outln!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
     }
+}
+
+/// Asks for a PIN at the controlling terminal, without echo (`pin = "prompt"`). `None`
+/// without a terminal or for an empty answer: the agent is told the PIN was not given.
+fn read_pin(question: &str) -> Option<Zeroizing<String>> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead, BufReader, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    let saved = tcgetattr(&tty).ok()?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    (&tty)
+        .write_all(format!("waxseal: {question}").as_bytes())
+        .ok()?;
+    tcsetattr(&tty, OptionalActions::Flush, &quiet).ok()?;
+    let mut line = Zeroizing::new(String::new());
+    let read = BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, OptionalActions::Now, &saved);
+    read.ok()?;
+    let len = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(len);
+    (!line.is_empty()).then_some(line)
 }
 
 /// Runs the parsed command line.
