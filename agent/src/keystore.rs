@@ -159,6 +159,7 @@ fn wire(e: BackendError) -> WireError {
 impl KeyStore {
     /// Sets up every configured device. Devices connect on first use.
     pub fn open(config: &Config) -> KeyStore {
+        #[cfg(feature = "tpm")]
         let state_dir = config
             .agent
             .state_dir
@@ -368,6 +369,17 @@ impl KeyStore {
         }
     }
 
+    /// Whether each device is there, checked without logging in.
+    pub fn presence(&self) -> Vec<(String, bool)> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let present = d.lanes.run(|b| b.present()).unwrap_or(false);
+                (d.name.clone(), present)
+            })
+            .collect()
+    }
+
     /// `list_keys`: keys of every present device; absent devices are logged and skipped.
     pub fn list_keys(&self) -> ListKeysOk {
         let mut keys = Vec::new();
@@ -514,7 +526,7 @@ impl KeyStore {
                 ))
             }
         }
-        if req.purpose == Purpose::Blob && req.name.as_deref().map_or(true, str::is_empty) {
+        if req.purpose == Purpose::Blob && req.name.as_deref().is_none_or(str::is_empty) {
             return Err(WireError::new(
                 ErrorCode::BadRequest,
                 "purpose `blob` needs `name`, the artifact's name",

@@ -145,6 +145,12 @@ fn run(args: Args) -> Result<(), String> {
         }));
         info!(program = %program.display(), "confirmations are asked through confirm_program");
     }
+    // The D-Bus face (its own thread); stops when `_dbus` drops at the end of `run`.
+    #[cfg(feature = "dbus")]
+    let _dbus = server::dbus::start(
+        store.clone(),
+        server::dbus::DbusOptions::from_config(&config),
+    );
     let opts = server::ServeOptions {
         max_connections: config.agent.max_connections,
         idle_timeout: Duration::from_secs(config.agent.idle_timeout_secs),

@@ -97,7 +97,7 @@ pub fn ecdsa_raw_to_der(alg: KeyAlg, raw: &[u8]) -> Result<Vec<u8>, EncodingErro
         KeyAlg::P384 => 48,
         _ => return Err(EncodingError(format!("{alg} is not an ECDSA key"))),
     };
-    if raw.len() % 2 != 0 || raw.len() > 2 * field || raw.is_empty() {
+    if !raw.len().is_multiple_of(2) || raw.len() > 2 * field || raw.is_empty() {
         return Err(EncodingError(format!(
             "device returned a {}-byte ECDSA signature for {alg}",
             raw.len()

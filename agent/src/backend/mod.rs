@@ -198,6 +198,11 @@ pub trait Backend: Send {
     }
     /// Device status; connects if needed.
     fn info(&mut self) -> Result<DeviceInfo, BackendError>;
+    /// Whether the device is there, found without a PIN (for presence polling, which
+    /// must not log in: that would take back PINs that a lock dropped).
+    fn present(&mut self) -> bool {
+        self.info().is_ok()
+    }
     /// Evidence from the device that `label` was made inside it, bound to `nonce`.
     fn attest(&mut self, label: &str, nonce: &[u8]) -> Result<Attestation, BackendError> {
         let _ = (label, nonce);

@@ -871,6 +871,19 @@ impl Backend for Lane {
         })
     }
 
+    fn present(&mut self) -> bool {
+        let shared = self.shared.clone();
+        let mut conn = lock(&shared.conn);
+        let Ok(link) = shared.connect(&mut conn) else {
+            return false;
+        };
+        if link.ctx.get_token_info(link.slot).is_ok() {
+            return true;
+        }
+        shared.disconnect(&mut conn);
+        false
+    }
+
     fn pin_needed(&mut self) -> Option<String> {
         if !matches!(self.shared.settings.pin, Some(PinSource::Prompt)) {
             return None;

@@ -652,7 +652,7 @@ impl Backend for Lane {
         let waits = match info.touch {
             TouchPolicy::Never => false,
             TouchPolicy::Always => true,
-            TouchPolicy::Cached => !self.last_touch.is_some_and(|t| t.elapsed() < TOUCH_CACHE),
+            TouchPolicy::Cached => self.last_touch.is_none_or(|t| t.elapsed() >= TOUCH_CACHE),
         };
         waits.then(|| {
             format!(
@@ -661,6 +661,16 @@ impl Backend for Lane {
                 self.name()
             )
         })
+    }
+
+    fn present(&mut self) -> bool {
+        // The PIN's metadata: no PIN needed, and unlike a re-select it leaves the
+        // card's security status alone. Any answer from the card means it is there.
+        let pin_slot = SlotId::Management(piv::ManagementSlotId::Pin);
+        !matches!(
+            self.with_card(|yk| piv::metadata(yk, pin_slot).map(|_| ())),
+            Err(Fault::Gone(_))
+        )
     }
 
     fn forget_pin(&mut self) {

@@ -8,6 +8,8 @@
 //! measurements behind this). At most `max_connections` connections per socket are
 //! served at once; further clients wait in the listen backlog.
 
+#[cfg(feature = "dbus")]
+pub mod dbus;
 pub mod listen;
 pub mod native;
 pub mod ssh;
