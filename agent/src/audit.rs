@@ -7,11 +7,14 @@
 //! hash of the old file's last line, so the chain runs through every file.
 //!
 //! **Durability.** A signature is recorded before it is made (`intent`), and the
-//! client gets it only once that record is on disk: a background thread fsyncs
-//! (`fdatasync`) whatever has been written, and every request waiting at that moment
-//! is served by the one sync (group commit). The sync runs while the device signs, so
-//! it overlaps the device's work. The outcome (`signed`, `failed`) is appended after,
-//! without waiting. `audit_fsync = false` skips the syncs (the lines still reach the
+//! client gets it only once that record is on disk. The first request to wait becomes
+//! the leader and runs one `fdatasync` for everything written so far; requests that
+//! wait meanwhile are served by that sync or the next one (group commit), so with N
+//! concurrent requests there is about one sync per N signatures, and a lone request
+//! pays one sync and no thread hand-off. (A background syncer thread overlapping the
+//! device's work was measured first: its two wake-ups per signature cost more than the
+//! overlap saved here, see docs/benchmarks.md.) The outcome (`signed`, `failed`) is
+//! appended after, without waiting. `audit_fsync = false` skips the syncs (the lines still reach the
 //! kernel before the client gets its signature, so they survive the agent being
 //! killed, but not the machine losing power).
 
@@ -54,8 +57,7 @@ pub struct Audit {
     dir: PathBuf,
     fsync: bool,
     max_bytes: u64,
-    shared: Arc<Shared>,
-    syncer: Option<std::thread::JoinHandle<()>>,
+    shared: Shared,
 }
 
 impl std::fmt::Debug for Audit {
@@ -69,12 +71,12 @@ impl std::fmt::Debug for Audit {
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when lines were written (wakes the syncer) or synced (wakes waiters).
+    /// Signalled when a sync ends (wakes the requests waiting for it).
     changed: Condvar,
 }
 
 struct State {
-    file: File,
+    file: Arc<File>,
     size: u64,
     last_hash: String,
     /// Lines written so far (the last line's `seq`).
@@ -83,7 +85,8 @@ struct State {
     synced: u64,
     /// The last sync's failure, reported to every waiter until a sync succeeds.
     sync_error: Option<String>,
-    stop: bool,
+    /// A leader is running `fdatasync`.
+    syncing: bool,
     /// The last lines, for `audit_tail`.
     recent: VecDeque<String>,
 }
@@ -100,28 +103,18 @@ impl Audit {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         set_mode(&path, 0o600);
         let size = file.metadata()?.len();
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             state: Mutex::new(State {
-                file,
+                file: Arc::new(file),
                 size,
                 last_hash,
                 written,
                 synced: written,
                 sync_error: None,
-                stop: false,
+                syncing: false,
                 recent,
             }),
             changed: Condvar::new(),
-        });
-        let syncer = if fsync {
-            let s = shared.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("waxseal-audit".into())
-                    .spawn(move || s.sync_loop())?,
-            )
-        } else {
-            None
         };
         info!(dir = %dir.display(), records = written, fsync, "audit log open");
         Ok(Audit {
@@ -129,7 +122,6 @@ impl Audit {
             fsync,
             max_bytes,
             shared,
-            syncer,
         })
     }
 
@@ -171,7 +163,7 @@ impl Audit {
         let mut bytes = Vec::with_capacity(text.len() + 1);
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(b'\n');
-        st.file.write_all(&bytes).map_err(|e| {
+        (&*st.file).write_all(&bytes).map_err(|e| {
             error!(error = %e, "cannot write the audit log");
             format!("cannot write the audit log: {e}")
         })?;
@@ -182,22 +174,43 @@ impl Audit {
             st.recent.pop_front();
         }
         st.recent.push_back(text);
-        drop(st);
-        if self.fsync {
-            self.shared.changed.notify_all();
-        }
         Ok(seq)
     }
 
-    /// Waits until line `seq` is on disk (at once with `audit_fsync = false`).
+    /// Waits until line `seq` is on disk (at once with `audit_fsync = false`). The
+    /// first waiter syncs for everyone (see the module doc).
     pub fn wait_durable(&self, seq: u64) -> Result<(), String> {
         if !self.fsync {
             return Ok(());
         }
         let mut st = self.shared.lock();
-        while st.synced < seq {
-            if let Some(e) = &st.sync_error {
-                return Err(e.clone());
+        loop {
+            if st.synced >= seq {
+                return Ok(());
+            }
+            if !st.syncing {
+                st.syncing = true;
+                let target = st.written;
+                let file = st.file.clone();
+                drop(st);
+                let result = file.sync_data();
+                st = self.shared.lock();
+                st.syncing = false;
+                match result {
+                    Ok(()) => {
+                        st.synced = st.synced.max(target);
+                        st.sync_error = None;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot sync the audit log");
+                        st.sync_error = Some(format!("cannot sync the audit log: {e}"));
+                    }
+                }
+                self.shared.changed.notify_all();
+                if let Some(e) = &st.sync_error {
+                    return Err(e.clone());
+                }
+                continue;
             }
             st = self
                 .shared
@@ -205,7 +218,6 @@ impl Audit {
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        Ok(())
     }
 
     /// The last `n` lines (at most the last 1000 the agent wrote or found).
@@ -239,56 +251,16 @@ impl Audit {
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        st.file = file;
+        st.file = Arc::new(file);
         st.size = 0;
         info!(rotated = %old.display(), "audit log rotated; the chain continues in a new file");
         Ok(())
     }
 }
 
-impl Drop for Audit {
-    fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.changed.notify_all();
-        if let Some(t) = self.syncer.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Syncs whatever was written, one `fdatasync` for every line written meanwhile.
-    fn sync_loop(&self) {
-        loop {
-            let mut st = self.lock();
-            while st.synced == st.written && !st.stop {
-                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            if st.stop && st.synced == st.written {
-                return;
-            }
-            let target = st.written;
-            let file = st.file.try_clone();
-            drop(st);
-            let result = file.and_then(|f| f.sync_data());
-            let mut st = self.lock();
-            match result {
-                Ok(()) => {
-                    st.synced = st.synced.max(target);
-                    st.sync_error = None;
-                }
-                Err(e) => {
-                    error!(error = %e, "cannot sync the audit log");
-                    st.sync_error = Some(format!("cannot sync the audit log: {e}"));
-                }
-            }
-            drop(st);
-            self.changed.notify_all();
-        }
     }
 }
 
