@@ -817,15 +817,23 @@ impl Backend for Lane {
             return done;
         }
         let name = self.shared.settings.name.clone();
-        let mut rescanned = false;
-        for _attempt in 0..2 {
+        // A label not found is looked for again after a rescan of the token, then
+        // after a reconnect: a token that was removed and put back (or a token
+        // directory taken away and restored) is found again only through new sessions.
+        for attempt in 0..3 {
             let (conn, _, _) = self.ready()?;
             let entry = match conn.keys.get(label) {
                 Some(e) => e.clone(),
-                None if !rescanned => {
+                None if attempt == 0 => {
                     drop(conn);
-                    rescanned = true;
                     lock(&self.shared.conn).keys_loaded = false;
+                    continue;
+                }
+                None if attempt == 1 => {
+                    drop(conn);
+                    let shared = self.shared.clone();
+                    shared.disconnect(&mut lock(&shared.conn));
+                    self.session = None;
                     continue;
                 }
                 None => return Err(unknown_key(&name, label)),
