@@ -723,3 +723,36 @@ impl Drop for MockRekor {
         let _ = self.child.wait();
     }
 }
+
+/// What the benchmark binaries share.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    /// The `q` quantile of `lat` (sorts it).
+    pub fn pct(lat: &mut [Duration], q: f64) -> Duration {
+        lat.sort_unstable();
+        lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]
+    }
+
+    /// Microseconds.
+    pub fn us(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e6
+    }
+
+    /// Runs `op` for `secs` after 20 warm-up runs; returns (rate, p50, p99).
+    pub fn measure(secs: f64, mut op: impl FnMut()) -> (f64, Duration, Duration) {
+        for _ in 0..20 {
+            op();
+        }
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(secs);
+        let mut lat = Vec::new();
+        while Instant::now() < end {
+            let t = Instant::now();
+            op();
+            lat.push(t.elapsed());
+        }
+        let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+        (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+    }
+}

@@ -144,14 +144,19 @@ pub fn digest_info_prefix(hash: HashAlg) -> &'static [u8] {
 
 /// PEM `PUBLIC KEY` of SPKI DER.
 pub fn spki_pem(der: &[u8]) -> String {
+    pem("PUBLIC KEY", der)
+}
+
+/// PEM text: `der` in base64 lines of 64 between `BEGIN label` and `END label`.
+pub fn pem(label: &str, der: &[u8]) -> String {
     let b64 = B64.encode(der);
-    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         // base64 output is ASCII
         out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
         out.push('\n');
     }
-    out.push_str("-----END PUBLIC KEY-----\n");
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 

@@ -29,7 +29,7 @@ use yubikey::piv::{self, AlgorithmId, ManagementAlgorithmId, SlotId};
 use yubikey::{MgmKey, Serial, YubiKey};
 use zeroize::Zeroizing;
 
-use super::crypto::digest_info_prefix;
+use super::crypto::{digest_info_prefix, pem};
 use super::{
     digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, GenerateOptions,
     PublicKey, SignInput, Signed,
@@ -816,18 +816,6 @@ fn cert_of_object(object: &[u8]) -> Option<&[u8]> {
         _ => return None,
     };
     object.get(start..start + len)
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[cfg(test)]

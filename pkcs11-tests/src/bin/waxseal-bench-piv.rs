@@ -9,41 +9,16 @@
 //! a PIN verification per signature would cost.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use piv_emulator::harness::{Config, Harness};
+use pkcs11_tests::bench::{measure, us};
 use pkcs11_tests::{bins, Agent};
 use waxseal_agent::proto::{HashAlg, PinPolicy, TouchPolicy};
 use yubikey::piv::{self, AlgorithmId, SlotId};
 use yubikey::{Serial, YubiKey};
 
 const SERIAL: u32 = 20_260_777;
-
-fn pct(lat: &mut [Duration], q: f64) -> Duration {
-    lat.sort_unstable();
-    lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-/// Runs `op` for `secs`; returns (rate, p50, p99).
-fn measure(secs: f64, mut op: impl FnMut()) -> (f64, Duration, Duration) {
-    for _ in 0..20 {
-        op();
-    }
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let mut lat = Vec::new();
-    while Instant::now() < end {
-        let t = Instant::now();
-        op();
-        lat.push(t.elapsed());
-    }
-    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
-    (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
-}
 
 fn main() {
     let secs: f64 = std::env::args()

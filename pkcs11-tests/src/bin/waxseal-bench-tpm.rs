@@ -9,6 +9,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use pkcs11_tests::bench::{measure, us};
 use pkcs11_tests::{tpm_device, Agent, Swtpm};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
@@ -21,32 +22,6 @@ use tss_esapi::Context;
 use waxseal_agent::backend::tpm::{key_template, srk_template, Tpm, TpmSettings};
 use waxseal_agent::backend::SignInput;
 use waxseal_agent::proto::{KeyAlg, RsaPadding};
-
-fn pct(lat: &mut [Duration], q: f64) -> Duration {
-    lat.sort_unstable();
-    lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-/// Runs `op` for `secs`; returns (rate, p50, p99).
-fn measure(secs: f64, mut op: impl FnMut()) -> (f64, Duration, Duration) {
-    for _ in 0..20 {
-        op();
-    }
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let mut lat = Vec::new();
-    while Instant::now() < end {
-        let t = Instant::now();
-        op();
-        lat.push(t.elapsed());
-    }
-    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
-    (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
-}
 
 fn main() {
     let secs: f64 = std::env::args()
