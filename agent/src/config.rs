@@ -295,7 +295,12 @@ impl Config {
                 file: file.to_string(),
                 line: inner.span().map(|s| line_of(text, s.start)),
                 key: if key == "." { String::new() } else { key },
-                message: inner.message().trim().to_string(),
+                message: match inner.message().trim() {
+                    // The TOML parser gives some errors (e.g. a control character in
+                    // a comment) no message of their own.
+                    "" => "not valid TOML here (a control character or a broken line?)".to_string(),
+                    m => m.to_string(),
+                },
             }
         })?;
         let at = |key: String, message: String| ConfigError {
@@ -734,6 +739,14 @@ purposes = ["x509-tbs"]
         let d = "[[device]]\nname = \"a\"\nkind = \"pkcs11\"\nmodule = \"/m\"\ntoken = \"t\"\n";
         let e = err(&format!("{d}{d}"));
         assert_eq!((e.key.as_str(), e.line), ("device[1].name", Some(7)), "{e}");
+    }
+
+    #[test]
+    fn control_characters_give_an_error_with_a_message() {
+        // Found by the `config` fuzz target: toml reports this without a message.
+        let e = err("  # keys on it are hsm/<labe\0\0\0\0l>\nkind = \"pkcs11\"\nmtpm");
+        assert!(!e.message.is_empty(), "{e:?}");
+        assert!(e.to_string().contains("not valid TOML"), "{e}");
     }
 
     #[test]
