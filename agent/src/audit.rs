@@ -132,7 +132,9 @@ impl Audit {
         if st.size >= self.max_bytes {
             self.rotate(&mut st)?;
         }
-        let seq = st.written + 1;
+        let seq = st.written.checked_add(1).ok_or_else(|| {
+            "the audit log's record numbers are exhausted; start a new log (move the audit directory aside)".to_string()
+        })?;
         let mut line = Map::new();
         line.insert("seq".into(), json!(seq));
         line.insert("time".into(), json!(rfc3339_now()));

@@ -97,10 +97,15 @@ pub fn verify_files(files: &[PathBuf]) -> Result<Verified, Broken> {
                     ));
                 }
             } else {
-                if this_seq != seq + 1 {
+                let next = seq.checked_add(1).ok_or_else(|| {
+                    at(format!(
+                        "record {seq} is the last a chain can number; nothing may follow it"
+                    ))
+                })?;
+                if this_seq != next {
                     return Err(at(format!(
                         "record {this_seq} follows record {seq}: {}",
-                        if this_seq > seq + 1 {
+                        if this_seq > next {
                             "records are missing"
                         } else {
                             "out of order"
@@ -123,4 +128,28 @@ pub fn verify_files(files: &[PathBuf]) -> Result<Verified, Broken> {
         files: files.len(),
         last_hash: prev,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_largest_seq_ends_a_chain_without_overflow() {
+        // Found while fuzzing (fuzz/regressions/audit_chain).
+        let data = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/audit_chain/seq-u64-max"
+        ))
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("waxseal-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(CURRENT);
+        std::fs::write(&file, data).unwrap();
+        let broken = verify_files(&[file]).unwrap_err();
+        assert!(broken.problem.contains("nothing may follow"), "{broken}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -747,6 +747,18 @@ purposes = ["x509-tbs"]
         let e = err("  # keys on it are hsm/<labe\0\0\0\0l>\nkind = \"pkcs11\"\nmtpm");
         assert!(!e.message.is_empty(), "{e:?}");
         assert!(e.to_string().contains("not valid TOML"), "{e}");
+        for name in [
+            "lone-cr-empty-message.toml",
+            "control-char-in-comment-empty-message.toml",
+        ] {
+            let path = format!(
+                "{}/../fuzz/regressions/config/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(path).unwrap();
+            let e = err(&text);
+            assert!(!e.message.is_empty(), "{name}: {e:?}");
+        }
     }
 
     #[test]

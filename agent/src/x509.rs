@@ -86,7 +86,7 @@ impl TbsSummary {
         if tbs.version != X509Version::V3 {
             return Err(format!(
                 "the TBSCertificate is X.509 version {}, not 3",
-                tbs.version.0 + 1
+                u64::from(tbs.version.0) + 1
             ));
         }
         let alg = &tbs.signature.algorithm;
@@ -272,6 +272,18 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn a_huge_version_is_refused_without_overflow() {
+        // Found while fuzzing (fuzz/regressions/tbs): version [0] INTEGER 0xFFFFFFFF.
+        let der = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/tbs/version-u32-max.der"
+        ))
+        .unwrap();
+        let e = TbsSummary::parse(&der).unwrap_err();
+        assert!(e.contains("4294967296"), "{e}");
+    }
 
     #[test]
     fn garbage_is_refused() {

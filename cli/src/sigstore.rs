@@ -486,20 +486,22 @@ impl Rekor {
                 false,
             )
             .context("the signed entry timestamp does not verify with the Rekor public key")?;
-        // 4. The inclusion proof and its checkpoint.
-        if let Some(proof) = &entry.inclusion_proof {
-            let leaf = leaf_hash(&entry.canonicalized_body.0);
-            let root = root_from_proof(
-                proof.log_index.0,
-                proof.tree_size.0,
-                leaf,
-                &proof.hashes.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
-            )?;
-            if root.as_slice() != proof.root_hash.0.as_slice() {
-                bail!("the inclusion proof does not lead to its root hash");
-            }
-            check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)?;
+        // 4. The inclusion proof and its checkpoint: required, as in a v0.3 bundle (an
+        // entry with a signed entry timestamp alone is only a promise of inclusion).
+        let proof = entry.inclusion_proof.as_ref().ok_or_else(|| {
+            anyhow!("the log entry has no inclusion proof (a v0.3 bundle's entries need one)")
+        })?;
+        let leaf = leaf_hash(&entry.canonicalized_body.0);
+        let root = root_from_proof(
+            proof.log_index.0,
+            proof.tree_size.0,
+            leaf,
+            &proof.hashes.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
+        )?;
+        if root.as_slice() != proof.root_hash.0.as_slice() {
+            bail!("the inclusion proof does not lead to its root hash");
         }
+        check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)?;
         Ok(())
     }
 }
