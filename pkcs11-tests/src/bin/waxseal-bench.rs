@@ -1,8 +1,9 @@
 //! `waxseal-bench`: P-256 signatures per second on SoftHSM2, direct in-process cryptoki
-//! versus through `waxseal-agent` over `agent.sock`, at 1 and 4 concurrent clients, with
+//! versus through `waxseal-agent` over `agent.sock`, at 1 and 4 (or `--clients`) concurrent clients, with
 //! p50/p99 latency; the agent's time to ready and idle RSS.
 //!
-//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench -- [--seconds N]`.
+//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench -- [--seconds N] [--clients 1,2,16,64]`
+//! (default clients: 1,4).
 //! Prints a Markdown table for docs/benchmarks.md. Knobs for experiments:
 //! `BENCH_AGENT_CONFIG` (TOML appended to the agent's config, `\n` for newlines, e.g.
 //! `[agent]\nspin_us = 0`) and `BENCH_CLIENT_SPIN_US` (the client's polling time).
@@ -191,7 +192,18 @@ fn main() {
     println!();
     println!("| path | clients | signatures/s | p50 | p99 | agent/direct |");
     println!("|---|---|---|---|---|---|");
-    for threads in [1usize, 4] {
+    let clients: Vec<usize> = std::env::args()
+        .skip_while(|a| a != "--clients")
+        .nth(1)
+        .map_or_else(
+            || vec![1, 4],
+            |list| {
+                list.split(',')
+                    .map(|n| n.trim().parse().expect("--clients N,N,…"))
+                    .collect()
+            },
+        );
+    for threads in clients {
         let d = direct(threads);
         let a = through_agent(threads);
         println!(
@@ -298,7 +310,18 @@ fn ssh_comparison(hsm: &SoftHsm, agent: &Agent, secs: f64) {
     println!();
     println!("| agent | clients | signatures/s | p50 | p99 | waxseal/OpenSSH |");
     println!("|---|---|---|---|---|---|");
-    for threads in [1usize, 4] {
+    let clients: Vec<usize> = std::env::args()
+        .skip_while(|a| a != "--clients")
+        .nth(1)
+        .map_or_else(
+            || vec![1, 4],
+            |list| {
+                list.split(',')
+                    .map(|n| n.trim().parse().expect("--clients N,N,…"))
+                    .collect()
+            },
+        );
+    for threads in clients {
         let o = bench(oss_sock.clone(), threads);
         let w = bench(agent.ssh_socket.clone(), threads);
         println!(
