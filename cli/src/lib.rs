@@ -2,6 +2,7 @@
 //! and `sigstore-kms-waxseal`): local signature checks, key formats and the CA profiles.
 
 pub mod ca;
+pub mod kms;
 pub mod sigstore;
 pub mod sshfmt;
 pub mod verify;

@@ -260,4 +260,22 @@ dsse = bundle("application/vnd.dev.sigstore.bundle.v0.3+json", [])
 del dsse["messageSignature"]
 dsse["dsseEnvelope"] = {"payload": "e30=", "payloadType": "application/vnd.in-toto+json", "signatures": [{"sig": "MEUC", "keyid": ""}]}
 out("bundle", "dsse.json", json.dumps(dsse))
+# The KMS plug-in's argv[2], as sigstore's Go client marshals common.PluginArgs.
+def kms(method, member=None, value=None, key="hsm/release", hash_func=5):
+    init = {"protocolVersion": "v1", "keyResourceID": key, "hashFunc": hash_func,
+            "ctxDeadline": "2026-12-01T00:00:00Z",
+            "rpcOptions": {"ctxOpts": None, "keyVersion": "", "remoteVerification": False}}
+    args = {"initOptions": init, "methodName": method}
+    if member:
+        args[member] = value
+    return json.dumps(args)
+msg = lambda digest, h=5: {"rpcOptions": {"keyVersion": ""}, "messageOptions": {"digest": digest, "hashFunc": h}}
+out("kms_args", "default-algorithm", kms("defaultAlgorithm"))
+out("kms_args", "supported-algorithms", kms("supportedAlgorithms", key=""))
+out("kms_args", "create-key", kms("createKey", "createKey", {"algorithm": "ecdsa-sha2-384-nistp384"}))
+out("kms_args", "public-key", kms("publicKey", "publicKey", {"publicKeyOptions": {"rpcOptions": {"keyVersion": ""}}}, key="waxseal://yk/9c"))
+out("kms_args", "sign-digest", kms("signMessage", "signMessage", {"signOptions": msg(base64.b64encode(b"\x11" * 32).decode())}))
+out("kms_args", "sign-stdin", kms("signMessage", "signMessage", {"signOptions": msg(None, 0)}, hash_func=6))
+out("kms_args", "verify", kms("verifySignature", "verifySignature", {"signature": base64.b64encode(b"\x30\x06\x02\x01\x01\x02\x01\x01").decode(), "verifyOptions": msg(base64.b64encode(b"\x22" * 48).decode(), 6)}))
+out("kms_args", "key-version", kms("publicKey", "publicKey", {"publicKeyOptions": {"rpcOptions": {"keyVersion": "2"}}}))
 print("seeds written under", CORPUS)
