@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -52,19 +53,69 @@ pub struct Record {
     pub intent: Option<u64>,
 }
 
+/// When a signature's intent record reaches the disk (`audit_fsync`,
+/// `audit_group_commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fdatasync` before the client gets its signature; one sync serves every request
+    /// waiting at that moment (the default).
+    GroupCommit,
+    /// `fdatasync` before the client gets its signature, one per signature
+    /// (`audit_group_commit = false`: for measuring what group commit saves).
+    SyncEach,
+    /// No sync (`audit_fsync = false`): the lines reach the kernel, which survives the
+    /// agent being killed but not the machine losing power.
+    Off,
+}
+
+impl Durability {
+    /// From the config's two switches.
+    pub fn from_config(fsync: bool, group_commit: bool) -> Durability {
+        match (fsync, group_commit) {
+            (false, _) => Durability::Off,
+            (true, true) => Durability::GroupCommit,
+            (true, false) => Durability::SyncEach,
+        }
+    }
+
+    /// The word `status` shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            Durability::GroupCommit => "fsync, group commit",
+            Durability::SyncEach => "fsync per signature",
+            Durability::Off => "no fsync",
+        }
+    }
+}
+
+/// What the log has done since the agent started (for `status` and the benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditCounts {
+    /// Lines appended.
+    pub appended: u64,
+    /// `fdatasync` calls for waiting signatures.
+    pub syncs: u64,
+    /// Signatures that had to wait for a sync (the others found their intent already
+    /// on disk).
+    pub waited: u64,
+}
+
 /// The audit log of one agent.
 pub struct Audit {
     dir: PathBuf,
-    fsync: bool,
+    durability: Durability,
     max_bytes: u64,
     shared: Shared,
+    appended: AtomicU64,
+    syncs: AtomicU64,
+    waited: AtomicU64,
 }
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Audit")
             .field("dir", &self.dir)
-            .field("fsync", &self.fsync)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +146,7 @@ const RECENT: usize = 1000;
 
 impl Audit {
     /// Opens (or starts) the log in `dir`, continuing the chain of what is there.
-    pub fn open(dir: &Path, fsync: bool, max_bytes: u64) -> io::Result<Audit> {
+    pub fn open(dir: &Path, durability: Durability, max_bytes: u64) -> io::Result<Audit> {
         std::fs::create_dir_all(dir)?;
         set_mode(dir, 0o700);
         let (last_hash, written, recent) = last_of_chain(dir)?;
@@ -116,12 +167,15 @@ impl Audit {
             }),
             changed: Condvar::new(),
         };
-        info!(dir = %dir.display(), records = written, fsync, "audit log open");
+        info!(dir = %dir.display(), records = written, durability = durability.word(), "audit log open");
         Ok(Audit {
             dir: dir.to_path_buf(),
-            fsync,
+            durability,
             max_bytes,
             shared,
+            appended: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
         })
     }
 
@@ -176,16 +230,41 @@ impl Audit {
             st.recent.pop_front();
         }
         st.recent.push_back(text);
+        self.appended.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
 
-    /// Waits until line `seq` is on disk (at once with `audit_fsync = false`). The
-    /// first waiter syncs for everyone (see the module doc).
+    /// Waits until line `seq` is on disk (at once with `audit_fsync = false`). With
+    /// group commit the first waiter syncs for everyone (see the module doc).
     pub fn wait_durable(&self, seq: u64) -> Result<(), String> {
-        if !self.fsync {
+        match self.durability {
+            Durability::Off => Ok(()),
+            Durability::SyncEach => {
+                let file = {
+                    let st = self.shared.lock();
+                    st.file.clone()
+                };
+                self.waited.fetch_add(1, Ordering::Relaxed);
+                let result = self.sync(&file);
+                let mut st = self.shared.lock();
+                match result {
+                    Ok(()) => {
+                        st.synced = st.synced.max(seq);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Durability::GroupCommit => self.wait_group(seq),
+        }
+    }
+
+    fn wait_group(&self, seq: u64) -> Result<(), String> {
+        let mut st = self.shared.lock();
+        if st.synced >= seq {
             return Ok(());
         }
-        let mut st = self.shared.lock();
+        self.waited.fetch_add(1, Ordering::Relaxed);
         loop {
             if st.synced >= seq {
                 return Ok(());
@@ -195,7 +274,7 @@ impl Audit {
                 let target = st.written;
                 let file = st.file.clone();
                 drop(st);
-                let result = file.sync_data();
+                let result = self.sync(&file);
                 st = self.shared.lock();
                 st.syncing = false;
                 match result {
@@ -203,10 +282,7 @@ impl Audit {
                         st.synced = st.synced.max(target);
                         st.sync_error = None;
                     }
-                    Err(e) => {
-                        error!(error = %e, "cannot sync the audit log");
-                        st.sync_error = Some(format!("cannot sync the audit log: {e}"));
-                    }
+                    Err(e) => st.sync_error = Some(e),
                 }
                 self.shared.changed.notify_all();
                 if let Some(e) = &st.sync_error {
@@ -219,6 +295,29 @@ impl Audit {
                 .changed
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// One `fdatasync`, counted; the error as the client is told it.
+    fn sync(&self, file: &File) -> Result<(), String> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data().map_err(|e| {
+            error!(error = %e, "cannot sync the audit log");
+            format!("cannot sync the audit log: {e}")
+        })
+    }
+
+    /// How records reach the disk.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Counts since the agent started.
+    pub fn counts(&self) -> AuditCounts {
+        AuditCounts {
+            appended: self.appended.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            waited: self.waited.load(Ordering::Relaxed),
         }
     }
 
@@ -370,7 +469,7 @@ mod tests {
     fn chain_continues_across_reopen_and_rotation_and_names_a_changed_line() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let audit = Audit::open(dir.path(), true, 4096).unwrap();
+            let audit = Audit::open(dir.path(), Durability::GroupCommit, 4096).unwrap();
             for i in 0..40 {
                 let seq = audit
                     .append(&record("intent", &format!("hsm/k{i}")))
@@ -378,7 +477,7 @@ mod tests {
                 audit.wait_durable(seq).unwrap();
             }
         }
-        let audit = Audit::open(dir.path(), false, 4096).unwrap();
+        let audit = Audit::open(dir.path(), Durability::Off, 4096).unwrap();
         audit.append(&record("signed", "hsm/after")).unwrap();
         assert_eq!(audit.tail(2).len(), 2);
         drop(audit);

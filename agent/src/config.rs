@@ -57,6 +57,9 @@ pub struct AgentConfig {
     pub confirm_timeout_secs: u64,
     /// Whether audit records are fsynced before signatures are returned.
     pub audit_fsync: bool,
+    /// With `audit_fsync`: one fsync serves every signature waiting at that moment
+    /// (true, the default), or each signature pays its own (false; for measurements).
+    pub audit_group_commit: bool,
     /// The audit log is rotated when it grows past this many bytes.
     pub audit_max_bytes: u64,
 }
@@ -77,6 +80,7 @@ impl Default for AgentConfig {
             confirm_program: None,
             confirm_timeout_secs: DEFAULT_CONFIRM_TIMEOUT_SECS,
             audit_fsync: true,
+            audit_group_commit: true,
             audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
         }
     }
@@ -218,6 +222,7 @@ struct RawAgent {
     confirm_program: Option<PathBuf>,
     confirm_timeout_secs: Option<u64>,
     audit_fsync: Option<bool>,
+    audit_group_commit: Option<bool>,
     audit_max_bytes: Option<u64>,
 }
 
@@ -324,6 +329,7 @@ impl Config {
                 .confirm_timeout_secs
                 .unwrap_or(DEFAULT_CONFIRM_TIMEOUT_SECS),
             audit_fsync: raw.agent.audit_fsync.unwrap_or(true),
+            audit_group_commit: raw.agent.audit_group_commit.unwrap_or(true),
             audit_max_bytes: raw.agent.audit_max_bytes.unwrap_or(DEFAULT_AUDIT_MAX_BYTES),
         };
         if !(1..=3600).contains(&agent.confirm_timeout_secs) {

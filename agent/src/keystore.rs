@@ -21,7 +21,7 @@ use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
     AttestOk, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, HashAlg, KeyAlg, KeyInfo, ListKeysOk,
-    PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk,
+    AuditStatus, PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk,
     UnlockOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
 use crate::worker::{DeviceLanes, LaneError};
@@ -366,6 +366,15 @@ impl KeyStore {
             version: PROTOCOL_VERSION,
             devices,
             keys: total,
+            audit: self.audit.as_ref().map(|a| {
+                let c = a.counts();
+                AuditStatus {
+                    durability: a.durability().word().to_string(),
+                    appended: c.appended,
+                    syncs: c.syncs,
+                    waited: c.waited,
+                }
+            }),
         }
     }
 

@@ -128,7 +128,10 @@ fn run(args: Args) -> Result<(), String> {
     let audit_dir = state_dir.join("audit");
     let audit = Audit::open(
         &audit_dir,
-        config.agent.audit_fsync,
+        waxseal_agent::audit::Durability::from_config(
+            config.agent.audit_fsync,
+            config.agent.audit_group_commit,
+        ),
         config.agent.audit_max_bytes,
     )
     .map_err(|e| {

@@ -724,8 +724,11 @@ impl Drop for MockRekor {
     }
 }
 
-/// What the benchmark binaries share.
+/// What the benchmark binaries share: timing loops, the command line, and the
+/// Markdown tables `scripts/bench` collects into docs/benchmarks.md.
 pub mod bench {
+    use std::fmt::Write as _;
+    use std::sync::{Arc, Barrier};
     use std::time::{Duration, Instant};
 
     /// The `q` quantile of `lat` (sorts it).
@@ -754,5 +757,309 @@ pub mod bench {
         }
         let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
         (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+    }
+
+    /// One measured row: signatures per second and per-request latency.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Run {
+        /// Signatures per second, all clients together.
+        pub rate: f64,
+        /// Median latency of one request.
+        pub p50: Duration,
+        /// 99th percentile.
+        pub p99: Duration,
+    }
+
+    /// `threads` clients, each made by `setup` on its own thread, running `op` in a loop
+    /// for `secs` after 20 warm-up runs each; they start together.
+    pub fn measure_threads<S: 'static>(
+        threads: usize,
+        secs: f64,
+        setup: impl Fn() -> S + Send + Sync + 'static,
+        op: impl Fn(&mut S) + Send + Sync + 'static,
+    ) -> Run {
+        let setup = Arc::new(setup);
+        let op = Arc::new(op);
+        let barrier = Arc::new(Barrier::new(threads + 1));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (setup, op, barrier) = (setup.clone(), op.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut state = setup();
+                    for _ in 0..20 {
+                        op(&mut state);
+                    }
+                    barrier.wait();
+                    let end = Instant::now() + Duration::from_secs_f64(secs);
+                    let mut lat = Vec::with_capacity(100_000);
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        op(&mut state);
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().expect("a benchmark client failed"));
+        }
+        let elapsed = start.elapsed();
+        let rate = all.len() as f64 / elapsed.as_secs_f64();
+        Run {
+            rate,
+            p50: pct(&mut all, 0.5),
+            p99: pct(&mut all, 0.99),
+        }
+    }
+
+    /// The value after `--name` on the command line.
+    pub fn arg(name: &str) -> Option<String> {
+        std::env::args().skip_while(|a| a != name).nth(1)
+    }
+
+    /// `--seconds N` (per row).
+    pub fn seconds(default: f64) -> f64 {
+        arg("--seconds").map_or(default, |s| s.parse().expect("--seconds N"))
+    }
+
+    /// A list of client counts given as `--name 1,2,16`; `none` is empty.
+    pub fn counts(name: &str, default: &[usize]) -> Vec<usize> {
+        match arg(name) {
+            None => default.to_vec(),
+            Some(list) if list == "none" => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name} N,N,…")))
+                .collect(),
+        }
+    }
+
+    /// The machine, in a few words: cores, CPU model, memory, OS and kernel.
+    pub fn machine() -> String {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let mem_gib = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+        let os = read("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default();
+        let kernel = read("/proc/sys/kernel/osrelease");
+        format!(
+            "{cores} × {cpu}, {mem_gib:.0} GiB, {os}, Linux {}",
+            kernel.trim()
+        )
+    }
+
+    /// The machine in a table cell: `2-core Intel Xeon, 24 GiB, Debian 12, Linux 6.18`.
+    pub fn machine_short() -> String {
+        let full = machine();
+        let mut parts = full.splitn(2, " × ");
+        let cores = parts.next().unwrap_or_default().to_string();
+        let rest = parts.next().unwrap_or_default();
+        let fields: Vec<&str> = rest.split(", ").collect();
+        let cpu = fields
+            .first()
+            .copied()
+            .unwrap_or_default()
+            .replace("(R)", "")
+            .replace("(TM)", "")
+            .replace(" Processor", "")
+            .replace(" CPU", "");
+        let cpu: String = cpu.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        let os = fields
+            .get(2)
+            .map(|o| {
+                o.replace("GNU/Linux ", "")
+                    .split(" (")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let kernel = fields
+            .get(3)
+            .map(|k| {
+                let v = k.trim_start_matches("Linux ");
+                v.split('.').take(2).collect::<Vec<_>>().join(".")
+            })
+            .unwrap_or_default();
+        format!(
+            "{cores}-core {cpu}, {}, {os}, Linux {kernel}",
+            fields.get(1).copied().unwrap_or_default()
+        )
+    }
+
+    /// How this binary was run, for the tables: its name and arguments (without
+    /// `--out FILE`).
+    pub fn command() -> String {
+        let mut args = std::env::args();
+        let program = args.next().unwrap_or_default();
+        let name = std::path::Path::new(&program)
+            .file_name()
+            .map_or(program.clone(), |n| n.to_string_lossy().into_owned());
+        let mut words = vec![name];
+        let mut skip = false;
+        for a in args {
+            if skip {
+                skip = false;
+            } else if a == "--out" {
+                skip = true;
+            } else {
+                words.push(a);
+            }
+        }
+        words.join(" ")
+    }
+
+    /// Signatures per second, with thousands separated.
+    pub fn rate(r: f64) -> String {
+        let n = r.round() as u64;
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    /// A latency, in µs below 10 ms and in ms above.
+    pub fn lat(d: Duration) -> String {
+        let us = us(d);
+        if us < 10_000.0 {
+            format!("{us:.0} µs")
+        } else {
+            format!("{:.1} ms", us / 1000.0)
+        }
+    }
+
+    /// A Markdown table whose every row ends with the machine and the command that
+    /// measured it.
+    #[derive(Debug)]
+    pub struct Table {
+        columns: Vec<String>,
+        rows: Vec<Vec<String>>,
+        machine: String,
+        command: String,
+    }
+
+    impl Table {
+        /// A table with these leading columns.
+        pub fn new(columns: &[&str]) -> Table {
+            Table {
+                columns: columns.iter().map(|c| c.to_string()).collect(),
+                rows: Vec::new(),
+                machine: machine_short(),
+                command: command(),
+            }
+        }
+
+        /// Adds a row (as many cells as columns).
+        pub fn row(&mut self, cells: Vec<String>) {
+            assert_eq!(cells.len(), self.columns.len(), "cells of a bench row");
+            self.rows.push(cells);
+        }
+
+        /// The table as Markdown.
+        pub fn markdown(&self) -> String {
+            let mut s = String::new();
+            let head: Vec<&str> = self.columns.iter().map(String::as_str).collect();
+            let _ = writeln!(s, "| {} | machine | command |", head.join(" | "));
+            let _ = writeln!(s, "|{}", "---|".repeat(self.columns.len() + 2));
+            for r in &self.rows {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | `{}` |",
+                    r.join(" | "),
+                    self.machine,
+                    self.command
+                );
+            }
+            s
+        }
+    }
+
+    /// Where the report goes: the file after `--out` (appended), else stdout.
+    #[derive(Debug)]
+    pub struct Report {
+        text: String,
+    }
+
+    impl Default for Report {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Report {
+        /// An empty report.
+        pub fn new() -> Report {
+            Report {
+                text: String::new(),
+            }
+        }
+
+        /// A line of prose (Markdown).
+        pub fn line(&mut self, text: &str) {
+            self.text.push_str(text);
+            self.text.push('\n');
+        }
+
+        /// A table, with a blank line around it.
+        pub fn table(&mut self, t: &Table) {
+            if !self.text.is_empty() && !self.text.ends_with("\n\n") {
+                self.text.push('\n');
+            }
+            self.text.push_str(&t.markdown());
+            self.text.push('\n');
+        }
+
+        /// Writes it out (stdout, and `--out FILE` if given).
+        pub fn finish(self) {
+            use std::io::Write as _;
+            print!("{}", self.text);
+            if let Some(path) = arg("--out") {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("--out {path}: {e}"));
+                f.write_all(self.text.as_bytes())
+                    .unwrap_or_else(|e| panic!("--out {path}: {e}"));
+            }
+        }
+    }
+
+    /// `met` or `**missed**`.
+    pub fn verdict(ok: bool) -> String {
+        if ok { "met" } else { "**missed**" }.to_string()
+    }
+
+    /// Resident memory of a process, in KiB.
+    pub fn rss_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 }

@@ -639,6 +639,23 @@ pub struct StatusOk {
     pub devices: Vec<DeviceStatus>,
     /// Keys across present devices.
     pub keys: usize,
+    /// The audit log, when the agent keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditStatus>,
+}
+
+/// The audit log in `status`: how records reach the disk, and counts since the agent
+/// started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// `fsync, group commit`, `fsync per signature` or `no fsync`.
+    pub durability: String,
+    /// Lines appended.
+    pub appended: u64,
+    /// `fdatasync` calls made for waiting signatures.
+    pub syncs: u64,
+    /// Signatures that waited for a sync (the others found their intent on disk).
+    pub waited: u64,
 }
 
 /// One key in `list_keys`.

@@ -13,6 +13,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     outln!("agent:   {} (protocol {})", status.agent, status.version);
     outln!("socket:  {}", ctx.socket.display());
     outln!("keys:    {}", status.keys);
+    if let Some(a) = &status.audit {
+        outln!(
+            "audit:   {}; {} records, {} syncs for {} waiting signatures since start",
+            a.durability,
+            a.appended,
+            a.syncs,
+            a.waited
+        );
+    }
     if status.devices.is_empty() {
         outln!("devices: none configured (add [[device]] entries to the config; see README)");
     }

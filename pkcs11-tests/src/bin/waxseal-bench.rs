@@ -1,98 +1,45 @@
 //! `waxseal-bench`: P-256 signatures per second on SoftHSM2, direct in-process cryptoki
-//! versus through `waxseal-agent` over `agent.sock`, at 1 and 4 (or `--clients`) concurrent clients, with
-//! p50/p99 latency; the agent's time to ready and idle RSS.
+//! versus through `waxseal-agent` over `agent.sock`, at each `--clients` count, with
+//! p50/p99 latency and the audit log's fsyncs per signature; SSH signing through
+//! `ssh.sock` versus OpenSSH's `ssh-agent` with the same token (`ssh-add -s`); the
+//! agent's time to ready and idle RSS; and how the numbers compare with DESIGN.md's
+//! targets.
 //!
-//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench -- [--seconds N] [--clients 1,2,16,64]`
-//! (default clients: 1,4).
-//! Prints a Markdown table for docs/benchmarks.md. Knobs for experiments:
+//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench -- [--seconds N]
+//! [--clients 1,2,16,64] [--ssh-clients 1,4|none] [--audit group|each|off] [--out FILE]`.
+//! `--audit`: `group` is the default config (fsync, group commit), `each` sets
+//! `audit_group_commit = false` (one fsync per signature), `off` sets `audit_fsync =
+//! false`. Prints Markdown (and appends it to `--out FILE`); `scripts/bench` runs this
+//! and the TPM and PIV benches into docs/benchmarks.md. Knobs for experiments:
 //! `BENCH_AGENT_CONFIG` (TOML appended to the agent's config, `\n` for newlines, e.g.
 //! `[agent]\nspin_us = 0`) and `BENCH_CLIENT_SPIN_US` (the client's polling time).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
 
-use std::sync::{Arc, Barrier};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
+use pkcs11_tests::bench::{self, lat, measure_threads, rate, rss_kib, verdict, Report, Table};
 use pkcs11_tests::{pkcs11_device, Agent, SoftHsm, SOFTHSM_MODULE};
 use waxseal_agent::proto::KeyAlg;
 
 const LABEL: &str = "bench";
 const PIN: &str = "1234";
 
-struct Run {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn summarize(total: usize, elapsed: Duration, mut lat: Vec<Duration>) -> Run {
-    lat.sort_unstable();
-    let pick = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-    Run {
-        rate: total as f64 / elapsed.as_secs_f64(),
-        p50: pick(0.50),
-        p99: pick(0.99),
-    }
-}
-
-/// `threads` threads each signing in a loop for `secs`.
-fn measure<S: Send + 'static>(
-    threads: usize,
-    secs: f64,
-    setup: impl Fn() -> S + Send + Sync + 'static,
-    op: impl Fn(&mut S) + Send + Sync + 'static,
-) -> Run {
-    let setup = Arc::new(setup);
-    let op = Arc::new(op);
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (setup, op, barrier) = (setup.clone(), op.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut state = setup();
-                for _ in 0..50 {
-                    op(&mut state); // warm up
-                }
-                barrier.wait();
-                let end = Instant::now() + Duration::from_secs_f64(secs);
-                let mut lat = Vec::with_capacity(200_000);
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    op(&mut state);
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.join().unwrap());
-    }
-    let elapsed = start.elapsed();
-    summarize(all.len(), elapsed, all)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
-    let secs: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
-        .nth(1)
-        .map_or(3.0, |s| s.parse().expect("--seconds N"));
+    let secs = bench::seconds(3.0);
+    let clients = bench::counts("--clients", &[1, 4]);
+    let ssh_clients = bench::counts("--ssh-clients", &[1, 4]);
+    let audit = bench::arg("--audit").unwrap_or_else(|| "group".into());
+    let (audit_config, audit_word) = match audit.as_str() {
+        "group" => ("", "fsync, group commit"),
+        "each" => ("[agent]\naudit_group_commit = false\n", "fsync per signature"),
+        "off" => ("[agent]\naudit_fsync = false\n", "no fsync"),
+        other => panic!("--audit group|each|off, not {other}"),
+    };
     let hsm = SoftHsm::new();
     hsm.init_token(LABEL, "5555", PIN);
     let pin = hsm.pin_file("pin", PIN);
@@ -105,6 +52,7 @@ fn main() {
         .softhsm(&hsm)
         .log_level("warn")
         .config(&pkcs11_device("hsm", LABEL, &pin))
+        .config(audit_config)
         .config(
             &std::env::var("BENCH_AGENT_CONFIG")
                 .unwrap_or_default()
@@ -114,10 +62,8 @@ fn main() {
     let ready = t0.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let idle_rss = rss_kib(agent.pid());
-    agent
-        .client()
-        .generate_key("hsm/p256", KeyAlg::P256)
-        .unwrap();
+    let mut control = agent.client();
+    control.generate_key("hsm/p256", KeyAlg::P256).unwrap();
 
     // Direct: cryptoki in this process, one session per thread, CKM_ECDSA on a digest.
     let ctx = Pkcs11::new(SOFTHSM_MODULE).unwrap();
@@ -136,7 +82,7 @@ fn main() {
     }
     let direct = |threads: usize| {
         let ctx = ctx.clone();
-        measure(
+        measure_threads(
             threads,
             secs,
             move || {
@@ -158,7 +104,7 @@ fn main() {
     let socket = agent.socket.clone();
     let through_agent = |threads: usize| {
         let socket = socket.clone();
-        measure(
+        measure_threads(
             threads,
             secs,
             move || {
@@ -178,65 +124,190 @@ fn main() {
         )
     };
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string))
-        })
-        .unwrap_or_default();
-    println!(
-        "Machine: {} cores, {cpu}; SoftHSM2 P-256 (CKM_ECDSA), {secs} s per row",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!();
-    println!("| path | clients | signatures/s | p50 | p99 | agent/direct |");
-    println!("|---|---|---|---|---|---|");
-    let clients: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--clients")
-        .nth(1)
-        .map_or_else(
-            || vec![1, 4],
-            |list| {
-                list.split(',')
-                    .map(|n| n.trim().parse().expect("--clients N,N,…"))
-                    .collect()
-            },
-        );
-    for threads in clients {
+    let mut report = Report::new();
+    report.line(&format!(
+        "#### SoftHSM2 P-256 (CKM_ECDSA, {}): direct cryptoki vs `agent.sock`, audit log: {audit_word}",
+        softhsm_version()
+    ));
+    report.line("");
+    report.line(&format!("{secs} s per row; the direct rows use one in-process session per client thread, the agent rows one `agent.sock` connection per client thread."));
+    let mut table = Table::new(&[
+        "path",
+        "audit log",
+        "clients",
+        "signatures/s",
+        "p50",
+        "p99",
+        "agent/direct",
+        "signatures per fsync",
+    ]);
+    let mut ratios: Vec<(usize, f64)> = Vec::new();
+    let mut added: Option<(f64, f64, f64)> = None;
+    for &threads in &clients {
         let d = direct(threads);
+        let before = control.status().unwrap().audit.unwrap();
         let a = through_agent(threads);
-        println!(
-            "| direct cryptoki | {threads} | {:.0} | {:.1} µs | {:.1} µs | |",
-            d.rate,
-            d.p50.as_secs_f64() * 1e6,
-            d.p99.as_secs_f64() * 1e6
-        );
-        println!(
-            "| through agent.sock | {threads} | {:.0} | {:.1} µs | {:.1} µs | {:.2} |",
-            a.rate,
-            a.p50.as_secs_f64() * 1e6,
-            a.p99.as_secs_f64() * 1e6,
-            a.rate / d.rate
-        );
+        let after = control.status().unwrap().audit.unwrap();
+        let signatures = (after.appended - before.appended) / 2;
+        let syncs = after.syncs - before.syncs;
+        let per_sync = if audit == "off" || syncs == 0 {
+            "—".to_string()
+        } else {
+            format!("{:.1}", signatures as f64 / syncs as f64)
+        };
+        table.row(vec![
+            "direct cryptoki".into(),
+            "—".into(),
+            threads.to_string(),
+            rate(d.rate),
+            lat(d.p50),
+            lat(d.p99),
+            String::new(),
+            String::new(),
+        ]);
+        table.row(vec![
+            "through agent.sock".into(),
+            audit_word.into(),
+            threads.to_string(),
+            rate(a.rate),
+            lat(a.p50),
+            lat(a.p99),
+            format!("**{:.2}**", a.rate / d.rate),
+            per_sync,
+        ]);
+        ratios.push((threads, a.rate / d.rate));
         if threads == 1 {
-            let added = (1.0 / a.rate - 1.0 / d.rate) * 1e6;
-            println!("| added latency (1/agent − 1/direct) | 1 | | {added:.1} µs | | |");
+            let by_rate = (1.0 / a.rate - 1.0 / d.rate) * 1e6;
+            let p50 = bench::us(a.p50) - bench::us(d.p50);
+            let p99 = bench::us(a.p99) - bench::us(d.p99);
+            added = Some((by_rate, p50, p99));
+            table.row(vec![
+                "added latency (agent − direct)".into(),
+                audit_word.into(),
+                "1".into(),
+                String::new(),
+                format!("{p50:.0} µs"),
+                format!("{p99:.0} µs"),
+                format!("1/rate: {by_rate:.0} µs"),
+                String::new(),
+            ]);
         }
     }
-    ssh_comparison(&hsm, &agent, secs);
-    println!();
-    println!("Agent: ready {:.0} ms after spawn (to first `hello` answered); idle RSS {:.1} MiB; after the run {:.1} MiB", ready.as_secs_f64() * 1e3, idle_rss as f64 / 1024.0, rss_kib(agent.pid()) as f64 / 1024.0);
+    report.table(&table);
+
+    let ssh = if ssh_clients.is_empty() {
+        Vec::new()
+    } else {
+        ssh_comparison(&hsm, &agent, secs, &ssh_clients, &mut report)
+    };
+
+    let after_rss = rss_kib(agent.pid());
+    let mut t = Table::new(&["agent", "value"]);
+    t.row(vec![
+        "ready (spawn to first `hello` answered)".into(),
+        format!("{:.0} ms", ready.as_secs_f64() * 1e3),
+    ]);
+    t.row(vec![
+        "idle RSS (before any signature)".into(),
+        format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+    ]);
+    t.row(vec![
+        format!(
+            "RSS after the run ({} connections at most)",
+            clients.iter().chain(&ssh_clients).max().unwrap_or(&0)
+        ),
+        format!("{:.1} MiB", after_rss as f64 / 1024.0),
+    ]);
+    report.table(&t);
+
+    // DESIGN.md's targets, for what this run measured.
+    let mut t = Table::new(&["target (DESIGN.md)", "measured", ""]);
+    let four_plus: Vec<&(usize, f64)> = ratios.iter().filter(|(n, _)| *n >= 4).collect();
+    let list = |v: &[&(usize, f64)]| {
+        v.iter()
+            .map(|(n, r)| format!("{r:.2} at {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match audit.as_str() {
+        "off" => {
+            if let Some((by_rate, p50, p99)) = added {
+                t.row(vec![
+                    "added latency p50 ≤ 30 µs (fsync aside)".into(),
+                    format!("{p50:.0} µs (1/rate: {by_rate:.0} µs)"),
+                    verdict(p50 <= 30.0),
+                ]);
+                t.row(vec![
+                    "added latency p99 ≤ 200 µs".into(),
+                    format!("{p99:.0} µs"),
+                    verdict(p99 <= 200.0),
+                ]);
+            }
+            if !four_plus.is_empty() {
+                t.row(vec![
+                    "≥ 4 clients, audit fsync off: agent/direct ≥ 0.90".into(),
+                    list(&four_plus),
+                    verdict(four_plus.iter().all(|(_, r)| *r >= 0.90)),
+                ]);
+            }
+        }
+        "group" if !four_plus.is_empty() => {
+            t.row(vec![
+                "≥ 4 clients, audit fsync on (group commit): agent/direct ≥ 0.80".into(),
+                list(&four_plus),
+                verdict(four_plus.iter().all(|(_, r)| *r >= 0.80)),
+            ]);
+        }
+        _ => {}
+    }
+    for (n, ratio) in &ssh {
+        let goal = if *n >= 4 { 2.0 } else { 1.0 };
+        if *n == 1 || *n == 4 {
+            t.row(vec![
+                format!("SSH through ssh.sock ≥ {goal:.0}× OpenSSH at {n} client(s)"),
+                format!("{ratio:.2}×"),
+                verdict(*ratio >= goal),
+            ]);
+        }
+    }
+    t.row(vec![
+        "agent idle RSS ≤ 15 MiB".into(),
+        format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+        verdict(idle_rss <= 15 * 1024),
+    ]);
+    t.row(vec![
+        "ready ≤ 100 ms after start".into(),
+        format!("{:.0} ms", ready.as_secs_f64() * 1e3),
+        verdict(ready <= Duration::from_millis(100)),
+    ]);
+    report.table(&t);
+    report.finish();
+}
+
+/// `softhsm2-util --version`.
+fn softhsm_version() -> String {
+    Command::new("softhsm2-util")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| format!("SoftHSM2 {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| "SoftHSM2".into())
 }
 
 /// SSH signatures at the protocol level: waxseal's ssh.sock vs OpenSSH's ssh-agent with
 /// the same SoftHSM2 token loaded by `ssh-add -s`, same key, same client loop.
-fn ssh_comparison(hsm: &SoftHsm, agent: &Agent, secs: f64) {
+fn ssh_comparison(
+    hsm: &SoftHsm,
+    agent: &Agent,
+    secs: f64,
+    clients: &[usize],
+    report: &mut Report,
+) -> Vec<(usize, f64)> {
     use ssh_agent_lib::blocking::Client as SshClient;
     use ssh_agent_lib::proto::SignRequest;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixStream;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let tmp = tempfile::tempdir().unwrap();
     let oss_sock = tmp.path().join("openssh.sock");
@@ -289,7 +360,7 @@ fn ssh_comparison(hsm: &SoftHsm, agent: &Agent, secs: f64) {
     let credential = ours.credential;
     let bench = |sock: std::path::PathBuf, threads: usize| {
         let credential = credential.clone();
-        measure(
+        measure_threads(
             threads,
             secs,
             move || SshClient::new(UnixStream::connect(&sock).unwrap()),
@@ -305,39 +376,44 @@ fn ssh_comparison(hsm: &SoftHsm, agent: &Agent, secs: f64) {
             },
         )
     };
-    println!();
-    println!("SSH agent protocol, ecdsa-sha2-nistp256 on the same SoftHSM2 key, 64-byte payload:");
-    println!();
-    println!("| agent | clients | signatures/s | p50 | p99 | waxseal/OpenSSH |");
-    println!("|---|---|---|---|---|---|");
-    let clients: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--clients")
-        .nth(1)
-        .map_or_else(
-            || vec![1, 4],
-            |list| {
-                list.split(',')
-                    .map(|n| n.trim().parse().expect("--clients N,N,…"))
-                    .collect()
-            },
-        );
-    for threads in clients {
+    report.line(&format!("#### SSH signing: `ssh.sock` vs OpenSSH `ssh-agent` + `ssh-add -s` ({})", openssh_version()));
+    report.line("");
+    report.line(&format!("The same SoftHSM2 P-256 key in both agents (checked), `SSH_AGENTC_SIGN_REQUEST` with a 64-byte payload from `ssh_agent_lib::blocking::Client`, one connection per client thread, {secs} s per row."));
+    let mut table = Table::new(&["agent", "clients", "signatures/s", "p50", "p99", "waxseal/OpenSSH"]);
+    let mut ratios = Vec::new();
+    for &threads in clients {
         let o = bench(oss_sock.clone(), threads);
         let w = bench(agent.ssh_socket.clone(), threads);
-        println!(
-            "| OpenSSH ssh-agent + ssh-add -s | {threads} | {:.0} | {:.1} µs | {:.1} µs | |",
-            o.rate,
-            o.p50.as_secs_f64() * 1e6,
-            o.p99.as_secs_f64() * 1e6
-        );
-        println!(
-            "| waxseal ssh.sock | {threads} | {:.0} | {:.1} µs | {:.1} µs | {:.2} |",
-            w.rate,
-            w.p50.as_secs_f64() * 1e6,
-            w.p99.as_secs_f64() * 1e6,
-            w.rate / o.rate
-        );
+        table.row(vec![
+            "OpenSSH ssh-agent + ssh-add -s".into(),
+            threads.to_string(),
+            rate(o.rate),
+            lat(o.p50),
+            lat(o.p99),
+            String::new(),
+        ]);
+        table.row(vec![
+            "waxseal ssh.sock".into(),
+            threads.to_string(),
+            rate(w.rate),
+            lat(w.p50),
+            lat(w.p99),
+            format!("**{:.2}×**", w.rate / o.rate),
+        ]);
+        ratios.push((threads, w.rate / o.rate));
     }
+    report.table(&table);
     let _ = oss.kill();
     let _ = oss.wait();
+    ratios
+}
+
+/// `ssh -V` (it prints to stderr).
+fn openssh_version() -> String {
+    Command::new("ssh")
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_else(|| "OpenSSH".into())
 }
