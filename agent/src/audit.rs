@@ -7,14 +7,16 @@
 //! hash of the old file's last line, so the chain runs through every file.
 //!
 //! **Durability.** A signature is recorded before it is made (`intent`), and the
-//! client gets it only once that record is on disk. The first request to wait becomes
-//! the leader and runs one `fdatasync` for everything written so far; requests that
-//! wait meanwhile are served by that sync or the next one (group commit), so with N
-//! concurrent requests there is about one sync per N signatures, and a lone request
-//! pays one sync and no thread hand-off. (A background syncer thread overlapping the
-//! device's work was measured first: its two wake-ups per signature cost more than the
-//! overlap saved here, see docs/benchmarks.md.) The outcome (`signed`, `failed`) is
-//! appended after, without waiting. `audit_fsync = false` skips the syncs (the lines still reach the
+//! client gets it only once that record is on disk. With group commit (the default)
+//! writing the intent wakes the `audit-sync` thread, whose `fdatasync` then runs while
+//! the device signs, and covers every line written before it started; intents written
+//! during a sync are covered by the next one, so with N concurrent requests there is
+//! about one sync per N signatures. A request whose signature is ready polls (one per
+//! CPU, with `sched_yield`) for its sync to end before it sleeps, because a thread
+//! wake-up costs as much as a sync on the VMs measured (docs/benchmarks.md has the
+//! designs tried). `audit_group_commit = false` makes every signature pay its own sync
+//! after signing, for comparison. The outcome (`signed`, `failed`) is appended after,
+//! without waiting. `audit_fsync = false` skips the syncs (the lines still reach the
 //! kernel before the client gets its signature, so they survive the agent being
 //! killed, but not the machine losing power).
 
@@ -22,7 +24,8 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -105,9 +108,8 @@ pub struct Audit {
     dir: PathBuf,
     durability: Durability,
     max_bytes: u64,
-    shared: Shared,
+    shared: Arc<Shared>,
     appended: AtomicU64,
-    syncs: AtomicU64,
     waited: AtomicU64,
 }
 
@@ -122,8 +124,16 @@ impl std::fmt::Debug for Audit {
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when a sync ends (wakes the requests waiting for it).
+    /// Signalled when a sync ends (wakes the requests sleeping on it).
     changed: Condvar,
+    /// Signalled when an intent is written while the syncer thread is idle.
+    kick: Condvar,
+    /// `State::synced`, readable without the lock by requests polling for it.
+    synced: AtomicU64,
+    /// Requests polling `synced` now; at most one per CPU polls, the rest sleep.
+    polling: AtomicUsize,
+    /// `fdatasync` calls made.
+    syncs: AtomicU64,
 }
 
 struct State {
@@ -136,8 +146,16 @@ struct State {
     synced: u64,
     /// The last sync's failure, reported to every waiter until a sync succeeds.
     sync_error: Option<String>,
-    /// A leader is running `fdatasync`.
-    syncing: bool,
+    /// The highest intent `seq` that a request needs on disk.
+    want: u64,
+    /// The syncer thread is waiting for `kick`.
+    syncer_idle: bool,
+    /// Requests sleeping on `changed`.
+    sleepers: usize,
+    /// The last failed sync covered lines up to here.
+    failed_upto: u64,
+    /// The `Audit` is gone: the syncer thread ends.
+    closing: bool,
     /// The last lines, for `audit_tail`.
     recent: VecDeque<String>,
 }
@@ -154,7 +172,7 @@ impl Audit {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         set_mode(&path, 0o600);
         let size = file.metadata()?.len();
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 file: Arc::new(file),
                 size,
@@ -162,11 +180,25 @@ impl Audit {
                 written,
                 synced: written,
                 sync_error: None,
-                syncing: false,
+                want: written,
+                syncer_idle: false,
+                sleepers: 0,
+                failed_upto: 0,
+                closing: false,
                 recent,
             }),
             changed: Condvar::new(),
-        };
+            kick: Condvar::new(),
+            synced: AtomicU64::new(written),
+            polling: AtomicUsize::new(0),
+            syncs: AtomicU64::new(0),
+        });
+        if durability == Durability::GroupCommit {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("audit-sync".into())
+                .spawn(move || syncer(&shared))?;
+        }
         info!(dir = %dir.display(), records = written, durability = durability.word(), "audit log open");
         Ok(Audit {
             dir: dir.to_path_buf(),
@@ -174,7 +206,6 @@ impl Audit {
             max_bytes,
             shared,
             appended: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
             waited: AtomicU64::new(0),
         })
     }
@@ -231,6 +262,14 @@ impl Audit {
         }
         st.recent.push_back(text);
         self.appended.fetch_add(1, Ordering::Relaxed);
+        if record.event == "intent" && self.durability == Durability::GroupCommit {
+            // Start the sync now, while the device signs.
+            st.want = seq;
+            if st.syncer_idle {
+                st.syncer_idle = false;
+                self.shared.kick.notify_one();
+            }
+        }
         Ok(seq)
     }
 
@@ -250,6 +289,7 @@ impl Audit {
                 match result {
                     Ok(()) => {
                         st.synced = st.synced.max(seq);
+                        self.shared.synced.store(st.synced, Ordering::Release);
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -259,52 +299,56 @@ impl Audit {
         }
     }
 
+    /// Group commit: the syncer thread started a sync when the intent was written;
+    /// wait for it (or for the one after it), polling briefly before sleeping.
     fn wait_group(&self, seq: u64) -> Result<(), String> {
-        let mut st = self.shared.lock();
-        if st.synced >= seq {
+        let shared = &*self.shared;
+        if shared.synced.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
         self.waited.fetch_add(1, Ordering::Relaxed);
+        // A sync takes 50–150 µs on the machines measured; sleeping and being woken
+        // would add a thread wake-up (30–50 µs on VMs) to every signature. One request
+        // per CPU polls; sched_yield lets any runnable thread go first.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if shared.polling.fetch_add(1, Ordering::AcqRel) < cpus {
+            let end = Instant::now() + POLL;
+            while Instant::now() < end {
+                if shared.synced.load(Ordering::Acquire) >= seq {
+                    shared.polling.fetch_sub(1, Ordering::AcqRel);
+                    return Ok(());
+                }
+                std::thread::yield_now();
+            }
+        }
+        shared.polling.fetch_sub(1, Ordering::AcqRel);
+        let mut st = shared.lock();
         loop {
             if st.synced >= seq {
                 return Ok(());
             }
-            if !st.syncing {
-                st.syncing = true;
-                let target = st.written;
-                let file = st.file.clone();
-                drop(st);
-                let result = self.sync(&file);
-                st = self.shared.lock();
-                st.syncing = false;
-                match result {
-                    Ok(()) => {
-                        st.synced = st.synced.max(target);
-                        st.sync_error = None;
-                    }
-                    Err(e) => st.sync_error = Some(e),
-                }
-                self.shared.changed.notify_all();
-                if let Some(e) = &st.sync_error {
+            if let Some(e) = &st.sync_error {
+                if st.failed_upto >= seq {
                     return Err(e.clone());
                 }
-                continue;
             }
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            if st.want < seq {
+                // After a failed sync: ask for another.
+                st.want = seq;
+                if st.syncer_idle {
+                    st.syncer_idle = false;
+                    shared.kick.notify_one();
+                }
+            }
+            st.sleepers += 1;
+            st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.sleepers -= 1;
         }
     }
 
     /// One `fdatasync`, counted; the error as the client is told it.
     fn sync(&self, file: &File) -> Result<(), String> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        file.sync_data().map_err(|e| {
-            error!(error = %e, "cannot sync the audit log");
-            format!("cannot sync the audit log: {e}")
-        })
+        sync_counted(&self.shared, file)
     }
 
     /// How records reach the disk.
@@ -316,7 +360,7 @@ impl Audit {
     pub fn counts(&self) -> AuditCounts {
         AuditCounts {
             appended: self.appended.load(Ordering::Relaxed),
-            syncs: self.syncs.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
             waited: self.waited.load(Ordering::Relaxed),
         }
     }
@@ -339,6 +383,7 @@ impl Audit {
             .sync_data()
             .map_err(|e| format!("cannot sync the audit log before rotating it: {e}"))?;
         st.synced = st.written;
+        self.shared.synced.store(st.synced, Ordering::Release);
         let old = self.dir.join(format!("audit-{:012}.jsonl", st.written));
         std::fs::rename(self.dir.join(CURRENT), &old)
             .map_err(|e| format!("cannot rotate the audit log: {e}"))?;
@@ -362,6 +407,64 @@ impl Audit {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.closing = true;
+        self.shared.kick.notify_all();
+    }
+}
+
+/// How long a request polls for its sync before sleeping.
+const POLL: Duration = Duration::from_micros(400);
+
+/// One `fdatasync`, counted; the error as the client is told it.
+fn sync_counted(shared: &Shared, file: &File) -> Result<(), String> {
+    shared.syncs.fetch_add(1, Ordering::Relaxed);
+    file.sync_data().map_err(|e| {
+        error!(error = %e, "cannot sync the audit log");
+        format!("cannot sync the audit log: {e}")
+    })
+}
+
+/// The `audit-sync` thread of group commit: whenever an intent is waiting, one
+/// `fdatasync` for every line written so far; then it publishes what is on disk.
+/// Intents written during a sync are served by the next one.
+fn syncer(shared: &Shared) {
+    let mut st = shared.lock();
+    loop {
+        while st.want <= st.synced && !st.closing {
+            st.syncer_idle = true;
+            st = shared.kick.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.syncer_idle = false;
+        if st.closing {
+            return;
+        }
+        let target = st.written;
+        let file = st.file.clone();
+        drop(st);
+        let result = sync_counted(shared, &file);
+        st = shared.lock();
+        match result {
+            Ok(()) => {
+                st.synced = st.synced.max(target);
+                shared.synced.store(st.synced, Ordering::Release);
+                st.sync_error = None;
+            }
+            Err(e) => {
+                st.sync_error = Some(e);
+                st.failed_upto = target;
+                // Retried when the next request asks.
+                st.want = st.synced;
+            }
+        }
+        if st.sleepers > 0 {
+            shared.changed.notify_all();
+        }
     }
 }
 
@@ -509,5 +612,42 @@ mod tests {
         let broken = verify_files(&all).unwrap_err();
         assert_eq!(broken.line, 3, "{broken}");
         assert!(broken.problem.contains("missing"), "{broken}");
+    }
+
+    #[test]
+    fn group_commit_serves_concurrent_signatures_with_fewer_syncs() {
+        for durability in [Durability::GroupCommit, Durability::SyncEach] {
+            let dir = tempfile::tempdir().unwrap();
+            let audit = Arc::new(Audit::open(dir.path(), durability, 64 << 20).unwrap());
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let audit = audit.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..50 {
+                            let seq = audit
+                                .append(&record("intent", &format!("hsm/t{t}-{i}")))
+                                .unwrap();
+                            audit.wait_durable(seq).unwrap();
+                            assert!(audit.shared.synced.load(Ordering::Acquire) >= seq);
+                            audit.append(&record("signed", "hsm/x")).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let c = audit.counts();
+            assert_eq!(c.appended, 800);
+            assert!(c.syncs >= 1 && c.waited <= 400, "{durability:?}: {c:?}");
+            if durability == Durability::SyncEach {
+                assert_eq!(c.syncs, c.waited, "one sync per waiting signature");
+            } else {
+                assert!(c.syncs <= 400, "at most one sync per intent: {c:?}");
+            }
+            drop(audit);
+            let ok = verify_files(&files(dir.path()).unwrap()).unwrap();
+            assert_eq!(ok.records, 800);
+        }
     }
 }

@@ -2,17 +2,21 @@
 //! pcscd, direct `yubikey` crate calls versus through `waxseal-agent` over `agent.sock`,
 //! and the agent's added latency per signature.
 //!
-//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench-piv -- [--seconds N]`.
+//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench-piv -- [--seconds N]
+//! [--clients 1,2,16,64] [--out FILE]`. With N clients, the direct rows are N threads
+//! of one process sharing one card handle (a card runs one command at a time, and
+//! pcscd allows 16 handles per reader); the agent rows are N `agent.sock` connections.
 //! The key has PIN policy `once` and touch policy `never`. The agent signs first and
 //! verifies the PIN only when the card asks (after another client reset it), so its
 //! like-for-like direct baseline is the sign-only row; the VERIFY + sign row shows what
 //! a PIN verification per signature would cost.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use piv_emulator::harness::{Config, Harness};
-use pkcs11_tests::bench::{measure, us};
+use pkcs11_tests::bench::{self, lat, measure, measure_threads, rate, us, Report, Table};
 use pkcs11_tests::{bins, Agent};
 use waxseal_agent::proto::{HashAlg, PinPolicy, TouchPolicy};
 use yubikey::piv::{self, AlgorithmId, SlotId};
@@ -21,10 +25,8 @@ use yubikey::{Serial, YubiKey};
 const SERIAL: u32 = 20_260_777;
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
-        .nth(1)
-        .map_or(3.0, |s| s.parse().expect("--seconds N"));
+    let secs = bench::seconds(3.0);
+    let clients = bench::counts("--clients", &[1]);
     let mut config = Config::new(bins().piv_emulator.clone());
     config.serial = SERIAL;
     config.touch_delay = Duration::ZERO;
@@ -64,47 +66,87 @@ fn main() {
             .unwrap();
         })
     };
-    // Direct, sign only (PIN verified once).
-    let (s_rate, s50, _) = {
-        let mut yk = YubiKey::open_by_serial(Serial::from(SERIAL)).unwrap();
-        yk.verify_pin(b"123456").unwrap();
-        measure(secs, || {
-            piv::sign_data(
-                &mut yk,
-                &digest,
-                AlgorithmId::EccP256,
-                SlotId::Authentication,
-            )
-            .unwrap();
-        })
-    };
-    // Through the agent.
-    let (a_rate, a50, a99) = measure(secs, || {
-        client
-            .sign_digest("yk/9a", &digest, Some(HashAlg::Sha256), None)
-            .unwrap();
-    });
-    // Like for like: with PIN policy `once` the agent verifies only when the card asks.
-    let added = 1e6 / a_rate - 1e6 / s_rate;
-    println!("waxseal-bench-piv: P-256 on piv-emulator via pcscd/vpcd, {secs} s per row, 1 client");
-    println!("| path | sig/s | p50 µs | p99 µs |");
-    println!("|---|---|---|---|");
-    println!(
-        "| direct yubikey crate, sign only | {s_rate:.0} | {:.0} | |",
-        us(s50)
-    );
-    println!(
-        "| direct yubikey crate, VERIFY PIN + sign | {d_rate:.0} | {:.0} | {:.0} |",
-        us(d50),
-        us(d99)
-    );
-    println!(
-        "| through agent.sock | {a_rate:.0} | {:.0} | {:.0} |",
-        us(a50),
-        us(a99)
-    );
-    println!(
-        "agent / direct sign-only {:.2}; added latency {added:.0} µs per signature (1/rate_agent − 1/rate_direct)",
-        a_rate / s_rate
-    );
+    // Direct, sign only (PIN verified once), N threads sharing the handle.
+    // A fresh handle for each row: the agent's use of the card in between resets the
+    // card for other handles (pcscd reports SCARD_W_RESET_CARD to them).
+    let socket = agent.socket.clone();
+    let mut rows = Vec::new();
+    for &n in &clients {
+        let yk = {
+            let mut yk = YubiKey::open_by_serial(Serial::from(SERIAL)).unwrap();
+            yk.verify_pin(b"123456").unwrap();
+            Arc::new(Mutex::new(yk))
+        };
+        let direct = measure_threads(
+            n,
+            secs,
+            move || yk.clone(),
+            move |yk| {
+                let mut yk = yk.lock().unwrap();
+                piv::sign_data(
+                    &mut yk,
+                    &digest,
+                    AlgorithmId::EccP256,
+                    SlotId::Authentication,
+                )
+                .unwrap();
+            },
+        );
+        let socket = socket.clone();
+        let via = measure_threads(
+            n,
+            secs,
+            move || waxseal_agent::client::Client::connect(&socket).unwrap(),
+            move |c| {
+                c.sign_digest("yk/9a", &digest, Some(HashAlg::Sha256), None)
+                    .unwrap();
+            },
+        );
+        rows.push((n, direct, via));
+    }
+    drop(client);
+
+    let mut report = Report::new();
+    report.line("#### P-256 on the PIV emulator (piv-emulator on pcscd + vpcd): direct `yubikey` crate vs `agent.sock`");
+    report.line("");
+    report.line(&format!("{secs} s per row. Slot 9a, PIN policy `once`, touch `never`. Direct: the `yubikey` crate in-process through the same pcscd, PIN verified once, N threads sharing one handle; the agent signs first and verifies only when the card asks, so sign-only is its like-for-like baseline. Agent rows: one `agent.sock` connection per client thread."));
+    let mut table = Table::new(&["path", "clients", "signatures/s", "p50", "p99", "agent/direct"]);
+    table.row(vec![
+        "direct, VERIFY PIN + sign each time".into(),
+        "1".into(),
+        rate(d_rate),
+        lat(d50),
+        lat(d99),
+        String::new(),
+    ]);
+    for (n, d, a) in &rows {
+        table.row(vec![
+            "direct `yubikey` crate, sign only".into(),
+            n.to_string(),
+            rate(d.rate),
+            lat(d.p50),
+            lat(d.p99),
+            String::new(),
+        ]);
+        table.row(vec![
+            "through agent.sock".into(),
+            n.to_string(),
+            rate(a.rate),
+            lat(a.p50),
+            lat(a.p99),
+            format!("**{:.2}**", a.rate / d.rate),
+        ]);
+        if *n == 1 {
+            table.row(vec![
+                "added latency (agent − direct)".into(),
+                "1".into(),
+                String::new(),
+                format!("{:.0} µs", us(a.p50) - us(d.p50)),
+                format!("{:.0} µs", us(a.p99) - us(d.p99)),
+                format!("1/rate: {:.0} µs", (1.0 / a.rate - 1.0 / d.rate) * 1e6),
+            ]);
+        }
+    }
+    report.table(&table);
+    report.finish();
 }

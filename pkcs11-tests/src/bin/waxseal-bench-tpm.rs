@@ -2,14 +2,16 @@
 //! `tss-esapi` versus through `waxseal-agent` over `agent.sock`; TPM commands per
 //! signature (counted by the backend); SRK creation and key load times.
 //!
-//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench-tpm -- [--seconds N]`.
-//! swtpm serves one connection at a time, so the phases run one after another.
+//! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench-tpm -- [--seconds N]
+//! [--clients 1,2,16,64] [--out FILE]`. swtpm serves one connection at a time, so the
+//! phases run one after another, and the direct baseline is one ESAPI context: a TPM
+//! runs one command at a time, so no number of clients can beat it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
 
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use pkcs11_tests::bench::{measure, us};
+use pkcs11_tests::bench::{self, lat, measure, measure_threads, rate, us, Report, Table};
 use pkcs11_tests::{tpm_device, Agent, Swtpm};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
@@ -24,10 +26,8 @@ use waxseal_agent::backend::SignInput;
 use waxseal_agent::proto::{KeyAlg, RsaPadding};
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
-        .nth(1)
-        .map_or(3.0, |s| s.parse().expect("--seconds N"));
+    let secs = bench::seconds(3.0);
+    let clients = bench::counts("--clients", &[1, 2]);
     let tpm = Swtpm::start();
     let keys = tempfile::tempdir().unwrap();
     let digest = [0x5au8; 32];
@@ -126,65 +126,79 @@ fn main() {
         .log_level("warn")
         .config(&tpm_device("tpm", &tpm, keys.path(), None))
         .start();
-    let mut client = agent.client();
-    client
+    agent
+        .client()
         .sign_digest("tpm/bench", &digest, None, None)
         .unwrap();
-    let via = measure(secs, || {
-        client
-            .sign_digest("tpm/bench", &digest, None, None)
-            .unwrap();
-    });
-    // Two clients at once: the TPM is serial; the agent queues them on its one lane.
-    let two = {
-        let stop = Instant::now() + Duration::from_secs_f64(secs);
-        let socket = agent.socket.clone();
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let socket = socket.clone();
-                std::thread::spawn(move || {
-                    let mut c = waxseal_agent::client::Client::connect(&socket).unwrap();
-                    let mut n = 0u64;
-                    while Instant::now() < stop {
-                        c.sign_digest("tpm/bench", &[1u8; 32], None, None).unwrap();
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        total as f64 / secs
-    };
+    let socket = agent.socket.clone();
+    let via: Vec<(usize, bench::Run)> = clients
+        .iter()
+        .map(|&n| {
+            let socket = socket.clone();
+            let run = measure_threads(
+                n,
+                secs,
+                move || waxseal_agent::client::Client::connect(&socket).unwrap(),
+                move |c| {
+                    c.sign_digest("tpm/bench", &digest, None, None).unwrap();
+                },
+            );
+            (n, run)
+        })
+        .collect();
 
-    println!("| P-256 on swtpm | clients | signatures/s | p50 | p99 | agent / direct |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| direct tss-esapi (TPM2_Sign on a loaded key) | 1 | {:.0} | {:.0} µs | {:.0} µs | |",
-        direct.0,
-        us(direct.1),
-        us(direct.2)
-    );
-    println!(
-        "| through agent.sock | 1 | {:.0} | {:.0} µs | {:.0} µs | {:.2} |",
-        via.0,
-        us(via.1),
-        us(via.2),
-        via.0 / direct.0
-    );
-    println!(
-        "| through agent.sock | 2 | {two:.0} | | | {:.2} |",
-        two / direct.0
-    );
-    println!(
-        "| added latency (1/agent − 1/direct) | 1 | | {:.1} µs | | |",
-        (1.0 / via.0 - 1.0 / direct.0) * 1e6
-    );
-    println!();
-    println!(
-        "TPM commands per signature: {warm_cmds:.2} with the key loaded; {cold_cmds} for the first signature on a new connection (SRK create + load + sign; {first_ms:.1} ms)."
-    );
-    println!(
-        "SRK (ECC P-256 primary) creation: {srk_ms:.1} ms; key load (TPM2_Load + flush): {load_ms:.2} ms."
-    );
+    let mut report = Report::new();
+    report.line(&format!("#### P-256 on swtpm ({}): direct tss-esapi vs `agent.sock`", swtpm_version()));
+    report.line("");
+    report.line(&format!("{secs} s per row. Direct: one ESAPI context in-process, `TPM2_Sign` (ECDSA SHA-256) on a loaded key, the agent's SRK and key templates. swtpm serves one connection and runs one command at a time, so the direct row is the ceiling for any number of clients; the agent rows have one `agent.sock` connection per client thread."));
+    let mut table = Table::new(&["path", "clients", "signatures/s", "p50", "p99", "agent/direct"]);
+    table.row(vec![
+        "direct tss-esapi".into(),
+        "1".into(),
+        rate(direct.0),
+        lat(direct.1),
+        lat(direct.2),
+        String::new(),
+    ]);
+    for (n, r) in &via {
+        table.row(vec![
+            "through agent.sock".into(),
+            n.to_string(),
+            rate(r.rate),
+            lat(r.p50),
+            lat(r.p99),
+            format!("**{:.2}**", r.rate / direct.0),
+        ]);
+        if *n == 1 {
+            table.row(vec![
+                "added latency (agent − direct)".into(),
+                "1".into(),
+                String::new(),
+                format!("{:.0} µs", us(r.p50) - us(direct.1)),
+                format!("{:.0} µs", us(r.p99) - us(direct.2)),
+                format!("1/rate: {:.0} µs", (1.0 / r.rate - 1.0 / direct.0) * 1e6),
+            ]);
+        }
+    }
+    report.table(&table);
+    report.line(&format!(
+        "TPM commands per signature: {warm_cmds:.2} with the key loaded; {cold_cmds} for the first signature on a new connection (SRK create + load + sign: {first_ms:.1} ms). SRK (ECC P-256 primary) creation: {srk_ms:.1} ms; key load (`TPM2_Load` + flush): {load_ms:.2} ms."
+    ));
+    report.line("");
+    report.finish();
+}
+
+/// `swtpm --version`, first line.
+fn swtpm_version() -> String {
+    std::process::Command::new("swtpm")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "swtpm".into())
 }
