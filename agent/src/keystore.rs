@@ -20,9 +20,9 @@ use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
-    AttestOk, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, HashAlg, KeyAlg, KeyInfo, ListKeysOk,
-    AuditStatus, PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk,
-    UnlockOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
+    AttestOk, AuditStatus, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, HashAlg, KeyAlg, KeyInfo,
+    ListKeysOk, PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
+    StoreCertificateOk, UnlockOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
 use crate::worker::{DeviceLanes, LaneError};
 use crate::x509::{SigFamily, TbsSummary};

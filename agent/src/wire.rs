@@ -7,9 +7,15 @@
 //! costs ~49 µs of wake-ups against ~4 µs when the reader is already awake, so a
 //! signature that takes the device ~55 µs is best waited for awake. The yield hands
 //! the CPU to any thread that has work, so polling only uses time nobody else wants.
+//!
+//! At most one reader per CPU polls at a time in a process; the others block at once.
+//! With many connections busy (64 clients on 2 cores), a crowd of polling threads
+//! would each take a turn on the CPU for nothing between real work.
 
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rustix::net::RecvFlags;
@@ -28,6 +34,33 @@ pub enum ReadError {
     TooLarge(u64),
     /// The stream broke (or closed mid-frame).
     Broken(io::Error),
+}
+
+/// Readers polling now, in this process.
+static POLLING: AtomicUsize = AtomicUsize::new(0);
+
+/// A turn at polling, given back when dropped; `None` when every CPU already has a
+/// polling reader.
+struct PollTurn;
+
+impl PollTurn {
+    fn take() -> Option<PollTurn> {
+        static CPUS: OnceLock<usize> = OnceLock::new();
+        let cpus =
+            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if POLLING.fetch_add(1, Ordering::AcqRel) < cpus {
+            Some(PollTurn)
+        } else {
+            POLLING.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+impl Drop for PollTurn {
+    fn drop(&mut self) {
+        POLLING.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A buffered frame reader for one stream.
@@ -96,6 +129,12 @@ impl FrameReader {
             self.end = 0;
         }
         let began = Instant::now();
+        let mut turn = if spin.is_zero() {
+            None
+        } else {
+            PollTurn::take()
+        };
+        let spin = if turn.is_some() { spin } else { Duration::ZERO };
         let mut frame_started: Option<Instant> = (self.end > self.start).then_some(began);
         loop {
             let need = match self.split()? {
@@ -132,6 +171,8 @@ impl FrameReader {
                     Err(e) => Err(io::Error::from(e)),
                 }
             } else {
+                // Done polling: let another reader have the turn while this one sleeps.
+                drop(turn.take());
                 match (&*stream).read(space) {
                     Err(e)
                         if matches!(

@@ -110,7 +110,14 @@ fn main() {
     report.line("#### P-256 on the PIV emulator (piv-emulator on pcscd + vpcd): direct `yubikey` crate vs `agent.sock`");
     report.line("");
     report.line(&format!("{secs} s per row. Slot 9a, PIN policy `once`, touch `never`. Direct: the `yubikey` crate in-process through the same pcscd, PIN verified once, N threads sharing one handle; the agent signs first and verifies only when the card asks, so sign-only is its like-for-like baseline. Agent rows: one `agent.sock` connection per client thread."));
-    let mut table = Table::new(&["path", "clients", "signatures/s", "p50", "p99", "agent/direct"]);
+    let mut table = Table::new(&[
+        "path",
+        "clients",
+        "signatures/s",
+        "p50",
+        "p99",
+        "agent/direct",
+    ]);
     table.row(vec![
         "direct, VERIFY PIN + sign each time".into(),
         "1".into(),

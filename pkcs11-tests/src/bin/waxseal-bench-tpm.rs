@@ -148,10 +148,20 @@ fn main() {
         .collect();
 
     let mut report = Report::new();
-    report.line(&format!("#### P-256 on swtpm ({}): direct tss-esapi vs `agent.sock`", swtpm_version()));
+    report.line(&format!(
+        "#### P-256 on swtpm ({}): direct tss-esapi vs `agent.sock`",
+        swtpm_version()
+    ));
     report.line("");
     report.line(&format!("{secs} s per row. Direct: one ESAPI context in-process, `TPM2_Sign` (ECDSA SHA-256) on a loaded key, the agent's SRK and key templates. swtpm serves one connection and runs one command at a time, so the direct row is the ceiling for any number of clients; the agent rows have one `agent.sock` connection per client thread."));
-    let mut table = Table::new(&["path", "clients", "signatures/s", "p50", "p99", "agent/direct"]);
+    let mut table = Table::new(&[
+        "path",
+        "clients",
+        "signatures/s",
+        "p50",
+        "p99",
+        "agent/direct",
+    ]);
     table.row(vec![
         "direct tss-esapi".into(),
         "1".into(),

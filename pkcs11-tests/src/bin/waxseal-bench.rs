@@ -36,7 +36,10 @@ fn main() {
     let audit = bench::arg("--audit").unwrap_or_else(|| "group".into());
     let (audit_config, audit_word) = match audit.as_str() {
         "group" => ("", "fsync, group commit"),
-        "each" => ("[agent]\naudit_group_commit = false\n", "fsync per signature"),
+        "each" => (
+            "[agent]\naudit_group_commit = false\n",
+            "fsync per signature",
+        ),
         "off" => ("[agent]\naudit_fsync = false\n", "no fsync"),
         other => panic!("--audit group|each|off, not {other}"),
     };
@@ -376,10 +379,20 @@ fn ssh_comparison(
             },
         )
     };
-    report.line(&format!("#### SSH signing: `ssh.sock` vs OpenSSH `ssh-agent` + `ssh-add -s` ({})", openssh_version()));
+    report.line(&format!(
+        "#### SSH signing: `ssh.sock` vs OpenSSH `ssh-agent` + `ssh-add -s` ({})",
+        openssh_version()
+    ));
     report.line("");
     report.line(&format!("The same SoftHSM2 P-256 key in both agents (checked), `SSH_AGENTC_SIGN_REQUEST` with a 64-byte payload from `ssh_agent_lib::blocking::Client`, one connection per client thread, {secs} s per row."));
-    let mut table = Table::new(&["agent", "clients", "signatures/s", "p50", "p99", "waxseal/OpenSSH"]);
+    let mut table = Table::new(&[
+        "agent",
+        "clients",
+        "signatures/s",
+        "p50",
+        "p99",
+        "waxseal/OpenSSH",
+    ]);
     let mut ratios = Vec::new();
     for &threads in clients {
         let o = bench(oss_sock.clone(), threads);
