@@ -7,18 +7,22 @@
 //! hash of the old file's last line, so the chain runs through every file.
 //!
 //! **Durability.** A signature is recorded before it is made (`intent`), and the
-//! client gets it only once that record is on disk. With group commit (the default)
-//! writing the intent wakes the `audit-sync` thread, whose `fdatasync` then runs while
-//! the device signs, and covers every line written before it started; intents written
-//! during a sync are covered by the next one, so with N concurrent requests there is
-//! about one sync per N signatures. A request whose signature is ready polls (one per
-//! CPU, with `sched_yield`) for its sync to end before it sleeps, because a thread
-//! wake-up costs as much as a sync on the VMs measured (docs/benchmarks.md has the
-//! designs tried). `audit_group_commit = false` makes every signature pay its own sync
-//! after signing, for comparison. The outcome (`signed`, `failed`) is appended after,
-//! without waiting. `audit_fsync = false` skips the syncs (the lines still reach the
-//! kernel before the client gets its signature, so they survive the agent being
-//! killed, but not the machine losing power).
+//! client gets it only once that record is on disk. Group commit (the default): the
+//! intent is written before the device signs; when the signature is ready and its
+//! intent is not yet on disk, the request either runs one `fdatasync` for every line
+//! written so far (if no sync is running), or polls (one request per CPU, yielding the
+//! CPU between looks; the rest sleep) for the running sync to end and is served by it
+//! or runs the next. Intents written while a request signed are usually on disk by the
+//! time it asks, so with N concurrent requests there is about one sync per N/2–N
+//! signatures (the agent counts them: `status` → `audit`). A dedicated syncer thread
+//! started by each intent, so that the sync overlaps the signing as DESIGN.md first
+//! planned, was built and measured twice; on 2 cores it made 1.2–1.4 signatures per
+//! sync against 4–8 here and was slower at 16 and 64 clients (docs/benchmarks.md).
+//! `audit_group_commit = false` makes every signature pay its own sync, for comparison.
+//! The outcome (`signed`, `failed`) is appended after, without waiting.
+//! `audit_fsync = false` skips the syncs (the lines still reach the kernel before the
+//! client gets its signature, so they survive the agent being killed, but not the
+//! machine losing power).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -126,14 +130,15 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a sync ends (wakes the requests sleeping on it).
     changed: Condvar,
-    /// Signalled when an intent is written while the syncer thread is idle.
-    kick: Condvar,
     /// `State::synced`, readable without the lock by requests polling for it.
     synced: AtomicU64,
-    /// Requests polling `synced` now; at most one per CPU polls, the rest sleep.
+    /// Requests polling for the end of a sync now; at most one per CPU polls, the rest
+    /// sleep.
     polling: AtomicUsize,
     /// `fdatasync` calls made.
     syncs: AtomicU64,
+    /// Syncs ended (successful or not), for requests polling for the end of one.
+    epoch: AtomicU64,
 }
 
 struct State {
@@ -146,16 +151,12 @@ struct State {
     synced: u64,
     /// The last sync's failure, reported to every waiter until a sync succeeds.
     sync_error: Option<String>,
-    /// The highest intent `seq` that a request needs on disk.
-    want: u64,
-    /// The syncer thread is waiting for `kick`.
-    syncer_idle: bool,
     /// Requests sleeping on `changed`.
     sleepers: usize,
     /// The last failed sync covered lines up to here.
     failed_upto: u64,
-    /// The `Audit` is gone: the syncer thread ends.
-    closing: bool,
+    /// A request is running `fdatasync` for everyone.
+    syncing: bool,
     /// The last lines, for `audit_tail`.
     recent: VecDeque<String>,
 }
@@ -180,25 +181,17 @@ impl Audit {
                 written,
                 synced: written,
                 sync_error: None,
-                want: written,
-                syncer_idle: false,
                 sleepers: 0,
                 failed_upto: 0,
-                closing: false,
+                syncing: false,
                 recent,
             }),
             changed: Condvar::new(),
-            kick: Condvar::new(),
             synced: AtomicU64::new(written),
             polling: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         });
-        if durability == Durability::GroupCommit {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("audit-sync".into())
-                .spawn(move || syncer(&shared))?;
-        }
         info!(dir = %dir.display(), records = written, durability = durability.word(), "audit log open");
         Ok(Audit {
             dir: dir.to_path_buf(),
@@ -262,14 +255,6 @@ impl Audit {
         }
         st.recent.push_back(text);
         self.appended.fetch_add(1, Ordering::Relaxed);
-        if record.event == "intent" && self.durability == Durability::GroupCommit {
-            // Start the sync now, while the device signs.
-            st.want = seq;
-            if st.syncer_idle {
-                st.syncer_idle = false;
-                self.shared.kick.notify_one();
-            }
-        }
         Ok(seq)
     }
 
@@ -299,50 +284,72 @@ impl Audit {
         }
     }
 
-    /// Group commit: the syncer thread started a sync when the intent was written;
-    /// wait for it (or for the one after it), polling briefly before sleeping.
+    /// Group commit, lazily: the first request to need a sync runs it for everything
+    /// written so far; those needing one meanwhile poll for its end, then are served
+    /// or run the next.
     fn wait_group(&self, seq: u64) -> Result<(), String> {
         let shared = &*self.shared;
         if shared.synced.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
         self.waited.fetch_add(1, Ordering::Relaxed);
-        // A sync takes 50–150 µs on the machines measured; sleeping and being woken
-        // would add a thread wake-up (30–50 µs on VMs) to every signature. One request
-        // per CPU polls; sched_yield lets any runnable thread go first.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if shared.polling.fetch_add(1, Ordering::AcqRel) < cpus {
-            let end = Instant::now() + POLL;
-            while Instant::now() < end {
-                if shared.synced.load(Ordering::Acquire) >= seq {
-                    shared.polling.fetch_sub(1, Ordering::AcqRel);
-                    return Ok(());
-                }
-                std::thread::yield_now();
-            }
-        }
-        shared.polling.fetch_sub(1, Ordering::AcqRel);
+        let cpus = crate::wire::cpus();
         let mut st = shared.lock();
         loop {
             if st.synced >= seq {
                 return Ok(());
             }
-            if let Some(e) = &st.sync_error {
-                if st.failed_upto >= seq {
+            if !st.syncing {
+                st.syncing = true;
+                let target = st.written;
+                let file = st.file.clone();
+                drop(st);
+                let result = sync_counted(shared, &file);
+                st = shared.lock();
+                st.syncing = false;
+                match result {
+                    Ok(()) => {
+                        st.synced = st.synced.max(target);
+                        shared.synced.store(st.synced, Ordering::Release);
+                        st.sync_error = None;
+                    }
+                    Err(e) => {
+                        st.sync_error = Some(e.clone());
+                        st.failed_upto = target;
+                    }
+                }
+                shared.epoch.fetch_add(1, Ordering::AcqRel);
+                if st.sleepers > 0 {
+                    shared.changed.notify_all();
+                }
+                if let Some(e) = &st.sync_error {
                     return Err(e.clone());
                 }
+                continue;
             }
-            if st.want < seq {
-                // After a failed sync: ask for another.
-                st.want = seq;
-                if st.syncer_idle {
-                    st.syncer_idle = false;
-                    shared.kick.notify_one();
+            // Another request is syncing: poll for the end of its sync.
+            let epoch = shared.epoch.load(Ordering::Acquire);
+            drop(st);
+            if shared.polling.fetch_add(1, Ordering::AcqRel) < cpus {
+                let end = Instant::now() + POLL;
+                while Instant::now() < end && shared.epoch.load(Ordering::Acquire) == epoch {
+                    std::thread::yield_now();
                 }
             }
-            st.sleepers += 1;
-            st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-            st.sleepers -= 1;
+            shared.polling.fetch_sub(1, Ordering::AcqRel);
+            st = shared.lock();
+            if st.syncing && shared.epoch.load(Ordering::Acquire) == epoch {
+                st.sleepers += 1;
+                st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.sleepers -= 1;
+            }
+            if st.synced < seq {
+                if let Some(e) = &st.sync_error {
+                    if st.failed_upto >= seq {
+                        return Err(e.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -410,14 +417,6 @@ impl Shared {
     }
 }
 
-impl Drop for Audit {
-    fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        st.closing = true;
-        self.shared.kick.notify_all();
-    }
-}
-
 /// How long a request polls for its sync before sleeping.
 const POLL: Duration = Duration::from_micros(400);
 
@@ -428,44 +427,6 @@ fn sync_counted(shared: &Shared, file: &File) -> Result<(), String> {
         error!(error = %e, "cannot sync the audit log");
         format!("cannot sync the audit log: {e}")
     })
-}
-
-/// The `audit-sync` thread of group commit: whenever an intent is waiting, one
-/// `fdatasync` for every line written so far; then it publishes what is on disk.
-/// Intents written during a sync are served by the next one.
-fn syncer(shared: &Shared) {
-    let mut st = shared.lock();
-    loop {
-        while st.want <= st.synced && !st.closing {
-            st.syncer_idle = true;
-            st = shared.kick.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        st.syncer_idle = false;
-        if st.closing {
-            return;
-        }
-        let target = st.written;
-        let file = st.file.clone();
-        drop(st);
-        let result = sync_counted(shared, &file);
-        st = shared.lock();
-        match result {
-            Ok(()) => {
-                st.synced = st.synced.max(target);
-                shared.synced.store(st.synced, Ordering::Release);
-                st.sync_error = None;
-            }
-            Err(e) => {
-                st.sync_error = Some(e);
-                st.failed_upto = target;
-                // Retried when the next request asks.
-                st.want = st.synced;
-            }
-        }
-        if st.sleepers > 0 {
-            shared.changed.notify_all();
-        }
-    }
 }
 
 /// The hash and `seq` of the chain's last line, and its last lines, from the files in

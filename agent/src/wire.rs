@@ -36,6 +36,13 @@ pub enum ReadError {
     Broken(io::Error),
 }
 
+/// The CPUs this process may use, read once: `available_parallelism` opens and reads
+/// cgroup files on every call, which showed in profiles when called per request.
+pub fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Readers polling now, in this process.
 static POLLING: AtomicUsize = AtomicUsize::new(0);
 
@@ -45,10 +52,7 @@ struct PollTurn;
 
 impl PollTurn {
     fn take() -> Option<PollTurn> {
-        static CPUS: OnceLock<usize> = OnceLock::new();
-        let cpus =
-            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        if POLLING.fetch_add(1, Ordering::AcqRel) < cpus {
+        if POLLING.fetch_add(1, Ordering::AcqRel) < cpus() {
             Some(PollTurn)
         } else {
             POLLING.fetch_sub(1, Ordering::AcqRel);
