@@ -82,13 +82,15 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: serial 13 371 337, touch delay 300 ms, port 40059.
+    /// Defaults: serial 13 371 337, touch delay 300 ms, port 30059: below the
+    /// ephemeral range (32768–60999), where a TIME_WAIT left by any outgoing
+    /// connection (swtpm's, for one) would make vpcd's bind fail.
     pub fn new(emulator: PathBuf) -> Self {
         Self {
             emulator,
             serial: 13_371_337,
             touch_delay: Duration::from_millis(300),
-            port: 40059,
+            port: 30059,
         }
     }
 }

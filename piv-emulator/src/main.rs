@@ -16,8 +16,9 @@ use x509_cert::der::pem::{self, LineEnding};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// vpcd port (reader "… 00 00" listens on 40059 with CHANNELID 0x9C7B).
-    #[arg(long, default_value_t = 40059)]
+    /// vpcd port (30059, CHANNELID 0x756B: below the ephemeral port range, so no
+    /// outgoing connection in TIME_WAIT can hold it).
+    #[arg(long, default_value_t = 30059)]
     port: u16,
     /// vpcd host.
     #[arg(long, default_value = "127.0.0.1")]

@@ -838,6 +838,21 @@ pub mod bench {
         }
     }
 
+    /// `--audit group|each|off`: the agent config for it and the words for the tables.
+    pub fn audit() -> (&'static str, &'static str, &'static str) {
+        let audit = arg("--audit").unwrap_or_else(|| "group".into());
+        match audit.as_str() {
+            "group" => ("group", "", "fsync, group commit"),
+            "each" => (
+                "each",
+                "[agent]\naudit_group_commit = false\n",
+                "fsync per signature",
+            ),
+            "off" => ("off", "[agent]\naudit_fsync = false\n", "no fsync"),
+            other => panic!("--audit group|each|off, not {other}"),
+        }
+    }
+
     /// The machine, in a few words: cores, CPU model, memory, OS and kernel.
     pub fn machine() -> String {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();

@@ -3,7 +3,7 @@
 //! and the agent's added latency per signature.
 //!
 //! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench-piv -- [--seconds N]
-//! [--clients 1,2,16,64] [--out FILE]`. With N clients, the direct rows are N threads
+//! [--clients 1,2,16,64] [--audit group|each|off] [--out FILE]`. With N clients, the direct rows are N threads
 //! of one process sharing one card handle (a card runs one command at a time, and
 //! pcscd allows 16 handles per reader); the agent rows are N `agent.sock` connections.
 //! The key has PIN policy `once` and touch policy `never`. The agent signs first and
@@ -26,6 +26,7 @@ const SERIAL: u32 = 20_260_777;
 
 fn main() {
     let secs = bench::seconds(3.0);
+    let (_, audit_config, audit_word) = bench::audit();
     let clients = bench::counts("--clients", &[1]);
     let mut config = Config::new(bins().piv_emulator.clone());
     config.serial = SERIAL;
@@ -40,6 +41,7 @@ fn main() {
             pin.display()
         ))
         .log_level("warn")
+        .config(audit_config)
         .start();
     let mut client = agent.client();
     client
@@ -107,7 +109,7 @@ fn main() {
     drop(client);
 
     let mut report = Report::new();
-    report.line("#### P-256 on the PIV emulator (piv-emulator on pcscd + vpcd): direct `yubikey` crate vs `agent.sock`");
+    report.line(&format!("#### P-256 on the PIV emulator (piv-emulator on pcscd + vpcd): direct `yubikey` crate vs `agent.sock`, audit log: {audit_word}"));
     report.line("");
     report.line(&format!("{secs} s per row. Slot 9a, PIN policy `once`, touch `never`. Direct: the `yubikey` crate in-process through the same pcscd, PIN verified once, N threads sharing one handle; the agent signs first and verifies only when the card asks, so sign-only is its like-for-like baseline. Agent rows: one `agent.sock` connection per client thread."));
     let mut table = Table::new(&[

@@ -3,7 +3,7 @@
 //! signature (counted by the backend); SRK creation and key load times.
 //!
 //! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench-tpm -- [--seconds N]
-//! [--clients 1,2,16,64] [--out FILE]`. swtpm serves one connection at a time, so the
+//! [--clients 1,2,16,64] [--audit group|each|off] [--out FILE]`. swtpm serves one connection at a time, so the
 //! phases run one after another, and the direct baseline is one ESAPI context: a TPM
 //! runs one command at a time, so no number of clients can beat it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
@@ -27,6 +27,7 @@ use waxseal_agent::proto::{KeyAlg, RsaPadding};
 
 fn main() {
     let secs = bench::seconds(3.0);
+    let (_, audit_config, audit_word) = bench::audit();
     let clients = bench::counts("--clients", &[1, 2]);
     let tpm = Swtpm::start();
     let keys = tempfile::tempdir().unwrap();
@@ -124,6 +125,7 @@ fn main() {
     // 3. Through the agent.
     let agent = Agent::builder()
         .log_level("warn")
+        .config(audit_config)
         .config(&tpm_device("tpm", &tpm, keys.path(), None))
         .start();
     agent
@@ -149,7 +151,7 @@ fn main() {
 
     let mut report = Report::new();
     report.line(&format!(
-        "#### P-256 on swtpm ({}): direct tss-esapi vs `agent.sock`",
+        "#### P-256 on swtpm ({}): direct tss-esapi vs `agent.sock`, audit log: {audit_word}",
         swtpm_version()
     ));
     report.line("");

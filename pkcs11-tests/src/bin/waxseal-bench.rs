@@ -33,16 +33,7 @@ fn main() {
     let secs = bench::seconds(3.0);
     let clients = bench::counts("--clients", &[1, 4]);
     let ssh_clients = bench::counts("--ssh-clients", &[1, 4]);
-    let audit = bench::arg("--audit").unwrap_or_else(|| "group".into());
-    let (audit_config, audit_word) = match audit.as_str() {
-        "group" => ("", "fsync, group commit"),
-        "each" => (
-            "[agent]\naudit_group_commit = false\n",
-            "fsync per signature",
-        ),
-        "off" => ("[agent]\naudit_fsync = false\n", "no fsync"),
-        other => panic!("--audit group|each|off, not {other}"),
-    };
+    let (audit, audit_config, audit_word) = bench::audit();
     let hsm = SoftHsm::new();
     hsm.init_token(LABEL, "5555", PIN);
     let pin = hsm.pin_file("pin", PIN);
@@ -232,7 +223,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    match audit.as_str() {
+    match audit {
         "off" => {
             if let Some((by_rate, p50, p99)) = added {
                 t.row(vec![
