@@ -816,6 +816,34 @@ pub mod bench {
         }
     }
 
+    /// `--repeat N` (default 3): rounds of each comparison, of which the median is
+    /// shown, since one round on a shared VM can be off by ±0.2 in either direction.
+    pub fn repeat() -> usize {
+        arg("--repeat")
+            .map_or(3, |s| s.parse().expect("--repeat N"))
+            .max(1)
+    }
+
+    /// Runs `round` (a baseline and a measured run) `n` times; returns the round with
+    /// the median ratio (measured/baseline rate) and the lowest and highest ratios.
+    pub fn median_round(n: usize, mut round: impl FnMut() -> (Run, Run)) -> (Run, Run, f64, f64) {
+        let mut rounds: Vec<(Run, Run)> = (0..n).map(|_| round()).collect();
+        rounds.sort_by(|a, b| (a.1.rate / a.0.rate).total_cmp(&(b.1.rate / b.0.rate)));
+        let lo = rounds[0].1.rate / rounds[0].0.rate;
+        let hi = rounds[n - 1].1.rate / rounds[n - 1].0.rate;
+        let (base, measured) = rounds[n / 2];
+        (base, measured, lo, hi)
+    }
+
+    /// A ratio cell: the median in bold, and the range over the rounds.
+    pub fn ratio_cell(median: f64, lo: f64, hi: f64, suffix: &str) -> String {
+        if (hi - lo).abs() < 0.005 {
+            format!("**{median:.2}{suffix}**")
+        } else {
+            format!("**{median:.2}{suffix}** ({lo:.2}–{hi:.2})")
+        }
+    }
+
     /// The value after `--name` on the command line.
     pub fn arg(name: &str) -> Option<String> {
         std::env::args().skip_while(|a| a != name).nth(1)

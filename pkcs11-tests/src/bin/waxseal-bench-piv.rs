@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use piv_emulator::harness::{Config, Harness};
-use pkcs11_tests::bench::{self, lat, measure, measure_threads, rate, us, Report, Table};
+use pkcs11_tests::bench::{
+    self, lat, measure, measure_threads, median_round, rate, ratio_cell, us, Report, Table,
+};
 use pkcs11_tests::{bins, Agent};
 use waxseal_agent::proto::{HashAlg, PinPolicy, TouchPolicy};
 use yubikey::piv::{self, AlgorithmId, SlotId};
@@ -74,44 +76,49 @@ fn main() {
     let socket = agent.socket.clone();
     let mut rows = Vec::new();
     for &n in &clients {
-        let yk = {
-            let mut yk = YubiKey::open_by_serial(Serial::from(SERIAL)).unwrap();
-            yk.verify_pin(b"123456").unwrap();
-            Arc::new(Mutex::new(yk))
-        };
-        let direct = measure_threads(
-            n,
-            secs,
-            move || yk.clone(),
-            move |yk| {
-                let mut yk = yk.lock().unwrap();
-                piv::sign_data(
-                    &mut yk,
-                    &digest,
-                    AlgorithmId::EccP256,
-                    SlotId::Authentication,
-                )
-                .unwrap();
-            },
-        );
-        let socket = socket.clone();
-        let via = measure_threads(
-            n,
-            secs,
-            move || waxseal_agent::client::Client::connect(&socket).unwrap(),
-            move |c| {
-                c.sign_digest("yk/9a", &digest, Some(HashAlg::Sha256), None)
+        let direct = || {
+            let yk = {
+                let mut yk = YubiKey::open_by_serial(Serial::from(SERIAL)).unwrap();
+                yk.verify_pin(b"123456").unwrap();
+                Arc::new(Mutex::new(yk))
+            };
+            measure_threads(
+                n,
+                secs,
+                move || yk.clone(),
+                move |yk| {
+                    let mut yk = yk.lock().unwrap();
+                    piv::sign_data(
+                        &mut yk,
+                        &digest,
+                        AlgorithmId::EccP256,
+                        SlotId::Authentication,
+                    )
                     .unwrap();
-            },
-        );
-        rows.push((n, direct, via));
+                },
+            )
+        };
+        let via = || {
+            let socket = socket.clone();
+            measure_threads(
+                n,
+                secs,
+                move || waxseal_agent::client::Client::connect(&socket).unwrap(),
+                move |c| {
+                    c.sign_digest("yk/9a", &digest, Some(HashAlg::Sha256), None)
+                        .unwrap();
+                },
+            )
+        };
+        let (d, a, lo, hi) = median_round(bench::repeat(), || (direct(), via()));
+        rows.push((n, d, a, lo, hi));
     }
     drop(client);
 
     let mut report = Report::new();
     report.line(&format!("#### P-256 on the PIV emulator (piv-emulator on pcscd + vpcd): direct `yubikey` crate vs `agent.sock`, audit log: {audit_word}"));
     report.line("");
-    report.line(&format!("{secs} s per row. Slot 9a, PIN policy `once`, touch `never`. Direct: the `yubikey` crate in-process through the same pcscd, PIN verified once, N threads sharing one handle; the agent signs first and verifies only when the card asks, so sign-only is its like-for-like baseline. Agent rows: one `agent.sock` connection per client thread."));
+    report.line(&format!("{secs} s per row. Slot 9a, PIN policy `once`, touch `never`. Direct: the `yubikey` crate in-process through the same pcscd, PIN verified once, N threads sharing one handle; the agent signs first and verifies only when the card asks, so sign-only is its like-for-like baseline. Agent rows: one `agent.sock` connection per client thread. Each comparison is run {} times; the round with the median agent/direct is shown, the range in brackets.", bench::repeat()));
     let mut table = Table::new(&[
         "path",
         "clients",
@@ -128,7 +135,7 @@ fn main() {
         lat(d99),
         String::new(),
     ]);
-    for (n, d, a) in &rows {
+    for (n, d, a, lo, hi) in &rows {
         table.row(vec![
             "direct `yubikey` crate, sign only".into(),
             n.to_string(),
@@ -143,7 +150,7 @@ fn main() {
             rate(a.rate),
             lat(a.p50),
             lat(a.p99),
-            format!("**{:.2}**", a.rate / d.rate),
+            ratio_cell(a.rate / d.rate, *lo, *hi, ""),
         ]);
         if *n == 1 {
             table.row(vec![

@@ -22,7 +22,9 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
-use pkcs11_tests::bench::{self, lat, measure_threads, rate, rss_kib, verdict, Report, Table};
+use pkcs11_tests::bench::{
+    self, lat, measure_threads, median_round, rate, ratio_cell, rss_kib, verdict, Report, Table,
+};
 use pkcs11_tests::{pkcs11_device, Agent, SoftHsm, SOFTHSM_MODULE};
 use waxseal_agent::proto::KeyAlg;
 
@@ -34,6 +36,7 @@ fn main() {
     let clients = bench::counts("--clients", &[1, 4]);
     let ssh_clients = bench::counts("--ssh-clients", &[1, 4]);
     let (audit, audit_config, audit_word) = bench::audit();
+    let repeat = bench::repeat();
     let hsm = SoftHsm::new();
     hsm.init_token(LABEL, "5555", PIN);
     let pin = hsm.pin_file("pin", PIN);
@@ -124,7 +127,7 @@ fn main() {
         softhsm_version()
     ));
     report.line("");
-    report.line(&format!("{secs} s per row; the direct rows use one in-process session per client thread, the agent rows one `agent.sock` connection per client thread."));
+    report.line(&format!("{secs} s per row, each comparison run {repeat} times: the round with the median agent/direct is shown, with the range over the rounds in brackets. The direct rows use one in-process session per client thread, the agent rows one `agent.sock` connection per client thread."));
     let mut table = Table::new(&[
         "path",
         "audit log",
@@ -138,9 +141,8 @@ fn main() {
     let mut ratios: Vec<(usize, f64)> = Vec::new();
     let mut added: Option<(f64, f64, f64)> = None;
     for &threads in &clients {
-        let d = direct(threads);
         let before = control.status().unwrap().audit.unwrap();
-        let a = through_agent(threads);
+        let (d, a, lo, hi) = median_round(repeat, || (direct(threads), through_agent(threads)));
         let after = control.status().unwrap().audit.unwrap();
         let signatures = (after.appended - before.appended) / 2;
         let syncs = after.syncs - before.syncs;
@@ -166,7 +168,7 @@ fn main() {
             rate(a.rate),
             lat(a.p50),
             lat(a.p99),
-            format!("**{:.2}**", a.rate / d.rate),
+            ratio_cell(a.rate / d.rate, lo, hi, ""),
             per_sync,
         ]);
         ratios.push((threads, a.rate / d.rate));
@@ -375,7 +377,7 @@ fn ssh_comparison(
         openssh_version()
     ));
     report.line("");
-    report.line(&format!("The same SoftHSM2 P-256 key in both agents (checked), `SSH_AGENTC_SIGN_REQUEST` with a 64-byte payload from `ssh_agent_lib::blocking::Client`, one connection per client thread, {secs} s per row."));
+    report.line(&format!("The same SoftHSM2 P-256 key in both agents (checked), `SSH_AGENTC_SIGN_REQUEST` with a 64-byte payload from `ssh_agent_lib::blocking::Client`, one connection per client thread, {secs} s per row, the median of {} rounds (range in brackets).", bench::repeat()));
     let mut table = Table::new(&[
         "agent",
         "clients",
@@ -386,8 +388,12 @@ fn ssh_comparison(
     ]);
     let mut ratios = Vec::new();
     for &threads in clients {
-        let o = bench(oss_sock.clone(), threads);
-        let w = bench(agent.ssh_socket.clone(), threads);
+        let (o, w, lo, hi) = median_round(bench::repeat(), || {
+            (
+                bench(oss_sock.clone(), threads),
+                bench(agent.ssh_socket.clone(), threads),
+            )
+        });
         table.row(vec![
             "OpenSSH ssh-agent + ssh-add -s".into(),
             threads.to_string(),
@@ -402,7 +408,7 @@ fn ssh_comparison(
             rate(w.rate),
             lat(w.p50),
             lat(w.p99),
-            format!("**{:.2}×**", w.rate / o.rate),
+            ratio_cell(w.rate / o.rate, lo, hi, "×"),
         ]);
         ratios.push((threads, w.rate / o.rate));
     }
