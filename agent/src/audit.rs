@@ -7,19 +7,23 @@
 //! hash of the old file's last line, so the chain runs through every file.
 //!
 //! **Durability.** A signature is recorded before it is made (`intent`), and the
-//! client gets it only once that record is on disk. Group commit (the default): the
-//! intent is written before the device signs; when the signature is ready and its
-//! intent is not yet on disk, the request either runs one `fdatasync` for every line
-//! written so far (if no sync is running), or polls (one request per CPU, yielding the
-//! CPU between looks; the rest sleep) for the running sync to end and is served by it
-//! or runs the next. Intents written while a request signed are usually on disk by the
-//! time it asks, so with N concurrent requests there is about one sync per N/2–N
-//! signatures (the agent counts them: `status` → `audit`). A dedicated syncer thread
-//! started by each intent, so that the sync overlaps the signing as DESIGN.md first
-//! planned, was built and measured twice; on 2 cores it made 1.2–1.4 signatures per
-//! sync against 4–8 here and was slower at 16 and 64 clients (docs/benchmarks.md).
+//! client gets it only once that record is on disk (group commit, the default):
+//! - A lone signature (no other between intent and outcome) wakes the `audit-sync`
+//!   thread when its intent is written, so the `fdatasync` runs while the device signs
+//!   and the client waits for the longer of the two rather than both (DESIGN.md's
+//!   overlap; 1 client: 0.36 → 0.51 of direct on SoftHSM2).
+//! - Under concurrency syncs are lazy: when a signature is ready and its intent is not
+//!   yet on disk, the request runs one `fdatasync` for every line written so far (if no
+//!   sync is running), or polls (one request per CPU, yielding between looks; the rest
+//!   sleep) for the running sync to end and is served by it or runs the next. Intents
+//!   are written before the device signs, so most are on disk by the time their
+//!   signature is ready: 4–8 signatures per sync at 16–64 clients (`status` → `audit`
+//!   counts them). Waking the syncer for every intent instead was measured: syncs then
+//!   run back to back covering 1.2–2 signatures each, and on 2 busy cores that cost
+//!   0.1–0.2 of direct at 4–64 clients (docs/benchmarks.md).
+//!
 //! `audit_group_commit = false` makes every signature pay its own sync, for comparison.
-//! The outcome (`signed`, `failed`) is appended after, without waiting.
+//! The outcome (`signed`, `failed`, `withheld`) is appended after, without waiting.
 //! `audit_fsync = false` skips the syncs (the lines still reach the kernel before the
 //! client gets its signature, so they survive the agent being killed, but not the
 //! machine losing power).
@@ -139,6 +143,10 @@ struct Shared {
     syncs: AtomicU64,
     /// Syncs ended (successful or not), for requests polling for the end of one.
     epoch: AtomicU64,
+    /// Wakes the `audit-sync` thread.
+    kick: Condvar,
+    /// Signatures between their intent and their outcome record.
+    inflight: AtomicUsize,
 }
 
 struct State {
@@ -155,8 +163,14 @@ struct State {
     sleepers: usize,
     /// The last failed sync covered lines up to here.
     failed_upto: u64,
-    /// A request is running `fdatasync` for everyone.
+    /// A request or the `audit-sync` thread is running `fdatasync` for everyone.
     syncing: bool,
+    /// The intent the `audit-sync` thread was woken for.
+    want: u64,
+    /// The `audit-sync` thread waits for `kick`.
+    syncer_idle: bool,
+    /// The `Audit` is gone: the `audit-sync` thread ends.
+    closing: bool,
     /// The last lines, for `audit_tail`.
     recent: VecDeque<String>,
 }
@@ -184,6 +198,9 @@ impl Audit {
                 sleepers: 0,
                 failed_upto: 0,
                 syncing: false,
+                want: 0,
+                syncer_idle: false,
+                closing: false,
                 recent,
             }),
             changed: Condvar::new(),
@@ -191,7 +208,15 @@ impl Audit {
             polling: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            kick: Condvar::new(),
+            inflight: AtomicUsize::new(0),
         });
+        if durability == Durability::GroupCommit {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("audit-sync".into())
+                .spawn(move || syncer(&shared))?;
+        }
         info!(dir = %dir.display(), records = written, durability = durability.word(), "audit log open");
         Ok(Audit {
             dir: dir.to_path_buf(),
@@ -206,6 +231,13 @@ impl Audit {
     /// Appends `record`; returns its `seq`. The line is in the kernel when this
     /// returns; [`Audit::wait_durable`] waits for the disk.
     pub fn append(&self, record: &Record) -> Result<u64, String> {
+        if record.intent.is_some() {
+            // An outcome: its signature is no longer in flight.
+            let _ = self
+                .shared
+                .inflight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
         let mut st = self.shared.lock();
         if st.size >= self.max_bytes {
             self.rotate(&mut st)?;
@@ -255,6 +287,15 @@ impl Audit {
         }
         st.recent.push_back(text);
         self.appended.fetch_add(1, Ordering::Relaxed);
+        if record.event == "intent" && self.durability == Durability::GroupCommit {
+            let alone = self.shared.inflight.fetch_add(1, Ordering::AcqRel) == 0;
+            if alone && !st.syncing && st.syncer_idle {
+                // A lone signature: sync its intent now, while the device signs.
+                st.want = seq;
+                st.syncer_idle = false;
+                self.shared.kick.notify_one();
+            }
+        }
         Ok(seq)
     }
 
@@ -414,6 +455,54 @@ impl Audit {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.closing = true;
+        self.shared.kick.notify_all();
+    }
+}
+
+/// The `audit-sync` thread: syncs a lone signature's intent while the device signs
+/// (see the module doc), sharing the `syncing` flag with requests that sync for
+/// themselves.
+fn syncer(shared: &Shared) {
+    let mut st = shared.lock();
+    loop {
+        while !st.closing && (st.want <= st.synced || st.syncing) {
+            st.syncer_idle = true;
+            st = shared.kick.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.syncer_idle = false;
+        if st.closing {
+            return;
+        }
+        st.syncing = true;
+        let target = st.written;
+        let file = st.file.clone();
+        drop(st);
+        let result = sync_counted(shared, &file);
+        st = shared.lock();
+        st.syncing = false;
+        st.want = 0;
+        match result {
+            Ok(()) => {
+                st.synced = st.synced.max(target);
+                shared.synced.store(st.synced, Ordering::Release);
+                st.sync_error = None;
+            }
+            Err(e) => {
+                st.sync_error = Some(e);
+                st.failed_upto = target;
+            }
+        }
+        shared.epoch.fetch_add(1, Ordering::AcqRel);
+        if st.sleepers > 0 {
+            shared.changed.notify_all();
+        }
     }
 }
 
