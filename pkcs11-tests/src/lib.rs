@@ -1090,6 +1090,46 @@ pub mod bench {
         }
     }
 
+    /// The columns of a device table: path, clients, rate, p50, p99, agent/direct.
+    pub fn device_table() -> Table {
+        Table::new(&[
+            "path",
+            "clients",
+            "signatures/s",
+            "p50",
+            "p99",
+            "agent/direct",
+        ])
+    }
+
+    /// A device table row for `run`; `ratio` is empty for a baseline.
+    pub fn run_row(path: &str, clients: usize, run: &Run, ratio: String) -> Vec<String> {
+        vec![
+            path.to_string(),
+            clients.to_string(),
+            rate(run.rate),
+            lat(run.p50),
+            lat(run.p99),
+            ratio,
+        ]
+    }
+
+    /// The device table row of what the agent adds at one client: p50 and p99
+    /// differences, and 1/rate_agent − 1/rate_direct.
+    pub fn added_row(direct: &Run, agent: &Run) -> Vec<String> {
+        vec![
+            "added latency (agent − direct)".into(),
+            "1".into(),
+            String::new(),
+            format!("{:.0} µs", us(agent.p50) - us(direct.p50)),
+            format!("{:.0} µs", us(agent.p99) - us(direct.p99)),
+            format!(
+                "1/rate: {:.0} µs",
+                (1.0 / agent.rate - 1.0 / direct.rate) * 1e6
+            ),
+        ]
+    }
+
     /// `met` or `**missed**`.
     pub fn verdict(ok: bool) -> String {
         if ok { "met" } else { "**missed**" }.to_string()

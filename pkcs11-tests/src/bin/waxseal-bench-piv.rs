@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use piv_emulator::harness::{Config, Harness};
 use pkcs11_tests::bench::{
-    self, lat, measure, measure_threads, median_round, rate, ratio_cell, us, Report, Table,
+    self, added_row, device_table, measure, measure_threads, median_round, ratio_cell, run_row,
+    Report, Run,
 };
 use pkcs11_tests::{bins, Agent};
 use waxseal_agent::proto::{HashAlg, PinPolicy, TouchPolicy};
@@ -119,48 +120,33 @@ fn main() {
     report.line(&format!("#### P-256 on the PIV emulator (piv-emulator on pcscd + vpcd): direct `yubikey` crate vs `agent.sock`, audit log: {audit_word}"));
     report.line("");
     report.line(&format!("{secs} s per row. Slot 9a, PIN policy `once`, touch `never`. Direct: the `yubikey` crate in-process through the same pcscd, PIN verified once, N threads sharing one handle; the agent signs first and verifies only when the card asks, so sign-only is its like-for-like baseline. Agent rows: one `agent.sock` connection per client thread. Each comparison is run {} times; the round with the median agent/direct is shown, the range in brackets.", bench::repeat()));
-    let mut table = Table::new(&[
-        "path",
-        "clients",
-        "signatures/s",
-        "p50",
-        "p99",
-        "agent/direct",
-    ]);
-    table.row(vec![
-        "direct, VERIFY PIN + sign each time".into(),
-        "1".into(),
-        rate(d_rate),
-        lat(d50),
-        lat(d99),
+    let mut table = device_table();
+    let verify_each = Run {
+        rate: d_rate,
+        p50: d50,
+        p99: d99,
+    };
+    table.row(run_row(
+        "direct, VERIFY PIN + sign each time",
+        1,
+        &verify_each,
         String::new(),
-    ]);
+    ));
     for (n, d, a, lo, hi) in &rows {
-        table.row(vec![
-            "direct `yubikey` crate, sign only".into(),
-            n.to_string(),
-            rate(d.rate),
-            lat(d.p50),
-            lat(d.p99),
+        table.row(run_row(
+            "direct `yubikey` crate, sign only",
+            *n,
+            d,
             String::new(),
-        ]);
-        table.row(vec![
-            "through agent.sock".into(),
-            n.to_string(),
-            rate(a.rate),
-            lat(a.p50),
-            lat(a.p99),
+        ));
+        table.row(run_row(
+            "through agent.sock",
+            *n,
+            a,
             ratio_cell(a.rate / d.rate, *lo, *hi, ""),
-        ]);
+        ));
         if *n == 1 {
-            table.row(vec![
-                "added latency (agent − direct)".into(),
-                "1".into(),
-                String::new(),
-                format!("{:.0} µs", us(a.p50) - us(d.p50)),
-                format!("{:.0} µs", us(a.p99) - us(d.p99)),
-                format!("1/rate: {:.0} µs", (1.0 / a.rate - 1.0 / d.rate) * 1e6),
-            ]);
+            table.row(added_row(d, a));
         }
     }
     report.table(&table);

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use pkcs11_tests::bench::{
-    self, lat, measure, measure_threads, rate, ratio_cell, us, Report, Table,
+    self, added_row, device_table, measure, measure_threads, ratio_cell, run_row, Report,
 };
 use pkcs11_tests::{tpm_device, Agent, Swtpm};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
@@ -167,40 +167,22 @@ fn main() {
     ));
     report.line("");
     report.line(&format!("{secs} s per row. Direct: one ESAPI context in-process, `TPM2_Sign` (ECDSA SHA-256) on a loaded key, the agent's SRK and key templates. swtpm serves one connection and runs one command at a time, so the direct row is the ceiling for any number of clients; the agent rows have one `agent.sock` connection per client thread, each the median of {} runs (range of agent/direct in brackets).", bench::repeat()));
-    let mut table = Table::new(&[
-        "path",
-        "clients",
-        "signatures/s",
-        "p50",
-        "p99",
-        "agent/direct",
-    ]);
-    table.row(vec![
-        "direct tss-esapi".into(),
-        "1".into(),
-        rate(direct.0),
-        lat(direct.1),
-        lat(direct.2),
-        String::new(),
-    ]);
+    let mut table = device_table();
+    let direct_run = bench::Run {
+        rate: direct.0,
+        p50: direct.1,
+        p99: direct.2,
+    };
+    table.row(run_row("direct tss-esapi", 1, &direct_run, String::new()));
     for (n, r, lo, hi) in &via {
-        table.row(vec![
-            "through agent.sock".into(),
-            n.to_string(),
-            rate(r.rate),
-            lat(r.p50),
-            lat(r.p99),
+        table.row(run_row(
+            "through agent.sock",
+            *n,
+            r,
             ratio_cell(r.rate / direct.0, *lo, *hi, ""),
-        ]);
+        ));
         if *n == 1 {
-            table.row(vec![
-                "added latency (agent − direct)".into(),
-                "1".into(),
-                String::new(),
-                format!("{:.0} µs", us(r.p50) - us(direct.1)),
-                format!("{:.0} µs", us(r.p99) - us(direct.2)),
-                format!("1/rate: {:.0} µs", (1.0 / r.rate - 1.0 / direct.0) * 1e6),
-            ]);
+            table.row(added_row(&direct_run, r));
         }
     }
     report.table(&table);
