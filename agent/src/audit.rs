@@ -700,4 +700,33 @@ mod tests {
             assert_eq!(ok.records, 800);
         }
     }
+
+    #[test]
+    fn a_lone_signature_is_synced_while_the_device_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), Durability::GroupCommit, 64 << 20).unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // the syncer parks
+        for i in 0..3 {
+            let seq = audit
+                .append(&record("intent", &format!("hsm/k{i}")))
+                .unwrap();
+            // "Signing": the audit-sync thread syncs the intent meanwhile.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while audit.shared.synced.load(Ordering::Acquire) < seq {
+                assert!(
+                    Instant::now() < deadline,
+                    "the intent was not synced by audit-sync"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let waited = audit.counts().waited;
+            audit.wait_durable(seq).unwrap();
+            assert_eq!(audit.counts().waited, waited, "nothing left to wait for");
+            let mut outcome = record("signed", "hsm/k");
+            outcome.intent = Some(seq);
+            audit.append(&outcome).unwrap();
+            assert_eq!(audit.shared.inflight.load(Ordering::Acquire), 0);
+        }
+        assert_eq!(audit.counts().syncs, 3, "one sync per lone intent");
+    }
 }
