@@ -136,9 +136,6 @@ struct Shared {
     changed: Condvar,
     /// `State::synced`, readable without the lock by requests polling for it.
     synced: AtomicU64,
-    /// Requests polling for the end of a sync now; at most one per CPU polls, the rest
-    /// sleep.
-    polling: AtomicUsize,
     /// `fdatasync` calls made.
     syncs: AtomicU64,
     /// Syncs ended (successful or not), for requests polling for the end of one.
@@ -205,7 +202,6 @@ impl Audit {
             }),
             changed: Condvar::new(),
             synced: AtomicU64::new(written),
-            polling: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             kick: Condvar::new(),
@@ -310,7 +306,7 @@ impl Audit {
                     st.file.clone()
                 };
                 self.waited.fetch_add(1, Ordering::Relaxed);
-                let result = self.sync(&file);
+                let result = sync_counted(&self.shared, &file);
                 let mut st = self.shared.lock();
                 match result {
                     Ok(()) => {
@@ -334,35 +330,13 @@ impl Audit {
             return Ok(());
         }
         self.waited.fetch_add(1, Ordering::Relaxed);
-        let cpus = crate::wire::cpus();
         let mut st = shared.lock();
         loop {
             if st.synced >= seq {
                 return Ok(());
             }
             if !st.syncing {
-                st.syncing = true;
-                let target = st.written;
-                let file = st.file.clone();
-                drop(st);
-                let result = sync_counted(shared, &file);
-                st = shared.lock();
-                st.syncing = false;
-                match result {
-                    Ok(()) => {
-                        st.synced = st.synced.max(target);
-                        shared.synced.store(st.synced, Ordering::Release);
-                        st.sync_error = None;
-                    }
-                    Err(e) => {
-                        st.sync_error = Some(e.clone());
-                        st.failed_upto = target;
-                    }
-                }
-                shared.epoch.fetch_add(1, Ordering::AcqRel);
-                if st.sleepers > 0 {
-                    shared.changed.notify_all();
-                }
+                st = run_sync(shared, st);
                 if let Some(e) = &st.sync_error {
                     return Err(e.clone());
                 }
@@ -371,13 +345,12 @@ impl Audit {
             // Another request is syncing: poll for the end of its sync.
             let epoch = shared.epoch.load(Ordering::Acquire);
             drop(st);
-            if shared.polling.fetch_add(1, Ordering::AcqRel) < cpus {
+            if let Some(_turn) = crate::wire::PollTurn::take() {
                 let end = Instant::now() + POLL;
                 while Instant::now() < end && shared.epoch.load(Ordering::Acquire) == epoch {
                     std::thread::yield_now();
                 }
             }
-            shared.polling.fetch_sub(1, Ordering::AcqRel);
             st = shared.lock();
             if st.syncing && shared.epoch.load(Ordering::Acquire) == epoch {
                 st.sleepers += 1;
@@ -392,11 +365,6 @@ impl Audit {
                 }
             }
         }
-    }
-
-    /// One `fdatasync`, counted; the error as the client is told it.
-    fn sync(&self, file: &File) -> Result<(), String> {
-        sync_counted(&self.shared, file)
     }
 
     /// How records reach the disk.
@@ -480,30 +448,38 @@ fn syncer(shared: &Shared) {
         if st.closing {
             return;
         }
-        st.syncing = true;
-        let target = st.written;
-        let file = st.file.clone();
-        drop(st);
-        let result = sync_counted(shared, &file);
-        st = shared.lock();
-        st.syncing = false;
+        st = run_sync(shared, st);
         st.want = 0;
-        match result {
-            Ok(()) => {
-                st.synced = st.synced.max(target);
-                shared.synced.store(st.synced, Ordering::Release);
-                st.sync_error = None;
-            }
-            Err(e) => {
-                st.sync_error = Some(e);
-                st.failed_upto = target;
-            }
+    }
+}
+
+/// Runs one `fdatasync` for every line written so far, with the lock released
+/// meanwhile (`syncing` keeps others from starting another), then publishes what is on
+/// disk or the failure, and wakes the requests sleeping on it.
+fn run_sync<'a>(shared: &'a Shared, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    st.syncing = true;
+    let target = st.written;
+    let file = st.file.clone();
+    drop(st);
+    let result = sync_counted(shared, &file);
+    let mut st = shared.lock();
+    st.syncing = false;
+    match result {
+        Ok(()) => {
+            st.synced = st.synced.max(target);
+            shared.synced.store(st.synced, Ordering::Release);
+            st.sync_error = None;
         }
-        shared.epoch.fetch_add(1, Ordering::AcqRel);
-        if st.sleepers > 0 {
-            shared.changed.notify_all();
+        Err(e) => {
+            st.sync_error = Some(e);
+            st.failed_upto = target;
         }
     }
+    shared.epoch.fetch_add(1, Ordering::AcqRel);
+    if st.sleepers > 0 {
+        shared.changed.notify_all();
+    }
+    st
 }
 
 /// How long a request polls for its sync before sleeping.

@@ -8,7 +8,8 @@
 //! signature that takes the device ~55 µs is best waited for awake. The yield hands
 //! the CPU to any thread that has work, so polling only uses time nobody else wants.
 //!
-//! At most one reader per CPU polls at a time in a process; the others block at once.
+//! At most one thread per CPU polls at a time in a process (readers here, and requests
+//! waiting for the audit log's sync); the others block at once.
 //! With many connections busy (64 clients on 2 cores), a crowd of polling threads
 //! would each take a turn on the CPU for nothing between real work.
 
@@ -43,15 +44,15 @@ pub fn cpus() -> usize {
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Readers polling now, in this process.
+/// Threads polling now, in this process.
 static POLLING: AtomicUsize = AtomicUsize::new(0);
 
-/// A turn at polling, given back when dropped; `None` when every CPU already has a
-/// polling reader.
-struct PollTurn;
+/// A turn at polling (a socket here, the audit log's sync in `audit`), given back when
+/// dropped; `None` when every CPU already has a polling thread.
+pub(crate) struct PollTurn;
 
 impl PollTurn {
-    fn take() -> Option<PollTurn> {
+    pub(crate) fn take() -> Option<PollTurn> {
         if POLLING.fetch_add(1, Ordering::AcqRel) < cpus() {
             Some(PollTurn)
         } else {
