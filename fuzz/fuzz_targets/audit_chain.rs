@@ -8,6 +8,8 @@
 //! - `Verified` counts the files, its `records` is the last record's seq, and
 //!   `last_hash` the SHA-256 of the last non-empty line (the genesis hash if none).
 #![no_main]
+// Every `expect`/`unwrap` here is an assertion of the target (a temp file that must
+// write, a value that must serialise): a panic is a finding, which libFuzzer keeps.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -8,6 +8,8 @@
 //! - `Bundle::read` accepts exactly the JSON bundles whose mediaType is one it reads;
 //! - an accepted bundle serialises (as `Bundle::write` does) and reads back equal.
 #![no_main]
+// Every `expect`/`unwrap` here is an assertion of the target (a temp file that must
+// write, a value that must serialise): a panic is a finding, which libFuzzer keeps.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

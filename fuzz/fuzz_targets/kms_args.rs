@@ -8,6 +8,8 @@
 //! call) decodes to an equal call, and is stable; the same input gives the same answer
 //! through `from_args`; an error is a non-empty sentence.
 #![no_main]
+// Every `expect`/`unwrap` here is an assertion of the target (a temp file that must
+// write, a value that must serialise): a panic is a finding, which libFuzzer keeps.
 
 use std::ffi::OsString;
 

@@ -7,6 +7,8 @@
 //! - its `ok`, typed as each result the client asks for (`into_result`), round-trips
 //!   through the result type's own Serialize/Deserialize.
 #![no_main]
+// Every `expect`/`unwrap` here is an assertion of the target (a temp file that must
+// write, a value that must serialise): a panic is a finding, which libFuzzer keeps.
 
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;

@@ -7,6 +7,8 @@
 //!   CKA_VALUE is the input, and CKA_SERIAL_NUMBER is one well-formed DER INTEGER.
 //!   The certificate's TBSCertificate is also given to `TbsSummary::parse`.
 #![no_main]
+// Every `expect`/`unwrap` here is an assertion of the target (a temp file that must
+// write, a value that must serialise): a panic is a finding, which libFuzzer keeps.
 
 use libfuzzer_sys::fuzz_target;
 use waxseal_agent::proto::KeyAlg;
