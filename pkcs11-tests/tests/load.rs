@@ -19,20 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piv_emulator::harness::{Config, Harness};
+use pkcs11_tests::bench::rss_kib;
 use pkcs11_tests::{bins, pkcs11_device, tpm_device, Agent, SoftHsm, Swtpm};
 use sha2::{Digest, Sha256};
 use waxseal_agent::audit_chain;
 use waxseal_agent::client::{Client, ClientError};
 use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn raise_nofile() {
     use rustix::process::{getrlimit, setrlimit, Resource};
