@@ -578,7 +578,7 @@ mod tests {
             caller: Caller {
                 uid: 1000,
                 pid: Some(7),
-                exe: None,
+                ..Caller::default()
             },
             subject,
             outcome: None,

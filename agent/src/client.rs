@@ -198,6 +198,12 @@ impl Client {
                 )))
             }
             Err(ReadError::Broken(e)) => return Err(ClientError::Io(e)),
+            // The client reads without a peer check; kept for completeness.
+            Err(ReadError::Foreign(_)) => {
+                return Err(ClientError::Protocol(
+                    "bytes from an unexpected sender on the agent's socket".into(),
+                ))
+            }
         };
         let response = Response::decode(payload).map_err(ClientError::Protocol)?;
         if response.id.is_some_and(|rid| rid != id) {

@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 /// Default time a connection polls for its next request, in microseconds.
 pub const DEFAULT_SPIN_US: u64 = 100;
+/// Default cap on concurrent connections to `ssh.sock`.
+pub const DEFAULT_SSH_MAX_CONNECTIONS: usize = 64;
+/// Default idle timeout of a forwarded `ssh.sock` connection, in seconds.
+pub const DEFAULT_SSH_FORWARDED_IDLE_SECS: u64 = 30;
 
 /// The whole configuration, checked.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +66,16 @@ pub struct AgentConfig {
     pub audit_group_commit: bool,
     /// The audit log is rotated when it grows past this many bytes.
     pub audit_max_bytes: u64,
+    /// Uids other than the agent's own that may connect to `agent.sock` (system mode);
+    /// each may use only the keys whose `[[key]] allow_uids` names it.
+    pub allow_uids: Vec<u32>,
+    /// The group given access to the runtime directory (0710) and `agent.sock` (0660),
+    /// so that the uids of `allow_uids` can reach it; by name or number.
+    pub socket_group: Option<u32>,
+    /// Cap on concurrent connections to `ssh.sock`.
+    pub ssh_max_connections: usize,
+    /// Idle timeout of an `ssh.sock` connection bound for forwarding, in seconds.
+    pub ssh_forwarded_idle_secs: u64,
 }
 
 /// Default seconds a confirmation waits.
@@ -82,6 +96,10 @@ impl Default for AgentConfig {
             audit_fsync: true,
             audit_group_commit: true,
             audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
+            allow_uids: Vec::new(),
+            socket_group: None,
+            ssh_max_connections: DEFAULT_SSH_MAX_CONNECTIONS,
+            ssh_forwarded_idle_secs: DEFAULT_SSH_FORWARDED_IDLE_SECS,
         }
     }
 }
@@ -224,6 +242,11 @@ struct RawAgent {
     audit_fsync: Option<bool>,
     audit_group_commit: Option<bool>,
     audit_max_bytes: Option<u64>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    socket_group: Option<SerialValue>,
+    ssh_max_connections: Option<usize>,
+    ssh_forwarded_idle_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +297,17 @@ struct RawKey {
     confirm: bool,
     max_per_hour: Option<u32>,
     max_per_day: Option<u32>,
+}
+
+/// The id of the group `name`, from `/etc/group`.
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name)
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
 }
 
 impl Config {
@@ -331,7 +365,46 @@ impl Config {
             audit_fsync: raw.agent.audit_fsync.unwrap_or(true),
             audit_group_commit: raw.agent.audit_group_commit.unwrap_or(true),
             audit_max_bytes: raw.agent.audit_max_bytes.unwrap_or(DEFAULT_AUDIT_MAX_BYTES),
+            allow_uids: raw.agent.allow_uids,
+            socket_group: match raw.agent.socket_group {
+                None => None,
+                Some(SerialValue::Number(n)) => Some(u32::try_from(n).map_err(|_| {
+                    at("agent.socket_group".into(), "not a group id".into())
+                })?),
+                Some(SerialValue::Text(name)) => Some(group_id(&name).ok_or_else(|| {
+                    at(
+                        "agent.socket_group".into(),
+                        format!("no group named `{name}` in /etc/group"),
+                    )
+                })?),
+            },
+            ssh_max_connections: raw
+                .agent
+                .ssh_max_connections
+                .unwrap_or(DEFAULT_SSH_MAX_CONNECTIONS),
+            ssh_forwarded_idle_secs: raw
+                .agent
+                .ssh_forwarded_idle_secs
+                .unwrap_or(DEFAULT_SSH_FORWARDED_IDLE_SECS),
         };
+        if !agent.allow_uids.is_empty() && agent.socket_group.is_none() {
+            return Err(at(
+                "agent.allow_uids".into(),
+                "other uids cannot reach agent.sock (0600) without [agent] socket_group, the group they share with the agent".into(),
+            ));
+        }
+        if agent.ssh_max_connections == 0 {
+            return Err(at(
+                "agent.ssh_max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if agent.ssh_forwarded_idle_secs == 0 {
+            return Err(at(
+                "agent.ssh_forwarded_idle_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if !(1..=3600).contains(&agent.confirm_timeout_secs) {
             return Err(at(
                 "agent.confirm_timeout_secs".into(),

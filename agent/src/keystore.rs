@@ -291,6 +291,58 @@ impl KeyStore {
         self.audit.as_ref().map_or_else(Vec::new, |a| a.tail(n))
     }
 
+    /// Bytes on a connection came from `sender`, not from the process that connected
+    /// (`connected`): refused, logged and audited; the face closes the connection.
+    /// Returns the error to send before closing.
+    pub fn refuse_foreign(
+        &self,
+        connected: &Caller,
+        sender: Option<crate::wire::Sender>,
+        socket: &str,
+    ) -> WireError {
+        let from = sender.map_or_else(
+            || Caller {
+                uid: u32::MAX,
+                ..Caller::default()
+            },
+            |s| Caller::from_peer(s.uid, Some(s.pid)),
+        );
+        let e = WireError::new(
+            ErrorCode::PolicyDenied,
+            format!(
+                "a request on this connection came from {}, not from the process that connected ({}); the connection is closed",
+                if sender.is_some() { from.describe() } else { "a sender the kernel did not name".into() },
+                connected.describe()
+            ),
+        );
+        warn!(socket, sender = %from.describe(), connected = %connected.describe(), "request from another process than the one that connected; connection closed");
+        if let Some(audit) = &self.audit {
+            let mut subject = Map::new();
+            subject.insert("socket".into(), json!(socket));
+            subject.insert(
+                "connected".into(),
+                json!({
+                    "uid": connected.uid,
+                    "pid": connected.pid,
+                    "exe": connected.exe.as_ref().map(|p| p.display().to_string()),
+                }),
+            );
+            let record = Record {
+                event: "refused",
+                key: String::new(),
+                purpose: "connection".into(),
+                caller: from,
+                subject,
+                outcome: Some((e.code.to_string(), e.message.clone())),
+                intent: None,
+            };
+            if let Err(err) = audit.append(&record) {
+                warn!(error = %err, "refusal not recorded in the audit log");
+            }
+        }
+        e
+    }
+
     fn device(&self, name: &str) -> Result<&Device, WireError> {
         self.devices.iter().find(|d| d.name == name).ok_or_else(|| {
             let known: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();

@@ -119,6 +119,10 @@ fn run(args: Args) -> Result<(), String> {
             return Err(e);
         }
     };
+    if let (Some(gid), Some(socket)) = (config.agent.socket_group, &agent_listener.created) {
+        listen::share_with_group(&runtime_dir, socket, gid).map_err(|e| e.to_string())?;
+        info!(gid, uids = ?config.agent.allow_uids, "agent.sock shared with the socket group");
+    }
     for l in [&agent_listener, &ssh_listener] {
         l.socket
             .set_nonblocking(true)
@@ -158,7 +162,15 @@ fn run(args: Args) -> Result<(), String> {
         max_connections: config.agent.max_connections,
         idle_timeout: Duration::from_secs(config.agent.idle_timeout_secs),
         uid: rustix::process::geteuid().as_raw(),
+        allow_uids: config.agent.allow_uids.clone(),
+        forwarded_idle_timeout: Duration::from_secs(config.agent.ssh_forwarded_idle_secs),
         spin: Duration::from_micros(config.agent.spin_us),
+    };
+    // ssh.sock: the agent's own uid only, and its own, smaller cap (README → Security).
+    let ssh_opts = server::ServeOptions {
+        max_connections: config.agent.ssh_max_connections,
+        allow_uids: Vec::new(),
+        ..opts.clone()
     };
     // tokio only accepts and waits for signals; connections have their own threads.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -198,7 +210,7 @@ fn run(args: Args) -> Result<(), String> {
                 native::connection,
                 stopped.clone()
             ),
-            server::serve(ssh_socket, store.clone(), opts, ssh::connection, stopped),
+            server::serve(ssh_socket, store.clone(), ssh_opts, ssh::connection, stopped),
         );
         Ok::<(), String>(())
     });

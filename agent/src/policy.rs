@@ -15,7 +15,7 @@ use crate::x509::{CertKind, TbsSummary};
 pub const DEFAULT_PURPOSES: [Purpose; 3] = [Purpose::Digest, Purpose::Blob, Purpose::Ssh];
 
 /// Who is asking (read from the socket with SO_PEERCRED).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Caller {
     /// Peer uid.
     pub uid: u32,
@@ -23,13 +23,56 @@ pub struct Caller {
     pub pid: Option<i32>,
     /// The peer's executable (`/proc/PID/exe`), read when it connected.
     pub exe: Option<std::path::PathBuf>,
+    /// The process as identified when the agent accepted the connection.
+    pub process: Option<Process>,
+    /// This request was already queued when the agent identified the process: it may
+    /// have been written by the program that ran before an `exec`.
+    pub early: bool,
+}
+
+/// What identifies a running program: its process's start time and the file it runs.
+///
+/// `exec` keeps the pid and the start time and changes the file; a pid reused by
+/// another process changes the start time. Files are compared by device and inode, so
+/// a path through a symlink, a hard link or a renamed copy cannot stand in for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    /// `starttime` from `/proc/PID/stat`, in clock ticks since boot.
+    pub start: u64,
+    /// Device and inode of `/proc/PID/exe`.
+    pub exe: (u64, u64),
+}
+
+impl Process {
+    /// Reads the process `pid` as it is now.
+    pub fn read(pid: i32) -> Option<Process> {
+        use std::os::unix::fs::MetadataExt;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so fields
+        // are counted after its last `)`; `starttime` is field 22, the 20th after it.
+        let after = &stat[stat.rfind(')')? + 1..];
+        let start = after.split_whitespace().nth(19)?.parse().ok()?;
+        let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        Some(Process {
+            start,
+            exe: (meta.dev(), meta.ino()),
+        })
+    }
 }
 
 impl Caller {
-    /// A caller from its peer credentials; the executable is read from `/proc`.
+    /// A caller from its peer credentials; the executable and the process's identity
+    /// are read from `/proc`.
     pub fn from_peer(uid: u32, pid: Option<i32>) -> Caller {
+        let process = pid.and_then(Process::read);
         let exe = pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok());
-        Caller { uid, pid, exe }
+        Caller {
+            uid,
+            pid,
+            exe,
+            process,
+            early: false,
+        }
     }
 
     /// `uid 1000 pid 4242 (/usr/bin/cosign)`, for logs and questions.
@@ -43,6 +86,46 @@ impl Caller {
         }
         s
     }
+
+    /// Checks that the caller runs one of `allowed` now, and ran it when it wrote this
+    /// request; the error says what differs.
+    fn runs_one_of(&self, allowed: &[std::path::PathBuf]) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        if self.early {
+            return Err("the request was written before the agent identified the program (it was already queued when the connection was accepted, as after an exec); send requests after the `hello` reply".into());
+        }
+        let (Some(pid), Some(then)) = (self.pid, self.process) else {
+            return Err("the agent could not identify the program that connected".into());
+        };
+        match Process::read(pid) {
+            Some(now) if now == then => {}
+            Some(now) if now.start == then.start => {
+                return Err(format!(
+                    "pid {pid} runs another program than when it connected (exec after connect)"
+                ))
+            }
+            _ => return Err(format!("pid {pid} is no longer the process that connected")),
+        }
+        let runs = allowed.iter().any(|path| {
+            std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == then.exe)
+        });
+        if runs {
+            Ok(())
+        } else {
+            Err(format!(
+                "it runs {}",
+                self.exe
+                    .as_ref()
+                    .map_or("an unknown program".to_string(), |e| e.display().to_string())
+            ))
+        }
+    }
+}
+
+/// The uid this agent runs as, read once.
+pub fn own_uid() -> u32 {
+    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UID.get_or_init(|| rustix::process::geteuid().as_raw())
 }
 
 /// The checked policy of every key.
@@ -107,11 +190,25 @@ impl Policy {
     }
 
     /// `allow_uids` and `allow_exe` of `key`'s entry; the refusal names the rule.
-    fn check_caller(&self, key: &str, caller: &Caller) -> Result<(), WireError> {
-        let Some(entry) = self.entries.get(key) else {
+    ///
+    /// A uid other than the agent's own (admitted by `[agent] allow_uids`) may use only
+    /// the keys whose entry names it in `allow_uids`.
+    pub fn check_caller(&self, key: &str, caller: &Caller) -> Result<(), WireError> {
+        let entry = self.entries.get(key);
+        let uids = entry.map_or(&[][..], |e| e.allow_uids.as_slice());
+        if caller.uid != own_uid() && !uids.contains(&caller.uid) {
+            return Err(WireError::new(
+                ErrorCode::PolicyDenied,
+                format!(
+                    "key {key} may not be used by uid {}: only keys whose [[key]] entry names that uid in allow_uids serve uids other than the agent's own",
+                    caller.uid
+                ),
+            ));
+        }
+        let Some(entry) = entry else {
             return Ok(());
         };
-        if !entry.allow_uids.is_empty() && !entry.allow_uids.contains(&caller.uid) {
+        if !uids.is_empty() && !uids.contains(&caller.uid) {
             return Err(WireError::new(
                 ErrorCode::PolicyDenied,
                 format!(
@@ -121,21 +218,12 @@ impl Policy {
             ));
         }
         if !entry.allow_exe.is_empty() {
-            let allowed = caller
-                .exe
-                .as_ref()
-                .is_some_and(|exe| entry.allow_exe.iter().any(|a| a == exe));
-            if !allowed {
-                let exe = caller
-                    .exe
-                    .as_ref()
-                    .map_or("an unknown program".to_string(), |e| {
-                        e.display().to_string()
-                    });
+            if let Err(why) = caller.runs_one_of(&entry.allow_exe) {
                 return Err(WireError::new(
                     ErrorCode::PolicyDenied,
                     format!(
-                        "key {key} may not be used by {exe}: its [[key]] entry has allow_exe = [{}]",
+                        "key {key} may not be used by {}: {why}; its [[key]] entry has allow_exe = [{}]",
+                        caller.describe(),
                         entry
                             .allow_exe
                             .iter()
@@ -147,6 +235,16 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// Whether `caller` may see `key` (list it, read its public key): the agent's own
+    /// uid sees every key, another uid only those it may use by `allow_uids`.
+    pub fn visible_to(&self, key: &str, caller: &Caller) -> bool {
+        caller.uid == own_uid()
+            || self
+                .entries
+                .get(key)
+                .is_some_and(|e| e.allow_uids.contains(&caller.uid))
     }
 
     /// Whether `key` may sign the certificate `tbs` describes (`x509_issue`); the
@@ -237,9 +335,8 @@ mod tests {
         assert!(!p.ssh_forwarding("hsm/git"));
         assert!(p.ssh_forwarding("hsm/other"));
         let me = Caller {
-            uid: 1000,
-            pid: None,
-            exe: None,
+            uid: own_uid(),
+            ..Caller::default()
         };
         assert!(p.check_sign("hsm/other", Purpose::Digest, &me).is_ok());
         let e = p

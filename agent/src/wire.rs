@@ -8,18 +8,25 @@
 //! signature that takes the device ~55 µs is best waited for awake. The yield hands
 //! the CPU to any thread that has work, so polling only uses time nobody else wants.
 //!
+//! On the agent's sockets every read is a `recvmsg` that carries the sender's
+//! credentials (`SO_PASSCRED`, `SCM_CREDENTIALS`): bytes from any process other than
+//! the one that connected end the connection ([`ReadError::Foreign`]), and a frame
+//! whose first byte was already queued when the agent identified the connecting
+//! process is marked early ([`FrameReader::early`]; README → Security: who may sign).
+//!
 //! At most one thread per CPU polls at a time in a process (readers here, and requests
 //! waiting for the audit log's sync); the others block at once.
 //! With many connections busy (64 clients on 2 cores), a crowd of polling threads
 //! would each take a turn on the CPU for nothing between real work.
 
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rustix::net::RecvFlags;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 use crate::proto::{self, PREFIX_LEN};
 
@@ -35,6 +42,28 @@ pub enum ReadError {
     TooLarge(u64),
     /// The stream broke (or closed mid-frame).
     Broken(io::Error),
+    /// Bytes arrived from a process other than the one that connected (a child that
+    /// inherited the socket, or one it was passed to); `None` when the kernel attached
+    /// no credentials.
+    Foreign(Option<Sender>),
+}
+
+/// Who sent some bytes, as the kernel attached it to them (`SCM_CREDENTIALS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    /// The sending process (its thread group id).
+    pub pid: i32,
+    /// Its uid.
+    pub uid: u32,
+}
+
+/// The process every frame on a connection must come from.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    sender: Sender,
+    /// Bytes that were queued when the process was identified: a frame starting
+    /// before this offset may have been written before an `exec`.
+    early_until: u64,
 }
 
 /// The CPUs this process may use, read once: `available_parallelism` opens and reads
@@ -68,6 +97,12 @@ impl Drop for PollTurn {
     }
 }
 
+/// Why one `recv` gave no bytes.
+enum RecvError {
+    Io(rustix::io::Errno),
+    Foreign(Option<Sender>),
+}
+
 /// A buffered frame reader for one stream.
 #[derive(Debug)]
 pub struct FrameReader {
@@ -75,6 +110,12 @@ pub struct FrameReader {
     start: usize,
     end: usize,
     limit: usize,
+    /// Set on the agent's side: every byte must come from this process.
+    peer: Option<Peer>,
+    /// Stream offset of `buf[start]`.
+    offset: u64,
+    /// The last frame returned started before `peer.early_until`.
+    early: bool,
 }
 
 impl Default for FrameReader {
@@ -96,6 +137,67 @@ impl FrameReader {
             start: 0,
             end: 0,
             limit,
+            peer: None,
+            offset: 0,
+            early: false,
+        }
+    }
+
+    /// Accepts bytes only from `sender` (the process that connected), reading the
+    /// kernel's credentials with each `recvmsg` (the socket must have `SO_PASSCRED`,
+    /// which accepted sockets inherit from their listener). The first `early_until`
+    /// bytes were queued when that process was identified: frames starting among
+    /// them are [`FrameReader::early`].
+    pub fn from_peer(mut self, sender: Sender, early_until: u64) -> Self {
+        self.peer = Some(Peer {
+            sender,
+            early_until,
+        });
+        self
+    }
+
+    /// Whether the frame last read started among the bytes queued before the
+    /// connecting process was identified (see [`FrameReader::from_peer`]).
+    pub fn early(&self) -> bool {
+        self.early
+    }
+
+    /// Receives into `space`, checking the sender when a peer is set.
+    fn recv(
+        peer: Option<Peer>,
+        stream: &UnixStream,
+        space: &mut [u8],
+        flags: RecvFlags,
+    ) -> Result<usize, RecvError> {
+        let Some(peer) = peer else {
+            return rustix::net::recv(stream, space, flags)
+                .map(|(n, _)| n)
+                .map_err(RecvError::Io);
+        };
+        let mut cmsg = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut cmsg);
+        let got = rustix::net::recvmsg(
+            stream,
+            &mut [IoSliceMut::new(space)],
+            &mut control,
+            flags,
+        )
+        .map_err(RecvError::Io)?;
+        let mut from = None;
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmCredentials(c) = message {
+                from = Some(Sender {
+                    pid: c.pid.as_raw_nonzero().get(),
+                    uid: c.uid.as_raw(),
+                });
+            }
+        }
+        if got.bytes == 0 {
+            return Ok(0);
+        }
+        match from {
+            Some(s) if s == peer.sender => Ok(got.bytes),
+            other => Err(RecvError::Foreign(other)),
         }
     }
 
@@ -145,7 +247,9 @@ impl FrameReader {
             let need = match self.split()? {
                 Ok(used) => {
                     let from = self.start + PREFIX_LEN;
+                    self.early = self.peer.is_some_and(|p| self.offset < p.early_until);
                     self.start += used;
+                    self.offset += used as u64;
                     return Ok(&self.buf[from..self.start]);
                 }
                 Err(need) => need,
@@ -164,32 +268,28 @@ impl FrameReader {
                     return Err(ReadError::Idle);
                 }
             }
-            let space = &mut self.buf[self.end..];
-            let got = if began.elapsed() < spin {
-                match rustix::net::recv(stream, &mut *space, RecvFlags::DONTWAIT) {
-                    Ok((n, _)) => Ok(n),
-                    Err(rustix::io::Errno::AGAIN) => {
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(e) => Err(io::Error::from(e)),
-                }
-            } else {
+            let polling = began.elapsed() < spin;
+            if !polling {
                 // Done polling: let another reader have the turn while this one sleeps.
                 drop(turn.take());
-                match (&*stream).read(space) {
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        return Err(ReadError::Idle)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => r,
+            }
+            let flags = if polling {
+                RecvFlags::DONTWAIT
+            } else {
+                RecvFlags::empty()
+            };
+            let got = Self::recv(self.peer, stream, &mut self.buf[self.end..], flags);
+            let got = match got {
+                Ok(n) => Ok(n),
+                Err(RecvError::Io(rustix::io::Errno::AGAIN)) if polling => {
+                    std::thread::yield_now();
+                    continue;
                 }
+                // A blocking read ends with EAGAIN when the socket's timeout passes.
+                Err(RecvError::Io(rustix::io::Errno::AGAIN)) => return Err(ReadError::Idle),
+                Err(RecvError::Io(rustix::io::Errno::INTR)) => continue,
+                Err(RecvError::Io(e)) => Err(io::Error::from(e)),
+                Err(RecvError::Foreign(s)) => return Err(ReadError::Foreign(s)),
             };
             match got {
                 Ok(0) if self.end == self.start => return Err(ReadError::Closed),
@@ -229,6 +329,41 @@ mod tests {
             r.read(&b, Duration::ZERO, None),
             Err(ReadError::Closed)
         ));
+    }
+
+    #[test]
+    fn bytes_from_another_process_are_foreign_and_queued_frames_early() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        rustix::net::sockopt::set_socket_passcred(&b, true).unwrap();
+        let me = Sender {
+            pid: std::process::id() as i32,
+            uid: rustix::process::geteuid().as_raw(),
+        };
+        let first = proto::encode_frame(b"queued before");
+        a.write_all(&first).unwrap();
+        let mut r = FrameReader::new().from_peer(me, first.len() as u64);
+        a.write_all(&proto::encode_frame(b"after")).unwrap();
+        assert_eq!(r.read(&b, Duration::ZERO, None).unwrap(), b"queued before");
+        assert!(r.early());
+        assert_eq!(r.read(&b, Duration::from_micros(50), None).unwrap(), b"after");
+        assert!(!r.early());
+
+        // A child process writing on the inherited socket is another sender.
+        let out = std::os::fd::OwnedFd::from(a.try_clone().unwrap());
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r"printf '\000\000\000\002{}'")
+            .stdout(std::process::Stdio::from(out))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        match r.read(&b, Duration::ZERO, None) {
+            Err(ReadError::Foreign(Some(s))) => {
+                assert_ne!(s.pid, me.pid);
+                assert_eq!(s.uid, me.uid);
+            }
+            other => panic!("expected a foreign sender, got {other:?}"),
+        }
     }
 
     #[test]

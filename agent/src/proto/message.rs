@@ -11,6 +11,102 @@ use serde_json::{Map, Value};
 
 use super::error::{ErrorCode, WireError};
 
+/// The longest key NAME (and device name) a request may carry, in bytes.
+pub const MAX_KEY_NAME: usize = 256;
+/// The longest artifact name (`sign` purpose `blob`) a request may carry, in bytes.
+/// Names reach the audit log and confirmation questions, whose records and answers
+/// must stay far below [`super::MAX_FRAME`].
+pub const MAX_NAME: usize = 1024;
+
+/// Checks a client-supplied string that reaches the audit log, logs or a question to
+/// a person: at most `max` bytes, and no control characters (a newline in an artifact
+/// name could forge a line of a confirmation question). The message never repeats the
+/// string.
+fn check_text(field: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!(
+            "`{field}` is {} bytes long; at most {max} are accepted",
+            text.len()
+        ));
+    }
+    if let Some(at) = text.chars().position(char::is_control) {
+        return Err(format!(
+            "`{field}` holds a control character (character {}); none are accepted",
+            at + 1
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON value in which no object names a member twice: `{"key":"a","key":"b"}`
+/// is refused rather than read as its last member, so that no two readers of one
+/// frame can disagree on what it asks.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Strict::deserialize(d).map(|s| s.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "member `{}` appears twice in one object",
+                    key.chars().take(64).collect::<String>()
+                )));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Bytes carried as standard base64 (with padding) in JSON.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Bytes(pub Vec<u8>);
@@ -522,11 +618,13 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         ),
         malformed: true,
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| RequestError {
-        id: None,
-        error: WireError::new(ErrorCode::BadRequest, format!("frame is not JSON: {e}")),
-        malformed: true,
-    })?;
+    let value = serde_json::from_str::<Strict>(text)
+        .map_err(|e| RequestError {
+            id: None,
+            error: WireError::new(ErrorCode::BadRequest, format!("frame is not JSON: {e}")),
+            malformed: true,
+        })?
+        .0;
     let Value::Object(mut map) = value else {
         return Err(RequestError::bad(
             None,
@@ -555,6 +653,11 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         }
         None => return Err(RequestError::bad(Some(id), "missing `op`".to_string())),
     };
+    for (field, max) in [("key", MAX_KEY_NAME), ("device", MAX_KEY_NAME), ("name", MAX_NAME)] {
+        if let Some(Value::String(text)) = map.get(field) {
+            check_text(field, text, max).map_err(|m| RequestError::bad(Some(id), m))?;
+        }
+    }
     fn body<T: DeserializeOwned>(
         id: u64,
         op: &str,
@@ -842,6 +945,42 @@ mod tests {
 
     fn decode(s: &str) -> Result<Request, RequestError> {
         decode_request(s.as_bytes())
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_at_any_depth() {
+        for frame in [
+            r#"{"id":1,"op":"public_key","key":"hsm/a","key":"hsm/b"}"#,
+            r#"{"id":1,"id":2,"op":"list_keys"}"#,
+            r#"{"id":1,"op":"list_keys","x":{"a":1,"a":2}}"#,
+            r#"{"id":1,"op":"list_keys","x":[{"a":1,"a":1}]}"#,
+        ] {
+            let e = decode(frame).unwrap_err();
+            assert!(e.malformed, "{frame}");
+            assert!(e.error.message.contains("appears twice"), "{}", e.error.message);
+        }
+        assert!(decode(r#"{"id":1,"op":"public_key","key":"hsm/a","x":{"key":"b"}}"#).is_ok());
+    }
+
+    #[test]
+    fn client_strings_are_bounded_and_free_of_control_characters() {
+        let sign = |name: &str| {
+            decode(&format!(
+                r#"{{"id":3,"op":"sign","key":"hsm/r","purpose":"blob","hash":"sha256","digest":"{}","name":{}}}"#,
+                B64.encode([0u8; 32]),
+                serde_json::to_string(name).unwrap()
+            ))
+        };
+        assert!(sign(&"a".repeat(MAX_NAME)).is_ok());
+        let e = sign(&"a".repeat(MAX_NAME + 1)).unwrap_err();
+        assert_eq!(e.id, Some(3));
+        assert!(e.error.message.contains("at most 1024"), "{}", e.error.message);
+        assert!(!e.error.message.contains("aaaa"), "the string is not echoed");
+        let e = sign("release.tar.gz
+Asked by uid 0").unwrap_err();
+        assert!(e.error.message.contains("control character"), "{}", e.error.message);
+        let long_key = format!(r#"{{"id":4,"op":"public_key","key":"hsm/{}"}}"#, "k".repeat(300));
+        assert!(decode(&long_key).unwrap_err().error.message.contains("`key`"));
     }
 
     #[test]

@@ -81,6 +81,25 @@ pub fn prepare_dir(dir: &Path) -> Result<(), ListenError> {
     }
 }
 
+/// System mode (`[agent] socket_group`): opens `dir` to `gid` for traversal only (0710,
+/// so the group cannot list or plant files) and `socket` to it for connecting (0660).
+/// Who may then sign is still decided per uid (`[agent] allow_uids`, `[[key]]
+/// allow_uids`).
+pub fn share_with_group(dir: &Path, socket: &Path, gid: u32) -> Result<(), ListenError> {
+    let gid = Some(rustix::fs::Gid::from_raw(gid));
+    let err = |path: &Path, what: &str, e: io::Error| ListenError::Dir {
+        path: path.to_path_buf(),
+        why: format!("cannot {what}: {e}"),
+    };
+    rustix::fs::chown(dir, None, gid).map_err(|e| err(dir, "give it to the socket group", e.into()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o710))
+        .map_err(|e| err(dir, "set mode 0710", e))?;
+    rustix::fs::chown(socket, None, gid)
+        .map_err(|e| err(socket, "give it to the socket group", e.into()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o660))
+        .map_err(|e| err(socket, "set mode 0660", e))
+}
+
 /// Binds `dir/name` with mode 0600, replacing a stale socket.
 pub fn bind(dir: &Path, name: &str) -> Result<Listener, ListenError> {
     let path = dir.join(name);

@@ -31,8 +31,10 @@ use crate::policy::Caller;
 /// Stack of a connection thread: the request path (serde, cryptoki, the module) is shallow.
 const STACK: usize = 512 * 1024;
 
-/// Serves one accepted connection on its own thread, until it closes.
-pub type Handler = fn(&UnixStream, &Arc<KeyStore>, &ServeOptions, &Caller);
+/// Serves one accepted connection on its own thread, until it closes. The last
+/// argument is how many bytes were queued when the caller was identified (see
+/// [`crate::wire::FrameReader::from_peer`]).
+pub type Handler = fn(&UnixStream, &Arc<KeyStore>, &ServeOptions, &Caller, u64);
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -41,8 +43,13 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Idle timeout per connection, and the longest one frame may take to arrive.
     pub idle_timeout: Duration,
-    /// The uid allowed to connect (the agent's own).
+    /// The agent's own uid, always admitted.
     pub uid: u32,
+    /// Other uids admitted (`[agent] allow_uids`; `agent.sock` only): each may use
+    /// only the keys whose `[[key]] allow_uids` names it.
+    pub allow_uids: Vec<u32>,
+    /// Idle timeout of an SSH connection bound for forwarding (`ssh.sock`).
+    pub forwarded_idle_timeout: Duration,
     /// How long a connection polls for its next request before sleeping
     /// (see [`crate::wire`]); zero never polls.
     pub spin: Duration,
@@ -53,6 +60,13 @@ pub struct ServeOptions {
 struct Open {
     next: AtomicU64,
     streams: Mutex<HashMap<u64, UnixStream>>,
+}
+
+impl ServeOptions {
+    /// Whether `uid` may connect.
+    pub fn admits(&self, uid: u32) -> bool {
+        uid == self.uid || self.allow_uids.contains(&uid)
+    }
 }
 
 impl Open {
@@ -95,6 +109,12 @@ pub async fn serve(
     handler: Handler,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Every message then carries its sender's credentials, read with it (accepted
+    // sockets inherit the option, so none arrives without them).
+    if let Err(e) = rustix::net::sockopt::set_socket_passcred(&listener, true) {
+        warn!(error = %e, "cannot set SO_PASSCRED: requests cannot be tied to their sender; not serving this socket");
+        return;
+    }
     let limit = Arc::new(Semaphore::new(opts.max_connections));
     let opts = Arc::new(opts);
     let open = Arc::new(Open::default());
@@ -124,6 +144,15 @@ pub async fn serve(
                 continue;
             }
         };
+        // What was written before the process was identified (read just above) may
+        // come from the program it ran before an exec.
+        let queued = match rustix::io::ioctl_fionread(&stream) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "cannot read the connection's queue; connection refused");
+                continue;
+            }
+        };
         let stream = match stream
             .into_std()
             .and_then(|s| s.set_nonblocking(false).map(|()| s))
@@ -140,7 +169,7 @@ pub async fn serve(
             .stack_size(STACK)
             .spawn(move || {
                 if let Some(id) = open.add(&stream) {
-                    handler(&stream, &store, &opts, &caller);
+                    handler(&stream, &store, &opts, &caller, queued);
                     open.remove(id);
                 }
                 drop(permit);

@@ -17,12 +17,12 @@ use tracing::{debug, info, warn};
 use super::ServeOptions;
 use crate::backend::GenerateOptions;
 use crate::keystore::{Interaction, KeyStore};
-use crate::policy::Caller;
+use crate::policy::{own_uid, Caller};
 use crate::proto::{
     self, decode_request, encode_error, encode_notice, encode_ok, encode_prompt, AuditTailOk,
     ErrorCode, HelloOk, Op, UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
-use crate::wire::{FrameReader, ReadError};
+use crate::wire::{FrameReader, ReadError, Sender};
 use secrecy::SecretString;
 
 fn send(mut w: &UnixStream, payload: &[u8]) -> io::Result<()> {
@@ -59,15 +59,22 @@ pub fn connection(
     store: &Arc<KeyStore>,
     opts: &ServeOptions,
     caller: &Caller,
+    queued: u64,
 ) {
     let pid = caller.pid.unwrap_or(0);
-    if caller.uid != opts.uid {
+    if !opts.admits(caller.uid) {
         warn!(uid = caller.uid, pid, "connection from another uid refused");
         let e = WireError::new(
             ErrorCode::PolicyDenied,
             format!(
-                "uid {} may not use this agent (it serves uid {} only)",
-                caller.uid, opts.uid
+                "uid {} may not use this agent (it serves uid {}{})",
+                caller.uid,
+                opts.uid,
+                if opts.allow_uids.is_empty() {
+                    " only".to_string()
+                } else {
+                    format!(" and [agent] allow_uids = {:?}", opts.allow_uids)
+                }
             ),
         );
         send_and_close(stream, &encode_error(None, &e));
@@ -78,7 +85,14 @@ pub fn connection(
         return;
     }
     debug!(uid = caller.uid, pid, "client connected");
-    let mut reader = FrameReader::new();
+    let mut reader = FrameReader::new().from_peer(
+        Sender {
+            pid,
+            uid: caller.uid,
+        },
+        queued,
+    );
+    let mut caller = caller.clone();
     loop {
         let frame = match reader.read(stream, opts.spin, Some(opts.idle_timeout)) {
             Ok(frame) => frame,
@@ -100,10 +114,17 @@ pub fn connection(
                 debug!(pid, error = %e, "connection broke");
                 return;
             }
+            Err(ReadError::Foreign(sender)) => {
+                let e = store.refuse_foreign(&caller, sender, "agent.sock");
+                send_and_close(stream, &encode_error(None, &e));
+                return;
+            }
         };
-        let (response, close) = match decode_request(frame) {
+        let decoded = decode_request(frame);
+        caller.early = reader.early();
+        let (response, close) = match decoded {
             Ok(req) => (
-                handle(store, req.id, req.op, caller, stream, &mut reader),
+                handle(store, req.id, req.op, &caller, stream, &mut reader),
                 false,
             ),
             Err(e) => {
@@ -179,6 +200,29 @@ fn handle(
         }
     }
     let pid = caller.pid.unwrap_or(0);
+    // A uid admitted by `[agent] allow_uids` signs with its keys and nothing else.
+    let owner = caller.uid == own_uid();
+    if !owner {
+        let allowed = match &op {
+            Op::Hello(_) | Op::ListKeys | Op::Sign(_) => true,
+            Op::PublicKey(k) => store.policy().visible_to(&k.key, caller),
+            _ => false,
+        };
+        if !allowed {
+            info!(uid = caller.uid, pid, op = op.name(), "refused to another uid");
+            return encode_error(
+                Some(id),
+                &WireError::new(
+                    ErrorCode::PolicyDenied,
+                    format!(
+                        "uid {} may list, read and sign with its own keys only (those whose [[key]] allow_uids names it); `{}` is for the agent's own uid",
+                        caller.uid,
+                        op.name()
+                    ),
+                ),
+            );
+        }
+    }
     // `pin = "prompt"`: the person at this client types the PIN before the device is used.
     let key = match &op {
         Op::PublicKey(k) => Some(k.key.as_str()),
@@ -204,7 +248,13 @@ fn handle(
             },
         ),
         Op::Status => encode_ok(id, &store.status()),
-        Op::ListKeys => encode_ok(id, &store.list_keys()),
+        Op::ListKeys if owner => encode_ok(id, &store.list_keys()),
+        Op::ListKeys => {
+            let mut keys = store.list_keys();
+            let policy = store.policy();
+            keys.keys.retain(|k| policy.visible_to(&k.name, caller));
+            encode_ok(id, &keys)
+        }
         Op::PublicKey(k) => reply(id, store.public_key(&k.key)),
         Op::GenerateKey(g) => {
             let opts = GenerateOptions {

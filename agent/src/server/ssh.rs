@@ -5,7 +5,10 @@
 //! Separate from `agent.sock` on purpose: this socket gets forwarded to other hosts.
 //! Only keys whose policy allows `ssh` are offered; on a connection bound for forwarding
 //! (`session-bind@openssh.com` with the forwarding flag, its host signature checked),
-//! keys with `ssh_forwarding = false` are neither listed nor usable. Keys live in
+//! or that sent a bind the agent could not read or verify, keys with
+//! `ssh_forwarding = false` are neither listed nor usable. ssh.sock has its own,
+//! smaller connection cap, and a forwarded connection a shorter idle timeout, so a host
+//! reached with `ssh -A` cannot hold every slot. Keys live in
 //! hardware, so add/remove requests fail; lock/unlock lock the whole agent.
 //!
 //! Each connection has its own thread, as on `agent.sock` ([`super::serve`]): frames
@@ -34,7 +37,7 @@ use crate::backend::SignInput;
 use crate::keystore::{KeyStore, SshKey};
 use crate::policy::Caller;
 use crate::proto::{HashAlg, KeyAlg, RsaPadding};
-use crate::wire::{FrameReader, ReadError};
+use crate::wire::{FrameReader, ReadError, Sender};
 
 /// OpenSSH's limit on an agent message (`AGENT_MAX_LEN`): 256 KiB.
 pub const MAX_MESSAGE: usize = 256 * 1024;
@@ -63,6 +66,7 @@ pub fn connection(
     store: &Arc<KeyStore>,
     opts: &ServeOptions,
     caller: &Caller,
+    queued: u64,
 ) {
     let pid = caller.pid.unwrap_or(0);
     if caller.uid != opts.uid {
@@ -82,9 +86,24 @@ pub fn connection(
         forwarded: false,
         keys: Vec::new(),
     };
-    let mut reader = FrameReader::with_limit(MAX_MESSAGE);
+    let mut reader = FrameReader::with_limit(MAX_MESSAGE).from_peer(
+        Sender {
+            pid,
+            uid: caller.uid,
+        },
+        queued,
+    );
+    let mut idle = opts.idle_timeout;
     loop {
-        let frame = match reader.read(stream, opts.spin, Some(opts.idle_timeout)) {
+        if session.forwarded && idle != opts.forwarded_idle_timeout {
+            // A forwarded agent is reachable from another host: it holds a slot of
+            // ssh.sock for less time.
+            idle = opts.forwarded_idle_timeout.min(opts.idle_timeout);
+            if stream.set_read_timeout(Some(idle)).is_err() {
+                return;
+            }
+        }
+        let frame = match reader.read(stream, opts.spin, Some(idle)) {
             Ok(frame) => frame,
             Err(ReadError::TooLarge(len)) => {
                 warn!(
@@ -99,8 +118,16 @@ pub fn connection(
                 debug!(pid, error = %e, "ssh: connection broke");
                 return;
             }
+            Err(ReadError::Foreign(sender)) => {
+                store.refuse_foreign(caller, sender, "ssh.sock");
+                let _ = send(stream, &Response::Failure);
+                return;
+            }
         };
-        let response = match Request::decode(&mut &frame[..]) {
+        let len = frame.len();
+        let decoded = Request::decode(&mut &frame[..]);
+        session.caller.early = reader.early();
+        let response = match decoded {
             Ok(request) => {
                 // Every method of SshSession completes without waiting on anything, so
                 // block_on returns after one poll; the device work runs right here.
@@ -114,7 +141,7 @@ pub fn connection(
                 }
             }
             Err(e) => {
-                info!(pid, error = %e, len = frame.len(), "ssh: message not understood");
+                info!(pid, error = %e, len, "ssh: message not understood");
                 Response::Failure
             }
         };
@@ -320,15 +347,20 @@ impl Session for SshSession {
             debug!(name = %extension.name, "ssh: unknown extension");
             return Err(AgentError::Failure);
         }
+        // A bind the agent cannot read or verify may hide a forwarding: from then on
+        // the connection counts as forwarded (keys with ssh_forwarding = false are
+        // neither listed nor usable on it).
         let bind = match extension.parse_message::<SessionBind>() {
             Ok(Some(bind)) => bind,
             _ => {
-                warn!("ssh: malformed session-bind@openssh.com");
+                self.forwarded = true;
+                warn!("ssh: malformed session-bind@openssh.com; the connection counts as forwarded");
                 return Err(AgentError::ExtensionFailure);
             }
         };
         if let Err(e) = bind.verify_signature() {
-            warn!(error = %e, "ssh: session-bind signature does not verify; refused");
+            self.forwarded = true;
+            warn!(error = %e, "ssh: session-bind signature does not verify; refused, and the connection counts as forwarded");
             return Err(AgentError::ExtensionFailure);
         }
         if bind.is_forwarding {
