@@ -10,11 +10,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use x509_cert::der::asn1::ObjectIdentifier;
 
 use crate::keyuri::{valid_device_name, KeyName};
 use crate::pin::PinSource;
 use crate::proto::Purpose;
-use crate::x509::CertKind;
+use crate::x509::{self, CertKind};
 
 /// Default cap on concurrent connections to `agent.sock`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -189,6 +190,10 @@ pub struct KeyConfig {
     /// Which certificates an `x509-tbs` key may sign: CA certificates, end-entity
     /// certificates or both (the default).
     pub x509_issue: Vec<CertKind>,
+    /// When set, an `x509-tbs` key signs only certificates with an extKeyUsage whose
+    /// every purpose is listed here, named as [`crate::x509::EKU_NAMES`] (a dotted OID
+    /// otherwise).
+    pub x509_eku: Option<Vec<String>>,
     /// Uids that may use the key (any uid the agent admits, if empty).
     pub allow_uids: Vec<u32>,
     /// Executables that may use the key, compared with the peer's `/proc/PID/exe`
@@ -289,6 +294,7 @@ struct RawKey {
     purposes: Vec<Purpose>,
     ssh_forwarding: Option<bool>,
     x509_issue: Option<Vec<CertKind>>,
+    x509_eku: Option<Vec<String>>,
     #[serde(default)]
     allow_uids: Vec<u32>,
     #[serde(default)]
@@ -624,6 +630,29 @@ impl Config {
                 }
                 Some(kinds) => kinds,
             };
+            let x509_eku = match key.x509_eku {
+                None => None,
+                Some(words) if words.is_empty() => {
+                    return Err(at(
+                        k("x509_eku"),
+                        "must name at least one extended key usage (leave it out to allow any)"
+                            .into(),
+                    ))
+                }
+                Some(_) if !key.purposes.contains(&Purpose::X509Tbs) => {
+                    return Err(at(
+                        k("x509_eku"),
+                        "only applies to keys whose purposes include x509-tbs".into(),
+                    ))
+                }
+                Some(words) => Some(
+                    words
+                        .iter()
+                        .map(|w| eku_word(w))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|m| at(k("x509_eku"), m))?,
+                ),
+            };
             if let Some(p) = key.allow_exe.iter().find(|p| !p.is_absolute()) {
                 return Err(at(
                     k("allow_exe"),
@@ -646,6 +675,7 @@ impl Config {
                 purposes: key.purposes,
                 ssh_forwarding: key.ssh_forwarding,
                 x509_issue,
+                x509_eku,
                 allow_uids: key.allow_uids,
                 allow_exe: key.allow_exe,
                 confirm: key.confirm,
@@ -659,6 +689,32 @@ impl Config {
             devices,
             keys,
         })
+    }
+}
+
+/// One word of `x509_eku`: a name of [`x509::EKU_NAMES`], or a dotted OID (written as
+/// its name when it has one, as the certificate summary names it).
+fn eku_word(word: &str) -> Result<String, String> {
+    if x509::EKU_NAMES.iter().any(|(n, _)| *n == word) {
+        return Ok(word.to_string());
+    }
+    // const-oid reads an empty arc as 0: check the dotted form first.
+    let dotted = word.split('.').count() >= 2
+        && word.split('.').all(|arc| {
+            !arc.is_empty()
+                && arc.bytes().all(|b| b.is_ascii_digit())
+                && (arc == "0" || !arc.starts_with('0'))
+        });
+    match ObjectIdentifier::new(word) {
+        Ok(oid) if dotted => Ok(x509::eku_name(&oid.to_string())),
+        _ => Err(format!(
+            "unknown extended key usage `{word}` (expected {}, or a dotted OID such as 1.3.6.1.4.1.11129.2.4.4)",
+            x509::EKU_NAMES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -875,5 +931,34 @@ purposes = ["x509-tbs"]
         // x509_issue only with x509-tbs.
         let e = err("[[key]]\nname = \"a/b\"\npurposes = [\"digest\"]\nx509_issue = [\"ca\"]\n");
         assert_eq!(e.key, "key[0].x509_issue", "{e}");
+    }
+
+    #[test]
+    fn x509_eku_words() {
+        let key = |eku: &str| format!("[[key]]\nname = \"a/b\"\npurposes = [\"x509-tbs\"]\nx509_eku = {eku}\n");
+        let c = Config::parse(
+            &key("[\"codeSigning\", \"1.3.6.1.5.5.7.3.8\", \"1.3.6.1.4.1.11129.2.4.4\"]"),
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.keys[0].x509_eku.as_deref(),
+            Some(&["codeSigning".to_string(), "timeStamping".into(), "1.3.6.1.4.1.11129.2.4.4".into()][..]),
+            "dotted OIDs of named purposes are written as their names"
+        );
+        assert_eq!(Config::parse(&key("[\"any\"]"), "c.toml").unwrap().keys[0].x509_eku, Some(vec!["any".into()]));
+        assert_eq!(Config::parse(&key("[\"any\"]").replace("x509_eku = [\"any\"]\n", ""), "c.toml").unwrap().keys[0].x509_eku, None);
+        for bad in ["[\"codesigning\"]", "[\"1..2\"]", "[\"\"]"] {
+            let e = err(&key(bad));
+            assert_eq!(e.key, "key[0].x509_eku", "{e}");
+            assert_eq!(e.line, Some(4), "{e}");
+            assert!(e.message.contains("unknown extended key usage"), "{e}");
+            assert!(e.message.contains("codeSigning"), "{e}");
+        }
+        let e = err(&key("[]"));
+        assert_eq!(e.key, "key[0].x509_eku", "{e}");
+        let e = err("[[key]]\nname = \"a/b\"\npurposes = [\"digest\"]\nx509_eku = [\"codeSigning\"]\n");
+        assert_eq!(e.key, "key[0].x509_eku", "{e}");
+        assert!(e.message.contains("x509-tbs"), "{e}");
     }
 }

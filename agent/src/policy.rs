@@ -247,22 +247,76 @@ impl Policy {
                 .is_some_and(|e| e.allow_uids.contains(&caller.uid))
     }
 
-    /// Whether `key` may sign the certificate `tbs` describes (`x509_issue`); the
-    /// refusal names the rule. The purpose is checked by [`Policy::check_sign`].
+    /// Whether `key` may sign the certificate `tbs` describes (`x509_issue`,
+    /// `x509_eku`); the refusal names the rule. The purpose is checked by
+    /// [`Policy::check_sign`].
+    ///
+    /// A key whose `x509_issue` leaves out `ca` never signs basicConstraints CA:TRUE or
+    /// keyUsage keyCertSign (either makes a CA for OpenSSL); one that leaves out `leaf`
+    /// signs only certificates with both.
     pub fn check_tbs(&self, key: &str, tbs: &TbsSummary) -> Result<(), WireError> {
-        let kind = tbs.kind();
-        match self.x509_issue.get(key) {
-            Some(kinds) if !kinds.contains(&kind) => Err(WireError::new(
+        let deny = |rule: String| {
+            Err(WireError::new(
                 ErrorCode::PolicyDenied,
                 format!(
-                    "key {key} may not sign a {} certificate (subject {}): its [[key]] entry has x509_issue = [{}]",
-                    if kind == CertKind::Ca { "CA" } else { "leaf (non-CA)" },
-                    tbs.subject,
-                    kinds.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
+                    "key {key} may not sign this certificate (subject {}): {rule}",
+                    tbs.subject
                 ),
-            )),
-            _ => Ok(()),
+            ))
+        };
+        if let Some(kinds) = self.x509_issue.get(key) {
+            let issue = format!(
+                "its [[key]] entry has x509_issue = [{}]",
+                kinds
+                    .iter()
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if !kinds.contains(&CertKind::Ca) {
+                if tbs.ca.is_some() {
+                    return deny(format!(
+                        "it makes a CA certificate (basicConstraints CA:TRUE), and {issue}"
+                    ));
+                }
+                if tbs.key_cert_sign {
+                    return deny(format!(
+                        "it makes a CA certificate (keyUsage keyCertSign, which OpenSSL treats as a CA even without basicConstraints), and {issue}"
+                    ));
+                }
+            }
+            if !kinds.contains(&CertKind::Leaf) {
+                if !tbs.key_cert_sign {
+                    return deny(format!(
+                        "a CA certificate needs keyUsage keyCertSign, which it lacks, and {issue}"
+                    ));
+                }
+                if tbs.ca.is_none() {
+                    return deny(format!(
+                        "a CA certificate needs basicConstraints CA:TRUE, which it lacks, and {issue}"
+                    ));
+                }
+            }
         }
+        if let Some(allowed) = self.entries.get(key).and_then(|e| e.x509_eku.as_ref()) {
+            let eku = format!(
+                "its [[key]] entry has x509_eku = [{}]",
+                allowed
+                    .iter()
+                    .map(|p| format!("\"{p}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if tbs.eku.is_empty() {
+                return deny(format!("it has no extendedKeyUsage, and {eku}"));
+            }
+            if let Some(p) = tbs.eku.iter().find(|p| !allowed.contains(p)) {
+                return deny(format!(
+                    "its extendedKeyUsage includes {p}, and {eku}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Purposes `key` may sign for.
@@ -347,5 +401,64 @@ mod tests {
         let e = p.check_sign("hsm/root", Purpose::Digest, &me).unwrap_err();
         assert!(e.message.contains("allows only: x509-tbs"), "{}", e.message);
         assert!(p.check_sign("hsm/root", Purpose::X509Tbs, &me).is_ok());
+    }
+
+    fn summary(ca: Option<Option<u32>>, key_cert_sign: bool, eku: &[&str]) -> TbsSummary {
+        TbsSummary {
+            subject: "CN=s".into(),
+            issuer: "CN=i".into(),
+            serial: "01".into(),
+            not_before: String::new(),
+            not_after: String::new(),
+            ca,
+            key_cert_sign,
+            eku: eku.iter().map(ToString::to_string).collect(),
+            hash: crate::proto::HashAlg::Sha256,
+            family: crate::x509::SigFamily::Ecdsa,
+        }
+    }
+
+    #[test]
+    fn x509_issue_and_x509_eku() {
+        let key = |name: &str, issue: Vec<CertKind>, eku: Option<&[&str]>| KeyConfig {
+            name: name.into(),
+            purposes: vec![Purpose::X509Tbs],
+            x509_issue: issue,
+            x509_eku: eku.map(|e| e.iter().map(ToString::to_string).collect()),
+            ..KeyConfig::default()
+        };
+        let p = Policy::new(&[
+            key("hsm/leaf", vec![CertKind::Leaf], Some(&["codeSigning"])),
+            key("hsm/ca", vec![CertKind::Ca], None),
+            key("hsm/both", vec![CertKind::Ca, CertKind::Leaf], None),
+        ]);
+        let denied = |key: &str, tbs: &TbsSummary, want: &[&str]| {
+            let e = p.check_tbs(key, tbs).unwrap_err();
+            assert_eq!(e.code, ErrorCode::PolicyDenied);
+            for w in want {
+                assert!(e.message.contains(w), "{w:?} not in {}", e.message);
+            }
+        };
+        let leaf = summary(None, false, &["codeSigning"]);
+        let ca = summary(Some(Some(0)), true, &[]);
+        assert!(p.check_tbs("hsm/leaf", &leaf).is_ok());
+        assert!(p.check_tbs("hsm/ca", &ca).is_ok());
+        assert!(p.check_tbs("hsm/both", &ca).is_ok());
+        assert!(p.check_tbs("hsm/both", &summary(None, true, &[])).is_ok());
+        assert!(p.check_tbs("hsm/other", &ca).is_ok());
+        // A leaf-only key: neither CA:TRUE nor keyCertSign, in any combination.
+        let issue = "x509_issue = [\"leaf\"]";
+        denied("hsm/leaf", &summary(Some(None), false, &["codeSigning"]), &["basicConstraints CA:TRUE", issue]);
+        denied("hsm/leaf", &summary(None, true, &["codeSigning"]), &["keyCertSign", issue]);
+        denied("hsm/leaf", &summary(Some(None), true, &["codeSigning"]), &[issue]);
+        // A CA-only key: both, always.
+        let issue = "x509_issue = [\"ca\"]";
+        denied("hsm/ca", &summary(None, false, &[]), &["needs keyUsage keyCertSign", issue]);
+        denied("hsm/ca", &summary(Some(None), false, &[]), &["needs keyUsage keyCertSign", issue]);
+        denied("hsm/ca", &summary(None, true, &[]), &["needs basicConstraints CA:TRUE", issue]);
+        // x509_eku: an EKU, and only listed purposes.
+        let eku = "x509_eku = [\"codeSigning\"]";
+        denied("hsm/leaf", &summary(None, false, &[]), &["no extendedKeyUsage", eku]);
+        denied("hsm/leaf", &summary(None, false, &["codeSigning", "serverAuth"]), &["serverAuth", eku]);
     }
 }

@@ -465,3 +465,125 @@ fn a_client_of_another_uid_is_refused_on_ssh_sock() {
         1
     );
 }
+
+/// An SSH agent message: length, then `body`.
+fn ssh_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// An SSH wire `string`.
+fn ssh_string(bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Sends one message and reads the answer's body.
+fn ssh_exchange(s: &mut UnixStream, body: &[u8]) -> Vec<u8> {
+    s.write_all(&ssh_frame(body)).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut reply).unwrap();
+    reply
+}
+
+/// How many identities REQUEST_IDENTITIES lists on `s`.
+fn identity_count(s: &mut UnixStream) -> u32 {
+    let reply = ssh_exchange(s, &[11]);
+    assert_eq!(reply[0], 12, "IDENTITIES_ANSWER");
+    u32::from_be_bytes(reply[1..5].try_into().unwrap())
+}
+
+#[test]
+fn a_session_bind_the_agent_cannot_verify_counts_as_forwarded() {
+    let (_hsm, agent) = agent_with(
+        "[[key]]\nname = \"hsm/local-only\"\npurposes = [\"ssh\"]\nssh_forwarding = false\n",
+        &[
+            ("hsm/login", KeyAlg::P256),
+            ("hsm/local-only", KeyAlg::P256),
+        ],
+    );
+    let connect = || {
+        let s = UnixStream::connect(&agent.ssh_socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let mut plain = connect();
+    assert_eq!(identity_count(&mut plain), 2);
+
+    let extension = |details: &[u8]| {
+        let mut body = vec![27u8];
+        body.extend(ssh_string(b"session-bind@openssh.com"));
+        body.extend_from_slice(details);
+        body
+    };
+    // A bind that does not parse, and one whose host signature does not verify: both
+    // may hide a forwarding, so the local-only key disappears.
+    let mut unverifiable = Vec::new();
+    let mut host_key = ssh_string(b"ssh-ed25519");
+    host_key.extend(ssh_string(&[7u8; 32]));
+    unverifiable.extend(ssh_string(&host_key));
+    unverifiable.extend(ssh_string(&[1u8; 32]));
+    let mut signature = ssh_string(b"ssh-ed25519");
+    signature.extend(ssh_string(&[0u8; 64]));
+    unverifiable.extend(ssh_string(&signature));
+    unverifiable.push(0); // "not forwarding", unproven
+    for details in [ssh_string(b"x"), unverifiable] {
+        let mut s = connect();
+        let reply = ssh_exchange(&mut s, &extension(&details));
+        assert_eq!(reply, vec![28], "SSH_AGENT_EXTENSION_FAILURE");
+        assert_eq!(
+            identity_count(&mut s),
+            1,
+            "only the forwardable key after a bind that cannot be verified"
+        );
+    }
+    assert!(agent.log().contains("counts as forwarded"));
+}
+
+#[test]
+fn ssh_sock_has_its_own_cap_and_agent_sock_is_served_while_it_is_full() {
+    let (_hsm, agent) = agent_with(
+        "[agent]\nssh_max_connections = 2\n",
+        &[("hsm/k", KeyAlg::P256)],
+    );
+    let connect = || {
+        let s = UnixStream::connect(&agent.ssh_socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let mut held: Vec<UnixStream> = (0..2).map(|_| connect()).collect();
+    for s in &mut held {
+        assert_eq!(identity_count(s), 1);
+    }
+    // A third waits in the backlog: no answer while both slots are held.
+    let mut third = connect();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    third.write_all(&ssh_frame(&[11])).unwrap();
+    let mut byte = [0u8; 1];
+    let e = third.read(&mut byte).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
+    // agent.sock has its own slots.
+    agent
+        .client()
+        .sign_digest("hsm/k", &[0u8; 32], None, None)
+        .unwrap();
+    drop(held.pop());
+    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut len = [0u8; 4];
+    third.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    third.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[0], 12, "served once a slot is free");
+}

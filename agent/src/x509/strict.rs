@@ -161,7 +161,7 @@ pub fn label(oid: &ObjectIdentifier) -> String {
         .chain(REFUSED_NAMES.iter().copied())
         .find(|(o, _)| *o == text)
         .map(|(_, n)| n.to_string())
-        .or_else(|| sigstore(oid).map(|n| format!("Sigstore extension {n}")))
+        .or_else(|| sigstore(oid).map(|n| format!("Sigstore's Fulcio .{n}")))
         .or_else(|| x509_cert::der::oid::db::DB.by_oid(oid).map(str::to_string));
     match name {
         Some(n) => format!("{n} ({text})"),
@@ -181,15 +181,7 @@ fn sigstore(oid: &ObjectIdentifier) -> Option<u32> {
 /// One extension, which must be DER by itself (checked before its value is looked at,
 /// so that the message names it). `raw` starts at byte `offset` of the input.
 fn extension((raw, offset): (&[u8], usize)) -> Result<Extension, String> {
-    let name = || {
-        tlv(raw, 0)
-            .ok()
-            .and_then(|(t, _)| tlv(t.content, 0).ok())
-            .and_then(|(t, _)| ObjectIdentifier::from_der(t.raw).ok())
-            .map_or("an extension".to_string(), |oid| {
-                format!("extension {}", label(&oid))
-            })
-    };
+    let name = || extension_name(raw);
     walk(raw, offset, 0).map_err(|e| format!("{} is not DER: {e}", name()))?;
     let ext = Extension::from_der(raw).map_err(|e| format!("{} is not DER: {e}", name()))?;
     if ext.to_der().ok().as_deref() != Some(raw) {
@@ -203,6 +195,19 @@ fn extension((raw, offset): (&[u8], usize)) -> Result<Extension, String> {
         return Err(format!("{} is not DER: {why}", name()));
     }
     Ok(ext)
+}
+
+/// `extension OID (name)` for the extension starting at `raw`, read leniently (it is
+/// not DER, and the message should still say which one it is).
+fn extension_name(raw: &[u8]) -> String {
+    let oid = raw.get(1).and_then(|&l| {
+        let skip = if l & 0x80 == 0 { 2 } else { 2 + usize::from(l & 0x7f) };
+        let (t, _) = tlv(raw.get(skip..)?, 0).ok()?;
+        ObjectIdentifier::from_der(t.raw).ok()
+    });
+    oid.map_or("an extension".to_string(), |oid| {
+        format!("extension {}", label(&oid))
+    })
 }
 
 /// Checks the value of one extension and records what decides the certificate's kind.
@@ -489,11 +494,20 @@ fn raw_extensions(der: &[u8]) -> Result<Vec<(&[u8], usize)>, String> {
     let [seq] = list.as_slice() else {
         return Err("the extensions field [3] holds more than one value".into());
     };
-    Ok(children(*seq)
-        .map_err(not_der)?
-        .into_iter()
-        .map(|t| (t.raw, t.offset))
-        .collect())
+    if !seq.constructed() {
+        return Err(not_der(format!("byte {}: not a SEQUENCE", seq.offset)));
+    }
+    let mut out = Vec::new();
+    let mut buf = seq.content;
+    let mut offset = seq.content_offset();
+    while !buf.is_empty() {
+        let (t, after) =
+            tlv(buf, offset).map_err(|e| format!("{} is not DER: {e}", extension_name(buf)))?;
+        out.push((t.raw, offset));
+        offset += t.raw.len();
+        buf = after;
+    }
+    Ok(out)
 }
 
 /// Checks that `buf` is DER TLVs all the way down: definite, minimal lengths and tag
