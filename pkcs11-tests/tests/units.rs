@@ -862,3 +862,105 @@ fn install_user_puts_binaries_and_units_in_place_idempotently() {
     assert_eq!(snapshot(tmp.path()), files);
     assert_eq!(snapshot(Path::new("/etc/udev/rules.d")), udev_before);
 }
+
+/// The system-mode unit, `ExecStart=`'s program replaced by `agent` (its arguments
+/// kept), as `scripts/install --system` writes it.
+fn system_unit(agent: &Path) -> String {
+    let text = unit_source("system/waxseal-system.service");
+    text.lines()
+        .map(|l| match l.strip_prefix("ExecStart=") {
+            Some(rest) => {
+                let args = rest.split_once(' ').map_or("", |(_, a)| a);
+                format!("ExecStart={} {args}", agent.display())
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[test]
+fn system_mode_unit_passes_verification_and_runs_the_agent_as_its_own_user() {
+    require("systemd-analyze");
+    let tmp = tempfile::tempdir().unwrap();
+    let unit = tmp.path().join("waxseal-system.service");
+    std::fs::write(&unit, system_unit(&bins().agent)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", tmp.path().display()))
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+    let source = unit_source("system/waxseal-system.service");
+    assert_eq!(unit_value(&source, "Service", "User"), "waxseal");
+    assert_eq!(unit_value(&source, "Service", "RuntimeDirectoryMode"), "0710");
+    let exec = unit_value(&source, "Service", "ExecStart");
+    for arg in [
+        "--config /etc/waxseal/config.toml",
+        "--runtime-dir /run/waxseal",
+        "--state-dir /var/lib/waxseal",
+    ] {
+        assert!(exec.contains(arg), "{exec}");
+    }
+}
+
+#[test]
+fn install_system_dry_run_plans_the_account_unit_and_config_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let prefix = tmp.path().join("prefix");
+    let watched = [
+        Path::new("/etc/systemd/system"),
+        Path::new("/etc/waxseal"),
+        Path::new("/etc/udev/rules.d"),
+    ];
+    let before: Vec<_> = watched.iter().map(|d| snapshot(d)).collect();
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+    let out = install_script(&home)
+        .args(["--system", "--dry-run", "--prefix"])
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let has_user = std::str::from_utf8(&passwd)
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("waxseal:"));
+    if !has_user {
+        assert!(text.contains("would run: useradd --system --gid waxseal"), "{text}");
+    }
+    for step in [
+        "would install: /etc/systemd/system/waxseal-system.service",
+        &format!(
+            "ExecStart={}",
+            prefix.join("bin/waxseal-agent").display()
+        ),
+        "usermod -aG waxseal SERVICE_USER",
+        "systemctl enable --now waxseal-system.service",
+        "nothing was changed",
+    ] {
+        assert!(text.contains(step), "{step}: {text}");
+    }
+    assert!(
+        !text.contains("systemd/user"),
+        "system mode installs no user units: {text}"
+    );
+    let after: Vec<_> = watched.iter().map(|d| snapshot(d)).collect();
+    assert_eq!(before, after, "a dry run changed files");
+    assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
+
+    let out = install_script(&home)
+        .args(["--system", "--user", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(output_text(&out).contains("exclude each other"));
+}
