@@ -3,7 +3,6 @@
 //!
 //! The native server (and later the SSH and D-Bus faces) are thin adapters over this.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -14,11 +13,12 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::audit::{Audit, Record};
+use crate::audit::{Audit, Record, Tail, TAIL_BUDGET};
 use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions, SignInput, Signed};
 use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
+use crate::rates::{RateBook, Taken};
 use crate::proto::{
     AttestOk, AuditStatus, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, HashAlg, KeyAlg, KeyInfo,
     ListKeysOk, PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
@@ -54,8 +54,9 @@ pub struct KeyStore {
     confirmer: RwLock<Option<Arc<dyn Confirmer>>>,
     /// The audit log; `None` only for key stores made without one (tools, benches).
     audit: Option<Audit>,
-    /// When each rate-limited key signed, over the last day.
-    rates: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// What each rate-limited key signed over the last day, counted from the audit log
+    /// at start ([`crate::rates`]).
+    rates: RateBook,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -231,7 +232,7 @@ impl KeyStore {
             events: Mutex::new(Vec::new()),
             confirmer: RwLock::new(None),
             audit: None,
-            rates: Mutex::new(HashMap::new()),
+            rates: RateBook::new(),
         }
     }
 
@@ -280,15 +281,22 @@ impl KeyStore {
         }
     }
 
-    /// Records every signature and refusal in `audit` from now on.
+    /// Records every signature and refusal in `audit` from now on; rate limits start
+    /// from the signatures it counted when it was opened.
     pub fn with_audit(mut self, audit: Audit) -> KeyStore {
+        if let Some(seed) = audit.take_seed() {
+            self.rates.seed(seed);
+        }
         self.audit = Some(audit);
         self
     }
 
-    /// The last `n` audit records.
-    pub fn audit_tail(&self, n: usize) -> Vec<String> {
-        self.audit.as_ref().map_or_else(Vec::new, |a| a.tail(n))
+    /// The last `n` audit records, newest kept first, within [`TAIL_BUDGET`] bytes of
+    /// record text (so the answer fits a frame); `omitted` says how many did not fit.
+    pub fn audit_tail(&self, n: usize) -> Tail {
+        self.audit
+            .as_ref()
+            .map_or_else(Tail::default, |a| a.tail(n, TAIL_BUDGET))
     }
 
     /// Bytes on a connection came from `sender`, not from the process that connected
@@ -663,14 +671,14 @@ impl KeyStore {
             self.audit_refusal(key, purpose, caller, subject.clone(), &e);
             e
         };
-        let slot = self.take_rate(key).map_err(refuse)?;
-        let give_back = || {
+        let mut slot = self.take_rate(key).map_err(refuse)?;
+        let give_back = |slot: Option<Taken>| {
             if let Some(t) = slot {
                 self.give_back_rate(key, t);
             }
         };
         if let Err(e) = self.confirm(key, purpose, caller, &what) {
-            give_back();
+            give_back(slot);
             return Err(refuse(e));
         }
         let record =
@@ -685,9 +693,12 @@ impl KeyStore {
             };
         let intent = match &self.audit {
             Some(audit) => match audit.append(&record("intent", None, None)) {
-                Ok(seq) => Some(seq),
+                Ok(seq) => {
+                    slot = self.rate_logged(key, seq, slot);
+                    Some(seq)
+                }
                 Err(e) => {
-                    give_back();
+                    give_back(slot);
                     return Err(WireError::new(
                         ErrorCode::DeviceError,
                         format!("{e}; nothing is signed that the audit log cannot hold"),
@@ -699,7 +710,7 @@ impl KeyStore {
         let result = sign();
         let (Some(audit), Some(seq)) = (&self.audit, intent) else {
             if result.is_err() {
-                give_back();
+                give_back(slot);
             } else {
                 self.emit(Event::SignatureIssued {
                     key: key.to_string(),
@@ -711,7 +722,7 @@ impl KeyStore {
         };
         match result {
             Err(e) => {
-                give_back();
+                give_back(slot);
                 let _ = audit.append(&record(
                     "failed",
                     Some((e.code.to_string(), e.message.clone())),
@@ -744,59 +755,27 @@ impl KeyStore {
         }
     }
 
-    /// Takes one signature from `key`'s hourly and daily allowance.
-    fn take_rate(&self, key: &str) -> Result<Option<Instant>, WireError> {
+    /// Takes one signature from `key`'s hourly and daily allowance; a key not counted
+    /// yet is counted from the audit log first ([`crate::rates`]).
+    fn take_rate(&self, key: &str) -> Result<Option<Taken>, WireError> {
+        self.rates
+            .take(key, self.policy().limits(key), self.audit.as_ref())
+    }
+
+    /// `key`'s intent is audit record `seq`: a signature that passed the rate gate
+    /// under an earlier policy is counted now if the current count missed it. Returns
+    /// the slot to give back if the signature is not made.
+    fn rate_logged(&self, key: &str, seq: u64, slot: Option<Taken>) -> Option<Taken> {
         let limits = self.policy().limits(key);
-        if limits.per_hour.is_none() && limits.per_day.is_none() {
-            return Ok(None);
+        if slot.is_none() && limits.per_hour.is_none() && limits.per_day.is_none() {
+            return None;
         }
-        let now = Instant::now();
-        let hour = Duration::from_secs(3600);
-        let day = Duration::from_secs(86_400);
-        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        let made = rates.entry(key.to_string()).or_default();
-        let keep = if limits.per_day.is_some() { day } else { hour };
-        while made.front().is_some_and(|t| now.duration_since(*t) >= keep) {
-            made.pop_front();
-        }
-        if let Some(max) = limits.per_hour {
-            let in_hour: Vec<&Instant> = made
-                .iter()
-                .filter(|t| now.duration_since(**t) < hour)
-                .collect();
-            if in_hour.len() >= max as usize {
-                let wait = in_hour
-                    .first()
-                    .map_or(0, |t| (hour - now.duration_since(**t)).as_secs() + 1);
-                return Err(WireError::new(
-                    ErrorCode::RateLimited,
-                    format!("key {key} made {max} signatures in the last hour, its [[key]] max_per_hour; the next is possible in {wait} s"),
-                ));
-            }
-        }
-        if let Some(max) = limits.per_day {
-            if made.len() >= max as usize {
-                let wait = made
-                    .front()
-                    .map_or(0, |t| (day - now.duration_since(*t)).as_secs() + 1);
-                return Err(WireError::new(
-                    ErrorCode::RateLimited,
-                    format!("key {key} made {max} signatures in the last 24 hours, its [[key]] max_per_day; the next is possible in {wait} s"),
-                ));
-            }
-        }
-        made.push_back(now);
-        Ok(Some(now))
+        self.rates.logged(key, seq, slot).or(slot)
     }
 
     /// Returns an allowance taken for a signature that was not made.
-    fn give_back_rate(&self, key: &str, taken: Instant) {
-        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(made) = rates.get_mut(key) {
-            if let Some(i) = made.iter().rposition(|t| *t == taken) {
-                made.remove(i);
-            }
-        }
+    fn give_back_rate(&self, key: &str, taken: Taken) {
+        self.rates.give_back(key, taken);
     }
 
     /// Asks a person when `key`'s policy says `confirm = true`.
@@ -1087,7 +1066,12 @@ impl KeyStore {
 
     /// Replaces the policy (config reload).
     pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        let new = Arc::new(policy);
+        let old = std::mem::replace(
+            &mut *self.policy.write().unwrap_or_else(|p| p.into_inner()),
+            new.clone(),
+        );
+        self.rates.policy_changed(&old, &new);
     }
 
     /// Installs who asks people to confirm signatures.

@@ -22,11 +22,15 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod confirm;
 #[cfg(feature = "daemon")]
+pub mod fsguard;
+#[cfg(feature = "daemon")]
 pub mod keystore;
 #[cfg(feature = "daemon")]
 pub mod pin;
 #[cfg(feature = "daemon")]
 pub mod policy;
+#[cfg(feature = "daemon")]
+pub mod rates;
 #[cfg(feature = "daemon")]
 pub mod server;
 #[cfg(feature = "daemon")]

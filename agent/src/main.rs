@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use waxseal_agent::audit::Audit;
+use waxseal_agent::audit::{self, Audit, AuditOptions, Durability};
 use waxseal_agent::config::{Config, ConfigError};
 use waxseal_agent::confirm::ProgramConfirmer;
 use waxseal_agent::keystore::KeyStore;
@@ -129,21 +129,37 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("socket: {e}"))?;
     }
     config.agent.state_dir = Some(state_dir.clone());
-    let audit_dir = state_dir.join("audit");
-    let audit = Audit::open(
-        &audit_dir,
-        waxseal_agent::audit::Durability::from_config(
+    // The state directory, `audit/` and the log are opened without following links
+    // and checked (README.md, "Policy, confirmation and the audit log"); the keys with
+    // rate limits are counted from the log on the way.
+    let audit_opts = AuditOptions {
+        durability: Durability::from_config(
             config.agent.audit_fsync,
             config.agent.audit_group_commit,
         ),
-        config.agent.audit_max_bytes,
-    )
-    .map_err(|e| {
-        format!(
-            "cannot open the audit log in {}: {e} (the agent signs nothing it cannot record)",
-            audit_dir.display()
-        )
-    })?;
+        max_bytes: config.agent.audit_max_bytes,
+        rate_keys: config
+            .keys
+            .iter()
+            .filter(|k| k.max_per_hour.is_some() || k.max_per_day.is_some())
+            .map(|k| k.name.clone())
+            .collect(),
+    };
+    // After the sockets: a second agent on them stops there, before reading the log.
+    let audit = match Audit::open(&state_dir, &audit_opts) {
+        Ok(audit) => audit,
+        Err(e) => {
+            for l in [&agent_listener, &ssh_listener] {
+                if let Some(p) = &l.created {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            return Err(format!(
+                "cannot open the audit log in {}: {e} (the agent signs nothing it cannot record)",
+                state_dir.join(audit::DIR).display()
+            ));
+        }
+    };
     let store = KeyStore::open(&config).with_audit(audit).start();
     if let Some(program) = &config.agent.confirm_program {
         store.set_confirmer(Arc::new(ProgramConfirmer {

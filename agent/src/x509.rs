@@ -17,6 +17,7 @@ mod strict;
 
 use std::fmt;
 
+use x509_cert::der::asn1::ObjectIdentifier;
 use x509_parser::certificate::TbsCertificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::{
@@ -24,7 +25,6 @@ use x509_parser::oid_registry::{
     OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ECDSA_WITH_SHA512,
     OID_SIG_ED25519,
 };
-use x509_cert::der::asn1::ObjectIdentifier;
 use x509_parser::prelude::{FromDer, X509Version};
 
 use crate::proto::{HashAlg, KeyAlg};
@@ -264,7 +264,11 @@ fn agree(
     }
     let strict_ca = strict.ca.map(|p| p.map(u32::from));
     if ca != strict_ca {
-        return disagree("basicConstraints", format!("{ca:?}"), format!("{strict_ca:?}"));
+        return disagree(
+            "basicConstraints",
+            format!("{ca:?}"),
+            format!("{strict_ca:?}"),
+        );
     }
     if key_cert_sign != strict.key_cert_sign {
         return disagree(
@@ -274,7 +278,11 @@ fn agree(
         );
     }
     let mut theirs: Vec<String> = eku.to_vec();
-    let mut ours: Vec<String> = strict.eku.iter().map(|o| eku_name(&o.to_string())).collect();
+    let mut ours: Vec<String> = strict
+        .eku
+        .iter()
+        .map(|o| eku_name(&o.to_string()))
+        .collect();
     theirs.sort();
     theirs.dedup();
     ours.sort();
@@ -408,13 +416,19 @@ mod tests {
         let spki = tlv(
             0x30,
             &[
-                &tlv(0x30, &[&oid("1.2.840.10045.2.1"), &oid("1.2.840.10045.3.1.7")]),
+                &tlv(
+                    0x30,
+                    &[&oid("1.2.840.10045.2.1"), &oid("1.2.840.10045.3.1.7")],
+                ),
                 &tlv(0x03, &[&[0], &point]),
             ],
         );
         let validity = tlv(
             0x30,
-            &[&tlv(0x17, &[b"260101000000Z"]), &tlv(0x17, &[b"270101000000Z"])],
+            &[
+                &tlv(0x17, &[b"260101000000Z"]),
+                &tlv(0x17, &[b"270101000000Z"]),
+            ],
         );
         let mut fields = vec![
             vec![0xa0, 0x03, 0x02, 0x01, 0x02],
@@ -444,7 +458,11 @@ mod tests {
         let leaf = TbsSummary::parse(&tbs_with(&[
             ext(BC, CRITICAL, &[0x30, 0x00]),
             ext(KU, CRITICAL, &[0x03, 0x02, 0x07, 0x80]),
-            ext("2.5.29.37", &[], &tlv(0x30, &[&oid("1.3.6.1.5.5.7.3.3"), &oid("1.2.3.4")])),
+            ext(
+                "2.5.29.37",
+                &[],
+                &tlv(0x30, &[&oid("1.3.6.1.5.5.7.3.3"), &oid("1.2.3.4")]),
+            ),
         ]))
         .unwrap();
         assert_eq!(leaf.kind(), CertKind::Leaf);
@@ -454,7 +472,11 @@ mod tests {
         assert_eq!(leaf.subject, "CN=subject");
 
         let ca = TbsSummary::parse(&tbs_with(&[
-            ext(BC, CRITICAL, &[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00]),
+            ext(
+                BC,
+                CRITICAL,
+                &[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00],
+            ),
             ext(KU, CRITICAL, &[0x03, 0x02, 0x01, 0x06]),
         ]))
         .unwrap();
@@ -472,8 +494,14 @@ mod tests {
     fn basic_constraints_in_indefinite_length_form_is_refused() {
         // OpenSSL reads CA:TRUE here; x509-parser alone skipped it as unreadable.
         let bc = [0x30, 0x80, 0x01, 0x01, 0xff, 0x00, 0x00];
-        refused(&[ext(BC, &[], &bc)], &["basicConstraints (2.5.29.19)", "indefinite length"]);
-        refused(&[ext(BC, CRITICAL, &bc)], &["basicConstraints (2.5.29.19)", "indefinite length"]);
+        refused(
+            &[ext(BC, &[], &bc)],
+            &["basicConstraints (2.5.29.19)", "indefinite length"],
+        );
+        refused(
+            &[ext(BC, CRITICAL, &bc)],
+            &["basicConstraints (2.5.29.19)", "indefinite length"],
+        );
     }
 
     #[test]
@@ -489,11 +517,17 @@ mod tests {
         refused(&[e], &["basicConstraints (2.5.29.19)", "long-form length"]);
         // A leading zero byte in the TBSCertificate's outer length.
         let tbs = tbs_with(&[ext(BC, CRITICAL, &[0x30, 0x00])]);
-        assert_eq!(tbs[1], 0x81, "the test TBSCertificate is 128 to 255 bytes long");
+        assert_eq!(
+            tbs[1], 0x81,
+            "the test TBSCertificate is 128 to 255 bytes long"
+        );
         let mut long = vec![0x30, 0x82, 0x00];
         long.extend_from_slice(&tbs[2..]);
         let e = TbsSummary::parse(&long).unwrap_err();
-        assert!(e.contains("not DER") || e.contains("DER TBSCertificate"), "{e}");
+        assert!(
+            e.contains("not DER") || e.contains("DER TBSCertificate"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -502,14 +536,24 @@ mod tests {
             &[ext(BC, CRITICAL, &[0x30, 0x03, 0x01, 0x01, 0x01])],
             &["basicConstraints (2.5.29.19)", "BOOLEAN"],
         );
-        refused(&[ext(BC, &[0x01, 0x01, 0x01], &[0x30, 0x00])], &["basicConstraints", "BOOLEAN"]);
+        refused(
+            &[ext(BC, &[0x01, 0x01, 0x01], &[0x30, 0x00])],
+            &["basicConstraints", "BOOLEAN"],
+        );
     }
 
     #[test]
     fn critical_false_written_out_is_refused() {
         refused(
-            &[ext(BC, &[0x01, 0x01, 0x00], &[0x30, 0x03, 0x01, 0x01, 0xff])],
-            &["basicConstraints (2.5.29.19)", "critical FALSE is written out"],
+            &[ext(
+                BC,
+                &[0x01, 0x01, 0x00],
+                &[0x30, 0x03, 0x01, 0x01, 0xff],
+            )],
+            &[
+                "basicConstraints (2.5.29.19)",
+                "critical FALSE is written out",
+            ],
         );
         // Likewise cA FALSE inside basicConstraints.
         refused(
@@ -527,8 +571,15 @@ mod tests {
             );
             // Netscape's certificate type: SSL CA (OpenSSL's CA without basicConstraints).
             refused(
-                &[ext("2.16.840.1.113730.1.1", critical, &[0x03, 0x02, 0x02, 0x04])],
-                &["Netscape certificate type (2.16.840.1.113730.1.1)", "not one the agent signs"],
+                &[ext(
+                    "2.16.840.1.113730.1.1",
+                    critical,
+                    &[0x03, 0x02, 0x02, 0x04],
+                )],
+                &[
+                    "Netscape certificate type (2.16.840.1.113730.1.1)",
+                    "not one the agent signs",
+                ],
             );
         }
     }
@@ -536,7 +587,10 @@ mod tests {
     #[test]
     fn a_duplicate_extension_is_refused() {
         refused(
-            &[ext(BC, CRITICAL, &[0x30, 0x00]), ext(BC, CRITICAL, &[0x30, 0x03, 0x01, 0x01, 0xff])],
+            &[
+                ext(BC, CRITICAL, &[0x30, 0x00]),
+                ext(BC, CRITICAL, &[0x30, 0x03, 0x01, 0x01, 0xff]),
+            ],
             &["basicConstraints (2.5.29.19)", "appears twice"],
         );
         refused(
@@ -550,8 +604,8 @@ mod tests {
 
     #[test]
     fn key_cert_sign_without_basic_constraints_is_a_ca() {
-        let s = TbsSummary::parse(&tbs_with(&[ext(KU, CRITICAL, &[0x03, 0x02, 0x02, 0x84])]))
-            .unwrap();
+        let s =
+            TbsSummary::parse(&tbs_with(&[ext(KU, CRITICAL, &[0x03, 0x02, 0x02, 0x84])])).unwrap();
         assert!(s.key_cert_sign);
         assert_eq!(s.ca, None);
         assert_eq!(s.kind(), CertKind::Ca);
@@ -565,41 +619,101 @@ mod tests {
 
     #[test]
     fn malformed_known_extensions_are_refused() {
-        refused(&[ext(BC, CRITICAL, &[0x30, 0x03, 0x02, 0x01, 0x00])], &["pathLenConstraint without cA"]);
-        refused(&[ext(KU, CRITICAL, &[0x03, 0x01, 0x00])], &["keyUsage", "no key usage"]);
-        refused(&[ext("2.5.29.37", &[], &[0x30, 0x00])], &["extKeyUsage", "no purpose"]);
-        refused(&[ext(BC, CRITICAL, &[0x04, 0x00])], &["basicConstraints", "not DER"]);
+        refused(
+            &[ext(BC, CRITICAL, &[0x30, 0x03, 0x02, 0x01, 0x00])],
+            &["pathLenConstraint without cA"],
+        );
+        refused(
+            &[ext(KU, CRITICAL, &[0x03, 0x01, 0x00])],
+            &["keyUsage", "no key usage"],
+        );
+        refused(
+            &[ext("2.5.29.37", &[], &[0x30, 0x00])],
+            &["extKeyUsage", "no purpose"],
+        );
+        refused(
+            &[ext(BC, CRITICAL, &[0x04, 0x00])],
+            &["basicConstraints", "not DER"],
+        );
         // Trailing bytes after the value.
-        refused(&[ext(BC, CRITICAL, &[0x30, 0x00, 0x00])], &["basicConstraints", "not DER"]);
+        refused(
+            &[ext(BC, CRITICAL, &[0x30, 0x00, 0x00])],
+            &["basicConstraints", "not DER"],
+        );
     }
 
     #[test]
     fn fulcio_leaf_extensions_are_signed_when_well_formed() {
         let sigstore = "1.3.6.1.4.1.57264.1";
         // One RFC 6962 SCT: v1, log id, timestamp, no extensions, ECDSA-SHA256, signature.
-        let one = [&[0u8][..], &[7; 32], &[0; 8], &[0, 0], &[4, 3], &[0, 2, 0xaa, 0xbb]].concat();
-        let list = [&(one.len() as u16 + 2).to_be_bytes()[..], &(one.len() as u16).to_be_bytes(), &one].concat();
+        let one = [
+            &[0u8][..],
+            &[7; 32],
+            &[0; 8],
+            &[0, 0],
+            &[4, 3],
+            &[0, 2, 0xaa, 0xbb],
+        ]
+        .concat();
+        let list = [
+            &(one.len() as u16 + 2).to_be_bytes()[..],
+            &(one.len() as u16).to_be_bytes(),
+            &one,
+        ]
+        .concat();
         let sct = tlv(0x04, &[&list]);
         let s = TbsSummary::parse(&tbs_with(&[
             ext(KU, CRITICAL, &[0x03, 0x02, 0x07, 0x80]),
             ext("2.5.29.37", &[], &tlv(0x30, &[&oid("1.3.6.1.5.5.7.3.3")])),
-            ext(&format!("{sigstore}.1"), &[], b"https://accounts.example.com"),
-            ext(&format!("{sigstore}.8"), &[], &tlv(0x0c, &[b"https://accounts.example.com"])),
-            ext(&format!("{sigstore}.12"), &[], &tlv(0x0c, &[b"https://example.com/repo"])),
+            ext(
+                &format!("{sigstore}.1"),
+                &[],
+                b"https://accounts.example.com",
+            ),
+            ext(
+                &format!("{sigstore}.8"),
+                &[],
+                &tlv(0x0c, &[b"https://accounts.example.com"]),
+            ),
+            ext(
+                &format!("{sigstore}.12"),
+                &[],
+                &tlv(0x0c, &[b"https://example.com/repo"]),
+            ),
             ext("1.3.6.1.4.1.11129.2.4.2", &[], &sct),
         ]))
         .unwrap();
         assert_eq!(s.kind(), CertKind::Leaf);
         // The precertificate poison: critical NULL.
-        TbsSummary::parse(&tbs_with(&[ext("1.3.6.1.4.1.11129.2.4.3", CRITICAL, &[0x05, 0x00])]))
-            .unwrap();
+        TbsSummary::parse(&tbs_with(&[ext(
+            "1.3.6.1.4.1.11129.2.4.3",
+            CRITICAL,
+            &[0x05, 0x00],
+        )]))
+        .unwrap();
 
-        refused(&[ext(&format!("{sigstore}.8"), &[], b"raw")], &["Fulcio .8 (1.3.6.1.4.1.57264.1.8)", "not DER"]);
-        refused(&[ext(&format!("{sigstore}.7"), &[], &[0x05, 0x00])], &["not a Sigstore certificate extension"]);
-        refused(&[ext(&format!("{sigstore}.1"), CRITICAL, b"x")], &["never critical"]);
-        refused(&[ext("1.3.6.1.4.1.11129.2.4.3", &[], &[0x05, 0x00])], &["poison", "critical"]);
         refused(
-            &[ext("1.3.6.1.4.1.11129.2.4.2", &[], &tlv(0x04, &[&[0x00, 0x09, 0x00]]))],
+            &[ext(&format!("{sigstore}.8"), &[], b"raw")],
+            &["Fulcio .8 (1.3.6.1.4.1.57264.1.8)", "not DER"],
+        );
+        refused(
+            &[ext(&format!("{sigstore}.7"), &[], &[0x05, 0x00])],
+            &["not a Sigstore certificate extension"],
+        );
+        refused(
+            &[ext(&format!("{sigstore}.1"), CRITICAL, b"x")],
+            &["never critical"],
+        );
+        refused(
+            &[ext("1.3.6.1.4.1.11129.2.4.3", &[], &[0x05, 0x00])],
+            &["poison", "critical"],
+        );
+        refused(
+            &[ext(
+                "1.3.6.1.4.1.11129.2.4.2",
+                &[],
+                &tlv(0x04, &[&[0x00, 0x09, 0x00]]),
+            )],
             &["timestamps", "SignedCertificateTimestampList"],
         );
     }

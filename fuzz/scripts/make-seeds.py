@@ -130,6 +130,60 @@ for k, c in certs.items():
     out("tbs", f"{k}.tbs.der", c.tbs_certificate_bytes)
     out("tbs", f"{k}.cert.der", c.public_bytes(serialization.Encoding.DER))
 
+# --- tbs_judge: the TBSCertificates above, and the tricks of x509_judge.rs ------------
+# Each trick is a P-256 TBSCertificate whose extensions are spliced in as raw DER (or
+# BER): what OpenSSL reads as a CA while a lenient reader may see a leaf.
+def tlv(tag, content):
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(b)]) + b + content
+
+def tlv_children(der):
+    n, i = der[1], 2
+    if n & 0x80:
+        i += n & 0x7f
+    body, kids = der[i:], []
+    while body:
+        l, h = body[1], 2
+        if l & 0x80:
+            h += l & 0x7f
+            l = int.from_bytes(body[2:h], "big")
+        kids.append(body[:h + l])
+        body = body[h + l:]
+    return kids
+
+def ext(oid_hex, value_hex, critical=b""):
+    return tlv(0x30, tlv(0x06, bytes.fromhex(oid_hex)) + critical + tlv(0x04, bytes.fromhex(value_hex)))
+
+for k, c in certs.items():
+    out("tbs_judge", f"{k}.tbs.der", c.tbs_certificate_bytes)
+bare = (x509.CertificateBuilder().subject_name(name("trick")).issuer_name(name("issuer"))
+        .public_key(p256.public_key()).serial_number(7)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(p256, hashes.SHA256()).tbs_certificate_bytes)
+BC, KU, EKU, CRIT, FALSE = "551d13", "551d0f", "551d25", bytes.fromhex("0101ff"), bytes.fromhex("010100")
+sigstore = lambda n: "2b0601040183bf3001" + f"{n:02x}"
+tricks = {
+    "bc-indefinite": [ext(BC, "3080" "0101ff" "0000")],
+    "bc-long-length": [ext(BC, "308103" "0101ff")],
+    "bc-ber-true": [ext(BC, "3003" "010101", CRIT)],
+    "bc-explicit-false": [ext(BC, "3003" "0101ff", FALSE)],
+    "bc-duplicate": [ext(BC, "3000", CRIT), ext(BC, "3003" "0101ff", CRIT)],
+    "bc-pathlen-no-ca": [ext(BC, "3003" "020100", CRIT)],
+    "keycertsign-no-bc": [ext(KU, "03020284", CRIT)],
+    "ku-trailing-zero": [ext(KU, "0303008400", CRIT)],
+    "netscape-ssl-ca": [ext("6086480186f842010" "1", "03020204")],
+    "leaf": [ext(BC, "3000", CRIT), ext(KU, "03020780", CRIT), ext(EKU, "300a06082b06010505070303"),
+             ext(sigstore(1), b"https://accounts.example.org".hex()),
+             ext(sigstore(8), "0c1c" + b"https://accounts.example.org".hex())],
+    "ca": [ext(BC, "30060101ff020100", CRIT), ext(KU, "03020106", CRIT)],
+}
+for k, exts in tricks.items():
+    tbs = tlv(0x30, b"".join(tlv_children(bare)) + tlv(0xa3, tlv(0x30, b"".join(exts))))
+    out("tbs_judge", f"trick-{k}.tbs.der", tbs)
+
 # --- config: README's example and the test suite's ----------------------------------
 readme = (ROOT / "README.md").read_text()
 m = re.search(r"```toml\n(.*?)```", readme, re.S)

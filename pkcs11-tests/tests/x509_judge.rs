@@ -210,7 +210,10 @@ const TRICKS: &[Trick] = &[
     Trick {
         name: "bc-explicit-false",
         code: ErrorCode::BadRequest,
-        refusal: &["basicConstraints (2.5.29.19)", "critical FALSE is written out"],
+        refusal: &[
+            "basicConstraints (2.5.29.19)",
+            "critical FALSE is written out",
+        ],
         openssl_text: "CA:TRUE",
         trust: Trust::ChainThroughRoot,
     },
@@ -367,7 +370,8 @@ fn a_leaf_only_key_refuses_every_certificate_openssl_reads_as_a_ca() {
                 assert!(ok && out.contains(": OK"), "{name}: {out}");
             }
             Trust::AsTrustAnchor => {
-                let (ok, out) = openssl(dir, &["verify", "-partial_chain", "-CAfile", &cert, &leaf]);
+                let (ok, out) =
+                    openssl(dir, &["verify", "-partial_chain", "-CAfile", &cert, &leaf]);
                 assert!(ok && out.contains(": OK"), "{name}: {out}");
             }
             Trust::DisplayOnly => {}
@@ -378,11 +382,20 @@ fn a_leaf_only_key_refuses_every_certificate_openssl_reads_as_a_ca() {
     // the verifications above are OpenSSL reading a CA and nothing laxer.
     let (ok, out) = openssl(
         dir,
-        &["verify", "-partial_chain", "-CAfile", "proper-leaf.pem", "proper-leaf.leaf.pem"],
+        &[
+            "verify",
+            "-partial_chain",
+            "-CAfile",
+            "proper-leaf.pem",
+            "proper-leaf.leaf.pem",
+        ],
     );
     assert!(!ok && out.contains("invalid CA certificate"), "{out}");
     let (_, text) = openssl(dir, &["x509", "-in", "proper-leaf.pem", "-noout", "-text"]);
-    assert!(text.contains("CA:FALSE") && !text.contains("Certificate Sign"), "{text}");
+    assert!(
+        text.contains("CA:FALSE") && !text.contains("Certificate Sign"),
+        "{text}"
+    );
 
     // The connection is still usable, and the agent signs a proper leaf, Fulcio's
     // Sigstore extensions and all.
@@ -394,10 +407,16 @@ fn a_leaf_only_key_refuses_every_certificate_openssl_reads_as_a_ca() {
     key.verify(&tbs, &sig)
         .expect("the signature verifies over the TBSCertificate");
     let records = records_of(&agent, &tbs);
-    let events: Vec<&str> = records.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
     assert_eq!(events, ["intent", "signed"], "{records:?}");
     assert_eq!(records[0]["certificate"]["ca"], "false", "{records:?}");
-    assert_eq!(records[0]["certificate"]["eku"][0], "codeSigning", "{records:?}");
+    assert_eq!(
+        records[0]["certificate"]["eku"][0], "codeSigning",
+        "{records:?}"
+    );
 }
 
 #[test]

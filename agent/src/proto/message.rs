@@ -469,8 +469,13 @@ pub struct AuditTail {
 /// `audit_tail` result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditTailOk {
-    /// The records, oldest first, as written.
+    /// The records, oldest first, as written (a record too long for one answer as
+    /// `{"bytes":…,"seq":…,"truncated":true}`).
     pub records: Vec<Value>,
+    /// How many of the records asked for were left out to keep the answer within
+    /// the agent's byte budget (see docs/protocol.md); absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<u64>,
 }
 
 /// `unlock` and `lock` result.

@@ -152,6 +152,9 @@ struct ConnUi<'a> {
     stream: &'a UnixStream,
     reader: &'a mut FrameReader,
     id: u64,
+    /// Whether this client may be asked for a PIN: only the agent's own uid is (a PIN
+    /// typed by another uid could cost the device a try).
+    may_ask: bool,
 }
 
 impl Interaction for ConnUi<'_> {
@@ -160,6 +163,9 @@ impl Interaction for ConnUi<'_> {
     }
 
     fn ask_pin(&mut self, question: &str) -> Option<SecretString> {
+        if !self.may_ask {
+            return None;
+        }
         send(self.stream, &encode_prompt(self.id, question)).ok()?;
         let frame = self
             .reader
@@ -232,7 +238,12 @@ fn handle(
         _ => None,
     };
     if let Some(key) = key {
-        let mut ui = ConnUi { stream, reader, id };
+        let mut ui = ConnUi {
+            stream,
+            reader,
+            id,
+            may_ask: owner,
+        };
         if let Err(e) = store.login_interactively(key, &mut ui) {
             if e.code == ErrorCode::PinRequired || e.code == ErrorCode::PinIncorrect {
                 return encode_error(Some(id), &e);
@@ -276,12 +287,15 @@ fn handle(
         }
         Op::AuditTail(t) => {
             let n = t.n.unwrap_or(20).min(1000) as usize;
-            let records = store
-                .audit_tail(n)
+            // Within `audit::TAIL_BUDGET` bytes, well under the frame limit.
+            let tail = store.audit_tail(n);
+            let records = tail
+                .records
                 .iter()
                 .map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::String(l.clone())))
                 .collect();
-            encode_ok(id, &AuditTailOk { records })
+            let omitted = (tail.omitted > 0).then_some(tail.omitted as u64);
+            encode_ok(id, &AuditTailOk { records, omitted })
         }
         Op::Lock => {
             info!(uid = caller.uid, pid, "lock asked");
@@ -332,7 +346,12 @@ fn handle(
             reply(id, r)
         }
         Op::Sign(s) => {
-            let mut ui = ConnUi { stream, reader, id };
+            let mut ui = ConnUi {
+                stream,
+                reader,
+                id,
+                may_ask: owner,
+            };
             let r = store.sign(&s, caller, &mut ui);
             match &r {
                 Ok(_) => debug!(key = %s.key, purpose = %s.purpose, pid, "signed"),

@@ -79,17 +79,41 @@ const ALLOWED: &[(&str, &str, Kind)] = &[
     ("2.5.29.35", "authorityKeyIdentifier", Kind::AuthorityKeyId),
     ("2.5.29.17", "subjectAltName", Kind::SubjectAltName),
     ("2.5.29.18", "issuerAltName", Kind::IssuerAltName),
-    ("2.5.29.32", "certificatePolicies", Kind::CertificatePolicies),
-    ("2.5.29.31", "cRLDistributionPoints", Kind::CrlDistributionPoints),
+    (
+        "2.5.29.32",
+        "certificatePolicies",
+        Kind::CertificatePolicies,
+    ),
+    (
+        "2.5.29.31",
+        "cRLDistributionPoints",
+        Kind::CrlDistributionPoints,
+    ),
     ("2.5.29.46", "freshestCRL", Kind::FreshestCrl),
-    ("1.3.6.1.5.5.7.1.1", "authorityInfoAccess", Kind::AuthorityInfoAccess),
-    ("1.3.6.1.5.5.7.1.11", "subjectInfoAccess", Kind::SubjectInfoAccess),
+    (
+        "1.3.6.1.5.5.7.1.1",
+        "authorityInfoAccess",
+        Kind::AuthorityInfoAccess,
+    ),
+    (
+        "1.3.6.1.5.5.7.1.11",
+        "subjectInfoAccess",
+        Kind::SubjectInfoAccess,
+    ),
     ("2.5.29.30", "nameConstraints", Kind::NameConstraints),
     ("2.5.29.36", "policyConstraints", Kind::PolicyConstraints),
     ("2.5.29.33", "policyMappings", Kind::PolicyMappings),
     ("2.5.29.54", "inhibitAnyPolicy", Kind::InhibitAnyPolicy),
-    ("1.3.6.1.4.1.11129.2.4.2", "CT signed certificate timestamps", Kind::SctList),
-    ("1.3.6.1.4.1.11129.2.4.3", "CT precertificate poison", Kind::CtPoison),
+    (
+        "1.3.6.1.4.1.11129.2.4.2",
+        "CT signed certificate timestamps",
+        Kind::SctList,
+    ),
+    (
+        "1.3.6.1.4.1.11129.2.4.3",
+        "CT precertificate poison",
+        Kind::CtPoison,
+    ),
 ];
 
 /// Names of some extensions that are refused, for the message.
@@ -100,11 +124,14 @@ const REFUSED_NAMES: &[(&str, &str)] = &[
     ("2.5.29.9", "subjectDirectoryAttributes"),
     ("1.3.6.1.5.5.7.1.14", "proxyCertInfo"),
     ("1.3.6.1.5.5.7.1.24", "TLS feature"),
-    ("1.3.6.1.4.1.311.20.2", "Microsoft certificate template name"),
+    (
+        "1.3.6.1.4.1.311.20.2",
+        "Microsoft certificate template name",
+    ),
     ("1.3.6.1.4.1.311.21.7", "Microsoft certificate template"),
 ];
 
-/// Sigstore's Fulcio arc: `1.3.6.1.4.1.57264.1.N` (Fulcio's docs/oid-info.md).
+/// Sigstore's Fulcio arc: `1.3.6.1.4.1.57264.1.N`, registered by Sigstore.
 const SIGSTORE_ARC: [u32; 8] = [1, 3, 6, 1, 4, 1, 57264, 1];
 
 /// How deep TLVs may nest: far more than any certificate needs, and a bound on the
@@ -130,12 +157,8 @@ pub fn read(der: &[u8]) -> Result<Reading, String> {
     walk(der, 0, 0).map_err(|e| format!("the TBSCertificate is not DER: {e}"))?;
     let tbs =
         TbsCertificate::from_der(der).map_err(|e| format!("not a DER TBSCertificate: {e}"))?;
-    let theirs: Vec<ObjectIdentifier> = tbs
-        .extensions
-        .iter()
-        .flatten()
-        .map(|e| e.extn_id)
-        .collect();
+    let theirs: Vec<ObjectIdentifier> =
+        tbs.extensions.iter().flatten().map(|e| e.extn_id).collect();
     if theirs != reading.oids {
         // Both come from the same bytes; a difference is a bug in one of the readers.
         return Err("the extensions could not be read consistently".into());
@@ -201,7 +224,11 @@ fn extension((raw, offset): (&[u8], usize)) -> Result<Extension, String> {
 /// not DER, and the message should still say which one it is).
 fn extension_name(raw: &[u8]) -> String {
     let oid = raw.get(1).and_then(|&l| {
-        let skip = if l & 0x80 == 0 { 2 } else { 2 + usize::from(l & 0x7f) };
+        let skip = if l & 0x80 == 0 {
+            2
+        } else {
+            2 + usize::from(l & 0x7f)
+        };
         let (t, _) = tlv(raw.get(skip..)?, 0).ok()?;
         ObjectIdentifier::from_der(t.raw).ok()
     });
@@ -234,7 +261,7 @@ fn value(ext: &Extension, label: &str, reading: &mut Reading) -> Result<(), Stri
             let bc: BasicConstraints = canonical(bytes).map_err(bad)?;
             if !bc.ca && bc.path_len_constraint.is_some() {
                 return Err(bad(
-                    "pathLenConstraint without cA TRUE (RFC 5280 4.2.1.9)".into(),
+                    "pathLenConstraint without cA TRUE (RFC 5280 4.2.1.9)".into()
                 ));
             }
             if bc.ca {
@@ -259,19 +286,11 @@ fn value(ext: &Extension, label: &str, reading: &mut Reading) -> Result<(), Stri
         Kind::AuthorityKeyId => valid::<AuthorityKeyIdentifier>(bytes).map_err(bad)?,
         Kind::SubjectAltName => valid::<SubjectAltName>(bytes).map_err(bad)?,
         Kind::IssuerAltName => valid::<IssuerAltName>(bytes).map_err(bad)?,
-        Kind::CertificatePolicies => {
-            valid::<CertificatePolicies>(bytes).map_err(bad)?
-        }
-        Kind::CrlDistributionPoints => {
-            valid::<CrlDistributionPoints>(bytes).map_err(bad)?
-        }
+        Kind::CertificatePolicies => valid::<CertificatePolicies>(bytes).map_err(bad)?,
+        Kind::CrlDistributionPoints => valid::<CrlDistributionPoints>(bytes).map_err(bad)?,
         Kind::FreshestCrl => valid::<FreshestCrl>(bytes).map_err(bad)?,
-        Kind::AuthorityInfoAccess => {
-            valid::<AuthorityInfoAccessSyntax>(bytes).map_err(bad)?
-        }
-        Kind::SubjectInfoAccess => {
-            valid::<SubjectInfoAccessSyntax>(bytes).map_err(bad)?
-        }
+        Kind::AuthorityInfoAccess => valid::<AuthorityInfoAccessSyntax>(bytes).map_err(bad)?,
+        Kind::SubjectInfoAccess => valid::<SubjectInfoAccessSyntax>(bytes).map_err(bad)?,
         Kind::NameConstraints => valid::<NameConstraints>(bytes).map_err(bad)?,
         Kind::PolicyConstraints => valid::<PolicyConstraints>(bytes).map_err(bad)?,
         Kind::PolicyMappings => valid::<PolicyMappings>(bytes).map_err(bad)?,
@@ -286,7 +305,7 @@ fn value(ext: &Extension, label: &str, reading: &mut Reading) -> Result<(), Stri
         Kind::CtPoison => {
             if !ext.critical || bytes != [0x05, 0x00] {
                 return Err(bad(
-                    "must be critical and an ASN.1 NULL (RFC 6962 3.1)".into(),
+                    "must be critical and an ASN.1 NULL (RFC 6962 3.1)".into()
                 ));
             }
         }
@@ -294,8 +313,9 @@ fn value(ext: &Extension, label: &str, reading: &mut Reading) -> Result<(), Stri
     Ok(())
 }
 
-/// A Sigstore extension: `.1`–`.6` hold raw strings, `.8` on DER UTF8Strings (Fulcio's
-/// docs/oid-info.md); `.7` names an otherName inside subjectAltName, not an extension.
+/// A Sigstore extension, as Sigstore's OID registry defines them: `.1`–`.6` hold raw
+/// strings, `.8` on DER UTF8Strings; `.7` names an otherName inside subjectAltName and
+/// is not an extension.
 fn sigstore_value(n: u32, critical: bool, bytes: &[u8]) -> Result<(), String> {
     if critical {
         return Err("a Sigstore extension is never critical".into());
@@ -431,7 +451,9 @@ fn tlv(buf: &[u8], offset: usize) -> Result<(Tlv<'_>, &[u8]), String> {
             if digits.first() == Some(&0) {
                 return Err(at("a length with a leading zero byte (BER, not DER)"));
             }
-            let len = digits.iter().fold(0usize, |a, &b| (a << 8) | usize::from(b));
+            let len = digits
+                .iter()
+                .fold(0usize, |a, &b| (a << 8) | usize::from(b));
             if len < 0x80 {
                 return Err(at("a long-form length for a short value (BER, not DER)"));
             }
