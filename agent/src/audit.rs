@@ -378,7 +378,10 @@ impl Audit {
         drop(state);
         // One writer per log: two agents on one state directory would interleave their
         // chains (and one could cut the other's record being written as "partial").
-        match rustix::fs::flock(&dir_fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        match rustix::fs::flock(
+            &dir_fd,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => return Err(AuditError::Busy(dir)),
             Err(e) => {
@@ -405,11 +408,12 @@ impl Audit {
                     problem: "the last line is not a record".into(),
                 });
             }
-            file.set_len(end.complete).map_err(|source| AuditError::Io {
-                path: path.clone(),
-                what: "cannot remove a partial record at its end",
-                source,
-            })?;
+            file.set_len(end.complete)
+                .map_err(|source| AuditError::Io {
+                    path: path.clone(),
+                    what: "cannot remove a partial record at its end",
+                    source,
+                })?;
             warn!(path = %path.display(), bytes = fragment.len(), "removed a partial record at the end of the audit log (a write cut short, e.g. by a full disk)");
             size = end.complete;
         }
@@ -1394,7 +1398,13 @@ mod tests {
             );
             let dir = tempfile::tempdir().unwrap();
             let status = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
                 .arg(dir.path())
                 .status()
                 .unwrap();
@@ -1409,7 +1419,10 @@ mod tests {
 
     impl Drop for Tmpfs {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 
@@ -1446,8 +1459,19 @@ mod tests {
             z.duration_since(UNIX_EPOCH).unwrap().as_secs(),
             20_422 * 86_400 + 12 * 3600
         );
-        assert_eq!(parse_rfc3339("2025-11-30T14:30:00.5+02:30").unwrap(), z + Duration::from_millis(500));
-        for bad in ["", "2025-11-31T00:00:00Z", "2025-13-01T00:00:00Z", "2025-11-30 12:00:00Z", "2025-11-30T12:00:00", "2025-11-30T12:00:00.Z", "yesterday"] {
+        assert_eq!(
+            parse_rfc3339("2025-11-30T14:30:00.5+02:30").unwrap(),
+            z + Duration::from_millis(500)
+        );
+        for bad in [
+            "",
+            "2025-11-31T00:00:00Z",
+            "2025-13-01T00:00:00Z",
+            "2025-11-30 12:00:00Z",
+            "2025-11-30T12:00:00",
+            "2025-11-30T12:00:00.Z",
+            "yesterday",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -1587,13 +1611,20 @@ mod tests {
             // EIO needs a failing disk).
             {
                 let mut st = audit.shared.lock();
-                st.doubted(&audit.shared, covered, "cannot sync the audit log: Input/output error");
+                st.doubted(
+                    &audit.shared,
+                    covered,
+                    "cannot sync the audit log: Input/output error",
+                );
             }
             let after = audit.append(&record("intent", "hsm/b")).unwrap();
             // The next sync succeeds: line 2 is served, line 1 never.
             audit.wait_durable(after).unwrap();
             let e = audit.wait_durable(covered).unwrap_err();
-            assert!(e.contains("Input/output error") && e.contains("may not be on disk"), "{e}");
+            assert!(
+                e.contains("Input/output error") && e.contains("may not be on disk"),
+                "{e}"
+            );
             assert!(audit.shared.synced.load(Ordering::Acquire) >= covered);
         }
     }
@@ -1613,14 +1644,20 @@ mod tests {
         let state_link = tmp.path().join("state-link");
         std::os::unix::fs::symlink(&victim_dir, &state_link).unwrap();
         let e = Audit::open(&state_link, &o).unwrap_err().to_string();
-        assert!(e.contains("symbolic link") && e.contains(state_link.to_str().unwrap()), "{e}");
+        assert!(
+            e.contains("symbolic link") && e.contains(state_link.to_str().unwrap()),
+            "{e}"
+        );
 
         // `audit/`.
         let state = tmp.path().join("state");
         std::fs::create_dir(&state).unwrap();
         std::os::unix::fs::symlink(&victim_dir, state.join(DIR)).unwrap();
         let e = Audit::open(&state, &o).unwrap_err().to_string();
-        assert!(e.contains("symbolic link") && e.contains(state.join(DIR).to_str().unwrap()), "{e}");
+        assert!(
+            e.contains("symbolic link") && e.contains(state.join(DIR).to_str().unwrap()),
+            "{e}"
+        );
         assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0);
         assert_eq!(mode(&victim_dir), 0o755);
 
@@ -1630,7 +1667,10 @@ mod tests {
         let log = state.join(DIR).join(CURRENT);
         std::os::unix::fs::symlink(&victim, &log).unwrap();
         let e = Audit::open(&state, &o).unwrap_err().to_string();
-        assert!(e.contains("symbolic link") && e.contains(log.to_str().unwrap()), "{e}");
+        assert!(
+            e.contains("symbolic link") && e.contains(log.to_str().unwrap()),
+            "{e}"
+        );
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
         assert_eq!(mode(&victim), 0o644);
 
@@ -1667,7 +1707,10 @@ mod tests {
         let e = Audit::open(&state, &opts(Durability::Off, 64 << 20))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("hard links") && e.contains(log.to_str().unwrap()), "{e}");
+        assert!(
+            e.contains("hard links") && e.contains(log.to_str().unwrap()),
+            "{e}"
+        );
         assert_eq!(std::fs::read(&victim).unwrap(), b"");
         assert_eq!(mode(&victim), 0o644, "not chmodded through the other name");
     }
@@ -1677,9 +1720,15 @@ mod tests {
         let o = opts(Durability::Off, 64 << 20);
         for (content, problem) in [
             ("root:x:0:0:root:/root:/bin/bash\n", "not a JSON object"),
-            ("{\"seq\":1,\"time\":\"2025-11-30T12:00:00Z\",\"event\":\"intent\"}\n", "prev"),
+            (
+                "{\"seq\":1,\"time\":\"2025-11-30T12:00:00Z\",\"event\":\"intent\"}\n",
+                "prev",
+            ),
             ("[1,2,3]\n", "not a JSON object"),
-            ("{\"seq\":\"1\",\"prev\":\"\",\"event\":\"x\",\"time\":\"\"}\n", "not an audit record"),
+            (
+                "{\"seq\":\"1\",\"prev\":\"\",\"event\":\"x\",\"time\":\"\"}\n",
+                "not an audit record",
+            ),
         ] {
             let state = tempfile::tempdir().unwrap();
             std::fs::create_dir(state.path().join(DIR)).unwrap();
@@ -1700,7 +1749,9 @@ mod tests {
         let o = opts(Durability::Off, 64 << 20);
         let audit = Audit::open(state.path(), &o).unwrap();
         for i in 0..3 {
-            audit.append(&record("intent", &format!("hsm/k{i}"))).unwrap();
+            audit
+                .append(&record("intent", &format!("hsm/k{i}")))
+                .unwrap();
         }
         drop(audit);
         let log = state.path().join(DIR).join(CURRENT);
@@ -1712,7 +1763,12 @@ mod tests {
         assert_eq!(std::fs::read(&log).unwrap(), whole);
         audit.append(&record("intent", "hsm/after")).unwrap();
         drop(audit);
-        assert_eq!(verify_files(&files(&state.path().join(DIR)).unwrap()).unwrap().records, 4);
+        assert_eq!(
+            verify_files(&files(&state.path().join(DIR)).unwrap())
+                .unwrap()
+                .records,
+            4
+        );
     }
 
     #[test]
@@ -1720,7 +1776,9 @@ mod tests {
         let fs = Tmpfs::mount("128k");
         let audit = Audit::open(fs.path(), &opts(Durability::GroupCommit, 64 << 20)).unwrap();
         for i in 0..5 {
-            let seq = audit.append(&record("intent", &format!("hsm/k{i}"))).unwrap();
+            let seq = audit
+                .append(&record("intent", &format!("hsm/k{i}")))
+                .unwrap();
             audit.wait_durable(seq).unwrap();
         }
         let log = fs.path().join(DIR).join(CURRENT);
@@ -1776,7 +1834,10 @@ mod tests {
             line(2, "signed", "hsm/r", ago(50), Some(1)),
         ];
         std::fs::write(dir.join("audit-000000000002.jsonl"), old.join("\n") + "\n").unwrap();
-        let f = File::options().write(true).open(dir.join("audit-000000000002.jsonl")).unwrap();
+        let f = File::options()
+            .write(true)
+            .open(dir.join("audit-000000000002.jsonl"))
+            .unwrap();
         f.set_modified(ago(49)).unwrap();
         drop(f);
         let lines = [
@@ -1830,7 +1891,11 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let now = SystemTime::now();
         std::fs::write(dir.join("audit-000000000001.jsonl"), "not a record\n").unwrap();
-        std::fs::write(dir.join(CURRENT), line(2, "intent", "hsm/r", now, None) + "\n").unwrap();
+        std::fs::write(
+            dir.join(CURRENT),
+            line(2, "intent", "hsm/r", now, None) + "\n",
+        )
+        .unwrap();
         let mut o = opts(Durability::Off, 64 << 20);
         o.rate_keys = ["hsm/r".to_string()].into();
         let audit = Audit::open(state.path(), &o).unwrap();
@@ -1847,10 +1912,13 @@ mod tests {
         let o = opts(Durability::Off, 64 << 20);
         let audit = Audit::open(state.path(), &o).unwrap();
         let mut big = record("intent", "hsm/k");
-        big.subject.insert("name".into(), json!("n".repeat(900_000)));
+        big.subject
+            .insert("name".into(), json!("n".repeat(900_000)));
         let big_seq = audit.append(&big).unwrap();
         for i in 0..3 {
-            audit.append(&record("signed", &format!("hsm/k{i}"))).unwrap();
+            audit
+                .append(&record("signed", &format!("hsm/k{i}")))
+                .unwrap();
         }
         let tail = audit.tail(1000, TAIL_BUDGET);
         assert_eq!(tail.records.len(), 4);
@@ -1867,21 +1935,20 @@ mod tests {
         let tail = audit.tail(1000, TAIL_BUDGET);
         let bytes: usize = tail.records.iter().map(|r| r.len() + 1).sum();
         assert!(bytes <= TAIL_BUDGET, "{bytes}");
-        assert!(tail.omitted > 0 && tail.records.len() + tail.omitted == 14, "{:?}", tail.omitted);
+        assert!(
+            tail.omitted > 0 && tail.records.len() + tail.omitted == 14,
+            "{:?}",
+            tail.omitted
+        );
         assert!(tail.records.last().unwrap().contains("hsm/m9"));
         assert_eq!(audit.tail(2, TAIL_BUDGET).omitted, 0);
         drop(audit);
 
         // A huge line planted in the log is read back within the same bound.
         let log = state.path().join(DIR).join(CURRENT);
-        let mut planted = serde_json::from_str::<Value>(&line(
-            15,
-            "intent",
-            "hsm/k",
-            SystemTime::now(),
-            None,
-        ))
-        .unwrap();
+        let mut planted =
+            serde_json::from_str::<Value>(&line(15, "intent", "hsm/k", SystemTime::now(), None))
+                .unwrap();
         planted["name"] = json!("p".repeat(2_000_000));
         let mut file = File::options().append(true).open(&log).unwrap();
         writeln!(file, "{planted}").unwrap();

@@ -374,9 +374,10 @@ impl Config {
             allow_uids: raw.agent.allow_uids,
             socket_group: match raw.agent.socket_group {
                 None => None,
-                Some(SerialValue::Number(n)) => Some(u32::try_from(n).map_err(|_| {
-                    at("agent.socket_group".into(), "not a group id".into())
-                })?),
+                Some(SerialValue::Number(n)) => Some(
+                    u32::try_from(n)
+                        .map_err(|_| at("agent.socket_group".into(), "not a group id".into()))?,
+                ),
                 Some(SerialValue::Text(name)) => Some(group_id(&name).ok_or_else(|| {
                     at(
                         "agent.socket_group".into(),
@@ -935,7 +936,9 @@ purposes = ["x509-tbs"]
 
     #[test]
     fn x509_eku_words() {
-        let key = |eku: &str| format!("[[key]]\nname = \"a/b\"\npurposes = [\"x509-tbs\"]\nx509_eku = {eku}\n");
+        let key = |eku: &str| {
+            format!("[[key]]\nname = \"a/b\"\npurposes = [\"x509-tbs\"]\nx509_eku = {eku}\n")
+        };
         let c = Config::parse(
             &key("[\"codeSigning\", \"1.3.6.1.5.5.7.3.8\", \"1.3.6.1.4.1.11129.2.4.4\"]"),
             "c.toml",
@@ -943,11 +946,29 @@ purposes = ["x509-tbs"]
         .unwrap();
         assert_eq!(
             c.keys[0].x509_eku.as_deref(),
-            Some(&["codeSigning".to_string(), "timeStamping".into(), "1.3.6.1.4.1.11129.2.4.4".into()][..]),
+            Some(
+                &[
+                    "codeSigning".to_string(),
+                    "timeStamping".into(),
+                    "1.3.6.1.4.1.11129.2.4.4".into()
+                ][..]
+            ),
             "dotted OIDs of named purposes are written as their names"
         );
-        assert_eq!(Config::parse(&key("[\"any\"]"), "c.toml").unwrap().keys[0].x509_eku, Some(vec!["any".into()]));
-        assert_eq!(Config::parse(&key("[\"any\"]").replace("x509_eku = [\"any\"]\n", ""), "c.toml").unwrap().keys[0].x509_eku, None);
+        assert_eq!(
+            Config::parse(&key("[\"any\"]"), "c.toml").unwrap().keys[0].x509_eku,
+            Some(vec!["any".into()])
+        );
+        assert_eq!(
+            Config::parse(
+                &key("[\"any\"]").replace("x509_eku = [\"any\"]\n", ""),
+                "c.toml"
+            )
+            .unwrap()
+            .keys[0]
+                .x509_eku,
+            None
+        );
         for bad in ["[\"codesigning\"]", "[\"1..2\"]", "[\"\"]"] {
             let e = err(&key(bad));
             assert_eq!(e.key, "key[0].x509_eku", "{e}");
@@ -957,7 +978,8 @@ purposes = ["x509-tbs"]
         }
         let e = err(&key("[]"));
         assert_eq!(e.key, "key[0].x509_eku", "{e}");
-        let e = err("[[key]]\nname = \"a/b\"\npurposes = [\"digest\"]\nx509_eku = [\"codeSigning\"]\n");
+        let e =
+            err("[[key]]\nname = \"a/b\"\npurposes = [\"digest\"]\nx509_eku = [\"codeSigning\"]\n");
         assert_eq!(e.key, "key[0].x509_eku", "{e}");
         assert!(e.message.contains("x509-tbs"), "{e}");
     }

@@ -90,7 +90,8 @@ pub fn open_subdir(parent: &File, parent_path: &Path, name: &str) -> Result<File
         Err(e) => return Err(dir_error(parent, Path::new(name), &path, e)),
         Ok(fd) => return checked_dir(fd, &path),
     }
-    let fd = open_dir_raw(parent, Path::new(name)).map_err(|e| dir_error(parent, Path::new(name), &path, e))?;
+    let fd = open_dir_raw(parent, Path::new(name))
+        .map_err(|e| dir_error(parent, Path::new(name), &path, e))?;
     checked_dir(fd, &path)
 }
 
@@ -119,7 +120,8 @@ pub fn open_file_at(dir: &File, path: &Path, name: &str, create: Create) -> Resu
 /// without blocking on a FIFO planted there); checks that it is a regular file of the
 /// agent's user. `None` when it does not exist.
 pub fn open_read_at(dir: &File, path: &Path, name: &str) -> Result<Option<File>, Unsafe> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
     match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => {
             let file = File::from(fd);
@@ -133,12 +135,20 @@ pub fn open_read_at(dir: &File, path: &Path, name: &str) -> Result<Option<File>,
 
 /// The names in the directory `dir` (not `.` and `..`).
 pub fn names(dir: &File, path: &Path) -> Result<Vec<String>, Unsafe> {
-    let entries = rustix::fs::Dir::read_from(dir)
-        .map_err(|e| Unsafe::new(path, format!("cannot list the directory: {}", io::Error::from(e))))?;
+    let entries = rustix::fs::Dir::read_from(dir).map_err(|e| {
+        Unsafe::new(
+            path,
+            format!("cannot list the directory: {}", io::Error::from(e)),
+        )
+    })?;
     let mut out = Vec::new();
     for entry in entries {
-        let entry =
-            entry.map_err(|e| Unsafe::new(path, format!("cannot list the directory: {}", io::Error::from(e))))?;
+        let entry = entry.map_err(|e| {
+            Unsafe::new(
+                path,
+                format!("cannot list the directory: {}", io::Error::from(e)),
+            )
+        })?;
         if let Ok(name) = entry.file_name().to_str() {
             if name != "." && name != ".." {
                 out.push(name.to_string());
@@ -185,7 +195,10 @@ fn dir_error(parent: impl AsFd, name: &Path, path: &Path, e: Errno) -> Unsafe {
             _ => Unsafe::new(path, "exists and is not a directory"),
         };
     }
-    Unsafe::new(path, format!("cannot open the directory: {}", io::Error::from(e)))
+    Unsafe::new(
+        path,
+        format!("cannot open the directory: {}", io::Error::from(e)),
+    )
 }
 
 /// Says why opening a file failed.
@@ -201,7 +214,10 @@ fn file_error(dir: &File, name: &str, path: &Path, e: Errno) -> Unsafe {
         }
     }
     if e == Errno::EXIST {
-        return Unsafe::new(path, "exists already where the agent was to create a new file; refusing to use it");
+        return Unsafe::new(
+            path,
+            "exists already where the agent was to create a new file; refusing to use it",
+        );
     }
     Unsafe::new(path, format!("cannot open: {}", io::Error::from(e)))
 }
@@ -220,7 +236,10 @@ fn checked_dir(fd: OwnedFd, path: &Path) -> Result<File, Unsafe> {
     if meta.uid() != me {
         return Err(Unsafe::new(
             path,
-            format!("belongs to uid {}, not to this agent's uid {me}", meta.uid()),
+            format!(
+                "belongs to uid {}, not to this agent's uid {me}",
+                meta.uid()
+            ),
         ));
     }
     if meta.mode() & 0o7777 != 0o700 {
@@ -237,13 +256,19 @@ fn check_file(file: &File, path: &Path, writes: bool) -> Result<(), Unsafe> {
         .metadata()
         .map_err(|e| Unsafe::new(path, format!("cannot stat: {e}")))?;
     if !meta.is_file() {
-        return Err(Unsafe::new(path, "is not a regular file; refusing to use it"));
+        return Err(Unsafe::new(
+            path,
+            "is not a regular file; refusing to use it",
+        ));
     }
     let me = euid();
     if meta.uid() != me {
         return Err(Unsafe::new(
             path,
-            format!("belongs to uid {}, not to this agent's uid {me}", meta.uid()),
+            format!(
+                "belongs to uid {}, not to this agent's uid {me}",
+                meta.uid()
+            ),
         ));
     }
     if writes {
@@ -314,7 +339,8 @@ mod tests {
         let e = open_file_at(&dir, &tmp.path().join("sym"), "sym", Create::IfMissing).unwrap_err();
         assert!(e.problem.contains("symbolic link"), "{e}");
         std::fs::hard_link(&victim, tmp.path().join("hard")).unwrap();
-        let e = open_file_at(&dir, &tmp.path().join("hard"), "hard", Create::IfMissing).unwrap_err();
+        let e =
+            open_file_at(&dir, &tmp.path().join("hard"), "hard", Create::IfMissing).unwrap_err();
         assert!(e.problem.contains("hard links"), "{e}");
         assert_eq!(mode(&victim), 0o644);
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
@@ -327,6 +353,8 @@ mod tests {
         rename_new_at(&dir, "new", "victim").unwrap_err();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         rename_new_at(&dir, "new", "moved").unwrap();
-        assert!(names(&dir, tmp.path()).unwrap().contains(&"moved".to_string()));
+        assert!(names(&dir, tmp.path())
+            .unwrap()
+            .contains(&"moved".to_string()));
     }
 }

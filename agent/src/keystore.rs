@@ -18,12 +18,12 @@ use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions, S
 use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
-use crate::rates::{RateBook, Taken};
 use crate::proto::{
     AttestOk, AuditStatus, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, HashAlg, KeyAlg, KeyInfo,
     ListKeysOk, PublicKeyOk, Purpose, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
     StoreCertificateOk, UnlockOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
+use crate::rates::{RateBook, Taken};
 use crate::worker::{DeviceLanes, LaneError};
 use crate::x509::{SigFamily, TbsSummary};
 

@@ -226,7 +226,13 @@ fn run(args: Args) -> Result<(), String> {
                 native::connection,
                 stopped.clone()
             ),
-            server::serve(ssh_socket, store.clone(), ssh_opts, ssh::connection, stopped),
+            server::serve(
+                ssh_socket,
+                store.clone(),
+                ssh_opts,
+                ssh::connection,
+                stopped
+            ),
         );
         Ok::<(), String>(())
     });

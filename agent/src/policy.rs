@@ -106,9 +106,9 @@ impl Caller {
             }
             _ => return Err(format!("pid {pid} is no longer the process that connected")),
         }
-        let runs = allowed.iter().any(|path| {
-            std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == then.exe)
-        });
+        let runs = allowed
+            .iter()
+            .any(|path| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == then.exe));
         if runs {
             Ok(())
         } else {
@@ -116,7 +116,9 @@ impl Caller {
                 "it runs {}",
                 self.exe
                     .as_ref()
-                    .map_or("an unknown program".to_string(), |e| e.display().to_string())
+                    .map_or("an unknown program".to_string(), |e| e
+                        .display()
+                        .to_string())
             ))
         }
     }
@@ -311,9 +313,7 @@ impl Policy {
                 return deny(format!("it has no extendedKeyUsage, and {eku}"));
             }
             if let Some(p) = tbs.eku.iter().find(|p| !allowed.contains(p)) {
-                return deny(format!(
-                    "its extendedKeyUsage includes {p}, and {eku}"
-                ));
+                return deny(format!("its extendedKeyUsage includes {p}, and {eku}"));
             }
         }
         Ok(())
@@ -448,17 +448,49 @@ mod tests {
         assert!(p.check_tbs("hsm/other", &ca).is_ok());
         // A leaf-only key: neither CA:TRUE nor keyCertSign, in any combination.
         let issue = "x509_issue = [\"leaf\"]";
-        denied("hsm/leaf", &summary(Some(None), false, &["codeSigning"]), &["basicConstraints CA:TRUE", issue]);
-        denied("hsm/leaf", &summary(None, true, &["codeSigning"]), &["keyCertSign", issue]);
-        denied("hsm/leaf", &summary(Some(None), true, &["codeSigning"]), &[issue]);
+        denied(
+            "hsm/leaf",
+            &summary(Some(None), false, &["codeSigning"]),
+            &["basicConstraints CA:TRUE", issue],
+        );
+        denied(
+            "hsm/leaf",
+            &summary(None, true, &["codeSigning"]),
+            &["keyCertSign", issue],
+        );
+        denied(
+            "hsm/leaf",
+            &summary(Some(None), true, &["codeSigning"]),
+            &[issue],
+        );
         // A CA-only key: both, always.
         let issue = "x509_issue = [\"ca\"]";
-        denied("hsm/ca", &summary(None, false, &[]), &["needs keyUsage keyCertSign", issue]);
-        denied("hsm/ca", &summary(Some(None), false, &[]), &["needs keyUsage keyCertSign", issue]);
-        denied("hsm/ca", &summary(None, true, &[]), &["needs basicConstraints CA:TRUE", issue]);
+        denied(
+            "hsm/ca",
+            &summary(None, false, &[]),
+            &["needs keyUsage keyCertSign", issue],
+        );
+        denied(
+            "hsm/ca",
+            &summary(Some(None), false, &[]),
+            &["needs keyUsage keyCertSign", issue],
+        );
+        denied(
+            "hsm/ca",
+            &summary(None, true, &[]),
+            &["needs basicConstraints CA:TRUE", issue],
+        );
         // x509_eku: an EKU, and only listed purposes.
         let eku = "x509_eku = [\"codeSigning\"]";
-        denied("hsm/leaf", &summary(None, false, &[]), &["no extendedKeyUsage", eku]);
-        denied("hsm/leaf", &summary(None, false, &["codeSigning", "serverAuth"]), &["serverAuth", eku]);
+        denied(
+            "hsm/leaf",
+            &summary(None, false, &[]),
+            &["no extendedKeyUsage", eku],
+        );
+        denied(
+            "hsm/leaf",
+            &summary(None, false, &["codeSigning", "serverAuth"]),
+            &["serverAuth", eku],
+        );
     }
 }

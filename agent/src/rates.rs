@@ -214,8 +214,12 @@ impl Inner {
                 })
                 .collect();
             match &seed.problem {
-                Some(p) => warn!(key = %key, problem = %p, "rate limits: the audit log does not read; the key is refused"),
-                None => info!(key = %key, last_day = made.len(), "rate limits: signatures of the last day counted from the audit log"),
+                Some(p) => {
+                    warn!(key = %key, problem = %p, "rate limits: the audit log does not read; the key is refused")
+                }
+                None => {
+                    info!(key = %key, last_day = made.len(), "rate limits: signatures of the last day counted from the audit log")
+                }
             }
             let gen = self.next_gen;
             self.next_gen += 1;
@@ -253,9 +257,7 @@ mod tests {
             upto,
             signed: [(
                 "hsm/r".to_string(),
-                ages.iter()
-                    .map(|a| now - Duration::from_secs(*a))
-                    .collect(),
+                ages.iter().map(|a| now - Duration::from_secs(*a)).collect(),
             )]
             .into(),
             problem: problem.map(str::to_string),
@@ -275,9 +277,23 @@ mod tests {
         book.take("hsm/r", THREE, None).unwrap().unwrap();
         let e = book.take("hsm/r", THREE, None).unwrap_err();
         assert_eq!(e.code, ErrorCode::RateLimited);
-        assert!(e.message.contains("max_per_hour") && e.message.contains("possible in"), "{}", e.message);
-        let wait: u64 = e.message.split("possible in ").nth(1).unwrap().trim_end_matches(" s").parse().unwrap();
-        assert!((2990..=3001).contains(&wait), "the oldest in the hour is 10 min old: {wait}");
+        assert!(
+            e.message.contains("max_per_hour") && e.message.contains("possible in"),
+            "{}",
+            e.message
+        );
+        let wait: u64 = e
+            .message
+            .split("possible in ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap();
+        assert!(
+            (2990..=3001).contains(&wait),
+            "the oldest in the hour is 10 min old: {wait}"
+        );
         let day = Limits {
             per_hour: None,
             per_day: Some(4),
@@ -289,10 +305,19 @@ mod tests {
     #[test]
     fn an_unreadable_log_refuses_the_key_and_a_reload_tries_again() {
         let book = RateBook::new();
-        book.seed(seed(&[], 0, Some("audit-000000000001.jsonl:1: not a JSON object")));
+        book.seed(seed(
+            &[],
+            0,
+            Some("audit-000000000001.jsonl:1: not a JSON object"),
+        ));
         let e = book.take("hsm/r", THREE, None).unwrap_err();
         assert_eq!(e.code, ErrorCode::RateLimited);
-        assert!(e.message.contains("could not be read") && e.message.contains("audit-000000000001.jsonl:1"), "{}", e.message);
+        assert!(
+            e.message.contains("could not be read")
+                && e.message.contains("audit-000000000001.jsonl:1"),
+            "{}",
+            e.message
+        );
         book.policy_changed(&policy(Some(3)), &policy(Some(3)));
         book.take("hsm/r", THREE, None).unwrap().unwrap();
     }
@@ -309,7 +334,11 @@ mod tests {
         // One read from the log already: not counted twice.
         assert_eq!(book.logged("hsm/r", 10, None), None);
         let own = book.take("hsm/r", THREE, None).unwrap().unwrap();
-        assert_eq!(book.logged("hsm/r", 12, Some(own)), None, "taken by this count");
+        assert_eq!(
+            book.logged("hsm/r", 12, Some(own)),
+            None,
+            "taken by this count"
+        );
         book.take("hsm/r", THREE, None).unwrap_err();
         book.give_back("hsm/r", slot);
         book.take("hsm/r", THREE, None).unwrap().unwrap();

@@ -176,13 +176,8 @@ impl FrameReader {
         };
         let mut cmsg = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
         let mut control = RecvAncillaryBuffer::new(&mut cmsg);
-        let got = rustix::net::recvmsg(
-            stream,
-            &mut [IoSliceMut::new(space)],
-            &mut control,
-            flags,
-        )
-        .map_err(RecvError::Io)?;
+        let got = rustix::net::recvmsg(stream, &mut [IoSliceMut::new(space)], &mut control, flags)
+            .map_err(RecvError::Io)?;
         let mut from = None;
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmCredentials(c) = message {
@@ -345,7 +340,10 @@ mod tests {
         a.write_all(&proto::encode_frame(b"after")).unwrap();
         assert_eq!(r.read(&b, Duration::ZERO, None).unwrap(), b"queued before");
         assert!(r.early());
-        assert_eq!(r.read(&b, Duration::from_micros(50), None).unwrap(), b"after");
+        assert_eq!(
+            r.read(&b, Duration::from_micros(50), None).unwrap(),
+            b"after"
+        );
         assert!(!r.early());
 
         // A child process writing on the inherited socket is another sender.

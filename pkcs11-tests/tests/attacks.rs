@@ -93,7 +93,10 @@ fn python(script: &str, args: &[&str]) -> Child {
 /// Polls until `pid` runs `exe`.
 fn wait_for_exe(pid: u32, exe: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(Path::new(exe))
+    while std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .as_deref()
+        != Some(Path::new(exe))
     {
         assert!(Instant::now() < deadline, "pid {pid} never ran {exe}");
         std::thread::sleep(Duration::from_millis(2));
@@ -145,7 +148,11 @@ fn a_child_using_a_connection_after_its_parent_execs_the_allowed_program_is_refu
         "--key",
         "hsm/guarded",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(signed_count(&agent, "hsm/guarded"), 1);
 
     // Hold the only slot, so the attacker's connection is accepted after the exec.
@@ -178,7 +185,11 @@ fn a_child_using_a_connection_after_its_parent_execs_the_allowed_program_is_refu
         "the connecting pid ran the allowed program: {refusal}"
     );
     assert_ne!(refusal["caller"]["pid"], refusal["connected"]["pid"]);
-    assert_eq!(signed_count(&agent, "hsm/guarded"), 1, "nothing more signed");
+    assert_eq!(
+        signed_count(&agent, "hsm/guarded"),
+        1,
+        "nothing more signed"
+    );
 }
 
 #[test]

@@ -94,7 +94,12 @@ fn refused_start(state: &Path) -> String {
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         !tmp.path().join("run/agent.sock").exists(),
@@ -128,7 +133,8 @@ fn assert_victim_untouched(v: &Path) {
 fn max_per_hour_holds_across_a_restart_and_a_crash() {
     let (hsm, dev) = token();
     let state = tempfile::tempdir().unwrap();
-    let config = format!("{dev}\n[[key]]\nname = \"hsm/rate\"\npurposes = [\"digest\"]\nmax_per_hour = 3\n");
+    let config =
+        format!("{dev}\n[[key]]\nname = \"hsm/rate\"\npurposes = [\"digest\"]\nmax_per_hour = 3\n");
     let start = || {
         Agent::builder()
             .softhsm(&hsm)
@@ -137,7 +143,10 @@ fn max_per_hour_holds_across_a_restart_and_a_crash() {
             .start()
     };
     let mut agent = start();
-    agent.client().generate_key("hsm/rate", KeyAlg::P256).unwrap();
+    agent
+        .client()
+        .generate_key("hsm/rate", KeyAlg::P256)
+        .unwrap();
     for i in 0..3 {
         sign(&agent, "hsm/rate", format!("{i}").as_bytes()).unwrap();
     }
@@ -150,9 +159,9 @@ fn max_per_hour_holds_across_a_restart_and_a_crash() {
     assert!(msg.contains("max_per_hour"), "{msg}");
     let after = records(state.path());
     assert!(
-        after[before..]
-            .iter()
-            .any(|r| r["event"] == "refused" && r["key"] == "hsm/rate" && r["code"] == "rate-limited"),
+        after[before..].iter().any(|r| r["event"] == "refused"
+            && r["key"] == "hsm/rate"
+            && r["code"] == "rate-limited"),
         "the refusal is in the audit log: {:?}",
         &after[before..]
     );
@@ -169,20 +178,29 @@ fn max_per_hour_holds_across_a_restart_and_a_crash() {
 fn max_per_hour_added_by_a_sighup_reload_counts_the_signatures_before_it() {
     let (hsm, dev) = token();
     let agent = Agent::builder().softhsm(&hsm).config(&dev).start();
-    agent.client().generate_key("hsm/later", KeyAlg::P256).unwrap();
+    agent
+        .client()
+        .generate_key("hsm/later", KeyAlg::P256)
+        .unwrap();
     for i in 0..3 {
         sign(&agent, "hsm/later", format!("{i}").as_bytes()).unwrap();
     }
     // The limit appears in the config; the agent reloads it.
     std::fs::write(
         agent.dir().join("config.toml"),
-        format!("{dev}\n[[key]]\nname = \"hsm/later\"\npurposes = [\"digest\"]\nmax_per_hour = 3\n"),
+        format!(
+            "{dev}\n[[key]]\nname = \"hsm/later\"\npurposes = [\"digest\"]\nmax_per_hour = 3\n"
+        ),
     )
     .unwrap();
     agent.signal(rustix::process::Signal::HUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agent.log().contains("SIGHUP: config reloaded") {
-        assert!(Instant::now() < deadline, "no reload; log:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no reload; log:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let (code, msg) = refusal(sign(&agent, "hsm/later", b"fourth"));
@@ -219,8 +237,15 @@ fn a_planted_symlink_for_the_log_or_its_directory_stops_the_agent_and_spares_the
         err.contains(state.join("audit").to_str().unwrap()) && err.contains("symbolic link"),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0, "no log in the victim's directory");
-    assert_eq!(std::fs::metadata(&victim_dir).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::read_dir(&victim_dir).unwrap().count(),
+        0,
+        "no log in the victim's directory"
+    );
+    assert_eq!(
+        std::fs::metadata(&victim_dir).unwrap().mode() & 0o7777,
+        0o755
+    );
 
     // The state directory itself → the victim's directory.
     let state = tmp.path().join("state3");
@@ -231,7 +256,10 @@ fn a_planted_symlink_for_the_log_or_its_directory_stops_the_agent_and_spares_the
         "{err}"
     );
     assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0);
-    assert_eq!(std::fs::metadata(&victim_dir).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::metadata(&victim_dir).unwrap().mode() & 0o7777,
+        0o755
+    );
 }
 
 #[test]
@@ -278,7 +306,13 @@ impl Tmpfs {
         );
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output()
             .unwrap();
@@ -297,7 +331,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -424,17 +461,29 @@ fn audit_tail_answers_within_the_frame_limit_whatever_the_log_holds() {
         .take(1000)
         .map(|r| r.to_string().len())
         .sum();
-    assert!(on_disk > MAX_FRAME, "the last 1000 records hold {on_disk} bytes");
+    assert!(
+        on_disk > MAX_FRAME,
+        "the last 1000 records hold {on_disk} bytes"
+    );
 
     let (len, answer) = raw_tail(&agent, 1000);
-    assert!(len < MAX_FRAME, "audit_tail answered with a frame of {len} bytes");
+    assert!(
+        len < MAX_FRAME,
+        "audit_tail answered with a frame of {len} bytes"
+    );
     let records_sent = answer["ok"]["records"].as_array().unwrap().len();
     let omitted = answer["ok"]["omitted"].as_u64().unwrap();
-    assert!(records_sent > 0 && omitted > 0, "{records_sent} sent, {omitted} omitted");
+    assert!(
+        records_sent > 0 && omitted > 0,
+        "{records_sent} sent, {omitted} omitted"
+    );
     assert_eq!(records_sent as u64 + omitted, 1000);
     // The newest are the ones kept.
     let last_seq = records(state.path()).last().unwrap()["seq"].clone();
-    assert_eq!(answer["ok"]["records"].as_array().unwrap().last().unwrap()["seq"], last_seq);
+    assert_eq!(
+        answer["ok"]["records"].as_array().unwrap().last().unwrap()["seq"],
+        last_seq
+    );
     let out = agent.cli(&["audit", "tail", "-n", "1000"]);
     assert!(
         out.status.success(),
@@ -448,7 +497,10 @@ fn audit_tail_answers_within_the_frame_limit_whatever_the_log_holds() {
     let log = state.path().join("audit/audit.jsonl");
     let text = std::fs::read_to_string(&log).unwrap();
     let last = text.lines().last().unwrap();
-    let seq = serde_json::from_str::<Value>(last).unwrap()["seq"].as_u64().unwrap() + 1;
+    let seq = serde_json::from_str::<Value>(last).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+        + 1;
     let planted = serde_json::json!({
         "seq": seq,
         "time": "2025-11-30T12:00:00.000000Z",
@@ -464,7 +516,10 @@ fn audit_tail_answers_within_the_frame_limit_whatever_the_log_holds() {
     let agent = start();
     assert!(verify(&agent, state.path()).status.success());
     let (len, answer) = raw_tail(&agent, 1000);
-    assert!(len < MAX_FRAME, "audit_tail answered with a frame of {len} bytes");
+    assert!(
+        len < MAX_FRAME,
+        "audit_tail answered with a frame of {len} bytes"
+    );
     let sent = answer["ok"]["records"].as_array().unwrap();
     let stub = sent
         .iter()

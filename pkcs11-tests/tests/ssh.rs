@@ -580,7 +580,9 @@ fn ssh_sock_has_its_own_cap_and_agent_sock_is_served_while_it_is_full() {
         .sign_digest("hsm/k", &[0u8; 32], None, None)
         .unwrap();
     drop(held.pop());
-    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut len = [0u8; 4];
     third.read_exact(&mut len).unwrap();
     let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];

@@ -899,7 +899,10 @@ fn system_mode_unit_passes_verification_and_runs_the_agent_as_its_own_user() {
     );
     let source = unit_source("system/waxseal-system.service");
     assert_eq!(unit_value(&source, "Service", "User"), "waxseal");
-    assert_eq!(unit_value(&source, "Service", "RuntimeDirectoryMode"), "0710");
+    assert_eq!(
+        unit_value(&source, "Service", "RuntimeDirectoryMode"),
+        "0710"
+    );
     let exec = unit_value(&source, "Service", "ExecStart");
     for arg in [
         "--config /etc/waxseal/config.toml",
@@ -935,14 +938,14 @@ fn install_system_dry_run_plans_the_account_unit_and_config_and_changes_nothing(
         .lines()
         .any(|l| l.starts_with("waxseal:"));
     if !has_user {
-        assert!(text.contains("would run: useradd --system --gid waxseal"), "{text}");
+        assert!(
+            text.contains("would run: useradd --system --gid waxseal"),
+            "{text}"
+        );
     }
     for step in [
         "would install: /etc/systemd/system/waxseal-system.service",
-        &format!(
-            "ExecStart={}",
-            prefix.join("bin/waxseal-agent").display()
-        ),
+        &format!("ExecStart={}", prefix.join("bin/waxseal-agent").display()),
         "usermod -aG waxseal SERVICE_USER",
         "systemctl enable --now waxseal-system.service",
         "nothing was changed",

@@ -658,7 +658,11 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         }
         None => return Err(RequestError::bad(Some(id), "missing `op`".to_string())),
     };
-    for (field, max) in [("key", MAX_KEY_NAME), ("device", MAX_KEY_NAME), ("name", MAX_NAME)] {
+    for (field, max) in [
+        ("key", MAX_KEY_NAME),
+        ("device", MAX_KEY_NAME),
+        ("name", MAX_NAME),
+    ] {
         if let Some(Value::String(text)) = map.get(field) {
             check_text(field, text, max).map_err(|m| RequestError::bad(Some(id), m))?;
         }
@@ -962,7 +966,11 @@ mod tests {
         ] {
             let e = decode(frame).unwrap_err();
             assert!(e.malformed, "{frame}");
-            assert!(e.error.message.contains("appears twice"), "{}", e.error.message);
+            assert!(
+                e.error.message.contains("appears twice"),
+                "{}",
+                e.error.message
+            );
         }
         assert!(decode(r#"{"id":1,"op":"public_key","key":"hsm/a","x":{"key":"b"}}"#).is_ok());
     }
@@ -979,13 +987,34 @@ mod tests {
         assert!(sign(&"a".repeat(MAX_NAME)).is_ok());
         let e = sign(&"a".repeat(MAX_NAME + 1)).unwrap_err();
         assert_eq!(e.id, Some(3));
-        assert!(e.error.message.contains("at most 1024"), "{}", e.error.message);
-        assert!(!e.error.message.contains("aaaa"), "the string is not echoed");
-        let e = sign("release.tar.gz
-Asked by uid 0").unwrap_err();
-        assert!(e.error.message.contains("control character"), "{}", e.error.message);
-        let long_key = format!(r#"{{"id":4,"op":"public_key","key":"hsm/{}"}}"#, "k".repeat(300));
-        assert!(decode(&long_key).unwrap_err().error.message.contains("`key`"));
+        assert!(
+            e.error.message.contains("at most 1024"),
+            "{}",
+            e.error.message
+        );
+        assert!(
+            !e.error.message.contains("aaaa"),
+            "the string is not echoed"
+        );
+        let e = sign(
+            "release.tar.gz
+Asked by uid 0",
+        )
+        .unwrap_err();
+        assert!(
+            e.error.message.contains("control character"),
+            "{}",
+            e.error.message
+        );
+        let long_key = format!(
+            r#"{{"id":4,"op":"public_key","key":"hsm/{}"}}"#,
+            "k".repeat(300)
+        );
+        assert!(decode(&long_key)
+            .unwrap_err()
+            .error
+            .message
+            .contains("`key`"));
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub fn share_with_group(dir: &Path, socket: &Path, gid: u32) -> Result<(), Liste
         path: path.to_path_buf(),
         why: format!("cannot {what}: {e}"),
     };
-    rustix::fs::chown(dir, None, gid).map_err(|e| err(dir, "give it to the socket group", e.into()))?;
+    rustix::fs::chown(dir, None, gid)
+        .map_err(|e| err(dir, "give it to the socket group", e.into()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o710))
         .map_err(|e| err(dir, "set mode 0710", e))?;
     rustix::fs::chown(socket, None, gid)

@@ -215,7 +215,12 @@ fn handle(
             _ => false,
         };
         if !allowed {
-            info!(uid = caller.uid, pid, op = op.name(), "refused to another uid");
+            info!(
+                uid = caller.uid,
+                pid,
+                op = op.name(),
+                "refused to another uid"
+            );
             return encode_error(
                 Some(id),
                 &WireError::new(

@@ -354,7 +354,9 @@ impl Session for SshSession {
             Ok(Some(bind)) => bind,
             _ => {
                 self.forwarded = true;
-                warn!("ssh: malformed session-bind@openssh.com; the connection counts as forwarded");
+                warn!(
+                    "ssh: malformed session-bind@openssh.com; the connection counts as forwarded"
+                );
                 return Err(AgentError::ExtensionFailure);
             }
         };
