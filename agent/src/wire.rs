@@ -163,8 +163,10 @@ impl FrameReader {
     }
 
     /// Receives into `space`, checking the sender when a peer is set.
+    /// `at` is the stream offset of the first byte this reads.
     fn recv(
         peer: Option<Peer>,
+        at: u64,
         stream: &UnixStream,
         space: &mut [u8],
         flags: RecvFlags,
@@ -192,6 +194,9 @@ impl FrameReader {
         }
         match from {
             Some(s) if s == peer.sender => Ok(got.bytes),
+            // Without credentials the bytes cannot be attributed: tolerated only among
+            // those queued before the process was identified, which are early anyway.
+            None if at + got.bytes as u64 <= peer.early_until => Ok(got.bytes),
             other => Err(RecvError::Foreign(other)),
         }
     }
@@ -273,7 +278,8 @@ impl FrameReader {
             } else {
                 RecvFlags::empty()
             };
-            let got = Self::recv(self.peer, stream, &mut self.buf[self.end..], flags);
+            let at = self.offset + (self.end - self.start) as u64;
+            let got = Self::recv(self.peer, at, stream, &mut self.buf[self.end..], flags);
             let got = match got {
                 Ok(n) => Ok(n),
                 Err(RecvError::Io(rustix::io::Errno::AGAIN)) if polling => {

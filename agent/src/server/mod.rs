@@ -144,6 +144,13 @@ pub async fn serve(
                 continue;
             }
         };
+        // A connection made before the listener had SO_PASSCRED (under socket
+        // activation: before the agent started) does not inherit it; set it here so
+        // that every message reports its sender.
+        if let Err(e) = rustix::net::sockopt::set_socket_passcred(&stream, true) {
+            warn!(error = %e, "cannot set SO_PASSCRED on the connection; connection refused");
+            continue;
+        }
         // What was written before the process was identified (read just above) may
         // come from the program it ran before an exec.
         let queued = match rustix::io::ioctl_fionread(&stream) {
