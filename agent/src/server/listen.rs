@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -44,41 +44,16 @@ pub enum ListenError {
     },
 }
 
-/// Creates `dir` with mode 0700, or checks and tightens an existing one.
+/// Creates `dir` with mode 0700, or checks and tightens an existing one: opened
+/// without following a symlink, owner and kind checked and mode set through the opened
+/// descriptor ([`crate::fsguard::open_dir`]).
 pub fn prepare_dir(dir: &Path) -> Result<(), ListenError> {
-    let err = |why: String| ListenError::Dir {
-        path: dir.to_path_buf(),
-        why,
-    };
-    match fs::symlink_metadata(dir) {
-        Ok(meta) => {
-            if meta.file_type().is_symlink() {
-                return Err(err("is a symbolic link; refusing to use it".into()));
-            }
-            if !meta.is_dir() {
-                return Err(err("exists and is not a directory".into()));
-            }
-            let me = rustix::process::geteuid().as_raw();
-            if meta.uid() != me {
-                return Err(err(format!(
-                    "belongs to uid {}, not to this agent's uid {me}",
-                    meta.uid()
-                )));
-            }
-            if meta.mode() & 0o777 != 0o700 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| err(format!("cannot set mode 0700: {e}")))?;
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| err(format!("cannot create it: {e}"))),
-        Err(e) => Err(err(e.to_string())),
-    }
+    crate::fsguard::open_dir(dir)
+        .map(drop)
+        .map_err(|e| ListenError::Dir {
+            path: dir.to_path_buf(),
+            why: e.problem,
+        })
 }
 
 /// System mode (`[agent] socket_group`): opens `dir` to `gid` for traversal only (0710,
@@ -181,6 +156,7 @@ pub fn activated() -> io::Result<Vec<(String, Listener)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn dir_is_created_and_tightened() {
