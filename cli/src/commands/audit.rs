@@ -65,6 +65,11 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
             for r in tail.records {
                 outln!("{r}");
             }
+            if let Some(n) = tail.omitted.filter(|n| *n > 0) {
+                eprintln!(
+                    "waxseal: {n} older records were left out to keep the answer within the agent's frame limit; read them with `waxseal audit verify` or from STATE_DIR/audit/"
+                );
+            }
             Ok(())
         }
     }
