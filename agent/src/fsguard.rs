@@ -232,21 +232,28 @@ fn checked_dir(fd: OwnedFd, path: &Path) -> Result<File, Unsafe> {
     let meta = dir
         .metadata()
         .map_err(|e| Unsafe::new(path, format!("cannot stat the directory: {e}")))?;
-    let me = euid();
-    if meta.uid() != me {
-        return Err(Unsafe::new(
-            path,
-            format!(
-                "belongs to uid {}, not to this agent's uid {me}",
-                meta.uid()
-            ),
-        ));
-    }
+    owned_by_me(&meta, path)?;
     if meta.mode() & 0o7777 != 0o700 {
         dir.set_permissions(Permissions::from_mode(0o700))
             .map_err(|e| Unsafe::new(path, format!("cannot set mode 0700: {e}")))?;
     }
     Ok(dir)
+}
+
+/// Refuses what belongs to another uid than the agent's.
+fn owned_by_me(meta: &std::fs::Metadata, path: &Path) -> Result<(), Unsafe> {
+    let me = euid();
+    if meta.uid() == me {
+        Ok(())
+    } else {
+        Err(Unsafe::new(
+            path,
+            format!(
+                "belongs to uid {}, not to this agent's uid {me}",
+                meta.uid()
+            ),
+        ))
+    }
 }
 
 /// Checks an opened file: a regular file of the agent's own; for files the agent
@@ -261,16 +268,7 @@ fn check_file(file: &File, path: &Path, writes: bool) -> Result<(), Unsafe> {
             "is not a regular file; refusing to use it",
         ));
     }
-    let me = euid();
-    if meta.uid() != me {
-        return Err(Unsafe::new(
-            path,
-            format!(
-                "belongs to uid {}, not to this agent's uid {me}",
-                meta.uid()
-            ),
-        ));
-    }
+    owned_by_me(&meta, path)?;
     if writes {
         if meta.nlink() > 1 {
             return Err(Unsafe::new(
