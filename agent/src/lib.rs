@@ -1,17 +1,12 @@
 //! waxseal-agent: keeps signing keys inside hardware and signs for local programs.
 //!
-//! Without the `daemon` feature this crate is the wire protocol ([`proto`]), the client
-//! ([`client`]), key names ([`keyuri`]) and default paths ([`paths`]): what the CLI and the
-//! KMS plug-in link. With it (and a backend feature) it is the agent itself: config,
-//! device workers, key store, policy and the socket servers.
+//! The protocol, its client, key names and default paths live in `waxseal-proto` (what
+//! the CLI and the KMS plug-in link) and are re-exported here under the same names.
+//! With the `daemon` feature (and a backend feature) this crate is the agent itself:
+//! config, device lanes, key store, policy, the audit log and the socket servers.
 #![forbid(unsafe_code)]
 
-pub mod audit_chain;
-pub mod client;
-pub mod keyuri;
-pub mod paths;
-pub mod proto;
-pub mod wire;
+pub use waxseal_proto::{audit_chain, client, keyuri, paths, proto, wire};
 
 #[cfg(feature = "daemon")]
 pub mod audit;

@@ -24,7 +24,7 @@ use rcgen::{
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use spki::der::Decode;
 use time::{Duration, OffsetDateTime};
-use waxseal_agent::proto::HashAlg;
+use waxseal_proto::proto::HashAlg;
 use x509_parser::oid_registry::{
     OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
     OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ECDSA_WITH_SHA512,

@@ -13,8 +13,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use waxseal_agent::keyuri::KeyName;
-use waxseal_agent::proto::{HashAlg, KeyAlg};
+use waxseal_proto::keyuri::KeyName;
+use waxseal_proto::proto::{HashAlg, KeyAlg};
 
 /// The only protocol version sigstore sends today (`common.ProtocolVersion`).
 pub const PROTOCOL_VERSION: &str = "v1";

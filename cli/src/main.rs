@@ -33,7 +33,7 @@ use waxseal::sigstore;
 use waxseal::sshfmt;
 use waxseal::verify;
 
-use waxseal_agent::proto::{HashAlg, KeyAlg, PinPolicy, TouchPolicy};
+use waxseal_proto::proto::{HashAlg, KeyAlg, PinPolicy, TouchPolicy};
 
 /// Sign with keys that stay inside hardware (PKCS#11 tokens, TPMs, YubiKeys).
 #[derive(Debug, Parser)]

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-use waxseal_agent::proto::HashAlg;
+use waxseal_proto::proto::HashAlg;
 
 use crate::verify::{hash_file, AnyPublicKey};
 

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use p256::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256, Sha384, Sha512};
-use waxseal_agent::proto::HashAlg;
+use waxseal_proto::proto::HashAlg;
 
 /// A public key of a kind waxseal signs with.
 #[derive(Debug, Clone)]

@@ -487,7 +487,10 @@ fn audit_tail_answers_within_the_frame_limit_whatever_the_log_holds() {
     let out = agent.cli(&["audit", "tail", "-n", "1000"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("older records were left out"), "the CLI says so: {err}");
+    assert!(
+        err.contains("older records were left out"),
+        "the CLI says so: {err}"
+    );
 
     // A 2 MB record planted in the log (chained, so `audit verify` still passes) is
     // read back at the next start within the same bound.

@@ -71,9 +71,9 @@ use waxseal::kms::{
     VerifySignatureResp,
 };
 use waxseal::verify::AnyPublicKey;
-use waxseal_agent::client::{Client, ClientError};
-use waxseal_agent::paths;
-use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg, PublicKeyOk, RsaPadding};
+use waxseal_proto::client::{Client, ClientError};
+use waxseal_proto::paths;
+use waxseal_proto::proto::{ErrorCode, HashAlg, KeyAlg, PublicKeyOk, RsaPadding};
 
 /// The artifact name recorded by the agent for messages hashed here.
 const BLOB_NAME: &str = "sigstore-kms-waxseal message";

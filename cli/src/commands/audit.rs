@@ -1,8 +1,8 @@
 //! `waxseal audit verify|tail`: check the audit log's hash chain; show its last records.
 
 use anyhow::{bail, Context as _, Result};
-use waxseal_agent::audit_chain;
-use waxseal_agent::paths;
+use waxseal_proto::audit_chain;
+use waxseal_proto::paths;
 
 use super::Ctx;
 use crate::AuditCommand;

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use waxseal::ca::{self, KeyMaterial, RemoteSigner, RootInfo, SignFn};
-use waxseal_agent::client::Client;
+use waxseal_proto::client::Client;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::Ctx;

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use waxseal_agent::client::{Client, ClientError};
-use waxseal_agent::paths;
-use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg};
+use waxseal_proto::client::{Client, ClientError};
+use waxseal_proto::paths;
+use waxseal_proto::proto::{ErrorCode, HashAlg, KeyAlg};
 
 use super::Ctx;
 use crate::verify::{hash_file, verify_file};

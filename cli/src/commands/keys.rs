@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 
-use waxseal_agent::proto::TouchPolicy;
+use waxseal_proto::proto::TouchPolicy;
 
 use super::Ctx;
 use crate::{sshfmt, KeysCommand};

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
-use waxseal_agent::client::Client;
-use waxseal_agent::paths;
+use waxseal_proto::client::Client;
+use waxseal_proto::paths;
 use zeroize::Zeroizing;
 
 use crate::{Cli, Command};

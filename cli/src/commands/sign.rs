@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use waxseal_agent::proto::{KeyAlg, RsaPadding};
+use waxseal_proto::proto::{KeyAlg, RsaPadding};
 
 use super::Ctx;
 use crate::sigstore::{Bundle, Rekor};

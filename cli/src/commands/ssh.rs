@@ -1,7 +1,7 @@
 //! `waxseal ssh keys`: the keys `ssh.sock` offers, as authorized_keys lines.
 
 use anyhow::Result;
-use waxseal_agent::proto::Purpose;
+use waxseal_proto::proto::Purpose;
 
 use super::Ctx;
 use crate::{sshfmt, SshCommand};

@@ -78,10 +78,11 @@ static POLLING: AtomicUsize = AtomicUsize::new(0);
 
 /// A turn at polling (a socket here, the audit log's sync in `audit`), given back when
 /// dropped; `None` when every CPU already has a polling thread.
-pub(crate) struct PollTurn;
+#[derive(Debug)]
+pub struct PollTurn;
 
 impl PollTurn {
-    pub(crate) fn take() -> Option<PollTurn> {
+    pub fn take() -> Option<PollTurn> {
         if POLLING.fetch_add(1, Ordering::AcqRel) < cpus() {
             Some(PollTurn)
         } else {

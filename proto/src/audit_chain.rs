@@ -1,6 +1,6 @@
 //! The audit log's hash chain, as a reader checks it: which files, in which order, and
 //! where the chain breaks. Without the daemon feature, for `waxseal audit verify`.
-//! The writer is [`crate::audit`] (daemon only).
+//! The writer is the agent's `audit` module (waxseal-agent).
 
 use std::io;
 use std::path::{Path, PathBuf};
