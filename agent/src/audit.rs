@@ -17,8 +17,8 @@
 //! client gets it only once that record is on disk (group commit, the default):
 //! - A lone signature (no other between intent and outcome) wakes the `audit-sync`
 //!   thread when its intent is written, so the `fdatasync` runs while the device signs
-//!   and the client waits for the longer of the two rather than both (DESIGN.md's
-//!   overlap; 1 client: 0.36 → 0.51 of direct on SoftHSM2).
+//!   and the client waits for the longer of the two rather than both (measured in
+//!   docs/benchmarks.md, "Issue 10: what profiling found").
 //! - Under concurrency syncs are lazy: when a signature is ready and its intent is not
 //!   yet on disk, the request runs one `fdatasync` for every line written so far (if no
 //!   sync is running), or polls (one request per CPU, yielding between looks; the rest

@@ -195,6 +195,75 @@ pub fn pkcs11_device(name: &str, token: &str, pin_file: &Path) -> String {
     )
 }
 
+/// A PIN file that changes between reads: `path` becomes a FIFO, and each time the
+/// agent opens it, it reads the next PIN of `first`, then `then` for every later read.
+/// For tests of what the agent remembers when the source changes between two reads.
+#[derive(Debug)]
+pub struct PinFifo {
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PinFifo {
+    /// Replaces `path` with a FIFO and starts serving.
+    pub fn serve(path: &Path, first: &[&str], then: &str) -> PinFifo {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let _ = std::fs::remove_file(path);
+        run_ok(
+            Command::new(require("mkfifo"))
+                .arg("-m")
+                .arg("600")
+                .arg(path),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let pins: Vec<String> = first.iter().map(|p| p.to_string()).collect();
+        let then = then.to_string();
+        let (p, st, sv) = (path.to_path_buf(), stop.clone(), served.clone());
+        let writer = std::thread::spawn(move || loop {
+            // Blocks until the agent (or Drop) opens the FIFO for reading.
+            let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&p) else {
+                return;
+            };
+            if st.load(Ordering::Acquire) {
+                return;
+            }
+            let n = sv.fetch_add(1, Ordering::AcqRel);
+            let pin = pins.get(n).unwrap_or(&then);
+            let _ = f.write_all(format!("{pin}\n").as_bytes());
+        });
+        PinFifo {
+            path: path.to_path_buf(),
+            stop,
+            served,
+            writer: Some(writer),
+        }
+    }
+
+    /// How many times the PIN was read so far.
+    pub fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for PinFifo {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        // Opening the reading end lets the writer's open return and see `stop`.
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&self.path);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 /// A running `waxseal-agent` process in its own temp dirs.
 #[derive(Debug)]
 pub struct Agent {

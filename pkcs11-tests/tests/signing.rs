@@ -6,7 +6,9 @@
 use std::process::Command;
 
 use p256::pkcs8::DecodePublicKey;
-use pkcs11_tests::{pkcs11_device, require, run_ok, Agent, SoftHsm, SOFTHSM_MODULE, SPY_MODULE};
+use pkcs11_tests::{
+    pkcs11_device, require, run_ok, Agent, PinFifo, SoftHsm, SOFTHSM_MODULE, SPY_MODULE,
+};
 use sha2::{Digest, Sha256, Sha384};
 use waxseal_agent::client::ClientError;
 use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding};
@@ -463,4 +465,46 @@ fn env_pin_source_and_serial_selector() {
     client.generate_key("s/k", KeyAlg::P256).unwrap();
     let uri = client.list_keys().unwrap().keys[0].uri.clone().unwrap();
     assert!(uri.contains(&format!("serial={serial}")), "{uri}");
+}
+
+#[test]
+fn a_pin_changed_after_the_token_refused_it_is_tried_not_remembered_as_refused() {
+    require(SPY_MODULE);
+    let hsm = SoftHsm::new();
+    hsm.init_token("pins", "5555", "246810");
+    let pin_file = hsm.pin_file("pin", "246810");
+    let spy_log = hsm.token_dir().join("../spy.log");
+    let device = format!(
+        "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{SPY_MODULE}\"\ntoken = \"pins\"\npin = \"file:{}\"\nsessions = 1\n",
+        pin_file.display()
+    );
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .env("PKCS11SPY", SOFTHSM_MODULE)
+        .env("PKCS11SPY_OUTPUT", &spy_log)
+        .config(&device)
+        .start();
+    let mut client = agent.client();
+    client.generate_key("hsm/k", KeyAlg::P256).unwrap();
+    // Log out (the agent's lock drops held PINs), then let the source give a wrong PIN
+    // once and the right one after.
+    client.lock().unwrap();
+    client.unlock(None).unwrap();
+    let fifo = PinFifo::serve(&pin_file, &["000000"], "246810");
+    let d = Sha256::digest(b"x");
+    assert_eq!(
+        agent_code(client.sign_digest("hsm/k", &d, None, None)),
+        ErrorCode::PinIncorrect
+    );
+    client
+        .sign_digest("hsm/k", &d, None, None)
+        .unwrap_or_else(|e| panic!("the changed PIN was not tried: {e}\n{}", agent.log()));
+    assert!(fifo.served() >= 2);
+    drop(fifo);
+    assert_eq!(
+        spy_logins(&spy_log),
+        3,
+        "the first login, the refused one, the changed PIN; spy log: {}",
+        spy_log.display()
+    );
 }

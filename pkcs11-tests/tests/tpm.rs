@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use pkcs11_tests::{pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm, Swtpm};
+use pkcs11_tests::{pkcs11_device, require, run_ok, tpm_device, Agent, PinFifo, SoftHsm, Swtpm};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use waxseal_agent::backend::tpm::keyfile::KeyFile;
 use waxseal_agent::client::ClientError;
@@ -898,4 +898,34 @@ fn tpm_keys_sign_for_openssh_through_ssh_sock() {
             "{line}: {text}"
         );
     }
+}
+
+#[test]
+fn a_pin_changed_while_the_tpm_refused_it_is_tried_not_remembered_as_refused() {
+    let tpm = Swtpm::start();
+    let keys = key_dir();
+    let pin = keys.path().join("pin");
+    std::fs::write(&pin, "correct horse\n").unwrap();
+    let agent = tpm_agent(&tpm, keys.path(), Some(&pin));
+    agent
+        .client()
+        .generate_key("tpm/git", KeyAlg::P256)
+        .unwrap();
+    // The PIN source gives a wrong PIN once, then the right one: the source changed
+    // between the refused try and the next request.
+    let fifo = PinFifo::serve(&pin, &["wrong horse"], "correct horse");
+    let (c, m) = code(
+        agent
+            .client()
+            .sign_digest("tpm/git", &[1u8; 32], None, None),
+    );
+    assert_eq!(c, ErrorCode::PinIncorrect, "{m}");
+    // What the TPM refused is the PIN that was sent; the new one is tried and works.
+    agent
+        .client()
+        .sign_digest("tpm/git", &[2u8; 32], None, None)
+        .unwrap_or_else(|e| panic!("the changed PIN was not tried: {e}\n{}", agent.log()));
+    assert!(fifo.served() >= 2);
+    drop(fifo);
+    assert_eq!(lockout_counter(&tpm), 1, "one wrong try reached the TPM");
 }

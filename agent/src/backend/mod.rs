@@ -6,6 +6,7 @@
 //! worker several *lanes*, each a `Backend` value sharing the device's state.
 
 pub mod crypto;
+pub mod pingate;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 #[cfg(feature = "tpm")]

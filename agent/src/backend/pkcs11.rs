@@ -26,16 +26,16 @@ use cryptoki::object::{
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use tracing::{debug, info, warn};
-use zeroize::Zeroizing;
 
 use super::crypto::{self, OID_ED25519, OID_P256, OID_P384};
+use super::pingate::PinGate;
 use super::{
     digest_hash, Attestation, Backend, BackendError, CertObject, DeviceInfo, DeviceKey, PublicKey,
     SignInput, Signed,
 };
 use crate::config::TokenSelector;
 use crate::keyuri::Pkcs11Uri;
-use crate::pin::{fingerprint, PinSource};
+use crate::pin::PinSource;
 use crate::proto::{HashAlg, KeyAlg, RsaPadding};
 use secrecy::SecretString;
 
@@ -120,8 +120,8 @@ struct Conn {
     generation: u64,
     link: Option<Link>,
     logged_in: bool,
-    /// Fingerprint of the last PIN the token refused.
-    refused_pin: Option<Zeroizing<[u8; 32]>>,
+    /// The PIN the token refused last, never sent again.
+    pins: PinGate,
     /// A PIN the client typed (`pin = "prompt"`), for the next login.
     pending_pin: Option<SecretString>,
     keys: HashMap<String, KeyEntry>,
@@ -298,24 +298,23 @@ impl Shared {
                 .read_for(&format!("PIN of device {name} (token '{}')", token.label().trim_end()))
                 .map_err(|e| BackendError::PinRequired(format!("device {name}: {e}")))?,
         };
-        let print = fingerprint(&pin);
-        if conn.refused_pin.as_ref().is_some_and(|r| **r == *print) {
-            return Err(BackendError::PinIncorrect(format!(
+        let offer = conn.pins.offer(pin).map_err(|_| {
+            BackendError::PinIncorrect(format!(
                 "device {name}: the PIN from {source} was already refused by the token; the agent does not try it again. Put the right PIN there and retry"
-            )));
-        }
-        match session.login(UserType::User, Some(&pin)) {
+            ))
+        })?;
+        match session.login(UserType::User, Some(offer.secret())) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
                 info!(device = name, "logged in");
                 conn.logged_in = true;
-                conn.refused_pin = None;
+                conn.pins.accepted();
                 Ok(())
             }
             Err(CkError::Pkcs11(
                 RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid,
                 _,
             )) => {
-                conn.refused_pin = Some(print);
+                conn.pins.refused(&offer);
                 let left = match link.ctx.get_token_info(link.slot) {
                     Ok(t) if t.user_pin_locked() => " The PIN is now locked.".to_string(),
                     Ok(t) if t.user_pin_final_try() => {

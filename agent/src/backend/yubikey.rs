@@ -30,11 +30,12 @@ use yubikey::{MgmKey, Serial, YubiKey};
 use zeroize::Zeroizing;
 
 use super::crypto::{digest_info_prefix, pem};
+use super::pingate::PinGate;
 use super::{
     digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, GenerateOptions,
     PublicKey, SignInput, Signed,
 };
-use crate::pin::{fingerprint, PinSource};
+use crate::pin::PinSource;
 use crate::proto::{KeyAlg, PinPolicy, RsaPadding, TouchPolicy};
 
 /// Below this many PIN tries left the agent does not try without `waxseal unlock`.
@@ -70,7 +71,7 @@ pub fn open(settings: YubikeySettings) -> Vec<Box<dyn Backend>> {
     vec![Box::new(Lane {
         settings,
         card: None,
-        refused_pin: None,
+        pins: PinGate::default(),
         unlocked: false,
         policies: HashMap::new(),
         last_touch: None,
@@ -90,8 +91,8 @@ struct SlotInfo {
 struct Lane {
     settings: YubikeySettings,
     card: Option<YubiKey>,
-    /// Fingerprint of the last PIN the card refused.
-    refused_pin: Option<Zeroizing<[u8; 32]>>,
+    /// The PIN the card refused last, never sent again.
+    pins: PinGate,
     /// The user ran `waxseal unlock`: one try below the floor is allowed.
     unlocked: bool,
     /// Slot contents read from the card, by slot number.
@@ -343,12 +344,11 @@ impl Lane {
         let pin = source
             .read()
             .map_err(|e| BackendError::PinRequired(format!("device {name}: {e}")))?;
-        let print = fingerprint(&pin);
-        if self.refused_pin.as_ref().is_some_and(|r| **r == *print) {
-            return Err(BackendError::PinIncorrect(format!(
+        let offer = self.pins.offer(pin).map_err(|_| {
+            BackendError::PinIncorrect(format!(
                 "device {name}: the PIN from {source} was refused by the YubiKey before; the agent does not try it again. Put the right PIN there and retry"
-            )));
-        }
+            ))
+        })?;
         let tries = self.pin_tries()?;
         if tries == 0 {
             return Err(BackendError::PinBlocked(format!(
@@ -360,17 +360,17 @@ impl Lane {
                 "device {name}: only {tries} PIN try is left before the YubiKey blocks its PIN, so the agent does not try. Check the PIN in {source}, then run `waxseal unlock {name}`"
             )));
         }
-        let secret = pin.expose_secret().as_bytes().to_vec();
+        let secret = offer.secret().expose_secret().as_bytes().to_vec();
         let result = self.with_card(|yk| yk.verify_pin(&secret));
         drop(Zeroizing::new(secret));
         match result {
             Ok(()) => {
-                self.refused_pin = None;
+                self.pins.accepted();
                 self.unlocked = false;
                 Ok(())
             }
             Err(Fault::Card(yubikey::Error::WrongPin { tries })) => {
-                self.refused_pin = Some(print);
+                self.pins.refused(&offer);
                 self.unlocked = false;
                 warn!(device = %name, source = %source, tries, "YubiKey refused the PIN; it will not be retried");
                 let next = if tries < PIN_FLOOR {
@@ -682,7 +682,7 @@ impl Backend for Lane {
     }
 
     fn unlock(&mut self) -> Result<String, BackendError> {
-        self.refused_pin = None;
+        self.pins.forget();
         self.unlocked = true;
         let result = self.verify_pin("unlock");
         self.unlocked = false;

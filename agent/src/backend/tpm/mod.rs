@@ -52,14 +52,14 @@ use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
-use zeroize::Zeroizing;
 
 use self::keyfile::{tpm2b, KeyFile, PARENT_OWNER};
+use super::pingate::{PinGate, PinOffer};
 use super::{
     crypto, digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey,
     SignInput, Signed,
 };
-use crate::pin::{fingerprint, PinSource};
+use crate::pin::PinSource;
 use crate::proto::{HashAlg, KeyAlg, RsaPadding};
 
 /// Default TCTI: the kernel's resource manager.
@@ -750,7 +750,8 @@ pub struct Tpm {
     settings: TpmSettings,
     conn: Option<Conn>,
     files: HashMap<String, CachedFile>,
-    refused_pin: Option<Zeroizing<[u8; 32]>>,
+    /// The auth value the TPM refused last, never sent again.
+    pins: PinGate,
     stats: TpmStats,
 }
 
@@ -771,7 +772,7 @@ impl Tpm {
             settings,
             conn: None,
             files: HashMap::new(),
-            refused_pin: None,
+            pins: PinGate::default(),
             stats: TpmStats::default(),
         }
     }
@@ -843,7 +844,7 @@ impl Tpm {
             };
             let mut cx = TpmCtx {
                 settings: &self.settings,
-                refused_pin: &mut self.refused_pin,
+                pins: &mut self.pins,
                 stats: &mut self.stats,
             };
             let result = op(&mut conn, &mut cx);
@@ -1135,7 +1136,7 @@ impl Tpm {
             .map_err(|e| BackendError::BadRequest(format!("digest: {e}")))?;
         let label_owned = label.to_string();
         let signature = self.with_conn(|conn, cx| {
-            let handle = load_key(conn, cx, &label_owned, &meta, auth.as_ref())?;
+            let handle = load_key(conn, cx, &label_owned, &meta, KeyAuth::value(&auth))?;
             // A persistent key needs a free object slot while it signs.
             let result = conn.with_object_room(|c| {
                 c.cmd("TPM2_Sign", |ctx| {
@@ -1144,7 +1145,7 @@ impl Tpm {
                     })
                 })
             });
-            cx.auth_outcome(&label_owned, auth.as_ref(), result)
+            cx.auth_outcome(&label_owned, KeyAuth::offer(&auth), result)
         })?;
         let bytes = match signature {
             Signature::EcDsa(sig) => {
@@ -1186,7 +1187,7 @@ impl Tpm {
         let (attest, signature, ak_public) = self.with_conn(|conn, cx| {
             // Room for the AK: the SRK, this key and the AK are all that stay loaded.
             conn.evict_except(&label_owned);
-            let handle = load_key(conn, cx, &label_owned, &meta, auth.as_ref())?;
+            let handle = load_key(conn, cx, &label_owned, &meta, KeyAuth::value(&auth))?;
             let ak = conn.with_object_room(|c| {
                 c.cmd("TPM2_CreatePrimary (AK)", |ctx| {
                     ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
@@ -1219,7 +1220,7 @@ impl Tpm {
                 )
             });
             conn.flush(ak.key_handle);
-            let (attest, sig) = cx.auth_outcome(&label_owned, auth.as_ref(), result)?;
+            let (attest, sig) = cx.auth_outcome(&label_owned, KeyAuth::offer(&auth), result)?;
             Ok((attest, sig, ak.out_public))
         })?;
         let bad = |e: tss_esapi::Error| BackendError::Device(format!("cannot encode: {e}"));
@@ -1297,8 +1298,9 @@ impl Tpm {
         })
     }
 
-    /// The auth value `meta` needs, from the device's PIN source.
-    fn auth_for(&self, meta: &KeyMeta) -> Result<Option<Auth>, BackendError> {
+    /// The auth value `meta` needs, from the device's PIN source, with the PIN it came
+    /// from (what the PIN gate remembers if the TPM refuses it).
+    fn auth_for(&self, meta: &KeyMeta) -> Result<Option<KeyAuth>, BackendError> {
         // Persistent keys carry no emptyAuth flag; they are used with the empty auth
         // value rather than spending a dictionary-attack try on a guess.
         if !meta.needs_auth() {
@@ -1313,21 +1315,37 @@ impl Tpm {
         let pin = source
             .read()
             .map_err(|e| BackendError::PinRequired(format!("device {}: {e}", self.name())))?;
-        let print = fingerprint(&pin);
-        if self.refused_pin.as_ref().is_some_and(|r| **r == *print) {
-            return Err(BackendError::PinIncorrect(format!(
+        let offer = self.pins.offer(pin).map_err(|_| {
+            BackendError::PinIncorrect(format!(
                 "device {}: the TPM already refused the auth value from {source}; the agent does not try it again (each try counts toward the TPM's dictionary-attack lockout). Put the right PIN there and retry",
                 self.name()
-            )));
-        }
-        auth_of(self.name(), pin.expose_secret().as_bytes()).map(Some)
+            ))
+        })?;
+        let value = auth_of(self.name(), offer.secret().expose_secret().as_bytes())?;
+        Ok(Some(KeyAuth { value, offer }))
+    }
+}
+
+/// A key's auth value, and the PIN it was made from.
+#[derive(Debug)]
+struct KeyAuth {
+    value: Auth,
+    offer: PinOffer,
+}
+
+impl KeyAuth {
+    fn value(auth: &Option<KeyAuth>) -> Option<&Auth> {
+        auth.as_ref().map(|a| &a.value)
+    }
+    fn offer(auth: &Option<KeyAuth>) -> Option<&PinOffer> {
+        auth.as_ref().map(|a| &a.offer)
     }
 }
 
 /// Borrowed device state an operation needs besides the connection.
 struct TpmCtx<'a> {
     settings: &'a TpmSettings,
-    refused_pin: &'a mut Option<Zeroizing<[u8; 32]>>,
+    pins: &'a mut PinGate,
     stats: &'a mut TpmStats,
 }
 
@@ -1337,14 +1355,14 @@ impl TpmCtx<'_> {
     fn auth_outcome<T>(
         &mut self,
         label: &str,
-        auth: Option<&Auth>,
+        sent: Option<&PinOffer>,
         result: Result<T, Fail>,
     ) -> Result<T, Fail> {
         let name = &self.settings.name;
         match result {
             Ok(v) => {
-                if auth.is_some() && self.refused_pin.is_some() {
-                    *self.refused_pin = None;
+                if sent.is_some() {
+                    self.pins.accepted();
                 }
                 Ok(v)
             }
@@ -1354,11 +1372,10 @@ impl TpmCtx<'_> {
                     Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth)
                 ) =>
             {
-                if let (Some(auth), Some(source)) = (auth, &self.settings.pin) {
-                    let _ = auth;
-                    if let Ok(pin) = source.read() {
-                        *self.refused_pin = Some(fingerprint(&pin));
-                    }
+                // The PIN that was sent, not the source read again: it may have
+                // changed meanwhile.
+                if let Some(offer) = sent {
+                    self.pins.refused(offer);
                 }
                 warn!(device = %name, key = %label, "the TPM refused the key's auth value; it will not be retried");
                 Err(Fail::Backend(BackendError::PinIncorrect(format!(
