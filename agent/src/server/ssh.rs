@@ -19,7 +19,6 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use p256::pkcs8::DecodePublicKey;
-use sha2::{Digest, Sha256, Sha384, Sha512};
 use ssh_agent_lib::agent::Session;
 use ssh_agent_lib::error::AgentError;
 use ssh_agent_lib::proto::extension::SessionBind;
@@ -33,10 +32,9 @@ use ssh_key::{Algorithm, Signature};
 use tracing::{debug, info, warn};
 
 use super::ServeOptions;
-use crate::backend::SignInput;
-use crate::keystore::{KeyStore, SshKey};
+use crate::keystore::{KeyStore, SshKey, SshSign};
 use crate::policy::Caller;
-use crate::proto::{HashAlg, KeyAlg, RsaPadding};
+use crate::proto::{HashAlg, KeyAlg};
 use crate::wire::{FrameReader, ReadError, Sender};
 
 /// OpenSSH's limit on an agent message (`AGENT_MAX_LEN`): 256 KiB.
@@ -233,34 +231,21 @@ impl Session for SshSession {
             );
             return Err(AgentError::Failure);
         };
-        let data = &request.data;
-        let (digest, hash, raw): (Vec<u8>, HashAlg, bool) = match key.alg {
-            KeyAlg::P256 => (Sha256::digest(data).to_vec(), HashAlg::Sha256, false),
-            KeyAlg::P384 => (Sha384::digest(data).to_vec(), HashAlg::Sha384, false),
-            KeyAlg::Rsa(_) if request.flags & RSA_SHA2_512 != 0 => {
-                (Sha512::digest(data).to_vec(), HashAlg::Sha512, false)
-            }
-            KeyAlg::Rsa(_) if request.flags & RSA_SHA2_256 != 0 => {
-                (Sha256::digest(data).to_vec(), HashAlg::Sha256, false)
-            }
-            KeyAlg::Rsa(_) => {
-                info!(pid, key = %key.name, "ssh: refused an ssh-rsa (SHA-1) signature");
-                return Err(refused(
-                    "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256 or rsa-sha2-512",
-                ));
-            }
-            KeyAlg::Ed25519 => (data.clone(), HashAlg::Sha512, true),
+        let rsa_hash = if request.flags & RSA_SHA2_512 != 0 {
+            Some(HashAlg::Sha512)
+        } else if request.flags & RSA_SHA2_256 != 0 {
+            Some(HashAlg::Sha256)
+        } else {
+            None
         };
-        let input = SignInput {
-            digest: &digest,
-            hash: (!raw).then_some(hash),
-            padding: RsaPadding::Pkcs1,
-            raw,
+        let sign = SshSign {
+            key: &key.name,
+            alg: key.alg,
+            data: &request.data,
+            rsa_hash,
+            forwarded: self.forwarded,
         };
-        let sig = match self
-            .store
-            .sign_ssh(&key.name, &input, &self.caller, self.forwarded)
-        {
+        let sig = match self.store.sign_ssh(&sign, &self.caller) {
             Ok(sig) => sig,
             Err(e) => {
                 info!(pid, key = %key.name, code = %e.code, "ssh: sign refused or failed: {}", e.message);
@@ -273,22 +258,22 @@ impl Session for SshSession {
         };
         match key.alg {
             KeyAlg::P256 => {
-                let s = p256::ecdsa::Signature::from_der(&sig).map_err(|e| bad(&e))?;
+                let s = p256::ecdsa::Signature::from_der(&sig.bytes).map_err(|e| bad(&e))?;
                 Signature::try_from(s).map_err(|e| bad(&e))
             }
             KeyAlg::P384 => {
-                let s = p384::ecdsa::Signature::from_der(&sig).map_err(|e| bad(&e))?;
+                let s = p384::ecdsa::Signature::from_der(&sig.bytes).map_err(|e| bad(&e))?;
                 Signature::try_from(s).map_err(|e| bad(&e))
             }
             KeyAlg::Rsa(_) => {
-                let h = if hash == HashAlg::Sha512 {
+                let h = if sig.hash == HashAlg::Sha512 {
                     ssh_key::HashAlg::Sha512
                 } else {
                     ssh_key::HashAlg::Sha256
                 };
-                Signature::new(Algorithm::Rsa { hash: Some(h) }, sig).map_err(|e| bad(&e))
+                Signature::new(Algorithm::Rsa { hash: Some(h) }, sig.bytes).map_err(|e| bad(&e))
             }
-            KeyAlg::Ed25519 => Signature::new(Algorithm::Ed25519, sig).map_err(|e| bad(&e)),
+            KeyAlg::Ed25519 => Signature::new(Algorithm::Ed25519, sig.bytes).map_err(|e| bad(&e)),
         }
     }
 

@@ -1,0 +1,605 @@
+//! The gate every signature passes, whichever face asked (agent.sock, ssh.sock; the
+//! PKCS#11 module through agent.sock): README → Policy, confirmation and the audit log.
+//!
+//! One entry point, [`KeyStore::gate`], takes a key, a purpose, the caller and a
+//! *preparer* that turns the face's request into what is judged, logged and signed
+//! ([`Prepared`]). In order: the agent's lock, the key's name and device, the key's
+//! policy (purposes, uids, programs; forwarding on ssh.sock), the preparer (which may
+//! refuse too: an x509-tbs certificate the key may not issue), then the rate limits,
+//! confirmation, the audit intent, the device (PIN, touch notice, signature), the intent
+//! made durable, the outcome and the event. Every refusal is audited exactly once, where
+//! it happens; no face names a device type.
+
+use std::borrow::Cow;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use tracing::{info, warn};
+
+use super::{wire, ConfirmRequest, Device, Event, Interaction, KeyStore, NoInteraction};
+use crate::audit::Record;
+use crate::backend::SignInput;
+use crate::policy::Caller;
+use crate::proto::{
+    Bytes, ErrorCode, HashAlg, KeyAlg, Purpose, RsaPadding, Sign, SignOk, WireError,
+};
+use crate::rates::Taken;
+use crate::x509::{SigFamily, TbsSummary};
+
+/// What the gate judges, logs and signs, made by a purpose's preparer.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    /// The digest to sign, or the whole message (`raw`: Ed25519).
+    pub digest: Cow<'a, [u8]>,
+    /// Its hash (`None`: the key's default).
+    pub hash: Option<HashAlg>,
+    /// RSA padding.
+    pub padding: RsaPadding,
+    /// `digest` is the message itself.
+    pub raw: bool,
+    /// What a person confirming is shown.
+    pub what: String,
+}
+
+/// A signature made through the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// ECDSA: DER; RSA: raw; Ed25519: 64 bytes.
+    pub bytes: Vec<u8>,
+    /// The key's algorithm.
+    pub alg: KeyAlg,
+    /// The hash used.
+    pub hash: HashAlg,
+    /// The RSA padding used.
+    pub padding: RsaPadding,
+}
+
+/// Who asks the gate for what.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ask<'a> {
+    /// Key NAME.
+    key: &'a str,
+    /// What the signature is for.
+    purpose: Purpose,
+    /// Who asks.
+    caller: &'a Caller,
+    /// On ssh.sock: the connection counts as forwarded.
+    forwarded: bool,
+}
+
+/// An SSH signature request, as ssh.sock hands it to the gate.
+#[derive(Debug)]
+pub struct SshSign<'a> {
+    /// Key NAME.
+    pub key: &'a str,
+    /// The key's algorithm (from the identities the gate offered).
+    pub alg: KeyAlg,
+    /// The data to sign.
+    pub data: &'a [u8],
+    /// For RSA: the hash the client asked for (`rsa-sha2-256`/`512`); `None` is SHA-1,
+    /// which is refused.
+    pub rsa_hash: Option<HashAlg>,
+    /// The connection is bound for forwarding (or sent a bind that was not verified).
+    pub forwarded: bool,
+}
+
+impl KeyStore {
+    /// `sign` on agent.sock (purposes `digest`, `blob` and `x509-tbs`), on the calling
+    /// thread. `ui` is the requesting client: told when the device will wait for a
+    /// touch, and asked for a PIN when the device's source is `prompt`. Every refusal
+    /// and every signature is in the audit log, and a signature is returned only once
+    /// its record is durable.
+    pub fn sign(
+        &self,
+        req: &Sign,
+        caller: &Caller,
+        ui: &mut dyn Interaction,
+    ) -> Result<SignOk, WireError> {
+        let mut subject = Map::new();
+        if !req.digest.is_empty() {
+            let hash = req.hash.map_or("default".to_string(), |h| h.to_string());
+            subject.insert("hash".into(), json!(hash));
+            subject.insert("digest".into(), json!(hex::encode(&req.digest.0)));
+        }
+        if let Some(name) = &req.name {
+            subject.insert("name".into(), json!(name));
+        }
+        if let Some(tbs) = &req.tbs {
+            subject.insert(
+                "tbs_sha256".into(),
+                json!(hex::encode(Sha256::digest(&tbs.0))),
+            );
+        }
+        let ask = Ask {
+            key: &req.key,
+            purpose: req.purpose,
+            caller,
+            forwarded: false,
+        };
+        let signed = self.gate(ask, subject, ui, |device, label, subject| {
+            match req.purpose {
+                Purpose::Digest | Purpose::Blob => prepare_digest(req),
+                Purpose::X509Tbs => self.prepare_tbs(req, device, label, subject),
+                Purpose::Ssh => Err(WireError::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "purpose `{}` is not served on agent.sock by this version",
+                        req.purpose
+                    ),
+                )),
+            }
+        })?;
+        Ok(SignOk {
+            alg: signed.alg.signature_alg(signed.hash, signed.padding),
+            signature: Bytes(signed.bytes),
+        })
+    }
+
+    /// Signs for ssh.sock. An SSH client cannot be told or asked anything: a touch is
+    /// only logged, and a device whose PIN source is `prompt` must be logged in first.
+    pub fn sign_ssh(&self, req: &SshSign<'_>, caller: &Caller) -> Result<Signature, WireError> {
+        let mut subject = Map::new();
+        if req.forwarded {
+            subject.insert("forwarded".into(), json!(true));
+        }
+        let ask = Ask {
+            key: req.key,
+            purpose: Purpose::Ssh,
+            caller,
+            forwarded: req.forwarded,
+        };
+        self.gate(ask, subject, &mut NoInteraction, |_, _, subject| {
+            let shown = if req.alg == KeyAlg::Ed25519 {
+                hex::encode(Sha256::digest(req.data))
+            } else {
+                String::new()
+            };
+            let prepared = prepare_ssh(req)?;
+            subject.insert(
+                "ssh_data".into(),
+                json!(if prepared.raw {
+                    shown
+                } else {
+                    hex::encode(&prepared.digest)
+                }),
+            );
+            Ok(prepared)
+        })
+    }
+
+    /// The gate (see the module doc). `prepare` runs once the key's policy allowed the
+    /// caller and purpose; it may add to the audit `subject` and refuse.
+    pub(super) fn gate<'a>(
+        &self,
+        ask: Ask<'_>,
+        mut subject: Map<String, Value>,
+        ui: &mut dyn Interaction,
+        prepare: impl FnOnce(&Device, &str, &mut Map<String, Value>) -> Result<Prepared<'a>, WireError>,
+    ) -> Result<Signature, WireError> {
+        let Ask {
+            key,
+            purpose,
+            caller,
+            forwarded,
+        } = ask;
+        let judged = (|| {
+            self.check_unlocked()?;
+            let (device, name) = self.split(key)?;
+            let policy = self.policy();
+            policy.check_sign(key, purpose, caller)?;
+            if forwarded && !policy.ssh_forwarding(key) {
+                return Err(WireError::new(
+                    ErrorCode::PolicyDenied,
+                    format!(
+                        "key {key} may not be used through a forwarded agent (ssh_forwarding = false)"
+                    ),
+                ));
+            }
+            let prepared = prepare(device, name.label, &mut subject)?;
+            Ok((device, name.label, prepared))
+        })();
+        let (device, label, prepared) = match judged {
+            Ok(j) => j,
+            Err(e) => {
+                self.audit_refusal(key, purpose, caller, subject, &e);
+                return Err(e);
+            }
+        };
+        let refuse = |e: WireError| {
+            self.audit_refusal(key, purpose, caller, subject.clone(), &e);
+            e
+        };
+        let mut slot = self.take_rate(key).map_err(refuse)?;
+        let give_back = |slot: Option<Taken>| {
+            if let Some(t) = slot {
+                self.give_back_rate(key, t);
+            }
+        };
+        if let Err(e) = self.confirm(key, purpose, caller, &prepared.what) {
+            give_back(slot);
+            return Err(refuse(e));
+        }
+        let record =
+            |event: &'static str, outcome: Option<(String, String)>, intent: Option<u64>| Record {
+                event,
+                key: key.to_string(),
+                purpose: purpose.to_string(),
+                caller: caller.clone(),
+                subject: subject.clone(),
+                outcome,
+                intent,
+            };
+        let intent = match &self.audit {
+            Some(audit) => match audit.append(&record("intent", None, None)) {
+                Ok(seq) => {
+                    slot = self.rate_logged(key, seq, slot);
+                    Some(seq)
+                }
+                Err(e) => {
+                    give_back(slot);
+                    return Err(WireError::new(
+                        ErrorCode::DeviceError,
+                        format!("{e}; nothing is signed that the audit log cannot hold"),
+                    ));
+                }
+            },
+            None => None,
+        };
+        let input = SignInput {
+            digest: &prepared.digest,
+            hash: prepared.hash,
+            padding: prepared.padding,
+            raw: prepared.raw,
+        };
+        let result = (|| {
+            self.prompt_pin(device, ui)?;
+            self.touch_notice(device, key, label, ui)?;
+            device
+                .lanes
+                .run(|b| b.sign(label, &input))?
+                .map_err(wire)
+                .inspect(|_| self.pin_in_use(device))
+        })();
+        let issued = |signed: crate::backend::Signed| {
+            self.emit(Event::SignatureIssued {
+                key: key.to_string(),
+                purpose,
+                caller: caller.clone(),
+            });
+            Signature {
+                bytes: signed.signature,
+                alg: signed.alg,
+                hash: signed.hash,
+                padding: prepared.padding,
+            }
+        };
+        let (Some(audit), Some(seq)) = (&self.audit, intent) else {
+            if result.is_err() {
+                give_back(slot);
+            }
+            return result.map(issued);
+        };
+        match result {
+            Err(e) => {
+                give_back(slot);
+                let _ = audit.append(&record(
+                    "failed",
+                    Some((e.code.to_string(), e.message.clone())),
+                    Some(seq),
+                ));
+                Err(e)
+            }
+            Ok(signed) => {
+                if let Err(e) = audit.wait_durable(seq) {
+                    let _ = audit.append(&record(
+                        "withheld",
+                        Some(("device-error".into(), e.clone())),
+                        Some(seq),
+                    ));
+                    return Err(WireError::new(
+                        ErrorCode::DeviceError,
+                        format!("{e}; the signature was withheld"),
+                    ));
+                }
+                if let Err(e) = audit.append(&record("signed", None, Some(seq))) {
+                    warn!(error = %e, "the outcome of a durable intent record was not written");
+                }
+                Ok(issued(signed))
+            }
+        }
+    }
+
+    /// Purpose `x509-tbs`: parses the TBSCertificate, records what it certifies,
+    /// applies `x509_issue` and `x509_eku`, checks it fits the key, and hashes it with
+    /// the hash its own signature algorithm names.
+    fn prepare_tbs<'a>(
+        &self,
+        req: &'a Sign,
+        device: &Device,
+        label: &str,
+        subject: &mut Map<String, Value>,
+    ) -> Result<Prepared<'a>, WireError> {
+        let key = &req.key;
+        let Some(tbs) = req.tbs.as_ref() else {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                "purpose x509-tbs needs `tbs`, the DER TBSCertificate",
+            ));
+        };
+        let summary = TbsSummary::parse(&tbs.0).map_err(|e| {
+            warn!(key = %key, error = %e, "x509-tbs refused: malformed TBSCertificate");
+            WireError::new(ErrorCode::BadRequest, format!("x509-tbs: {e}"))
+        })?;
+        subject.insert(
+            "certificate".into(),
+            json!({
+                "subject": summary.subject,
+                "issuer": summary.issuer,
+                "serial": summary.serial,
+                "not_before": summary.not_before,
+                "not_after": summary.not_after,
+                "ca": summary.ca_text(),
+                "eku": summary.eku,
+            }),
+        );
+        let refuse = |e: WireError| {
+            warn!(
+                key = %key, subject = %summary.subject, issuer = %summary.issuer,
+                serial = %summary.serial, ca = %summary.ca_text(), code = %e.code,
+                reason = %e.message, "x509-tbs refused"
+            );
+            e
+        };
+        self.policy().check_tbs(key, &summary).map_err(refuse)?;
+        let pk = device.lanes.run(|b| b.public_key(label))?.map_err(wire)?;
+        summary.fits(pk.alg).map_err(|e| {
+            refuse(WireError::new(
+                ErrorCode::BadRequest,
+                format!("x509-tbs: {e}"),
+            ))
+        })?;
+        let raw = summary.family == SigFamily::Ed25519;
+        let digest = if raw {
+            Cow::Borrowed(tbs.0.as_slice())
+        } else {
+            Cow::Owned(hash(summary.hash, &tbs.0))
+        };
+        info!(
+            key = %key, subject = %summary.subject, issuer = %summary.issuer,
+            serial = %summary.serial, not_before = %summary.not_before,
+            not_after = %summary.not_after, ca = %summary.ca_text(),
+            eku = %summary.eku.join(","), hash = %summary.hash,
+            "x509-tbs judged: the certificate may be issued"
+        );
+        Ok(Prepared {
+            digest,
+            hash: Some(summary.hash),
+            padding: RsaPadding::Pkcs1,
+            raw,
+            what: format!(
+                "certificate for {} (issuer {}, serial {}, CA {}, valid {} to {}, EKU {})",
+                summary.subject,
+                summary.issuer,
+                summary.serial,
+                summary.ca_text(),
+                summary.not_before,
+                summary.not_after,
+                if summary.eku.is_empty() {
+                    "none".to_string()
+                } else {
+                    summary.eku.join(", ")
+                }
+            ),
+        })
+    }
+
+    /// Writes a refusal to the audit log (and the log).
+    fn audit_refusal(
+        &self,
+        key: &str,
+        purpose: Purpose,
+        caller: &Caller,
+        subject: Map<String, Value>,
+        e: &WireError,
+    ) {
+        info!(key, %purpose, caller = %caller.describe(), code = %e.code, reason = %e.message, "signature refused");
+        if let Some(audit) = &self.audit {
+            let record = Record {
+                event: "refused",
+                key: key.to_string(),
+                purpose: purpose.to_string(),
+                caller: caller.clone(),
+                subject,
+                outcome: Some((e.code.to_string(), e.message.clone())),
+                intent: None,
+            };
+            if let Err(err) = audit.append(&record) {
+                warn!(error = %err, "refusal not recorded in the audit log");
+            }
+        }
+    }
+
+    /// Takes one signature from `key`'s hourly and daily allowance; a key not counted
+    /// yet is counted from the audit log first ([`crate::rates`]).
+    fn take_rate(&self, key: &str) -> Result<Option<Taken>, WireError> {
+        self.rates
+            .take(key, self.policy().limits(key), self.audit.as_ref())
+    }
+
+    /// `key`'s intent is audit record `seq`: a signature that passed the rate gate
+    /// under an earlier policy is counted now if the current count missed it. Returns
+    /// the slot to give back if the signature is not made.
+    fn rate_logged(&self, key: &str, seq: u64, slot: Option<Taken>) -> Option<Taken> {
+        let limits = self.policy().limits(key);
+        if slot.is_none() && limits.per_hour.is_none() && limits.per_day.is_none() {
+            return None;
+        }
+        self.rates.logged(key, seq, slot).or(slot)
+    }
+
+    /// Returns an allowance taken for a signature that was not made.
+    fn give_back_rate(&self, key: &str, taken: Taken) {
+        self.rates.give_back(key, taken);
+    }
+
+    /// Asks a person when `key`'s policy says `confirm = true`.
+    fn confirm(
+        &self,
+        key: &str,
+        purpose: Purpose,
+        caller: &Caller,
+        what: &str,
+    ) -> Result<(), WireError> {
+        if !self.policy().confirm(key) {
+            return Ok(());
+        }
+        let Some(confirmer) = self.confirmer() else {
+            return Err(WireError::new(
+                ErrorCode::ConfirmDenied,
+                format!("key {key} needs a person's confirmation (confirm = true) and there is no way to ask: no desktop notification service answered and [agent] confirm_program is not set"),
+            ));
+        };
+        let request = ConfirmRequest {
+            key: key.to_string(),
+            purpose,
+            caller: caller.clone(),
+            what: what.to_string(),
+        };
+        info!(key, %purpose, caller = %caller.describe(), "asking for confirmation");
+        match confirmer.confirm(&request) {
+            Ok(true) => {
+                info!(key, "confirmed");
+                Ok(())
+            }
+            Ok(false) => Err(WireError::new(
+                ErrorCode::ConfirmDenied,
+                format!("the signature with {key} was denied, or not confirmed in time"),
+            )),
+            Err(e) => Err(WireError::new(
+                ErrorCode::ConfirmDenied,
+                format!(
+                    "the signature with {key} needs confirmation, which could not be asked: {e}"
+                ),
+            )),
+        }
+    }
+
+    /// With `pin = "prompt"`: asks the requesting person for the PIN when the device
+    /// needs a login, and logs in with it.
+    pub(super) fn prompt_pin(
+        &self,
+        device: &Device,
+        ui: &mut dyn Interaction,
+    ) -> Result<(), WireError> {
+        let Some(question) = device.lanes.run(|b| b.pin_needed())? else {
+            return Ok(());
+        };
+        match ui.ask_pin(&question) {
+            Some(pin) => {
+                info!(device = %device.name, "PIN typed by the requesting person");
+                device.lanes.run(|b| b.login_with(pin))?.map_err(wire)
+            }
+            None => Err(WireError::new(
+                ErrorCode::PinRequired,
+                format!(
+                    "device {} asks for its PIN (pin = \"prompt\"), and the requesting client did not give one (run the waxseal command from a terminal)",
+                    device.name
+                ),
+            )),
+        }
+    }
+
+    /// Tells `ui` (and the log) when signing with `key` will wait for a touch.
+    fn touch_notice(
+        &self,
+        device: &Device,
+        key: &str,
+        label: &str,
+        ui: &mut dyn Interaction,
+    ) -> Result<(), WireError> {
+        if device.kind != "yubikey" {
+            return Ok(());
+        }
+        if let Some(text) = device.lanes.run(|b| b.touch_notice(label))? {
+            info!(key, "{text}");
+            ui.notice(&text);
+        }
+        Ok(())
+    }
+}
+
+/// Purposes `digest` and `blob`: the client's digest as it is.
+fn prepare_digest(req: &Sign) -> Result<Prepared<'_>, WireError> {
+    if req.purpose == Purpose::Blob && req.name.as_deref().is_none_or(str::is_empty) {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "purpose `blob` needs `name`, the artifact's name",
+        ));
+    }
+    let digest = hex::encode(&req.digest.0);
+    Ok(Prepared {
+        digest: Cow::Borrowed(&req.digest.0),
+        hash: req.hash,
+        padding: req.padding.unwrap_or(RsaPadding::Pkcs1),
+        raw: false,
+        what: match &req.name {
+            Some(n) => format!("artifact {n}, digest {digest}"),
+            None => format!("digest {digest}"),
+        },
+    })
+}
+
+/// Purpose `ssh`: the data hashed as the key's SSH algorithm signs it (Ed25519 signs
+/// the data itself; RSA as the client asked, never SHA-1).
+fn prepare_ssh<'a>(req: &SshSign<'a>) -> Result<Prepared<'a>, WireError> {
+    let (digest, hash, raw) = match req.alg {
+        KeyAlg::P256 => (
+            Cow::Owned(hash(HashAlg::Sha256, req.data)),
+            HashAlg::Sha256,
+            false,
+        ),
+        KeyAlg::P384 => (
+            Cow::Owned(hash(HashAlg::Sha384, req.data)),
+            HashAlg::Sha384,
+            false,
+        ),
+        KeyAlg::Rsa(_) => match req.rsa_hash {
+            Some(h) => (Cow::Owned(hash(h, req.data)), h, false),
+            None => {
+                return Err(WireError::new(
+                    ErrorCode::Unsupported,
+                    "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256 or rsa-sha2-512",
+                ))
+            }
+        },
+        KeyAlg::Ed25519 => (Cow::Borrowed(req.data), HashAlg::Sha512, true),
+    };
+    let shown = if raw {
+        format!("message SHA-256 {}", hex::encode(Sha256::digest(req.data)))
+    } else {
+        format!("digest {}", hex::encode(&digest))
+    };
+    Ok(Prepared {
+        digest,
+        hash: (!raw).then_some(hash),
+        padding: RsaPadding::Pkcs1,
+        raw,
+        what: format!(
+            "SSH signature{} ({shown})",
+            if req.forwarded {
+                " through a forwarded agent"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
+/// `data` hashed with `alg`.
+fn hash(alg: HashAlg, data: &[u8]) -> Vec<u8> {
+    match alg {
+        HashAlg::Sha256 => Sha256::digest(data).to_vec(),
+        HashAlg::Sha384 => Sha384::digest(data).to_vec(),
+        HashAlg::Sha512 => Sha512::digest(data).to_vec(),
+    }
+}
