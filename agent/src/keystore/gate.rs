@@ -129,6 +129,9 @@ impl KeyStore {
                 )),
             }
         })?;
+        if req.purpose == Purpose::X509Tbs {
+            info!(key = %req.key, tbs_sha256 = %hex::encode(Sha256::digest(req.tbs.as_ref().map_or(&[][..], |t| &t.0))), "x509-tbs signed: certificate issued");
+        }
         Ok(SignOk {
             alg: signed.alg.signature_alg(signed.hash, signed.padding),
             signature: Bytes(signed.bytes),
