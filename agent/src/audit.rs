@@ -1691,7 +1691,17 @@ mod tests {
         assert!(matches!(e, AuditError::Busy(_)), "{e}");
         assert!(e.to_string().contains("another waxseal-agent"), "{e}");
         drop(first);
-        Audit::open(state.path(), &o).unwrap();
+        // A child another test thread is spawning right now holds a copy of every
+        // descriptor (the lock too) until it execs: poll briefly rather than expect
+        // the lock gone the instant `first` closed it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Audit::open(state.path(), &o) {
+                Ok(_) => break,
+                Err(AuditError::Busy(_)) if Instant::now() < deadline => std::thread::yield_now(),
+                Err(e) => panic!("the log was not released: {e}"),
+            }
+        }
     }
 
     #[test]
