@@ -469,7 +469,7 @@ impl Terminal {
 #[test]
 fn pin_typed_at_the_requesting_terminal_without_echo_and_dropped_after_pin_ttl() {
     let hsm = SoftHsm::new();
-    hsm.init_token("prompted", "5555", "1234");
+    hsm.init_token("prompted", "5555", "Q7w3e9");
     let config = "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken = \"prompted\"\npin = \"prompt\"\npin_ttl = 2\n";
     let agent = Agent::builder().softhsm(&hsm).config(config).start();
     let cli = pkcs11_tests::bins().cli.display().to_string();
@@ -488,12 +488,12 @@ fn pin_typed_at_the_requesting_terminal_without_echo_and_dropped_after_pin_ttl()
 
     let mut t = run("keys generate hsm/k --alg p256");
     t.wait_for("PIN of device hsm (token 'prompted')");
-    t.type_line("1234");
+    t.type_line("Q7w3e9");
     let (ok, screen) = t.finish();
     assert!(ok, "{screen}\n{}", agent.log());
     assert!(screen.contains("BEGIN PUBLIC KEY"), "{screen}");
-    assert!(!screen.contains("1234"), "the PIN was echoed: {screen}");
-    assert!(!agent.log().contains("1234"));
+    assert!(!screen.contains("Q7w3e9"), "the PIN was echoed: {screen}");
+    assert!(!agent.log().contains("Q7w3e9"));
 
     // Logged in now: a client that cannot be asked still signs…
     sign(&agent, "hsm/k", b"while the PIN is held").unwrap();
@@ -509,7 +509,7 @@ fn pin_typed_at_the_requesting_terminal_without_echo_and_dropped_after_pin_ttl()
     let digest = hex::encode(Sha256::digest(b"typed again"));
     let mut t = run(&format!("sign --digest {digest} --key hsm/k"));
     t.wait_for("PIN of device hsm");
-    t.type_line("1234");
+    t.type_line("Q7w3e9");
     let (ok, screen) = t.finish();
     assert!(ok, "{screen}");
 }
