@@ -23,9 +23,9 @@ use crate::config::{Config, DeviceKind};
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
-    AttestOk, AuditStatus, Bytes, DeviceStatus, ErrorCode, GenerateKeyOk, KeyAlg, KeyInfo,
-    ListKeysOk, PublicKeyOk, Purpose, StatusOk, StoreCertificate, StoreCertificateOk, UnlockOk,
-    WireError, AGENT_NAME, PROTOCOL_VERSION,
+    AttestOk, AuditStatus, Bytes, DeviceStatus, ErrorCode, GenerateKey, GenerateKeyOk, KeyAlg,
+    KeyInfo, ListKeysOk, PublicKeyOk, Purpose, StatusOk, StoreCertificate, StoreCertificateOk,
+    UnlockOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
 use crate::rates::RateBook;
 use crate::worker::{DeviceLanes, LaneError};
@@ -481,13 +481,13 @@ impl KeyStore {
     }
 
     /// `generate_key`.
-    pub fn generate(
-        &self,
-        key: &str,
-        alg: KeyAlg,
-        opts: &GenerateOptions,
-    ) -> Result<GenerateKeyOk, WireError> {
-        let (device, name) = self.split(key)?;
+    pub fn generate(&self, req: &GenerateKey) -> Result<GenerateKeyOk, WireError> {
+        let alg = req.alg;
+        let opts = GenerateOptions {
+            touch: req.touch,
+            pin_policy: req.pin_policy,
+        };
+        let (device, name) = self.split(&req.key)?;
         if !alg.is_generatable() {
             return Err(WireError::new(
                 ErrorCode::Unsupported,
@@ -498,7 +498,7 @@ impl KeyStore {
         }
         let (k, pk) = device
             .lanes
-            .run(|b| b.generate_with(name.label, alg, opts))?
+            .run(|b| b.generate_with(name.label, alg, &opts))?
             .map_err(wire)?;
         Ok(GenerateKeyOk {
             key: self.key_info(&device.name, k),

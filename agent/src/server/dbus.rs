@@ -452,19 +452,6 @@ async fn poll_devices(store: Arc<KeyStore>, iface: InterfaceRef<Agent1>) {
     default_path = "/org/freedesktop/Notifications"
 )]
 trait Notifications {
-    #[allow(clippy::too_many_arguments)]
-    fn notify(
-        &self,
-        app_name: &str,
-        replaces_id: u32,
-        app_icon: &str,
-        summary: &str,
-        body: &str,
-        actions: &[&str],
-        hints: HashMap<&str, Variant<'_>>,
-        expire_timeout: i32,
-    ) -> zbus::Result<u32>;
-
     fn close_notification(&self, id: u32) -> zbus::Result<()>;
 
     fn get_capabilities(&self) -> zbus::Result<Vec<String>>;
@@ -526,16 +513,22 @@ async fn ask(
     let mut hints = HashMap::new();
     hints.insert("urgency", Variant::from(2u8));
     let expire = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    let id = proxy
-        .notify(
-            "waxseal",
-            0,
-            "dialog-password",
-            &summary,
-            &body,
-            &["allow", "Allow", "deny", "Deny"],
-            hints,
-            expire,
+    // Notify(app_name, replaces_id, app_icon, summary, body, actions, hints,
+    // expire_timeout) → id, called with its arguments as one tuple.
+    let id: u32 = proxy
+        .inner()
+        .call(
+            "Notify",
+            &(
+                "waxseal",
+                0u32,
+                "dialog-password",
+                summary.as_str(),
+                body.as_str(),
+                &["allow", "Allow", "deny", "Deny"][..],
+                hints,
+                expire,
+            ),
         )
         .await
         .map_err(fail)?;

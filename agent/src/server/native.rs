@@ -15,12 +15,12 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::ServeOptions;
-use crate::backend::GenerateOptions;
 use crate::keystore::{Interaction, KeyStore};
 use crate::policy::{own_uid, Caller};
 use crate::proto::{
-    self, decode_request, encode_error, encode_notice, encode_ok, encode_prompt, AuditTailOk,
-    ErrorCode, HelloOk, Op, UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
+    self, decode_request, encode_error, encode_notice, encode_ok, encode_prompt, Attest, AuditTail,
+    AuditTailOk, ErrorCode, GenerateKey, HelloOk, Op, Sign, StoreCertificate, Unlock, UnlockOk,
+    WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError, Sender};
 use secrecy::SecretString;
@@ -190,6 +190,40 @@ impl Interaction for ConnUi<'_> {
     }
 }
 
+/// The request in hand: who asked, on which connection.
+struct Req<'a> {
+    store: &'a KeyStore,
+    id: u64,
+    caller: &'a Caller,
+    stream: &'a UnixStream,
+    reader: &'a mut FrameReader,
+    /// The agent's own uid asked (another uid is admitted by `[agent] allow_uids`).
+    owner: bool,
+}
+
+impl Req<'_> {
+    fn reply<T: serde::Serialize>(&self, r: Result<T, WireError>) -> Vec<u8> {
+        match r {
+            Ok(ok) => encode_ok(self.id, &ok),
+            Err(e) => encode_error(Some(self.id), &e),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.caller.pid.unwrap_or(0)
+    }
+
+    /// This client, for a PIN prompt or a notice in the middle of the request.
+    fn ui(&mut self) -> ConnUi<'_> {
+        ConnUi {
+            stream: self.stream,
+            reader: self.reader,
+            id: self.id,
+            may_ask: self.owner,
+        }
+    }
+}
+
 /// Answers one request; returns the response payload.
 fn handle(
     store: &KeyStore,
@@ -199,40 +233,16 @@ fn handle(
     stream: &UnixStream,
     reader: &mut FrameReader,
 ) -> Vec<u8> {
-    fn reply<T: serde::Serialize>(id: u64, r: Result<T, WireError>) -> Vec<u8> {
-        match r {
-            Ok(ok) => encode_ok(id, &ok),
-            Err(e) => encode_error(Some(id), &e),
-        }
-    }
-    let pid = caller.pid.unwrap_or(0);
-    // A uid admitted by `[agent] allow_uids` signs with its keys and nothing else.
-    let owner = caller.uid == own_uid();
-    if !owner {
-        let allowed = match &op {
-            Op::Hello(_) | Op::ListKeys | Op::Sign(_) => true,
-            Op::PublicKey(k) => store.policy().visible_to(&k.key, caller),
-            _ => false,
-        };
-        if !allowed {
-            info!(
-                uid = caller.uid,
-                pid,
-                op = op.name(),
-                "refused to another uid"
-            );
-            return encode_error(
-                Some(id),
-                &WireError::new(
-                    ErrorCode::PolicyDenied,
-                    format!(
-                        "uid {} may list, read and sign with its own keys only (those whose [[key]] allow_uids names it); `{}` is for the agent's own uid",
-                        caller.uid,
-                        op.name()
-                    ),
-                ),
-            );
-        }
+    let mut req = Req {
+        store,
+        id,
+        caller,
+        stream,
+        reader,
+        owner: caller.uid == own_uid(),
+    };
+    if let Err(e) = admit(&req, &op) {
+        return encode_error(Some(id), &e);
     }
     // `pin = "prompt"`: the person at this client types the PIN before the device is used.
     let key = match &op {
@@ -243,13 +253,7 @@ fn handle(
         _ => None,
     };
     if let Some(key) = key {
-        let mut ui = ConnUi {
-            stream,
-            reader,
-            id,
-            may_ask: owner,
-        };
-        if let Err(e) = store.login_interactively(key, &mut ui) {
+        if let Err(e) = store.login_interactively(key, &mut req.ui()) {
             if e.code == ErrorCode::PinRequired || e.code == ErrorCode::PinIncorrect {
                 return encode_error(Some(id), &e);
             }
@@ -264,107 +268,145 @@ fn handle(
             },
         ),
         Op::Status => encode_ok(id, &store.status()),
-        Op::ListKeys if owner => encode_ok(id, &store.list_keys()),
-        Op::ListKeys => {
-            let mut keys = store.list_keys();
-            let policy = store.policy();
-            keys.keys.retain(|k| policy.visible_to(&k.name, caller));
-            encode_ok(id, &keys)
-        }
-        Op::PublicKey(k) => reply(id, store.public_key(&k.key)),
-        Op::GenerateKey(g) => {
-            let opts = GenerateOptions {
-                touch: g.touch,
-                pin_policy: g.pin_policy,
-            };
-            let r = store.generate(&g.key, g.alg, &opts);
-            if r.is_ok() {
-                info!(key = %g.key, alg = %g.alg, uid = caller.uid, pid, "key generated");
+        Op::ListKeys => list_keys(&req),
+        Op::PublicKey(k) => req.reply(store.public_key(&k.key)),
+        Op::GenerateKey(g) => generate_key(&req, &g),
+        Op::Attest(a) => attest(&req, &a),
+        Op::AuditTail(t) => audit_tail(&req, &t),
+        Op::Lock => lock(&req),
+        Op::Unlock(u) => unlock(&req, &u),
+        Op::StoreCertificate(c) => store_certificate(&req, &c),
+        Op::Sign(s) => sign(&mut req, &s),
+    }
+}
+
+/// A uid admitted by `[agent] allow_uids` lists, reads and signs with its own keys and
+/// does nothing else.
+fn admit(req: &Req<'_>, op: &Op) -> Result<(), WireError> {
+    if req.owner {
+        return Ok(());
+    }
+    let allowed = match op {
+        Op::Hello(_) | Op::ListKeys | Op::Sign(_) => true,
+        Op::PublicKey(k) => req.store.policy().visible_to(&k.key, req.caller),
+        _ => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    info!(
+        uid = req.caller.uid,
+        pid = req.pid(),
+        op = op.name(),
+        "refused to another uid"
+    );
+    Err(WireError::new(
+        ErrorCode::PolicyDenied,
+        format!(
+            "uid {} may list, read and sign with its own keys only (those whose [[key]] allow_uids names it); `{}` is for the agent's own uid",
+            req.caller.uid,
+            op.name()
+        ),
+    ))
+}
+
+fn list_keys(req: &Req<'_>) -> Vec<u8> {
+    let mut keys = req.store.list_keys();
+    if !req.owner {
+        let policy = req.store.policy();
+        keys.keys.retain(|k| policy.visible_to(&k.name, req.caller));
+    }
+    encode_ok(req.id, &keys)
+}
+
+fn generate_key(req: &Req<'_>, g: &GenerateKey) -> Vec<u8> {
+    let r = req.store.generate(g);
+    if r.is_ok() {
+        info!(key = %g.key, alg = %g.alg, uid = req.caller.uid, pid = req.pid(), "key generated");
+    }
+    req.reply(r)
+}
+
+fn attest(req: &Req<'_>, a: &Attest) -> Vec<u8> {
+    let r = req
+        .store
+        .attest(&a.key, a.nonce.as_ref().map(|n| n.0.as_slice()));
+    if let Err(e) = &r {
+        info!(key = %a.key, pid = req.pid(), code = %e.code, "attest refused or failed");
+    }
+    req.reply(r)
+}
+
+fn audit_tail(req: &Req<'_>, t: &AuditTail) -> Vec<u8> {
+    let n = t.n.unwrap_or(20).min(1000) as usize;
+    // Within `audit::TAIL_BUDGET` bytes, well under the frame limit.
+    let tail = req.store.audit_tail(n);
+    let records = tail
+        .records
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::String(l.clone())))
+        .collect();
+    let omitted = (tail.omitted > 0).then_some(tail.omitted as u64);
+    encode_ok(req.id, &AuditTailOk { records, omitted })
+}
+
+fn lock(req: &Req<'_>) -> Vec<u8> {
+    info!(uid = req.caller.uid, pid = req.pid(), "lock asked");
+    let newly = req.store.lock_user();
+    encode_ok(
+        req.id,
+        &UnlockOk {
+            device: None,
+            locked: true,
+            message: if newly {
+                "agent locked: cached PINs dropped; signing refused until `waxseal unlock`"
+            } else {
+                "the agent was locked already"
             }
-            reply(id, r)
-        }
-        Op::Attest(a) => {
-            let r = store.attest(&a.key, a.nonce.as_ref().map(|n| n.0.as_slice()));
-            if let Err(e) = &r {
-                info!(key = %a.key, pid, code = %e.code, "attest refused or failed");
-            }
-            reply(id, r)
-        }
-        Op::AuditTail(t) => {
-            let n = t.n.unwrap_or(20).min(1000) as usize;
-            // Within `audit::TAIL_BUDGET` bytes, well under the frame limit.
-            let tail = store.audit_tail(n);
-            let records = tail
-                .records
-                .iter()
-                .map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::String(l.clone())))
-                .collect();
-            let omitted = (tail.omitted > 0).then_some(tail.omitted as u64);
-            encode_ok(id, &AuditTailOk { records, omitted })
-        }
-        Op::Lock => {
-            info!(uid = caller.uid, pid, "lock asked");
-            let newly = store.lock_user();
-            encode_ok(
-                id,
-                &UnlockOk {
-                    device: None,
-                    locked: true,
-                    message: if newly {
-                        "agent locked: cached PINs dropped; signing refused until `waxseal unlock`"
-                    } else {
-                        "the agent was locked already"
-                    }
-                    .into(),
-                },
-            )
-        }
-        Op::Unlock(u) => match &u.device {
-            Some(device) => {
-                info!(device = %device, uid = caller.uid, pid, "device unlock asked");
-                reply(id, store.unlock_device(device))
-            }
-            None => {
-                info!(uid = caller.uid, pid, "unlock asked");
-                let was = store.unlock_user();
-                let locked = store.is_locked();
-                let message = match (was, locked) {
-                    (_, true) => "still locked by ssh-add -x; unlock it with ssh-add -X",
-                    (true, false) => "agent unlocked",
-                    (false, false) => "the agent was not locked",
-                };
-                encode_ok(
-                    id,
-                    &UnlockOk {
-                        device: None,
-                        locked,
-                        message: message.into(),
-                    },
-                )
-            }
+            .into(),
         },
-        Op::StoreCertificate(c) => {
-            let r = store.store_certificate(&c);
-            if let Err(e) = &r {
-                info!(key = %c.key, pid, code = %e.code, "store_certificate refused or failed");
-            }
-            reply(id, r)
-        }
-        Op::Sign(s) => {
-            let mut ui = ConnUi {
-                stream,
-                reader,
-                id,
-                may_ask: owner,
-            };
-            let r = store.sign(&s, caller, &mut ui);
-            match &r {
-                Ok(_) => debug!(key = %s.key, purpose = %s.purpose, pid, "signed"),
-                Err(e) => {
-                    info!(key = %s.key, purpose = %s.purpose, pid, code = %e.code, "sign refused or failed")
-                }
-            }
-            reply(id, r)
+    )
+}
+
+fn unlock(req: &Req<'_>, u: &Unlock) -> Vec<u8> {
+    if let Some(device) = &u.device {
+        info!(device = %device, uid = req.caller.uid, pid = req.pid(), "device unlock asked");
+        return req.reply(req.store.unlock_device(device));
+    }
+    info!(uid = req.caller.uid, pid = req.pid(), "unlock asked");
+    let was = req.store.unlock_user();
+    let locked = req.store.is_locked();
+    let message = match (was, locked) {
+        (_, true) => "still locked by ssh-add -x; unlock it with ssh-add -X",
+        (true, false) => "agent unlocked",
+        (false, false) => "the agent was not locked",
+    };
+    encode_ok(
+        req.id,
+        &UnlockOk {
+            device: None,
+            locked,
+            message: message.into(),
+        },
+    )
+}
+
+fn store_certificate(req: &Req<'_>, c: &StoreCertificate) -> Vec<u8> {
+    let r = req.store.store_certificate(c);
+    if let Err(e) = &r {
+        info!(key = %c.key, pid = req.pid(), code = %e.code, "store_certificate refused or failed");
+    }
+    req.reply(r)
+}
+
+fn sign(req: &mut Req<'_>, s: &Sign) -> Vec<u8> {
+    let (store, caller, pid) = (req.store, req.caller, req.pid());
+    let r = store.sign(s, caller, &mut req.ui());
+    match &r {
+        Ok(_) => debug!(key = %s.key, purpose = %s.purpose, pid, "signed"),
+        Err(e) => {
+            info!(key = %s.key, purpose = %s.purpose, pid, code = %e.code, "sign refused or failed")
         }
     }
+    req.reply(r)
 }

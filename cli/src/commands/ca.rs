@@ -55,14 +55,16 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             out,
         } => intermediate(
             ctx,
-            key.as_deref(),
-            csr.as_deref(),
-            &root_key,
-            &root_cert,
-            &cn,
-            &org,
-            days,
-            &out,
+            &Intermediate {
+                key: key.as_deref(),
+                csr: csr.as_deref(),
+                root_key: &root_key,
+                root_cert: &root_cert,
+                cn: &cn,
+                org: &org,
+                days,
+                out: &out,
+            },
         ),
     }
 }
@@ -121,18 +123,38 @@ fn root(
     report(ctx, &der, out, pkcs11_store, "root")
 }
 
-#[allow(clippy::too_many_arguments)]
-fn intermediate(
-    ctx: &Ctx,
-    key: Option<&str>,
-    csr: Option<&Path>,
-    root_key: &str,
-    root_cert: &Path,
-    cn: &str,
-    org: &str,
+/// `waxseal ca intermediate`, as typed.
+#[derive(Debug, Clone, Copy)]
+struct Intermediate<'a> {
+    /// The intermediate's key on the agent (or `csr`).
+    key: Option<&'a str>,
+    /// A PKCS#10 request for a key that lives elsewhere (or `key`).
+    csr: Option<&'a Path>,
+    /// The root key, which signs.
+    root_key: &'a str,
+    /// The root certificate.
+    root_cert: &'a Path,
+    /// Subject CN.
+    cn: &'a str,
+    /// Subject O.
+    org: &'a str,
+    /// Validity, clipped inside the root's.
     days: u32,
-    out: &Path,
-) -> Result<()> {
+    /// The chain written: intermediate, then root.
+    out: &'a Path,
+}
+
+fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
+    let Intermediate {
+        key,
+        csr,
+        root_key,
+        root_cert,
+        cn,
+        org,
+        days,
+        out,
+    } = *req;
     refuse_existing(out)?;
     let root_data = fs::read(root_cert)
         .with_context(|| format!("cannot read the root certificate {}", root_cert.display()))?;
