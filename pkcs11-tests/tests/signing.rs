@@ -341,15 +341,16 @@ fn spy_logins(log: &std::path::Path) -> usize {
         .count()
 }
 
-#[test]
-fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
+/// An agent on a token (user PIN 246810) behind OpenSC's `pkcs11-spy`, whose log
+/// counts the module calls; the PIN file holds `pin`, `extra` is added to the device.
+fn spied_agent(pin: &str, extra: &str) -> (SoftHsm, std::path::PathBuf, std::path::PathBuf, Agent) {
     require(SPY_MODULE);
     let hsm = SoftHsm::new();
     hsm.init_token("pins", "5555", "246810");
-    let pin_file = hsm.pin_file("pin", "000000");
+    let pin_file = hsm.pin_file("pin", pin);
     let spy_log = hsm.token_dir().join("../spy.log");
     let device = format!(
-        "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{SPY_MODULE}\"\ntoken = \"pins\"\npin = \"file:{}\"\n",
+        "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{SPY_MODULE}\"\ntoken = \"pins\"\npin = \"file:{}\"\n{extra}",
         pin_file.display()
     );
     let agent = Agent::builder()
@@ -358,6 +359,12 @@ fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
         .env("PKCS11SPY_OUTPUT", &spy_log)
         .config(&device)
         .start();
+    (hsm, pin_file, spy_log, agent)
+}
+
+#[test]
+fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
+    let (_hsm, pin_file, spy_log, agent) = spied_agent("000000", "");
     let mut client = agent.client();
     let d = Sha256::digest(b"x");
     let first = client.sign_digest("hsm/any", &d, None, None);
@@ -469,21 +476,7 @@ fn env_pin_source_and_serial_selector() {
 
 #[test]
 fn a_pin_changed_after_the_token_refused_it_is_tried_not_remembered_as_refused() {
-    require(SPY_MODULE);
-    let hsm = SoftHsm::new();
-    hsm.init_token("pins", "5555", "246810");
-    let pin_file = hsm.pin_file("pin", "246810");
-    let spy_log = hsm.token_dir().join("../spy.log");
-    let device = format!(
-        "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{SPY_MODULE}\"\ntoken = \"pins\"\npin = \"file:{}\"\nsessions = 1\n",
-        pin_file.display()
-    );
-    let agent = Agent::builder()
-        .softhsm(&hsm)
-        .env("PKCS11SPY", SOFTHSM_MODULE)
-        .env("PKCS11SPY_OUTPUT", &spy_log)
-        .config(&device)
-        .start();
+    let (_hsm, pin_file, spy_log, agent) = spied_agent("246810", "sessions = 1\n");
     let mut client = agent.client();
     client.generate_key("hsm/k", KeyAlg::P256).unwrap();
     // Log out (the agent's lock drops held PINs), then let the source give a wrong PIN
