@@ -19,7 +19,20 @@ use waxseal_agent::server::{self, listen, native, ssh};
 
 /// Keeps signing keys inside hardware and signs for local programs through a socket.
 #[derive(Debug, Parser)]
-#[command(name = "waxseal-agent", version, about)]
+#[command(
+    name = "waxseal-agent",
+    version,
+    about,
+    after_long_help = "Sockets (in the runtime directory): agent.sock, waxseal's own protocol \
+                       (docs/protocol.md); ssh.sock, the OpenSSH agent protocol. Both may be \
+                       handed over by systemd socket activation (waxseal-agent.socket, \
+                       waxseal-ssh.socket).\n\n\
+                       Signals: SIGTERM or SIGINT stop it; \
+                       SIGHUP rereads the [[key]] policy of the config.\n\n\
+                       Exit status: 0 after a clean stop, 1 when it cannot start (the log \
+                       says why).\n\n\
+                       See also: waxseal(1), and README.md and docs/ in the source."
+)]
 struct Args {
     /// Config file (default: $XDG_CONFIG_HOME/waxseal/config.toml).
     #[arg(long, value_name = "FILE")]
@@ -33,10 +46,17 @@ struct Args {
     /// Log level: error, warn, info, debug or trace (also WAXSEAL_LOG).
     #[arg(long, env = "WAXSEAL_LOG", default_value = "info")]
     log_level: tracing::Level,
+    /// Print this program's manual page (roff) on stdout and exit; `scripts/install`
+    /// installs it as waxseal-agent.1.
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        return print_man();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(args.log_level)
@@ -47,6 +67,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The manual page, from the same definition that parses the arguments.
+fn print_man() -> ExitCode {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    let written = clap_mangen::Man::new(Args::command())
+        .render(&mut page)
+        .and_then(|()| std::io::Write::write_all(&mut std::io::stdout().lock(), &page));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waxseal-agent: cannot write the manual page: {e}");
             ExitCode::FAILURE
         }
     }

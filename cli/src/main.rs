@@ -37,7 +37,17 @@ use waxseal_proto::proto::{HashAlg, KeyAlg, PinPolicy, TouchPolicy};
 
 /// Sign with keys that stay inside hardware (PKCS#11 tokens, TPMs, YubiKeys).
 #[derive(Debug, Parser)]
-#[command(name = "waxseal", version, about, propagate_version = true)]
+#[command(
+    name = "waxseal",
+    version,
+    about,
+    propagate_version = true,
+    after_long_help = "Exit status: 0 success, 1 a refused or failed operation (stderr says why and \
+                       what to do), 2 a usage error.\n\n\
+                       Environment: WAXSEAL_SOCK (the agent's socket), XDG_RUNTIME_DIR, \
+                       XDG_STATE_HOME.\n\n\
+                       See also: waxseal-agent(1), and README.md and docs/ in the source."
+)]
 pub struct Cli {
     /// The agent's socket (default: $XDG_RUNTIME_DIR/waxseal/agent.sock).
     #[arg(long, global = true, env = "WAXSEAL_SOCK", value_name = "PATH")]
@@ -78,6 +88,19 @@ enum Command {
     Unlock {
         /// The device name from the config, e.g. yk.
         device: Option<String>,
+    },
+    /// Shell completions on stdout (scripts/install puts them where the shell finds them).
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+    /// Write the manual pages, waxseal.1 and one per subcommand (waxseal-keys-list.1, …),
+    /// into DIR (scripts/install puts them in PREFIX/share/man/man1).
+    Man {
+        /// The directory; created if missing.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 

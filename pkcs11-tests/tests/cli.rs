@@ -206,16 +206,37 @@ fn demo_runs_twice_and_stops() {
     require("softhsm2-util");
     require("openssl");
     let home = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        Command::new(&bins().cli)
-            .args(args)
-            .env("XDG_RUNTIME_DIR", home.path().join("run"))
+    // As after `scripts/demo` on a fresh machine: run from the workspace, with waxseal
+    // not on PATH.
+    let workspace = bins().cli.parent().unwrap().to_path_buf();
+    let env = |cmd: &mut Command| {
+        cmd.env("XDG_RUNTIME_DIR", home.path().join("run"))
             .env("XDG_STATE_HOME", home.path().join("state"))
             .env("HOME", home.path())
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env_remove("WAXSEAL_SOCK")
             .env_remove("SOFTHSM2_CONF")
-            .output()
-            .unwrap()
+            .current_dir(&workspace);
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(&bins().cli);
+        cmd.args(args);
+        env(&mut cmd);
+        cmd.output().unwrap()
+    };
+    // A line the demo printed, run by bash exactly as printed.
+    let shell = |line: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.args(["--norc", "--noprofile", "-c", line]);
+        env(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "`{line}` as printed fails: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
     };
     std::fs::create_dir(home.path().join("run")).unwrap();
     let first = run(&["demo"]);
@@ -235,6 +256,21 @@ fn demo_runs_twice_and_stops() {
     ] {
         assert!(text.contains(step), "missing `{step}` in:\n{text}");
     }
+    // Each "Try it yourself" command works as printed; waxseal is named by its path.
+    assert!(text.contains("not on your PATH"), "{text}");
+    let tries: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "Try it yourself:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(tries.len(), 4, "{text}");
+    assert!(tries[0].starts_with("./waxseal keys list"), "{text}");
+    assert!(shell(tries[0]).contains("demo/release"));
+    shell(tries[1]);
+    assert!(shell(tries[2]).contains("Verified OK"));
+    assert!(shell(tries[3]).contains("Verified OK"));
     let demo = home.path().join("state/waxseal/demo");
     // The printed openssl command works: the signature is real P-256 over SHA-256.
     let der = demo.join("sig.der");
@@ -272,8 +308,12 @@ fn demo_runs_twice_and_stops() {
     let json: serde_json::Value = serde_json::from_str(&stdout(&run(&["--json", "demo"]))).unwrap();
     assert_eq!(json["verified"], true);
 
-    let stop = run(&["demo", "--stop"]);
-    assert!(stop.status.success(), "{}", stderr(&stop));
+    // The printed stop command, as printed.
+    let stop = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Stop it with: "))
+        .unwrap_or_else(|| panic!("no stop command in:\n{text}"));
+    assert!(shell(stop).contains("stopped the demo agent"));
     assert!(!home.path().join("run/waxseal/agent.sock").exists());
     // After a stop the demo starts the agent again with the same token and key.
     let third = run(&["demo"]);

@@ -850,17 +850,81 @@ fn install_user_puts_binaries_and_units_in_place_idempotently() {
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
 
+    // Manual pages and completions, each working with the program that reads it.
+    let share = prefix.join("share");
+    let pages = man_and_completions_work(&share, &text);
+
     // Again: nothing to do.
     let files = snapshot(tmp.path());
     let again = run();
     assert_eq!(
         again.matches("unchanged: ").count(),
-        6,
+        6 + pages + 3,
         "every file is up to date: {again}"
     );
     assert!(!again.contains("installed: "), "{again}");
     assert_eq!(snapshot(tmp.path()), files);
     assert_eq!(snapshot(Path::new("/etc/udev/rules.d")), udev_before);
+}
+
+/// Checks what `scripts/install` put under `share`: `man` finds and renders
+/// waxseal(1), a subcommand's page and waxseal-agent(1) through MANPATH, and bash's
+/// completion completes a subcommand and an option. Returns how many pages there are.
+fn man_and_completions_work(share: &Path, install_log: &str) -> usize {
+    let man1 = share.join("man/man1");
+    let pages = std::fs::read_dir(&man1)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{install_log}", man1.display()))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "1"))
+        })
+        .count();
+    for (page, expect) in [
+        ("waxseal", "keys"),
+        ("waxseal-keys-generate", "--alg"),
+        ("waxseal-agent", "--runtime-dir"),
+    ] {
+        let out = Command::new("man")
+            .args(["-P", "cat", page])
+            .env("MANPATH", share.join("man"))
+            .env("MANWIDTH", "100")
+            .output()
+            .expect("man (man-db) runs: scripts/install-deps installs it");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "man {page}: {}", output_text(&out));
+        assert!(text.contains(expect), "man {page} lacks {expect}: {text}");
+    }
+    // bash: the completion function completes `waxseal ke` to `keys` and
+    // `waxseal keys generate --a` to `--alg`.
+    let script = share.join("bash-completion/completions/waxseal");
+    for (line, expect) in [("waxseal ke", "keys"), ("waxseal keys generate --a", "--alg")] {
+        let words: Vec<&str> = line.split(' ').collect();
+        let probe = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT={}; \
+             _waxseal waxseal {} {}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            line,
+            words.len() - 1,
+            line.len(),
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", &probe])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{line}: {}", output_text(&out));
+        assert!(
+            text.lines().any(|l| l.trim() == expect),
+            "bash completes `{line}` with {text:?}, not {expect}"
+        );
+    }
+    for f in ["zsh/site-functions/_waxseal", "fish/vendor_completions.d/waxseal.fish"] {
+        let text = std::fs::read_to_string(share.join(f)).unwrap();
+        assert!(text.contains("generate") && text.contains("attest"), "{f}");
+    }
+    pages
 }
 
 /// The system-mode unit, `ExecStart=`'s program replaced by `agent` (its arguments

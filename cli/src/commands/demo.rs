@@ -178,18 +178,24 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     let sock_hint = if ctx.socket == paths::runtime_dir().join(paths::AGENT_SOCKET) {
         String::new()
     } else {
-        format!("--socket {} ", layout.socket.display())
+        format!("--socket {} ", sh_quote(&layout.socket.display().to_string()))
     };
+    let (me, off_path) = self_command();
+    let q = |p: &Path| sh_quote(&p.display().to_string());
     outln!();
+    if off_path {
+        outln!("waxseal is not on your PATH, so the commands below name it by its path;");
+        outln!("`scripts/install --user` puts it in ~/.local/bin.");
+    }
     outln!("Try it yourself:");
-    outln!("  waxseal {sock_hint}keys list");
-    outln!("  waxseal {sock_hint}sign FILE --key {KEY}");
-    outln!("  waxseal verify FILE --public-key {}", pub_path.display());
+    outln!("  {me} {sock_hint}keys list");
+    outln!("  {me} {sock_hint}sign {} --key {KEY}", q(&file));
+    outln!("  {me} verify {} --public-key {}", q(&file), q(&pub_path));
     outln!(
         "  openssl dgst -sha256 -verify {} -signature <(base64 -d {}) {}",
-        pub_path.display(),
-        sig_path.display(),
-        file.display()
+        q(&pub_path),
+        q(&sig_path),
+        q(&file)
     );
     outln!();
     outln!(
@@ -197,8 +203,45 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
         pid.trim(),
         layout.dir.join("agent.log").display()
     );
-    outln!("Stop it with: waxseal {sock_hint}demo --stop");
+    outln!("Stop it with: {me} {sock_hint}demo --stop");
     Ok(())
+}
+
+/// How the user runs this program: `waxseal` when that name on `PATH` is this very
+/// program, else its path (relative to the current directory when it lies below it, as
+/// `./target/release/waxseal` after `scripts/demo`); the flag says it is not on `PATH`.
+fn self_command() -> (String, bool) {
+    let Ok(exe) = std::env::current_exe().and_then(fs::canonicalize) else {
+        return ("waxseal".into(), false);
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            fs::canonicalize(dir.join("waxseal")).is_ok_and(|found| found == exe)
+        })
+    });
+    if on_path {
+        return ("waxseal".into(), false);
+    }
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| fs::canonicalize(cwd).ok())
+        .and_then(|cwd| exe.strip_prefix(&cwd).ok().map(|rel| Path::new(".").join(rel)))
+        .unwrap_or_else(|| exe.clone());
+    (sh_quote(&shown.display().to_string()), true)
+}
+
+/// `word` as one shell word: unchanged when it holds only characters no shell treats
+/// specially, else in single quotes.
+fn sh_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Writes a file readable by the owner only.

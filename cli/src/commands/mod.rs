@@ -14,6 +14,7 @@ mod audit;
 mod ca;
 mod demo;
 mod keys;
+mod manual;
 mod sign;
 mod ssh;
 mod status;
@@ -93,6 +94,8 @@ pub fn run(cli: Cli) -> Result<()> {
             outln!("{}", ok.message);
             Ok(())
         }
+        Command::Completions { shell } => manual::completions(&shell),
+        Command::Man { out } => manual::man(&out),
         Command::Unlock { device } => {
             let ok = ctx.connect()?.unlock(device.as_deref())?;
             if ctx.json {
