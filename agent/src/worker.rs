@@ -4,10 +4,11 @@
 //! request borrows a free lane, has exclusive use of it while it works, and gives it
 //! back; with no lane free it waits. The request is thus handled start to finish on
 //! one thread — socket read, policy, device call, response write — with no hand-off to
-//! another thread: on the 2-core VMs here each hand-off cost an idle-CPU wake-up of
-//! 30–40 µs, and the earlier design (tokio task → worker thread → tokio task) added
-//! ~120 µs per signature. Backends whose handle may not move between threads keep their
-//! own thread behind a lane (their `Backend` impl sends to it).
+//! another thread, because each hand-off costs an idle CPU's wake-up, comparable to a
+//! whole signature on a fast token (docs/architecture.md, "Threads and lanes";
+//! docs/benchmarks.md has the measurements). Backends whose handle may not move
+//! between threads keep their own thread behind a lane (their `Backend` impl sends to
+//! it).
 //!
 //! A lane whose operation panics is dropped (its state may be half-changed); the
 //! device keeps its other lanes and the caller gets an error.

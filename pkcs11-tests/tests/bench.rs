@@ -2,7 +2,7 @@
 //! tables docs/benchmarks.md is made of. No number is judged here (benchmarks are not
 //! timed tests): each run is a fraction of a second per row, and the checks are on the
 //! shape of what comes out — every client count measured both ways, every row naming
-//! the machine and the command, DESIGN.md's targets each marked met or missed, and
+//! the machine and the command, the targets (docs/benchmarks.md) each marked met or missed, and
 //! `--out` receiving exactly what was printed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

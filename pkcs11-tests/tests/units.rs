@@ -897,7 +897,10 @@ fn man_and_completions_work(share: &Path, install_log: &str) -> usize {
     // bash: the completion function completes `waxseal ke` to `keys` and
     // `waxseal keys generate --a` to `--alg`.
     let script = share.join("bash-completion/completions/waxseal");
-    for (line, expect) in [("waxseal ke", "keys"), ("waxseal keys generate --a", "--alg")] {
+    for (line, expect) in [
+        ("waxseal ke", "keys"),
+        ("waxseal keys generate --a", "--alg"),
+    ] {
         let words: Vec<&str> = line.split(' ').collect();
         let probe = format!(
             "source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT={}; \
@@ -920,7 +923,10 @@ fn man_and_completions_work(share: &Path, install_log: &str) -> usize {
             "bash completes `{line}` with {text:?}, not {expect}"
         );
     }
-    for f in ["zsh/site-functions/_waxseal", "fish/vendor_completions.d/waxseal.fish"] {
+    for f in [
+        "zsh/site-functions/_waxseal",
+        "fish/vendor_completions.d/waxseal.fish",
+    ] {
         let text = std::fs::read_to_string(share.join(f)).unwrap();
         assert!(text.contains("generate") && text.contains("attest"), "{f}");
     }

@@ -3,10 +3,12 @@
 //!
 //! Reading can *poll briefly before blocking*: for up to `spin` it asks the socket for
 //! data without sleeping (`recv(MSG_DONTWAIT)`, yielding the CPU between tries), and
-//! only then blocks. On the VMs this runs on, a blocking round trip over a Unix socket
-//! costs ~49 µs of wake-ups against ~4 µs when the reader is already awake, so a
-//! signature that takes the device ~55 µs is best waited for awake. The yield hands
-//! the CPU to any thread that has work, so polling only uses time nobody else wants.
+//! only then blocks. A blocking round trip over a Unix socket costs a wake-up on each
+//! side, many times what it costs when the reader is already awake, so a signature
+//! that takes the device about as long as a wake-up is best waited for awake
+//! (docs/benchmarks.md, "Issue 10: what profiling found", has the measurements; the
+//! design is in docs/architecture.md, "Threads and lanes"). The yield hands the CPU to
+//! any thread that has work, so polling only uses time nobody else wants.
 //!
 //! On the agent's sockets every read is a `recvmsg` that carries the sender's
 //! credentials (`SO_PASSCRED`, `SCM_CREDENTIALS`): bytes from any process other than
@@ -202,8 +204,10 @@ impl FrameReader {
         }
     }
 
-    /// Splits one frame off the buffered bytes: `Ok(None)` needs more, with the frame's
-    /// total length once the prefix is known.
+    /// Where the next frame ends in the buffered bytes: `Ok(Ok(total))` when all its
+    /// `total` bytes (prefix included) are here, `Ok(Err(need))` when more are needed,
+    /// `need` being the frame's total length once the prefix is known and the prefix's
+    /// length before that; an error for a prefix over the limit.
     fn split(&self) -> Result<Result<usize, usize>, ReadError> {
         let have = &self.buf[self.start..self.end];
         let Some(prefix) = have.get(..PREFIX_LEN) else {

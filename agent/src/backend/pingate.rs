@@ -1,4 +1,4 @@
-//! The PIN gate every backend uses (the backend kit, README → Architecture): a PIN a
+//! The PIN gate every backend uses (the backend kit, docs/architecture.md): a PIN a
 //! device refused is never sent to it again.
 //!
 //! A wrong PIN costs a try on every device (a YubiKey blocks after 3, a token locks, a

@@ -4,8 +4,8 @@
 //!
 //! tokio accepts; each connection then has its own thread, which reads a request,
 //! applies the policy, borrows a device lane, signs and writes the response itself —
-//! one wake-up per request, no hand-off between threads (see [`crate::worker`] for the
-//! measurements behind this). At most `max_connections` connections per socket are
+//! one wake-up per request, no hand-off between threads (docs/architecture.md, "Threads
+//! and lanes"). At most `max_connections` connections per socket are
 //! served at once; further clients wait in the listen backlog.
 
 #[cfg(feature = "dbus")]

@@ -178,7 +178,10 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     let sock_hint = if ctx.socket == paths::runtime_dir().join(paths::AGENT_SOCKET) {
         String::new()
     } else {
-        format!("--socket {} ", sh_quote(&layout.socket.display().to_string()))
+        format!(
+            "--socket {} ",
+            sh_quote(&layout.socket.display().to_string())
+        )
     };
     let (me, off_path) = self_command();
     let q = |p: &Path| sh_quote(&p.display().to_string());
@@ -215,9 +218,8 @@ fn self_command() -> (String, bool) {
         return ("waxseal".into(), false);
     };
     let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            fs::canonicalize(dir.join("waxseal")).is_ok_and(|found| found == exe)
-        })
+        std::env::split_paths(&path)
+            .any(|dir| fs::canonicalize(dir.join("waxseal")).is_ok_and(|found| found == exe))
     });
     if on_path {
         return ("waxseal".into(), false);
@@ -225,7 +227,11 @@ fn self_command() -> (String, bool) {
     let shown = std::env::current_dir()
         .ok()
         .and_then(|cwd| fs::canonicalize(cwd).ok())
-        .and_then(|cwd| exe.strip_prefix(&cwd).ok().map(|rel| Path::new(".").join(rel)))
+        .and_then(|cwd| {
+            exe.strip_prefix(&cwd)
+                .ok()
+                .map(|rel| Path::new(".").join(rel))
+        })
         .unwrap_or_else(|| exe.clone());
     (sh_quote(&shown.display().to_string()), true)
 }

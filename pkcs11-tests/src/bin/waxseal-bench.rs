@@ -2,8 +2,8 @@
 //! versus through `waxseal-agent` over `agent.sock`, at each `--clients` count, with
 //! p50/p99 latency and the audit log's fsyncs per signature; SSH signing through
 //! `ssh.sock` versus OpenSSH's `ssh-agent` with the same token (`ssh-add -s`); the
-//! agent's time to ready and idle RSS; and how the numbers compare with DESIGN.md's
-//! targets.
+//! agent's time to ready and idle RSS; and how the numbers compare with the targets
+//! (docs/benchmarks.md, "Targets").
 //!
 //! Run: `cargo run --release -p pkcs11-tests --bin waxseal-bench -- [--seconds N]
 //! [--clients 1,2,16,64] [--ssh-clients 1,4|none] [--audit group|each|off] [--out FILE]`.
@@ -216,8 +216,8 @@ fn main() {
     ]);
     report.table(&t);
 
-    // DESIGN.md's targets, for what this run measured.
-    let mut t = Table::new(&["target (DESIGN.md)", "measured", ""]);
+    // The targets (docs/benchmarks.md, "Targets"), for what this run measured.
+    let mut t = Table::new(&["target", "measured", ""]);
     let four_plus: Vec<&(usize, f64)> = ratios.iter().filter(|(n, _)| *n >= 4).collect();
     let list = |v: &[&(usize, f64)]| {
         v.iter()
@@ -247,12 +247,15 @@ fn main() {
                 ]);
             }
         }
-        "group" if !four_plus.is_empty() => {
-            t.row(vec![
-                "≥ 4 clients, audit fsync on (group commit): agent/direct ≥ 0.80".into(),
-                list(&four_plus),
-                verdict(four_plus.iter().all(|(_, r)| *r >= 0.80)),
-            ]);
+        "group" => {
+            let many: Vec<&(usize, f64)> = ratios.iter().filter(|(n, _)| *n >= 64).collect();
+            if !many.is_empty() {
+                t.row(vec![
+                    "64 clients, audit fsync on (group commit): agent/direct ≥ 0.85".into(),
+                    list(&many),
+                    verdict(many.iter().all(|(_, r)| *r >= 0.85)),
+                ]);
+            }
         }
         _ => {}
     }
