@@ -122,6 +122,60 @@ fn softhsm_bench_measures_every_client_count_both_ways_and_checks_the_targets() 
 }
 
 #[test]
+fn blocking_client_rows_show_cpu_per_signature_and_the_fsync_bound() {
+    let args = [
+        "--seconds",
+        "0.2",
+        "--repeat",
+        "1",
+        "--clients",
+        "1,4",
+        "--audit",
+        "group",
+        "--ssh-clients",
+        "none",
+        "--client",
+        "blocking",
+    ];
+    let text = run(env!("CARGO_BIN_EXE_waxseal-bench"), &args);
+    rows_name_machine_and_command(&text, &format!("waxseal-bench {}", args.join(" ")));
+    let agent = rows(
+        &text,
+        "| through agent.sock, blocking client | fsync, group commit |",
+    );
+    assert_eq!(agent.len(), 2, "{text}");
+    for row in agent {
+        assert!(
+            row.contains(" µs (agent; "),
+            "agent CPU per signature: {row}"
+        );
+    }
+    assert_eq!(
+        rows(&text, "| direct cryptoki |")
+            .iter()
+            .filter(|r| r.contains(" µs (device) |"))
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("`fdatasync` of a 200-byte append") && l.contains("p50 ")),
+        "{text}"
+    );
+    let bound = rows(
+        &text,
+        "blocking client, 1 client: rate × (fsync p50 + direct p50) ≥ 0.90",
+    );
+    assert_eq!(bound.len(), 1, "{text}");
+    assert!(
+        bound[0].contains("| met |") || bound[0].contains("| **missed** |"),
+        "{}",
+        bound[0]
+    );
+}
+
+#[test]
 fn group_commit_rows_count_signatures_per_fsync() {
     let args = [
         "--seconds",
@@ -136,9 +190,10 @@ fn group_commit_rows_count_signatures_per_fsync() {
     let text = run(env!("CARGO_BIN_EXE_waxseal-bench"), &args);
     let agent = rows(&text, "| through agent.sock | fsync, group commit | 4 |");
     assert_eq!(agent.len(), 1, "{text}");
-    // The last cell before machine and command: signatures per fsync, a number ≥ 1.
+    // The cell before CPU per signature, machine and command: signatures per fsync, a
+    // number ≥ 1.
     let cells: Vec<&str> = agent[0].split(" | ").collect();
-    let per_sync: f64 = cells[cells.len() - 3].trim().parse().unwrap_or_else(|_| {
+    let per_sync: f64 = cells[cells.len() - 4].trim().parse().unwrap_or_else(|_| {
         panic!("signatures per fsync in {}", agent[0]);
     });
     assert!(per_sync >= 1.0, "{}", agent[0]);
