@@ -240,7 +240,10 @@ fn touch_policy_waits_for_a_touch_and_caches_it() {
         // The card counts the touch it waited for; the emulated touch takes
         // `touch_delay` (tests/common/mod.rs), so the answer cannot come sooner.
         assert_eq!(touches(), n, "touch policy always: one touch per signature");
-        assert!(t.elapsed() >= Duration::from_millis(300), "waited for touch");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "waited for touch"
+        );
         assert!(
             openssl_verifies(&spki, &digest, &sig),
             "the signature made after the touch verifies"

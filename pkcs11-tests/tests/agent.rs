@@ -263,7 +263,11 @@ fn backlog(path: &std::path::Path) -> usize {
         .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let line = text
         .lines()

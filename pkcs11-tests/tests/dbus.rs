@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pkcs11_tests::{
-    bins, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm, Spy, Swtpm,
-};
+use pkcs11_tests::{bins, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm, Spy, Swtpm};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
@@ -555,7 +553,11 @@ fn confirm_keys_ask_through_desktop_notifications() {
         // The question is out (the double recorded it): now the other client.
         let deadline = Instant::now() + Duration::from_secs(10);
         while notes().len() < 4 {
-            assert!(Instant::now() < deadline, "no fourth notification: {:?}", notes());
+            assert!(
+                Instant::now() < deadline,
+                "no fourth notification: {:?}",
+                notes()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let other = Instant::now();
@@ -962,7 +964,11 @@ fn logind_sleep_and_session_lock_drop_cached_pins() {
     wait_log(&agent, "logind: the machine woke up; cached PINs kept", 1);
     assert_eq!(spy.calls("C_Logout"), logouts + 1);
     sign(4);
-    assert_eq!(spy.calls("C_Login"), logins + 1, "the PIN was dropped on waking");
+    assert_eq!(
+        spy.calls("C_Login"),
+        logins + 1,
+        "the PIN was dropped on waking"
+    );
     assert_eq!(agent.log().matches(dropped).count(), drops + 1);
 
     // Locking the session logs the token out too. Signing goes on: locking the screen

@@ -152,7 +152,13 @@ struct Seen {
 /// The signing clients' answers for `key`, summed: (signatures, errors).
 fn answers(seen: &[Arc<Mutex<Seen>>], key: &str) -> (usize, usize) {
     seen.iter().fold((0, 0), |(ok, err), s| {
-        let (o, e) = s.lock().unwrap().answers.get(key).copied().unwrap_or_default();
+        let (o, e) = s
+            .lock()
+            .unwrap()
+            .answers
+            .get(key)
+            .copied()
+            .unwrap_or_default();
         (ok + o, err + e)
     })
 }
@@ -169,9 +175,14 @@ fn code_count(seen: &[Arc<Mutex<Seen>>], code: &str) -> usize {
 fn wait_until(what: &str, seen: &[Arc<Mutex<Seen>>], done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
-        let codes: Vec<BTreeMap<String, usize>> =
-            seen.iter().map(|s| s.lock().unwrap().codes.clone()).collect();
-        assert!(Instant::now() < deadline, "{what}: not within 30 s; errors so far: {codes:?}");
+        let codes: Vec<BTreeMap<String, usize>> = seen
+            .iter()
+            .map(|s| s.lock().unwrap().codes.clone())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 30 s; errors so far: {codes:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -305,16 +316,24 @@ fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
     let aside = tokens.with_extension("aside");
     let (ok, err) = answers(&seen, "hsm/k");
     std::fs::rename(&tokens, &aside).unwrap();
-    wait_until("hsm/k answered while its token directory is away", &seen, || {
-        let (o, e) = answers(&seen, "hsm/k");
-        o + e >= ok + err + 5
-    });
+    wait_until(
+        "hsm/k answered while its token directory is away",
+        &seen,
+        || {
+            let (o, e) = answers(&seen, "hsm/k");
+            o + e >= ok + err + 5
+        },
+    );
     std::fs::rename(&aside, &tokens).unwrap();
     let (ok, err) = answers(&seen, "hsm/k");
-    wait_until("hsm/k answered after its token directory is back", &seen, || {
-        let (o, e) = answers(&seen, "hsm/k");
-        o + e >= ok + err + 5
-    });
+    wait_until(
+        "hsm/k answered after its token directory is back",
+        &seen,
+        || {
+            let (o, e) = answers(&seen, "hsm/k");
+            o + e >= ok + err + 5
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -354,7 +373,10 @@ fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
     let before: usize = seen.iter().map(|s| s.lock().unwrap().received.len()).sum();
     let clients = run_clients(&seen, &stop);
     wait_until("the clients sign before the kill", &seen, || {
-        seen.iter().map(|s| s.lock().unwrap().received.len()).sum::<usize>() >= before + 10
+        seen.iter()
+            .map(|s| s.lock().unwrap().received.len())
+            .sum::<usize>()
+            >= before + 10
     });
     let lost = code_count(&seen, "connection-lost");
     agent.kill9();

@@ -647,9 +647,10 @@ fn attestation_certifies_the_key_with_the_agents_attestation_key() {
         "-c",
         "ak.ctx",
     ]));
-    run_ok(tpm.tool("tpm2_readpublic").args([
-        "-c", "ak.ctx", "-f", "pem", "-o", "ak.pem", "-n", "ak.name",
-    ]));
+    run_ok(
+        tpm.tool("tpm2_readpublic")
+            .args(["-c", "ak.ctx", "-f", "pem", "-o", "ak.pem", "-n", "ak.name"]),
+    );
     let tools_name = hex::encode(std::fs::read(tpm.dir().join("ak.name")).unwrap());
     assert_eq!(
         tools_name,

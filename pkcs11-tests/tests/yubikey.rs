@@ -387,8 +387,17 @@ fn a_touch_key_makes_the_cli_ask_for_a_touch() {
         Command::new("openssl")
             .current_dir(dir)
             .args([
-                "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", "9d.der", "-in",
-                "9d.digest", "-sigfile", "9d.sig",
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-keyform",
+                "DER",
+                "-inkey",
+                "9d.der",
+                "-in",
+                "9d.digest",
+                "-sigfile",
+                "9d.sig",
             ])
             .output()
             .unwrap()
@@ -403,5 +412,8 @@ fn a_touch_key_makes_the_cli_ask_for_a_touch() {
     );
     let mut other = digest;
     other[0] ^= 1;
-    assert!(!verify(&other).status.success(), "verified for another digest");
+    assert!(
+        !verify(&other).status.success(),
+        "verified for another digest"
+    );
 }
