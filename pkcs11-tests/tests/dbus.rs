@@ -330,10 +330,17 @@ fn signature_issued_names_key_purpose_and_caller() {
     let signal = next(&rt, &mut issued, Duration::from_secs(10)).expect("second SignatureIssued");
     assert_eq!(signal.args().unwrap().purpose(), "blob");
 
-    // A refused signature is not a signature issued.
-    let _ = client.sign_digest("hsm/missing", &[0u8; 32], None, None);
-    assert!(
-        next(&rt, &mut issued, Duration::from_millis(500)).is_none(),
+    // A refused signature is not a signature issued: the agent sends its signals in
+    // order, so the next one after the refusal is the signature that follows it.
+    let refused = client.sign_digest("hsm/missing", &[0u8; 32], None, None);
+    assert!(refused.is_err(), "{refused:?}");
+    client
+        .sign_digest("hsm/k", &Sha256::digest(b"three"), None, None)
+        .unwrap();
+    let signal = next(&rt, &mut issued, Duration::from_secs(10)).expect("third SignatureIssued");
+    assert_eq!(
+        signal.args().unwrap().key(),
+        "hsm/k",
         "SignatureIssued for a refused signature"
     );
 }
@@ -657,7 +664,7 @@ fn a_tpm_that_goes_and_comes_back_sends_device_removed_then_added() {
         "{devices}"
     );
     let rt = runtime();
-    let (mut removed, mut added, mut changes) = rt.block_on(async {
+    let (mut removed, mut added, mut changes, props) = rt.block_on(async {
         let conn = bus.connect().await;
         let proxy = Agent1Proxy::new(&conn).await.unwrap();
         let props = zbus::fdo::PropertiesProxy::builder(&conn)
@@ -670,6 +677,7 @@ fn a_tpm_that_goes_and_comes_back_sends_device_removed_then_added() {
             proxy.receive_device_removed().await.unwrap(),
             proxy.receive_device_added().await.unwrap(),
             props.receive_properties_changed().await.unwrap(),
+            props,
         )
     });
     // Wait for the agent's poll to see the TPM present before it goes: a poll that
@@ -690,8 +698,16 @@ fn a_tpm_that_goes_and_comes_back_sends_device_removed_then_added() {
         args.invalidated_properties()
     );
     assert!(args.invalidated_properties().contains(&"Keys"));
+    // No DeviceAdded while the TPM is down: let one whole poll run without it (the
+    // spied token's C_GetTokenInfo of the poll after it says it has ended), then read a
+    // property on the connection that receives the signals: the bus delivers the
+    // agent's messages in order, so any signal the agent sent before is in by then.
+    let polled = spy.wait_more("C_GetTokenInfo", spy.calls("C_GetTokenInfo"));
+    spy.wait_more("C_GetTokenInfo", polled);
+    rt.block_on(props.get(IFACE.try_into().unwrap(), "Devices"))
+        .unwrap();
     assert!(
-        next(&rt, &mut added, Duration::from_millis(100)).is_none(),
+        next(&rt, &mut added, Duration::ZERO).is_none(),
         "DeviceAdded while the TPM is down"
     );
 
