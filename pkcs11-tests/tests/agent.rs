@@ -335,16 +335,17 @@ fn idle_connections_are_closed_and_the_connection_cap_queues_clients() {
     assert_eq!(backlog(&agent.socket), 0);
 
     // Idle connections are closed after idle_timeout_secs (1 s), and not before: wait
-    // for the agent to close each one, and see how long after its last answer.
+    // for the agent to close each one, and see how long after its last answer (read
+    // here a little after the agent wrote it: hence the slack below 1 s).
     closed_after(&mut b, Duration::from_secs(10));
     assert!(
-        b_answered.elapsed() >= Duration::from_millis(900),
+        b_answered.elapsed() >= Duration::from_millis(750),
         "closed {:?} after its last answer",
         b_answered.elapsed()
     );
     closed_after(&mut c, Duration::from_secs(10));
     assert!(
-        c_answered.elapsed() >= Duration::from_millis(900),
+        c_answered.elapsed() >= Duration::from_millis(750),
         "the third closed {:?} after its answer",
         c_answered.elapsed()
     );
