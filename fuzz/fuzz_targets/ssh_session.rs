@@ -125,7 +125,10 @@ fuzz_target!(|data: &[u8]| {
         let decoded = Response::decode(&mut reader)
             .unwrap_or_else(|e| panic!("{response:?} was written as {message:02x?}: {e:?}"));
         assert!(reader.is_empty(), "bytes after {response:?}");
-        assert_eq!(decoded, response, "the written response reads back otherwise");
+        assert_eq!(
+            decoded, response,
+            "the written response reads back otherwise"
+        );
         assert_eq!(response, expected, "the answer to {body:02x?}");
         assert_eq!(
             session.forwarded(),
