@@ -247,6 +247,36 @@ for fwd in (0, 1):
     body = s(ed_blob) + s(session_id) + s(s("ssh-ed25519") + s(sig)) + bytes([fwd])
     out("ssh_request", f"session-bind-{fwd}", bytes([27]) + s("session-bind@openssh.com") + body)
 
+# --- ssh_session: conversations with the session handler, each message framed --------
+binds = {fwd: bytes([27]) + s("session-bind@openssh.com") + s(ed_blob) + s(session_id)
+        + s(s("ssh-ed25519") + s(sig)) + bytes([fwd]) for fwd in (0, 1)}
+bad_sig = bytes(64)
+bad_bind = (bytes([27]) + s("session-bind@openssh.com") + s(ed_blob) + s(session_id)
+            + s(s("ssh-ed25519") + s(bad_sig)) + bytes([0]))
+ssh_messages = {
+    "identities": bytes([11]),
+    "sign": bytes([13]) + s(p256_blob) + s(b"x" * 40) + struct.pack(">I", 0),
+    "lock": bytes([22]) + s("secret"),
+    "unlock": bytes([23]) + s("secret"),
+    "add": bytes([17]) + s("ssh-ed25519") + s(ed_pub) + s(ed_priv + ed_pub) + s("comment"),
+    "remove-all": bytes([19]),
+    "query": bytes([27]) + s("query"),
+    "bind": binds[0],
+    "bind-forwarding": binds[1],
+    "bind-bad-signature": bad_bind,
+    "garbage": bytes([200, 1, 2, 3]),
+}
+conversations = {
+    "ssh-add-L": ["identities"],
+    "ssh-sign": ["bind", "identities", "sign"],
+    "forwarded": ["bind-forwarding", "identities", "sign", "bind"],
+    "bad-bind": ["bind-bad-signature", "identities"],
+    "lock-unlock": ["lock", "identities", "lock", "unlock", "identities"],
+    "hardware-only": ["add", "remove-all", "query", "garbage"],
+}
+for name, steps in conversations.items():
+    out("ssh_session", name, b"".join(s(ssh_messages[m]) for m in steps))
+
 # --- bundle: key-only and Rekor-logged bundles, offline-verifiable -------------------
 KEYS.mkdir(exist_ok=True)
 signer = ec.generate_private_key(ec.SECP256R1())

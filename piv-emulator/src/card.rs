@@ -121,6 +121,8 @@ pub struct Card {
     root_cert: Vec<u8>,
     session: Session,
     last_touch: Option<Instant>,
+    /// Touches waited for since the emulator started (the control socket's `touches`).
+    touches: u64,
     link: Link,
     options: Options,
     dirty: bool,
@@ -146,6 +148,7 @@ impl Card {
             root_cert,
             session: Session::default(),
             last_touch: None,
+            touches: 0,
             link: Link::default(),
             options,
             dirty: true,
@@ -153,6 +156,13 @@ impl Card {
         card.new_attestation_key()?;
         card.default_objects();
         Ok(card)
+    }
+
+    /// How many touches the card has waited for (a signature with touch policy
+    /// `always`, or `cached` past the cache), so a test can tell that a signature
+    /// waited for one without timing it.
+    pub fn touches(&self) -> u64 {
+        self.touches
     }
 
     /// Serial number.
@@ -467,6 +477,7 @@ impl Card {
         if (policy == TOUCH_ALWAYS || policy == TOUCH_CACHED) && !cached {
             std::thread::sleep(self.options.touch_delay);
             self.last_touch = Some(Instant::now());
+            self.touches += 1;
         }
     }
 
@@ -840,6 +851,7 @@ impl Card {
             root_cert: bytes(&saved.root_cert, "root certificate")?,
             session: Session::default(),
             last_touch: None,
+            touches: 0,
             link: Link::default(),
             options,
             dirty: false,

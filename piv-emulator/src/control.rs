@@ -1,8 +1,9 @@
 //! The control socket: a Unix stream socket taking one command per line.
 //!
 //! Commands: `remove` (pull the card out of the reader), `insert` (put it back),
-//! `status` (`inserted connected`, `inserted connecting` or `removed`). Every
-//! command is answered with one line: `ok`, the status, or `error: …`.
+//! `status` (`inserted connected`, `inserted connecting` or `removed`), `touches` (how
+//! many touches the card has waited for, in decimal). Every command is answered with
+//! one line: `ok`, the status, the count, or `error: …`.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -48,6 +49,7 @@ fn serve(conn: UnixStream, slot: &Slot) -> io::Result<()> {
                 "ok".to_owned()
             }
             "status" => slot.status().to_owned(),
+            "touches" => slot.touches().to_string(),
             "" => continue,
             other => format!("error: unknown command {other:?}"),
         };

@@ -72,6 +72,12 @@ impl Slot {
         self.changed.notify_all();
     }
 
+    /// How many touches the card has waited for ([`Card::touches`]); waits while the
+    /// card answers an APDU.
+    pub fn touches(&self) -> u64 {
+        lock(&self.card).touches()
+    }
+
     /// `inserted connected`, `inserted connecting` or `removed`.
     pub fn status(&self) -> &'static str {
         let p = lock(&self.presence);

@@ -195,42 +195,79 @@ fn generate_sign_and_attest_in_all_slots() {
     ));
 }
 
+/// Checks with OpenSSL, a verifier we did not write, that `der_sig` is a signature over
+/// `digest` by the key `spki`.
+fn openssl_verifies(spki: &[u8], digest: &[u8], der_sig: &[u8]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key.der"), spki).unwrap();
+    std::fs::write(dir.path().join("digest"), digest).unwrap();
+    std::fs::write(dir.path().join("sig"), der_sig).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", "key.der", "-in",
+            "digest", "-sigfile", "sig",
+        ])
+        .output()
+        .expect("openssl is not installed: run scripts/install-deps");
+    out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains("Signature Verified Successfully")
+}
+
 #[test]
-fn touch_policy_delays_signatures() {
-    let _h = common::start();
+fn touch_policy_waits_for_a_touch_and_caches_it() {
+    let h = common::start();
+    let touches = || -> u64 { h.control("touches").unwrap().parse().unwrap() };
     let mut yk = open();
     yk.authenticate(MgmKey::default()).unwrap();
     yk.verify_pin(b"123456").unwrap();
     let slot = SlotId::Retired(RetiredSlotId::R2);
-    piv::generate(
-        &mut yk,
-        slot,
-        AlgorithmId::EccP256,
-        PinPolicy::Once,
-        TouchPolicy::Always,
-    )
-    .unwrap();
-    for _ in 0..2 {
+    let spki = spki_der(
+        &piv::generate(
+            &mut yk,
+            slot,
+            AlgorithmId::EccP256,
+            PinPolicy::Once,
+            TouchPolicy::Always,
+        )
+        .unwrap(),
+    );
+    assert_eq!(touches(), 0);
+    for n in 1..=2 {
+        let digest = Sha256::digest(format!("touch {n}"));
         let t = Instant::now();
-        piv::sign_data(&mut yk, &[7; 32], AlgorithmId::EccP256, slot).unwrap();
+        let sig = piv::sign_data(&mut yk, &digest, AlgorithmId::EccP256, slot).unwrap();
+        // The card counts the touch it waited for; the emulated touch takes
+        // `touch_delay` (tests/common/mod.rs), so the answer cannot come sooner.
+        assert_eq!(touches(), n, "touch policy always: one touch per signature");
         assert!(
             t.elapsed() >= Duration::from_millis(300),
             "waited for touch"
         );
+        assert!(
+            openssl_verifies(&spki, &digest, &sig),
+            "the signature made after the touch verifies"
+        );
+        let mut other = digest;
+        other[0] ^= 1;
+        assert!(!openssl_verifies(&spki, &other, &sig));
     }
     let slot = SlotId::Retired(RetiredSlotId::R3);
-    piv::generate(
-        &mut yk,
-        slot,
-        AlgorithmId::EccP256,
-        PinPolicy::Never,
-        TouchPolicy::Cached,
-    )
-    .unwrap();
-    // The touch above is cached for 15 s.
-    let t = Instant::now();
-    piv::sign_data(&mut yk, &[7; 32], AlgorithmId::EccP256, slot).unwrap();
-    assert!(t.elapsed() < Duration::from_millis(300), "cached touch");
+    let spki = spki_der(
+        &piv::generate(
+            &mut yk,
+            slot,
+            AlgorithmId::EccP256,
+            PinPolicy::Never,
+            TouchPolicy::Cached,
+        )
+        .unwrap(),
+    );
+    // The touch above is cached for 15 s: no new one.
+    let digest = Sha256::digest("cached");
+    let sig = piv::sign_data(&mut yk, &digest, AlgorithmId::EccP256, slot).unwrap();
+    assert_eq!(touches(), 2, "cached touch");
+    assert!(openssl_verifies(&spki, &digest, &sig));
 }
 
 #[test]

@@ -174,16 +174,115 @@ impl SoftHsm {
         p
     }
 
-    /// Runs `pkcs11-tool` on this token directory with `args`.
+    /// Runs `pkcs11-tool` on this token directory with `args`, failing the test unless
+    /// it exits 0 (output that is asserted on must come from a run that worked: an
+    /// absence found in the output of a failed run proves nothing).
     pub fn pkcs11_tool(&self, args: &[&str]) -> Output {
         require("pkcs11-tool");
-        Command::new("pkcs11-tool")
+        let out = Command::new("pkcs11-tool")
             .env("SOFTHSM2_CONF", self.conf())
             .arg("--module")
             .arg(SOFTHSM_MODULE)
             .args(args)
             .output()
-            .expect("pkcs11-tool")
+            .expect("pkcs11-tool");
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?} exited with {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+/// OpenSC's `pkcs11-spy` in front of SoftHSM2: an agent whose device names
+/// [`SPY_MODULE`] and which runs with [`Spy::env`] has every call it makes to the
+/// module logged, so a test counts what the agent did to the token (C_Login, C_Logout,
+/// C_GetTokenInfo) with a tool it did not write instead of trusting the agent's log.
+#[derive(Debug)]
+pub struct Spy {
+    /// The spy's log (`PKCS11SPY_OUTPUT`).
+    pub log: PathBuf,
+}
+
+impl Spy {
+    /// A spy whose log lives beside `hsm`'s tokens.
+    pub fn new(hsm: &SoftHsm) -> Spy {
+        require(SPY_MODULE);
+        Spy {
+            log: hsm.dir.path().join("spy.log"),
+        }
+    }
+
+    /// A `[[device]]` entry for `token` through the spy; `extra` is appended to it.
+    pub fn device(&self, name: &str, token: &str, pin_file: &Path, extra: &str) -> String {
+        format!(
+            "[[device]]\nname = \"{name}\"\nkind = \"pkcs11\"\nmodule = \"{SPY_MODULE}\"\ntoken = \"{token}\"\npin = \"file:{}\"\n{extra}",
+            pin_file.display()
+        )
+    }
+
+    /// The environment that points the spy at SoftHSM2 and at its log.
+    pub fn env(&self, builder: AgentBuilder) -> AgentBuilder {
+        builder
+            .env("PKCS11SPY", SOFTHSM_MODULE)
+            .env("PKCS11SPY_OUTPUT", &self.log)
+    }
+
+    /// How many calls of `function` (e.g. `C_Logout`) the log holds: the spy writes one
+    /// line `N: C_Name` per call.
+    pub fn calls(&self, function: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.split_once(": ")
+                    .is_some_and(|(n, f)| f == function && n.parse::<u64>().is_ok())
+            })
+            .count()
+    }
+
+    /// Waits (polling against a 10 s deadline) until the log holds more than `than`
+    /// calls of `function`; returns how many it holds.
+    pub fn wait_more(&self, function: &str, than: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.calls(function);
+            if seen > than {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no call of {function} beyond the first {than} after 10 s; spy log: {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (polling against a 10 s deadline) until the log holds `n` calls of
+    /// `function`; fails if it holds more.
+    pub fn wait_calls(&self, function: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.calls(function);
+            assert!(
+                seen <= n,
+                "{seen} calls of {function}, expected {n}; spy log: {}",
+                self.log.display()
+            );
+            if seen == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{seen} calls of {function} after 10 s, expected {n}; spy log: {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -254,37 +254,107 @@ fn systemd_socket_activation() {
     assert!(err.contains("using the socket passed by systemd"), "{err}");
 }
 
+/// How many connections wait in the listen backlog of the socket at `path`, not yet
+/// accepted: for a listening Unix socket, `ss` reports its accept queue as Recv-Q.
+fn backlog(path: &std::path::Path) -> usize {
+    require("ss");
+    let out = Command::new("ss")
+        .args(["-x", "-l", "-n", "-H", "src"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains(path.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} is not listening:\n{text}", path.display()));
+    // u_str LISTEN <Recv-Q> <Send-Q> <path> <inode> * 0
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// A raw connection past `hello`.
+fn hello(agent: &Agent) -> UnixStream {
+    let mut s = agent.raw();
+    write_frame(&mut s, br#"{"id":0,"op":"hello","version":1}"#);
+    let r = read_frame(&mut s).unwrap();
+    assert_eq!(r["ok"]["version"], 1, "{r}");
+    s
+}
+
+/// Waits up to `within` for the agent to close `s`: a blocking read that ends at EOF.
+fn closed_after(s: &mut UnixStream, within: Duration) {
+    let t = Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 1];
+    match std::io::Read::read(s, &mut buf) {
+        Ok(0) => {}
+        other => panic!("connection still open after {:?}: {other:?}", t.elapsed()),
+    }
+}
+
 #[test]
 fn idle_connections_are_closed_and_the_connection_cap_queues_clients() {
     let agent = Agent::builder()
         .config("[agent]\nmax_connections = 2\nidle_timeout_secs = 1\n")
         .start();
     // Two connections take both slots.
-    let a = agent.client();
-    let b = agent.client();
-    // A third connects (the backlog accepts it) but is not served until a slot frees.
+    let a = hello(&agent);
+    let mut b = hello(&agent);
+    // A third connects (the kernel queues it in the listen backlog) and says hello.
     let mut c = UnixStream::connect(&agent.socket).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
     write_frame(&mut c, br#"{"id":0,"op":"hello","version":1}"#);
-    let mut buf = [0u8; 4];
-    let waited = std::io::Read::read(&mut c, &mut buf);
-    assert!(
-        waited.is_err(),
-        "third client must wait while two are connected"
+    // The agent is running: it answers on a slot after the third connected…
+    write_frame(&mut b, br#"{"id":1,"op":"status"}"#);
+    assert!(read_frame(&mut b).unwrap()["ok"].is_object());
+    let b_answered = Instant::now();
+    // …yet the third has not been accepted: it is still in the backlog, unanswered.
+    assert_eq!(
+        backlog(&agent.socket),
+        1,
+        "third client accepted while two are connected"
     );
+    c.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4];
+    let early = std::io::Read::read(&mut c, &mut buf);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "third client answered while two are connected: {early:?}"
+    );
+    c.set_nonblocking(false).unwrap();
+    // A slot frees: the third is accepted and answered.
     drop(a);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let r = read_frame(&mut c).unwrap();
     assert_eq!(r["ok"]["version"], 1, "{r}");
-    // Idle connections are closed after idle_timeout_secs.
-    std::thread::sleep(Duration::from_millis(1500));
-    let mut b = b;
+    let c_answered = Instant::now();
+    assert_eq!(backlog(&agent.socket), 0);
+
+    // Idle connections are closed after idle_timeout_secs (1 s), and not before: wait
+    // for the agent to close each one, and see how long after its last answer (read
+    // here a little after the agent wrote it: hence the slack below 1 s).
+    closed_after(&mut b, Duration::from_secs(10));
     assert!(
-        b.status().is_err(),
-        "idle connection should have been closed"
+        b_answered.elapsed() >= Duration::from_millis(750),
+        "closed {:?} after its last answer",
+        b_answered.elapsed()
     );
-    assert!(is_closed(&mut c));
+    closed_after(&mut c, Duration::from_secs(10));
+    assert!(
+        c_answered.elapsed() >= Duration::from_millis(750),
+        "the third closed {:?} after its answer",
+        c_answered.elapsed()
+    );
+    assert_eq!(
+        agent.log().matches("idle or too slow; closing").count(),
+        2,
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]

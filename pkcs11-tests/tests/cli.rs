@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use pkcs11_tests::{bins, pkcs11_device, require, run_ok, Agent, SoftHsm};
 
 fn stdout(o: &std::process::Output) -> String {
@@ -113,18 +115,54 @@ fn keys_sign_verify_round_trip_with_openssl() {
         stderr(&out)
     );
 
-    // sign --digest prints base64 DER that openssl accepts for the same digest.
+    // sign --digest prints base64 DER that openssl accepts for the same digest, and
+    // only for it.
+    let digest = [0xabu8; 48];
     let out = agent.cli(&[
         "sign",
         "--digest",
-        &"ab".repeat(48),
+        &hex::encode(digest),
         "--key",
         "hsm/release",
         "--hash",
         "sha384",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).trim().len() > 80);
+    let digest_sig = tmp.path().join("digest.sig");
+    std::fs::write(
+        &digest_sig,
+        B64.decode(stdout(&out).trim())
+            .unwrap_or_else(|e| panic!("not base64 ({e}): {}", stdout(&out))),
+    )
+    .unwrap();
+    let pkeyutl_verify = |digest: &[u8]| {
+        let input = tmp.path().join("digest.bin");
+        std::fs::write(&input, digest).unwrap();
+        Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+            .arg(&pem)
+            .arg("-in")
+            .arg(&input)
+            .arg("-sigfile")
+            .arg(&digest_sig)
+            .output()
+            .unwrap()
+    };
+    let verified = pkeyutl_verify(&digest);
+    assert!(
+        verified.status.success() && stdout(&verified).contains("Signature Verified Successfully"),
+        "openssl pkeyutl -verify: {}{}",
+        stdout(&verified),
+        stderr(&verified)
+    );
+    let mut other = digest;
+    other[0] ^= 1;
+    let refused = pkeyutl_verify(&other);
+    assert!(
+        !refused.status.success(),
+        "openssl accepted the signature for another digest: {}",
+        stdout(&refused)
+    );
 
     // Refusals: exit 1 with the code and what to do.
     let out = agent.cli(&["sign", "--digest", &"ab".repeat(32), "--key", "hsm/root"]);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pkcs11_tests::{bins, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm, Swtpm};
+use pkcs11_tests::{bins, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm, Spy, Swtpm};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
@@ -330,10 +330,17 @@ fn signature_issued_names_key_purpose_and_caller() {
     let signal = next(&rt, &mut issued, Duration::from_secs(10)).expect("second SignatureIssued");
     assert_eq!(signal.args().unwrap().purpose(), "blob");
 
-    // A refused signature is not a signature issued.
-    let _ = client.sign_digest("hsm/missing", &[0u8; 32], None, None);
-    assert!(
-        next(&rt, &mut issued, Duration::from_millis(500)).is_none(),
+    // A refused signature is not a signature issued: the agent sends its signals in
+    // order, so the next one after the refusal is the signature that follows it.
+    let refused = client.sign_digest("hsm/missing", &[0u8; 32], None, None);
+    assert!(refused.is_err(), "{refused:?}");
+    client
+        .sign_digest("hsm/k", &Sha256::digest(b"three"), None, None)
+        .unwrap();
+    let signal = next(&rt, &mut issued, Duration::from_secs(10)).expect("third SignatureIssued");
+    assert_eq!(
+        signal.args().unwrap().key(),
+        "hsm/k",
         "SignatureIssued for a refused signature"
     );
 }
@@ -420,9 +427,10 @@ impl NotificationsDouble {
             seen.answer
         };
         let conn = conn.clone();
-        // Answer after the reply, as a person would.
+        // Answer at once, possibly before the reply reaches the agent: it listens for
+        // the answer before it asks (`ask` in agent/src/server/dbus.rs), so an early
+        // answer must still count.
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
             let emitter = SignalEmitter::new(&conn, NOTIFICATIONS_PATH).unwrap();
             let action = match answer {
                 Answer::Allow => Some("allow"),
@@ -549,7 +557,16 @@ fn confirm_keys_ask_through_desktop_notifications() {
             let r = agent.client().sign_digest("hsm/asked", &digest, None, None);
             (code(r).0, start.elapsed())
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // The question is out (the double recorded it): now the other client.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while notes().len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "no fourth notification: {:?}",
+                notes()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let other = Instant::now();
         agent
             .client()
@@ -627,18 +644,27 @@ fn a_tpm_that_goes_and_comes_back_sends_device_removed_then_added() {
     let bus = Bus::start();
     let mut tpm = Swtpm::start();
     let keys = tempfile::tempdir().unwrap();
-    let agent = Agent::builder()
+    // A second device, after the TPM and behind pkcs11-spy, shows when the agent's
+    // presence poll has run: it checks the devices in order, and its C_GetTokenInfo
+    // lands in the spy's log.
+    let hsm = SoftHsm::new();
+    hsm.init_token("beside", "5555", "1234");
+    let pin = hsm.pin_file("pin", "1234");
+    let spy = Spy::new(&hsm);
+    let agent = spy
+        .env(Agent::builder())
+        .softhsm(&hsm)
         .config(&tpm_device("tpm", &tpm, keys.path(), None))
+        .config(&spy.device("hsm", "beside", &pin, ""))
         .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
         .start();
+    let devices = bus.property("Devices");
     assert!(
-        bus.property("Devices")
-            .starts_with(r#"a(ssbuss) 1 "tpm" "tpm" true 0 "#),
-        "{}",
-        bus.property("Devices")
+        devices.starts_with(r#"a(ssbuss) 2 "tpm" "tpm" true 0 "#),
+        "{devices}"
     );
     let rt = runtime();
-    let (mut removed, mut added, mut changes) = rt.block_on(async {
+    let (mut removed, mut added, mut changes, props) = rt.block_on(async {
         let conn = bus.connect().await;
         let proxy = Agent1Proxy::new(&conn).await.unwrap();
         let props = zbus::fdo::PropertiesProxy::builder(&conn)
@@ -651,10 +677,12 @@ fn a_tpm_that_goes_and_comes_back_sends_device_removed_then_added() {
             proxy.receive_device_removed().await.unwrap(),
             proxy.receive_device_added().await.unwrap(),
             props.receive_properties_changed().await.unwrap(),
+            props,
         )
     });
-    // Let the agent's poll see the TPM present before it goes.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Wait for the agent's poll to see the TPM present before it goes: a poll that
+    // starts after the property read above checks the TPM, then the spied token.
+    spy.wait_more("C_GetTokenInfo", spy.calls("C_GetTokenInfo"));
 
     tpm.kill();
     let gone = next(&rt, &mut removed, Duration::from_secs(15))
@@ -670,8 +698,16 @@ fn a_tpm_that_goes_and_comes_back_sends_device_removed_then_added() {
         args.invalidated_properties()
     );
     assert!(args.invalidated_properties().contains(&"Keys"));
+    // No DeviceAdded while the TPM is down: let one whole poll run without it (the
+    // spied token's C_GetTokenInfo of the poll after it says it has ended), then read a
+    // property on the connection that receives the signals: the bus delivers the
+    // agent's messages in order, so any signal the agent sent before is in by then.
+    let polled = spy.wait_more("C_GetTokenInfo", spy.calls("C_GetTokenInfo"));
+    spy.wait_more("C_GetTokenInfo", polled);
+    rt.block_on(props.get(IFACE.try_into().unwrap(), "Devices"))
+        .unwrap();
     assert!(
-        next(&rt, &mut added, Duration::from_millis(100)).is_none(),
+        next(&rt, &mut added, Duration::ZERO).is_none(),
         "DeviceAdded while the TPM is down"
     );
 
@@ -881,9 +917,13 @@ fn logind_sleep_and_session_lock_drop_cached_pins() {
     let hsm = SoftHsm::new();
     hsm.init_token("logind", "5555", "1234");
     let pin = hsm.pin_file("pin", "1234");
-    let agent = Agent::builder()
+    // What a PIN drop does to the token, counted by pkcs11-spy: one C_Logout, and the
+    // next signature logs in again.
+    let spy = Spy::new(&hsm);
+    let agent = spy
+        .env(Agent::builder())
         .softhsm(&hsm)
-        .config(&pkcs11_device("hsm", "logind", &pin))
+        .config(&spy.device("hsm", "logind", &pin, "sessions = 1\n"))
         .env("DBUS_SESSION_BUS_ADDRESS", &session_bus.address)
         .env("DBUS_SYSTEM_BUS_ADDRESS", &system_bus.address)
         .env("XDG_SESSION_ID", "37")
@@ -892,8 +932,18 @@ fn logind_sleep_and_session_lock_drop_cached_pins() {
     wait_log(&agent, "listening to logind's PrepareForSleep", 1);
     wait_log(&agent, "listening to logind's Lock", 1);
     assert_eq!(*asked.lock().unwrap(), ["GetSession 37"]);
-    let dropped = "cached PINs dropped";
-    let before = agent.log().matches(dropped).count();
+    let sign = |n: u8| {
+        agent
+            .client()
+            .sign_digest("hsm/k", &[n; 32], None, None)
+            .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", agent.log()))
+    };
+    sign(1);
+    let logins = spy.calls("C_Login");
+    let logouts = spy.calls("C_Logout");
+    assert_eq!(logins, 1, "logged in once; spy log {}", spy.log.display());
+    sign(2);
+    assert_eq!(spy.calls("C_Login"), logins, "the PIN is held");
 
     let emit = |path: &str, iface: &str, member: &str, body: Option<bool>| {
         rt.block_on(async {
@@ -905,39 +955,43 @@ fn logind_sleep_and_session_lock_drop_cached_pins() {
         })
     };
     let manager = "org.freedesktop.login1.Manager";
+    let dropped = "cached PINs dropped";
+    let drops = agent.log().matches(dropped).count();
+
+    // Going to sleep logs the token out; the next signature logs in again.
     emit(
         "/org/freedesktop/login1",
         manager,
         "PrepareForSleep",
         Some(true),
     );
-    wait_log(&agent, "the machine goes to sleep; dropping cached PINs", 1);
-    wait_log(&agent, dropped, before + 1);
-    agent
-        .client()
-        .sign_digest("hsm/k", &[5u8; 32], None, None)
-        .unwrap();
+    spy.wait_calls("C_Logout", logouts + 1);
+    sign(3);
+    assert_eq!(spy.calls("C_Login"), logins + 1);
 
-    // Waking up drops nothing.
+    // Waking up drops nothing: once the agent has read the wake-up, the token is still
+    // logged in and the next signature needs no C_Login.
     emit(
         "/org/freedesktop/login1",
         manager,
         "PrepareForSleep",
         Some(false),
     );
-    emit(SESSION_PATH, "org.freedesktop.login1.Session", "Lock", None);
-    wait_log(&agent, "the session is locked; dropping cached PINs", 1);
-    wait_log(&agent, dropped, before + 2);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_log(&agent, "logind: the machine woke up; cached PINs kept", 1);
+    assert_eq!(spy.calls("C_Logout"), logouts + 1);
+    sign(4);
     assert_eq!(
-        agent.log().matches(dropped).count(),
-        before + 2,
-        "{}",
-        agent.log()
+        spy.calls("C_Login"),
+        logins + 1,
+        "the PIN was dropped on waking"
     );
-    // Signing goes on: locking the screen is not locking the agent.
-    agent
-        .client()
-        .sign_digest("hsm/k", &[6u8; 32], None, None)
-        .unwrap();
+    assert_eq!(agent.log().matches(dropped).count(), drops + 1);
+
+    // Locking the session logs the token out too. Signing goes on: locking the screen
+    // is not locking the agent.
+    emit(SESSION_PATH, "org.freedesktop.login1.Session", "Lock", None);
+    spy.wait_calls("C_Logout", logouts + 2);
+    sign(5);
+    assert_eq!(spy.calls("C_Login"), logins + 2);
+    assert_eq!(spy.calls("C_Logout"), logouts + 2);
 }

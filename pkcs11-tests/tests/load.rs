@@ -54,20 +54,23 @@ fn a_thousand_connections_a_slow_sender_and_a_4gib_frame_leave_signers_served() 
 
     // 900 idle connections, each past `hello`.
     let idle: Vec<Client> = (0..900).map(|_| agent.client()).collect();
-    // One client sends a frame a byte a second.
-    let stop = Arc::new(AtomicBool::new(false));
+    // One client sends a frame a byte a second. The pace is the load under test, not
+    // a wait for something: the thread ends as soon as it is told to stop.
+    let (stop_slow, stopped) = std::sync::mpsc::channel::<()>();
     let slow = {
         let mut s = UnixStream::connect(&agent.socket).unwrap();
-        let stop = stop.clone();
         std::thread::spawn(move || {
             let frame = br#"{"id":1,"op":"hello","version":1}"#;
             let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
             bytes.extend_from_slice(frame);
             for b in bytes {
-                if stop.load(Ordering::Relaxed) || s.write_all(&[b]).is_err() {
+                if s.write_all(&[b]).is_err() {
                     return;
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                match stopped.recv_timeout(Duration::from_secs(1)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
             }
         })
     };
@@ -122,7 +125,7 @@ fn a_thousand_connections_a_slow_sender_and_a_4gib_frame_leave_signers_served() 
     for c in idle.iter_mut().step_by(100) {
         assert!(!c.list_keys().unwrap().keys.is_empty());
     }
-    stop.store(true, Ordering::Relaxed);
+    drop(stop_slow);
     slow.join().unwrap();
     println!(
         "agent RSS: {} KiB before, peak {} KiB with 1,002 connections (100 signing)",
@@ -142,7 +145,49 @@ fn a_thousand_connections_a_slow_sender_and_a_4gib_frame_leave_signers_served() 
 struct Seen {
     received: Vec<String>,
     codes: BTreeMap<String, usize>,
+    /// Answers per key: (signatures, errors).
+    answers: BTreeMap<&'static str, (usize, usize)>,
 }
+
+/// The signing clients' answers for `key`, summed: (signatures, errors).
+fn answers(seen: &[Arc<Mutex<Seen>>], key: &str) -> (usize, usize) {
+    seen.iter().fold((0, 0), |(ok, err), s| {
+        let (o, e) = s
+            .lock()
+            .unwrap()
+            .answers
+            .get(key)
+            .copied()
+            .unwrap_or_default();
+        (ok + o, err + e)
+    })
+}
+
+/// How often the clients saw `code`, summed.
+fn code_count(seen: &[Arc<Mutex<Seen>>], code: &str) -> usize {
+    seen.iter()
+        .map(|s| s.lock().unwrap().codes.get(code).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Polls until `done` (what the clients have seen) holds, failing after 30 s: each
+/// fault below lasts until the clients have run into it, not for a fixed time.
+fn wait_until(what: &str, seen: &[Arc<Mutex<Seen>>], done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        let codes: Vec<BTreeMap<String, usize>> = seen
+            .iter()
+            .map(|s| s.lock().unwrap().codes.clone())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 30 s; errors so far: {codes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const KEYS: [&str; 3] = ["hsm/k", "tpm/k", "yk/9a"];
 
 #[test]
 fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
@@ -195,7 +240,7 @@ fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
             .map(|(c, seen)| {
                 let (socket, stop, seen) = (socket.clone(), stop.clone(), seen.clone());
                 std::thread::spawn(move || {
-                    let keys = ["hsm/k", "tpm/k", "yk/9a"];
+                    let keys = KEYS;
                     let mut n = 0u64;
                     let mut client: Option<Client> = None;
                     while !stop.load(Ordering::Relaxed) {
@@ -218,9 +263,13 @@ fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
                         );
                         let mut s = seen.lock().unwrap();
                         match r {
-                            Ok(_) => s.received.push(hex::encode(d)),
+                            Ok(_) => {
+                                s.received.push(hex::encode(d));
+                                s.answers.entry(key).or_default().0 += 1;
+                            }
                             Err(ClientError::Agent(e)) => {
                                 *s.codes.entry(e.code.to_string()).or_default() += 1;
+                                s.answers.entry(key).or_default().1 += 1;
                             }
                             Err(_) => {
                                 // The agent went away (SIGKILL): reconnect.
@@ -233,26 +282,58 @@ fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
             })
             .collect::<Vec<_>>()
     };
-    let pause = || std::thread::sleep(Duration::from_millis(700));
     let clients = run_clients(&seen, &stop);
-    pause();
-    // swtpm killed and restarted.
+    for key in KEYS {
+        wait_until(&format!("{key} signs under load"), &seen, || {
+            answers(&seen, key).0 >= 5
+        });
+    }
+    // swtpm killed: the clients see the TPM fail; restarted: they see it sign again.
+    let (_, failed) = answers(&seen, "tpm/k");
     tpm.kill();
-    pause();
+    wait_until("tpm/k fails while swtpm is down", &seen, || {
+        answers(&seen, "tpm/k").1 > failed
+    });
+    let (signed, _) = answers(&seen, "tpm/k");
     tpm.restart();
-    pause();
-    // The card pulled and put back.
+    wait_until("tpm/k signs after swtpm's restart", &seen, || {
+        answers(&seen, "tpm/k").0 > signed
+    });
+    // The card pulled and put back, likewise.
+    let (_, failed) = answers(&seen, "yk/9a");
     card.remove().unwrap();
-    pause();
+    wait_until("yk/9a fails while the card is out", &seen, || {
+        answers(&seen, "yk/9a").1 > failed
+    });
+    let (signed, _) = answers(&seen, "yk/9a");
     card.insert().unwrap();
-    pause();
-    // The token directory taken away and put back.
+    wait_until("yk/9a signs after the card is back", &seen, || {
+        answers(&seen, "yk/9a").0 > signed
+    });
+    // The token directory taken away and put back: requests go on being answered
+    // (how is checked below) while it is away.
     let tokens = hsm.token_dir();
     let aside = tokens.with_extension("aside");
+    let (ok, err) = answers(&seen, "hsm/k");
     std::fs::rename(&tokens, &aside).unwrap();
-    pause();
+    wait_until(
+        "hsm/k answered while its token directory is away",
+        &seen,
+        || {
+            let (o, e) = answers(&seen, "hsm/k");
+            o + e >= ok + err + 5
+        },
+    );
     std::fs::rename(&aside, &tokens).unwrap();
-    pause();
+    let (ok, err) = answers(&seen, "hsm/k");
+    wait_until(
+        "hsm/k answered after its token directory is back",
+        &seen,
+        || {
+            let (o, e) = answers(&seen, "hsm/k");
+            o + e >= ok + err + 5
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -286,12 +367,22 @@ fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
         }
     }
 
-    // The agent SIGKILLed in the middle of the signing, then restarted on its state.
+    // The agent SIGKILLed in the middle of the signing (once the clients are signing
+    // again), then restarted on its state once each client has lost its connection.
     stop.store(false, Ordering::Relaxed);
+    let before: usize = seen.iter().map(|s| s.lock().unwrap().received.len()).sum();
     let clients = run_clients(&seen, &stop);
-    pause();
+    wait_until("the clients sign before the kill", &seen, || {
+        seen.iter()
+            .map(|s| s.lock().unwrap().received.len())
+            .sum::<usize>()
+            >= before + 10
+    });
+    let lost = code_count(&seen, "connection-lost");
     agent.kill9();
-    pause();
+    wait_until("every client loses its connection", &seen, || {
+        code_count(&seen, "connection-lost") >= lost + seen.len()
+    });
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();

@@ -6,9 +6,7 @@
 use std::process::Command;
 
 use p256::pkcs8::DecodePublicKey;
-use pkcs11_tests::{
-    pkcs11_device, require, run_ok, Agent, PinFifo, SoftHsm, SOFTHSM_MODULE, SPY_MODULE,
-};
+use pkcs11_tests::{pkcs11_device, require, run_ok, Agent, PinFifo, SoftHsm, Spy, SOFTHSM_MODULE};
 use sha2::{Digest, Sha256, Sha384};
 use waxseal_agent::client::ClientError;
 use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding};
@@ -333,38 +331,24 @@ fn two_tokens_on_two_devices_and_an_absent_one() {
     assert!(status.devices.iter().filter(|d| d.present).count() == 2);
 }
 
-fn spy_logins(log: &std::path::Path) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("C_Login"))
-        .count()
-}
-
 /// An agent on a token (user PIN 246810) behind OpenSC's `pkcs11-spy`, whose log
 /// counts the module calls; the PIN file holds `pin`, `extra` is added to the device.
-fn spied_agent(pin: &str, extra: &str) -> (SoftHsm, std::path::PathBuf, std::path::PathBuf, Agent) {
-    require(SPY_MODULE);
+fn spied_agent(pin: &str, extra: &str) -> (SoftHsm, std::path::PathBuf, Spy, Agent) {
     let hsm = SoftHsm::new();
     hsm.init_token("pins", "5555", "246810");
     let pin_file = hsm.pin_file("pin", pin);
-    let spy_log = hsm.token_dir().join("../spy.log");
-    let device = format!(
-        "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{SPY_MODULE}\"\ntoken = \"pins\"\npin = \"file:{}\"\n{extra}",
-        pin_file.display()
-    );
-    let agent = Agent::builder()
+    let spy = Spy::new(&hsm);
+    let agent = spy
+        .env(Agent::builder())
         .softhsm(&hsm)
-        .env("PKCS11SPY", SOFTHSM_MODULE)
-        .env("PKCS11SPY_OUTPUT", &spy_log)
-        .config(&device)
+        .config(&spy.device("hsm", "pins", &pin_file, extra))
         .start();
-    (hsm, pin_file, spy_log, agent)
+    (hsm, pin_file, spy, agent)
 }
 
 #[test]
 fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
-    let (_hsm, pin_file, spy_log, agent) = spied_agent("000000", "");
+    let (_hsm, pin_file, spy, agent) = spied_agent("000000", "");
     let mut client = agent.client();
     let d = Sha256::digest(b"x");
     let first = client.sign_digest("hsm/any", &d, None, None);
@@ -399,10 +383,10 @@ fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
         .unwrap()
         .contains("pin-incorrect"));
     assert_eq!(
-        spy_logins(&spy_log),
+        spy.calls("C_Login"),
         1,
         "one C_Login for seven requests; spy log: {}",
-        spy_log.display()
+        spy.log.display()
     );
     assert!(
         !agent.log().contains("000000"),
@@ -414,7 +398,7 @@ fn wrong_pin_costs_exactly_one_login_and_is_never_retried() {
     client.generate_key("hsm/k", KeyAlg::P256).unwrap();
     client.sign_digest("hsm/k", &d, None, None).unwrap();
     client.sign_digest("hsm/k", &d, None, None).unwrap();
-    assert_eq!(spy_logins(&spy_log), 2);
+    assert_eq!(spy.calls("C_Login"), 2);
     assert!(!agent.log().contains("246810"));
 }
 
@@ -476,7 +460,7 @@ fn env_pin_source_and_serial_selector() {
 
 #[test]
 fn a_pin_changed_after_the_token_refused_it_is_tried_not_remembered_as_refused() {
-    let (_hsm, pin_file, spy_log, agent) = spied_agent("246810", "sessions = 1\n");
+    let (_hsm, pin_file, spy, agent) = spied_agent("246810", "sessions = 1\n");
     let mut client = agent.client();
     client.generate_key("hsm/k", KeyAlg::P256).unwrap();
     // Log out (the agent's lock drops held PINs), then let the source give a wrong PIN
@@ -495,9 +479,9 @@ fn a_pin_changed_after_the_token_refused_it_is_tried_not_remembered_as_refused()
     assert!(fifo.served() >= 2);
     drop(fifo);
     assert_eq!(
-        spy_logins(&spy_log),
+        spy.calls("C_Login"),
         3,
         "the first login, the refused one, the changed PIN; spy log: {}",
-        spy_log.display()
+        spy.log.display()
     );
 }

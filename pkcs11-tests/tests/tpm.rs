@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use p256::pkcs8::DecodePublicKey as _;
 use pkcs11_tests::{pkcs11_device, require, run_ok, tpm_device, Agent, PinFifo, SoftHsm, Swtpm};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use waxseal_agent::backend::tpm::keyfile::KeyFile;
@@ -614,6 +615,55 @@ fn attestation_certifies_the_key_with_the_agents_attestation_key() {
         .unwrap();
     let (c, _) = code(agent.client().attest("tpm/git", Some(&[0u8; 33])));
     assert_eq!(c, ErrorCode::BadRequest);
+
+    // The AK is this TPM's key, not one the agent made up: tpm2-tools, on the same TPM,
+    // creates the primary key of the AK template that docs/protocol.md (`attest`)
+    // documents and gets the same key: same name, same public key. swtpm serves one
+    // connection at a time, so the agent stops first.
+    let mut agent = agent;
+    assert!(agent.terminate().success());
+    // The template's unique field: x = "waxseal attestation key v1", y empty. A file
+    // given to `tpm2_createprimary --unique-data` is a TPMU_PUBLIC_ID as laid out in
+    // memory (tpm2_createprimary(1)): for ECC two TPM2B_ECC_PARAMETERs, each a
+    // little-endian size and a 128-byte buffer.
+    let x = b"waxseal attestation key v1";
+    let mut unique = (x.len() as u16).to_le_bytes().to_vec();
+    unique.extend_from_slice(x);
+    unique.resize(2 + 128, 0);
+    unique.extend_from_slice(&0u16.to_le_bytes());
+    unique.resize(2 * (2 + 128), 0);
+    std::fs::write(tpm.dir().join("ak.unique"), &unique).unwrap();
+    run_ok(tpm.tool("tpm2_createprimary").args([
+        "-C",
+        "e",
+        "-g",
+        "sha256",
+        "-G",
+        "ecc256:ecdsa-sha256:null",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|sign",
+        "-u",
+        "ak.unique",
+        "-c",
+        "ak.ctx",
+    ]));
+    run_ok(
+        tpm.tool("tpm2_readpublic")
+            .args(["-c", "ak.ctx", "-f", "pem", "-o", "ak.pem", "-n", "ak.name"]),
+    );
+    let tools_name = hex::encode(std::fs::read(tpm.dir().join("ak.name")).unwrap());
+    assert_eq!(
+        tools_name,
+        ev["ak_name"].as_str().unwrap(),
+        "tpm2-tools made another key from the AK template"
+    );
+    let tools_pem = std::fs::read_to_string(tpm.dir().join("ak.pem")).unwrap();
+    let ours = ev["ak_spki_pem"].as_str().unwrap();
+    assert_eq!(
+        p256::PublicKey::from_public_key_pem(&tools_pem).unwrap(),
+        p256::PublicKey::from_public_key_pem(ours).unwrap(),
+        "tpm2-tools: {tools_pem}agent: {ours}"
+    );
 }
 
 #[test]

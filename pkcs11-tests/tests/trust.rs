@@ -409,6 +409,8 @@ fn lock_unlock_and_sighup_reload() {
 struct Terminal {
     child: std::process::Child,
     screen: Arc<Mutex<String>>,
+    /// The thread copying the terminal's output to `screen`; it ends at EOF.
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Terminal {
@@ -425,7 +427,7 @@ impl Terminal {
         let mut out = child.stdout.take().unwrap();
         let screen: Arc<Mutex<String>> = Arc::default();
         let s = screen.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 1024];
             while let Ok(n) = out.read(&mut buf) {
                 if n == 0 {
@@ -436,7 +438,11 @@ impl Terminal {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Terminal { child, screen }
+        Terminal {
+            child,
+            screen,
+            reader,
+        }
     }
 
     fn wait_for(&self, text: &str) {
@@ -460,7 +466,8 @@ impl Terminal {
 
     fn finish(mut self) -> (bool, String) {
         let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        // Everything the command wrote is on the screen once the reader has seen EOF.
+        self.reader.join().unwrap();
         let screen = self.screen.lock().unwrap().clone();
         (status.success(), screen)
     }
@@ -522,6 +529,8 @@ fn pin_from_a_systemd_credential_and_from_pinentry() {
     let creds = tempfile::tempdir().unwrap();
     std::fs::write(creds.path().join("hsm-pin"), "1234\n").unwrap();
     // A terminal for the pinentry program to ask at.
+    // `sleep` only keeps the terminal open for pinentry (nothing waits on it); the
+    // terminal is killed at the end, and its hangup ends the sleep.
     let tty_holder = Terminal::run("tty; sleep 60");
     tty_holder.wait_for("/dev/pts/");
     let tty = tty_holder

@@ -343,7 +343,9 @@ fn a_removed_card_is_absent_while_other_devices_serve_and_works_again_when_back(
 
 #[test]
 fn a_touch_key_makes_the_cli_ask_for_a_touch() {
-    let _h = card();
+    require("openssl");
+    let h = card();
+    let touches = || -> u64 { h.control("touches").unwrap().parse().unwrap() };
     let tmp = tempfile::tempdir().unwrap();
     let pin = tmp.path().join("pin");
     std::fs::write(&pin, "123456\n").unwrap();
@@ -354,17 +356,64 @@ fn a_touch_key_makes_the_cli_ask_for_a_touch() {
             "keys", "generate", "yk/9d", "--alg", "p256", "--touch", "always",
         ],
     );
-    let digest = hex::encode(Sha256::digest(b"touch me"));
-    let started = Instant::now();
-    let (sig, err) = ok(&agent, &["sign", "--digest", &digest, "--key", "yk/9d"]);
-    assert!(
-        started.elapsed() >= Duration::from_millis(400),
-        "the card waited for a touch"
+    // Generating touched too: the agent signs the slot's certificate with the new key.
+    let before = touches();
+    let digest = Sha256::digest(b"touch me");
+    let (sig, err) = ok(
+        &agent,
+        &["sign", "--digest", &hex::encode(digest), "--key", "yk/9d"],
     );
+    assert_eq!(touches(), before + 1, "the card waited for a touch");
     assert!(
         err.contains(&format!("touch your YubiKey (serial {SERIAL})")),
         "{err}"
     );
-    assert!(!sig.trim().is_empty());
     assert!(agent.log().contains("touch your YubiKey"));
+    // The signature made after the touch is the slot's: OpenSSL checks it against the
+    // key in the slot's certificate, which the card returns.
+    let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial::from(SERIAL)).unwrap();
+    let cert = yubikey::Certificate::read(&mut yk, yubikey::piv::SlotId::KeyManagement)
+        .expect("the agent wrote a certificate into slot 9d");
+    drop(yk);
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("9d.der"),
+        p256::pkcs8::der::Encode::to_der(&cert.subject_pki()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("9d.sig"), B64.decode(sig.trim()).unwrap()).unwrap();
+    let verify = |digest: &[u8]| {
+        std::fs::write(dir.join("9d.digest"), digest).unwrap();
+        Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-keyform",
+                "DER",
+                "-inkey",
+                "9d.der",
+                "-in",
+                "9d.digest",
+                "-sigfile",
+                "9d.sig",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = verify(&digest);
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("Signature Verified Successfully"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut other = digest;
+    other[0] ^= 1;
+    assert!(
+        !verify(&other).status.success(),
+        "verified for another digest"
+    );
 }

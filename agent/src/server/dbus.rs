@@ -637,7 +637,11 @@ async fn logind(store: Arc<KeyStore>) {
         let reason = tokio::select! {
             s = sleep.next() => match s {
                 Some(s) if s.args().is_ok_and(|a| a.start) => "the machine goes to sleep",
-                Some(_) => continue,
+                Some(_) => {
+                    // Said so that a test knows the wake-up was read (pkcs11-tests/tests/dbus.rs).
+                    debug!("logind: the machine woke up; cached PINs kept");
+                    continue;
+                }
                 None => break,
             },
             Some(_) = async {

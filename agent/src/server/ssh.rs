@@ -45,7 +45,9 @@ const RSA_SHA2_256: u32 = 2;
 /// `SSH_AGENT_RSA_SHA2_512`.
 const RSA_SHA2_512: u32 = 4;
 
-fn send(mut w: &UnixStream, response: &Response) -> std::io::Result<()> {
+/// What [`connection`] writes for `response`: its length, then the message; a
+/// response that cannot be encoded becomes `SSH_AGENT_FAILURE`.
+pub fn encode_response(response: &Response) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let framed = response
         .encoded_len()
@@ -55,7 +57,11 @@ fn send(mut w: &UnixStream, response: &Response) -> std::io::Result<()> {
         out.clear();
         out.extend_from_slice(&[0, 0, 0, 1, 5]); // SSH_AGENT_FAILURE
     }
-    w.write_all(&out)
+    out
+}
+
+fn send(mut w: &UnixStream, response: &Response) -> std::io::Result<()> {
+    w.write_all(&encode_response(response))
 }
 
 /// Serves one connection until it closes.
@@ -78,12 +84,7 @@ pub fn connection(
     if stream.set_read_timeout(Some(opts.idle_timeout)).is_err() {
         return;
     }
-    let mut session = SshSession {
-        store: store.clone(),
-        caller: caller.clone(),
-        forwarded: false,
-        keys: Vec::new(),
-    };
+    let mut session = SshSession::new(store.clone(), caller.clone());
     let mut reader = FrameReader::with_limit(MAX_MESSAGE).from_peer(
         Sender {
             pid,
@@ -125,11 +126,69 @@ pub fn connection(
         let len = frame.len();
         let decoded = Request::decode(&mut &frame[..]);
         session.caller.early = reader.early();
-        let response = match decoded {
+        let response = session.dispatch(decoded, len);
+        if send(stream, &response).is_err() {
+            return;
+        }
+    }
+}
+
+/// One SSH agent connection: what [`connection`] keeps between messages. Public so
+/// that the fuzz target `ssh_session` (fuzz/README.md) drives the same handler
+/// without a socket.
+pub struct SshSession {
+    store: Arc<KeyStore>,
+    caller: Caller,
+    /// Bound for forwarding by `session-bind@openssh.com`.
+    forwarded: bool,
+    /// The identities last offered, with their keys.
+    keys: Vec<(KeyData, SshKey)>,
+}
+
+impl std::fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSession")
+            .field("caller", &self.caller)
+            .field("forwarded", &self.forwarded)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SshSession {
+    /// A new connection of `caller`, not bound for forwarding.
+    pub fn new(store: Arc<KeyStore>, caller: Caller) -> SshSession {
+        SshSession {
+            store,
+            caller,
+            forwarded: false,
+            keys: Vec::new(),
+        }
+    }
+
+    /// Whether the connection counts as bound for forwarding (see the module doc).
+    pub fn forwarded(&self) -> bool {
+        self.forwarded
+    }
+
+    /// The response to one message body (the frame without its length): decoded by
+    /// `ssh-agent-lib`, dispatched by its [`Session::handle`] to the methods below.
+    pub fn answer(&mut self, frame: &[u8]) -> Response {
+        self.dispatch(Request::decode(&mut &frame[..]), frame.len())
+    }
+
+    /// The response to a message of `len` bytes, decoded as `decoded`.
+    fn dispatch(
+        &mut self,
+        decoded: Result<Request, <Request as Decode>::Error>,
+        len: usize,
+    ) -> Response {
+        let pid = self.caller.pid.unwrap_or(0);
+        match decoded {
             Ok(request) => {
                 // Every method of SshSession completes without waiting on anything, so
                 // block_on returns after one poll; the device work runs right here.
-                match futures::executor::block_on(session.handle(request)) {
+                match futures::executor::block_on(self.handle(request)) {
                     Ok(r) => r,
                     Err(AgentError::ExtensionFailure) => Response::ExtensionFailure,
                     Err(e) => {
@@ -142,21 +201,8 @@ pub fn connection(
                 info!(pid, error = %e, len, "ssh: message not understood");
                 Response::Failure
             }
-        };
-        if send(stream, &response).is_err() {
-            return;
         }
     }
-}
-
-/// One SSH agent connection.
-struct SshSession {
-    store: Arc<KeyStore>,
-    caller: Caller,
-    /// Bound for forwarding by `session-bind@openssh.com`.
-    forwarded: bool,
-    /// The identities last offered, with their keys.
-    keys: Vec<(KeyData, SshKey)>,
 }
 
 /// The SSH public key of a key's SPKI.
