@@ -62,19 +62,20 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use std::time::SystemTime;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
 use crate::fsguard::{self, Create, Unsafe};
-use crate::policy::Caller;
 use read::{read_lines, rotated_names, Pass};
 use sync::syncer;
 
 pub use crate::audit_chain::{files, verify_files, Broken, Verified, CURRENT, GENESIS};
+pub use record::{AppendError, Event, Purpose, Record};
 pub use time::{parse_rfc3339, rfc3339_now};
 
 mod read;
+mod record;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -100,25 +101,6 @@ const RECENT: usize = 1000;
 
 /// How many failed syncs' ranges are remembered (see [`State::doubtful`]).
 const DOUBTFUL: usize = 64;
-
-/// What one line records.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// `intent`, `signed`, `failed`, `refused`, or an agent event (`lock`, `unlock`).
-    pub event: &'static str,
-    /// Key NAME.
-    pub key: String,
-    /// Purpose word.
-    pub purpose: String,
-    /// Who asked.
-    pub caller: Caller,
-    /// What was (to be) signed: `digest`, `hash`, `name`, `certificate`, …
-    pub subject: Map<String, Value>,
-    /// For refusals and failures: the error code and message.
-    pub outcome: Option<(String, String)>,
-    /// For outcomes: the `seq` of the intent line they close.
-    pub intent: Option<u64>,
-}
 
 /// When a signature's intent record reaches the disk (`audit_fsync`,
 /// `audit_group_commit`).
@@ -534,7 +516,7 @@ impl Audit {
 
     /// Appends `record`; returns its `seq`. The line is in the kernel when this
     /// returns; [`Audit::wait_durable`] waits for the disk.
-    pub fn append(&self, record: &Record) -> Result<u64, String> {
+    pub fn append(&self, record: &Record) -> Result<u64, AppendError> {
         if record.intent.is_some() {
             // An outcome: its signature is no longer in flight.
             let _ = self
@@ -547,59 +529,30 @@ impl Audit {
         if st.rotating || st.size >= self.max_bytes {
             self.rotate(&mut st)?;
         }
-        let seq = st.written.checked_add(1).ok_or_else(|| {
-            "the audit log's record numbers are exhausted; start a new log (move the audit directory aside)".to_string()
-        })?;
-        let mut line = Map::new();
+        let seq = st.written.checked_add(1).ok_or(AppendError::Exhausted)?;
+        let mut line = record.fields();
         line.insert("seq".into(), json!(seq));
         line.insert("time".into(), json!(rfc3339_now()));
-        line.insert("event".into(), json!(record.event));
-        line.insert("key".into(), json!(record.key));
-        line.insert("purpose".into(), json!(record.purpose));
-        for (k, v) in &record.subject {
-            line.insert(k.clone(), v.clone());
-        }
-        line.insert(
-            "caller".into(),
-            json!({
-                "uid": record.caller.uid,
-                "pid": record.caller.pid,
-                "exe": record.caller.exe.as_ref().map(|p| p.display().to_string()),
-            }),
-        );
-        if let Some(intent) = record.intent {
-            line.insert("intent".into(), json!(intent));
-        }
-        if let Some((code, message)) = &record.outcome {
-            line.insert("code".into(), json!(code));
-            line.insert("reason".into(), json!(message));
-        }
         line.insert("prev".into(), json!(st.last_hash));
-        let text = serde_json::to_string(&Value::Object(line))
-            .map_err(|e| format!("cannot encode an audit record: {e}"))?;
+        let text = serde_json::to_string(&Value::Object(line)).map_err(AppendError::Encode)?;
         let mut bytes = Vec::with_capacity(text.len() + 1);
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(b'\n');
-        if let Err(e) = (&*st.file).write_all(&bytes) {
-            let message = format!(
-                "cannot write the audit log {}: {e}",
-                self.dir.join(CURRENT).display()
-            );
-            error!("{message}");
+        if let Err(source) = (&*st.file).write_all(&bytes) {
+            let path = self.dir.join(CURRENT);
+            error!(path = %path.display(), error = %source, "cannot write the audit log");
             // Part of the line may be in the file: cut it off before anything else is
             // written, or the next record would continue this one's line.
             st.torn = Some(st.size);
-            return Err(match self.cut_torn(&mut st) {
-                Ok(()) => message,
-                Err(e) => format!("{message}; {e}"),
-            });
+            let cut = self.cut_torn(&mut st).err().map(Box::new);
+            return Err(AppendError::Write { path, source, cut });
         }
         st.size += bytes.len() as u64;
         st.last_hash = hex::encode(Sha256::digest(text.as_bytes()));
         st.written = seq;
         st.remember(seq, &text);
         self.appended.fetch_add(1, Ordering::Relaxed);
-        if record.event == "intent" && self.durability == Durability::GroupCommit {
+        if record.event == Event::Intent && self.durability == Durability::GroupCommit {
             let alone = self.shared.inflight.fetch_add(1, Ordering::AcqRel) == 0;
             if alone && !st.syncing && st.syncer_idle {
                 // A lone signature: sync its intent now, while the device signs.
@@ -612,7 +565,7 @@ impl Audit {
     }
 
     /// Cuts the file back to its last whole record after a write failed part-way.
-    fn cut_torn(&self, st: &mut MutexGuard<'_, State>) -> Result<(), String> {
+    fn cut_torn(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
         let Some(len) = st.torn else { return Ok(()) };
         let path = self.dir.join(CURRENT);
         match st.file.set_len(len) {
@@ -621,12 +574,9 @@ impl Audit {
                 info!(path = %path.display(), bytes = len, "audit log cut back to its last whole record");
                 Ok(())
             }
-            Err(e) => {
-                error!(path = %path.display(), error = %e, "cannot remove a partial record from the audit log");
-                Err(format!(
-                    "the audit log {} ends in a partial record that cannot be removed yet ({e}); nothing is signed until it is",
-                    path.display()
-                ))
+            Err(source) => {
+                error!(path = %path.display(), error = %source, "cannot remove a partial record from the audit log");
+                Err(AppendError::Torn { path, source })
             }
         }
     }
@@ -743,29 +693,30 @@ impl Audit {
     /// Renames the current file aside and starts a new one; the chain goes on. The new
     /// file is created with `O_EXCL | O_NOFOLLOW`; when that fails after the rename,
     /// the next append tries again.
-    fn rotate(&self, st: &mut MutexGuard<'_, State>) -> Result<(), String> {
+    fn rotate(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
         let path = self.dir.join(CURRENT);
         if !st.rotating {
             let target = st.written;
             if let Err(e) = st.file.sync_data() {
-                let e = format!("cannot sync the audit log before rotating it: {e}");
-                st.doubted(&self.shared, target, &e);
+                let e = AppendError::RotateSync(e);
+                st.doubted(&self.shared, target, &e.to_string());
                 return Err(e);
             }
             st.synced = st.written;
             self.shared.synced.store(st.synced, Ordering::Release);
             let old = format!("audit-{:012}.jsonl", st.written);
-            fsguard::rename_new_at(&self.dir_fd, CURRENT, &old).map_err(|e| {
-                format!(
-                    "cannot rotate the audit log {} to {old}: {e}",
-                    path.display()
-                )
+            fsguard::rename_new_at(&self.dir_fd, CURRENT, &old).map_err(|source| {
+                AppendError::Rotate {
+                    path: path.clone(),
+                    to: old.clone(),
+                    source,
+                }
             })?;
             st.rotating = true;
             info!(rotated = %self.dir.join(&old).display(), "audit log rotated; the chain continues in a new file");
         }
         let file = fsguard::open_file_at(&self.dir_fd, &path, CURRENT, Create::New)
-            .map_err(|e| format!("cannot start a new audit log: {e}"))?;
+            .map_err(AppendError::NewFile)?;
         if let Err(e) = rustix::fs::fsync(&self.dir_fd) {
             warn!(dir = %self.dir.display(), error = %e, "cannot sync the audit directory after rotating");
         }

@@ -4,19 +4,22 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
-
 use std::time::{Instant, UNIX_EPOCH};
+
+use serde_json::Map;
 
 use super::time::{civil_from_days, days_from_civil};
 use super::*;
+use crate::policy::Caller;
+use crate::proto;
 
-fn record(event: &'static str, key: &str) -> Record {
+fn record(event: Event, key: &str) -> Record {
     let mut subject = Map::new();
     subject.insert("digest".into(), json!("ab"));
     Record {
         event,
         key: key.into(),
-        purpose: "digest".into(),
+        purpose: Some(Purpose::Sign(proto::Purpose::Digest)),
         caller: Caller {
             uid: 1000,
             pid: Some(7),
@@ -28,7 +31,7 @@ fn record(event: &'static str, key: &str) -> Record {
     }
 }
 
-fn outcome(event: &'static str, key: &str, intent: u64) -> Record {
+fn outcome(event: Event, key: &str, intent: u64) -> Record {
     let mut r = record(event, key);
     r.intent = Some(intent);
     r
@@ -162,13 +165,13 @@ fn chain_continues_across_reopen_and_rotation_and_names_a_changed_line() {
         let audit = Audit::open(state.path(), &opts(Durability::GroupCommit, 4096)).unwrap();
         for i in 0..40 {
             let seq = audit
-                .append(&record("intent", &format!("hsm/k{i}")))
+                .append(&record(Event::Intent, &format!("hsm/k{i}")))
                 .unwrap();
             audit.wait_durable(seq).unwrap();
         }
     }
     let audit = Audit::open(state.path(), &opts(Durability::Off, 4096)).unwrap();
-    audit.append(&record("signed", "hsm/after")).unwrap();
+    audit.append(&record(Event::Signed, "hsm/after")).unwrap();
     assert_eq!(audit.tail(2, TAIL_BUDGET).records.len(), 2);
     drop(audit);
     let all = files(&dir).unwrap();
@@ -215,11 +218,11 @@ fn group_commit_serves_concurrent_signatures_with_fewer_syncs() {
                 std::thread::spawn(move || {
                     for i in 0..50 {
                         let seq = audit
-                            .append(&record("intent", &format!("hsm/t{t}-{i}")))
+                            .append(&record(Event::Intent, &format!("hsm/t{t}-{i}")))
                             .unwrap();
                         audit.wait_durable(seq).unwrap();
                         assert!(audit.shared.synced.load(Ordering::Acquire) >= seq);
-                        audit.append(&record("signed", "hsm/x")).unwrap();
+                        audit.append(&record(Event::Signed, "hsm/x")).unwrap();
                     }
                 })
             })
@@ -253,7 +256,7 @@ fn a_lone_signature_is_synced_while_the_device_signs() {
     }
     for i in 0..3 {
         let seq = audit
-            .append(&record("intent", &format!("hsm/k{i}")))
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
             .unwrap();
         // "Signing": the audit-sync thread syncs the intent meanwhile.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -267,7 +270,7 @@ fn a_lone_signature_is_synced_while_the_device_signs() {
         let waited = audit.counts().waited;
         audit.wait_durable(seq).unwrap();
         assert_eq!(audit.counts().waited, waited, "nothing left to wait for");
-        audit.append(&outcome("signed", "hsm/k", seq)).unwrap();
+        audit.append(&outcome(Event::Signed, "hsm/k", seq)).unwrap();
         assert_eq!(audit.shared.inflight.load(Ordering::Acquire), 0);
         // The next intent is lone only once the syncer parked again.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -284,7 +287,7 @@ fn a_record_a_failed_sync_covered_is_refused_after_a_later_sync_succeeds() {
     for durability in [Durability::GroupCommit, Durability::SyncEach] {
         let state = tempfile::tempdir().unwrap();
         let audit = Audit::open(state.path(), &opts(durability, 64 << 20)).unwrap();
-        let covered = audit.append(&record("intent", "hsm/a")).unwrap();
+        let covered = audit.append(&record(Event::Intent, "hsm/a")).unwrap();
         // As `run_sync` records an fdatasync that failed covering line 1 (a real
         // EIO needs a failing disk).
         {
@@ -295,7 +298,7 @@ fn a_record_a_failed_sync_covered_is_refused_after_a_later_sync_succeeds() {
                 "cannot sync the audit log: Input/output error",
             );
         }
-        let after = audit.append(&record("intent", "hsm/b")).unwrap();
+        let after = audit.append(&record(Event::Intent, "hsm/b")).unwrap();
         // The next sync succeeds: line 2 is served, line 1 never.
         audit.wait_durable(after).unwrap();
         let e = audit.wait_durable(covered).unwrap_err();
@@ -438,7 +441,7 @@ fn a_partial_record_at_the_end_is_cut_off_at_start_and_the_chain_goes_on() {
     let audit = Audit::open(state.path(), &o).unwrap();
     for i in 0..3 {
         audit
-            .append(&record("intent", &format!("hsm/k{i}")))
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
             .unwrap();
     }
     drop(audit);
@@ -449,7 +452,7 @@ fn a_partial_record_at_the_end_is_cut_off_at_start_and_the_chain_goes_on() {
     std::fs::write(&log, &torn).unwrap();
     let audit = Audit::open(state.path(), &o).unwrap();
     assert_eq!(std::fs::read(&log).unwrap(), whole);
-    audit.append(&record("intent", "hsm/after")).unwrap();
+    audit.append(&record(Event::Intent, "hsm/after")).unwrap();
     drop(audit);
     assert_eq!(
         verify_files(&files(&state.path().join(DIR)).unwrap())
@@ -465,7 +468,7 @@ fn a_write_cut_short_by_a_full_disk_is_removed_before_the_next_record() {
     let audit = Audit::open(fs.path(), &opts(Durability::GroupCommit, 64 << 20)).unwrap();
     for i in 0..5 {
         let seq = audit
-            .append(&record("intent", &format!("hsm/k{i}")))
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
             .unwrap();
         audit.wait_durable(seq).unwrap();
     }
@@ -477,7 +480,7 @@ fn a_write_cut_short_by_a_full_disk_is_removed_before_the_next_record() {
     let mut failed = None;
     for i in 0..100 {
         let before = len();
-        match audit.append(&record("intent", &format!("hsm/fill{i}"))) {
+        match audit.append(&record(Event::Intent, &format!("hsm/fill{i}"))) {
             Ok(seq) => audit.wait_durable(seq).unwrap(),
             Err(e) => {
                 failed = Some((before, e));
@@ -486,9 +489,10 @@ fn a_write_cut_short_by_a_full_disk_is_removed_before_the_next_record() {
         }
     }
     let (before, e) = failed.expect("a write fails once the file system is full");
+    let said = e.to_string();
     assert!(
-        e.contains("No space left") && e.contains(log.to_str().unwrap()),
-        "{e}"
+        said.contains("No space left") && said.contains(log.to_str().unwrap()),
+        "{said}"
     );
     assert_ne!(
         before % 4096,
@@ -498,11 +502,15 @@ fn a_write_cut_short_by_a_full_disk_is_removed_before_the_next_record() {
     assert_eq!(len(), before, "the part that was written is cut off");
     assert_eq!(std::fs::read(&log).unwrap().last(), Some(&b'\n'));
     // Still full: refused, the file unchanged.
-    assert!(audit.append(&record("intent", "hsm/still-full")).is_err());
+    assert!(audit
+        .append(&record(Event::Intent, "hsm/still-full"))
+        .is_err());
     assert_eq!(len(), before);
 
     std::fs::remove_file(&filler).unwrap();
-    let seq = audit.append(&record("intent", "hsm/room-again")).unwrap();
+    let seq = audit
+        .append(&record(Event::Intent, "hsm/room-again"))
+        .unwrap();
     audit.wait_durable(seq).unwrap();
     drop(audit);
     let ok = verify_files(&files(&fs.path().join(DIR)).unwrap()).unwrap();
@@ -559,9 +567,11 @@ fn rate_seed_counts_the_last_days_signatures_less_failed_and_withheld() {
 
     // The same count later, for a key whose limits appear then; with what was
     // written since.
-    let seq = audit.append(&record("intent", "hsm/other")).unwrap();
-    audit.append(&outcome("failed", "hsm/other", seq)).unwrap();
-    audit.append(&record("intent", "hsm/other")).unwrap();
+    let seq = audit.append(&record(Event::Intent, "hsm/other")).unwrap();
+    audit
+        .append(&outcome(Event::Failed, "hsm/other", seq))
+        .unwrap();
+    audit.append(&record(Event::Intent, "hsm/other")).unwrap();
     let later = audit.scan_rates(&["hsm/other".to_string(), "hsm/r".to_string()].into());
     assert_eq!(later.problem, None);
     assert_eq!(later.upto, 17);
@@ -599,13 +609,13 @@ fn audit_tail_stays_within_its_budget_for_huge_records_written_or_found() {
     let state = tempfile::tempdir().unwrap();
     let o = opts(Durability::Off, 64 << 20);
     let audit = Audit::open(state.path(), &o).unwrap();
-    let mut big = record("intent", "hsm/k");
+    let mut big = record(Event::Intent, "hsm/k");
     big.subject
         .insert("name".into(), json!("n".repeat(900_000)));
     let big_seq = audit.append(&big).unwrap();
     for i in 0..3 {
         audit
-            .append(&record("signed", &format!("hsm/k{i}")))
+            .append(&record(Event::Signed, &format!("hsm/k{i}")))
             .unwrap();
     }
     let tail = audit.tail(1000, TAIL_BUDGET);
@@ -616,7 +626,7 @@ fn audit_tail_stays_within_its_budget_for_huge_records_written_or_found() {
 
     // Many records of 100 kB: the newest that fit, and how many were left out.
     for i in 0..10 {
-        let mut r = record("signed", &format!("hsm/m{i}"));
+        let mut r = record(Event::Signed, &format!("hsm/m{i}"));
         r.subject.insert("name".into(), json!("m".repeat(100_000)));
         audit.append(&r).unwrap();
     }

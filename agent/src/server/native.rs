@@ -352,7 +352,7 @@ fn audit_tail(req: &Req<'_>, t: &AuditTail) -> Vec<u8> {
 
 fn lock(req: &Req<'_>) -> Vec<u8> {
     info!(uid = req.caller.uid, pid = req.pid(), "lock asked");
-    let newly = req.store.lock_user();
+    let newly = req.store.lock_user(req.caller);
     encode_ok(
         req.id,
         &UnlockOk {
@@ -371,10 +371,10 @@ fn lock(req: &Req<'_>) -> Vec<u8> {
 fn unlock(req: &Req<'_>, u: &Unlock) -> Vec<u8> {
     if let Some(device) = &u.device {
         info!(device = %device, uid = req.caller.uid, pid = req.pid(), "device unlock asked");
-        return req.reply(req.store.unlock_device(device));
+        return req.reply(req.store.unlock_device(device, req.caller));
     }
     info!(uid = req.caller.uid, pid = req.pid(), "unlock asked");
-    let was = req.store.unlock_user();
+    let was = req.store.unlock_user(req.caller);
     let locked = req.store.is_locked();
     let message = match (was, locked) {
         (_, true) => "still locked by ssh-add -x; unlock it with ssh-add -X",
