@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, Audit, Record, Tail, TAIL_BUDGET};
 use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions};
 use crate::config::{Config, DeviceKind};
+use crate::confirm::ConfirmError;
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
@@ -136,7 +137,7 @@ impl ConfirmRequest {
 /// time is a denial. `Err` means nobody could be asked (also a denial, said so).
 pub trait Confirmer: Send + Sync {
     /// `Ok(true)` allow, `Ok(false)` deny.
-    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, String>;
+    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, ConfirmError>;
 }
 
 /// A key offered on `ssh.sock`.

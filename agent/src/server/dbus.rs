@@ -75,6 +75,7 @@ use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{interface, proxy, Connection, OwnedObjectPath, Variant};
 
 use crate::config::Config;
+use crate::confirm::ConfirmError;
 use crate::keystore::{ConfirmRequest, Confirmer, Event, KeyStore};
 use crate::policy::Caller;
 
@@ -501,7 +502,7 @@ struct NotificationConfirmer {
 }
 
 impl Confirmer for NotificationConfirmer {
-    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, String> {
+    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, ConfirmError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let conn = self.conn.clone();
         let request = request.clone();
@@ -512,7 +513,7 @@ impl Confirmer for NotificationConfirmer {
         // A runtime that stopped drops `tx`: the answer is then an error, never a hang.
         match rx.recv_timeout(self.timeout + CONFIRM_SLACK) {
             Ok(answer) => answer,
-            Err(_) => Err("the D-Bus thread did not answer".into()),
+            Err(_) => Err(ConfirmError::NoAnswer),
         }
     }
 }
@@ -522,14 +523,13 @@ async fn ask(
     conn: &Connection,
     request: &ConfirmRequest,
     timeout: Duration,
-) -> Result<bool, String> {
-    let fail =
-        |e: zbus::Error| format!("desktop notifications (org.freedesktop.Notifications): {e}");
+) -> Result<bool, ConfirmError> {
+    let fail = |e: zbus::Error| ConfirmError::Notifications(Box::new(e));
     let deadline = tokio::time::Instant::now() + timeout;
     let proxy = NotificationsProxy::new(conn).await.map_err(fail)?;
     let caps = proxy.get_capabilities().await.map_err(fail)?;
     if !caps.iter().any(|c| c == "actions") {
-        return Err("the desktop notification service offers no Allow/Deny buttons (no `actions` capability)".into());
+        return Err(ConfirmError::NoActions);
     }
     // Listen before asking, so an answer cannot come before the listener; one stream
     // for both signals keeps their order (servers send ActionInvoked, then
