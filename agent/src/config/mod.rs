@@ -13,7 +13,7 @@ use x509_cert::der::asn1::ObjectIdentifier;
 
 use crate::keyuri::{valid_device_name, KeyName};
 use crate::pin::PinSource;
-use crate::proto::Purpose;
+use crate::proto::{self, Purpose};
 use crate::x509::{self, CertKind};
 use raw::{device_error, RawAgent, RawConfig, RawDevice, RawKey, SerialValue};
 
@@ -151,12 +151,12 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
-    /// `pkcs11`, `tpm`, `yubikey`.
-    pub fn word(&self) -> &'static str {
+    /// Which kind, without its settings.
+    pub fn kind(&self) -> proto::DeviceKind {
         match self {
-            DeviceKind::Pkcs11 { .. } => "pkcs11",
-            DeviceKind::Tpm { .. } => "tpm",
-            DeviceKind::Yubikey { .. } => "yubikey",
+            DeviceKind::Pkcs11 { .. } => proto::DeviceKind::Pkcs11,
+            DeviceKind::Tpm { .. } => proto::DeviceKind::Tpm,
+            DeviceKind::Yubikey { .. } => proto::DeviceKind::Yubikey,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::audit::{self, Record};
 use crate::backend::SignInput;
 use crate::policy::Caller;
 use crate::proto::{
-    Bytes, ErrorCode, HashAlg, KeyAlg, Purpose, RsaPadding, Sign, SignOk, WireError,
+    Bytes, DeviceKind, ErrorCode, HashAlg, KeyAlg, Purpose, RsaPadding, Sign, SignOk, WireError,
 };
 use crate::rates::Taken;
 use crate::x509::{SigFamily, TbsSummary};
@@ -521,7 +521,7 @@ impl KeyStore {
         label: &str,
         ui: &mut dyn Interaction,
     ) -> Result<(), WireError> {
-        if device.kind != "yubikey" {
+        if device.kind != DeviceKind::Yubikey {
             return Ok(());
         }
         if let Some(text) = device.lanes.run(|b| b.touch_notice(label))? {

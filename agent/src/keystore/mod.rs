@@ -19,14 +19,14 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, Audit, Record, Tail, TAIL_BUDGET};
 use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions};
-use crate::config::{Config, DeviceKind};
+use crate::config::{self, Config};
 use crate::confirm::ConfirmError;
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
-    AttestOk, AuditStatus, Bytes, DeviceStatus, ErrorCode, GenerateKey, GenerateKeyOk, KeyAlg,
-    KeyInfo, ListKeysOk, PublicKeyOk, Purpose, StatusOk, StoreCertificate, StoreCertificateOk,
-    WireError, AGENT_NAME, PROTOCOL_VERSION,
+    AttestOk, AuditStatus, Bytes, DeviceKind, DeviceStatus, ErrorCode, GenerateKey, GenerateKeyOk,
+    KeyAlg, KeyInfo, ListKeysOk, PublicKeyOk, Purpose, StatusOk, StoreCertificate,
+    StoreCertificateOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
 use crate::rates::RateBook;
 use crate::worker::{DeviceLanes, LaneError};
@@ -35,7 +35,7 @@ use crate::worker::{DeviceLanes, LaneError};
 #[derive(Debug)]
 struct Device {
     name: String,
-    kind: &'static str,
+    kind: DeviceKind,
     lanes: DeviceLanes,
     /// `pin_ttl`: how long the device may hold a PIN.
     pin_ttl: Option<Duration>,
@@ -174,7 +174,7 @@ impl KeyStore {
         for d in &config.devices {
             let lanes: Vec<Box<dyn Backend>> = match &d.kind {
                 #[cfg(feature = "pkcs11")]
-                DeviceKind::Pkcs11 {
+                config::DeviceKind::Pkcs11 {
                     module,
                     token,
                     sessions,
@@ -186,12 +186,12 @@ impl KeyStore {
                     sessions: *sessions,
                 }),
                 #[cfg(not(feature = "pkcs11"))]
-                DeviceKind::Pkcs11 { .. } => {
+                config::DeviceKind::Pkcs11 { .. } => {
                     warn!(device = %d.name, "this agent was built without the pkcs11 feature; device skipped");
                     continue;
                 }
                 #[cfg(feature = "tpm")]
-                DeviceKind::Tpm { tcti, key_dir } => {
+                config::DeviceKind::Tpm { tcti, key_dir } => {
                     backend::tpm::open(backend::tpm::TpmSettings {
                         name: d.name.clone(),
                         tcti: tcti.clone(),
@@ -200,12 +200,12 @@ impl KeyStore {
                     })
                 }
                 #[cfg(not(feature = "tpm"))]
-                DeviceKind::Tpm { .. } => {
+                config::DeviceKind::Tpm { .. } => {
                     warn!(device = %d.name, "this agent was built without the tpm feature; device skipped");
                     continue;
                 }
                 #[cfg(feature = "yubikey")]
-                DeviceKind::Yubikey { serial, mgm_key } => {
+                config::DeviceKind::Yubikey { serial, mgm_key } => {
                     backend::yubikey::open(backend::yubikey::YubikeySettings {
                         name: d.name.clone(),
                         serial: *serial,
@@ -214,15 +214,15 @@ impl KeyStore {
                     })
                 }
                 #[cfg(not(feature = "yubikey"))]
-                DeviceKind::Yubikey { .. } => {
+                config::DeviceKind::Yubikey { .. } => {
                     warn!(device = %d.name, "this agent was built without the yubikey feature; device skipped");
                     continue;
                 }
             };
-            info!(device = %d.name, kind = d.kind.word(), lanes = lanes.len(), "device configured");
+            info!(device = %d.name, kind = %d.kind.kind(), lanes = lanes.len(), "device configured");
             devices.push(Device {
                 name: d.name.clone(),
-                kind: d.kind.word(),
+                kind: d.kind.kind(),
                 lanes: DeviceLanes::new(&d.name, lanes),
                 pin_ttl: d.pin_ttl,
                 pin_since: Mutex::new(None),
@@ -399,7 +399,7 @@ impl KeyStore {
                     total += info.keys;
                     DeviceStatus {
                         name: d.name.clone(),
-                        kind: d.kind.to_string(),
+                        kind: d.kind,
                         present: true,
                         keys: info.keys,
                         detail: info.detail,
@@ -408,7 +408,7 @@ impl KeyStore {
                 }
                 Ok(Err(e)) => DeviceStatus {
                     name: d.name.clone(),
-                    kind: d.kind.to_string(),
+                    kind: d.kind,
                     present: !matches!(e, BackendError::Absent(_)),
                     keys: 0,
                     detail: String::new(),
@@ -416,7 +416,7 @@ impl KeyStore {
                 },
                 Err(e) => DeviceStatus {
                     name: d.name.clone(),
-                    kind: d.kind.to_string(),
+                    kind: d.kind,
                     present: false,
                     keys: 0,
                     detail: String::new(),

@@ -310,7 +310,7 @@ impl Agent1 {
             .map(|d| {
                 (
                     d.name,
-                    d.kind,
+                    d.kind.to_string(),
                     d.present,
                     u32::try_from(d.keys).unwrap_or(u32::MAX),
                     d.detail,

@@ -205,6 +205,18 @@ word_enum! {
 }
 
 word_enum! {
+    /// The kind of a device, as `[[device]] kind` names it.
+    DeviceKind {
+        /// A PKCS#11 token.
+        Pkcs11 = "pkcs11",
+        /// A TPM 2.0.
+        Tpm = "tpm",
+        /// A YubiKey (PIV).
+        Yubikey = "yubikey",
+    }
+}
+
+word_enum! {
     /// Hash algorithm of a digest.
     HashAlg {
         /// SHA-256, 32 bytes.
@@ -727,7 +739,7 @@ pub struct DeviceStatus {
     /// Name from the config: the first part of its keys' names.
     pub name: String,
     /// `pkcs11`, `tpm` or `yubikey`.
-    pub kind: String,
+    pub kind: DeviceKind,
     /// Whether the device answered.
     pub present: bool,
     /// Keys on it (0 when absent).
