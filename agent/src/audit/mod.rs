@@ -267,6 +267,9 @@ struct Shared {
     epoch: AtomicU64,
     /// Wakes the `audit-sync` thread.
     kick: Condvar,
+    /// Signalled each time the `audit-sync` thread parks (sets `syncer_idle`), so a
+    /// test can wait for it instead of guessing how long it takes.
+    parked: Condvar,
     /// Signatures between their intent and their outcome record.
     inflight: AtomicUsize,
 }
@@ -492,6 +495,7 @@ impl Audit {
             syncs: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             kick: Condvar::new(),
+            parked: Condvar::new(),
             inflight: AtomicUsize::new(0),
         });
         if opts.durability == Durability::GroupCommit {

@@ -108,6 +108,7 @@ pub(super) fn syncer(shared: &Shared) {
     loop {
         while !st.closing && (st.want <= st.synced || st.syncing) {
             st.syncer_idle = true;
+            shared.parked.notify_all();
             st = shared.kick.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st.syncer_idle = false;
