@@ -20,7 +20,7 @@ impl KeyStore {
     pub fn unlock_device(&self, device: &str, caller: &Caller) -> Result<UnlockOk, WireError> {
         let unlocked = (|| {
             let d = self.device(device)?;
-            Ok(d.lanes.run(|b| b.unlock())?.map_err(wire)?)
+            d.lanes.run(|b| b.unlock())?.map_err(wire)
         })();
         self.audit_lock(
             audit::Event::Unlock,
