@@ -71,7 +71,7 @@ use read::{read_lines, rotated_names, Pass};
 use sync::syncer;
 
 pub use crate::audit_chain::{files, verify_files, Broken, Verified, CURRENT, GENESIS};
-pub use record::{AppendError, Event, Purpose, Record};
+pub use record::{AppendError, Event, Purpose, Record, SyncError};
 pub use time::{parse_rfc3339, rfc3339_now};
 
 mod read;
@@ -283,11 +283,11 @@ struct State {
     /// Lines known to be on disk.
     synced: u64,
     /// The last sync's failure, reported to every waiter until a sync succeeds.
-    sync_error: Option<String>,
+    sync_error: Option<SyncError>,
     /// Lines `(from, to]` that a failed sync covered: never reported durable, even
     /// after a later sync succeeds (the kernel may have dropped them and report the
     /// next sync clean). The last [`DOUBTFUL`] failures.
-    doubtful: VecDeque<(u64, u64, String)>,
+    doubtful: VecDeque<(u64, u64, SyncError)>,
     /// Requests sleeping on `changed`.
     sleepers: usize,
     /// The last failed sync covered lines up to here.
@@ -315,21 +315,21 @@ struct State {
 
 impl State {
     /// The failed sync that covered line `seq`, if one did.
-    fn doubt(&self, seq: u64) -> Option<&str> {
+    fn doubt(&self, seq: u64) -> Option<&SyncError> {
         self.doubtful
             .iter()
             .find(|(from, to, _)| *from < seq && seq <= *to)
-            .map(|(_, _, e)| e.as_str())
+            .map(|(_, _, e)| e)
     }
 
     /// Notes that a sync covering the lines up to `target` failed.
-    fn doubted(&mut self, shared: &Shared, target: u64, error: &str) {
+    fn doubted(&mut self, shared: &Shared, target: u64, error: &SyncError) {
         if target > self.synced {
             if self.doubtful.len() == DOUBTFUL {
                 self.doubtful.pop_front();
             }
             self.doubtful
-                .push_back((self.synced, target, error.to_string()));
+                .push_back((self.synced, target, error.clone()));
             shared.doubtful_max.fetch_max(target, Ordering::AcqRel);
         }
     }
@@ -702,9 +702,9 @@ impl Audit {
         if !st.rotating {
             let target = st.written;
             if let Err(e) = st.file.sync_data() {
-                let e = AppendError::RotateSync(e);
-                st.doubted(&self.shared, target, &e.to_string());
-                return Err(e);
+                let e = SyncError::BeforeRotation(Arc::new(e));
+                st.doubted(&self.shared, target, &e);
+                return Err(AppendError::RotateSync(e));
             }
             st.synced = st.written;
             self.shared.synced.store(st.synced, Ordering::Release);

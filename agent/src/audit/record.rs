@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -166,8 +167,8 @@ pub enum AppendError {
         source: io::Error,
     },
     /// The sync before a rotation failed.
-    #[error("cannot sync the audit log before rotating it: {0}")]
-    RotateSync(#[source] io::Error),
+    #[error(transparent)]
+    RotateSync(SyncError),
     /// The current file could not be renamed aside.
     #[error("cannot rotate the audit log {} to {to}: {source}", path.display())]
     Rotate {
@@ -181,4 +182,20 @@ pub enum AppendError {
     /// The new current file could not be created after a rotation.
     #[error("cannot start a new audit log: {0}")]
     NewFile(#[source] Unsafe),
+}
+
+/// Why a record is not known to be on disk; the signature it is the intent of is
+/// withheld. Shared by every request the failed sync covered, hence the `Arc`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SyncError {
+    /// `fdatasync` failed.
+    #[error("cannot sync the audit log: {0}")]
+    Sync(Arc<io::Error>),
+    /// `fdatasync` before a rotation failed.
+    #[error("cannot sync the audit log before rotating it: {0}")]
+    BeforeRotation(Arc<io::Error>),
+    /// A sync that failed covered this record: a later sync succeeding does not put it
+    /// on disk (the kernel may have dropped its pages).
+    #[error("{0} (that sync covered this record; it may not be on disk even though a later sync succeeded)")]
+    Covered(Box<SyncError>),
 }

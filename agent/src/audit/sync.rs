@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
-use super::{Audit, Durability, Shared, State};
+use std::sync::Arc;
+
+use super::{Audit, Durability, Shared, State, SyncError};
 
 impl Audit {
     /// Waits until line `seq` is on disk (at once with `audit_fsync = false`). With
     /// group commit the first waiter syncs for everyone (see the module doc).
-    pub fn wait_durable(&self, seq: u64) -> Result<(), String> {
+    pub fn wait_durable(&self, seq: u64) -> Result<(), SyncError> {
         match self.durability {
             Durability::Off => Ok(()),
             Durability::SyncEach => {
@@ -44,7 +46,7 @@ impl Audit {
     /// Group commit, lazily: the first request to need a sync runs it for everything
     /// written so far; those needing one meanwhile poll for its end, then are served
     /// or run the next.
-    fn wait_group(&self, seq: u64) -> Result<(), String> {
+    fn wait_group(&self, seq: u64) -> Result<(), SyncError> {
         let shared = &*self.shared;
         if shared.synced.load(Ordering::Acquire) >= seq
             && shared.doubtful_max.load(Ordering::Acquire) < seq
@@ -91,12 +93,10 @@ impl Audit {
 }
 
 /// `Ok` unless a failed sync covered line `seq` (see [`State::doubtful`]).
-pub(super) fn doubt_check(st: &State, seq: u64) -> Result<(), String> {
+pub(super) fn doubt_check(st: &State, seq: u64) -> Result<(), SyncError> {
     match st.doubt(seq) {
         None => Ok(()),
-        Some(e) => Err(format!(
-            "{e} (that sync covered this record; it may not be on disk even though a later sync succeeded)"
-        )),
+        Some(e) => Err(SyncError::Covered(Box::new(e.clone()))),
     }
 }
 
@@ -157,10 +157,10 @@ pub(super) fn run_sync<'a>(
 pub(super) const POLL: Duration = Duration::from_micros(400);
 
 /// One `fdatasync`, counted; the error as the client is told it.
-pub(super) fn sync_counted(shared: &Shared, file: &File) -> Result<(), String> {
+pub(super) fn sync_counted(shared: &Shared, file: &File) -> Result<(), SyncError> {
     shared.syncs.fetch_add(1, Ordering::Relaxed);
     file.sync_data().map_err(|e| {
         error!(error = %e, "cannot sync the audit log");
-        format!("cannot sync the audit log: {e}")
+        SyncError::Sync(Arc::new(e))
     })
 }

@@ -303,16 +303,13 @@ fn a_record_a_failed_sync_covered_is_refused_after_a_later_sync_succeeds() {
         // EIO needs a failing disk).
         {
             let mut st = audit.shared.lock();
-            st.doubted(
-                &audit.shared,
-                covered,
-                "cannot sync the audit log: Input/output error",
-            );
+            let eio = io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+            st.doubted(&audit.shared, covered, &SyncError::Sync(Arc::new(eio)));
         }
         let after = audit.append(&record(Event::Intent, "hsm/b")).unwrap();
         // The next sync succeeds: line 2 is served, line 1 never.
         audit.wait_durable(after).unwrap();
-        let e = audit.wait_durable(covered).unwrap_err();
+        let e = audit.wait_durable(covered).unwrap_err().to_string();
         assert!(
             e.contains("Input/output error") && e.contains("may not be on disk"),
             "{e}"

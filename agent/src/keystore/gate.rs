@@ -297,7 +297,7 @@ impl KeyStore {
                 if let Err(e) = audit.wait_durable(seq) {
                     let _ = audit.append(&record(
                         audit::Event::Withheld,
-                        Some((ErrorCode::DeviceError, e.clone())),
+                        Some((ErrorCode::DeviceError, e.to_string())),
                         Some(seq),
                     ));
                     return Err(WireError::new(
