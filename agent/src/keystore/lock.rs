@@ -63,7 +63,7 @@ impl KeyStore {
     /// Records a `lock` or `unlock` request (of the agent when `device` is empty) and
     /// who made it; `refused` when it was refused. A record that cannot be written is
     /// logged: locking must work even when the disk is full.
-    pub(super) fn audit_lock(
+    fn audit_lock(
         &self,
         event: audit::Event,
         device: &str,
