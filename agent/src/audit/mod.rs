@@ -1,4 +1,5 @@
-//! The audit log: one JSON line per signature and per refusal, hash-chained.
+//! The audit log: one JSON line per signature, per refusal and per lock or unlock
+//! request, hash-chained. What a line says is typed in `record.rs`.
 //!
 //! Each line carries `prev`, the SHA-256 (hex) of the line before it (64 zeros for
 //! the very first), so removing or changing a line breaks the chain at the next one.
