@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::time::parse_rfc3339;
-use super::{stub, AuditError, RateSeed, MAX_LINE, RATE_WINDOW, RECENT, TAIL_BUDGET};
+use super::{stub, AuditError, Event, RateSeed, MAX_LINE, RATE_WINDOW, RECENT, TAIL_BUDGET};
 use crate::fsguard::{self, Unsafe};
 
 /// The rotated files' names (`audit-<seq>.jsonl`) in `dir`, in chain order.
@@ -198,11 +198,11 @@ impl<'k> Pass<'k> {
             return Ok(());
         }
         if let Some(key) = head.key.as_deref().filter(|k| self.keys.contains(*k)) {
-            match (&*head.event, head.intent) {
-                ("intent", _) if time >= self.cutoff => {
+            match (Event::from_word(&head.event), head.intent) {
+                (Some(Event::Intent), _) if time >= self.cutoff => {
                     self.intents.insert(head.seq, (key.to_string(), time));
                 }
-                ("failed" | "withheld", Some(intent)) => {
+                (Some(Event::Failed | Event::Withheld), Some(intent)) => {
                     self.cancelled.insert(intent);
                 }
                 _ => {}

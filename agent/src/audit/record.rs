@@ -48,6 +48,21 @@ impl Event {
             Event::Unlock => "unlock",
         }
     }
+
+    /// The event a word on disk names; `None` for a word this version does not write.
+    pub fn from_word(word: &str) -> Option<Event> {
+        [
+            Event::Intent,
+            Event::Signed,
+            Event::Failed,
+            Event::Withheld,
+            Event::Refused,
+            Event::Lock,
+            Event::Unlock,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == word)
+    }
 }
 
 impl fmt::Display for Event {
