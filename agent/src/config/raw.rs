@@ -55,37 +55,37 @@ pub(super) enum RawDevice {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPkcs11 {
-    pub(super) name: String,
-    pub(super) pin: Option<String>,
-    pub(super) pin_ttl: Option<u64>,
-    pub(super) module: Option<PathBuf>,
-    pub(super) token: Option<String>,
-    pub(super) serial: Option<SerialValue>,
-    pub(super) sessions: Option<usize>,
+    name: String,
+    pin: Option<String>,
+    pin_ttl: Option<u64>,
+    module: Option<PathBuf>,
+    token: Option<String>,
+    serial: Option<SerialValue>,
+    sessions: Option<usize>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTpm {
-    pub(super) name: String,
-    pub(super) pin: Option<String>,
-    pub(super) pin_ttl: Option<u64>,
-    pub(super) tcti: Option<String>,
-    pub(super) key_dir: Option<PathBuf>,
+    name: String,
+    pin: Option<String>,
+    pin_ttl: Option<u64>,
+    tcti: Option<String>,
+    key_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawYubikey {
-    pub(super) name: String,
-    pub(super) pin: Option<String>,
-    pub(super) pin_ttl: Option<u64>,
-    pub(super) serial: Option<SerialValue>,
-    pub(super) mgm_key: Option<String>,
+    name: String,
+    pin: Option<String>,
+    pin_ttl: Option<u64>,
+    serial: Option<SerialValue>,
+    mgm_key: Option<String>,
 }
 
 /// The settings each kind takes, for messages.
-pub(super) const KIND_SETTINGS: [(&str, &str); 3] = [
+const KIND_SETTINGS: [(&str, &str); 3] = [
     (
         "pkcs11",
         "`module`, `token` or `serial`, `sessions`, `pin` and `pin_ttl`",
