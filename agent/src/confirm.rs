@@ -8,6 +8,7 @@
 //! plus `SSH_ASKPASS_PROMPT=confirm` for askpass programs. Exit status 0 allows; any
 //! other status, a crash, or no answer within the timeout denies.
 
+use std::io;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +16,38 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::keystore::{ConfirmRequest, Confirmer};
+
+/// Why a person could not be asked; the signature is then refused (`confirm-denied`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    /// `confirm_program` did not start.
+    #[error("cannot run {}: {source}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Waiting for `confirm_program` failed.
+    #[error("waiting for {}: {source}", program.display())]
+    Wait {
+        /// The program.
+        program: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The desktop notification service could not be reached or called.
+    #[error("desktop notifications (org.freedesktop.Notifications): {0}")]
+    Notifications(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The notification service cannot show Allow/Deny buttons.
+    #[error(
+        "the desktop notification service offers no Allow/Deny buttons (no `actions` capability)"
+    )]
+    NoActions,
+    /// The thread that asks did not answer (it stopped).
+    #[error("the D-Bus thread did not answer")]
+    NoAnswer,
+}
 
 /// A confirmer that runs a program.
 #[derive(Debug, Clone)]
@@ -26,7 +59,7 @@ pub struct ProgramConfirmer {
 }
 
 impl Confirmer for ProgramConfirmer {
-    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, String> {
+    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, ConfirmError> {
         let mut child = Command::new(&self.program)
             .arg(request.text())
             .env("WAXSEAL_CONFIRM_KEY", &request.key)
@@ -38,7 +71,10 @@ impl Confirmer for ProgramConfirmer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+            .map_err(|source| ConfirmError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
         let deadline = Instant::now() + self.timeout;
         loop {
             match child.try_wait() {
@@ -50,7 +86,12 @@ impl Confirmer for ProgramConfirmer {
                     return Ok(false);
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("waiting for {}: {e}", self.program.display())),
+                Err(source) => {
+                    return Err(ConfirmError::Wait {
+                        program: self.program.clone(),
+                        source,
+                    })
+                }
             }
         }
     }

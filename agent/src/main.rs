@@ -1,5 +1,6 @@
 //! `waxseal-agent`: the daemon. Runs in the foreground and logs to stderr.
 
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,12 +10,13 @@ use clap::Parser;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use waxseal_agent::audit::{self, Audit, AuditOptions, Durability};
+use waxseal_agent::audit::{self, Audit, AuditError, AuditOptions, Durability};
 use waxseal_agent::config::{Config, ConfigError};
 use waxseal_agent::confirm::ProgramConfirmer;
 use waxseal_agent::keystore::KeyStore;
 use waxseal_agent::paths;
 use waxseal_agent::policy::Policy;
+use waxseal_agent::server::listen::ListenError;
 use waxseal_agent::server::{self, listen, native, ssh};
 
 /// Keeps signing keys inside hardware and signs for local programs through a socket.
@@ -58,10 +60,10 @@ fn main() -> ExitCode {
         return print_man();
     }
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(io::stderr)
         .with_max_level(args.log_level)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,14 +121,42 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// Why the agent stops before serving, or could not serve.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// The sockets systemd passed cannot be used.
+    #[error("socket activation: {0}")]
+    Activation(#[source] io::Error),
+    /// The config file does not load.
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    /// A directory or socket cannot be prepared.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// A listening socket cannot be set up for the runtime.
+    #[error("socket: {0}")]
+    Socket(#[source] io::Error),
+    /// The audit log does not open.
+    #[error("cannot open the audit log in {}: {source} (the agent signs nothing it cannot record)", dir.display())]
+    Audit {
+        /// `STATE_DIR/audit`.
+        dir: PathBuf,
+        /// Why.
+        source: AuditError,
+    },
+    /// The tokio runtime does not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] io::Error),
+}
+
+fn run(args: Args) -> Result<(), RunError> {
     // Socket activation first: it reads and clears LISTEN_* before any thread starts.
-    let mut activated = listen::activated().map_err(|e| format!("socket activation: {e}"))?;
+    let mut activated = listen::activated().map_err(RunError::Activation)?;
     let config_path = args.config.clone().or_else(|| {
         let p = paths::config_file();
         p.exists().then_some(p)
     });
-    let mut config = load_config(args.config).map_err(|e| format!("config: {e}"))?;
+    let mut config = load_config(args.config)?;
     raise_fd_limit();
     let runtime_dir = args
         .runtime_dir
@@ -136,14 +166,14 @@ fn run(args: Args) -> Result<(), String> {
         .state_dir
         .or_else(|| config.agent.state_dir.clone())
         .unwrap_or_else(paths::state_dir);
-    listen::prepare_dir(&state_dir).map_err(|e| e.to_string())?;
-    let mut take = |name: &str| -> Result<listen::Listener, String> {
+    listen::prepare_dir(&state_dir)?;
+    let mut take = |name: &str| -> Result<listen::Listener, ListenError> {
         if let Some(i) = activated.iter().position(|(n, _)| n == name) {
             info!(socket = name, "using the socket passed by systemd");
             return Ok(activated.remove(i).1);
         }
-        listen::prepare_dir(&runtime_dir).map_err(|e| e.to_string())?;
-        listen::bind(&runtime_dir, name).map_err(|e| e.to_string())
+        listen::prepare_dir(&runtime_dir)?;
+        listen::bind(&runtime_dir, name)
     };
     let agent_listener = take(paths::AGENT_SOCKET)?;
     let ssh_listener = match take(paths::SSH_SOCKET) {
@@ -152,17 +182,15 @@ fn run(args: Args) -> Result<(), String> {
             if let Some(p) = &agent_listener.created {
                 let _ = std::fs::remove_file(p);
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     if let (Some(gid), Some(socket)) = (config.agent.socket_group, &agent_listener.created) {
-        listen::share_with_group(&runtime_dir, socket, gid).map_err(|e| e.to_string())?;
+        listen::share_with_group(&runtime_dir, socket, gid)?;
         info!(gid, uids = ?config.agent.allow_uids, "agent.sock shared with the socket group");
     }
     for l in [&agent_listener, &ssh_listener] {
-        l.socket
-            .set_nonblocking(true)
-            .map_err(|e| format!("socket: {e}"))?;
+        l.socket.set_nonblocking(true).map_err(RunError::Socket)?;
     }
     config.agent.state_dir = Some(state_dir.clone());
     // The state directory, `audit/` and the log are opened without following links
@@ -190,10 +218,10 @@ fn run(args: Args) -> Result<(), String> {
                     let _ = std::fs::remove_file(p);
                 }
             }
-            return Err(format!(
-                "cannot open the audit log in {}: {e} (the agent signs nothing it cannot record)",
-                state_dir.join(audit::DIR).display()
-            ));
+            return Err(RunError::Audit {
+                dir: state_dir.join(audit::DIR),
+                source: e,
+            });
         }
     };
     let store = KeyStore::open(&config).with_audit(audit).start();
@@ -228,16 +256,16 @@ fn run(args: Args) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        .map_err(RunError::Runtime)?;
     let created: Vec<PathBuf> = [&agent_listener, &ssh_listener]
         .iter()
         .filter_map(|l| l.created.clone())
         .collect();
     let result = rt.block_on(async {
-        let agent_socket = tokio::net::UnixListener::from_std(agent_listener.socket)
-            .map_err(|e| format!("socket: {e}"))?;
-        let ssh_socket = tokio::net::UnixListener::from_std(ssh_listener.socket)
-            .map_err(|e| format!("socket: {e}"))?;
+        let agent_socket =
+            tokio::net::UnixListener::from_std(agent_listener.socket).map_err(RunError::Socket)?;
+        let ssh_socket =
+            tokio::net::UnixListener::from_std(ssh_listener.socket).map_err(RunError::Socket)?;
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -270,7 +298,7 @@ fn run(args: Args) -> Result<(), String> {
                 stopped
             ),
         );
-        Ok::<(), String>(())
+        Ok::<(), RunError>(())
     });
     for path in &created {
         if let Err(e) = std::fs::remove_file(path) {

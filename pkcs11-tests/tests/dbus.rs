@@ -261,6 +261,25 @@ fn busctl_reads_devices_keys_and_locked_and_lock_stops_signing_until_unlock() {
     agent.client().lock().unwrap();
     assert!(locked_change("waxseal lock"));
     assert_eq!(bus.property("Locked"), "b true");
+
+    // Every Lock and Unlock is in the audit log, with the caller the bus daemon names.
+    let text = std::fs::read_to_string(agent.state_dir.join("audit/audit.jsonl")).unwrap();
+    let locks: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "lock" || r["event"] == "unlock")
+        .collect();
+    let events: Vec<&str> = locks.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["lock", "lock", "unlock", "unlock", "lock"],
+        "{locks:?}"
+    );
+    let me = rustix::process::getuid().as_raw();
+    for r in &locks {
+        assert_eq!(r["caller"]["uid"], me, "{r}");
+        assert!(r["caller"]["pid"].as_u64().is_some_and(|p| p > 0), "{r}");
+    }
 }
 
 #[test]

@@ -178,6 +178,25 @@ fn identities_match_and_openssh_signatures_verify() {
         run_ok(ssh_cmd(&agent, "ssh-add").arg("-L")).lines().count(),
         4
     );
+    // Both are in the audit log, with the ssh-add that asked, and never the passphrase.
+    let text = std::fs::read_to_string(agent.state_dir.join("audit/audit.jsonl")).unwrap();
+    assert!(!text.contains("correct horse"));
+    let locks: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "lock" || r["event"] == "unlock")
+        .collect();
+    let events: Vec<&str> = locks.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["lock", "unlock"], "{locks:?}");
+    for r in &locks {
+        assert!(r.get("code").is_none(), "{r}");
+        assert!(
+            r["caller"]["exe"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("ssh-add")),
+            "{r}"
+        );
+    }
 }
 
 #[test]

@@ -373,6 +373,21 @@ fn lock_unlock_and_sighup_reload() {
     assert_eq!(code, Some(0));
     assert!(out.contains("unlocked"), "{out}");
     sign(&agent, "hsm/k", b"after").unwrap();
+    // Both requests are in the audit log, with who asked.
+    let me = rustix::process::getuid().as_raw();
+    let recs = records(&agent.state_dir);
+    let events: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "lock" || r["event"] == "unlock")
+        .collect();
+    assert_eq!(events.len(), 2, "{recs:?}");
+    for (r, event) in events.iter().zip(["lock", "unlock"]) {
+        assert_eq!(r["event"], event, "{r}");
+        assert_eq!(r["key"], "", "{r}");
+        assert_eq!(r["caller"]["uid"], me, "{r}");
+        assert!(r["caller"]["pid"].as_u64().is_some_and(|p| p > 0), "{r}");
+        assert!(r.get("code").is_none(), "{r}");
+    }
 
     // SIGHUP: a new [[key]] policy applies at once.
     let config = agent.dir().join("config.toml");

@@ -303,6 +303,17 @@ fn a_refused_pin_is_never_retried_and_the_last_try_waits_for_unlock() {
         !agent.log().contains("123456"),
         "the PIN must never be logged"
     );
+    // The device unlock is in the audit log, naming the device, without the PIN.
+    let audit = std::fs::read_to_string(agent.state_dir.join("audit/audit.jsonl")).unwrap();
+    assert!(!audit.contains("123456"), "the PIN must never be recorded");
+    let unlocks: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "unlock")
+        .collect();
+    assert_eq!(unlocks.len(), 1, "{unlocks:?}");
+    assert_eq!(unlocks[0]["key"], "yk", "{}", unlocks[0]);
+    assert!(unlocks[0].get("code").is_none(), "{}", unlocks[0]);
 }
 
 #[test]

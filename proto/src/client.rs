@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::proto::{
     self, Attest, AttestOk, AuditTail, AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg,
-    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PinPolicy, PublicKeyOk, Purpose, Request,
-    Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
+    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PinPolicy, PinReply, PublicKeyOk, Purpose,
+    Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
     StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
@@ -166,17 +166,12 @@ impl Client {
             }
             if let Some(prompt) = &response.prompt {
                 let pin = self.on_prompt.as_mut().and_then(|h| h(prompt));
-                let reply = match &pin {
-                    Some(p) => Zeroizing::new(
-                        serde_json::json!({"id": id, "op": "pin_reply", "pin": p.as_str()})
-                            .to_string(),
-                    ),
-                    None => Zeroizing::new(
-                        serde_json::json!({"id": id, "op": "pin_reply", "cancel": true})
-                            .to_string(),
-                    ),
-                };
-                let framed = Zeroizing::new(proto::encode_frame(reply.as_bytes()));
+                let reply = match pin {
+                    Some(p) => PinReply::Pin(p),
+                    None => PinReply::Cancel,
+                }
+                .encode(id);
+                let framed = Zeroizing::new(proto::encode_frame(&reply));
                 self.stream.write_all(&framed)?;
                 continue;
             }

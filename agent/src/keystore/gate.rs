@@ -17,11 +17,11 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use tracing::{info, warn};
 
 use super::{wire, ConfirmRequest, Device, Event, Interaction, KeyStore, NoInteraction};
-use crate::audit::Record;
+use crate::audit::{self, Record};
 use crate::backend::SignInput;
 use crate::policy::Caller;
 use crate::proto::{
-    Bytes, ErrorCode, HashAlg, KeyAlg, Purpose, RsaPadding, Sign, SignOk, WireError,
+    Bytes, DeviceKind, ErrorCode, HashAlg, KeyAlg, Purpose, RsaPadding, Sign, SignOk, WireError,
 };
 use crate::rates::Taken;
 use crate::x509::{SigFamily, TbsSummary};
@@ -222,18 +222,19 @@ impl KeyStore {
             give_back(slot);
             return Err(refuse(e));
         }
-        let record =
-            |event: &'static str, outcome: Option<(String, String)>, intent: Option<u64>| Record {
-                event,
-                key: key.to_string(),
-                purpose: purpose.to_string(),
-                caller: caller.clone(),
-                subject: subject.clone(),
-                outcome,
-                intent,
-            };
+        let record = |event: audit::Event,
+                      outcome: Option<(ErrorCode, String)>,
+                      intent: Option<u64>| Record {
+            event,
+            key: key.to_string(),
+            purpose: Some(purpose.into()),
+            caller: caller.clone(),
+            subject: subject.clone(),
+            outcome,
+            intent,
+        };
         let intent = match &self.audit {
-            Some(audit) => match audit.append(&record("intent", None, None)) {
+            Some(audit) => match audit.append(&record(audit::Event::Intent, None, None)) {
                 Ok(seq) => {
                     slot = self.rate_logged(key, seq, slot);
                     Some(seq)
@@ -286,8 +287,8 @@ impl KeyStore {
             Err(e) => {
                 give_back(slot);
                 let _ = audit.append(&record(
-                    "failed",
-                    Some((e.code.to_string(), e.message.clone())),
+                    audit::Event::Failed,
+                    Some((e.code, e.message.clone())),
                     Some(seq),
                 ));
                 Err(e)
@@ -295,8 +296,8 @@ impl KeyStore {
             Ok(signed) => {
                 if let Err(e) = audit.wait_durable(seq) {
                     let _ = audit.append(&record(
-                        "withheld",
-                        Some(("device-error".into(), e.clone())),
+                        audit::Event::Withheld,
+                        Some((ErrorCode::DeviceError, e.to_string())),
                         Some(seq),
                     ));
                     return Err(WireError::new(
@@ -304,7 +305,7 @@ impl KeyStore {
                         format!("{e}; the signature was withheld"),
                     ));
                 }
-                if let Err(e) = audit.append(&record("signed", None, Some(seq))) {
+                if let Err(e) = audit.append(&record(audit::Event::Signed, None, Some(seq))) {
                     warn!(error = %e, "the outcome of a durable intent record was not written");
                 }
                 Ok(issued(signed))
@@ -408,12 +409,12 @@ impl KeyStore {
         info!(key, %purpose, caller = %caller.describe(), code = %e.code, reason = %e.message, "signature refused");
         if let Some(audit) = &self.audit {
             let record = Record {
-                event: "refused",
+                event: audit::Event::Refused,
                 key: key.to_string(),
-                purpose: purpose.to_string(),
+                purpose: Some(purpose.into()),
                 caller: caller.clone(),
                 subject,
-                outcome: Some((e.code.to_string(), e.message.clone())),
+                outcome: Some((e.code, e.message.clone())),
                 intent: None,
             };
             if let Err(err) = audit.append(&record) {
@@ -520,7 +521,7 @@ impl KeyStore {
         label: &str,
         ui: &mut dyn Interaction,
     ) -> Result<(), WireError> {
-        if device.kind != "yubikey" {
+        if device.kind != DeviceKind::Yubikey {
             return Ok(());
         }
         if let Some(text) = device.lanes.run(|b| b.touch_notice(label))? {

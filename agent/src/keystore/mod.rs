@@ -4,6 +4,7 @@
 //! gate ([`gate`]).
 
 mod gate;
+mod lock;
 
 pub use gate::{Prepared, Signature, SshSign};
 
@@ -13,19 +14,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map};
 
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::audit::{Audit, Record, Tail, TAIL_BUDGET};
+use crate::audit::{self, Audit, Record, Tail, TAIL_BUDGET};
 use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions};
-use crate::config::{Config, DeviceKind};
+use crate::config::{self, Config};
+use crate::confirm::ConfirmError;
 use crate::keyuri::KeyName;
 use crate::policy::{Caller, Policy};
 use crate::proto::{
-    AttestOk, AuditStatus, Bytes, DeviceStatus, ErrorCode, GenerateKey, GenerateKeyOk, KeyAlg,
-    KeyInfo, ListKeysOk, PublicKeyOk, Purpose, StatusOk, StoreCertificate, StoreCertificateOk,
-    UnlockOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
+    AttestOk, AuditStatus, Bytes, DeviceKind, DeviceStatus, ErrorCode, GenerateKey, GenerateKeyOk,
+    KeyAlg, KeyInfo, ListKeysOk, PublicKeyOk, Purpose, StatusOk, StoreCertificate,
+    StoreCertificateOk, WireError, AGENT_NAME, PROTOCOL_VERSION,
 };
 use crate::rates::RateBook;
 use crate::worker::{DeviceLanes, LaneError};
@@ -34,7 +35,7 @@ use crate::worker::{DeviceLanes, LaneError};
 #[derive(Debug)]
 struct Device {
     name: String,
-    kind: &'static str,
+    kind: DeviceKind,
     lanes: DeviceLanes,
     /// `pin_ttl`: how long the device may hold a PIN.
     pin_ttl: Option<Duration>,
@@ -136,7 +137,7 @@ impl ConfirmRequest {
 /// time is a denial. `Err` means nobody could be asked (also a denial, said so).
 pub trait Confirmer: Send + Sync {
     /// `Ok(true)` allow, `Ok(false)` deny.
-    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, String>;
+    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, ConfirmError>;
 }
 
 /// A key offered on `ssh.sock`.
@@ -173,7 +174,7 @@ impl KeyStore {
         for d in &config.devices {
             let lanes: Vec<Box<dyn Backend>> = match &d.kind {
                 #[cfg(feature = "pkcs11")]
-                DeviceKind::Pkcs11 {
+                config::DeviceKind::Pkcs11 {
                     module,
                     token,
                     sessions,
@@ -185,12 +186,12 @@ impl KeyStore {
                     sessions: *sessions,
                 }),
                 #[cfg(not(feature = "pkcs11"))]
-                DeviceKind::Pkcs11 { .. } => {
+                config::DeviceKind::Pkcs11 { .. } => {
                     warn!(device = %d.name, "this agent was built without the pkcs11 feature; device skipped");
                     continue;
                 }
                 #[cfg(feature = "tpm")]
-                DeviceKind::Tpm { tcti, key_dir } => {
+                config::DeviceKind::Tpm { tcti, key_dir } => {
                     backend::tpm::open(backend::tpm::TpmSettings {
                         name: d.name.clone(),
                         tcti: tcti.clone(),
@@ -199,12 +200,12 @@ impl KeyStore {
                     })
                 }
                 #[cfg(not(feature = "tpm"))]
-                DeviceKind::Tpm { .. } => {
+                config::DeviceKind::Tpm { .. } => {
                     warn!(device = %d.name, "this agent was built without the tpm feature; device skipped");
                     continue;
                 }
                 #[cfg(feature = "yubikey")]
-                DeviceKind::Yubikey { serial, mgm_key } => {
+                config::DeviceKind::Yubikey { serial, mgm_key } => {
                     backend::yubikey::open(backend::yubikey::YubikeySettings {
                         name: d.name.clone(),
                         serial: *serial,
@@ -213,15 +214,15 @@ impl KeyStore {
                     })
                 }
                 #[cfg(not(feature = "yubikey"))]
-                DeviceKind::Yubikey { .. } => {
+                config::DeviceKind::Yubikey { .. } => {
                     warn!(device = %d.name, "this agent was built without the yubikey feature; device skipped");
                     continue;
                 }
             };
-            info!(device = %d.name, kind = d.kind.word(), lanes = lanes.len(), "device configured");
+            info!(device = %d.name, kind = %d.kind.kind(), lanes = lanes.len(), "device configured");
             devices.push(Device {
                 name: d.name.clone(),
-                kind: d.kind.word(),
+                kind: d.kind.kind(),
                 lanes: DeviceLanes::new(&d.name, lanes),
                 pin_ttl: d.pin_ttl,
                 pin_since: Mutex::new(None),
@@ -339,12 +340,12 @@ impl KeyStore {
                 }),
             );
             let record = Record {
-                event: "refused",
+                event: audit::Event::Refused,
                 key: String::new(),
-                purpose: "connection".into(),
+                purpose: Some(audit::Purpose::Connection),
                 caller: from,
                 subject,
-                outcome: Some((e.code.to_string(), e.message.clone())),
+                outcome: Some((e.code, e.message.clone())),
                 intent: None,
             };
             if let Err(err) = audit.append(&record) {
@@ -398,7 +399,7 @@ impl KeyStore {
                     total += info.keys;
                     DeviceStatus {
                         name: d.name.clone(),
-                        kind: d.kind.to_string(),
+                        kind: d.kind,
                         present: true,
                         keys: info.keys,
                         detail: info.detail,
@@ -407,7 +408,7 @@ impl KeyStore {
                 }
                 Ok(Err(e)) => DeviceStatus {
                     name: d.name.clone(),
-                    kind: d.kind.to_string(),
+                    kind: d.kind,
                     present: !matches!(e, BackendError::Absent(_)),
                     keys: 0,
                     detail: String::new(),
@@ -415,7 +416,7 @@ impl KeyStore {
                 },
                 Err(e) => DeviceStatus {
                     name: d.name.clone(),
-                    kind: d.kind.to_string(),
+                    kind: d.kind,
                     present: false,
                     keys: 0,
                     detail: String::new(),
@@ -586,41 +587,6 @@ impl KeyStore {
         self.prompt_pin(device, ui)
     }
 
-    /// `unlock`: the user's go-ahead to try `device`'s PIN again.
-    pub fn unlock_device(&self, device: &str) -> Result<UnlockOk, WireError> {
-        let d = self.device(device)?;
-        let message = d.lanes.run(|b| b.unlock())?.map_err(wire)?;
-        info!(device, %message, "unlock");
-        Ok(UnlockOk {
-            device: Some(device.to_string()),
-            locked: self.is_locked(),
-            message,
-        })
-    }
-
-    fn check_unlocked(&self) -> Result<(), WireError> {
-        if self.user_locked.load(Ordering::Acquire) {
-            return Err(WireError::new(
-                ErrorCode::Locked,
-                "the agent is locked (waxseal lock); unlock it with `waxseal unlock`",
-            ));
-        }
-        if self.ssh_locked() {
-            return Err(WireError::new(
-                ErrorCode::Locked,
-                "the agent is locked (ssh-add -x); unlock it with ssh-add -X",
-            ));
-        }
-        Ok(())
-    }
-
-    fn ssh_locked(&self) -> bool {
-        self.lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
     /// Whether the agent is locked (by `ssh-add -x` or by the user).
     pub fn is_locked(&self) -> bool {
         self.user_locked.load(Ordering::Acquire) || self.ssh_locked()
@@ -686,68 +652,6 @@ impl KeyStore {
             }
         }
         info!("cached PINs dropped");
-    }
-
-    /// `waxseal lock` / D-Bus `Lock`: drops cached PINs and refuses signing until
-    /// [`KeyStore::unlock_user`]. False if it was locked already.
-    pub fn lock_user(&self) -> bool {
-        let was = self.user_locked.swap(true, Ordering::AcqRel);
-        self.forget_pins();
-        if !was {
-            info!("agent locked by the user");
-            self.emit(Event::Locked(true));
-        }
-        !was
-    }
-
-    /// Undoes [`KeyStore::lock_user`]. False if it was not locked that way.
-    pub fn unlock_user(&self) -> bool {
-        let was = self.user_locked.swap(false, Ordering::AcqRel);
-        if was {
-            info!("agent unlocked by the user");
-            self.emit(Event::Locked(self.is_locked()));
-        }
-        was
-    }
-
-    /// Locks the agent with `passphrase`; false if it was locked already.
-    pub fn lock(&self, passphrase: &[u8]) -> bool {
-        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if lock.is_some() {
-            return false;
-        }
-        *lock = Some(Zeroizing::new(Sha256::digest(passphrase).into()));
-        info!("agent locked");
-        self.emit(Event::Locked(true));
-        true
-    }
-
-    /// Unlocks the agent if `passphrase` is the one it was locked with. A wrong
-    /// passphrase costs a second, against guessing.
-    pub fn unlock(&self, passphrase: &[u8]) -> bool {
-        let given: Zeroizing<[u8; 32]> = Zeroizing::new(Sha256::digest(passphrase).into());
-        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        match lock.as_ref() {
-            Some(held)
-                if held
-                    .iter()
-                    .zip(given.iter())
-                    .fold(0u8, |d, (a, b)| d | (a ^ b))
-                    == 0 =>
-            {
-                *lock = None;
-                drop(lock);
-                info!("agent unlocked");
-                self.emit(Event::Locked(self.is_locked()));
-                true
-            }
-            _ => {
-                drop(lock);
-                warn!("unlock refused");
-                std::thread::sleep(Duration::from_secs(1));
-                false
-            }
-        }
     }
 
     /// Keys offered on `ssh.sock`: those whose policy allows `ssh` (and, on a

@@ -69,12 +69,15 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
+use zbus::message::Header;
 use zbus::names::InterfaceName;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{interface, proxy, Connection, OwnedObjectPath, Variant};
 
 use crate::config::Config;
+use crate::confirm::ConfirmError;
 use crate::keystore::{ConfirmRequest, Confirmer, Event, KeyStore};
+use crate::policy::Caller;
 
 /// Well-known name the agent owns on the session bus.
 pub const BUS_NAME: &str = "dev.waxseal.Agent";
@@ -275,15 +278,25 @@ struct Agent1 {
 impl Agent1 {
     /// Drops cached PINs and refuses signing until `Unlock`. True if this call locked
     /// the agent.
-    async fn lock(&self) -> zbus::fdo::Result<bool> {
+    async fn lock(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<bool> {
+        let caller = sender(conn, &header).await;
         let store = self.store.clone();
-        blocking(move || store.lock_user()).await
+        blocking(move || store.lock_user(&caller)).await
     }
 
     /// Undoes `Lock`. True if this call unlocked the agent.
-    async fn unlock(&self) -> zbus::fdo::Result<bool> {
+    async fn unlock(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<bool> {
+        let caller = sender(conn, &header).await;
         let store = self.store.clone();
-        blocking(move || store.unlock_user()).await
+        blocking(move || store.unlock_user(&caller)).await
     }
 
     /// Every configured device: (name, kind, present, keys, detail, error).
@@ -297,7 +310,7 @@ impl Agent1 {
             .map(|d| {
                 (
                     d.name,
-                    d.kind,
+                    d.kind.to_string(),
                     d.present,
                     u32::try_from(d.keys).unwrap_or(u32::MAX),
                     d.detail,
@@ -348,6 +361,28 @@ impl Agent1 {
         purpose: &str,
         caller: &str,
     ) -> zbus::Result<()>;
+}
+
+/// Who sent a method call, as the bus daemon knows it (for the audit log). The bus
+/// lets only the user's own processes in; when the daemon cannot say, the record
+/// names the agent's own uid and no pid.
+async fn sender(conn: &Connection, header: &Header<'_>) -> Caller {
+    let own = rustix::process::getuid().as_raw();
+    let Some(name) = header.sender() else {
+        return Caller::from_peer(own, None);
+    };
+    let creds = match zbus::fdo::DBusProxy::new(conn).await {
+        Ok(bus) => bus
+            .get_connection_credentials(name.clone().into())
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    let uid = creds.as_ref().and_then(|c| c.unix_user_id()).unwrap_or(own);
+    let pid = creds
+        .and_then(|c| c.process_id())
+        .and_then(|p| i32::try_from(p).ok());
+    Caller::from_peer(uid, pid)
 }
 
 /// Turns the key store's [`Event`]s into `SignatureIssued` and `Locked` changes.
@@ -467,7 +502,7 @@ struct NotificationConfirmer {
 }
 
 impl Confirmer for NotificationConfirmer {
-    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, String> {
+    fn confirm(&self, request: &ConfirmRequest) -> Result<bool, ConfirmError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let conn = self.conn.clone();
         let request = request.clone();
@@ -478,7 +513,7 @@ impl Confirmer for NotificationConfirmer {
         // A runtime that stopped drops `tx`: the answer is then an error, never a hang.
         match rx.recv_timeout(self.timeout + CONFIRM_SLACK) {
             Ok(answer) => answer,
-            Err(_) => Err("the D-Bus thread did not answer".into()),
+            Err(_) => Err(ConfirmError::NoAnswer),
         }
     }
 }
@@ -488,14 +523,13 @@ async fn ask(
     conn: &Connection,
     request: &ConfirmRequest,
     timeout: Duration,
-) -> Result<bool, String> {
-    let fail =
-        |e: zbus::Error| format!("desktop notifications (org.freedesktop.Notifications): {e}");
+) -> Result<bool, ConfirmError> {
+    let fail = |e: zbus::Error| ConfirmError::Notifications(Box::new(e));
     let deadline = tokio::time::Instant::now() + timeout;
     let proxy = NotificationsProxy::new(conn).await.map_err(fail)?;
     let caps = proxy.get_capabilities().await.map_err(fail)?;
     if !caps.iter().any(|c| c == "actions") {
-        return Err("the desktop notification service offers no Allow/Deny buttons (no `actions` capability)".into());
+        return Err(ConfirmError::NoActions);
     }
     // Listen before asking, so an answer cannot come before the listener; one stream
     // for both signals keeps their order (servers send ActionInvoked, then

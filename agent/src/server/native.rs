@@ -19,8 +19,8 @@ use crate::keystore::{Interaction, KeyStore};
 use crate::policy::{own_uid, Caller};
 use crate::proto::{
     self, decode_request, encode_error, encode_notice, encode_ok, encode_prompt, Attest, AuditTail,
-    AuditTailOk, ErrorCode, GenerateKey, HelloOk, Op, Sign, StoreCertificate, Unlock, UnlockOk,
-    WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
+    AuditTailOk, ErrorCode, GenerateKey, HelloOk, Op, PinReply, Sign, StoreCertificate, Unlock,
+    UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError, Sender};
 use secrecy::SecretString;
@@ -171,21 +171,17 @@ impl Interaction for ConnUi<'_> {
             .reader
             .read(self.stream, Duration::ZERO, Some(PIN_PROMPT_TIMEOUT))
             .ok()?;
-        let mut reply: serde_json::Value = serde_json::from_slice(frame).ok()?;
-        if reply.get("op").and_then(|v| v.as_str()) != Some("pin_reply")
-            || reply.get("id").and_then(|v| v.as_u64()) != Some(self.id)
-        {
-            warn!("the client answered a PIN prompt with something else; no PIN");
-            return None;
-        }
-        match reply.get_mut("pin").map(serde_json::Value::take) {
-            Some(serde_json::Value::String(pin)) if !pin.is_empty() => {
-                let mut pin = zeroize::Zeroizing::new(pin);
-                let secret = SecretString::from(pin.as_str());
-                pin.clear();
-                Some(secret)
+        match PinReply::decode(frame) {
+            Ok((id, PinReply::Pin(pin))) if id == self.id => Some(SecretString::from(pin.as_str())),
+            Ok((id, PinReply::Cancel)) if id == self.id => None,
+            Ok(_) => {
+                warn!("the client answered a PIN prompt for another request; no PIN");
+                None
             }
-            _ => None,
+            Err(e) => {
+                warn!(error = %e, "the client answered a PIN prompt with something else; no PIN");
+                None
+            }
         }
     }
 }
@@ -352,7 +348,7 @@ fn audit_tail(req: &Req<'_>, t: &AuditTail) -> Vec<u8> {
 
 fn lock(req: &Req<'_>) -> Vec<u8> {
     info!(uid = req.caller.uid, pid = req.pid(), "lock asked");
-    let newly = req.store.lock_user();
+    let newly = req.store.lock_user(req.caller);
     encode_ok(
         req.id,
         &UnlockOk {
@@ -371,10 +367,10 @@ fn lock(req: &Req<'_>) -> Vec<u8> {
 fn unlock(req: &Req<'_>, u: &Unlock) -> Vec<u8> {
     if let Some(device) = &u.device {
         info!(device = %device, uid = req.caller.uid, pid = req.pid(), "device unlock asked");
-        return req.reply(req.store.unlock_device(device));
+        return req.reply(req.store.unlock_device(device, req.caller));
     }
     info!(uid = req.caller.uid, pid = req.pid(), "unlock asked");
-    let was = req.store.unlock_user();
+    let was = req.store.unlock_user(req.caller);
     let locked = req.store.is_locked();
     let message = match (was, locked) {
         (_, true) => "still locked by ssh-add -x; unlock it with ssh-add -X",

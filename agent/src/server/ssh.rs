@@ -358,7 +358,7 @@ impl Session for SshSession {
     }
 
     async fn lock(&mut self, passphrase: String) -> Result<(), AgentError> {
-        if self.store.lock(passphrase.as_bytes()) {
+        if self.store.lock(passphrase.as_bytes(), &self.caller) {
             Ok(())
         } else {
             Err(refused("the agent is already locked"))
@@ -366,7 +366,7 @@ impl Session for SshSession {
     }
 
     async fn unlock(&mut self, passphrase: String) -> Result<(), AgentError> {
-        if self.store.unlock(passphrase.as_bytes()) {
+        if self.store.unlock(passphrase.as_bytes(), &self.caller) {
             Ok(())
         } else {
             Err(refused("wrong passphrase, or the agent is not locked"))

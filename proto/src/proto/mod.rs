@@ -11,10 +11,12 @@
 mod error;
 pub mod frame;
 mod message;
+mod pin;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{decode_frame, encode_frame, FrameError, MAX_FRAME, PREFIX_LEN};
 pub use message::*;
+pub use pin::{PinReply, PinReplyError, MAX_PIN};
 
 /// The protocol version this crate speaks (`hello` exchanges it).
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,340 @@
+//! Tests of request decoding and response encoding.
+
+use super::*;
+
+fn decode(s: &str) -> Result<Request, RequestError> {
+    decode_request(s.as_bytes())
+}
+
+#[test]
+fn a_member_named_twice_is_refused_at_any_depth() {
+    for frame in [
+        r#"{"id":1,"op":"public_key","key":"hsm/a","key":"hsm/b"}"#,
+        r#"{"id":1,"id":2,"op":"list_keys"}"#,
+        r#"{"id":1,"op":"list_keys","x":{"a":1,"a":2}}"#,
+        r#"{"id":1,"op":"list_keys","x":[{"a":1,"a":1}]}"#,
+    ] {
+        let e = decode(frame).unwrap_err();
+        assert!(e.malformed, "{frame}");
+        assert!(
+            e.error.message.contains("appears twice"),
+            "{}",
+            e.error.message
+        );
+    }
+    assert!(decode(r#"{"id":1,"op":"public_key","key":"hsm/a","x":{"key":"b"}}"#).is_ok());
+}
+
+#[test]
+fn client_strings_are_bounded_and_free_of_control_characters() {
+    let sign = |name: &str| {
+        decode(&format!(
+            r#"{{"id":3,"op":"sign","key":"hsm/r","purpose":"blob","hash":"sha256","digest":"{}","name":{}}}"#,
+            B64.encode([0u8; 32]),
+            serde_json::to_string(name).unwrap()
+        ))
+    };
+    assert!(sign(&"a".repeat(MAX_NAME)).is_ok());
+    let e = sign(&"a".repeat(MAX_NAME + 1)).unwrap_err();
+    assert_eq!(e.id, Some(3));
+    assert!(
+        e.error.message.contains("at most 1024"),
+        "{}",
+        e.error.message
+    );
+    assert!(
+        !e.error.message.contains("aaaa"),
+        "the string is not echoed"
+    );
+    let e = sign(
+        "release.tar.gz
+Asked by uid 0",
+    )
+    .unwrap_err();
+    assert!(
+        e.error.message.contains("control character"),
+        "{}",
+        e.error.message
+    );
+    let long_key = format!(
+        r#"{{"id":4,"op":"public_key","key":"hsm/{}"}}"#,
+        "k".repeat(300)
+    );
+    assert!(decode(&long_key)
+        .unwrap_err()
+        .error
+        .message
+        .contains("`key`"));
+}
+
+#[test]
+fn design_examples_decode() {
+    assert_eq!(
+        decode(r#"{"id":0,"op":"hello","version":1}"#).unwrap(),
+        Request {
+            id: 0,
+            op: Op::Hello(Hello { version: 1 })
+        }
+    );
+    assert_eq!(
+        decode(r#"{"id":1,"op":"list_keys"}"#).unwrap().op,
+        Op::ListKeys
+    );
+    assert_eq!(
+        decode(r#"{"id":2,"op":"public_key","key":"hsm/release"}"#)
+            .unwrap()
+            .op,
+        Op::PublicKey(KeyRef {
+            key: "hsm/release".into()
+        })
+    );
+    let sign = decode(
+        r#"{"id":3,"op":"sign","key":"hsm/release","purpose":"digest","hash":"sha256","digest":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}"#,
+    )
+    .unwrap();
+    let Op::Sign(s) = sign.op else {
+        panic!("not sign")
+    };
+    assert_eq!(s.purpose, Purpose::Digest);
+    assert_eq!(s.hash, Some(HashAlg::Sha256));
+    assert_eq!(s.digest.0, (0u8..32).collect::<Vec<_>>());
+}
+
+#[test]
+fn request_round_trip() {
+    let ops = vec![
+        Op::Hello(Hello { version: 1 }),
+        Op::Status,
+        Op::ListKeys,
+        Op::PublicKey(KeyRef { key: "a/b".into() }),
+        Op::GenerateKey(GenerateKey {
+            key: "a/b".into(),
+            alg: KeyAlg::Rsa(3072),
+            touch: None,
+            pin_policy: None,
+        }),
+        Op::GenerateKey(GenerateKey {
+            key: "yk/9c".into(),
+            alg: KeyAlg::P256,
+            touch: Some(TouchPolicy::Cached),
+            pin_policy: Some(PinPolicy::Always),
+        }),
+        Op::Unlock(Unlock {
+            device: Some("yk".into()),
+        }),
+        Op::Unlock(Unlock { device: None }),
+        Op::Lock,
+        Op::AuditTail(AuditTail { n: Some(5) }),
+        Op::Sign(Sign {
+            key: "a/b".into(),
+            purpose: Purpose::Blob,
+            hash: Some(HashAlg::Sha384),
+            digest: Bytes(vec![7; 48]),
+            tbs: None,
+            name: Some("release.tar.gz".into()),
+            padding: Some(RsaPadding::Pss),
+        }),
+        Op::Sign(Sign {
+            key: "a/root".into(),
+            purpose: Purpose::X509Tbs,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: Some(Bytes(vec![0x30, 0x00])),
+            name: None,
+            padding: None,
+        }),
+        Op::StoreCertificate(StoreCertificate {
+            key: "a/root".into(),
+            object_id: "99".into(),
+            label: None,
+            cert: Bytes(vec![0x30, 0x00]),
+        }),
+    ];
+    for (id, op) in ops.into_iter().enumerate() {
+        let req = Request { id: id as u64, op };
+        assert_eq!(decode_request(&req.to_json()).unwrap(), req);
+    }
+}
+
+#[test]
+fn unknown_members_are_ignored() {
+    let r = decode(r#"{"id":9,"op":"status","future":[1,2,3]}"#).unwrap();
+    assert_eq!(
+        r,
+        Request {
+            id: 9,
+            op: Op::Status
+        }
+    );
+}
+
+#[test]
+fn non_utf8_is_malformed() {
+    let e = decode_request(b"{\"id\":1,\"op\":\"\xff\"}").unwrap_err();
+    assert!(e.malformed);
+    assert_eq!(e.error.code, ErrorCode::BadRequest);
+    assert!(e.error.message.contains("UTF-8"), "{}", e.error.message);
+}
+
+#[test]
+fn non_json_is_malformed() {
+    for bad in ["", "hello", "{\"id\":1", "[1,2", "{\"id\":1,}"] {
+        let e = decode(bad).unwrap_err();
+        assert!(e.malformed, "{bad:?}");
+        assert_eq!(e.id, None);
+        assert!(e.error.message.contains("not JSON"), "{}", e.error.message);
+    }
+}
+
+#[test]
+fn truncated_json_is_malformed() {
+    let full = r#"{"id":3,"op":"sign","key":"hsm/release","purpose":"digest","digest":"AAAA"}"#;
+    for cut in 1..full.len() {
+        let e = decode(&full[..cut]).unwrap_err();
+        assert!(e.malformed, "cut at {cut}");
+    }
+}
+
+#[test]
+fn non_object_json_is_bad_request() {
+    for bad in ["[]", "1", "\"x\"", "null", "true"] {
+        let e = decode(bad).unwrap_err();
+        assert!(!e.malformed);
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        assert_eq!(e.id, None);
+    }
+}
+
+#[test]
+fn wrong_typed_id() {
+    for bad in [
+        r#"{"op":"status"}"#,
+        r#"{"id":"1","op":"status"}"#,
+        r#"{"id":-1,"op":"status"}"#,
+        r#"{"id":1.5,"op":"status"}"#,
+        r#"{"id":null,"op":"status"}"#,
+    ] {
+        let e = decode(bad).unwrap_err();
+        assert_eq!(e.id, None, "{bad}");
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+    }
+}
+
+#[test]
+fn wrong_typed_members_keep_the_id() {
+    let cases = [
+        (r#"{"id":4,"op":7}"#, "`op` must be a string"),
+        (r#"{"id":4}"#, "missing `op`"),
+        (r#"{"id":4,"op":"hello","version":"1"}"#, "invalid type"),
+        (r#"{"id":4,"op":"hello"}"#, "missing field `version`"),
+        (r#"{"id":4,"op":"public_key","key":5}"#, "invalid type"),
+        (
+            r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest","digest":"!!"}"#,
+            "not base64",
+        ),
+        (
+            r#"{"id":4,"op":"sign","key":"a/b","purpose":"nope","digest":""}"#,
+            "unknown Purpose",
+        ),
+        (
+            r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest","hash":"md5","digest":""}"#,
+            "unknown HashAlg",
+        ),
+        (
+            r#"{"id":4,"op":"generate_key","key":"a/b","alg":"rsa1"}"#,
+            "unknown key algorithm",
+        ),
+        (
+            r#"{"id":4,"op":"sign","key":"a/b","purpose":"digest"}"#,
+            "missing field `digest`",
+        ),
+        (
+            r#"{"id":4,"op":"sign","key":"a/b","purpose":"x509-tbs","digest":"AAAA"}"#,
+            "missing field `tbs`",
+        ),
+        (
+            r#"{"id":4,"op":"sign","key":"a/b","purpose":"x509-tbs","tbs":"MAA=","digest":"AAAA"}"#,
+            "no `digest`",
+        ),
+        (
+            r#"{"id":4,"op":"sign","key":"a/b","purpose":"blob","tbs":"MAA=","digest":"AAAA"}"#,
+            "only for purpose x509-tbs",
+        ),
+        (
+            r#"{"id":4,"op":"store_certificate","key":"a/b","object_id":"1"}"#,
+            "missing field `cert`",
+        ),
+    ];
+    for (bad, want) in cases {
+        let e = decode(bad).unwrap_err();
+        assert_eq!(e.id, Some(4), "{bad}");
+        assert!(!e.malformed);
+        assert_eq!(e.error.code, ErrorCode::BadRequest, "{bad}");
+        assert!(e.error.message.contains(want), "{bad}: {}", e.error.message);
+    }
+}
+
+#[test]
+fn unknown_op_is_unsupported() {
+    let e = decode(r#"{"id":5,"op":"format_disk"}"#).unwrap_err();
+    assert_eq!(e.id, Some(5));
+    assert_eq!(e.error.code, ErrorCode::Unsupported);
+    assert!(e.error.message.contains("format_disk"));
+}
+
+#[test]
+fn responses_encode_as_designed() {
+    let hello = encode_ok(
+        0,
+        &HelloOk {
+            version: 1,
+            agent: "waxseal-agent 0.1.0".into(),
+        },
+    );
+    assert_eq!(
+        std::str::from_utf8(&hello).unwrap(),
+        r#"{"id":0,"ok":{"version":1,"agent":"waxseal-agent 0.1.0"}}"#
+    );
+    let err = encode_error(Some(3), &WireError::new(ErrorCode::PolicyDenied, "no"));
+    assert_eq!(
+        std::str::from_utf8(&err).unwrap(),
+        r#"{"id":3,"error":{"code":"policy-denied","message":"no"}}"#
+    );
+    let null = encode_error(None, &WireError::new(ErrorCode::FrameTooLarge, "big"));
+    assert!(std::str::from_utf8(&null)
+        .unwrap()
+        .starts_with(r#"{"id":null,"#));
+}
+
+#[test]
+fn response_decode_and_typing() {
+    let r = Response::decode(br#"{"id":1,"ok":{"keys":[{"name":"hsm/release","device":"hsm","alg":"p256","purposes":["digest","blob","ssh"]}]}}"#).unwrap();
+    let keys: ListKeysOk = r.into_result().unwrap();
+    assert_eq!(keys.keys[0].alg, KeyAlg::P256);
+    assert_eq!(
+        keys.keys[0].purposes,
+        vec![Purpose::Digest, Purpose::Blob, Purpose::Ssh]
+    );
+    let r =
+        Response::decode(br#"{"id":3,"error":{"code":"pin-incorrect","message":"m"}}"#).unwrap();
+    match r.into_result::<SignOk>() {
+        Err(ResponseError::Agent(e)) => assert_eq!(e.code, ErrorCode::PinIncorrect),
+        other => panic!("{other:?}"),
+    }
+    assert!(Response::decode(br#"{"id":3}"#).is_err());
+    assert!(
+        Response::decode(br#"{"id":3,"ok":{},"error":{"code":"locked","message":""}}"#).is_err()
+    );
+}
+
+#[test]
+fn key_alg_words() {
+    for alg in KeyAlg::GENERATABLE {
+        assert_eq!(alg.to_string().parse::<KeyAlg>().unwrap(), alg);
+    }
+    assert_eq!("rsa8192".parse::<KeyAlg>().unwrap(), KeyAlg::Rsa(8192));
+    assert!("rsa".parse::<KeyAlg>().is_err());
+    assert!("p521".parse::<KeyAlg>().is_err());
+    assert!(!KeyAlg::Rsa(1024).is_generatable());
+    assert_eq!(KeyAlg::P384.default_hash(), HashAlg::Sha384);
+}
