@@ -77,10 +77,11 @@ fn main() -> ExitCode {
 /// The manual page, from the same definition that parses the arguments.
 fn print_man() -> ExitCode {
     use clap::CommandFactory;
+    use io::Write as _;
     let mut page = Vec::new();
     let written = clap_mangen::Man::new(Args::command())
         .render(&mut page)
-        .and_then(|()| std::io::Write::write_all(&mut std::io::stdout().lock(), &page));
+        .and_then(|()| io::stdout().lock().write_all(&page));
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
