@@ -120,7 +120,7 @@ impl Shared {
         if conn.link.take().is_some() {
             warn!(
                 device = self.name(),
-                "lost the token; will reconnect on the next request"
+                "dropped the connection to the token; the next attempt finds it again"
             );
         }
         conn.logged_in = false;
@@ -323,5 +323,45 @@ impl From<CkError> for OpError {
 impl From<BackendError> for OpError {
     fn from(e: BackendError) -> Self {
         OpError::Backend(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cryptoki::context::Function;
+
+    use super::*;
+    use crate::backend::Code;
+
+    fn fault_of(rv: RvError) -> Faulted {
+        classify("hsm", CkError::Pkcs11(rv, Function::Sign))
+    }
+
+    #[test]
+    fn module_errors_sort_into_faults() {
+        for rv in [
+            RvError::DeviceRemoved,
+            RvError::TokenNotPresent,
+            RvError::SessionHandleInvalid,
+            RvError::SessionClosed,
+        ] {
+            assert_eq!(fault_of(rv).fault, Fault::Gone, "{rv:?}");
+        }
+        assert_eq!(fault_of(RvError::UserNotLoggedIn).fault, Fault::Relogin);
+        assert_eq!(
+            fault_of(RvError::ObjectHandleInvalid).fault,
+            Fault::StaleHandle
+        );
+        let failed = fault_of(RvError::FunctionFailed);
+        assert_eq!(failed.fault, Fault::Failed);
+        assert_eq!(
+            failed.into_error().to_string(),
+            "device hsm: Function::Sign failed: CKR_FUNCTION_FAILED"
+        );
+        // A token still gone after the reconnect is absent.
+        assert_eq!(
+            fault_of(RvError::DeviceRemoved).into_error().code,
+            Code::Absent
+        );
     }
 }

@@ -1697,6 +1697,27 @@ mod tests {
     }
 
     #[test]
+    fn tpm_errors_sort_into_faults() {
+        let tpm = |rc: u32| {
+            Fail::Tpm(
+                "TPM2_Sign",
+                tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc)),
+            )
+        };
+        // TCTI layer (10), TSS2_BASE_RC_IO_ERROR: the connection broke.
+        assert_eq!(classify(&tpm(0x000a_000a)), Fault::Gone);
+        // TPM_RC_REBOOT: the TPM restarted.
+        assert_eq!(classify(&tpm(0x130)), Fault::Relogin);
+        // TPM_RC_HANDLE: an object the agent loaded is not there.
+        assert_eq!(classify(&tpm(0x08b)), Fault::StaleHandle);
+        assert_eq!(classify(&Fail::Full("full".into())), Fault::StaleHandle);
+        // TPM_RC_AUTH_FAIL (session 1): final, never retried.
+        assert_eq!(classify(&tpm(0x98e)), Fault::Failed);
+        let decided = Fail::Backend(BackendError::no_such_key("tpm", "no key"));
+        assert_eq!(classify(&decided), Fault::Failed);
+    }
+
+    #[test]
     fn templates_build() {
         srk_template().unwrap();
         ak_template().unwrap();

@@ -335,3 +335,36 @@ impl Lane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcsc(inner: Option<pcsc::Error>) -> yubikey::Error {
+        yubikey::Error::PcscError { inner }
+    }
+
+    #[test]
+    fn card_errors_sort_into_faults() {
+        assert_eq!(classify(&pcsc(Some(pcsc::Error::RemovedCard))), Fault::Gone);
+        assert_eq!(classify(&pcsc(Some(pcsc::Error::NoService))), Fault::Gone);
+        assert_eq!(classify(&pcsc(None)), Fault::Gone);
+        assert_eq!(
+            classify(&pcsc(Some(pcsc::Error::ResetCard))),
+            Fault::Relogin
+        );
+        assert_eq!(
+            classify(&pcsc(Some(pcsc::Error::SharingViolation))),
+            Fault::Failed
+        );
+        // What the card itself answered is final: a wrong PIN is never sent again here.
+        assert_eq!(
+            classify(&yubikey::Error::WrongPin { tries: 2 }),
+            Fault::Failed
+        );
+        assert_eq!(
+            classify(&yubikey::Error::AuthenticationError),
+            Fault::Failed
+        );
+    }
+}
