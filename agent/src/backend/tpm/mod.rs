@@ -10,10 +10,12 @@
 //! An ESAPI context is not `Send`, so each TPM device is owned by one worker thread;
 //! its single lane ([`TpmLane`]) sends that thread jobs. The thread keeps the SRK and
 //! the most recently used keys loaded (a TPM holds only a few transient objects, so
-//! the rest are flushed), retries `TPM_RC_RETRY`/`YIELDED`/`TESTING`, reconnects once
-//! when the connection breaks (a restarted TPM or swtpm) and otherwise answers
-//! `device-absent`. A wrong auth value is never retried: its fingerprint is kept, as
-//! for PKCS#11 PINs, because each try counts toward the TPM's dictionary-attack lockout.
+//! the rest are flushed) and retries `TPM_RC_RETRY`/`YIELDED`/`TESTING`. Other failures
+//! are sorted into the backend kit's faults ([`classify`]; [`super::fault`]): a broken
+//! connection (a restarted TPM or swtpm) or an object gone from the TPM starts over on a
+//! new connection, once; a TPM still gone answers `device-absent`. A wrong auth value is
+//! never retried: its fingerprint is kept, as for PKCS#11 PINs, because each try counts
+//! toward the TPM's dictionary-attack lockout.
 
 pub mod keyfile;
 
