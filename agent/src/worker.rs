@@ -125,6 +125,9 @@ mod tests {
     struct MockLane(u32);
 
     impl Backend for MockLane {
+        fn name(&self) -> &str {
+            "m"
+        }
         fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError> {
             self.0 += 1;
             std::thread::sleep(Duration::from_millis(20));
@@ -134,10 +137,10 @@ mod tests {
             panic!("boom")
         }
         fn generate(&mut self, _: &str, _: KeyAlg) -> Result<(DeviceKey, PublicKey), BackendError> {
-            Err(BackendError::Unsupported("mock".into()))
+            Err(BackendError::unsupported("m", "mock"))
         }
         fn sign(&mut self, _: &str, _: &SignInput<'_>) -> Result<Signed, BackendError> {
-            Err(BackendError::Unsupported("mock".into()))
+            Err(BackendError::unsupported("m", "mock"))
         }
         fn info(&mut self) -> Result<DeviceInfo, BackendError> {
             Ok(DeviceInfo {

@@ -352,14 +352,17 @@ impl Drop for PinFifo {
     fn drop(&mut self) {
         use std::os::unix::fs::OpenOptionsExt;
         self.stop.store(true, std::sync::atomic::Ordering::Release);
-        // Opening the reading end lets the writer's open return and see `stop`.
-        let _ = std::fs::OpenOptions::new()
+        // Opening the reading end lets the writer's open return and see `stop`. It stays
+        // open until the writer is done: a writer between two serves opens only later,
+        // and with no reader left it would wait forever.
+        let reader = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(&self.path);
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        drop(reader);
     }
 }
 

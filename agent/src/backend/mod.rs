@@ -1,11 +1,20 @@
-//! The device seam: one synchronous trait every backend implements.
+//! The device seam: one synchronous trait every backend implements, and the kit all
+//! backends share.
 //!
-//! cryptoki, tss-esapi and yubikey all block and are not `Sync`, so a backend is driven
-//! by its own worker thread(s) ([`crate::worker`]); async code only sends it jobs. A
-//! device that allows parallel work (a PKCS#11 token with several sessions) gives the
-//! worker several *lanes*, each a `Backend` value sharing the device's state.
+//! cryptoki, tss-esapi and yubikey all block, so [`Backend`] is synchronous. A device
+//! is a set of *lanes* ([`crate::worker::DeviceLanes`]): the thread serving a request
+//! borrows a lane, calls the device itself and gives the lane back, with no hand-off
+//! to another thread. A device that allows parallel work (a PKCS#11 token with several
+//! sessions) has several lanes, each a `Backend` value sharing the device's state; a
+//! YubiKey has one. A TPM's ESAPI context may not move between threads, so its one lane
+//! forwards each call to the thread that owns the context ([`tpm::TpmLane`]).
+//!
+//! What every backend needs is written once: the PIN gate ([`pingate`]), the fault
+//! kinds and the reconnect/re-login/retry loop ([`fault`]), and the structured error
+//! ([`BackendError`]) that the keystore maps to protocol codes.
 
 pub mod crypto;
+pub mod fault;
 pub mod pingate;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
@@ -89,52 +98,99 @@ pub struct Attestation {
     pub evidence: serde_json::Value,
 }
 
-/// A backend operation that failed. Messages say what failed and what to do; they
-/// never hold a PIN.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BackendError {
+/// What kind of failure a [`BackendError`] is. Each code is one protocol error code
+/// (docs/protocol.md §5, "Error codes"); [`BackendError::to_wire`] is where they meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
     /// The device is not there (unplugged, token missing, module not loadable).
-    #[error("{0}")]
-    Absent(String),
+    Absent,
     /// No key with that label.
-    #[error("{0}")]
-    UnknownKey(String),
-    /// A key with that label exists already.
-    #[error("{0}")]
-    KeyExists(String),
+    NoSuchKey,
+    /// A key (or object) with that label or id exists already.
+    KeyExists,
     /// A PIN is needed and no source gave one.
-    #[error("{0}")]
-    PinRequired(String),
-    /// The device refused the PIN.
-    #[error("{0}")]
-    PinIncorrect(String),
-    /// The PIN is locked.
-    #[error("{0}")]
-    PinBlocked(String),
+    PinRequired,
+    /// The PIN was refused: by the device, or by the agent, which does not send a PIN
+    /// the device refused before or spend the device's last tries.
+    PinRefused,
+    /// The PIN is locked (or the TPM is in dictionary-attack lockout).
+    PinLocked,
     /// The device cannot do this.
-    #[error("{0}")]
-    Unsupported(String),
+    Unsupported,
     /// The request does not fit the key (wrong digest length…).
-    #[error("{0}")]
-    BadRequest(String),
+    BadRequest,
     /// The device failed.
-    #[error("{0}")]
-    Device(String),
+    Failed,
+}
+
+/// A backend operation that failed: what kind of failure, on which device, and what
+/// happened. It displays as `device NAME: DETAIL`; the detail says what failed and
+/// what to do, and never holds a PIN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device {device}: {detail}")]
+pub struct BackendError {
+    /// What kind of failure.
+    pub code: Code,
+    /// The device's name from the configuration.
+    pub device: String,
+    /// What happened and what to do, for a person.
+    pub detail: String,
+}
+
+macro_rules! constructors {
+    ($($(#[$doc:meta])* $fn:ident => $code:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $fn(device: impl Into<String>, detail: impl Into<String>) -> Self {
+                Self::new(Code::$code, device, detail)
+            }
+        )*
+    };
 }
 
 impl BackendError {
+    /// An error of `code` on `device`.
+    pub fn new(code: Code, device: impl Into<String>, detail: impl Into<String>) -> Self {
+        BackendError {
+            code,
+            device: device.into(),
+            detail: detail.into(),
+        }
+    }
+
+    constructors! {
+        /// [`Code::Absent`].
+        absent => Absent;
+        /// [`Code::NoSuchKey`].
+        no_such_key => NoSuchKey;
+        /// [`Code::KeyExists`].
+        key_exists => KeyExists;
+        /// [`Code::PinRequired`].
+        pin_required => PinRequired;
+        /// [`Code::PinRefused`].
+        pin_refused => PinRefused;
+        /// [`Code::PinLocked`].
+        pin_locked => PinLocked;
+        /// [`Code::Unsupported`].
+        unsupported => Unsupported;
+        /// [`Code::BadRequest`].
+        bad_request => BadRequest;
+        /// [`Code::Failed`].
+        failed => Failed;
+    }
+
     /// The wire error for a client: the one place backend errors become codes.
     pub fn to_wire(&self) -> WireError {
-        let code = match self {
-            BackendError::Absent(_) => ErrorCode::DeviceAbsent,
-            BackendError::UnknownKey(_) => ErrorCode::UnknownKey,
-            BackendError::KeyExists(_) => ErrorCode::KeyExists,
-            BackendError::PinRequired(_) => ErrorCode::PinRequired,
-            BackendError::PinIncorrect(_) => ErrorCode::PinIncorrect,
-            BackendError::PinBlocked(_) => ErrorCode::PinBlocked,
-            BackendError::Unsupported(_) => ErrorCode::Unsupported,
-            BackendError::BadRequest(_) => ErrorCode::BadRequest,
-            BackendError::Device(_) => ErrorCode::DeviceError,
+        let code = match self.code {
+            Code::Absent => ErrorCode::DeviceAbsent,
+            Code::NoSuchKey => ErrorCode::UnknownKey,
+            Code::KeyExists => ErrorCode::KeyExists,
+            Code::PinRequired => ErrorCode::PinRequired,
+            Code::PinRefused => ErrorCode::PinIncorrect,
+            Code::PinLocked => ErrorCode::PinBlocked,
+            Code::Unsupported => ErrorCode::Unsupported,
+            Code::BadRequest => ErrorCode::BadRequest,
+            Code::Failed => ErrorCode::DeviceError,
         };
         WireError::new(code, self.to_string())
     }
@@ -142,6 +198,8 @@ impl BackendError {
 
 /// One lane of a device. Methods block; `&mut self` because a lane owns its session.
 pub trait Backend: Send {
+    /// The device's name from the configuration.
+    fn name(&self) -> &str;
     /// Every signing key on the device.
     fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError>;
     /// The public key of `label`.
@@ -160,8 +218,9 @@ pub trait Backend: Send {
         opts: &GenerateOptions,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
         if opts.touch.is_some() || opts.pin_policy.is_some() {
-            return Err(BackendError::Unsupported(
-                "touch and PIN policies are set on YubiKey keys only".into(),
+            return Err(BackendError::unsupported(
+                self.name(),
+                "touch and PIN policies are set on YubiKey keys only",
             ));
         }
         self.generate(label, alg)
@@ -183,8 +242,9 @@ pub trait Backend: Send {
     /// PIN is remembered like any other and never tried again.
     fn login_with(&mut self, pin: secrecy::SecretString) -> Result<(), BackendError> {
         drop(pin);
-        Err(BackendError::Unsupported(
-            "this kind of device does not take a typed PIN".into(),
+        Err(BackendError::unsupported(
+            self.name(),
+            "this kind of device does not take a typed PIN",
         ))
     }
     /// Drops what the device holds of the PIN (a logged-in session, a verified card),
@@ -193,8 +253,9 @@ pub trait Backend: Send {
     /// The user's go-ahead to try the PIN again: the device verifies it now, once,
     /// even below the agent's retry floor. Returns what happened.
     fn unlock(&mut self) -> Result<String, BackendError> {
-        Err(BackendError::Unsupported(
-            "this kind of device has no PIN retry floor to lift; fix its PIN source instead".into(),
+        Err(BackendError::unsupported(
+            self.name(),
+            "this kind of device has no PIN retry floor to lift; fix its PIN source instead",
         ))
     }
     /// Device status; connects if needed.
@@ -207,42 +268,53 @@ pub trait Backend: Send {
     /// Evidence from the device that `label` was made inside it, bound to `nonce`.
     fn attest(&mut self, label: &str, nonce: &[u8]) -> Result<Attestation, BackendError> {
         let _ = (label, nonce);
-        Err(BackendError::Unsupported(
-            "this kind of device has no standard key attestation".into(),
+        Err(BackendError::unsupported(
+            self.name(),
+            "this kind of device has no standard key attestation",
         ))
     }
     /// Stores `cert`, a certificate for the key `label`, as an object on the device.
     fn store_certificate(&mut self, label: &str, cert: &CertObject) -> Result<(), BackendError> {
         let _ = (label, cert);
-        Err(BackendError::Unsupported(
-            "this kind of device does not store certificates for waxseal".into(),
+        Err(BackendError::unsupported(
+            self.name(),
+            "this kind of device does not store certificates for waxseal",
         ))
     }
 }
 
-/// Checks a digest against its algorithm and the key's; returns the hash to use.
-pub fn digest_hash(alg: KeyAlg, input: &SignInput<'_>) -> Result<HashAlg, BackendError> {
+/// Checks a digest against its algorithm and the key's (on `device`); returns the hash
+/// to use.
+pub fn digest_hash(
+    device: &str,
+    alg: KeyAlg,
+    input: &SignInput<'_>,
+) -> Result<HashAlg, BackendError> {
     if input.raw {
         // Ed25519 hashes internally (SHA-512); nothing to check but the key type.
         return match alg {
             KeyAlg::Ed25519 => Ok(HashAlg::Sha512),
-            _ => Err(BackendError::BadRequest(format!(
-                "{alg} keys sign digests, not whole messages"
-            ))),
+            _ => Err(BackendError::bad_request(
+                device,
+                format!("{alg} keys sign digests, not whole messages"),
+            )),
         };
     }
     let hash = input.hash.unwrap_or_else(|| alg.default_hash());
     if input.digest.len() != hash.digest_len() {
-        return Err(BackendError::BadRequest(format!(
-            "digest is {} bytes but {hash} digests are {} bytes{}",
-            input.digest.len(),
-            hash.digest_len(),
-            if input.hash.is_none() {
-                format!(" ({hash} is the default for {alg} keys; name another with `hash`)")
-            } else {
-                String::new()
-            }
-        )));
+        return Err(BackendError::bad_request(
+            device,
+            format!(
+                "digest is {} bytes but {hash} digests are {} bytes{}",
+                input.digest.len(),
+                hash.digest_len(),
+                if input.hash.is_none() {
+                    format!(" ({hash} is the default for {alg} keys; name another with `hash`)")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
     }
     Ok(hash)
 }

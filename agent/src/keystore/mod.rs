@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Audit, Record, Tail, TAIL_BUDGET};
-use crate::backend::{self, Backend, BackendError, CertObject, GenerateOptions};
+use crate::backend::{self, Backend, BackendError, CertObject, Code, GenerateOptions};
 use crate::config::{self, Config};
 use crate::confirm::ConfirmError;
 use crate::keyuri::KeyName;
@@ -409,7 +409,7 @@ impl KeyStore {
                 Ok(Err(e)) => DeviceStatus {
                     name: d.name.clone(),
                     kind: d.kind,
-                    present: !matches!(e, BackendError::Absent(_)),
+                    present: e.code != Code::Absent,
                     keys: 0,
                     detail: String::new(),
                     error: Some(e.to_wire().to_string()),

@@ -10,10 +10,12 @@
 //! An ESAPI context is not `Send`, so each TPM device is owned by one worker thread;
 //! its single lane ([`TpmLane`]) sends that thread jobs. The thread keeps the SRK and
 //! the most recently used keys loaded (a TPM holds only a few transient objects, so
-//! the rest are flushed), retries `TPM_RC_RETRY`/`YIELDED`/`TESTING`, reconnects once
-//! when the connection breaks (a restarted TPM or swtpm) and otherwise answers
-//! `device-absent`. A wrong auth value is never retried: its fingerprint is kept, as
-//! for PKCS#11 PINs, because each try counts toward the TPM's dictionary-attack lockout.
+//! the rest are flushed) and retries `TPM_RC_RETRY`/`YIELDED`/`TESTING`. Other failures
+//! are sorted into the backend kit's faults ([`classify`]; [`super::fault`]): a broken
+//! connection (a restarted TPM or swtpm) or an object gone from the TPM starts over on a
+//! new connection, once; a TPM still gone answers `device-absent`. A wrong auth value is
+//! never retried: its fingerprint is kept, as for PKCS#11 PINs, because each try counts
+//! toward the TPM's dictionary-attack lockout.
 
 pub mod keyfile;
 
@@ -54,6 +56,7 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
 use self::keyfile::{tpm2b, KeyFile, PARENT_OWNER};
+use super::fault::{self, Fault, Faulted, Recover};
 use super::pingate::{PinGate, PinOffer};
 use super::{
     crypto, digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey,
@@ -166,12 +169,8 @@ impl TpmLane {
         &self,
         f: impl FnOnce(&mut Tpm) -> Result<R, BackendError> + Send + 'static,
     ) -> Result<R, BackendError> {
-        let gone = || {
-            BackendError::Device(format!(
-                "device {}: the TPM worker stopped (see the agent log)",
-                self.name
-            ))
-        };
+        let gone =
+            || BackendError::failed(&self.name, "the TPM worker stopped (see the agent log)");
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.jobs
             .as_ref()
@@ -204,6 +203,10 @@ fn next_job(rx: &crossbeam_channel::Receiver<Job>) -> Option<Job> {
 }
 
 impl Backend for TpmLane {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError> {
         self.call(|t| t.list_keys())
     }
@@ -252,21 +255,37 @@ impl Backend for TpmLane {
 
 // --- errors --------------------------------------------------------------------------
 
-/// How an operation failed, before it becomes a [`BackendError`].
+/// How an operation failed, before it becomes a [`BackendError`]; [`classify`] gives
+/// its [`Fault`].
 #[derive(Debug)]
 enum Fail {
-    /// The connection is gone or out of step (TPM or swtpm restarted): reconnect.
-    Lost(String),
-    /// The TPM no longer holds an object the agent loaded (flushed by another
-    /// program on a TPM without a resource manager): start over on a new connection.
-    Stale(String),
-    /// The TPM's object slots were full of objects nobody uses; they were flushed,
-    /// ours included: start over on a new connection.
-    Full(String),
     /// The TPM (or ESAPI) refused a command.
     Tpm(&'static str, tss_esapi::Error),
+    /// The TPM needed TPM2_Startup and did not take it.
+    Startup(tss_esapi::Error),
+    /// The TPM's object slots were full of objects nobody uses; they were flushed,
+    /// ours included.
+    Full(String),
     /// Already decided.
     Backend(BackendError),
+}
+
+/// The [`Fault`] of a failure: the one place that says which `TPM_RC` means what. A
+/// TPM holds no login, so every healing step starts over on a new connection
+/// ([`Tpm`]'s [`Recover`] impl); the kinds differ in what the log and a client are told.
+fn classify(fail: &Fail) -> Fault {
+    match fail {
+        // Connection broken or out of step, or the TPM (swtpm) restarted.
+        Fail::Startup(_) => Fault::Gone,
+        Fail::Tpm(_, e) if tpm_kind(e) == Some(Tss2ResponseCodeKind::Reboot) => Fault::Relogin,
+        Fail::Tpm(_, e) if is_lost(e) => Fault::Gone,
+        // The TPM no longer holds an object the agent loaded (flushed by another
+        // program on a TPM without a resource manager), or every object was flushed
+        // to make room.
+        Fail::Tpm(_, e) if is_stale(e) => Fault::StaleHandle,
+        Fail::Full(_) => Fault::StaleHandle,
+        Fail::Tpm(..) | Fail::Backend(_) => Fault::Failed,
+    }
 }
 
 impl From<BackendError> for Fail {
@@ -408,7 +427,7 @@ impl Conn {
                         warn!(what, "the TPM needs TPM2_Startup; sending Startup(CLEAR)");
                         self.commands += 1;
                         if let Err(e) = self.ctx.startup(StartupType::Clear) {
-                            return Err(Fail::Lost(format!("TPM2_Startup: {}", describe(&e))));
+                            return Err(Fail::Startup(e));
                         }
                         continue;
                     }
@@ -417,12 +436,6 @@ impl Conn {
                         std::thread::sleep(pause);
                         pause = (pause * 2).min(Duration::from_millis(100));
                         continue;
-                    }
-                    if is_lost(&e) {
-                        return Err(Fail::Lost(format!("{what}: {}", describe(&e))));
-                    }
-                    if is_stale(&e) {
-                        return Err(Fail::Stale(format!("{what}: {}", describe(&e))));
                     }
                     return Err(Fail::Tpm(what, e));
                 }
@@ -603,62 +616,59 @@ fn ak_template() -> tss_esapi::Result<Public> {
 
 /// An unrestricted signing key: fixedTPM, fixedParent, sensitiveDataOrigin,
 /// userWithAuth, sign; no scheme fixed, so each signature names its hash and padding.
-pub fn key_template(alg: KeyAlg) -> Result<Public, BackendError> {
-    let build = || -> tss_esapi::Result<Public> {
-        let attrs = ObjectAttributesBuilder::new()
-            .with_fixed_tpm(true)
-            .with_fixed_parent(true)
-            .with_sensitive_data_origin(true)
-            .with_user_with_auth(true)
-            .with_sign_encrypt(true)
-            .with_decrypt(false)
-            .with_restricted(false)
-            .build()?;
-        let builder = PublicBuilder::new()
-            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(attrs);
-        match alg {
-            KeyAlg::P256 | KeyAlg::P384 => builder
-                .with_public_algorithm(PublicAlgorithm::Ecc)
-                .with_ecc_parameters(
-                    // Scheme NULL lets each signature choose its hash. tss-esapi's
-                    // builder refuses NULL on a key it is told signs, though the TPM
-                    // accepts it; the object attributes above make it a signing key.
-                    PublicEccParametersBuilder::new()
-                        .with_ecc_scheme(EccScheme::Null)
-                        .with_curve(if alg == KeyAlg::P256 {
-                            EccCurve::NistP256
-                        } else {
-                            EccCurve::NistP384
-                        })
-                        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                        .with_symmetric(SymmetricDefinitionObject::Null)
-                        .build()?,
-                )
-                .with_ecc_unique_identifier(EccPoint::default())
-                .build(),
-            KeyAlg::Rsa(bits) => builder
-                .with_public_algorithm(PublicAlgorithm::Rsa)
-                .with_rsa_parameters(
-                    PublicRsaParametersBuilder::new_unrestricted_signing_key(
-                        RsaScheme::Null,
-                        match bits {
-                            2048 => RsaKeyBits::Rsa2048,
-                            3072 => RsaKeyBits::Rsa3072,
-                            _ => RsaKeyBits::Rsa4096,
-                        },
-                        RsaExponent::default(),
-                    )
+pub fn key_template(alg: KeyAlg) -> tss_esapi::Result<Public> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .with_restricted(false)
+        .build()?;
+    let builder = PublicBuilder::new()
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs);
+    match alg {
+        KeyAlg::P256 | KeyAlg::P384 => builder
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_ecc_parameters(
+                // Scheme NULL lets each signature choose its hash. tss-esapi's
+                // builder refuses NULL on a key it is told signs, though the TPM
+                // accepts it; the object attributes above make it a signing key.
+                PublicEccParametersBuilder::new()
+                    .with_ecc_scheme(EccScheme::Null)
+                    .with_curve(if alg == KeyAlg::P256 {
+                        EccCurve::NistP256
+                    } else {
+                        EccCurve::NistP384
+                    })
+                    .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+                    .with_symmetric(SymmetricDefinitionObject::Null)
                     .build()?,
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build(),
+        KeyAlg::Rsa(bits) => builder
+            .with_public_algorithm(PublicAlgorithm::Rsa)
+            .with_rsa_parameters(
+                PublicRsaParametersBuilder::new_unrestricted_signing_key(
+                    RsaScheme::Null,
+                    match bits {
+                        2048 => RsaKeyBits::Rsa2048,
+                        3072 => RsaKeyBits::Rsa3072,
+                        _ => RsaKeyBits::Rsa4096,
+                    },
+                    RsaExponent::default(),
                 )
-                .with_rsa_unique_identifier(PublicKeyRsa::default())
-                .build(),
-            KeyAlg::Ed25519 => Err(tss_esapi::Error::WrapperError(
-                tss_esapi::WrapperErrorKind::UnsupportedParam,
-            )),
-        }
-    };
-    build().map_err(|e| BackendError::Device(format!("cannot build the key template: {e}")))
+                .build()?,
+            )
+            .with_rsa_unique_identifier(PublicKeyRsa::default())
+            .build(),
+        KeyAlg::Ed25519 => Err(tss_esapi::Error::WrapperError(
+            tss_esapi::WrapperErrorKind::UnsupportedParam,
+        )),
+    }
 }
 
 /// Algorithm, SPKI and usage of a public area.
@@ -806,19 +816,13 @@ impl Tpm {
             return Ok(());
         }
         let tcti = TctiNameConf::from_str(&self.settings.tcti).map_err(|e| {
-            BackendError::Absent(format!(
-                "device {}: TCTI `{}` is not valid: {e}",
+            BackendError::absent(
                 self.name(),
-                self.settings.tcti
-            ))
+                format!("TCTI `{}` is not valid: {e}", self.settings.tcti),
+            )
         })?;
         let ctx = Context::new(tcti).map_err(|e| {
-            BackendError::Absent(format!(
-                "device {}: cannot reach the TPM at {}: {} (is the TPM there and readable by this user? /dev/tpmrm0 needs group tss)",
-                self.name(),
-                self.settings.tcti,
-                describe(&e)
-            ))
+            BackendError::absent(self.name(), format!("cannot reach the TPM at {}: {} (is the TPM there and readable by this user? /dev/tpmrm0 needs group tss)", self.settings.tcti, describe(&e)))
         })?;
         self.stats.connects += 1;
         info!(device = %self.settings.name, tcti = %self.settings.tcti, "TPM connected");
@@ -837,67 +841,79 @@ impl Tpm {
         &mut self,
         mut op: impl FnMut(&mut Conn, &mut TpmCtx<'_>) -> Result<T, Fail>,
     ) -> Result<T, BackendError> {
-        for attempt in 0..2 {
-            self.connect()?;
-            let Some(mut conn) = self.conn.take() else {
-                return Err(BackendError::Device("no TPM connection".into()));
+        fault::recover(self, |tpm| {
+            // Not reaching the TPM is final: it has just been tried.
+            tpm.connect()?;
+            let Some(mut conn) = tpm.conn.take() else {
+                return Err(BackendError::failed(&tpm.settings.name, "no TPM connection").into());
             };
             let mut cx = TpmCtx {
-                settings: &self.settings,
-                pins: &mut self.pins,
-                stats: &mut self.stats,
+                settings: &tpm.settings,
+                pins: &mut tpm.pins,
+                stats: &mut tpm.stats,
             };
-            let result = op(&mut conn, &mut cx);
-            match result {
+            let fail = match op(&mut conn, &mut cx) {
                 Ok(v) => {
-                    self.conn = Some(conn);
+                    tpm.conn = Some(conn);
                     return Ok(v);
                 }
-                Err(Fail::Lost(why)) => {
-                    warn!(device = %self.settings.name, error = %why, "TPM connection lost; reconnecting");
-                    // The old context's handles mean nothing to a restarted TPM: drop
-                    // it without flushing.
-                    self.stats.commands += conn.commands;
-                    drop(conn);
-                    if attempt == 1 {
-                        return Err(BackendError::Absent(format!(
-                            "device {}: the TPM at {} stopped answering ({why})",
-                            self.settings.name, self.settings.tcti
-                        )));
-                    }
-                }
-                Err(Fail::Stale(why) | Fail::Full(why)) => {
-                    warn!(device = %self.settings.name, error = %why, "a TPM object the agent loaded is gone; starting over");
-                    self.stats.commands += conn.commands;
-                    drop(conn);
-                    if attempt == 1 {
-                        return Err(BackendError::Device(format!(
-                            "device {}: {why}",
-                            self.settings.name
-                        )));
-                    }
-                }
-                Err(Fail::Tpm(what, e)) => {
-                    let err = map_tpm_error(&self.settings.name, what, &e);
-                    if raw_rc(&e).is_some_and(|rc| rc >> 16 != 0) {
-                        // An ESAPI-level failure may leave the context out of step.
-                        self.stats.commands += conn.commands;
-                        drop(conn);
-                    } else {
-                        self.conn = Some(conn);
-                    }
-                    return Err(err);
-                }
-                Err(Fail::Backend(e)) => {
-                    self.conn = Some(conn);
-                    return Err(e);
-                }
+                Err(fail) => fail,
+            };
+            let fault = classify(&fail);
+            // An ESAPI-level failure may leave the context out of step.
+            let out_of_step =
+                matches!(&fail, Fail::Tpm(_, e) if raw_rc(e).is_some_and(|rc| rc >> 16 != 0));
+            // The healing steps retire the connection, which they find in `tpm.conn`.
+            tpm.conn = Some(conn);
+            if fault == Fault::Failed && out_of_step {
+                tpm.retire();
             }
+            Err(Faulted::new(fault, tpm.error_of(fault, fail)))
+        })
+        .map_err(Faulted::into_error)
+    }
+
+    /// Drops the connection without flushing: the old context's handles mean nothing
+    /// to a restarted TPM, or are gone already.
+    fn retire(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.stats.commands += conn.commands;
         }
-        Err(BackendError::Absent(format!(
-            "device {}: the TPM at {} is not answering",
-            self.settings.name, self.settings.tcti
-        )))
+    }
+
+    /// The error for a failure of kind `fault`, if it is not healed.
+    fn error_of(&self, fault: Fault, fail: Fail) -> BackendError {
+        let (name, tcti) = (&self.settings.name, &self.settings.tcti);
+        match (fault, fail) {
+            (_, Fail::Backend(e)) => e,
+            (_, Fail::Startup(e)) => BackendError::absent(
+                name,
+                format!(
+                    "the TPM at {tcti} stopped answering (TPM2_Startup: {})",
+                    describe(&e)
+                ),
+            ),
+            (_, Fail::Full(why)) => BackendError::failed(name, why),
+            (Fault::Gone, Fail::Tpm(what, e)) => BackendError::absent(
+                name,
+                format!(
+                    "the TPM at {tcti} stopped answering ({what}: {})",
+                    describe(&e)
+                ),
+            ),
+            (Fault::Relogin, Fail::Tpm(what, e)) => BackendError::failed(
+                name,
+                format!("the TPM at {tcti} was restarted ({what}: {})", describe(&e)),
+            ),
+            (Fault::StaleHandle, Fail::Tpm(what, e)) => BackendError::failed(
+                name,
+                format!(
+                    "a TPM object the agent loaded is gone ({what}: {})",
+                    describe(&e)
+                ),
+            ),
+            (Fault::Failed, Fail::Tpm(what, e)) => map_tpm_error(name, what, &e),
+        }
     }
 
     fn key_path(&self, label: &str) -> PathBuf {
@@ -909,13 +925,15 @@ impl Tpm {
         let path = self.key_path(label);
         let md = fs::metadata(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                BackendError::UnknownKey(format!(
-                    "device {}: no key `{label}` (no {} and not a persistent handle 0x81……)",
+                BackendError::no_such_key(
                     self.name(),
-                    path.display()
-                ))
+                    format!(
+                        "no key `{label}` (no {} and not a persistent handle 0x81……)",
+                        path.display()
+                    ),
+                )
             } else {
-                BackendError::Device(format!("cannot read {}: {e}", path.display()))
+                BackendError::failed(self.name(), format!("cannot read {}: {e}", path.display()))
             }
         })?;
         let stamp = (md.ino(), md.len(), md.mtime(), md.mtime_nsec());
@@ -925,11 +943,10 @@ impl Tpm {
             }
         }
         let meta = read_key_file(&path).map_err(|why| {
-            BackendError::Device(format!(
-                "device {}: {} is not a usable TPM key: {why}",
+            BackendError::failed(
                 self.name(),
-                path.display()
-            ))
+                format!("{} is not a usable TPM key: {why}", path.display()),
+            )
         })?;
         self.files.insert(
             label.to_string(),
@@ -958,10 +975,10 @@ impl Tpm {
             Ok(rd) => rd.filter_map(Result::ok).collect::<Vec<_>>(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
-                return Err(BackendError::Device(format!(
-                    "cannot read {}: {e}",
-                    self.settings.key_dir.display()
-                )))
+                return Err(BackendError::failed(
+                    &self.settings.name,
+                    format!("cannot read {}: {e}", self.settings.key_dir.display()),
+                ))
             }
         };
         let mut labels: Vec<String> = entries
@@ -1010,7 +1027,9 @@ impl Tpm {
                 match persistent_meta(conn, &name, h) {
                     Ok(meta) if meta.sign && !meta.restricted => out.push((h, meta.alg)),
                     Ok(_) => {}
-                    Err(Fail::Lost(e)) => return Err(Fail::Lost(e)),
+                    Err(f) if matches!(classify(&f), Fault::Gone | Fault::Relogin) => {
+                        return Err(f)
+                    }
                     Err(_) => {}
                 }
             }
@@ -1042,7 +1061,7 @@ impl Tpm {
         alg: KeyAlg,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
         if !valid_file_label(label) {
-            return Err(BackendError::BadRequest(format!(
+            return Err(BackendError::bad_request(self.name(), format!(
                 "`{label}` cannot name a TPM key file: use 1-64 of A-Z a-z 0-9 . _ - (not starting with `.` or `0x`)"
             )));
         }
@@ -1050,24 +1069,23 @@ impl Tpm {
             alg,
             KeyAlg::P256 | KeyAlg::P384 | KeyAlg::Rsa(2048) | KeyAlg::Rsa(3072)
         ) {
-            return Err(BackendError::Unsupported(format!(
-                "device {}: TPM keys can be p256, p384, rsa2048 or rsa3072 (not {alg})",
-                self.name()
-            )));
+            return Err(BackendError::unsupported(
+                self.name(),
+                format!("TPM keys can be p256, p384, rsa2048 or rsa3072 (not {alg})"),
+            ));
         }
         let path = self.key_path(label);
         if path.exists() {
-            return Err(BackendError::KeyExists(format!(
-                "device {}: key `{label}` exists already ({})",
+            return Err(BackendError::key_exists(
                 self.name(),
-                path.display()
-            )));
+                format!("key `{label}` exists already ({})", path.display()),
+            ));
         }
         let auth = match &self.settings.pin {
             Some(source) => {
-                let pin = source.read().map_err(|e| {
-                    BackendError::PinRequired(format!("device {}: {e}", self.settings.name))
-                })?;
+                let pin = source
+                    .read()
+                    .map_err(|e| BackendError::pin_required(&self.settings.name, e.to_string()))?;
                 Some(auth_of(
                     &self.settings.name,
                     pin.expose_secret().as_bytes(),
@@ -1075,7 +1093,9 @@ impl Tpm {
             }
             None => None,
         };
-        let template = key_template(alg)?;
+        let template = key_template(alg).map_err(|e| {
+            BackendError::failed(self.name(), format!("cannot build the key template: {e}"))
+        })?;
         let empty_auth = auth.is_none();
         let created = self.with_conn(|conn, _| {
             let srk = conn.srk()?;
@@ -1088,7 +1108,10 @@ impl Tpm {
             })
         })?;
         let public_area = created.out_public.marshall().map_err(|e| {
-            BackendError::Device(format!("cannot encode the new key's public area: {e}"))
+            BackendError::failed(
+                &self.settings.name,
+                format!("cannot encode the new key's public area: {e}"),
+            )
         })?;
         let file = KeyFile {
             empty_auth,
@@ -1098,9 +1121,18 @@ impl Tpm {
             private: tpm2b(created.out_private.value()),
             description: None,
         };
-        let meta = meta_from_public(created.out_public, Some(file.clone()), None)
-            .map_err(|e| BackendError::Device(format!("the TPM made an unusable key: {e}")))?;
-        write_new_file(&self.settings.key_dir, &path, file.to_pem().as_bytes())?;
+        let meta = meta_from_public(created.out_public, Some(file.clone()), None).map_err(|e| {
+            BackendError::failed(
+                &self.settings.name,
+                format!("the TPM made an unusable key: {e}"),
+            )
+        })?;
+        write_new_file(
+            &self.settings.name,
+            &self.settings.key_dir,
+            &path,
+            file.to_pem().as_bytes(),
+        )?;
         info!(device = %self.settings.name, key = %label, %alg, file = %path.display(), "TPM key generated");
         Ok((
             DeviceKey {
@@ -1119,7 +1151,7 @@ impl Tpm {
     pub fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError> {
         let meta = self.key_meta(label)?;
         check_usable(&self.settings.name, label, &meta)?;
-        let hash = digest_hash(meta.alg, input)?;
+        let hash = digest_hash(&self.settings.name, meta.alg, input)?;
         let auth = self.auth_for(&meta)?;
         let scheme = match (meta.alg, input.padding) {
             (KeyAlg::Rsa(_), RsaPadding::Pss) => SignatureScheme::RsaPss {
@@ -1133,7 +1165,7 @@ impl Tpm {
             },
         };
         let digest = Digest::try_from(input.digest.to_vec())
-            .map_err(|e| BackendError::BadRequest(format!("digest: {e}")))?;
+            .map_err(|e| BackendError::bad_request(&self.settings.name, format!("digest: {e}")))?;
         let label_owned = label.to_string();
         let signature = self.with_conn(|conn, cx| {
             let handle = load_key(conn, cx, &label_owned, &meta, KeyAuth::value(&auth))?;
@@ -1152,14 +1184,18 @@ impl Tpm {
                 let size = if meta.alg == KeyAlg::P384 { 48 } else { 32 };
                 let mut raw = left_pad(sig.signature_r().value(), size);
                 raw.extend(left_pad(sig.signature_s().value(), size));
-                crypto::ecdsa_raw_to_der(meta.alg, &raw).map_err(|e| BackendError::Device(e.0))?
+                crypto::ecdsa_raw_to_der(meta.alg, &raw)
+                    .map_err(|e| BackendError::failed(&self.settings.name, e.0))?
             }
             Signature::RsaSsa(sig) | Signature::RsaPss(sig) => sig.signature().value().to_vec(),
             other => {
-                return Err(BackendError::Device(format!(
-                    "the TPM answered with an unexpected signature type {:?}",
-                    other.algorithm()
-                )))
+                return Err(BackendError::failed(
+                    &self.settings.name,
+                    format!(
+                        "the TPM answered with an unexpected signature type {:?}",
+                        other.algorithm()
+                    ),
+                ))
             }
         };
         Ok(Signed {
@@ -1175,14 +1211,15 @@ impl Tpm {
         let meta = self.key_meta(label)?;
         let auth = self.auth_for(&meta)?;
         if nonce.len() > 32 {
-            return Err(BackendError::BadRequest(
-                "the nonce may be at most 32 bytes".into(),
+            return Err(BackendError::bad_request(
+                self.name(),
+                "the nonce may be at most 32 bytes",
             ));
         }
         let qualifying = Data::try_from(nonce.to_vec())
-            .map_err(|e| BackendError::BadRequest(format!("nonce: {e}")))?;
-        let ak_template =
-            ak_template().map_err(|e| BackendError::Device(format!("AK template: {e}")))?;
+            .map_err(|e| BackendError::bad_request(&self.settings.name, format!("nonce: {e}")))?;
+        let ak_template = ak_template()
+            .map_err(|e| BackendError::failed(&self.settings.name, format!("AK template: {e}")))?;
         let label_owned = label.to_string();
         let (attest, signature, ak_public) = self.with_conn(|conn, cx| {
             // Room for the AK: the SRK, this key and the AK are all that stay loaded.
@@ -1223,23 +1260,21 @@ impl Tpm {
             let (attest, sig) = cx.auth_outcome(&label_owned, KeyAuth::offer(&auth), result)?;
             Ok((attest, sig, ak.out_public))
         })?;
-        let bad = |e: tss_esapi::Error| BackendError::Device(format!("cannot encode: {e}"));
+        let name = &self.settings.name;
+        let bad = |e: tss_esapi::Error| BackendError::failed(name, format!("cannot encode: {e}"));
         let attest_bytes = attest.marshall().map_err(bad)?;
         let tpmt_signature = signature.marshall().map_err(bad)?;
         let ak_area = ak_public.marshall().map_err(bad)?;
-        let (_, ak_spki) = describe_public(&ak_public).map_err(BackendError::Device)?;
+        let (_, ak_spki) =
+            describe_public(&ak_public).map_err(|e| BackendError::failed(name, e))?;
         let der_sig = match &signature {
             Signature::EcDsa(sig) => {
                 let mut raw = left_pad(sig.signature_r().value(), 32);
                 raw.extend(left_pad(sig.signature_s().value(), 32));
                 crypto::ecdsa_raw_to_der(KeyAlg::P256, &raw)
-                    .map_err(|e| BackendError::Device(e.0))?
+                    .map_err(|e| BackendError::failed(name, e.0))?
             }
-            _ => {
-                return Err(BackendError::Device(
-                    "the AK did not sign with ECDSA".into(),
-                ))
-            }
+            _ => return Err(BackendError::failed(name, "the AK did not sign with ECDSA")),
         };
         let key_area = meta.public.marshall().map_err(bad)?;
         let name = |area: &[u8]| {
@@ -1307,22 +1342,39 @@ impl Tpm {
             return Ok(None);
         }
         let Some(source) = &self.settings.pin else {
-            return Err(BackendError::PinRequired(format!(
-                "device {}: this key has an auth value; set `pin` (file:PATH or env:VAR) on the device",
-                self.name()
-            )));
+            return Err(BackendError::pin_required(
+                self.name(),
+                "this key has an auth value; set `pin` (file:PATH or env:VAR) on the device",
+            ));
         };
         let pin = source
             .read()
-            .map_err(|e| BackendError::PinRequired(format!("device {}: {e}", self.name())))?;
+            .map_err(|e| BackendError::pin_required(self.name(), e.to_string()))?;
         let offer = self.pins.offer(pin).map_err(|_| {
-            BackendError::PinIncorrect(format!(
-                "device {}: the TPM already refused the auth value from {source}; the agent does not try it again (each try counts toward the TPM's dictionary-attack lockout). Put the right PIN there and retry",
-                self.name()
-            ))
+            BackendError::pin_refused(self.name(), format!("the TPM already refused the auth value from {source}; the agent does not try it again (each try counts toward the TPM's dictionary-attack lockout). Put the right PIN there and retry"))
         })?;
         let value = auth_of(self.name(), offer.secret().expose_secret().as_bytes())?;
         Ok(Some(KeyAuth { value, offer }))
+    }
+}
+
+impl Recover for Tpm {
+    fn device(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn reconnect(&mut self) {
+        self.retire();
+    }
+
+    /// A TPM holds no login; what it held for the agent went with the connection.
+    fn relogin(&mut self) {
+        self.retire();
+    }
+
+    /// Handles live in the connection's context: a new one loads the keys again.
+    fn refind(&mut self) {
+        self.retire();
     }
 }
 
@@ -1378,9 +1430,7 @@ impl TpmCtx<'_> {
                     self.pins.refused(offer);
                 }
                 warn!(device = %name, key = %label, "the TPM refused the key's auth value; it will not be retried");
-                Err(Fail::Backend(BackendError::PinIncorrect(format!(
-                    "device {name}: the TPM refused the auth value (PIN) of key {label}. The agent will not retry it: each wrong try counts toward the TPM's dictionary-attack lockout. Fix the device's `pin` source and try again"
-                ))))
+                Err(Fail::Backend(BackendError::pin_refused(name, format!("the TPM refused the auth value (PIN) of key {label}. The agent will not retry it: each wrong try counts toward the TPM's dictionary-attack lockout. Fix the device's `pin` source and try again"))))
             }
             other => other,
         }
@@ -1389,38 +1439,27 @@ impl TpmCtx<'_> {
 
 fn map_tpm_error(device: &str, what: &str, e: &tss_esapi::Error) -> BackendError {
     match tpm_kind(e) {
-        Some(Tss2ResponseCodeKind::Lockout) => BackendError::PinBlocked(format!(
-            "device {device}: the TPM is in dictionary-attack lockout after too many wrong auth values; keys with an auth value are refused until it recovers. Wait for the recovery time (`tpm2_getcap properties-variable` shows TPM2_PT_LOCKOUT_COUNTER and the TPM's lockout settings) or have the owner run `tpm2_dictionarylockout --clear-lockout`"
-        )),
+        Some(Tss2ResponseCodeKind::Lockout) => BackendError::pin_locked(device, "the TPM is in dictionary-attack lockout after too many wrong auth values; keys with an auth value are refused until it recovers. Wait for the recovery time (`tpm2_getcap properties-variable` shows TPM2_PT_LOCKOUT_COUNTER and the TPM's lockout settings) or have the owner run `tpm2_dictionarylockout --clear-lockout`"),
         Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
-            BackendError::PinIncorrect(format!(
-                "device {device}: {what}: the TPM refused the authorization ({})",
-                describe(e)
-            ))
+            BackendError::pin_refused(device, format!("{what}: the TPM refused the authorization ({})", describe(e)))
         }
-        Some(Tss2ResponseCodeKind::Hierarchy) => BackendError::Device(format!(
-            "device {device}: {what}: a TPM hierarchy is disabled ({})",
-            describe(e)
-        )),
-        _ => BackendError::Device(format!("device {device}: {what} failed: {}", describe(e))),
+        Some(Tss2ResponseCodeKind::Hierarchy) => BackendError::failed(device, format!("{what}: a TPM hierarchy is disabled ({})", describe(e))),
+        _ => BackendError::failed(device, format!("{what} failed: {}", describe(e))),
     }
 }
 
 fn check_usable(device: &str, label: &str, meta: &KeyMeta) -> Result<(), BackendError> {
     if meta.restricted {
-        return Err(BackendError::Unsupported(format!(
-            "device {device}: key {label} is a restricted signing key (an attestation key): the TPM lets it sign only data the TPM produced itself, not digests. Use an unrestricted key (waxseal keys generate {device}/NAME)"
-        )));
+        return Err(BackendError::unsupported(device, format!("key {label} is a restricted signing key (an attestation key): the TPM lets it sign only data the TPM produced itself, not digests. Use an unrestricted key (waxseal keys generate {device}/NAME)")));
     }
     if !meta.sign {
-        return Err(BackendError::Unsupported(format!(
-            "device {device}: key {label} is not a signing key"
-        )));
+        return Err(BackendError::unsupported(
+            device,
+            format!("key {label} is not a signing key"),
+        ));
     }
     if meta.file.as_ref().is_some_and(|f| f.has_policy) {
-        return Err(BackendError::Unsupported(format!(
-            "device {device}: key {label} is bound to a TPM policy; waxseal signs only with keys authorised by an auth value"
-        )));
+        return Err(BackendError::unsupported(device, format!("key {label} is bound to a TPM policy; waxseal signs only with keys authorised by an auth value")));
     }
     Ok(())
 }
@@ -1443,12 +1482,13 @@ fn null_ticket() -> tss_esapi::Result<HashcheckTicket> {
 
 fn auth_of(device: &str, pin: &[u8]) -> Result<Auth, BackendError> {
     if pin.len() > 32 {
-        return Err(BackendError::BadRequest(format!(
-            "device {device}: a TPM key's auth value (the PIN) may be at most 32 bytes"
-        )));
+        return Err(BackendError::bad_request(
+            device,
+            "a TPM key's auth value (the PIN) may be at most 32 bytes",
+        ));
     }
     Auth::try_from(pin.to_vec())
-        .map_err(|e| BackendError::BadRequest(format!("device {device}: auth value: {e}")))
+        .map_err(|e| BackendError::bad_request(device, format!("auth value: {e}")))
 }
 
 /// Reads a TSS2 PEM key file.
@@ -1463,19 +1503,24 @@ fn read_key_file(path: &Path) -> Result<KeyMeta, String> {
 /// The public area of persistent key `handle`.
 fn persistent_meta(conn: &mut Conn, device: &str, handle: u32) -> Result<KeyMeta, Fail> {
     let tpm_handle = TpmHandle::try_from(handle).map_err(|e| {
-        Fail::Backend(BackendError::UnknownKey(format!(
-            "device {device}: {handle:#010x} is not a persistent handle: {e}"
-        )))
+        Fail::Backend(BackendError::no_such_key(
+            device,
+            format!("{handle:#010x} is not a persistent handle: {e}"),
+        ))
     })?;
     // The TPM copies a persistent object into an object slot to use it: make room.
     let object = match conn
         .with_object_room(|c| c.cmd("TPM2_ReadPublic", |x| x.tr_from_tpm_public(tpm_handle)))
     {
         Ok(o) => o,
-        Err(Fail::Stale(why)) => {
-            return Err(Fail::Backend(BackendError::UnknownKey(format!(
-                "device {device}: no persistent key at {handle:#010x} ({why})"
-            ))))
+        Err(Fail::Tpm(what, e)) if is_stale(&e) => {
+            return Err(Fail::Backend(BackendError::no_such_key(
+                device,
+                format!(
+                    "no persistent key at {handle:#010x} ({what}: {})",
+                    describe(&e)
+                ),
+            )))
         }
         Err(e) => return Err(e),
     };
@@ -1488,9 +1533,10 @@ fn persistent_meta(conn: &mut Conn, device: &str, handle: u32) -> Result<KeyMeta
     let _ = conn.ctx.tr_close(&mut object);
     let (public, _, _) = read?;
     meta_from_public(public, None, Some(handle)).map_err(|why| {
-        Fail::Backend(BackendError::Unsupported(format!(
-            "device {device}: persistent object {handle:#010x}: {why}"
-        )))
+        Fail::Backend(BackendError::unsupported(
+            device,
+            format!("persistent object {handle:#010x}: {why}"),
+        ))
     })
 }
 
@@ -1545,10 +1591,7 @@ fn load_key(
                     })?)
                 }
                 h => {
-                    return Err(Fail::Backend(BackendError::Unsupported(format!(
-                        "device {}: key {label} has parent {h:#010x}; only the owner SRK (0x40000001) and persistent parents (0x81……) are supported",
-                        cx.settings.name
-                    ))))
+                    return Err(Fail::Backend(BackendError::unsupported(&cx.settings.name, format!("key {label} has parent {h:#010x}; only the owner SRK (0x40000001) and persistent parents (0x81……) are supported"))))
                 }
             };
             let private = Private::try_from(file.private_blob().to_vec())
@@ -1571,8 +1614,9 @@ fn load_key(
             (KeyHandle::from(object), true)
         }
         (None, None) => {
-            return Err(Fail::Backend(BackendError::Device(
-                "key has neither file nor handle".into(),
+            return Err(Fail::Backend(BackendError::failed(
+                &cx.settings.name,
+                "key has neither file nor handle",
             )))
         }
     };
@@ -1596,9 +1640,9 @@ fn set_auth(conn: &mut Conn, handle: KeyHandle, auth: &Auth) -> Result<(), Fail>
 
 /// Writes a new file that must not exist yet, atomically: a temporary file (0600) is
 /// written and synced, then linked to `path` (which fails if `path` appeared).
-fn write_new_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
+fn write_new_file(device: &str, dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
     let io = |what: &str, e: std::io::Error| {
-        BackendError::Device(format!("cannot {what} {}: {e}", path.display()))
+        BackendError::failed(device, format!("cannot {what} {}: {e}", path.display()))
     };
     fs::DirBuilder::new()
         .recursive(true)
@@ -1631,7 +1675,8 @@ fn write_new_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), BackendEr
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(BackendError::KeyExists(
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(BackendError::key_exists(
+            device,
             format!("{} exists already", path.display()),
         )),
         Err(e) => Err(io("write", e)),
@@ -1651,6 +1696,27 @@ mod tests {
         for bad in ["", ".hidden", "0x81000001", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_file_label(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn tpm_errors_sort_into_faults() {
+        let tpm = |rc: u32| {
+            Fail::Tpm(
+                "TPM2_Sign",
+                tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc)),
+            )
+        };
+        // TCTI layer (10), TSS2_BASE_RC_IO_ERROR: the connection broke.
+        assert_eq!(classify(&tpm(0x000a_000a)), Fault::Gone);
+        // TPM_RC_REBOOT: the TPM restarted.
+        assert_eq!(classify(&tpm(0x130)), Fault::Relogin);
+        // TPM_RC_HANDLE: an object the agent loaded is not there.
+        assert_eq!(classify(&tpm(0x08b)), Fault::StaleHandle);
+        assert_eq!(classify(&Fail::Full("full".into())), Fault::StaleHandle);
+        // TPM_RC_AUTH_FAIL (session 1): final, never retried.
+        assert_eq!(classify(&tpm(0x98e)), Fault::Failed);
+        let decided = Fail::Backend(BackendError::no_such_key("tpm", "no key"));
+        assert_eq!(classify(&decided), Fault::Failed);
     }
 
     #[test]
