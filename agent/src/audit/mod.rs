@@ -25,10 +25,10 @@
 //!   sync is running), or polls (one request per CPU, yielding between looks; the rest
 //!   sleep) for the running sync to end and is served by it or runs the next. Intents
 //!   are written before the device signs, so most are on disk by the time their
-//!   signature is ready: 4–8 signatures per sync at 16–64 clients (`status` → `audit`
-//!   counts them). Waking the syncer for every intent instead was measured: syncs then
-//!   run back to back covering 1.2–2 signatures each, and on 2 busy cores that cost
-//!   0.1–0.2 of direct at 4–64 clients (docs/benchmarks.md).
+//!   signature is ready and one sync covers several signatures (`status` → `audit`
+//!   counts them). Waking the syncer for every intent instead was measured and lost:
+//!   syncs then run back to back covering barely more than one signature each
+//!   (docs/architecture.md, "The audit log"; the numbers are in docs/benchmarks.md).
 //!
 //! `audit_group_commit = false` makes every signature pay its own sync, for comparison.
 //! The outcome (`signed`, `failed`, `withheld`) is appended after, without waiting.

@@ -55,7 +55,8 @@ pub struct AgentConfig {
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout_secs: u64,
     /// Microseconds a connection polls for its next request before sleeping; 0 never
-    /// polls (saves CPU, costs ~50 µs of latency per request on VMs).
+    /// polls (saves CPU, costs a wake-up's latency per request: docs/architecture.md,
+    /// "Threads and lanes").
     pub spin_us: u64,
     /// A program that asks a person to confirm a signature (SSH_ASKPASS-style: the
     /// question is its argument; exit 0 allows). Used instead of desktop notifications.

@@ -185,7 +185,7 @@ impl TpmLane {
 
 /// How long the worker polls for the next job before it sleeps. A client signing in a
 /// loop sends its next request within a socket round trip; catching it awake saves the
-/// wake-up (30–50 µs on the VMs here).
+/// wake-up (docs/architecture.md, "Threads and lanes").
 const WORKER_SPIN: Duration = Duration::from_micros(150);
 
 fn next_job(rx: &crossbeam_channel::Receiver<Job>) -> Option<Job> {
