@@ -1,4 +1,4 @@
-//! Device faults (the backend kit, README → Architecture): the four kinds every backend
+//! Device faults (the backend kit, docs/architecture.md): the four kinds every backend
 //! sorts its native errors into, and the one loop that decides what each kind leads to.
 //!
 //! A device call fails because the device went away (a token pulled, a card removed, a
