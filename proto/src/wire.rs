@@ -78,14 +78,53 @@ pub fn cpus() -> usize {
 /// Threads polling now, in this process.
 static POLLING: AtomicUsize = AtomicUsize::new(0);
 
+/// Threads working on a request now, in this process (see [`Busy`]).
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread at work on a request (decoding, the gate, the device, the answer), from
+/// [`Busy::enter`] until dropped. Polling only uses CPUs that no such thread needs: a
+/// poller on a CPU a request could use slows that request by as much as the poll saves
+/// (docs/architecture.md, "Threads and lanes").
+#[derive(Debug)]
+pub struct Busy(());
+
+impl Busy {
+    /// Counts this thread as working until the value is dropped.
+    pub fn enter() -> Busy {
+        BUSY.fetch_add(1, Ordering::AcqRel);
+        Busy(())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A turn at polling (a socket here, the audit log's sync in `audit`), given back when
-/// dropped; `None` when every CPU already has a polling thread.
+/// dropped; `None` when no CPU is left idle: every CPU already has a polling thread or
+/// a thread at work on a request ([`Busy`]).
 #[derive(Debug)]
 pub struct PollTurn;
 
 impl PollTurn {
+    /// A turn for a thread that is not itself [`Busy`] (a connection waiting for its
+    /// next request).
     pub fn take() -> Option<PollTurn> {
-        if POLLING.fetch_add(1, Ordering::AcqRel) < cpus() {
+        Self::take_beside(0)
+    }
+
+    /// A turn for a thread that holds a [`Busy`] itself (a request waiting for the
+    /// audit log's sync): it does not count against itself.
+    pub fn take_busy() -> Option<PollTurn> {
+        Self::take_beside(1)
+    }
+
+    fn take_beside(own: usize) -> Option<PollTurn> {
+        let polling = POLLING.fetch_add(1, Ordering::AcqRel);
+        let busy = BUSY.load(Ordering::Acquire).saturating_sub(own);
+        if polling + busy < cpus() {
             Some(PollTurn)
         } else {
             POLLING.fetch_sub(1, Ordering::AcqRel);
@@ -314,6 +353,16 @@ impl FrameReader {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn no_poll_turn_while_every_cpu_has_a_request_at_work() {
+        let working: Vec<Busy> = (0..cpus()).map(|_| Busy::enter()).collect();
+        assert!(
+            PollTurn::take().is_none(),
+            "a poller would take a working CPU"
+        );
+        drop(working);
+    }
 
     #[test]
     fn frames_split_and_joined_arbitrarily() {

@@ -3,7 +3,7 @@
 //! a lone signature's intent while the device signs (see the parent module's doc).
 
 use std::fs::File;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -69,7 +69,10 @@ impl Audit {
             // Another request is syncing: poll for the end of its sync.
             let epoch = shared.epoch.load(Ordering::Acquire);
             drop(st);
-            if let Some(_turn) = crate::wire::PollTurn::take() {
+            // Poll only for a sync short enough that waking up would cost as much
+            // (docs/architecture.md, "The audit log"), and only on an idle CPU.
+            let worth = SYNC_EWMA_NS.load(Ordering::Relaxed) <= POLL_WORTH.as_nanos() as u64;
+            if let Some(_turn) = worth.then(crate::wire::PollTurn::take_busy).flatten() {
                 let end = Instant::now() + POLL;
                 while Instant::now() < end && shared.epoch.load(Ordering::Acquire) == epoch {
                     std::thread::yield_now();
@@ -156,10 +159,30 @@ pub(super) fn run_sync<'a>(
 /// How long a request polls for its sync before sleeping.
 pub(super) const POLL: Duration = Duration::from_micros(400);
 
+/// Waiters poll for a running sync only while syncs take about this long or less:
+/// about what a thread's wake-up costs on the machines measured (docs/benchmarks.md).
+/// A longer sync is waited for asleep: polling through it would burn a CPU for no gain.
+const POLL_WORTH: Duration = Duration::from_micros(80);
+
+/// How long the process's recent `fdatasync`s took (ns): an exponentially weighted
+/// average, 1/8 per sync, starting at 0 (poll until the disk shows otherwise).
+static SYNC_EWMA_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Records a sync's duration in [`SYNC_EWMA_NS`].
+fn sync_took(took: Duration) {
+    let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    let _ = SYNC_EWMA_NS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(if old == 0 { ns } else { old - old / 8 + ns / 8 })
+    });
+}
+
 /// One `fdatasync`, counted; the error as the client is told it.
 pub(super) fn sync_counted(shared: &Shared, file: &File) -> Result<(), SyncError> {
     shared.syncs.fetch_add(1, Ordering::Relaxed);
-    file.sync_data().map_err(|e| {
+    let began = Instant::now();
+    let synced = file.sync_data();
+    sync_took(began.elapsed());
+    synced.map_err(|e| {
         error!(error = %e, "cannot sync the audit log");
         SyncError::Sync(Arc::new(e))
     })

@@ -22,7 +22,7 @@ use crate::proto::{
     AuditTailOk, ErrorCode, GenerateKey, HelloOk, Op, PinReply, Sign, StoreCertificate, Unlock,
     UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
-use crate::wire::{FrameReader, ReadError, Sender};
+use crate::wire::{Busy, FrameReader, ReadError, Sender};
 use secrecy::SecretString;
 
 fn send(mut w: &UnixStream, payload: &[u8]) -> io::Result<()> {
@@ -120,6 +120,8 @@ pub fn connection(
                 return;
             }
         };
+        // At work until the answer is written: no other thread polls on this CPU.
+        let _busy = Busy::enter();
         let decoded = decode_request(frame);
         caller.early = reader.early();
         let (response, close) = match decoded {

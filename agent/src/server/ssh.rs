@@ -123,6 +123,8 @@ pub fn connection(
                 return;
             }
         };
+        // At work until the answer is written: no other thread polls on this CPU.
+        let _busy = crate::wire::Busy::enter();
         let len = frame.len();
         let decoded = Request::decode(&mut &frame[..]);
         session.caller.early = reader.early();
