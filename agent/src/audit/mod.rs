@@ -40,8 +40,8 @@
 //! records in chunks of [`PREALLOC`] bytes that are written as zeros and synced once;
 //! each record is written with `pwrite` into that space at the log's logical end. A
 //! sync of a record then writes data only: the file's size and its blocks are already
-//! on disk, which an append that grows the file must commit with every sync (measured
-//! 22–31 % dearer; `fallocate`d space, whose unwritten extents a sync must convert, was
+//! on disk, which an append that grows the file must commit with every sync (a sync
+//! into the zeros measured 22–37 % cheaper; `fallocate`d space, whose unwritten extents a sync must convert, was
 //! no cheaper than written zeros: docs/benchmarks.md, "Issue 17: the preallocated
 //! audit log"). The logical end is the end of the last whole line
 //! before the zero tail; readers stop there, and a NUL byte followed by anything else
