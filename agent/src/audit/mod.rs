@@ -41,16 +41,16 @@
 //! each record is written with `pwrite` into that space at the log's logical end. A
 //! sync of a record then writes data only: the file's size and its blocks are already
 //! on disk, which an append that grows the file must commit with every sync (a sync
-//! into the zeros measured 22–37 % cheaper; `fallocate`d space, whose unwritten extents a sync must convert, was
-//! no cheaper than written zeros: docs/benchmarks.md, "Issue 17: the preallocated
-//! audit log"). The logical end is the end of the last whole line
+//! into the zeros measured 22–37 % cheaper; `fallocate`d space, whose unwritten extents
+//! a sync must convert, was no cheaper than written zeros: docs/benchmarks.md, "Issue
+//! 17: the preallocated audit log"). The logical end is the end of the last whole line
 //! before the zero tail; readers stop there, and a NUL byte followed by anything else
 //! is damage (`audit_chain::records_part` has the rule, which `waxseal audit verify`
 //! shares). A file is cut to its logical end before it is rotated and when the log is
 //! closed (so rotated files and a cleanly stopped agent's file hold no zeros); after a
-//! crash the next start continues at the logical end. When a chunk cannot be written
-//! (a full disk) it is cut off again and records grow the file as before, until the
-//! log has grown another chunk. Without `audit_fsync` nothing is preallocated.
+//! crash the next start continues at the logical end. When a chunk cannot be written (a
+//! full disk) it is cut off again and records grow the file as before, until the log
+//! has grown another chunk. Without `audit_fsync` nothing is preallocated.
 //!
 //! **Failures.** A write that fails part-way (a full disk) is cut back to the last
 //! whole record before anything else is written; until that succeeds every append
