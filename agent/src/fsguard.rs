@@ -95,12 +95,12 @@ pub fn open_subdir(parent: &File, parent_path: &Path, name: &str) -> Result<File
     checked_dir(fd, &path)
 }
 
-/// Opens the regular file `name` in `dir` for reading and appending, without following
-/// a symlink; checks it (owner, one link) and tightens it to 0600. `path` names it in
-/// errors.
+/// Opens the regular file `name` in `dir` for reading and writing, without following a
+/// symlink; checks it (owner, one link) and tightens it to 0600. `path` names it in
+/// errors. Not `O_APPEND`: the audit log writes its records at offsets it picks, into
+/// space it preallocated (docs/architecture.md, "The audit log").
 pub fn open_file_at(dir: &File, path: &Path, name: &str, create: Create) -> Result<File, Unsafe> {
     let mut flags = OFlags::RDWR
-        | OFlags::APPEND
         | OFlags::CREATE
         | OFlags::NOFOLLOW
         | OFlags::NOCTTY

@@ -6,7 +6,8 @@
 //! - never panics: the answer is `Ok(Verified)` or `Err(Broken)`;
 //! - `Broken` names one of the files and a line inside it (1-based);
 //! - `Verified` counts the files, its `records` is the last record's seq, and
-//!   `last_hash` the SHA-256 of the last non-empty line (the genesis hash if none).
+//!   `last_hash` the SHA-256 of the last non-empty line before the files' zero tails
+//!   (the genesis hash if none); `unused` is the last file's zero tail.
 #![no_main]
 // Every `expect`/`unwrap` here is an assertion of the target (a temp file that must
 // write, a value that must serialise): a panic is a finding, which libFuzzer keeps.
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use waxseal_agent::audit_chain::{verify_files, GENESIS};
+use waxseal_agent::audit_chain::{records_part, verify_files, GENESIS};
 
 const CUT: &[u8] = b"\n--8<--\n";
 
@@ -59,7 +60,13 @@ fuzz_target!(|data: &[u8]| {
     match verify_files(&paths) {
         Ok(v) => {
             assert_eq!(v.files, paths.len());
-            let last = parts
+            let kept: Vec<&[u8]> = parts
+                .iter()
+                .map(|p| records_part(p).expect("a verified file has no NUL inside a line"))
+                .collect();
+            let tail = parts.last().expect("one part at least").len() - kept[kept.len() - 1].len();
+            assert_eq!(v.unused, tail as u64);
+            let last = kept
                 .iter()
                 .flat_map(|p| p.split(|&b| b == b'\n'))
                 .filter(|l| !l.is_empty())

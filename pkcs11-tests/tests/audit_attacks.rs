@@ -46,7 +46,7 @@ fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String)
 fn records(state: &Path) -> Vec<Value> {
     let mut out = Vec::new();
     for f in audit_chain::files(&state.join("audit")).unwrap() {
-        for line in std::fs::read_to_string(f).unwrap().lines() {
+        for line in audit_chain::read_records(&f).unwrap().lines() {
             out.push(serde_json::from_str(line).unwrap());
         }
     }

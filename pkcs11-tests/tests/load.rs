@@ -441,7 +441,7 @@ fn faults_under_load_give_clear_errors_and_lose_no_audited_signature() {
     audit_chain::verify_files(&files).unwrap();
     let mut intents = HashSet::new();
     for f in &files {
-        for line in std::fs::read_to_string(f).unwrap().lines() {
+        for line in audit_chain::read_records(f).unwrap().lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             if v["event"] == "intent" {
                 intents.insert(v["digest"].as_str().unwrap_or_default().to_string());

@@ -179,7 +179,8 @@ fn identities_match_and_openssh_signatures_verify() {
         4
     );
     // Both are in the audit log, with the ssh-add that asked, and never the passphrase.
-    let text = std::fs::read_to_string(agent.state_dir.join("audit/audit.jsonl")).unwrap();
+    let text = waxseal_agent::audit_chain::read_records(&agent.state_dir.join("audit/audit.jsonl"))
+        .unwrap();
     assert!(!text.contains("correct horse"));
     let locks: Vec<serde_json::Value> = text
         .lines()

@@ -43,7 +43,7 @@ fn sign(agent: &Agent, key: &str, data: &[u8]) -> Result<Vec<u8>, ClientError> {
 fn records(state: &Path) -> Vec<Value> {
     let mut out = Vec::new();
     for f in audit_chain::files(&state.join("audit")).unwrap() {
-        for line in std::fs::read_to_string(f).unwrap().lines() {
+        for line in audit_chain::read_records(&f).unwrap().lines() {
             out.push(serde_json::from_str(line).unwrap());
         }
     }
@@ -122,7 +122,7 @@ fn audit_chain_verifies_and_an_edited_line_is_named() {
 
     // Edit the digest of the third record: `audit verify` names the record after it.
     let file = dir.join("audit.jsonl");
-    let text = std::fs::read_to_string(&file).unwrap();
+    let text = audit_chain::read_records(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let victim: Value = serde_json::from_str(lines[2]).unwrap();
     let digest = victim["digest"].as_str().unwrap().to_string();

@@ -303,7 +303,8 @@ fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
 
 /// The audit log's records, oldest first.
 fn audit_records(agent: &Agent) -> Vec<Value> {
-    let text = std::fs::read_to_string(agent.state_dir.join("audit/audit.jsonl")).unwrap();
+    let text = waxseal_agent::audit_chain::read_records(&agent.state_dir.join("audit/audit.jsonl"))
+        .unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -304,7 +304,9 @@ fn a_refused_pin_is_never_retried_and_the_last_try_waits_for_unlock() {
         "the PIN must never be logged"
     );
     // The device unlock is in the audit log, naming the device, without the PIN.
-    let audit = std::fs::read_to_string(agent.state_dir.join("audit/audit.jsonl")).unwrap();
+    let audit =
+        waxseal_agent::audit_chain::read_records(&agent.state_dir.join("audit/audit.jsonl"))
+            .unwrap();
     assert!(!audit.contains("123456"), "the PIN must never be recorded");
     let unlocks: Vec<serde_json::Value> = audit
         .lines()

@@ -89,19 +89,29 @@ pub(super) struct FileEnd {
     pub(super) complete: u64,
     /// Whole lines.
     pub(super) lines: usize,
-    /// Bytes after the last newline (a line cut short), if any.
+    /// Bytes after the last newline (a line cut short), if any, before the zero tail.
     pub(super) fragment: Option<Vec<u8>>,
+    /// The zero tail's length: preallocated space after the records (see the parent
+    /// module's doc).
+    pub(super) zeros: u64,
 }
 
-/// Reads `file` from its start, one line of at most [`MAX_LINE`] bytes at a time, and
-/// hands each whole non-empty line to `pass`.
-pub(super) fn read_lines(file: &File, pass: &mut Pass<'_>) -> Result<FileEnd, LineError> {
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+/// Reads `file` from its start up to `limit` bytes, one line of at most [`MAX_LINE`]
+/// bytes at a time, and hands each whole non-empty line to `pass`. Stops at the zero
+/// tail (`waxseal_proto::audit_chain::records_part` has the rule); a NUL byte followed
+/// by anything but NULs is not one of our records.
+pub(super) fn read_lines(
+    file: &File,
+    pass: &mut Pass<'_>,
+    limit: u64,
+) -> Result<FileEnd, LineError> {
+    let mut reader = BufReader::with_capacity(1 << 16, file.take(limit));
     let mut buf = Vec::new();
     let mut end = FileEnd {
         complete: 0,
         lines: 0,
         fragment: None,
+        zeros: 0,
     };
     loop {
         buf.clear();
@@ -110,6 +120,25 @@ pub(super) fn read_lines(file: &File, pass: &mut Pass<'_>) -> Result<FileEnd, Li
             .read_until(b'\n', &mut buf)
             .map_err(LineError::Io)?;
         if n == 0 {
+            return Ok(end);
+        }
+        if let Some(nul) = buf.iter().position(|&b| b == 0) {
+            let damaged = LineError::Foreign {
+                line: end.lines + 1,
+                problem: "a NUL byte inside a line (not in the zero tail after the last record)"
+                    .into(),
+            };
+            if !buf[nul..].iter().all(|&b| b == 0) {
+                return Err(damaged);
+            }
+            let Some(rest) = zeros_to_end(&mut reader).map_err(LineError::Io)? else {
+                return Err(damaged);
+            };
+            end.zeros = (buf.len() - nul) as u64 + rest;
+            if nul > 0 {
+                buf.truncate(nul);
+                end.fragment = Some(buf);
+            }
             return Ok(end);
         }
         if buf.last() != Some(&b'\n') {
@@ -132,6 +161,23 @@ pub(super) fn read_lines(file: &File, pass: &mut Pass<'_>) -> Result<FileEnd, Li
             line: end.lines,
             problem,
         })?;
+    }
+}
+
+/// Reads `reader` to its end: how many bytes, all NUL; `None` at the first other byte.
+fn zeros_to_end(reader: &mut impl BufRead) -> io::Result<Option<u64>> {
+    let mut count = 0u64;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(Some(count));
+        }
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(None);
+        }
+        let n = chunk.len();
+        count += n as u64;
+        reader.consume(n);
     }
 }
 

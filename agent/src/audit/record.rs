@@ -181,6 +181,14 @@ pub enum AppendError {
         /// Why it could not be cut.
         source: io::Error,
     },
+    /// The preallocated space could not be cut off before a rotation.
+    #[error("cannot cut the audit log {} to its records before rotating it: {source}", path.display())]
+    Trim {
+        /// The current file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The sync before a rotation failed.
     #[error(transparent)]
     RotateSync(SyncError),

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Instant, UNIX_EPOCH};
@@ -700,4 +701,188 @@ fn typed_records_write_the_words_logs_always_had() {
     assert_eq!(lines[2]["key"], "");
     assert!(lines[2].get("purpose").is_none(), "{}", lines[2]);
     assert_eq!(lines[2]["caller"]["uid"], 1000);
+}
+
+/// The current file of `state`'s log.
+fn current(state: &Path) -> PathBuf {
+    state.join(DIR).join(CURRENT)
+}
+
+#[test]
+fn a_durable_log_writes_into_synced_zeros_and_a_close_cuts_them_off() {
+    let state = tempfile::tempdir().unwrap();
+    let keys: HashSet<String> = ["hsm/k0".to_string()].into();
+    let audit = Audit::open(state.path(), &opts(Durability::GroupCommit, 64 << 20)).unwrap();
+    for i in 0..3 {
+        let seq = audit
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
+            .unwrap();
+        audit.wait_durable(seq).unwrap();
+    }
+    let log = current(state.path());
+    let bytes = std::fs::read(&log).unwrap();
+    assert_eq!(bytes.len() as u64, PREALLOC, "one chunk preallocated");
+    let records = crate::audit_chain::records_part(&bytes).unwrap();
+    assert_eq!(records.iter().filter(|&&b| b == b'\n').count(), 3);
+    assert_eq!(records.last(), Some(&b'\n'));
+    assert!(bytes[records.len()..].iter().all(|&b| b == 0));
+    // Readers stop at the zero tail: `audit verify`, the rate count, `audit_tail`.
+    let ok = verify_files(&files(&state.path().join(DIR)).unwrap()).unwrap();
+    assert_eq!(ok.records, 3);
+    assert_eq!(ok.unused, PREALLOC - records.len() as u64);
+    let seed = audit.scan_rates(&keys);
+    assert_eq!(seed.problem, None);
+    assert_eq!(seed.signed["hsm/k0"].len(), 1);
+    assert_eq!(audit.tail(10, TAIL_BUDGET).records.len(), 3);
+
+    drop(audit);
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        records,
+        "closed: no zeros left"
+    );
+}
+
+#[test]
+fn a_crash_leaves_a_zero_tail_that_the_next_start_continues_at_its_logical_end() {
+    let state = tempfile::tempdir().unwrap();
+    let o = opts(Durability::SyncEach, 64 << 20);
+    let keys: HashSet<String> = ["hsm/k1".to_string()].into();
+    let audit = Audit::open(state.path(), &o).unwrap();
+    for i in 0..2 {
+        let seq = audit
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
+            .unwrap();
+        audit.wait_durable(seq).unwrap();
+    }
+    drop(audit);
+    let log = current(state.path());
+    let whole = std::fs::read(&log).unwrap();
+    // What a crash leaves: the records, then the rest of the chunk, zeros.
+    let mut crashed = whole.clone();
+    crashed.resize(whole.len() + 200_000, 0);
+    std::fs::write(&log, &crashed).unwrap();
+
+    let with_keys = AuditOptions {
+        rate_keys: keys,
+        ..opts(Durability::SyncEach, 64 << 20)
+    };
+    let audit = Audit::open(state.path(), &with_keys).unwrap();
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        crashed,
+        "nothing cut: no partial record"
+    );
+    assert_eq!(audit.take_seed().unwrap().signed["hsm/k1"].len(), 1);
+    assert_eq!(audit.tail(10, TAIL_BUDGET).records.len(), 2);
+    let seq = audit.append(&record(Event::Intent, "hsm/after")).unwrap();
+    assert_eq!(seq, 3);
+    audit.wait_durable(seq).unwrap();
+    let bytes = std::fs::read(&log).unwrap();
+    assert_eq!(
+        bytes.len(),
+        crashed.len(),
+        "written into the zeros, not after them"
+    );
+    assert_eq!(&bytes[..whole.len()], &whole[..]);
+    let text = crate::audit_chain::records_part(&bytes).unwrap();
+    assert!(
+        text[whole.len()..].starts_with(b"{"),
+        "record 3 follows record 2"
+    );
+    drop(audit);
+    let ok = verify_files(&files(&state.path().join(DIR)).unwrap()).unwrap();
+    assert_eq!((ok.records, ok.unused), (3, 0));
+}
+
+#[test]
+fn a_record_torn_by_a_crash_before_the_zero_tail_is_cut_off_at_start() {
+    let state = tempfile::tempdir().unwrap();
+    let o = opts(Durability::GroupCommit, 64 << 20);
+    let audit = Audit::open(state.path(), &o).unwrap();
+    for i in 0..3 {
+        let seq = audit
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
+            .unwrap();
+        audit.wait_durable(seq).unwrap();
+    }
+    drop(audit);
+    let log = current(state.path());
+    let whole = std::fs::read(&log).unwrap();
+    // A crash while record 4 was being written into the preallocated space.
+    let mut torn = whole.clone();
+    torn.extend_from_slice(b"{\"seq\":4,\"time\":\"2025-");
+    torn.resize(whole.len() + 65_536, 0);
+    std::fs::write(&log, &torn).unwrap();
+    let broken = verify_files(&files(&state.path().join(DIR)).unwrap()).unwrap_err();
+    assert_eq!(
+        broken.line, 4,
+        "`audit verify` names the torn record: {broken}"
+    );
+
+    let audit = Audit::open(state.path(), &o).unwrap();
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        whole,
+        "cut back to the last whole record, the zeros with it"
+    );
+    let seq = audit.append(&record(Event::Intent, "hsm/after")).unwrap();
+    audit.wait_durable(seq).unwrap();
+    drop(audit);
+    let ok = verify_files(&files(&state.path().join(DIR)).unwrap()).unwrap();
+    assert_eq!(ok.records, 4);
+}
+
+#[test]
+fn a_nul_inside_a_line_is_refused_at_start_and_the_file_left_alone() {
+    let state = tempfile::tempdir().unwrap();
+    let o = opts(Durability::GroupCommit, 64 << 20);
+    let audit = Audit::open(state.path(), &o).unwrap();
+    for i in 0..3 {
+        audit
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
+            .unwrap();
+    }
+    drop(audit);
+    let log = current(state.path());
+    // Zeros where record 2 was, record 3 after them: a hole, not a tail.
+    let mut holed = std::fs::read(&log).unwrap();
+    let second = holed.iter().position(|&b| b == b'\n').unwrap() + 1;
+    holed[second..second + 10].fill(0);
+    holed.resize(holed.len() + 4096, 0);
+    std::fs::write(&log, &holed).unwrap();
+    let e = Audit::open(state.path(), &o).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("{}:2:", log.display())) && e.contains("NUL byte inside a line"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), holed);
+}
+
+#[test]
+fn rotated_files_are_cut_to_their_records() {
+    let state = tempfile::tempdir().unwrap();
+    let audit = Audit::open(state.path(), &opts(Durability::GroupCommit, 8192)).unwrap();
+    for i in 0..100 {
+        let seq = audit
+            .append(&record(Event::Intent, &format!("hsm/k{i}")))
+            .unwrap();
+        audit.wait_durable(seq).unwrap();
+    }
+    let all = files(&state.path().join(DIR)).unwrap();
+    assert!(all.len() > 2, "rotated: {all:?}");
+    for f in &all[..all.len() - 1] {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!bytes.contains(&0), "{} holds zeros", f.display());
+        assert_eq!(bytes.last(), Some(&b'\n'));
+    }
+    let live = std::fs::read(&all[all.len() - 1]).unwrap();
+    assert!(live.ends_with(&[0]), "the live file is preallocated");
+    assert!(
+        live.len() <= 8192 + 1024,
+        "not past the rotation size: {}",
+        live.len()
+    );
+    assert_eq!(verify_files(&all).unwrap().records, 100);
+    drop(audit);
 }

@@ -679,10 +679,14 @@ impl KeyStore {
         out
     }
 
-    /// Closes every idle lane (sessions logged out and closed by the module).
+    /// Closes every idle lane (sessions logged out and closed by the module) and cuts the
+    /// audit log to its records (`Audit::close`).
     pub fn shutdown(&self) {
         for d in &self.devices {
             d.lanes.close();
+        }
+        if let Some(audit) = &self.audit {
+            audit.close();
         }
     }
 }
