@@ -244,8 +244,9 @@ fn unreadable_files_in_the_middle_are_named_and_the_others_signed() {
 #[test]
 fn refusals_by_the_agent_are_named_and_the_others_signed() {
     // The agent signs three, then refuses the key (max_per_hour).
-    let (_hsm, agent) =
-        agent_with_key(&format!("[[key]]\nname = \"{KEY}\"\npurposes = [\"blob\"]\nmax_per_hour = 3\n"));
+    let (_hsm, agent) = agent_with_key(&format!(
+        "[[key]]\nname = \"{KEY}\"\npurposes = [\"blob\"]\nmax_per_hour = 3\n"
+    ));
     let tmp = tempfile::tempdir().unwrap();
     let files = small_files(tmp.path(), 6);
 
@@ -260,10 +261,7 @@ fn refusals_by_the_agent_are_named_and_the_others_signed() {
             assert_verifies(&agent, file, &pem);
         } else {
             assert_eq!(r["ok"], false, "{r}");
-            assert!(
-                r["error"].as_str().unwrap().contains("max_per_hour"),
-                "{r}"
-            );
+            assert!(r["error"].as_str().unwrap().contains("max_per_hour"), "{r}");
             assert!(
                 err.lines()
                     .any(|l| l.contains(file.to_str().unwrap()) && l.contains("max_per_hour")),
@@ -312,7 +310,10 @@ fn pipelined_requests_behind_a_pin_prompt_are_all_served() {
         .softhsm(&hsm)
         .config(&pkcs11_device("hsm", "prompted", &pin))
         .start();
-    assert!(maker.client().generate_key(KEY, waxseal_agent::proto::KeyAlg::P256).is_ok());
+    assert!(maker
+        .client()
+        .generate_key(KEY, waxseal_agent::proto::KeyAlg::P256)
+        .is_ok());
     maker.terminate();
     // …and used by one that asks the client.
     let config = "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken = \"prompted\"\npin = \"prompt\"\n";

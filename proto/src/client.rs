@@ -520,7 +520,12 @@ mod tests {
 
     fn sign_op(i: usize) -> Op {
         Op::Sign(Sign {
-            key: if i as u64 == REFUSED { "hsm/refused" } else { "hsm/k" }.into(),
+            key: if i as u64 == REFUSED {
+                "hsm/refused"
+            } else {
+                "hsm/k"
+            }
+            .into(),
             purpose: Purpose::Blob,
             hash: Some(HashAlg::Sha256),
             digest: Bytes(vec![i as u8; 32]),
@@ -653,7 +658,10 @@ mod tests {
         );
         let log = log.lock().unwrap();
         let at = |entry: &str| log.iter().position(|e| e == entry).unwrap();
-        assert_eq!(at("notice touch the device") + 1, at(&format!("answer {NOTICE}")));
+        assert_eq!(
+            at("notice touch the device") + 1,
+            at(&format!("answer {NOTICE}"))
+        );
         assert_eq!(at("prompt PIN: ") + 1, at(&format!("answer {PROMPT}")));
     }
 
@@ -671,7 +679,10 @@ mod tests {
         let results: Vec<_> = client.pipeline::<_, SignOk, _>(ops, WINDOW).collect();
         agent.join().unwrap();
         let drawn = *drawn.lock().unwrap();
-        assert!(drawn < REQUESTS, "drew {drawn} requests from a broken pipeline");
+        assert!(
+            drawn < REQUESTS,
+            "drew {drawn} requests from a broken pipeline"
+        );
         assert_eq!(results.len(), drawn, "every request drawn is answered once");
         for (n, (i, result)) in results.iter().enumerate() {
             assert_eq!(*i, n);

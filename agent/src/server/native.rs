@@ -231,7 +231,10 @@ impl Interaction for ConnUi<'_> {
         let asked = std::time::Instant::now();
         let frame = loop {
             let left = PIN_PROMPT_TIMEOUT.saturating_sub(asked.elapsed());
-            let frame = self.reader.read(self.stream, Duration::ZERO, Some(left)).ok()?;
+            let frame = self
+                .reader
+                .read(self.stream, Duration::ZERO, Some(left))
+                .ok()?;
             if PinReply::decode(frame).is_err() && is_other_request(frame) {
                 self.deferred.bytes += frame.len();
                 self.deferred.frames.push_back(Kept {
@@ -296,13 +299,7 @@ impl Req<'_> {
 }
 
 /// Answers one request; returns the response payload.
-fn handle(
-    store: &KeyStore,
-    id: u64,
-    op: Op,
-    caller: &Caller,
-    conn: Conn<'_>,
-) -> Vec<u8> {
+fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) -> Vec<u8> {
     let mut req = Req {
         store,
         id,

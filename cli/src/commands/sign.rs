@@ -55,7 +55,11 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         bail!("give a FILE to sign or --digest HEX");
     }
     if args.files.len() > 1 && (args.bundle.is_some() || args.out.is_some()) {
-        let option = if args.bundle.is_some() { "--bundle" } else { "--out" };
+        let option = if args.bundle.is_some() {
+            "--bundle"
+        } else {
+            "--out"
+        };
         crate::Cli::command()
             .error(
                 ErrorKind::ArgumentConflict,
@@ -205,16 +209,17 @@ impl Job<'_> {
             });
         };
         // Hashing happens as the pipeline draws requests, while the agent signs.
-        let requests = files
-            .iter()
-            .enumerate()
-            .filter_map(|(i, file)| match hash_file(file, self.hash) {
-                Ok(digest) => Some(((i, digest.clone()), self.request(file, digest))),
-                Err(e) => {
-                    settle(i, Err(e));
-                    None
-                }
-            });
+        let requests =
+            files
+                .iter()
+                .enumerate()
+                .filter_map(|(i, file)| match hash_file(file, self.hash) {
+                    Ok(digest) => Some(((i, digest.clone()), self.request(file, digest))),
+                    Err(e) => {
+                        settle(i, Err(e));
+                        None
+                    }
+                });
         for ((i, digest), answer) in client.pipeline::<_, SignOk, _>(requests, WINDOW) {
             let result = answer
                 .map_err(anyhow::Error::from)
