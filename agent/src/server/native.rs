@@ -164,9 +164,11 @@ pub fn connection(
 /// How long a person has to type a PIN the agent asked for.
 const PIN_PROMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How many bytes of requests the agent keeps while it waits for a PIN reply; past
-/// this it stops waiting (the PIN counts as not given) and serves what it kept.
+/// How many bytes (and frames) of requests the agent keeps while it waits for a PIN
+/// reply; past either it stops waiting (the PIN counts as not given) and serves what
+/// it kept.
 const MAX_DEFERRED_BYTES: usize = 4 * MAX_FRAME;
+const MAX_DEFERRED_FRAMES: usize = 4096;
 
 /// Requests a pipelining client sent while the agent waited for its PIN reply.
 #[derive(Default)]
@@ -241,8 +243,10 @@ impl Interaction for ConnUi<'_> {
                     payload: frame.to_vec(),
                     early: self.reader.early(),
                 });
-                if self.deferred.bytes > MAX_DEFERRED_BYTES {
-                    warn!("a client sent {MAX_DEFERRED_BYTES} bytes of requests instead of a PIN reply; no PIN");
+                if self.deferred.bytes > MAX_DEFERRED_BYTES
+                    || self.deferred.frames.len() > MAX_DEFERRED_FRAMES
+                {
+                    warn!("a client sent too many requests instead of a PIN reply; no PIN");
                     return None;
                 }
                 continue;
