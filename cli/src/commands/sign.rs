@@ -60,7 +60,14 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         } else {
             "--out"
         };
-        crate::Cli::command()
+        let mut cli = crate::Cli::command();
+        cli.build();
+        // The usage shown is `waxseal sign …`'s; the subcommand exists (it is running).
+        let mut usage = match cli.find_subcommand_mut("sign") {
+            Some(sign) => sign.clone(),
+            None => cli,
+        };
+        usage
             .error(
                 ErrorKind::ArgumentConflict,
                 format!(
