@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use pkcs11_tests::{pkcs11_device, sigstore_js_verify, Agent, SoftHsm};
+use pkcs11_tests::{pkcs11_device, sigstore_js_verify, Agent, MockRekor, SoftHsm};
 use serde_json::Value;
 use waxseal_agent::audit_chain;
 use waxseal_agent::proto::{Bytes, HashAlg, Op, Purpose, Sign, SignOk};
@@ -272,6 +272,49 @@ fn refusals_by_the_agent_are_named_and_the_others_signed() {
         }
     }
     assert_eq!(signed_per_name(&agent.state_dir).len(), 3);
+}
+
+#[test]
+fn each_file_is_logged_in_rekor_with_its_own_entry() {
+    let (_hsm, agent) = agent_with_key("");
+    let rekor = MockRekor::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = small_files(tmp.path(), 4);
+    let rekor_key = rekor.public_key.to_str().unwrap();
+    let out = sign(
+        &agent,
+        &files,
+        &[
+            "--json",
+            "--rekor-url",
+            &rekor.url,
+            "--rekor-public-key",
+            rekor_key,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut indexes = std::collections::HashSet::new();
+    let pem = public_key_pem(&agent, tmp.path());
+    for (file, r) in files.iter().zip(&results) {
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(
+            indexes.insert(r["log_index"].as_i64().unwrap()),
+            "{results:?}"
+        );
+        // Both verifiers check the log entry too.
+        let ours = agent.cli(&[
+            "verify",
+            file.to_str().unwrap(),
+            "--public-key",
+            pem.to_str().unwrap(),
+            "--rekor-public-key",
+            rekor_key,
+        ]);
+        assert!(ours.status.success(), "{}", text(&ours));
+        sigstore_js_verify(&bundle_of(file), file, &pem, Some(&rekor))
+            .unwrap_or_else(|e| panic!("@sigstore/verify on {}: {e}", file.display()));
+    }
 }
 
 #[test]
