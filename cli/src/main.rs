@@ -66,7 +66,7 @@ enum Command {
     /// List, generate and export keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Sign a file (writes a Sigstore bundle, FILE.sigstore.json) or a digest (signature on stdout).
+    /// Sign files (each gets a Sigstore bundle, FILE.sigstore.json) or a digest (signature on stdout).
     Sign(SignArgs),
     /// Verify a file's Sigstore bundle (or bare signature) with an agent key or a PEM public key.
     Verify(VerifyArgs),
@@ -225,9 +225,14 @@ enum KeysCommand {
 
 #[derive(Debug, clap::Args)]
 struct SignArgs {
-    /// File to sign.
-    #[arg(required_unless_present = "digest", conflicts_with = "digest")]
-    file: Option<PathBuf>,
+    /// Files to sign, each into its own bundle (FILE.sigstore.json) or, with --raw,
+    /// signature (FILE.sig); many files are signed over one connection.
+    #[arg(
+        value_name = "FILE",
+        required_unless_present = "digest",
+        conflicts_with = "digest"
+    )]
+    files: Vec<PathBuf>,
     /// Key NAME (DEVICE/LABEL).
     #[arg(long)]
     key: String,
@@ -241,13 +246,13 @@ struct SignArgs {
     /// a Sigstore bundle cannot say its signature is PSS).
     #[arg(long)]
     pss: bool,
-    /// Where the bundle goes (default: FILE.sigstore.json).
+    /// Where the bundle goes (default: FILE.sigstore.json); one FILE only.
     #[arg(long, value_name = "OUT", conflicts_with_all = ["raw", "digest"])]
     bundle: Option<PathBuf>,
     /// Write only the bare signature (base64 DER) to FILE.sig instead of a bundle.
     #[arg(long, conflicts_with = "digest")]
     raw: bool,
-    /// With --raw: where the signature goes (default: FILE.sig).
+    /// With --raw: where the signature goes (default: FILE.sig); one FILE only.
     #[arg(long, value_name = "OUT", requires = "raw")]
     out: Option<PathBuf>,
     /// Upload the signature to this Rekor v1 log and put the entry into the bundle.

@@ -1,9 +1,13 @@
 //! A blocking client of `agent.sock`, used by the CLI and the KMS plug-in.
 //!
-//! One request at a time over one connection; `hello` is exchanged on connect so a
-//! version mismatch is reported before anything else.
+//! Requests over one connection, answered in order; `hello` is exchanged on connect so
+//! a version mismatch is reported before anything else. [`Client::call`] sends one
+//! request and waits for its answer; [`Client::pipeline`] keeps up to a window of
+//! requests in flight, which the protocol allows (docs/protocol.md, "Pipelining").
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,6 +94,11 @@ impl Client {
             path: path.to_path_buf(),
             error,
         })?;
+        Self::over(stream)
+    }
+
+    /// Exchanges `hello` over a stream already connected to an agent.
+    pub fn over(stream: UnixStream) -> Result<Self, ClientError> {
         let mut client = Client {
             stream,
             next_id: 0,
@@ -145,7 +154,49 @@ impl Client {
         Ok(response.into_result()?)
     }
 
+    /// Sends requests while earlier ones are still being answered: up to `window` (at
+    /// least 1) in flight on this connection. Each item of `ops` is a tag of the
+    /// caller's (a file name, an index) and its request; the pipeline yields each tag
+    /// with its answer, in the order of `ops`. Notices and PIN prompts go to the
+    /// handlers, as with [`Client::call`]: a prompt comes before the answer it belongs to.
+    ///
+    /// `ops` is drawn lazily, in batches of about half a window, while the agent works
+    /// on the requests already sent; the caller may do work there (hash a file).
+    ///
+    /// An answer with an error (`ClientError::Agent`), or a request too large to send,
+    /// concerns its item only. When the connection breaks, the item being read gets the
+    /// error, every item already sent gets one too, and the pipeline ends without
+    /// drawing more from `ops`.
+    ///
+    /// It cannot deadlock: the client writes at most `window` requests (and about
+    /// [`PIPELINE_BATCH_BYTES`] at a time) before reading, so the agent, which answers
+    /// one request before reading the next, never has more than `window` answers unread
+    /// in the socket's buffer while the client writes.
+    pub fn pipeline<T, R, I>(&mut self, ops: I, window: usize) -> Pipeline<'_, T, I::IntoIter, R>
+    where
+        I: IntoIterator<Item = (T, Op)>,
+        R: DeserializeOwned,
+    {
+        Pipeline {
+            client: self,
+            ops: ops.into_iter(),
+            window: window.max(1),
+            pending: VecDeque::new(),
+            batch: Vec::new(),
+            drawn_all: false,
+            broken: None,
+            answer: PhantomData,
+        }
+    }
+
     fn round_trip(&mut self, op: Op) -> Result<Response, ClientError> {
+        let (id, frame) = self.frame(op)?;
+        self.stream.write_all(&frame)?;
+        self.answer(id)
+    }
+
+    /// The next request id and the framed request.
+    fn frame(&mut self, op: Op) -> Result<(u64, Vec<u8>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let payload = Request { id, op }.to_json();
@@ -155,7 +206,11 @@ impl Client {
                 payload.len()
             )));
         }
-        self.stream.write_all(&proto::encode_frame(&payload))?;
+        Ok((id, proto::encode_frame(&payload)))
+    }
+
+    /// Reads the answer to request `id`, handling the notices and prompts before it.
+    fn answer(&mut self, id: u64) -> Result<Response, ClientError> {
         loop {
             let response = self.read_response(id)?;
             if let Some(notice) = &response.notice {
@@ -338,5 +393,304 @@ impl Client {
             label: label.map(Into::into),
             cert: Bytes(cert.to_vec()),
         }))
+    }
+}
+
+/// How many bytes of requests a [`Pipeline`] writes at once, at most (a batch ends
+/// with the frame that crosses it): far below a Unix socket's buffer, so that the
+/// agent's answers to small requests never wait behind a large batch.
+pub const PIPELINE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Requests in flight on one connection, answered in order: see [`Client::pipeline`].
+/// An iterator of `(tag, answer)`.
+pub struct Pipeline<'c, T, I, R> {
+    client: &'c mut Client,
+    ops: I,
+    window: usize,
+    /// Requests drawn and not yet yielded, oldest first.
+    pending: VecDeque<Pending<T>>,
+    /// Frames being gathered for one write.
+    batch: Vec<u8>,
+    /// `ops` has no more items.
+    drawn_all: bool,
+    /// What broke the connection, once it has.
+    broken: Option<(io::ErrorKind, String)>,
+    answer: PhantomData<fn() -> R>,
+}
+
+/// A request drawn from a pipeline's input.
+enum Pending<T> {
+    /// Written; its answer is awaited.
+    Sent { id: u64, tag: T },
+    /// Not sent (too large): its error is yielded in its turn.
+    Unsent { tag: T, error: ClientError },
+}
+
+impl<T, I, R> std::fmt::Debug for Pipeline<'_, T, I, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("client", &self.client)
+            .field("window", &self.window)
+            .field("pending", &self.pending.len())
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, I, R> Pipeline<'_, T, I, R>
+where
+    I: Iterator<Item = (T, Op)>,
+{
+    /// Draws requests and writes them in one batch once half the window or less is in
+    /// flight, so that the agent has work queued while the client reads.
+    fn refill(&mut self) {
+        if self.drawn_all || self.broken.is_some() || self.pending.len() > self.window / 2 {
+            return;
+        }
+        self.batch.clear();
+        while self.pending.len() < self.window && self.batch.len() < PIPELINE_BATCH_BYTES {
+            let Some((tag, op)) = self.ops.next() else {
+                self.drawn_all = true;
+                break;
+            };
+            match self.client.frame(op) {
+                Ok((id, frame)) => {
+                    self.batch.extend_from_slice(&frame);
+                    self.pending.push_back(Pending::Sent { id, tag });
+                }
+                Err(error) => self.pending.push_back(Pending::Unsent { tag, error }),
+            }
+        }
+        if self.batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.client.stream.write_all(&self.batch) {
+            self.broken = Some((e.kind(), e.to_string()));
+        }
+    }
+}
+
+impl<T, I, R> Iterator for Pipeline<'_, T, I, R>
+where
+    I: Iterator<Item = (T, Op)>,
+    R: DeserializeOwned,
+{
+    type Item = (T, Result<R, ClientError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.refill();
+        let (id, tag) = match self.pending.pop_front()? {
+            Pending::Unsent { tag, error } => return Some((tag, Err(error))),
+            Pending::Sent { id, tag } => (id, tag),
+        };
+        if let Some((kind, text)) = &self.broken {
+            let error = io::Error::new(*kind, format!("{text} (before this request was answered)"));
+            return Some((tag, Err(ClientError::Io(error))));
+        }
+        match self.client.answer(id) {
+            Ok(response) => Some((tag, response.into_result().map_err(ClientError::from))),
+            Err(e) => {
+                self.broken = Some(match &e {
+                    ClientError::Io(io) => (io.kind(), io.to_string()),
+                    other => (io::ErrorKind::InvalidData, other.to_string()),
+                });
+                Some((tag, Err(e)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::proto::{decode_request, encode_error, encode_notice, encode_ok, encode_prompt};
+    use crate::proto::{ErrorCode, Sign};
+    use crate::wire::FrameReader;
+
+    const WINDOW: usize = 8;
+    const REQUESTS: usize = 40;
+    /// Requests the fake agent treats specially.
+    const REFUSED: u64 = 5;
+    const NOTICE: u64 = 12;
+    const PROMPT: u64 = 20;
+
+    fn sign_op(i: usize) -> Op {
+        Op::Sign(Sign {
+            key: if i as u64 == REFUSED {
+                "hsm/refused"
+            } else {
+                "hsm/k"
+            }
+            .into(),
+            purpose: Purpose::Blob,
+            hash: Some(HashAlg::Sha256),
+            digest: Bytes(vec![i as u8; 32]),
+            tbs: None,
+            name: Some(format!("file-{i}")),
+            padding: None,
+        })
+    }
+
+    fn send(mut s: &UnixStream, payload: &[u8]) {
+        s.write_all(&proto::encode_frame(payload)).unwrap();
+    }
+
+    /// The next request, waiting for it (a client that does not send it fails the
+    /// test through the read timeout instead of hanging it).
+    fn read_request(reader: &mut FrameReader, s: &UnixStream) -> Request {
+        let frame = reader
+            .read(s, Duration::ZERO, None)
+            .expect("the client sent no further request");
+        decode_request(frame).unwrap()
+    }
+
+    /// A fake agent on one end of a socket pair, strict about order: it answers the
+    /// oldest request first, each with its digest reversed as the "signature". It
+    /// waits for a whole window before the first answer (which a client that does not
+    /// pipeline never sends) and returns the most requests it ever held unanswered.
+    fn fake_agent(s: UnixStream, requests: usize, close_after: Option<usize>) -> usize {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reader = FrameReader::new();
+        let hello = read_request(&mut reader, &s);
+        let ok = HelloOk {
+            version: PROTOCOL_VERSION,
+            agent: "fake".into(),
+        };
+        send(&s, &encode_ok(hello.id, &ok));
+        let mut queue: VecDeque<Request> = VecDeque::new();
+        let mut most = 0;
+        for answered in 0..requests {
+            if close_after == Some(answered) {
+                return most;
+            }
+            let want = if answered == 0 { WINDOW } else { 1 };
+            while queue.len() < want {
+                queue.push_back(read_request(&mut reader, &s));
+            }
+            // Whatever else the client has written already, without waiting for more.
+            s.set_nonblocking(true).unwrap();
+            while let Ok(frame) = reader.read(&s, Duration::ZERO, None) {
+                queue.push_back(decode_request(frame).unwrap());
+            }
+            s.set_nonblocking(false).unwrap();
+            most = most.max(queue.len());
+            let req = queue.pop_front().unwrap();
+            assert_eq!(req.id, answered as u64 + 1, "requests arrive in order");
+            let Op::Sign(sign) = req.op else {
+                panic!("expected sign, got {:?}", req.op)
+            };
+            let n = req.id - 1;
+            if n == NOTICE {
+                send(&s, &encode_notice(req.id, "touch the device"));
+            }
+            if n == PROMPT {
+                send(&s, &encode_prompt(req.id, "PIN: "));
+                // Requests sent ahead of the PIN reply wait their turn.
+                loop {
+                    let frame = reader.read(&s, Duration::ZERO, None).unwrap();
+                    if let Ok((id, reply)) = PinReply::decode(frame) {
+                        assert_eq!(id, req.id);
+                        assert!(reply == PinReply::Pin(Zeroizing::new("1234".into())));
+                        break;
+                    }
+                    queue.push_back(decode_request(frame).unwrap());
+                }
+            }
+            let answer = if n == REFUSED {
+                encode_error(
+                    Some(req.id),
+                    &WireError::new(ErrorCode::PolicyDenied, "refused by the fake agent"),
+                )
+            } else {
+                let mut signature = sign.digest.0.clone();
+                signature.reverse();
+                let ok = SignOk {
+                    signature: Bytes(signature),
+                    alg: "fake".into(),
+                };
+                encode_ok(req.id, &ok)
+            };
+            send(&s, &answer);
+        }
+        most
+    }
+
+    #[test]
+    fn pipeline_answers_in_order_within_the_window_with_notices_and_prompts() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || fake_agent(theirs, REQUESTS, None));
+        let mut client = Client::over(ours).unwrap();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let notices = Arc::clone(&log);
+        client.on_notice(Box::new(move |n| {
+            notices.lock().unwrap().push(format!("notice {n}"))
+        }));
+        let prompts = Arc::clone(&log);
+        client.on_prompt(Box::new(move |q| {
+            prompts.lock().unwrap().push(format!("prompt {q}"));
+            Some(Zeroizing::new("1234".into()))
+        }));
+        let ops = (0..REQUESTS).map(|i| (i, sign_op(i)));
+        let mut seen = Vec::new();
+        for (i, result) in client.pipeline::<_, SignOk, _>(ops, WINDOW) {
+            log.lock().unwrap().push(format!("answer {i}"));
+            seen.push(i);
+            if i as u64 == REFUSED {
+                match result {
+                    Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::PolicyDenied),
+                    other => panic!("request {i}: expected a refusal, got {other:?}"),
+                }
+                continue;
+            }
+            let mut expected = vec![i as u8; 32];
+            expected.reverse();
+            assert_eq!(result.unwrap().signature.0, expected, "answer {i}");
+        }
+        assert_eq!(seen, (0..REQUESTS).collect::<Vec<_>>());
+        let most = agent.join().unwrap();
+        assert_eq!(
+            most, WINDOW,
+            "the agent held {most} unanswered requests; the window is {WINDOW}"
+        );
+        let log = log.lock().unwrap();
+        let at = |entry: &str| log.iter().position(|e| e == entry).unwrap();
+        assert_eq!(
+            at("notice touch the device") + 1,
+            at(&format!("answer {NOTICE}"))
+        );
+        assert_eq!(at("prompt PIN: ") + 1, at(&format!("answer {PROMPT}")));
+    }
+
+    #[test]
+    fn pipeline_ends_when_the_connection_breaks() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || fake_agent(theirs, REQUESTS, Some(3)));
+        let mut client = Client::over(ours).unwrap();
+        let drawn = Arc::new(Mutex::new(0usize));
+        let counter = Arc::clone(&drawn);
+        let ops = (0..REQUESTS).map(move |i| {
+            *counter.lock().unwrap() += 1;
+            (i, sign_op(i))
+        });
+        let results: Vec<_> = client.pipeline::<_, SignOk, _>(ops, WINDOW).collect();
+        agent.join().unwrap();
+        let drawn = *drawn.lock().unwrap();
+        assert!(
+            drawn < REQUESTS,
+            "drew {drawn} requests from a broken pipeline"
+        );
+        assert_eq!(results.len(), drawn, "every request drawn is answered once");
+        for (n, (i, result)) in results.iter().enumerate() {
+            assert_eq!(*i, n);
+            match (n, result) {
+                (0..=2, Ok(_)) => {}
+                (3.., Err(ClientError::Io(_))) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 }

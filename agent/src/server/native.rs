@@ -6,7 +6,13 @@
 //! is closed; other bad requests get an error and the connection stays. A connection
 //! idle for `idle_timeout`, or taking longer than that to deliver one frame, is closed.
 //! Nothing one client does delays another.
+//!
+//! A client may send requests before reading the answers to earlier ones; they are
+//! served one after another in order (docs/protocol.md, "Pipelining"). Requests that
+//! arrive while the agent waits for a PIN reply are kept and served after the request
+//! that asked for the PIN.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -93,8 +99,17 @@ pub fn connection(
         queued,
     );
     let mut caller = caller.clone();
+    let mut deferred = Deferred::default();
     loop {
-        let frame = match reader.read(stream, opts.spin, Some(opts.idle_timeout)) {
+        let kept = deferred.frames.pop_front();
+        if let Some(k) = &kept {
+            deferred.bytes -= k.payload.len();
+        }
+        let frame = match &kept {
+            Some(k) => Ok(k.payload.as_slice()),
+            None => reader.read(stream, opts.spin, Some(opts.idle_timeout)),
+        };
+        let frame = match frame {
             Ok(frame) => frame,
             Err(ReadError::Closed) => return,
             Err(ReadError::Idle) => {
@@ -123,12 +138,16 @@ pub fn connection(
         // At work until the answer is written: no other thread polls on this CPU.
         let _busy = Busy::enter();
         let decoded = decode_request(frame);
-        caller.early = reader.early();
+        caller.early = kept.as_ref().map_or_else(|| reader.early(), |k| k.early);
         let (response, close) = match decoded {
-            Ok(req) => (
-                handle(store, req.id, req.op, &caller, stream, &mut reader),
-                false,
-            ),
+            Ok(req) => {
+                let conn = Conn {
+                    stream,
+                    reader: &mut reader,
+                    deferred: &mut deferred,
+                };
+                (handle(store, req.id, req.op, &caller, conn), false)
+            }
             Err(e) => {
                 debug!(pid, error = %e.error, "bad request");
                 (encode_error(e.id, &e.error), e.malformed)
@@ -147,12 +166,56 @@ pub fn connection(
 /// How long a person has to type a PIN the agent asked for.
 const PIN_PROMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How many bytes (and frames) of requests the agent keeps while it waits for a PIN
+/// reply; past either it stops waiting (the PIN counts as not given) and serves what
+/// it kept.
+const MAX_DEFERRED_BYTES: usize = 4 * MAX_FRAME;
+const MAX_DEFERRED_FRAMES: usize = 4096;
+
+/// Requests a pipelining client sent while the agent waited for its PIN reply.
+#[derive(Default)]
+struct Deferred {
+    frames: VecDeque<Kept>,
+    /// The payload bytes in `frames`.
+    bytes: usize,
+}
+
+/// One request frame read ahead of its turn.
+struct Kept {
+    payload: Vec<u8>,
+    /// [`FrameReader::early`] when it was read.
+    early: bool,
+}
+
+/// The connection a request came on: where its PIN reply is read from, and where
+/// requests read ahead of their turn are kept.
+struct Conn<'a> {
+    stream: &'a UnixStream,
+    reader: &'a mut FrameReader,
+    deferred: &'a mut Deferred,
+}
+
+/// Whether a payload that is not a valid `pin_reply` is another request (its `op` is
+/// some other word), to be served later rather than taken as the answer. Nothing of
+/// the frame is copied but the op's name.
+fn is_other_request(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct OpOnly<'a> {
+        #[serde(borrow)]
+        op: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<OpOnly<'_>>(payload)
+        .is_ok_and(|o| o.op.is_some_and(|op| op != "pin_reply"))
+}
+
 /// The requesting client, in the middle of its request: notices go out as frames
 /// `{"id":…,"notice":…}`; a PIN is asked with `{"id":…,"prompt":…}` and comes back as
-/// `{"id":…,"op":"pin_reply","pin":…}` (or `"cancel":true`).
+/// `{"id":…,"op":"pin_reply","pin":…}` (or `"cancel":true`). Other requests that come
+/// before the reply are kept for later (docs/protocol.md, "Pipelining").
 struct ConnUi<'a> {
     stream: &'a UnixStream,
     reader: &'a mut FrameReader,
+    deferred: &'a mut Deferred,
     id: u64,
     /// Whether this client may be asked for a PIN: only the agent's own uid is (a PIN
     /// typed by another uid could cost the device a try).
@@ -169,10 +232,29 @@ impl Interaction for ConnUi<'_> {
             return None;
         }
         send(self.stream, &encode_prompt(self.id, question)).ok()?;
-        let frame = self
-            .reader
-            .read(self.stream, Duration::ZERO, Some(PIN_PROMPT_TIMEOUT))
-            .ok()?;
+        let asked = std::time::Instant::now();
+        let frame = loop {
+            let left = PIN_PROMPT_TIMEOUT.saturating_sub(asked.elapsed());
+            let frame = self
+                .reader
+                .read(self.stream, Duration::ZERO, Some(left))
+                .ok()?;
+            if PinReply::decode(frame).is_err() && is_other_request(frame) {
+                self.deferred.bytes += frame.len();
+                self.deferred.frames.push_back(Kept {
+                    payload: frame.to_vec(),
+                    early: self.reader.early(),
+                });
+                if self.deferred.bytes > MAX_DEFERRED_BYTES
+                    || self.deferred.frames.len() > MAX_DEFERRED_FRAMES
+                {
+                    warn!("a client sent too many requests instead of a PIN reply; no PIN");
+                    return None;
+                }
+                continue;
+            }
+            break frame;
+        };
         match PinReply::decode(frame) {
             Ok((id, PinReply::Pin(pin))) if id == self.id => Some(SecretString::from(pin.as_str())),
             Ok((id, PinReply::Cancel)) if id == self.id => None,
@@ -193,8 +275,7 @@ struct Req<'a> {
     store: &'a KeyStore,
     id: u64,
     caller: &'a Caller,
-    stream: &'a UnixStream,
-    reader: &'a mut FrameReader,
+    conn: Conn<'a>,
     /// The agent's own uid asked (another uid is admitted by `[agent] allow_uids`).
     owner: bool,
 }
@@ -214,8 +295,9 @@ impl Req<'_> {
     /// This client, for a PIN prompt or a notice in the middle of the request.
     fn ui(&mut self) -> ConnUi<'_> {
         ConnUi {
-            stream: self.stream,
-            reader: self.reader,
+            stream: self.conn.stream,
+            reader: self.conn.reader,
+            deferred: self.conn.deferred,
             id: self.id,
             may_ask: self.owner,
         }
@@ -223,20 +305,12 @@ impl Req<'_> {
 }
 
 /// Answers one request; returns the response payload.
-fn handle(
-    store: &KeyStore,
-    id: u64,
-    op: Op,
-    caller: &Caller,
-    stream: &UnixStream,
-    reader: &mut FrameReader,
-) -> Vec<u8> {
+fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) -> Vec<u8> {
     let mut req = Req {
         store,
         id,
         caller,
-        stream,
-        reader,
+        conn,
         owner: caller.uid == own_uid(),
     };
     if let Err(e) = admit(&req, &op) {
