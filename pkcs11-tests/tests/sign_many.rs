@@ -154,10 +154,21 @@ fn two_hundred_files_in_one_invocation_each_get_a_bundle_that_verifies() {
     let (_hsm, agent) = agent_with_key("");
     let tmp = tempfile::tempdir().unwrap();
     let files = small_files(tmp.path(), 200);
+    let mut control = agent.client();
+    let syncs_before = control.status().unwrap().audit.unwrap().syncs;
     let before = connections(&agent);
 
     let out = sign(&agent, &files, &["--json"]);
     assert!(out.status.success(), "{}", text(&out));
+    // The agent holds a pipelining connection's answers until one sync covers the
+    // intents of all its signatures in flight (docs/architecture.md, "The audit log").
+    let syncs = control.status().unwrap().audit.unwrap().syncs - syncs_before;
+    eprintln!("200 pipelined signatures, {syncs} syncs");
+    assert!(
+        syncs * 4 <= files.len() as u64,
+        "{syncs} syncs for {} pipelined signatures",
+        files.len()
+    );
     assert_eq!(
         connections(&agent) - before,
         1,

@@ -247,6 +247,12 @@ impl FrameReader {
     /// `total` bytes (prefix included) are here, `Ok(Err(need))` when more are needed,
     /// `need` being the frame's total length once the prefix is known and the prefix's
     /// length before that; an error for a prefix over the limit.
+    /// Whether the next [`FrameReader::read`] can answer without waiting: a whole frame
+    /// (or a prefix over the limit) is already buffered, as when a client pipelines.
+    pub fn has_frame(&self) -> bool {
+        !matches!(self.split(), Ok(Err(_)))
+    }
+
     fn split(&self) -> Result<Result<usize, usize>, ReadError> {
         let have = &self.buf[self.start..self.end];
         let Some(prefix) = have.get(..PREFIX_LEN) else {

@@ -54,6 +54,40 @@ pub struct Signature {
     pub padding: RsaPadding,
 }
 
+impl Signature {
+    /// The answer to a `sign` on agent.sock.
+    pub fn sign_ok(&self) -> SignOk {
+        SignOk {
+            alg: self.alg.signature_alg(self.hash, self.padding),
+            signature: Bytes(self.bytes.clone()),
+        }
+    }
+}
+
+/// A signature made whose intent record may not be on disk yet: the caller holds it
+/// and hands it to [`KeyStore::finish`], which waits for the disk, writes the outcome
+/// and gives out the signature (or withholds it). A connection with several requests
+/// in flight (docs/protocol.md, "Pipelining") finishes them together, so one `fdatasync`
+/// covers all their intents (docs/architecture.md, "The audit log").
+#[derive(Debug)]
+pub struct Pending {
+    seq: u64,
+    key: String,
+    purpose: Purpose,
+    caller: Caller,
+    subject: Map<String, Value>,
+    signature: Signature,
+}
+
+/// What the gate gives back: a signature, or one still waiting for its record's sync.
+#[derive(Debug)]
+pub enum Gated {
+    /// Made, durable and recorded (or no audit log).
+    Done(Signature),
+    /// Made; [`KeyStore::finish`] gives it out.
+    Pending(Pending),
+}
+
 /// Who asks the gate for what.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ask<'a> {
@@ -65,6 +99,8 @@ pub(super) struct Ask<'a> {
     caller: &'a Caller,
     /// On ssh.sock: the connection counts as forwarded.
     forwarded: bool,
+    /// Give back a [`Gated::Pending`] instead of waiting for the intent's sync.
+    defer: bool,
 }
 
 /// An SSH signature request, as ssh.sock hands it to the gate.
@@ -95,6 +131,21 @@ impl KeyStore {
         caller: &Caller,
         ui: &mut dyn Interaction,
     ) -> Result<SignOk, WireError> {
+        match self.sign_gated(req, caller, ui, false)? {
+            Gated::Done(signed) => Ok(signed.sign_ok()),
+            Gated::Pending(p) => self.finish(p).map(|s| s.sign_ok()),
+        }
+    }
+
+    /// [`KeyStore::sign`], which with `defer` may give back a signature still waiting
+    /// for its intent's sync ([`Gated::Pending`]).
+    pub fn sign_gated(
+        &self,
+        req: &Sign,
+        caller: &Caller,
+        ui: &mut dyn Interaction,
+        defer: bool,
+    ) -> Result<Gated, WireError> {
         let mut subject = Map::new();
         if !req.digest.is_empty() {
             let hash = req.hash.map_or("default".to_string(), |h| h.to_string());
@@ -115,6 +166,7 @@ impl KeyStore {
             purpose: req.purpose,
             caller,
             forwarded: false,
+            defer,
         };
         let signed = self.gate(ask, subject, ui, |device, label, subject| {
             match req.purpose {
@@ -132,10 +184,7 @@ impl KeyStore {
         if req.purpose == Purpose::X509Tbs {
             info!(key = %req.key, tbs_sha256 = %hex::encode(Sha256::digest(req.tbs.as_ref().map_or(&[][..], |t| &t.0))), "x509-tbs signed: certificate issued");
         }
-        Ok(SignOk {
-            alg: signed.alg.signature_alg(signed.hash, signed.padding),
-            signature: Bytes(signed.bytes),
-        })
+        Ok(signed)
     }
 
     /// Signs for ssh.sock. An SSH client cannot be told or asked anything: a touch is
@@ -150,8 +199,9 @@ impl KeyStore {
             purpose: Purpose::Ssh,
             caller,
             forwarded: req.forwarded,
+            defer: false,
         };
-        self.gate(ask, subject, &mut NoInteraction, |_, _, subject| {
+        let gated = self.gate(ask, subject, &mut NoInteraction, |_, _, subject| {
             let shown = if req.alg == KeyAlg::Ed25519 {
                 hex::encode(Sha256::digest(req.data))
             } else {
@@ -167,7 +217,11 @@ impl KeyStore {
                 }),
             );
             Ok(prepared)
-        })
+        })?;
+        match gated {
+            Gated::Done(signed) => Ok(signed),
+            Gated::Pending(p) => self.finish(p),
+        }
     }
 
     /// The gate (see the module doc). `prepare` runs once the key's policy allowed the
@@ -178,12 +232,13 @@ impl KeyStore {
         mut subject: Map<String, Value>,
         ui: &mut dyn Interaction,
         prepare: impl FnOnce(&Device, &str, &mut Map<String, Value>) -> Result<Prepared<'a>, WireError>,
-    ) -> Result<Signature, WireError> {
+    ) -> Result<Gated, WireError> {
         let Ask {
             key,
             purpose,
             caller,
             forwarded,
+            defer,
         } = ask;
         let judged = (|| {
             self.check_unlocked()?;
@@ -264,24 +319,20 @@ impl KeyStore {
                 .map_err(wire)
                 .inspect(|_| self.pin_in_use(device))
         })();
-        let issued = |signed: crate::backend::Signed| {
-            self.emit(Event::SignatureIssued {
-                key: key.to_string(),
-                purpose,
-                caller: caller.clone(),
-            });
-            Signature {
-                bytes: signed.signature,
-                alg: signed.alg,
-                hash: signed.hash,
-                padding: prepared.padding,
-            }
+        let made = |signed: crate::backend::Signed| Signature {
+            bytes: signed.signature,
+            alg: signed.alg,
+            hash: signed.hash,
+            padding: prepared.padding,
         };
         let (Some(audit), Some(seq)) = (&self.audit, intent) else {
             if result.is_err() {
                 give_back(slot);
             }
-            return result.map(issued);
+            return result.map(|signed| {
+                self.issued(key, purpose, caller);
+                Gated::Done(made(signed))
+            });
         };
         match result {
             Err(e) => {
@@ -294,23 +345,61 @@ impl KeyStore {
                 Err(e)
             }
             Ok(signed) => {
-                if let Err(e) = audit.wait_durable(seq) {
-                    let _ = audit.append(&record(
-                        audit::Event::Withheld,
-                        Some((ErrorCode::DeviceError, e.to_string())),
-                        Some(seq),
-                    ));
-                    return Err(WireError::new(
-                        ErrorCode::DeviceError,
-                        format!("{e}; the signature was withheld"),
-                    ));
+                let pending = Pending {
+                    seq,
+                    key: key.to_string(),
+                    purpose,
+                    caller: caller.clone(),
+                    subject,
+                    signature: made(signed),
+                };
+                if defer {
+                    Ok(Gated::Pending(pending))
+                } else {
+                    self.finish(pending).map(Gated::Done)
                 }
-                if let Err(e) = audit.append(&record(audit::Event::Signed, None, Some(seq))) {
-                    warn!(error = %e, "the outcome of a durable intent record was not written");
-                }
-                Ok(issued(signed))
             }
         }
+    }
+
+    /// Gives out a signature the gate made once its intent record is on disk: writes
+    /// the outcome (`signed`, or `withheld` when the sync failed) and the event.
+    pub fn finish(&self, p: Pending) -> Result<Signature, WireError> {
+        let record = |event: audit::Event, outcome: Option<(ErrorCode, String)>| Record {
+            event,
+            key: p.key.clone(),
+            purpose: Some(p.purpose.into()),
+            caller: p.caller.clone(),
+            subject: p.subject.clone(),
+            outcome,
+            intent: Some(p.seq),
+        };
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.wait_durable(p.seq) {
+                let _ = audit.append(&record(
+                    audit::Event::Withheld,
+                    Some((ErrorCode::DeviceError, e.to_string())),
+                ));
+                return Err(WireError::new(
+                    ErrorCode::DeviceError,
+                    format!("{e}; the signature was withheld"),
+                ));
+            }
+            if let Err(e) = audit.append(&record(audit::Event::Signed, None)) {
+                warn!(error = %e, "the outcome of a durable intent record was not written");
+            }
+        }
+        self.issued(&p.key, p.purpose, &p.caller);
+        Ok(p.signature)
+    }
+
+    /// Tells the event bus a signature went out.
+    fn issued(&self, key: &str, purpose: Purpose, caller: &Caller) {
+        self.emit(Event::SignatureIssued {
+            key: key.to_string(),
+            purpose,
+            caller: caller.clone(),
+        });
     }
 
     /// Purpose `x509-tbs`: parses the TBSCertificate, records what it certifies,

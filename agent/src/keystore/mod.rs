@@ -6,7 +6,7 @@
 mod gate;
 mod lock;
 
-pub use gate::{Prepared, Signature, SshSign};
+pub use gate::{Gated, Pending, Prepared, Signature, SshSign};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

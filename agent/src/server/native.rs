@@ -21,7 +21,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::ServeOptions;
-use crate::keystore::{Interaction, KeyStore};
+use crate::keystore::{Gated, Interaction, KeyStore, Pending};
 use crate::policy::{own_uid, Caller};
 use crate::proto::{
     self, decode_request, encode_error, encode_notice, encode_ok, encode_prompt, Attest, AuditTail,
@@ -100,7 +100,16 @@ pub fn connection(
     );
     let mut caller = caller.clone();
     let mut deferred = Deferred::default();
+    let mut held = Held::default();
     loop {
+        // Answers held for their records' sync go out before the agent waits for more:
+        // one sync covers every signature a pipelining client has in flight.
+        if !held.items.is_empty()
+            && ((!reader.has_frame() && deferred.frames.is_empty()) || held.items.len() >= MAX_HELD)
+            && held.flush(store, stream).is_err()
+        {
+            return;
+        }
         let kept = deferred.frames.pop_front();
         if let Some(k) = &kept {
             deferred.bytes -= k.payload.len();
@@ -145,21 +154,76 @@ pub fn connection(
                     stream,
                     reader: &mut reader,
                     deferred: &mut deferred,
+                    held: &mut held,
                 };
                 (handle(store, req.id, req.op, &caller, conn), false)
             }
             Err(e) => {
                 debug!(pid, error = %e.error, "bad request");
-                (encode_error(e.id, &e.error), e.malformed)
+                (Answer::Now(encode_error(e.id, &e.error)), e.malformed)
             }
         };
         if close {
-            send_and_close(stream, &response);
+            if held.flush(store, stream).is_err() {
+                return;
+            }
+            if let Answer::Now(last) = response {
+                send_and_close(stream, &last);
+            }
             return;
         }
-        if send(stream, &response).is_err() {
-            return;
+        match response {
+            Answer::Now(bytes) if held.items.is_empty() => {
+                if send(stream, &bytes).is_err() {
+                    return;
+                }
+            }
+            Answer::Now(bytes) => held.items.push(HeldAnswer::Ready(bytes)),
+            Answer::Pending(id, p) => held.items.push(HeldAnswer::Pending(id, p)),
         }
+    }
+}
+
+/// The answer to one request: now, or a signature waiting for its intent's sync.
+enum Answer {
+    Now(Vec<u8>),
+    Pending(u64, Pending),
+}
+
+/// How many answers a connection holds at most before it syncs and sends them.
+const MAX_HELD: usize = 64;
+
+/// Answers kept back, in request order, until the signatures among them are durable.
+#[derive(Default)]
+struct Held {
+    items: Vec<HeldAnswer>,
+}
+
+enum HeldAnswer {
+    Ready(Vec<u8>),
+    Pending(u64, Pending),
+}
+
+impl Held {
+    /// Finishes the held signatures (the first waits for the one sync that covers them
+    /// all) and sends every held answer, in order, in one write.
+    fn flush(&mut self, store: &KeyStore, stream: &UnixStream) -> io::Result<()> {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        for item in self.items.drain(..) {
+            let payload = match item {
+                HeldAnswer::Ready(bytes) => bytes,
+                HeldAnswer::Pending(id, p) => match store.finish(p) {
+                    Ok(signed) => encode_ok(id, &signed.sign_ok()),
+                    Err(e) => encode_error(Some(id), &e),
+                },
+            };
+            out.extend_from_slice(&proto::encode_frame(&payload));
+        }
+        let mut w = stream;
+        w.write_all(&out)
     }
 }
 
@@ -193,6 +257,8 @@ struct Conn<'a> {
     stream: &'a UnixStream,
     reader: &'a mut FrameReader,
     deferred: &'a mut Deferred,
+    /// Answers of earlier requests not sent yet.
+    held: &'a mut Held,
 }
 
 /// Whether a payload that is not a valid `pin_reply` is another request (its `op` is
@@ -213,9 +279,12 @@ fn is_other_request(payload: &[u8]) -> bool {
 /// `{"id":…,"op":"pin_reply","pin":…}` (or `"cancel":true`). Other requests that come
 /// before the reply are kept for later (docs/protocol.md, "Pipelining").
 struct ConnUi<'a> {
+    store: &'a KeyStore,
     stream: &'a UnixStream,
     reader: &'a mut FrameReader,
     deferred: &'a mut Deferred,
+    /// Earlier requests' answers, sent before anything about this one.
+    held: &'a mut Held,
     id: u64,
     /// Whether this client may be asked for a PIN: only the agent's own uid is (a PIN
     /// typed by another uid could cost the device a try).
@@ -224,13 +293,16 @@ struct ConnUi<'a> {
 
 impl Interaction for ConnUi<'_> {
     fn notice(&mut self, text: &str) {
-        let _ = send(self.stream, &encode_notice(self.id, text));
+        if self.held.flush(self.store, self.stream).is_ok() {
+            let _ = send(self.stream, &encode_notice(self.id, text));
+        }
     }
 
     fn ask_pin(&mut self, question: &str) -> Option<SecretString> {
         if !self.may_ask {
             return None;
         }
+        self.held.flush(self.store, self.stream).ok()?;
         send(self.stream, &encode_prompt(self.id, question)).ok()?;
         let asked = std::time::Instant::now();
         let frame = loop {
@@ -295,9 +367,11 @@ impl Req<'_> {
     /// This client, for a PIN prompt or a notice in the middle of the request.
     fn ui(&mut self) -> ConnUi<'_> {
         ConnUi {
+            store: self.store,
             stream: self.conn.stream,
             reader: self.conn.reader,
             deferred: self.conn.deferred,
+            held: self.conn.held,
             id: self.id,
             may_ask: self.owner,
         }
@@ -305,7 +379,7 @@ impl Req<'_> {
 }
 
 /// Answers one request; returns the response payload.
-fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) -> Vec<u8> {
+fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) -> Answer {
     let mut req = Req {
         store,
         id,
@@ -314,7 +388,7 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) ->
         owner: caller.uid == own_uid(),
     };
     if let Err(e) = admit(&req, &op) {
-        return encode_error(Some(id), &e);
+        return Answer::Now(encode_error(Some(id), &e));
     }
     // `pin = "prompt"`: the person at this client types the PIN before the device is used.
     let key = match &op {
@@ -327,11 +401,11 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) ->
     if let Some(key) = key {
         if let Err(e) = store.login_interactively(key, &mut req.ui()) {
             if e.code == ErrorCode::PinRequired || e.code == ErrorCode::PinIncorrect {
-                return encode_error(Some(id), &e);
+                return Answer::Now(encode_error(Some(id), &e));
             }
         }
     }
-    match op {
+    Answer::Now(match op {
         Op::Hello(_) => encode_ok(
             id,
             &HelloOk {
@@ -348,8 +422,8 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) ->
         Op::Lock => lock(&req),
         Op::Unlock(u) => unlock(&req, &u),
         Op::StoreCertificate(c) => store_certificate(&req, &c),
-        Op::Sign(s) => sign(&mut req, &s),
-    }
+        Op::Sign(s) => return sign(&mut req, &s),
+    })
 }
 
 /// A uid admitted by `[agent] allow_uids` lists, reads and signs with its own keys and
@@ -471,14 +545,19 @@ fn store_certificate(req: &Req<'_>, c: &StoreCertificate) -> Vec<u8> {
     req.reply(r)
 }
 
-fn sign(req: &mut Req<'_>, s: &Sign) -> Vec<u8> {
-    let (store, caller, pid) = (req.store, req.caller, req.pid());
-    let r = store.sign(s, caller, &mut req.ui());
+/// Signs; the answer is held until the intent's record is durable (see [`Held`]).
+fn sign(req: &mut Req<'_>, s: &Sign) -> Answer {
+    let (store, caller, pid, id) = (req.store, req.caller, req.pid(), req.id);
+    let r = store.sign_gated(s, caller, &mut req.ui(), true);
     match &r {
         Ok(_) => debug!(key = %s.key, purpose = %s.purpose, pid, "signed"),
         Err(e) => {
             info!(key = %s.key, purpose = %s.purpose, pid, code = %e.code, "sign refused or failed")
         }
     }
-    req.reply(r)
+    match r {
+        Ok(Gated::Pending(p)) => Answer::Pending(id, p),
+        Ok(Gated::Done(signed)) => Answer::Now(encode_ok(id, &signed.sign_ok())),
+        Err(e) => Answer::Now(encode_error(Some(id), &e)),
+    }
 }
