@@ -403,3 +403,50 @@ fn pipelined_requests_behind_a_pin_prompt_are_all_served() {
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(signed_per_name(&agent.state_dir).len(), 20);
 }
+
+/// Writes one frame (big-endian length, then the payload).
+fn frame(payload: &str) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload.as_bytes());
+    out
+}
+
+/// Reads one frame's payload as JSON.
+fn read_frame(s: &mut std::os::unix::net::UnixStream) -> Value {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut payload).unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
+#[test]
+fn held_answers_go_out_before_the_connection_ends_and_their_signatures_are_recorded() {
+    use std::io::Write;
+    let (_hsm, agent) = agent_with_key("");
+    // Three signatures pipelined, then a frame announced over the limit: the agent holds
+    // the three answers for one sync, and must send them, and record their outcomes,
+    // before it refuses the frame and closes.
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    let mut batch = Vec::new();
+    for (id, name) in [(1, "held-1"), (2, "held-2"), (3, "held-3")] {
+        batch.extend(frame(&format!(
+            r#"{{"id":{id},"op":"sign","key":"{KEY}","purpose":"blob","name":"{name}","hash":"sha256","digest":"{}"}}"#,
+            B64.encode([id as u8; 32])
+        )));
+    }
+    batch.extend((64u32 << 20).to_be_bytes());
+    s.write_all(&batch).unwrap();
+    for id in 1..=3 {
+        let answer = read_frame(&mut s);
+        assert_eq!(answer["id"], id, "{answer}");
+        assert!(answer["ok"]["signature"].is_string(), "{answer}");
+    }
+    let refusal = read_frame(&mut s);
+    assert_eq!(refusal["error"]["code"], "frame-too-large", "{refusal}");
+    let signed = signed_per_name(&agent.state_dir);
+    for name in ["held-1", "held-2", "held-3"] {
+        assert_eq!(signed.get(name), Some(&1), "{name}: {signed:?}");
+    }
+}

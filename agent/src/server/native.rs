@@ -120,28 +120,11 @@ pub fn connection(
         };
         let frame = match frame {
             Ok(frame) => frame,
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Idle) => {
-                debug!(pid, "idle or too slow; closing");
-                return;
-            }
-            Err(ReadError::TooLarge(len)) => {
-                warn!(pid, len, "frame over the limit; closing the connection");
-                let e = WireError::new(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame of {len} bytes announced; the limit is {MAX_FRAME} bytes"),
-                );
-                let _ = send(stream, &encode_error(None, &e));
-                return;
-            }
-            Err(ReadError::Broken(e)) => {
-                debug!(pid, error = %e, "connection broke");
-                return;
-            }
-            Err(ReadError::Foreign(sender)) => {
-                let e = store.refuse_foreign(&caller, sender, "agent.sock");
-                send_and_close(stream, &encode_error(None, &e));
-                return;
+            Err(e) => {
+                // Whatever ends the connection, the held signatures are finished (their
+                // outcomes recorded) and their answers sent first, as far as they can be.
+                let _ = held.flush(store, stream);
+                return end(stream, store, &caller, e);
             }
         };
         // At work until the answer is written: no other thread polls on this CPU.
@@ -180,6 +163,33 @@ pub fn connection(
             }
             Answer::Now(bytes) => held.items.push(HeldAnswer::Ready(bytes)),
             Answer::Pending(id, p) => held.items.push(HeldAnswer::Pending(id, p)),
+        }
+    }
+}
+
+/// Ends a connection whose next frame could not be read, saying why where the client
+/// should hear it.
+fn end(stream: &UnixStream, store: &KeyStore, caller: &Caller, e: ReadError) {
+    let pid = caller.pid.unwrap_or(0);
+    match e {
+        ReadError::Closed => {}
+        ReadError::Idle => {
+            debug!(pid, "idle or too slow; closing");
+        }
+        ReadError::TooLarge(len) => {
+            warn!(pid, len, "frame over the limit; closing the connection");
+            let e = WireError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frame of {len} bytes announced; the limit is {MAX_FRAME} bytes"),
+            );
+            let _ = send(stream, &encode_error(None, &e));
+        }
+        ReadError::Broken(e) => {
+            debug!(pid, error = %e, "connection broke");
+        }
+        ReadError::Foreign(sender) => {
+            let e = store.refuse_foreign(caller, sender, "agent.sock");
+            send_and_close(stream, &encode_error(None, &e));
         }
     }
 }
