@@ -114,6 +114,19 @@ fn audit_chain_verifies_and_an_edited_line_is_named() {
     let (code, out, err) = cli_out(&agent, &["audit", "verify", "--dir", dir.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(&format!("{} records", recs.len())), "{out}");
+    // The running agent's live file ends in preallocated zeros, and says how many.
+    let size = std::fs::metadata(dir.join("audit.jsonl")).unwrap().len();
+    let used = audit_chain::read_records(&dir.join("audit.jsonl"))
+        .unwrap()
+        .len() as u64;
+    assert!(
+        size > used,
+        "the live log is preallocated ({size} bytes, {used} used)"
+    );
+    assert!(
+        out.contains(&format!("{} bytes of preallocated space", size - used)),
+        "{out}"
+    );
     // `audit tail` through the agent shows the last records.
     let (code, out, _) = cli_out(&agent, &["audit", "tail", "-n", "3"]);
     assert_eq!(code, Some(0));

@@ -33,6 +33,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
                             "records": v.records,
                             "files": v.files,
                             "last_hash": v.last_hash,
+                            "unused_bytes": v.unused,
                         }));
                     }
                     outln!(
@@ -42,6 +43,14 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
                         if v.files == 1 { "" } else { "s" },
                         v.last_hash
                     );
+                    if v.unused > 0 {
+                        // docs/architecture.md, "The audit log": space a running (or
+                        // crashed) agent preallocated and has not written yet.
+                        outln!(
+                            "{} bytes of preallocated space (zeros) follow the last record",
+                            v.unused
+                        );
+                    }
                     Ok(())
                 }
                 Err(broken) => {
