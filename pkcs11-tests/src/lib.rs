@@ -583,6 +583,20 @@ impl Drop for Agent {
     }
 }
 
+/// Every record of the audit log under the agent's `state` directory, parsed, in chain
+/// order; the live file is read up to its preallocated zero tail
+/// (docs/architecture.md, "The audit log").
+pub fn audit_records(state: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for f in waxseal_agent::audit_chain::files(&state.join("audit")).expect("audit files") {
+        let text = waxseal_agent::audit_chain::read_records(&f).expect("audit file");
+        for line in text.lines() {
+            out.push(serde_json::from_str(line).expect("an audit record is JSON"));
+        }
+    }
+    out
+}
+
 /// Writes one frame (length prefix + payload) to a raw stream.
 pub fn write_frame(s: &mut UnixStream, payload: &[u8]) {
     s.write_all(&(payload.len() as u32).to_be_bytes())

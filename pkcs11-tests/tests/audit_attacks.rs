@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pkcs11_tests::{bins, pkcs11_device, write_frame, Agent, SoftHsm};
+use pkcs11_tests::{audit_records, bins, pkcs11_device, write_frame, Agent, SoftHsm};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use waxseal_agent::audit_chain;
 use waxseal_agent::client::ClientError;
 use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg, MAX_FRAME};
 
@@ -40,17 +39,6 @@ fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String)
         Err(ClientError::Agent(e)) => (e.code, e.message),
         other => panic!("expected a refusal, got {other:?}"),
     }
-}
-
-/// Every record of the audit log in `state`, parsed.
-fn records(state: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    for f in audit_chain::files(&state.join("audit")).unwrap() {
-        for line in audit_chain::read_records(&f).unwrap().lines() {
-            out.push(serde_json::from_str(line).unwrap());
-        }
-    }
-    out
 }
 
 /// `waxseal audit verify --dir STATE/audit`.
@@ -153,11 +141,11 @@ fn max_per_hour_holds_across_a_restart_and_a_crash() {
     // The attack: restart the agent for a fresh allowance.
     assert!(agent.terminate().success());
     let mut agent = start();
-    let before = records(state.path()).len();
+    let before = audit_records(state.path()).len();
     let (code, msg) = refusal(sign(&agent, "hsm/rate", b"fourth"));
     assert_eq!(code, ErrorCode::RateLimited, "{msg}");
     assert!(msg.contains("max_per_hour"), "{msg}");
-    let after = records(state.path());
+    let after = audit_records(state.path());
     assert!(
         after[before..].iter().any(|r| r["event"] == "refused"
             && r["key"] == "hsm/rate"
@@ -401,7 +389,7 @@ fn a_full_disk_refuses_signatures_and_leaves_no_torn_record() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("audit log OK"));
-    assert!(records(fs.path())
+    assert!(audit_records(fs.path())
         .iter()
         .any(|r| r["event"] == "intent" && r["digest"] == hex::encode(Sha256::digest(b"after"))));
     drop(agent);
@@ -455,7 +443,7 @@ fn audit_tail_answers_within_the_frame_limit_whatever_the_log_holds() {
         ));
         assert_eq!(code, ErrorCode::UnknownKey);
     }
-    let on_disk: usize = records(state.path())
+    let on_disk: usize = audit_records(state.path())
         .iter()
         .rev()
         .take(1000)
@@ -479,7 +467,7 @@ fn audit_tail_answers_within_the_frame_limit_whatever_the_log_holds() {
     );
     assert_eq!(records_sent as u64 + omitted, 1000);
     // The newest are the ones kept.
-    let last_seq = records(state.path()).last().unwrap()["seq"].clone();
+    let last_seq = audit_records(state.path()).last().unwrap()["seq"].clone();
     assert_eq!(
         answer["ok"]["records"].as_array().unwrap().last().unwrap()["seq"],
         last_seq

@@ -263,11 +263,8 @@ fn busctl_reads_devices_keys_and_locked_and_lock_stops_signing_until_unlock() {
     assert_eq!(bus.property("Locked"), "b true");
 
     // Every Lock and Unlock is in the audit log, with the caller the bus daemon names.
-    let text = waxseal_agent::audit_chain::read_records(&agent.state_dir.join("audit/audit.jsonl"))
-        .unwrap();
-    let locks: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let locks: Vec<serde_json::Value> = pkcs11_tests::audit_records(&agent.state_dir)
+        .into_iter()
         .filter(|r| r["event"] == "lock" || r["event"] == "unlock")
         .collect();
     let events: Vec<&str> = locks.iter().map(|r| r["event"].as_str().unwrap()).collect();

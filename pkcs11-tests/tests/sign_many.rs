@@ -12,9 +12,11 @@ use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use pkcs11_tests::{pkcs11_device, sigstore_js_verify, Agent, MockRekor, SoftHsm};
+use pkcs11_tests::{
+    audit_records, pkcs11_device, read_frame, sigstore_js_verify, write_frame, Agent, MockRekor,
+    SoftHsm,
+};
 use serde_json::Value;
-use waxseal_agent::audit_chain;
 use waxseal_agent::proto::{Bytes, HashAlg, Op, Purpose, Sign, SignOk};
 use zeroize::Zeroizing;
 
@@ -112,22 +114,10 @@ fn assert_openssl_verifies(file: &Path, pem: &Path, scratch: &Path) {
     );
 }
 
-/// Every record of the agent's audit log, parsed.
-fn records(state: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    for f in audit_chain::files(&state.join("audit")).unwrap() {
-        // The live file may end in preallocated zeros (docs/architecture.md).
-        for line in audit_chain::read_records(&f).unwrap().lines() {
-            out.push(serde_json::from_str(line).unwrap());
-        }
-    }
-    out
-}
-
 /// How many `signed` records the log holds per artifact name (the name is on the
 /// intent record that a `signed` record closes, or on the record itself).
 fn signed_per_name(state: &Path) -> HashMap<String, usize> {
-    let records = records(state);
+    let records = audit_records(state);
     let by_seq: HashMap<u64, &Value> = records
         .iter()
         .filter_map(|r| Some((r["seq"].as_u64()?, r)))
@@ -404,23 +394,6 @@ fn pipelined_requests_behind_a_pin_prompt_are_all_served() {
     assert_eq!(signed_per_name(&agent.state_dir).len(), 20);
 }
 
-/// Writes one frame (big-endian length, then the payload).
-fn frame(payload: &str) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(payload.as_bytes());
-    out
-}
-
-/// Reads one frame's payload as JSON.
-fn read_frame(s: &mut std::os::unix::net::UnixStream) -> Value {
-    use std::io::Read;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut payload).unwrap();
-    serde_json::from_slice(&payload).unwrap()
-}
-
 #[test]
 fn held_answers_go_out_before_the_connection_ends_and_their_signatures_are_recorded() {
     use std::io::Write;
@@ -429,21 +402,20 @@ fn held_answers_go_out_before_the_connection_ends_and_their_signatures_are_recor
     // the three answers for one sync, and must send them, and record their outcomes,
     // before it refuses the frame and closes.
     let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
-    let mut batch = Vec::new();
     for (id, name) in [(1, "held-1"), (2, "held-2"), (3, "held-3")] {
-        batch.extend(frame(&format!(
+        let sign = format!(
             r#"{{"id":{id},"op":"sign","key":"{KEY}","purpose":"blob","name":"{name}","hash":"sha256","digest":"{}"}}"#,
             B64.encode([id as u8; 32])
-        )));
+        );
+        write_frame(&mut s, sign.as_bytes());
     }
-    batch.extend((64u32 << 20).to_be_bytes());
-    s.write_all(&batch).unwrap();
+    s.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
     for id in 1..=3 {
-        let answer = read_frame(&mut s);
+        let answer = read_frame(&mut s).unwrap();
         assert_eq!(answer["id"], id, "{answer}");
         assert!(answer["ok"]["signature"].is_string(), "{answer}");
     }
-    let refusal = read_frame(&mut s);
+    let refusal = read_frame(&mut s).unwrap();
     assert_eq!(refusal["error"]["code"], "frame-too-large", "{refusal}");
     let signed = signed_per_name(&agent.state_dir);
     for name in ["held-1", "held-2", "held-3"] {

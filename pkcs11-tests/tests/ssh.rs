@@ -182,9 +182,8 @@ fn identities_match_and_openssh_signatures_verify() {
     let text = waxseal_agent::audit_chain::read_records(&agent.state_dir.join("audit/audit.jsonl"))
         .unwrap();
     assert!(!text.contains("correct horse"));
-    let locks: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let locks: Vec<serde_json::Value> = pkcs11_tests::audit_records(&agent.state_dir)
+        .into_iter()
         .filter(|r| r["event"] == "lock" || r["event"] == "unlock")
         .collect();
     let events: Vec<&str> = locks.iter().map(|r| r["event"].as_str().unwrap()).collect();

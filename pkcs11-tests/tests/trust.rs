@@ -6,11 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pkcs11_tests::{pkcs11_device, Agent, SoftHsm};
+use pkcs11_tests::{audit_records, pkcs11_device, Agent, SoftHsm};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use waxseal_agent::audit_chain;
@@ -37,17 +36,6 @@ fn sign(agent: &Agent, key: &str, data: &[u8]) -> Result<Vec<u8>, ClientError> {
         .client()
         .sign_digest(key, &Sha256::digest(data), Some(HashAlg::Sha256), None)
         .map(|s| s.signature.0)
-}
-
-/// Every record of the agent's audit log, parsed.
-fn records(state: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    for f in audit_chain::files(&state.join("audit")).unwrap() {
-        for line in audit_chain::read_records(&f).unwrap().lines() {
-            out.push(serde_json::from_str(line).unwrap());
-        }
-    }
-    out
 }
 
 fn cli_out(agent: &Agent, args: &[&str]) -> (Option<i32>, String, String) {
@@ -85,7 +73,7 @@ fn audit_chain_verifies_and_an_edited_line_is_named() {
     let (code, _) = refusal(sign(&agent, "hsm/root", b"not a certificate"));
     assert_eq!(code, ErrorCode::PolicyDenied);
 
-    let recs = records(&agent.state_dir);
+    let recs = audit_records(&agent.state_dir);
     let signed: Vec<&Value> = recs.iter().filter(|r| r["event"] == "signed").collect();
     assert_eq!(signed.len(), 6, "{recs:#?}");
     let intents: Vec<&Value> = recs.iter().filter(|r| r["event"] == "intent").collect();
@@ -236,7 +224,7 @@ fn every_signature_a_client_received_survives_a_sigkill_mid_burst() {
     );
     assert!(received.len() < 200, "the kill landed mid-burst");
 
-    let recs = records(state.path());
+    let recs = audit_records(state.path());
     let intents: HashSet<String> = recs
         .iter()
         .filter(|r| r["event"] == "intent")
@@ -347,7 +335,7 @@ fn caller_rules_rate_limits_and_confirmation_refuse_naming_the_rule() {
     assert!(!question.contains("hsm/mine"));
 
     // Each refusal is in the audit log with its code.
-    let recs = records(&agent.state_dir);
+    let recs = audit_records(&agent.state_dir);
     for (key, code) in [
         ("hsm/uids", "policy-denied"),
         ("hsm/exe", "policy-denied"),
@@ -388,7 +376,7 @@ fn lock_unlock_and_sighup_reload() {
     sign(&agent, "hsm/k", b"after").unwrap();
     // Both requests are in the audit log, with who asked.
     let me = rustix::process::getuid().as_raw();
-    let recs = records(&agent.state_dir);
+    let recs = audit_records(&agent.state_dir);
     let events: Vec<&Value> = recs
         .iter()
         .filter(|r| r["event"] == "lock" || r["event"] == "unlock")

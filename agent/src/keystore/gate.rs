@@ -56,10 +56,10 @@ pub struct Signature {
 
 impl Signature {
     /// The answer to a `sign` on agent.sock.
-    pub fn sign_ok(&self) -> SignOk {
+    pub fn into_sign_ok(self) -> SignOk {
         SignOk {
             alg: self.alg.signature_alg(self.hash, self.padding),
-            signature: Bytes(self.bytes.clone()),
+            signature: Bytes(self.bytes),
         }
     }
 }
@@ -132,8 +132,8 @@ impl KeyStore {
         ui: &mut dyn Interaction,
     ) -> Result<SignOk, WireError> {
         match self.sign_gated(req, caller, ui, false)? {
-            Gated::Done(signed) => Ok(signed.sign_ok()),
-            Gated::Pending(p) => self.finish(p).map(|s| s.sign_ok()),
+            Gated::Done(signed) => Ok(signed.into_sign_ok()),
+            Gated::Pending(p) => self.finish(p).map(Signature::into_sign_ok),
         }
     }
 

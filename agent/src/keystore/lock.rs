@@ -153,6 +153,8 @@ impl KeyStore {
                 );
                 self.audit_lock(audit::Event::Unlock, "", caller, Some(&refused));
                 warn!("unlock refused");
+                // Not a wait for anything: the cost of a wrong guess, as the doc says
+                // (ssh-agent does the same), paid by this connection's thread only.
                 std::thread::sleep(Duration::from_secs(1));
                 false
             }

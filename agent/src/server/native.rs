@@ -226,7 +226,7 @@ impl Held {
             let payload = match item {
                 HeldAnswer::Ready(bytes) => bytes,
                 HeldAnswer::Pending(id, p) => match store.finish(p) {
-                    Ok(signed) => encode_ok(id, &signed.sign_ok()),
+                    Ok(signed) => encode_ok(id, &signed.into_sign_ok()),
                     Err(e) => encode_error(Some(id), &e),
                 },
             };
@@ -567,7 +567,7 @@ fn sign(req: &mut Req<'_>, s: &Sign) -> Answer {
     }
     match r {
         Ok(Gated::Pending(p)) => Answer::Pending(id, p),
-        Ok(Gated::Done(signed)) => Answer::Now(encode_ok(id, &signed.sign_ok())),
+        Ok(Gated::Done(signed)) => Answer::Now(encode_ok(id, &signed.into_sign_ok())),
         Err(e) => Answer::Now(encode_error(Some(id), &e)),
     }
 }
