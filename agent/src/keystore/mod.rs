@@ -39,6 +39,8 @@ struct Device {
     lanes: DeviceLanes,
     /// `pin_ttl`: how long the device may hold a PIN.
     pin_ttl: Option<Duration>,
+    /// `pin = "prompt"`: the requesting client is asked for the PIN.
+    pin_prompt: bool,
     /// Since when the device has held the PIN (first success after it was dropped).
     pin_since: Mutex<Option<Instant>>,
 }
@@ -225,6 +227,7 @@ impl KeyStore {
                 kind: d.kind.kind(),
                 lanes: DeviceLanes::new(&d.name, lanes),
                 pin_ttl: d.pin_ttl,
+                pin_prompt: matches!(d.pin, Some(crate::pin::PinSource::Prompt)),
                 pin_since: Mutex::new(None),
             });
         }
@@ -394,6 +397,7 @@ impl KeyStore {
         let mut devices = Vec::with_capacity(self.devices.len());
         let mut total = 0;
         for d in &self.devices {
+            let pin_prompt = d.pin_prompt;
             let status = match d.lanes.run(|b| b.info()).map_err(WireError::from) {
                 Ok(Ok(info)) => {
                     total += info.keys;
@@ -404,6 +408,7 @@ impl KeyStore {
                         keys: info.keys,
                         detail: info.detail,
                         error: None,
+                        pin_prompt,
                     }
                 }
                 Ok(Err(e)) => DeviceStatus {
@@ -413,6 +418,7 @@ impl KeyStore {
                     keys: 0,
                     detail: String::new(),
                     error: Some(e.to_wire().to_string()),
+                    pin_prompt,
                 },
                 Err(e) => DeviceStatus {
                     name: d.name.clone(),
@@ -421,6 +427,7 @@ impl KeyStore {
                     keys: 0,
                     detail: String::new(),
                     error: Some(e.to_string()),
+                    pin_prompt,
                 },
             };
             devices.push(status);
@@ -478,6 +485,7 @@ impl KeyStore {
             pem: backend::crypto::spki_pem(&pk.spki_der),
             spki_der: Bytes(pk.spki_der),
             alg: pk.alg,
+            certificate: None,
         })
     }
 

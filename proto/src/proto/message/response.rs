@@ -32,6 +32,15 @@ pub struct DeviceStatus {
     /// Why it is absent or failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The agent asks the requesting client for this device's PIN (`pin = "prompt"`):
+    /// a `prompt` frame may come before a response. Otherwise the agent gets the PIN
+    /// itself (or the device needs none).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pin_prompt: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `status` result.
@@ -96,6 +105,11 @@ pub struct PublicKeyOk {
     pub pem: String,
     /// Algorithm.
     pub alg: KeyAlg,
+    /// The DER X.509 certificate the device holds for this key, if any (a YubiKey
+    /// slot's certificate; a certificate object on a PKCS#11 token whose public key is
+    /// this key's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Bytes>,
 }
 
 /// `generate_key` result.
