@@ -822,19 +822,13 @@ impl KeygenRequest {
             }
             _ => return Err(CKR_MECHANISM_INVALID),
         };
-        for (template, refused) in [
-            (private, CKA_EXTRACTABLE),
-            (private, CKA_DECRYPT),
-            (private, CKA_DERIVE),
-            (private, CKA_UNWRAP),
-            (public, CKA_ENCRYPT),
-            (public, CKA_WRAP),
-        ] {
-            if template.bool(refused)? == Some(true) {
-                return Err(CKR_TEMPLATE_INCONSISTENT);
-            }
-        }
-        if private.bool(CKA_SENSITIVE)? == Some(false) || private.bool(CKA_SIGN)? == Some(false) {
+        // The key never leaves the device: a template asking for that is refused. Usage
+        // flags other than signing (CKA_DERIVE, CKA_DECRYPT… which pkcs11-tool sets by
+        // default) are ignored: the objects show them false.
+        if private.bool(CKA_EXTRACTABLE)? == Some(true)
+            || private.bool(CKA_SENSITIVE)? == Some(false)
+            || private.bool(CKA_SIGN)? == Some(false)
+        {
             return Err(CKR_TEMPLATE_INCONSISTENT);
         }
         let label = match private.text(CKA_LABEL)? {

@@ -1,0 +1,662 @@
+//! The PKCS#11 module (`libwaxseal_pkcs11.so`) in front of a real agent on a SoftHSM2
+//! token, driven by programs we did not write: OpenSC's pkcs11-tool, GnuTLS's p11tool
+//! and OpenSSL's pkcs11 engine (libp11). Their signatures are verified by OpenSSL and
+//! leave `signed` records in the agent's audit log; the agent's lock and `allow_exe`
+//! refuse them; an agent that dies under an open session gives CKR_DEVICE_REMOVED and
+//! a restarted one signs again (driven through `cryptoki`, in this process).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use pkcs11_tests::{audit_records, bins, pkcs11_device, require, run_ok, Agent, SoftHsm};
+use sha2::{Digest, Sha256};
+use waxseal_agent::proto::KeyAlg;
+
+/// OpenSSL's pkcs11 engine (Debian's libengine-pkcs11-openssl).
+const ENGINE: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
+
+/// A token behind an agent, device `hsm`, with the keys `hsm/ec` (P-256) and `hsm/rsa`
+/// (RSA 2048) generated through the agent.
+struct Setup {
+    hsm: SoftHsm,
+    agent: Agent,
+    dir: tempfile::TempDir,
+    config: String,
+}
+
+impl Setup {
+    fn new(extra_config: &str) -> Setup {
+        require("pkcs11-tool");
+        let hsm = SoftHsm::new();
+        hsm.init_token("tok", "5555", "1234");
+        let pin = hsm.pin_file("pin", "1234");
+        let config = format!("{}\n{extra_config}", pkcs11_device("hsm", "tok", &pin));
+        let agent = Agent::builder().softhsm(&hsm).config(&config).start();
+        let mut client = agent.client();
+        client.generate_key("hsm/ec", KeyAlg::P256).unwrap();
+        client.generate_key("hsm/rsa", KeyAlg::Rsa(2048)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for key in ["ec", "rsa"] {
+            let pk = client.public_key(&format!("hsm/{key}")).unwrap();
+            std::fs::write(dir.path().join(format!("{key}.pem")), pk.pem).unwrap();
+        }
+        Setup {
+            hsm,
+            agent,
+            dir,
+            config,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `pkcs11-tool --module libwaxseal_pkcs11.so ARGS` against this agent.
+    fn tool(&self, args: &[&str]) -> Output {
+        Command::new("pkcs11-tool")
+            .current_dir(self.dir.path())
+            .env("WAXSEAL_SOCK", &self.agent.socket)
+            .arg("--module")
+            .arg(&bins().pkcs11_module)
+            .args(args)
+            .output()
+            .expect("run pkcs11-tool")
+    }
+
+    /// As [`Setup::tool`], failing the test unless it exits 0; returns stdout.
+    fn tool_ok(&self, args: &[&str]) -> String {
+        let out = self.tool(args);
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?} exited with {}:\n{}{}\nagent log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The CKA_ID (hex) pkcs11-tool shows for the private key labelled `label`:
+    /// pkcs11-tool 0.23 picks the key to sign with by `--id`, not by `--label`.
+    fn id(&self, label: &str) -> String {
+        let objects = self.tool_ok(&["-O", "--type", "privkey"]);
+        let mut current = None;
+        for line in objects.lines().map(str::trim) {
+            if let Some(l) = line.strip_prefix("label:") {
+                current = Some(l.trim().to_string());
+            }
+            if let Some(id) = line.strip_prefix("ID:") {
+                if current.as_deref() == Some(label) {
+                    return id.trim().to_string();
+                }
+            }
+        }
+        panic!("no private key labelled {label}: {objects}")
+    }
+
+    fn openssl(&self) -> Command {
+        require("openssl");
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    /// OpenSSL through its pkcs11 engine, loading our module.
+    fn engine(&self) -> Command {
+        require(ENGINE);
+        let mut cmd = self.openssl();
+        cmd.env("WAXSEAL_SOCK", &self.agent.socket)
+            .env("PKCS11_MODULE_PATH", &bins().pkcs11_module);
+        cmd
+    }
+
+    /// `openssl dgst -verify`: the signature over `msg` checks with key `key`'s PEM.
+    fn verify(&self, key: &str, msg: &str, sig: &str, extra: &[&str]) {
+        let out = run_ok(
+            self.openssl()
+                .args(["dgst", "-sha256", "-verify", &format!("{key}.pem")])
+                .args(extra)
+                .args(["-signature", sig, msg]),
+        );
+        assert!(out.contains("Verified OK"), "{out}");
+    }
+
+    fn signed(&self) -> usize {
+        audit_records(&self.agent.state_dir)
+            .iter()
+            .filter(|r| r["event"] == "signed")
+            .count()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether pkcs11-tool reports CKR_FUNCTION_REJECTED: OpenSC 0.23 prints its value,
+/// "unknown PKCS11 error (0x200)", not its name.
+fn rejected(output: &str) -> bool {
+    output.contains("CKR_FUNCTION_REJECTED") || output.contains("(0x200)")
+}
+
+/// The value after `field:` on each line of pkcs11-tool's object listing.
+fn fields<'a>(listing: &'a str, field: &str) -> Vec<&'a str> {
+    listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(field))
+        .map(|v| v.trim_start_matches(':').trim())
+        .collect()
+}
+
+#[test]
+fn pkcs11_tool_lists_the_token_and_the_objects_of_each_key() {
+    let s = Setup::new("");
+    let slots = s.tool_ok(&["-L"]);
+    assert!(slots.contains("token label        : hsm"), "{slots}");
+    assert!(slots.contains("token manufacturer : waxseal"), "{slots}");
+    assert!(slots.contains("token model        : pkcs11"), "{slots}");
+    assert!(
+        slots.contains("PIN pad"),
+        "protected authentication path: {slots}"
+    );
+
+    let objects = s.tool_ok(&["-O"]);
+    assert!(objects.contains("Private Key Object; EC"), "{objects}");
+    assert!(
+        objects.contains("Public Key Object; EC  EC_POINT 256 bits"),
+        "{objects}"
+    );
+    assert!(objects.contains("Private Key Object; RSA"), "{objects}");
+    assert!(
+        objects.contains("Public Key Object; RSA 2048 bits"),
+        "{objects}"
+    );
+    let labels = fields(&objects, "label");
+    assert_eq!(
+        labels.iter().filter(|l| **l == "ec").count(),
+        2,
+        "{objects}"
+    );
+    assert_eq!(
+        labels.iter().filter(|l| **l == "rsa").count(),
+        2,
+        "{objects}"
+    );
+    // CKA_ID: SHA-1 of the public key bits, the same on both objects of a key.
+    let ids = fields(&objects, "ID");
+    assert_eq!(ids.len(), 4, "{objects}");
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2, "two keys, one ID each: {objects}");
+    let pem = std::fs::read_to_string(s.path("ec.pem")).unwrap();
+    let spki = pem_der(&pem);
+    // The P-256 point is the last 65 bytes of its SubjectPublicKeyInfo.
+    let id = hex::encode(sha1_of(&spki[spki.len() - 65..]));
+    assert!(ids.contains(&id.as_str()), "{id} not among {ids:?}");
+    let usage = fields(&objects, "Usage");
+    assert!(usage.contains(&"sign"), "{objects}");
+    let access = fields(&objects, "Access");
+    assert!(
+        access
+            .iter()
+            .any(|a| a.contains("sensitive") && a.contains("never extractable")),
+        "{objects}"
+    );
+
+    // The mechanisms tell the truth: the token holds EC and RSA keys.
+    let mechs = s.tool_ok(&["-M"]);
+    for m in [
+        "ECDSA-SHA256",
+        "SHA256-RSA-PKCS-PSS",
+        "RSA-PKCS-KEY-PAIR-GEN",
+        "ECDSA-KEY-PAIR-GEN",
+    ] {
+        assert!(mechs.contains(m), "{m}: {mechs}");
+    }
+    assert!(!mechs.contains("EDDSA"), "{mechs}");
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+fn sha1_of(bytes: &[u8]) -> Vec<u8> {
+    // No SHA-1 crate in this test crate: OpenSSL computes it.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bits");
+    std::fs::write(&f, bytes).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha1", "-binary"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn pkcs11_tool_signs_with_each_mechanism_and_openssl_verifies() {
+    let s = Setup::new("");
+    let msg = b"waxseal through PKCS#11";
+    std::fs::write(s.path("msg"), msg).unwrap();
+    std::fs::write(s.path("digest"), Sha256::digest(msg)).unwrap();
+    let (ec, rsa) = (s.id("ec"), s.id("rsa"));
+    let before = s.signed();
+
+    // CKM_ECDSA over a digest the caller made.
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "ECDSA",
+        "--id",
+        ec.as_str(),
+        "--signature-format",
+        "openssl",
+        "-i",
+        "digest",
+        "-o",
+        "ecdsa.sig",
+    ]);
+    s.verify("ec", "msg", "ecdsa.sig", &[]);
+    // CKM_ECDSA_SHA256: the module hashes.
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        ec.as_str(),
+        "--signature-format",
+        "openssl",
+        "-i",
+        "msg",
+        "-o",
+        "ecdsa-sha256.sig",
+    ]);
+    s.verify("ec", "msg", "ecdsa-sha256.sig", &[]);
+    // Raw r‖s is 64 bytes for P-256.
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        ec.as_str(),
+        "-i",
+        "msg",
+        "-o",
+        "raw.sig",
+    ]);
+    assert_eq!(std::fs::metadata(s.path("raw.sig")).unwrap().len(), 64);
+    // RSA PKCS#1 v1.5.
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "SHA256-RSA-PKCS",
+        "--id",
+        rsa.as_str(),
+        "-i",
+        "msg",
+        "-o",
+        "rsa.sig",
+    ]);
+    s.verify("rsa", "msg", "rsa.sig", &[]);
+    // RSA-PSS over a digest, and hashed by the module.
+    let pss = [
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:32",
+    ];
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "RSA-PKCS-PSS",
+        "--hash-algorithm",
+        "SHA256",
+        "--mgf",
+        "MGF1-SHA256",
+        "--salt-len",
+        "32",
+        "--id",
+        rsa.as_str(),
+        "-i",
+        "digest",
+        "-o",
+        "pss.sig",
+    ]);
+    s.verify("rsa", "msg", "pss.sig", &pss);
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "SHA256-RSA-PKCS-PSS",
+        "--mgf",
+        "MGF1-SHA256",
+        "--salt-len",
+        "32",
+        "--id",
+        rsa.as_str(),
+        "-i",
+        "msg",
+        "-o",
+        "pss2.sig",
+    ]);
+    s.verify("rsa", "msg", "pss2.sig", &pss);
+    // A salt the agent does not use is refused before anything is signed.
+    let out = s.tool(&[
+        "--sign",
+        "-m",
+        "RSA-PKCS-PSS",
+        "--hash-algorithm",
+        "SHA256",
+        "--mgf",
+        "MGF1-SHA256",
+        "--salt-len",
+        "20",
+        "--id",
+        rsa.as_str(),
+        "-i",
+        "digest",
+        "-o",
+        "bad.sig",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("CKR_MECHANISM_PARAM_INVALID"),
+        "{}",
+        text(&out)
+    );
+
+    assert_eq!(s.signed() - before, 6, "one signed record per signature");
+}
+
+#[test]
+fn pkcs11_tool_generates_a_key_pair_that_signs() {
+    let s = Setup::new("");
+    let out = s.tool_ok(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "new",
+    ]);
+    assert!(out.contains("Key pair generated"), "{out}");
+    let keys = s.agent.client().list_keys().unwrap();
+    let new = keys
+        .keys
+        .iter()
+        .find(|k| k.name == "hsm/new")
+        .expect("hsm/new listed");
+    assert_eq!(new.alg, KeyAlg::P256);
+    let pk = s.agent.client().public_key("hsm/new").unwrap();
+    std::fs::write(s.path("new.pem"), pk.pem).unwrap();
+    std::fs::write(s.path("msg"), b"new key").unwrap();
+    let new = s.id("new");
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        new.as_str(),
+        "--signature-format",
+        "openssl",
+        "-i",
+        "msg",
+        "-o",
+        "new.sig",
+    ]);
+    s.verify("new", "msg", "new.sig", &[]);
+}
+
+#[test]
+fn p11tool_lists_and_test_signs() {
+    let s = Setup::new("");
+    require("p11tool");
+    let p11tool = |args: &[&str]| {
+        let out = Command::new("p11tool")
+            .env("WAXSEAL_SOCK", &s.agent.socket)
+            .arg("--provider")
+            .arg(&bins().pkcs11_module)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "p11tool {args:?}: {}", text(&out));
+        text(&out)
+    };
+    let all = p11tool(&["--list-all", "pkcs11:token=hsm"]);
+    assert!(all.contains("object=ec"), "{all}");
+    assert!(all.contains("object=rsa"), "{all}");
+    assert!(all.contains("Type: Private key"), "{all}");
+    let before = s.signed();
+    for key in ["ec", "rsa"] {
+        let out = p11tool(&[
+            "--test-sign",
+            &format!("pkcs11:token=hsm;object={key};type=private"),
+        ]);
+        assert!(
+            out.contains("Verifying against public key in the token... ok"),
+            "{out}"
+        );
+    }
+    assert!(s.signed() > before, "p11tool's signatures are audited");
+}
+
+#[test]
+fn openssl_engine_signs_and_makes_a_self_signed_certificate() {
+    let s = Setup::new("");
+    std::fs::write(s.path("msg"), b"signed by openssl through the engine").unwrap();
+    let before = s.signed();
+    for key in ["ec", "rsa"] {
+        run_ok(s.engine().args([
+            "dgst",
+            "-sha256",
+            "-engine",
+            "pkcs11",
+            "-keyform",
+            "engine",
+            "-sign",
+            &format!("pkcs11:token=hsm;object={key}"),
+            "-out",
+            &format!("{key}.sig"),
+            "msg",
+        ]));
+        s.verify(key, "msg", &format!("{key}.sig"), &[]);
+    }
+    run_ok(s.engine().args([
+        "req",
+        "-new",
+        "-x509",
+        "-engine",
+        "pkcs11",
+        "-keyform",
+        "engine",
+        "-key",
+        "pkcs11:token=hsm;object=ec",
+        "-subj",
+        "/CN=waxseal pkcs11",
+        "-days",
+        "1",
+        "-out",
+        "cert.pem",
+    ]));
+    let out = run_ok(
+        s.openssl()
+            .args(["verify", "-CAfile", "cert.pem", "cert.pem"]),
+    );
+    assert!(out.contains("cert.pem: OK"), "{out}");
+    let cert_key = run_ok(
+        s.openssl()
+            .args(["x509", "-in", "cert.pem", "-noout", "-pubkey"]),
+    );
+    assert_eq!(cert_key, std::fs::read_to_string(s.path("ec.pem")).unwrap());
+    assert_eq!(s.signed() - before, 3);
+}
+
+#[test]
+fn a_locked_agent_refuses_and_an_unlocked_one_signs() {
+    let s = Setup::new("");
+    std::fs::write(s.path("msg"), b"while locked").unwrap();
+    let ec = s.id("ec");
+    let sign = [
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        ec.as_str(),
+        "-i",
+        "msg",
+        "-o",
+        "sig",
+    ];
+    assert!(s.agent.cli(&["lock"]).status.success());
+    let out = s.tool(&sign);
+    assert!(!out.status.success(), "signed while locked: {}", text(&out));
+    assert!(rejected(&text(&out)), "{}", text(&out));
+    assert!(s.agent.cli(&["unlock"]).status.success());
+    s.tool_ok(&sign);
+}
+
+#[test]
+fn allow_exe_without_pkcs11_tool_refuses_it_and_audits_the_program() {
+    let openssl = require("openssl");
+    let s = Setup::new(&format!(
+        "[[key]]\nname = \"hsm/ec\"\npurposes = [\"digest\"]\nallow_exe = [\"{}\"]\n",
+        openssl.display()
+    ));
+    std::fs::write(s.path("msg"), b"not from pkcs11-tool").unwrap();
+    let ec = s.id("ec");
+    let out = s.tool(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        ec.as_str(),
+        "-i",
+        "msg",
+        "-o",
+        "sig",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(rejected(&text(&out)), "{}", text(&out));
+    let records = audit_records(&s.agent.state_dir);
+    let refused = records
+        .iter()
+        .find(|r| r["event"] == "refused" && r["key"] == "hsm/ec")
+        .unwrap_or_else(|| panic!("no refused record: {records:?}"));
+    let exe = refused["caller"]["exe"].as_str().unwrap_or_default();
+    assert!(exe.ends_with("/pkcs11-tool"), "{refused}");
+    // The program allow_exe names signs through the module.
+    run_ok(s.engine().args([
+        "dgst",
+        "-sha256",
+        "-engine",
+        "pkcs11",
+        "-keyform",
+        "engine",
+        "-sign",
+        "pkcs11:token=hsm;object=ec",
+        "-out",
+        "ok.sig",
+        "msg",
+    ]));
+    s.verify("ec", "msg", "ok.sig", &[]);
+}
+
+fn rv(r: Result<impl std::fmt::Debug, CkError>) -> RvError {
+    match r {
+        Err(CkError::Pkcs11(rv, _)) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
+
+/// The module in this process, through `cryptoki`: an agent killed under an open
+/// session gives CKR_DEVICE_REMOVED (no crash); once an agent answers again on the
+/// socket, a new session signs. Multi-part signing and the length query run here too.
+#[test]
+fn the_module_survives_the_agent_dying_and_reconnects() {
+    let mut s = Setup::new("");
+    // The module reads WAXSEAL_SOCK at C_Initialize; a symlink lets the restarted agent
+    // (in a new temp dir) be found at the same path.
+    let link = s.path("agent.sock");
+    std::os::unix::fs::symlink(&s.agent.socket, &link).unwrap();
+    std::env::set_var("WAXSEAL_SOCK", &link);
+    let p11 = Pkcs11::new(&bins().pkcs11_module).unwrap();
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slots = p11.get_slots_with_token().unwrap();
+    assert_eq!(slots.len(), 1);
+    let token = p11.get_token_info(slots[0]).unwrap();
+    assert_eq!(token.label(), "hsm");
+
+    let session = p11.open_ro_session(slots[0]).unwrap();
+    let find = |session: &cryptoki::session::Session| {
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(b"ec".to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        found[0]
+    };
+    let key = find(&session);
+    let digest = Sha256::digest(b"before the agent dies");
+    let sig = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+    assert_eq!(sig.len(), 64);
+    // Multi-part: the module hashes the parts.
+    session.sign_init(&Mechanism::EcdsaSha256, key).unwrap();
+    session.sign_update(b"before the agent ").unwrap();
+    session.sign_update(b"dies").unwrap();
+    let multi = session.sign_final().unwrap();
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&{
+        let pem = std::fs::read_to_string(s.path("ec.pem")).unwrap();
+        let der = pem_der(&pem);
+        der[der.len() - 65..].to_vec()
+    })
+    .unwrap();
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    for sig in [&sig, &multi] {
+        let sig = p256::ecdsa::Signature::from_slice(sig).unwrap();
+        vk.verify_prehash(&digest, &sig).unwrap();
+    }
+
+    s.agent.kill9();
+    assert_eq!(
+        rv(session.sign(&Mechanism::Ecdsa, key, &digest)),
+        RvError::DeviceRemoved
+    );
+    assert_eq!(p11.get_slots_with_token().unwrap(), vec![]);
+
+    // A new agent on the same token and state.
+    let agent = Agent::builder()
+        .softhsm(&s.hsm)
+        .state_dir(&s.agent.state_dir)
+        .config(&s.config)
+        .start();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&agent.socket, &link).unwrap();
+    let slots = p11.get_slots_with_token().unwrap();
+    assert_eq!(slots.len(), 1);
+    let again = p11.open_ro_session(slots[0]).unwrap();
+    let key = find(&again);
+    let sig = again.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+    let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+    vk.verify_prehash(&digest, &sig).unwrap();
+    drop(session);
+    drop(again);
+    p11.finalize().unwrap();
+}
