@@ -119,6 +119,10 @@ pub struct SessionView {
 
 type Rv<T> = Result<T, CK_RV>;
 
+/// The label `C_Login` asks the public key of to have the agent try a PIN: one no key
+/// is expected to have.
+const LOGIN_PROBE: &str = "waxseal-pkcs11-login-check";
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -371,27 +375,22 @@ impl Module {
     }
 
     /// Has the agent try `pin` on `device`: `unlock` of the device first; a device
-    /// without a retry floor answers `unsupported`, and the PIN is then tried by asking
-    /// for the public key of one of its keys (the agent prompts before it logs in). With
-    /// no key on the device, or the device already logged in at the agent, nothing asks
-    /// for the PIN and it is kept unchecked.
+    /// without a retry floor (PKCS#11) answers `unsupported`, and the PIN is then tried
+    /// through `public_key` of a label no key has: the agent asks for the PIN of the
+    /// key's device before it looks the key up (docs/protocol.md, `status`:
+    /// `pin_prompt`), so `unknown-key` means the PIN was taken. When the agent is
+    /// already logged in to the device, nothing asks and the PIN is kept unchecked.
     fn check_pin(&self, device: &str, pin: &Zeroizing<String>) -> Rv<()> {
         match self.agent.call(Some(pin), |c| c.unlock(Some(device))) {
             Ok(_) => return Ok(()),
             Err(AgentError::Code(ErrorCode::Unsupported)) => {}
             Err(e) => return Err(e.rv()),
         }
-        let keys = self
-            .agent
-            .call(Some(pin), |c| c.list_keys())
-            .map_err(|e| e.rv())?;
-        let Some(key) = keys.keys.iter().find(|k| k.device == device) else {
-            return Ok(());
-        };
-        self.agent
-            .call(Some(pin), |c| c.public_key(&key.name))
-            .map(|_| ())
-            .map_err(|e| e.rv())
+        let probe = format!("{device}/{LOGIN_PROBE}");
+        match self.agent.call(Some(pin), |c| c.public_key(&probe)) {
+            Ok(_) | Err(AgentError::Code(ErrorCode::UnknownKey)) => Ok(()),
+            Err(e) => Err(e.rv()),
+        }
     }
 
     /// `C_Logout`.

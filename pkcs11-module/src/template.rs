@@ -214,7 +214,7 @@ mod tests {
     fn the_fuzz_serialisation_reads_back() {
         let mut bytes = Vec::new();
         for (ty, v) in [(CKA_LABEL, &b"k"[..]), (CKA_ID, &[9u8, 9][..])] {
-            bytes.extend((ty as u64).to_le_bytes());
+            bytes.extend(ty.to_le_bytes());
             bytes.extend((v.len() as u16).to_le_bytes());
             bytes.extend(v);
         }

@@ -504,6 +504,63 @@ fn openssl_engine_signs_and_makes_a_self_signed_certificate() {
     );
     assert_eq!(cert_key, std::fs::read_to_string(s.path("ec.pem")).unwrap());
     assert_eq!(s.signed() - before, 3);
+
+    // C_CreateObject of the certificate: the agent stores it on the token beside the key.
+    run_ok(s.openssl().args([
+        "x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der",
+    ]));
+    let id = s.id("ec");
+    s.tool_ok(&[
+        "--write-object",
+        "cert.der",
+        "--type",
+        "cert",
+        "--id",
+        &id,
+        "--label",
+        "ec-cert",
+    ]);
+    let on_token = s
+        .hsm
+        .pkcs11_tool(&["--token-label", "tok", "-O", "--type", "cert"]);
+    let on_token = String::from_utf8_lossy(&on_token.stdout).into_owned();
+    assert!(on_token.contains("Certificate Object"), "{on_token}");
+    assert!(on_token.contains("label:      ec-cert"), "{on_token}");
+    assert!(on_token.contains("CN=waxseal pkcs11"), "{on_token}");
+    // A certificate for no key of the token is refused.
+    run_ok(s.openssl().args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-subj",
+        "/CN=other",
+        "-days",
+        "1",
+        "-outform",
+        "DER",
+        "-out",
+        "other.der",
+    ]));
+    let out = s.tool(&[
+        "--write-object",
+        "other.der",
+        "--type",
+        "cert",
+        "--id",
+        "01",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("CKR_ATTRIBUTE_VALUE_INVALID"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -528,6 +585,10 @@ fn a_locked_agent_refuses_and_an_unlocked_one_signs() {
     assert!(rejected(&text(&out)), "{}", text(&out));
     assert!(s.agent.cli(&["unlock"]).status.success());
     s.tool_ok(&sign);
+    // The agent has this device's PIN: a PIN given to C_Login is ignored.
+    let mut with_pin = sign.to_vec();
+    with_pin.extend(["--login", "--pin", "not-the-pin"]);
+    s.tool_ok(&with_pin);
 }
 
 #[test]
@@ -659,4 +720,62 @@ fn the_module_survives_the_agent_dying_and_reconnects() {
     drop(session);
     drop(again);
     p11.finalize().unwrap();
+}
+
+/// A device with `pin = "prompt"`: the token wants a login; C_Login's PIN answers the
+/// agent's prompt; a wrong PIN is CKR_PIN_INCORRECT and a right one signs.
+#[test]
+fn a_prompt_device_takes_its_pin_from_c_login() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("tok", "5555", "1234");
+    let config = format!(
+        "[[device]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{}\"\ntoken = \"tok\"\npin = \"prompt\"\n",
+        pkcs11_tests::SOFTHSM_MODULE
+    );
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let agent = Agent::builder().softhsm(&hsm).config(&config).start();
+        let mut client = agent.client();
+        client.on_prompt(Box::new(|_| Some(zeroize::Zeroizing::new("1234".into()))));
+        let made = client.generate_key("hsm/ec", KeyAlg::P256).unwrap();
+        std::fs::write(dir.path().join("ec.pem"), made.pem).unwrap();
+    }
+    // A new agent, not logged in to the token.
+    let agent = Agent::builder().softhsm(&hsm).config(&config).start();
+    let state = agent.state_dir.clone();
+    let s = Setup {
+        hsm,
+        agent,
+        dir,
+        config,
+    };
+    let slots = s.tool_ok(&["-L"]);
+    assert!(slots.contains("login required"), "{slots}");
+    std::fs::write(s.path("msg"), b"typed PIN").unwrap();
+    let sign = |extra: &[&str]| {
+        let mut args = vec![
+            "--sign",
+            "-m",
+            "ECDSA-SHA256",
+            "--signature-format",
+            "openssl",
+            "--label",
+            "ec",
+            "-i",
+            "msg",
+            "-o",
+            "sig",
+        ];
+        args.extend(extra);
+        s.tool(&args)
+    };
+    let out = sign(&[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = sign(&["--login", "--pin", "9999"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("CKR_PIN_INCORRECT"), "{}", text(&out));
+    let out = sign(&["--login", "--pin", "1234"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), s.agent.log());
+    s.verify("ec", "msg", "sig", &[]);
+    assert!(audit_records(&state).iter().any(|r| r["event"] == "signed"));
 }
