@@ -185,8 +185,13 @@ unsafe fn signature_out(
             Err(CKR_BUFFER_TOO_SMALL)
         }
         SignOut::Signature(sig) => {
+            // `Module` answers `TooSmall` unless the signature fits; checked again here
+            // because the copy below relies on it.
+            if room.is_none_or(|r| r < sig.len()) {
+                return Err(CKR_GENERAL_ERROR);
+            }
             // SAFETY: `p` is non-null here (a room was given) and holds `room` ≥
-            // `sig.len()` bytes, which `Module` checked; `len` is writable.
+            // `sig.len()` bytes (checked above); `len` is writable.
             unsafe {
                 std::ptr::copy_nonoverlapping(sig.as_ptr(), p, sig.len());
                 *len = sig.len() as CK_ULONG;

@@ -11,8 +11,9 @@ use std::process::{Command, Output};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use pkcs11_tests::{audit_records, bins, pkcs11_device, require, run_ok, Agent, SoftHsm};
 use sha2::{Digest, Sha256};
 use waxseal_agent::proto::KeyAlg;
@@ -695,6 +696,60 @@ fn the_module_survives_the_agent_dying_and_reconnects() {
         vk.verify_prehash(&digest, &sig).unwrap();
     }
 
+    // Ed25519: shown as CKK_EC_EDWARDS objects; CKM_EDDSA is refused (the agent's
+    // `sign` takes a digest, not a message).
+    s.agent
+        .client()
+        .generate_key("hsm/ed", KeyAlg::Ed25519)
+        .unwrap();
+    let ed = session
+        .find_objects(&[Attribute::KeyType(KeyType::EC_EDWARDS)])
+        .unwrap();
+    assert_eq!(ed.len(), 2, "private and public key objects");
+    let ed_private = session
+        .find_objects(&[
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .unwrap();
+    let eddsa = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+    assert_eq!(
+        rv(session.sign(&eddsa, ed_private[0], b"message")),
+        RvError::MechanismInvalid
+    );
+    // A private key's value is sensitive: not returned (cryptoki leaves out what the
+    // module answers CKR_ATTRIBUTE_SENSITIVE for).
+    match session.get_attributes(key, &[AttributeType::Value]) {
+        Ok(attrs) => assert!(attrs.is_empty(), "{attrs:?}"),
+        Err(e) => assert_eq!(rv(Err::<(), _>(e)), RvError::AttributeSensitive),
+    }
+
+    // Threads sign at once, each on its own session (and agent connection).
+    let before = audit_records(&s.agent.state_dir)
+        .iter()
+        .filter(|r| r["event"] == "signed")
+        .count();
+    std::thread::scope(|scope| {
+        for t in 0..4u8 {
+            let (p11, vk, slot) = (&p11, &vk, slots[0]);
+            scope.spawn(move || {
+                let session = p11.open_ro_session(slot).unwrap();
+                let key = find(&session);
+                for i in 0..25u8 {
+                    let digest = Sha256::digest([t, i]);
+                    let sig = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+                    let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+                    vk.verify_prehash(&digest, &sig).unwrap();
+                }
+            });
+        }
+    });
+    let after = audit_records(&s.agent.state_dir)
+        .iter()
+        .filter(|r| r["event"] == "signed")
+        .count();
+    assert_eq!(after - before, 100);
+
     s.agent.kill9();
     assert_eq!(
         rv(session.sign(&Mechanism::Ecdsa, key, &digest)),
@@ -778,4 +833,23 @@ fn a_prompt_device_takes_its_pin_from_c_login() {
     assert!(out.status.success(), "{}\n{}", text(&out), s.agent.log());
     s.verify("ec", "msg", "sig", &[]);
     assert!(audit_records(&state).iter().any(|r| r["event"] == "signed"));
+}
+
+/// No agent: the module loads, initialises and shows no slots; nothing crashes.
+#[test]
+fn without_an_agent_there_are_no_slots() {
+    require("pkcs11-tool");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("pkcs11-tool")
+        .env("WAXSEAL_SOCK", dir.path().join("agent.sock"))
+        .arg("--module")
+        .arg(&bins().pkcs11_module)
+        .args(["-I", "-L"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    // pkcs11-tool exits 1 when there is no slot; it got that far without a crash.
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("Manufacturer     waxseal"), "{all}");
+    assert!(all.contains("No slots."), "{all}");
 }
