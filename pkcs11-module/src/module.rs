@@ -183,11 +183,17 @@ impl Module {
         devices
     }
 
+    /// The device of `slot`, as last seen; asks the agent when it has not been seen (a
+    /// caller may open a session on a slot it knows without listing the slots first).
     fn device(&self, slot: CK_SLOT_ID) -> Rv<DeviceStatus> {
-        let cached = usize::try_from(slot)
-            .ok()
-            .and_then(|i| lock(&self.state).devices.get(i).cloned());
-        cached.ok_or(CKR_SLOT_ID_INVALID)
+        let index = usize::try_from(slot).map_err(|_| CKR_SLOT_ID_INVALID)?;
+        if let Some(d) = lock(&self.state).devices.get(index) {
+            return Ok(d.clone());
+        }
+        self.refresh_devices()
+            .get(index)
+            .cloned()
+            .ok_or(CKR_SLOT_ID_INVALID)
     }
 
     /// `C_GetSlotList`.

@@ -853,3 +853,120 @@ fn without_an_agent_there_are_no_slots() {
     assert!(all.contains("Manufacturer     waxseal"), "{all}");
     assert!(all.contains("No slots."), "{all}");
 }
+
+/// The program that loads the module forks (Python through ctypes: a C caller that
+/// is not ours, and no `unsafe` here). In the child every call answers
+/// CKR_CRYPTOKI_NOT_INITIALIZED until its own C_Initialize, which starts without the
+/// parent's connections: the child's signature is made on a connection of its own
+/// (the agent would refuse one written on an inherited connection, and audit it), and
+/// the parent signs again afterwards.
+#[test]
+fn a_forked_child_initialises_afresh() {
+    let s = Setup::new("");
+    let python = require("python3");
+    std::fs::write(s.path("fork.py"), FORK_DRIVER).unwrap();
+    let out = Command::new(python)
+        .current_dir(s.dir.path())
+        .env("WAXSEAL_SOCK", &s.agent.socket)
+        .arg("fork.py")
+        .arg(&bins().pkcs11_module)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), s.agent.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pem = std::fs::read_to_string(s.path("ec.pem")).unwrap();
+    let der = pem_der(&pem);
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&der[der.len() - 65..]).unwrap();
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    let mut seen = Vec::new();
+    for line in stdout.lines() {
+        let (tag, sig) = line.split_once(' ').unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&hex::decode(sig).unwrap()).unwrap();
+        vk.verify_prehash(&Sha256::digest(tag.as_bytes()), &sig)
+            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        seen.push(tag.to_string());
+    }
+    assert_eq!(seen, ["parent", "child", "again"], "{stdout}");
+    let records = audit_records(&s.agent.state_dir);
+    assert_eq!(records.iter().filter(|r| r["event"] == "signed").count(), 3);
+    assert!(
+        !records.iter().any(|r| r["event"] == "refused"),
+        "{records:?}"
+    );
+}
+
+/// Drives the module through its C ABI from Python's ctypes: C_GetFunctionList, then
+/// the table's entries by index (PKCS#11 v2.40's CK_FUNCTION_LIST order).
+const FORK_DRIVER: &str = r#"
+import ctypes, hashlib, os, sys
+U = ctypes.c_ulong
+lib = ctypes.CDLL(sys.argv[1])
+table = ctypes.c_void_p()
+assert lib.C_GetFunctionList(ctypes.byref(table)) == 0
+def fn(index, *args):
+    addr = ctypes.c_void_p.from_address(table.value + 8 + 8 * index).value
+    return ctypes.CFUNCTYPE(U, *args)(addr)
+class Attr(ctypes.Structure):
+    _fields_ = [("type", U), ("value", ctypes.c_void_p), ("len", U)]
+class Mech(ctypes.Structure):
+    _fields_ = [("mechanism", U), ("param", ctypes.c_void_p), ("len", U)]
+Initialize = fn(0, ctypes.c_void_p)
+GetSlotList = fn(4, ctypes.c_ubyte, ctypes.POINTER(U), ctypes.POINTER(U))
+OpenSession = fn(12, U, U, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(U))
+FindObjectsInit = fn(26, U, ctypes.POINTER(Attr), U)
+FindObjects = fn(27, U, ctypes.POINTER(U), U, ctypes.POINTER(U))
+FindObjectsFinal = fn(28, U)
+SignInit = fn(42, U, ctypes.POINTER(Mech), U)
+Sign = fn(43, U, ctypes.c_char_p, U, ctypes.c_char_p, ctypes.POINTER(U))
+
+def slots():
+    n = U(8)
+    ids = (U * 8)()
+    return GetSlotList(1, ids, ctypes.byref(n)), n.value
+
+def sign(tag):
+    h = U()
+    rv = OpenSession(0, 4, None, None, ctypes.byref(h))  # CKF_SERIAL_SESSION
+    if rv:
+        return rv, b""
+    cls = U(3)  # CKO_PRIVATE_KEY
+    label = ctypes.create_string_buffer(b"ec", 2)
+    attrs = (Attr * 2)(Attr(0, ctypes.cast(ctypes.pointer(cls), ctypes.c_void_p), ctypes.sizeof(U)),
+                       Attr(3, ctypes.cast(label, ctypes.c_void_p), 2))
+    assert FindObjectsInit(h, attrs, 2) == 0
+    key, n = U(), U()
+    assert FindObjects(h, ctypes.byref(key), 1, ctypes.byref(n)) == 0 and n.value == 1
+    assert FindObjectsFinal(h) == 0
+    mech = Mech(0x1041, None, 0)  # CKM_ECDSA
+    assert SignInit(h, ctypes.byref(mech), key) == 0
+    digest = hashlib.sha256(tag.encode()).digest()
+    out, out_len = ctypes.create_string_buffer(64), U(64)
+    rv = Sign(h, digest, 32, out, ctypes.byref(out_len))
+    return rv, out.raw[:out_len.value]
+
+def show(tag):
+    rv, sig = sign(tag)
+    if rv:
+        sys.stderr.write("%s: C_Sign and friends: 0x%x\n" % (tag, rv))
+        return False
+    print(tag, sig.hex(), flush=True)
+    return True
+
+assert Initialize(None) == 0
+assert show("parent")
+pid = os.fork()
+if pid == 0:
+    rv, _ = slots()
+    if rv != 0x190:  # CKR_CRYPTOKI_NOT_INITIALIZED
+        sys.stderr.write("child before C_Initialize: 0x%x\n" % rv)
+        os._exit(10)
+    if Initialize(None) != 0:
+        os._exit(11)
+    rv, n = slots()
+    if rv != 0 or n != 1:
+        os._exit(12)
+    os._exit(0 if show("child") else 13)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+assert show("again")
+"#;
