@@ -4,7 +4,9 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use cryptoki_sys::{
     CKR_DATA_INVALID, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_FUNCTION_REJECTED,
@@ -12,7 +14,7 @@ use cryptoki_sys::{
     CKR_USER_NOT_LOGGED_IN, CK_RV,
 };
 use rustix::net::RecvFlags;
-use waxseal_proto::client::{Client, ClientError};
+use waxseal_proto::client::{Client, ClientError, DEFAULT_SPIN};
 use waxseal_proto::proto::ErrorCode;
 use zeroize::Zeroizing;
 
@@ -48,6 +50,10 @@ impl Conn {
 pub struct Agent {
     socket: PathBuf,
     pool: Mutex<Vec<Conn>>,
+    /// Requests in flight from this process.
+    busy: AtomicUsize,
+    /// CPUs this process may run on.
+    cpus: usize,
 }
 
 impl std::fmt::Debug for Agent {
@@ -105,6 +111,8 @@ impl Agent {
         Agent {
             socket,
             pool: Mutex::new(Vec::new()),
+            busy: AtomicUsize::new(0),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -153,7 +161,19 @@ impl Agent {
         f: &mut impl FnMut(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, AgentError> {
         *conn.pin.lock().unwrap_or_else(PoisonError::into_inner) = pin.cloned();
+        // A client polls for its answer before it sleeps (docs/protocol.md, `spin_us`),
+        // which saves a wake-up when a CPU is free for it beside the agent's. With more
+        // requests in flight than that, polling takes the agent's CPU: measured on 2
+        // cores, 4 threads sign ~25% faster without it and 1 thread ~35% faster with it.
+        let in_flight = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
+        let spin = if in_flight * 2 <= self.cpus {
+            DEFAULT_SPIN
+        } else {
+            Duration::ZERO
+        };
+        conn.client.set_spin(spin);
         let result = f(&mut conn.client);
+        self.busy.fetch_sub(1, Ordering::AcqRel);
         *conn.pin.lock().unwrap_or_else(PoisonError::into_inner) = None;
         match result {
             Ok(v) => {
