@@ -336,6 +336,16 @@ impl CertObject {
     }
 }
 
+/// The DER SubjectPublicKeyInfo of `der`, when it is exactly one X.509 certificate:
+/// what a device's certificate is matched to its key by (docs/protocol.md,
+/// `public_key`).
+pub fn certificate_spki(der: &[u8]) -> Option<&[u8]> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((rest, cert)) if rest.is_empty() => Some(cert.tbs_certificate.subject_pki.raw),
+        _ => None,
+    }
+}
+
 /// A DER tag-length-value.
 fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
