@@ -341,7 +341,7 @@ impl CertObject {
 /// `public_key`).
 pub fn certificate_spki(der: &[u8]) -> Option<&[u8]> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, cert)) if rest.is_empty() => Some(cert.tbs_certificate.subject_pki.raw),
+        Ok(([], cert)) => Some(cert.tbs_certificate.subject_pki.raw),
         _ => None,
     }
 }
