@@ -654,3 +654,18 @@ fn status_says_which_devices_take_their_pin_from_the_client() {
     assert_eq!(wire("typed")["pin_prompt"], true, "{answer}");
     assert!(wire("file").get("pin_prompt").is_none(), "{answer}");
 }
+
+/// `public_key` looks for the key's certificate on every call (nothing is cached) at
+/// the cost of one object search, counted by OpenSC's spy.
+#[test]
+fn public_key_searches_the_token_once_per_call_for_a_certificate() {
+    let (_hsm, _pin_file, spy, agent) = spied_agent("246810", "");
+    let mut client = agent.client();
+    client.generate_key("hsm/k", KeyAlg::P256).unwrap();
+    client.public_key("hsm/k").unwrap();
+    let before = spy.calls("C_FindObjectsInit");
+    for _ in 0..10 {
+        assert_eq!(client.public_key("hsm/k").unwrap().certificate, None);
+    }
+    spy.wait_calls("C_FindObjectsInit", before + 10);
+}
