@@ -176,11 +176,11 @@ impl KeyStore {
             defer,
         };
         let signed = self.gate(ask, subject, ui, |device, label, subject| {
-            match req.purpose {
-                Purpose::Digest if req.message.is_some() => prepare_message(req, device, label),
-                Purpose::Digest | Purpose::Blob => prepare_digest(req),
-                Purpose::X509Tbs => self.prepare_tbs(req, device, label, subject),
-                Purpose::Ssh => Err(WireError::new(
+            match (req.purpose, &req.message) {
+                (Purpose::Digest, Some(message)) => prepare_message(req, message, device, label),
+                (Purpose::Digest | Purpose::Blob, _) => prepare_digest(req),
+                (Purpose::X509Tbs, _) => self.prepare_tbs(req, device, label, subject),
+                (Purpose::Ssh, _) => Err(WireError::new(
                     ErrorCode::Unsupported,
                     format!(
                         "purpose `{}` is not served on agent.sock by this version",
@@ -653,16 +653,11 @@ fn prepare_digest(req: &Sign) -> Result<Prepared<'_>, WireError> {
 /// Purpose `digest` with a `message`: the whole message, signed as it is by an
 /// Ed25519 key (PureEdDSA); other keys sign digests only (docs/protocol.md, `sign`).
 fn prepare_message<'a>(
-    req: &'a Sign,
+    req: &Sign,
+    message: &'a Bytes,
     device: &Device,
     label: &str,
 ) -> Result<Prepared<'a>, WireError> {
-    let Some(message) = req.message.as_ref() else {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            "`sign` request: missing field `message`",
-        ));
-    };
     let alg = device
         .lanes
         .run(|b| b.public_key(label))?
