@@ -455,6 +455,21 @@ mod tests {
         tlv(0x30, &[&fields.concat()])
     }
 
+    #[test]
+    fn a_certificate_is_matched_by_its_whole_spki() {
+        let tbs = tbs_with(&[]);
+        let alg = tlv(0x30, &[&oid("1.2.840.10045.4.3.2")]);
+        let cert = tlv(0x30, &[&tbs, &alg, &tlv(0x03, &[&[0], &[0x30, 0x00]])]);
+        let spki = certificate_spki(&cert).unwrap();
+        assert_eq!(spki[..2], [0x30, 0x59], "a P-256 SubjectPublicKeyInfo");
+        assert!(tbs.ends_with(spki));
+        let mut trailing = cert.clone();
+        trailing.push(0);
+        assert_eq!(certificate_spki(&trailing), None);
+        assert_eq!(certificate_spki(&tbs), None);
+        assert_eq!(certificate_spki(b""), None);
+    }
+
     fn refused(exts: &[Vec<u8>], want: &[&str]) -> String {
         let e = TbsSummary::parse(&tbs_with(exts)).unwrap_err();
         for w in want {
