@@ -336,6 +336,16 @@ impl CertObject {
     }
 }
 
+/// The DER SubjectPublicKeyInfo of `der`, when it is exactly one X.509 certificate:
+/// what a device's certificate is matched to its key by (docs/protocol.md,
+/// `public_key`).
+pub fn certificate_spki(der: &[u8]) -> Option<&[u8]> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], cert)) => Some(cert.tbs_certificate.subject_pki.raw),
+        _ => None,
+    }
+}
+
 /// A DER tag-length-value.
 fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
@@ -443,6 +453,21 @@ mod tests {
             fields.push(tlv(0xa3, &[&tlv(0x30, &[&exts.concat()])]));
         }
         tlv(0x30, &[&fields.concat()])
+    }
+
+    #[test]
+    fn a_certificate_is_matched_by_its_whole_spki() {
+        let tbs = tbs_with(&[]);
+        let alg = tlv(0x30, &[&oid("1.2.840.10045.4.3.2")]);
+        let cert = tlv(0x30, &[&tbs, &alg, &tlv(0x03, &[&[0], &[0x30, 0x00]])]);
+        let spki = certificate_spki(&cert).unwrap();
+        assert_eq!(spki[..2], [0x30, 0x59], "a P-256 SubjectPublicKeyInfo");
+        assert!(tbs.ends_with(spki));
+        let mut trailing = cert.clone();
+        trailing.push(0);
+        assert_eq!(certificate_spki(&trailing), None);
+        assert_eq!(certificate_spki(&tbs), None);
+        assert_eq!(certificate_spki(b""), None);
     }
 
     fn refused(exts: &[Vec<u8>], want: &[&str]) -> String {

@@ -3,7 +3,8 @@
 //! against Fulcio's certificate profile, verified by `openssl verify -x509_strict`, the
 //! root stored on the token as `fulcio createca` does (read back with `pkcs11-tool`),
 //! and a code-signing leaf issued the way Fulcio's `kmsca` issues it, through
-//! `sigstore-kms-waxseal signMessage`.
+//! `sigstore-kms-waxseal signMessage`; `public_key` answers with the certificate a
+//! token holds for a key, whether the agent or `pkcs11-tool` wrote it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
@@ -16,7 +17,8 @@ use pkcs11_tests::{bins, pkcs11_device, read_frame, require, run_ok, write_frame
 use serde_json::{json, Value};
 use sha2::{Digest, Sha384};
 use waxseal::ca::{self, KeyMaterial, RemoteSigner};
-use waxseal_agent::client::ClientError;
+use waxseal_agent::client::{Client, ClientError};
+use waxseal_agent::keyuri::Pkcs11Uri;
 use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg};
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -708,4 +710,123 @@ fn fulcio_kmsca_leaf_signed_through_the_plugin_verifies_to_the_root() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// A self-signed certificate for `key` (which may sign `x509-tbs`), made through the
+/// agent; `cn` tells certificates for one key apart.
+fn self_signed(client: &mut Client, key: &str, cn: &str) -> Vec<u8> {
+    let spki = client.public_key(key).unwrap().spki_der.0;
+    let material = KeyMaterial::from_spki(&spki).unwrap();
+    let params = ca::root_params(cn, "waxseal tests", 30, &material).unwrap();
+    let cell = std::cell::RefCell::new(client);
+    let signer = RemoteSigner::new(material, |tbs: &[u8]| {
+        Ok(cell.borrow_mut().sign_tbs(key, tbs)?.signature.0)
+    });
+    let cert = params
+        .self_signed(&signer)
+        .map_err(|e| signer.explain(e))
+        .unwrap();
+    cert.der().to_vec()
+}
+
+/// The key's CKA_ID, from the `pkcs11:` URI `list_keys` gives it.
+fn cka_id(client: &mut Client, key: &str) -> Vec<u8> {
+    let listed = client.list_keys().unwrap();
+    let uri = listed
+        .keys
+        .iter()
+        .find(|k| k.name == key)
+        .and_then(|k| k.uri.clone())
+        .unwrap();
+    Pkcs11Uri::parse(&uri).unwrap().id.unwrap()
+}
+
+/// The certificate `public_key` carries for `key`.
+fn certificate_of(client: &mut Client, key: &str) -> Option<Vec<u8>> {
+    client.public_key(key).unwrap().certificate.map(|c| c.0)
+}
+
+#[test]
+fn public_key_carries_the_certificate_the_token_holds_for_the_key() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("certs", "5555", "1234");
+    let pin = hsm.pin_file("pin", "1234");
+    let mut config = pkcs11_device("hsm", "certs", &pin);
+    for key in ["hsm/stored", "hsm/written", "hsm/bare"] {
+        config.push_str(&format!(
+            "\n[[key]]\nname = \"{key}\"\npurposes = [\"x509-tbs\", \"digest\"]\n"
+        ));
+    }
+    let agent = Agent::builder().softhsm(&hsm).config(&config).start();
+    let mut client = agent.client();
+    client.generate_key("hsm/stored", KeyAlg::P384).unwrap();
+    client.generate_key("hsm/written", KeyAlg::P256).unwrap();
+    client.generate_key("hsm/bare", KeyAlg::P256).unwrap();
+    for key in ["hsm/stored", "hsm/written", "hsm/bare"] {
+        assert_eq!(certificate_of(&mut client, key), None, "{key}");
+    }
+
+    // Stored through the agent: CKA_ID is the ASCII object id, not the key's.
+    let stored = self_signed(&mut client, "hsm/stored", "stored");
+    client
+        .store_certificate("hsm/stored", "77", None, &stored)
+        .unwrap();
+    assert_eq!(
+        certificate_of(&mut client, "hsm/stored"),
+        Some(stored.clone())
+    );
+    assert_eq!(certificate_of(&mut client, "hsm/bare"), None);
+
+    // A certificate for `written` under another id is found by its public key…
+    let other = self_signed(&mut client, "hsm/written", "under another id");
+    client
+        .store_certificate("hsm/written", "88", None, &other)
+        .unwrap();
+    assert_eq!(certificate_of(&mut client, "hsm/written"), Some(other));
+    // …and one written by pkcs11-tool with the key's CKA_ID is preferred, found on
+    // the next call (nothing is cached).
+    let tmp = tempfile::tempdir().unwrap();
+    let written = self_signed(&mut client, "hsm/written", "written by pkcs11-tool");
+    let written_der = tmp.path().join("written.der");
+    std::fs::write(&written_der, &written).unwrap();
+    let id = hex::encode(cka_id(&mut client, "hsm/written"));
+    hsm.pkcs11_tool(&[
+        "--token-label",
+        "certs",
+        "--login",
+        "--pin",
+        "1234",
+        "--write-object",
+        written_der.to_str().unwrap(),
+        "--type",
+        "cert",
+        "--id",
+        &id,
+        "--label",
+        "written",
+    ]);
+    assert_eq!(certificate_of(&mut client, "hsm/written"), Some(written));
+
+    // A certificate under `bare`'s CKA_ID but for another key is not `bare`'s.
+    let stored_der = tmp.path().join("stored.der");
+    std::fs::write(&stored_der, &stored).unwrap();
+    let bare_id = hex::encode(cka_id(&mut client, "hsm/bare"));
+    hsm.pkcs11_tool(&[
+        "--token-label",
+        "certs",
+        "--login",
+        "--pin",
+        "1234",
+        "--write-object",
+        stored_der.to_str().unwrap(),
+        "--type",
+        "cert",
+        "--id",
+        &bare_id,
+    ]);
+    let listed = hsm.pkcs11_tool(&["--token-label", "certs", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("Certificate Object").count(), 4, "{listed}");
+    assert_eq!(certificate_of(&mut client, "hsm/bare"), None);
+    assert_eq!(certificate_of(&mut client, "hsm/stored"), Some(stored));
 }

@@ -343,6 +343,22 @@ impl Client {
             tbs: None,
             name: None,
             padding,
+            message: None,
+        }))
+    }
+
+    /// `sign` with purpose `digest` and a whole `message` (Ed25519 keys only: PureEdDSA
+    /// signs the message itself, up to [`crate::proto::MAX_MESSAGE`] bytes).
+    pub fn sign_message(&mut self, key: &str, message: &[u8]) -> Result<SignOk, ClientError> {
+        self.call(Op::Sign(Sign {
+            key: key.into(),
+            purpose: Purpose::Digest,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: None,
+            name: None,
+            padding: None,
+            message: Some(Bytes(message.to_vec())),
         }))
     }
 
@@ -362,6 +378,7 @@ impl Client {
             tbs: None,
             name: Some(name.into()),
             padding: None,
+            message: None,
         }))
     }
 
@@ -376,6 +393,7 @@ impl Client {
             tbs: Some(Bytes(tbs.to_vec())),
             name: None,
             padding: None,
+            message: None,
         }))
     }
 
@@ -532,6 +550,7 @@ mod tests {
             tbs: None,
             name: Some(format!("file-{i}")),
             padding: None,
+            message: None,
         })
     }
 

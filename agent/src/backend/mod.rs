@@ -204,6 +204,14 @@ pub trait Backend: Send {
     fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError>;
     /// The public key of `label`.
     fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError>;
+    /// The DER X.509 certificate the device holds for `label`: one whose public key is
+    /// the key's (docs/protocol.md, `public_key`). Looked up anew on every call, so a
+    /// certificate stored meanwhile (by `store_certificate` or another tool) is found;
+    /// `None` on devices that keep no certificates.
+    fn certificate(&mut self, label: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let _ = label;
+        Ok(None)
+    }
     /// Generates a key on the device; the private half never leaves it.
     fn generate(
         &mut self,

@@ -474,19 +474,36 @@ impl KeyStore {
         ListKeysOk { keys }
     }
 
-    /// `public_key`.
+    /// `public_key`, with the certificate the device holds for the key, if any. A
+    /// certificate that cannot be read is logged and left out: the public key stands.
     pub fn public_key(&self, key: &str) -> Result<PublicKeyOk, WireError> {
         let (device, name) = self.split(key)?;
-        let pk = device
+        let (pk, certificate) = device
             .lanes
-            .run(|b| b.public_key(name.label))?
+            .run(|b| {
+                let pk = b.public_key(name.label)?;
+                let certificate = b.certificate(name.label).unwrap_or_else(|e| {
+                    warn!(key, error = %e, "the key's certificate cannot be read; left out");
+                    None
+                });
+                Ok::<_, BackendError>((pk, certificate))
+            })?
             .map_err(wire)?;
         Ok(PublicKeyOk {
             pem: backend::crypto::spki_pem(&pk.spki_der),
             spki_der: Bytes(pk.spki_der),
             alg: pk.alg,
-            certificate: None,
+            certificate: certificate.map(Bytes),
         })
+    }
+
+    /// The public key of `key` alone (no certificate lookup).
+    fn spki(&self, key: &str) -> Result<backend::PublicKey, WireError> {
+        let (device, name) = self.split(key)?;
+        device
+            .lanes
+            .run(|b| b.public_key(name.label))?
+            .map_err(wire)
     }
 
     /// `generate_key`.
@@ -675,11 +692,11 @@ impl KeyStore {
             {
                 continue;
             }
-            match self.public_key(&key.name) {
+            match self.spki(&key.name) {
                 Ok(pk) => out.push(SshKey {
                     name: key.name,
                     alg: pk.alg,
-                    spki: pk.spki_der.0,
+                    spki: pk.spki_der,
                 }),
                 Err(e) => warn!(key = %key.name, error = %e, "key left out of the SSH identities"),
             }

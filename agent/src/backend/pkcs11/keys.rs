@@ -1,4 +1,4 @@
-//! Keys on the token: reading them, and signing with them.
+//! Keys on the token: reading them and the certificates for them, and signing with them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -7,16 +7,21 @@ use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::Session;
 use tracing::{debug, warn};
 
 use super::session::classify;
-use super::{Conn, KeyEntry, Lane, Link, Shared};
+use super::{lock, Conn, KeyEntry, Lane, Link, Shared};
 use crate::backend::fault::Fault;
-use crate::backend::{crypto, digest_hash, BackendError, PublicKey, SignInput, Signed};
+use crate::backend::{
+    crypto, digest_hash, Backend as _, BackendError, PublicKey, SignInput, Signed,
+};
 use crate::keyuri::Pkcs11Uri;
 use crate::proto::{HashAlg, KeyAlg, RsaPadding};
+use crate::x509::certificate_spki;
 
 impl Shared {
     /// Loads every private key's entry.
@@ -173,6 +178,41 @@ impl Shared {
     }
 }
 
+/// The DER certificate on the token for the key whose SubjectPublicKeyInfo is `spki`
+/// and CKA_ID `id`: of the X.509 CKO_CERTIFICATE objects (one C_FindObjects), those
+/// whose public key is `spki`, the first with CKA_ID `id` (as `pkcs11-tool
+/// --write-object --id` pairs them), else the first other (as `store_certificate`
+/// writes them, CKA_ID the ASCII object id).
+pub(super) fn find_certificate(
+    session: &Session,
+    spki: &[u8],
+    id: &[u8],
+) -> Result<Option<Vec<u8>>, CkError> {
+    let handles = session.find_objects(&[
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::CertificateType(CertificateType::X_509),
+    ])?;
+    let mut other = None;
+    for handle in handles {
+        let (mut cert_id, mut value) = (Vec::new(), Vec::new());
+        for a in session.get_attributes(handle, &[AttributeType::Id, AttributeType::Value])? {
+            match a {
+                Attribute::Id(v) => cert_id = v,
+                Attribute::Value(v) => value = v,
+                _ => {}
+            }
+        }
+        if certificate_spki(&value) != Some(spki) {
+            continue;
+        }
+        if !id.is_empty() && cert_id == id {
+            return Ok(Some(value));
+        }
+        other.get_or_insert(value);
+    }
+    Ok(other)
+}
+
 pub(super) fn unknown_key(device: &str, label: &str) -> BackendError {
     BackendError::no_such_key(
         device,
@@ -195,6 +235,20 @@ pub(super) fn public_of(
 }
 
 impl Lane {
+    /// The entry of the key `label`, looked for again after a rescan when it is not
+    /// known (it may have been created since).
+    pub(super) fn entry(&mut self, label: &str) -> Result<KeyEntry, BackendError> {
+        if let Some(e) = self.with_retry(|conn, _, _| Ok(conn.keys.get(label).cloned()))? {
+            return Ok(e);
+        }
+        self.list_keys()?;
+        lock(&self.shared.conn)
+            .keys
+            .get(label)
+            .cloned()
+            .ok_or_else(|| unknown_key(self.shared.name(), label))
+    }
+
     /// Signs without the shared lock when this lane's session and key copy are current.
     /// `None`: take the slow path (which connects, logs in, reloads and heals).
     pub(super) fn fast_sign(

@@ -12,7 +12,8 @@
 //! changed), logs in again or reloads the key handles, then tries once more.
 //!
 //! - [`session`]: finding the token, sessions, login, faults and healing.
-//! - [`keys`]: reading keys from the token and signing with them.
+//! - [`keys`]: reading keys (and the certificates for them) from the token and
+//!   signing with them.
 
 mod keys;
 mod session;
@@ -31,7 +32,7 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use tracing::{info, warn};
 
-use self::keys::{finish, public_of, sign_with, unknown_key};
+use self::keys::{find_certificate, finish, public_of, sign_with, unknown_key};
 use super::crypto::{OID_ED25519, OID_P256, OID_P384};
 use super::fault::Recover as _;
 use super::pingate::PinGate;
@@ -181,21 +182,16 @@ impl Backend for Lane {
     }
 
     fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError> {
-        let name = self.shared.settings.name.clone();
-        let hit = self.with_retry(|conn, _, _| Ok(conn.keys.get(label).cloned()))?;
-        let entry = match hit {
-            Some(e) => e,
-            None => {
-                // Maybe created since the last scan.
-                self.list_keys()?;
-                let conn = lock(&self.shared.conn);
-                conn.keys
-                    .get(label)
-                    .cloned()
-                    .ok_or_else(|| unknown_key(&name, label))?
-            }
+        let entry = self.entry(label)?;
+        public_of(self.shared.name(), label, &entry)
+    }
+
+    fn certificate(&mut self, label: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let entry = self.entry(label)?;
+        let Some(spki) = entry.spki else {
+            return Ok(None);
         };
-        public_of(&name, label, &entry)
+        self.with_retry(|_, _, session| Ok(find_certificate(session, &spki, &entry.id)?))
     }
 
     fn generate(

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 use x509_cert::der::Encode;
 use yubikey::piv::{self, AlgorithmId, SlotId};
-use yubikey::YubiKey;
+use yubikey::{Certificate, YubiKey};
 
 use self::card::CardError;
 use self::slots::{cert_of_object, label_of, piv_alg, slot_of, SLOTS};
@@ -44,6 +44,7 @@ use super::{
 };
 use crate::pin::PinSource;
 use crate::proto::{KeyAlg, PinPolicy, RsaPadding, TouchPolicy};
+use crate::x509::certificate_spki;
 
 /// Below this many PIN tries left the agent does not try without `waxseal unlock`.
 pub const PIN_FLOOR: u8 = 2;
@@ -132,6 +133,26 @@ impl Backend for Lane {
             alg: info.alg,
             spki_der: info.spki,
         })
+    }
+
+    /// The slot's certificate when its public key is the slot's key (a slot may hold a
+    /// stale certificate after its key was replaced). Read from the card each time:
+    /// `ykman piv certificates import` may replace it while the agent runs.
+    fn certificate(&mut self, label: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let (id, info) = self.slot_key(label)?;
+        let cert = match self.with_card(|yk| Certificate::read(yk, id)) {
+            Ok(c) => c,
+            // An empty certificate object, or none: the card answers "not found".
+            Err(CardError::Card(_)) => return Ok(None),
+            Err(f) => return Err(self.fail(f, "reading the slot's certificate")),
+        };
+        let der = cert.cert.to_der().map_err(|e| {
+            BackendError::failed(
+                self.name(),
+                format!("the certificate of slot {label} cannot be encoded: {e}"),
+            )
+        })?;
+        Ok((certificate_spki(&der) == Some(info.spki.as_slice())).then_some(der))
     }
 
     fn generate(
@@ -411,7 +432,6 @@ impl Lane {
         spki: spki::SubjectPublicKeyInfoOwned,
     ) -> Result<(), BackendError> {
         use yubikey::certificate::yubikey_signer::{Rsa2048, YubiRsa};
-        use yubikey::Certificate;
         let name = self.name().to_string();
         let subject = x509_cert::name::Name::from_str(&format!("CN={key_name}")).map_err(|e| {
             BackendError::bad_request(&name, format!("bad certificate subject: {e}"))

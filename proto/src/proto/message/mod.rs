@@ -16,6 +16,9 @@ pub use response::*;
 
 /// The longest key NAME (and device name) a request may carry, in bytes.
 pub const MAX_KEY_NAME: usize = 256;
+/// The longest `message` (`sign` with an Ed25519 key) a request may carry, in bytes:
+/// 64 KiB, far below [`super::MAX_FRAME`] once base64-encoded.
+pub const MAX_MESSAGE: usize = 64 * 1024;
 /// The longest artifact name (`sign` purpose `blob`) a request may carry, in bytes.
 /// Names reach the audit log and confirmation questions, whose records and answers
 /// must stay far below [`super::MAX_FRAME`].
@@ -555,12 +558,19 @@ pub struct Sign {
     /// RSA padding; PKCS#1 v1.5 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding: Option<RsaPadding>,
+    /// The whole message to sign (purpose `digest`, Ed25519 keys only: PureEdDSA signs
+    /// the message itself), 1 to [`MAX_MESSAGE`] bytes; instead of `digest` and `hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Bytes>,
 }
 
 impl Sign {
-    /// Checks that the payload fits the purpose: `tbs` for `x509-tbs`, `digest` for
-    /// the others, never both.
+    /// Checks that the payload fits the purpose: `tbs` for `x509-tbs`, `message` or
+    /// `digest` for `digest`, `digest` for the others, never two of them.
     fn check_payload(&self) -> Result<(), String> {
+        if let Some(message) = &self.message {
+            return self.check_message(message);
+        }
         match (self.purpose, self.tbs.is_some(), self.digest.is_empty()) {
             (Purpose::X509Tbs, true, true) if self.hash.is_some() || self.padding.is_some() => Err(
                 "purpose x509-tbs takes no `hash` or `padding`: the TBSCertificate's signature algorithm names them".into(),
@@ -578,6 +588,37 @@ impl Sign {
             )),
             (_, false, true) => Err("missing field `digest`".into()),
             (_, false, false) => Ok(()),
+        }
+    }
+
+    /// `message` (docs/protocol.md, `sign`): purpose `digest` only, alone (no `digest`,
+    /// `hash` or `tbs`), 1 to [`MAX_MESSAGE`] bytes. Whether the key is Ed25519 is
+    /// known only to the agent.
+    fn check_message(&self, message: &Bytes) -> Result<(), String> {
+        if self.purpose != Purpose::Digest {
+            return Err(format!(
+                "`message` is only for purpose digest, not {}",
+                self.purpose
+            ));
+        }
+        if !self.digest.is_empty() || self.tbs.is_some() {
+            return Err(
+                "`message` and `digest` exclude each other: send the whole message (Ed25519 keys) or a digest, not both".into(),
+            );
+        }
+        if self.hash.is_some() {
+            return Err(
+                "`message` takes no `hash`: an Ed25519 key hashes the message itself".into(),
+            );
+        }
+        match message.0.len() {
+            0 => Err(format!(
+                "`message` is empty; 1 to {MAX_MESSAGE} bytes are accepted"
+            )),
+            n if n > MAX_MESSAGE => Err(format!(
+                "`message` is {n} bytes long; at most {MAX_MESSAGE} are accepted (sign a digest of a longer message)"
+            )),
+            _ => Ok(()),
         }
     }
 }

@@ -133,6 +133,7 @@ fn request_round_trip() {
             tbs: None,
             name: Some("release.tar.gz".into()),
             padding: Some(RsaPadding::Pss),
+            message: None,
         }),
         Op::Sign(Sign {
             key: "a/root".into(),
@@ -142,6 +143,17 @@ fn request_round_trip() {
             tbs: Some(Bytes(vec![0x30, 0x00])),
             name: None,
             padding: None,
+            message: None,
+        }),
+        Op::Sign(Sign {
+            key: "a/ed".into(),
+            purpose: Purpose::Digest,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: None,
+            name: None,
+            padding: None,
+            message: Some(Bytes(vec![1, 2, 3])),
         }),
         Op::StoreCertificate(StoreCertificate {
             key: "a/root".into(),
@@ -337,4 +349,62 @@ fn key_alg_words() {
     assert!("p521".parse::<KeyAlg>().is_err());
     assert!(!KeyAlg::Rsa(1024).is_generatable());
     assert_eq!(KeyAlg::P384.default_hash(), HashAlg::Sha384);
+}
+
+#[test]
+fn a_message_is_alone_for_purpose_digest_and_bounded() {
+    let m = |extra: &str, message: &str| {
+        decode(&format!(
+            r#"{{"id":4,"op":"sign","key":"hsm/ed","purpose":"digest"{extra},"message":"{message}"}}"#
+        ))
+    };
+    let r = m("", "aGVsbG8=").unwrap();
+    let Op::Sign(s) = r.op else { panic!("{r:?}") };
+    assert_eq!(s.message, Some(Bytes(b"hello".to_vec())));
+    assert!(s.digest.is_empty());
+    let refused = |extra: &str, message: &str, says: &str| {
+        let e = m(extra, message).unwrap_err();
+        assert_eq!(e.id, Some(4));
+        assert!(!e.malformed);
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        assert!(
+            e.error.message.contains(says),
+            "{says}: {}",
+            e.error.message
+        );
+    };
+    let digest = format!(r#","digest":"{}""#, B64.encode([0u8; 32]));
+    refused(&digest, "aGVsbG8=", "exclude each other");
+    refused(r#","hash":"sha512""#, "aGVsbG8=", "takes no `hash`");
+    refused("", "", "`message` is empty");
+    let big = B64.encode(vec![0u8; MAX_MESSAGE + 1]);
+    refused("", &big, &format!("at most {MAX_MESSAGE}"));
+    assert!(m("", &B64.encode(vec![0u8; MAX_MESSAGE])).is_ok());
+    let blob = decode(
+        r#"{"id":4,"op":"sign","key":"hsm/ed","purpose":"blob","name":"f","message":"aGVsbG8="}"#,
+    )
+    .unwrap_err();
+    assert!(
+        blob.error
+            .message
+            .contains("only for purpose digest, not blob"),
+        "{}",
+        blob.error.message
+    );
+    let tbs = decode(
+        r#"{"id":4,"op":"sign","key":"hsm/ed","purpose":"x509-tbs","tbs":"MAA=","message":"aGVsbG8="}"#,
+    )
+    .unwrap_err();
+    assert!(
+        tbs.error.message.contains("only for purpose digest"),
+        "{}",
+        tbs.error.message
+    );
+    // `null` is the same as leaving it out.
+    let none = decode(&format!(
+        r#"{{"id":4,"op":"sign","key":"hsm/ed","purpose":"digest"{digest},"message":null}}"#
+    ))
+    .unwrap();
+    let Op::Sign(s) = none.op else { panic!() };
+    assert_eq!(s.message, None);
 }
