@@ -389,6 +389,7 @@ impl KeyStore {
             device: device.to_string(),
             alg: key.alg,
             uri: key.uri,
+            id: key.id.map(Bytes),
         }
     }
 
@@ -489,11 +490,17 @@ impl KeyStore {
                 Ok::<_, BackendError>((pk, certificate))
             })?
             .map_err(wire)?;
+        let (certificate, certificate_id, certificate_label) = match certificate {
+            Some(c) => (Some(Bytes(c.der)), c.id.map(Bytes), c.label),
+            None => (None, None, None),
+        };
         Ok(PublicKeyOk {
             pem: backend::crypto::spki_pem(&pk.spki_der),
             spki_der: Bytes(pk.spki_der),
             alg: pk.alg,
-            certificate: certificate.map(Bytes),
+            certificate,
+            certificate_id,
+            certificate_label,
         })
     }
 
@@ -512,8 +519,18 @@ impl KeyStore {
         let opts = GenerateOptions {
             touch: req.touch,
             pin_policy: req.pin_policy,
+            id: req.id.as_ref().map(|id| id.0.clone()),
         };
+        let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
+        req.check_id()
+            .map_err(|m| bad(format!("generate_key: {m}")))?;
         let (device, name) = self.split(&req.key)?;
+        if opts.id.is_some() && device.kind != DeviceKind::Pkcs11 {
+            return Err(bad(format!(
+                "generate_key: `raw_id` sets the CKA_ID of a key on a pkcs11 device; device {} is a {} device",
+                device.name, device.kind
+            )));
+        }
         if !alg.is_generatable() {
             return Err(WireError::new(
                 ErrorCode::Unsupported,
@@ -570,14 +587,18 @@ impl KeyStore {
         self.check_unlocked()?;
         let (device, name) = self.split(&req.key)?;
         let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
-        if req.object_id.is_empty() || req.object_id.len() > 64 {
-            return Err(bad("`object_id` must be 1 to 64 characters".into()));
-        }
+        req.check_id()
+            .map_err(|m| bad(format!("store_certificate: {m}")))?;
+        // The answer's `object_id`: as given, or the hex of `raw_id`.
+        let object_id = req
+            .object_id
+            .clone()
+            .unwrap_or_else(|| hex::encode(req.cka_id()));
         let label = req.label.clone().unwrap_or_else(|| "PKCS11CA".to_string());
         if label.is_empty() || label.len() > 64 {
             return Err(bad("`label` must be 1 to 64 characters".into()));
         }
-        let object = CertObject::from_der(&req.object_id, &label, &req.cert.0)
+        let object = CertObject::from_der(req.cka_id(), &label, &req.cert.0)
             .map_err(|e| bad(format!("store_certificate: {e}")))?;
         let pk = device
             .lanes
@@ -593,10 +614,10 @@ impl KeyStore {
             .lanes
             .run(|b| b.store_certificate(name.label, &object))?
             .map_err(wire)?;
-        info!(key = %req.key, object_id = %req.object_id, label = %label, subject = %object.subject_text, "certificate stored on the device");
+        info!(key = %req.key, object_id = %object_id, label = %label, subject = %object.subject_text, "certificate stored on the device");
         Ok(StoreCertificateOk {
             key: req.key.clone(),
-            object_id: req.object_id.clone(),
+            object_id,
             label,
         })
     }

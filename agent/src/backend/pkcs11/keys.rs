@@ -17,7 +17,8 @@ use super::session::classify;
 use super::{lock, Conn, KeyEntry, Lane, Link, Shared};
 use crate::backend::fault::Fault;
 use crate::backend::{
-    crypto, digest_hash, Backend as _, BackendError, PublicKey, SignInput, Signed,
+    crypto, digest_hash, Backend as _, BackendError, DeviceCertificate, PublicKey, SignInput,
+    Signed,
 };
 use crate::keyuri::Pkcs11Uri;
 use crate::proto::{HashAlg, KeyAlg, RsaPadding};
@@ -178,26 +179,34 @@ impl Shared {
     }
 }
 
-/// The DER certificate on the token for the key whose SubjectPublicKeyInfo is `spki`
-/// and CKA_ID `id`: of the X.509 CKO_CERTIFICATE objects (one C_FindObjects), those
-/// whose public key is `spki`, the first with CKA_ID `id` (as `pkcs11-tool
-/// --write-object --id` pairs them), else the first other (as `store_certificate`
-/// writes them, CKA_ID the ASCII object id).
+/// The certificate on the token for the key whose SubjectPublicKeyInfo is `spki` and
+/// CKA_ID `id`, with its object's CKA_ID and CKA_LABEL: of the X.509 CKO_CERTIFICATE
+/// objects (one C_FindObjects), those whose public key is `spki`, the first with CKA_ID
+/// `id` (as `pkcs11-tool --write-object --id` pairs them), else the first other (as
+/// `store_certificate` writes them, CKA_ID the object id it was given).
 pub(super) fn find_certificate(
     session: &Session,
     spki: &[u8],
     id: &[u8],
-) -> Result<Option<Vec<u8>>, CkError> {
+) -> Result<Option<DeviceCertificate>, CkError> {
     let handles = session.find_objects(&[
         Attribute::Class(ObjectClass::CERTIFICATE),
         Attribute::CertificateType(CertificateType::X_509),
     ])?;
     let mut other = None;
     for handle in handles {
-        let (mut cert_id, mut value) = (Vec::new(), Vec::new());
-        for a in session.get_attributes(handle, &[AttributeType::Id, AttributeType::Value])? {
+        let (mut cert_id, mut label, mut value) = (Vec::new(), Vec::new(), Vec::new());
+        for a in session.get_attributes(
+            handle,
+            &[
+                AttributeType::Id,
+                AttributeType::Label,
+                AttributeType::Value,
+            ],
+        )? {
             match a {
                 Attribute::Id(v) => cert_id = v,
+                Attribute::Label(v) => label = v,
                 Attribute::Value(v) => value = v,
                 _ => {}
             }
@@ -205,12 +214,40 @@ pub(super) fn find_certificate(
         if certificate_spki(&value) != Some(spki) {
             continue;
         }
-        if !id.is_empty() && cert_id == id {
-            return Ok(Some(value));
+        let ours = !id.is_empty() && cert_id == id;
+        let found = DeviceCertificate {
+            der: value,
+            id: (!cert_id.is_empty()).then_some(cert_id),
+            // A label that is not UTF-8 is left out rather than altered.
+            label: String::from_utf8(label).ok().filter(|l| !l.is_empty()),
+        };
+        if ours {
+            return Ok(Some(found));
         }
-        other.get_or_insert(value);
+        other.get_or_insert(found);
     }
     Ok(other)
+}
+
+/// A CKA_ID for messages: `'99'` when it is printable ASCII (as `object_id` gives it),
+/// else its hex, `0x0099ff`.
+pub(super) fn id_text(id: &[u8]) -> String {
+    if id.iter().all(u8::is_ascii_graphic) {
+        format!("'{}'", String::from_utf8_lossy(id))
+    } else {
+        format!("0x{}", hex::encode(id))
+    }
+}
+
+/// The answer to a CKA_ID that an object on the token has already.
+pub(super) fn id_taken(device: &str, id: &[u8]) -> BackendError {
+    BackendError::key_exists(
+        device,
+        format!(
+            "an object with id {} (CKA_ID) exists already; choose another id",
+            id_text(id)
+        ),
+    )
 }
 
 pub(super) fn unknown_key(device: &str, label: &str) -> BackendError {

@@ -32,13 +32,13 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use tracing::{info, warn};
 
-use self::keys::{find_certificate, finish, public_of, sign_with, unknown_key};
+use self::keys::{find_certificate, finish, id_taken, public_of, sign_with, unknown_key};
 use super::crypto::{OID_ED25519, OID_P256, OID_P384};
 use super::fault::Recover as _;
 use super::pingate::PinGate;
 use super::{
-    digest_hash, Attestation, Backend, BackendError, CertObject, DeviceInfo, DeviceKey, PublicKey,
-    SignInput, Signed,
+    digest_hash, Attestation, Backend, BackendError, CertObject, DeviceCertificate, DeviceInfo,
+    DeviceKey, GenerateOptions, PublicKey, SignInput, Signed,
 };
 use crate::config::TokenSelector;
 use crate::pin::PinSource;
@@ -174,6 +174,7 @@ impl Backend for Lane {
                     label: label.clone(),
                     alg: e.alg,
                     uri: Some(shared.uri(link, label, &e.id)),
+                    id: (!e.id.is_empty()).then(|| e.id.clone()),
                 })
                 .collect();
             keys.sort_by(|a, b| a.label.cmp(&b.label));
@@ -186,7 +187,7 @@ impl Backend for Lane {
         public_of(self.shared.name(), label, &entry)
     }
 
-    fn certificate(&mut self, label: &str) -> Result<Option<Vec<u8>>, BackendError> {
+    fn certificate(&mut self, label: &str) -> Result<Option<DeviceCertificate>, BackendError> {
         let entry = self.entry(label)?;
         let Some(spki) = entry.spki else {
             return Ok(None);
@@ -199,8 +200,25 @@ impl Backend for Lane {
         label: &str,
         alg: KeyAlg,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        self.generate_with(label, alg, &GenerateOptions::default())
+    }
+
+    /// Generates a key pair with CKA_ID `opts.id`, or 16 random bytes (docs/protocol.md,
+    /// `generate_key`).
+    fn generate_with(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+        opts: &GenerateOptions,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
         let shared = self.shared.clone();
         let name = shared.name().to_string();
+        if opts.touch.is_some() || opts.pin_policy.is_some() {
+            return Err(BackendError::unsupported(
+                &name,
+                "touch and PIN policies are set on YubiKey keys only",
+            ));
+        }
         if !alg.is_generatable() {
             return Err(BackendError::unsupported(
                 &name,
@@ -217,6 +235,14 @@ impl Backend for Lane {
                     format!("a key labelled '{label}' exists already; choose another name"),
                 )
                 .into());
+            }
+            if let Some(id) = &opts.id {
+                if !session
+                    .find_objects(&[Attribute::Id(id.clone())])?
+                    .is_empty()
+                {
+                    return Err(id_taken(&name, id).into());
+                }
             }
             let mechs = link.ctx.get_mechanism_list(link.slot)?;
             let (mech, mech_type, mut public, mut private) = match alg {
@@ -256,10 +282,16 @@ impl Backend for Lane {
                 )
                 .into());
             }
-            let mut id = vec![0u8; 16];
-            getrandom::getrandom(&mut id).map_err(|e| {
-                BackendError::failed(&name, format!("no randomness for the key id: {e}"))
-            })?;
+            let id = match &opts.id {
+                Some(id) => id.clone(),
+                None => {
+                    let mut id = vec![0u8; 16];
+                    getrandom::getrandom(&mut id).map_err(|e| {
+                        BackendError::failed(&name, format!("no randomness for the key id: {e}"))
+                    })?;
+                    id
+                }
+            };
             let common = |v: &mut Vec<Attribute>| {
                 v.push(Attribute::Token(true));
                 v.push(Attribute::Label(label.as_bytes().to_vec()));
@@ -292,6 +324,7 @@ impl Backend for Lane {
                 label: label.to_string(),
                 alg: entry.alg,
                 uri: Some(shared.uri(link, label, &entry.id)),
+                id: (!entry.id.is_empty()).then(|| entry.id.clone()),
             };
             conn.keys.insert(label.to_string(), entry);
             Ok((key, public))
@@ -435,14 +468,7 @@ impl Backend for Lane {
             }
             let taken = session.find_objects(&[Attribute::Id(cert.id.clone())])?;
             if !taken.is_empty() {
-                return Err(BackendError::key_exists(
-                    &name,
-                    format!(
-                        "an object with id '{}' (CKA_ID) exists already; choose another id",
-                        String::from_utf8_lossy(&cert.id)
-                    ),
-                )
-                .into());
+                return Err(id_taken(&name, &cert.id).into());
             }
             // As `fulcio createca` (crypto11's ImportCertificateWithLabel) stores it.
             session.create_object(&[

@@ -39,8 +39,8 @@ use self::slots::{cert_of_object, label_of, piv_alg, slot_of, SLOTS};
 use super::crypto::{digest_info_prefix, pem};
 use super::pingate::PinGate;
 use super::{
-    digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, GenerateOptions,
-    PublicKey, SignInput, Signed,
+    digest_hash, Attestation, Backend, BackendError, DeviceCertificate, DeviceInfo, DeviceKey,
+    GenerateOptions, PublicKey, SignInput, Signed,
 };
 use crate::pin::PinSource;
 use crate::proto::{KeyAlg, PinPolicy, RsaPadding, TouchPolicy};
@@ -121,6 +121,7 @@ impl Backend for Lane {
                         self.serial_text(),
                         label_of(slot)
                     )),
+                    id: None,
                 });
             }
         }
@@ -138,7 +139,7 @@ impl Backend for Lane {
     /// The slot's certificate when its public key is the slot's key (a slot may hold a
     /// stale certificate after its key was replaced). Read from the card each time:
     /// `ykman piv certificates import` may replace it while the agent runs.
-    fn certificate(&mut self, label: &str) -> Result<Option<Vec<u8>>, BackendError> {
+    fn certificate(&mut self, label: &str) -> Result<Option<DeviceCertificate>, BackendError> {
         let (id, info) = self.slot_key(label)?;
         let cert = match self.with_card(|yk| Certificate::read(yk, id)) {
             Ok(c) => c,
@@ -152,7 +153,12 @@ impl Backend for Lane {
                 format!("the certificate of slot {label} cannot be encoded: {e}"),
             )
         })?;
-        Ok((certificate_spki(&der) == Some(info.spki.as_slice())).then_some(der))
+        let ours = certificate_spki(&der) == Some(info.spki.as_slice());
+        Ok(ours.then_some(DeviceCertificate {
+            der,
+            id: None,
+            label: None,
+        }))
     }
 
     fn generate(
@@ -170,6 +176,12 @@ impl Backend for Lane {
         opts: &GenerateOptions,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
         let name = self.name().to_string();
+        if opts.id.is_some() {
+            return Err(BackendError::bad_request(
+                &name,
+                "`raw_id` sets a PKCS#11 CKA_ID; a YubiKey's keys are named by their PIV slot",
+            ));
+        }
         let id = slot_of(&name, label)?;
         let piv = piv_alg(alg).ok_or_else(|| {
             BackendError::unsupported(
@@ -240,6 +252,7 @@ impl Backend for Lane {
                     "yubikey:serial={};slot={label}",
                     self.serial_text()
                 )),
+                id: None,
             },
             PublicKey { alg, spki_der },
         ))
