@@ -4,7 +4,8 @@
 //! root stored on the token as `fulcio createca` does (read back with `pkcs11-tool`),
 //! and a code-signing leaf issued the way Fulcio's `kmsca` issues it, through
 //! `sigstore-kms-waxseal signMessage`; `public_key` answers with the certificate a
-//! token holds for a key, whether the agent or `pkcs11-tool` wrote it.
+//! token holds for a key, whether the agent or `pkcs11-tool` wrote it, and with the
+//! CKA_ID and CKA_LABEL of the object that holds it (stored under raw id bytes too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
@@ -806,6 +807,13 @@ fn public_key_carries_the_certificate_the_token_holds_for_the_key() {
         "written",
     ]);
     assert_eq!(certificate_of(&mut client, "hsm/written"), Some(written));
+    // The answer names the object that holds it: the key's own CKA_ID and its label.
+    let answer = client.public_key("hsm/written").unwrap();
+    assert_eq!(
+        answer.certificate_id.map(|c| hex::encode(c.0)),
+        Some(id.clone())
+    );
+    assert_eq!(answer.certificate_label.as_deref(), Some("written"));
 
     // A certificate under `bare`'s CKA_ID but for another key is not `bare`'s.
     let stored_der = tmp.path().join("stored.der");
@@ -829,4 +837,104 @@ fn public_key_carries_the_certificate_the_token_holds_for_the_key() {
     assert_eq!(listed.matches("Certificate Object").count(), 4, "{listed}");
     assert_eq!(certificate_of(&mut client, "hsm/bare"), None);
     assert_eq!(certificate_of(&mut client, "hsm/stored"), Some(stored));
+}
+
+/// `public_key`'s answer for `key`: the certificate and its object's CKA_ID and label.
+fn certificate_object(
+    client: &mut Client,
+    key: &str,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>, Option<String>) {
+    let answer = client.public_key(key).unwrap();
+    (
+        answer.certificate.map(|c| c.0),
+        answer.certificate_id.map(|c| c.0),
+        answer.certificate_label,
+    )
+}
+
+#[test]
+fn a_certificate_stored_under_raw_id_bytes_is_found_with_that_id_and_label() {
+    let (hsm, agent) = ceremony_agent();
+    let mut client = agent.client();
+    let root = self_signed(&mut client, ROOT, "stored under raw bytes");
+    assert_eq!(certificate_object(&mut client, ROOT), (None, None, None));
+
+    // Neither or both of `object_id` and `raw_id`: refused before the token is touched.
+    let mut raw = agent.raw();
+    let cert = B64.encode(&root);
+    for (ids, want) in [
+        (json!({}), "missing `object_id` or `raw_id`"),
+        (
+            json!({"object_id": "98", "raw_id": B64.encode(b"98")}),
+            "exclude each other",
+        ),
+    ] {
+        let mut req = json!({"id": 3, "op": "store_certificate", "key": ROOT, "cert": cert});
+        req.as_object_mut()
+            .unwrap()
+            .extend(ids.as_object().unwrap().clone());
+        write_frame(&mut raw, req.to_string().as_bytes());
+        let resp: Value = read_frame(&mut raw).expect("an answer");
+        assert_eq!(resp["id"], 3);
+        assert_eq!(resp["error"]["code"], "bad-request", "{resp}");
+        let message = resp["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{message}");
+    }
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(!listed.contains("Certificate Object"), "{listed}");
+
+    // Raw bytes 0x39 0x39: CKA_ID "99", as `--hsm-caroot-id 99` looks for it.
+    let stored = client
+        .store_certificate_id(ROOT, &[0x39, 0x39], None, &root)
+        .unwrap();
+    assert_eq!(
+        (stored.object_id.as_str(), stored.label.as_str()),
+        ("3939", "PKCS11CA")
+    );
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("Certificate Object").count(), 1, "{listed}");
+    assert!(listed.contains("ID:         3939"), "{listed}");
+    assert!(listed.contains("label:      PKCS11CA"), "{listed}");
+    assert_eq!(
+        certificate_object(&mut client, ROOT),
+        (
+            Some(root.clone()),
+            Some(vec![0x39, 0x39]),
+            Some("PKCS11CA".to_string())
+        )
+    );
+    // The ASCII id "99" is the same CKA_ID: taken.
+    match client.store_certificate(ROOT, "99", Some("again"), &root) {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::KeyExists);
+            assert!(e.message.contains("id '99'"), "{}", e.message);
+        }
+        other => panic!("expected key-exists, got {other:?}"),
+    }
+    // Bytes that are not text are stored as they are, and named in hex.
+    let inter = self_signed(&mut client, INTERMEDIATE, "stored under binary bytes");
+    let stored = client
+        .store_certificate_id(INTERMEDIATE, &[0x00, 0xff], Some("binary"), &inter)
+        .unwrap();
+    assert_eq!(stored.object_id, "00ff");
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("ID:         00ff"), "{listed}");
+    assert_eq!(
+        certificate_object(&mut client, INTERMEDIATE),
+        (
+            Some(inter.clone()),
+            Some(vec![0x00, 0xff]),
+            Some("binary".to_string())
+        )
+    );
+    match client.store_certificate_id(INTERMEDIATE, &[0x00, 0xff], None, &inter) {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::KeyExists);
+            assert!(e.message.contains("0x00ff"), "{}", e.message);
+        }
+        other => panic!("expected key-exists, got {other:?}"),
+    }
 }

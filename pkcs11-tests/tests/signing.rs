@@ -1,17 +1,19 @@
 //! Keys generated on a real SoftHSM2 token through the agent, signatures verified by
-//! RustCrypto and by OpenSSL, attributes read back by pkcs11-tool, two tokens at once,
-//! and a wrong PIN that costs the token exactly one login.
+//! RustCrypto and by OpenSSL, attributes and object ids (CKA_ID) read back by
+//! pkcs11-tool, two tokens at once, and a wrong PIN that costs the token exactly one
+//! login.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 
 use p256::pkcs8::DecodePublicKey;
 use pkcs11_tests::{
-    audit_records, pkcs11_device, read_frame, require, run_ok, write_frame, Agent, PinFifo,
-    SoftHsm, Spy, SOFTHSM_MODULE,
+    audit_records, pkcs11_device, read_frame, require, run_ok, tpm_device, write_frame, Agent,
+    PinFifo, SoftHsm, Spy, Swtpm, SOFTHSM_MODULE,
 };
 use sha2::{Digest, Sha256, Sha384};
 use waxseal_agent::client::ClientError;
+use waxseal_agent::keyuri::Pkcs11Uri;
 use waxseal_agent::proto::{
     Bytes, ErrorCode, HashAlg, KeyAlg, Op, Purpose, RsaPadding, Sign, SignOk, MAX_MESSAGE,
 };
@@ -668,4 +670,186 @@ fn public_key_searches_the_token_once_per_call_for_a_certificate() {
         assert_eq!(client.public_key("hsm/k").unwrap().certificate, None);
     }
     spy.wait_calls("C_FindObjectsInit", before + 10);
+}
+
+/// The `ID:` that `pkcs11-tool --list-objects` reports for the object of `kind`
+/// (`Private Key`, `Public Key`, `Certificate`…) labelled `label`, or `None` when no
+/// such object is listed.
+fn listed_id(listing: &str, kind: &str, label: &str) -> Option<String> {
+    listing
+        .split(&format!("{kind} Object"))
+        .skip(1)
+        .map(|b| b.split(" Object;").next().unwrap_or(b))
+        .find(|block| {
+            block
+                .lines()
+                .any(|l| l.trim() == format!("label:      {label}"))
+        })
+        .map(|block| {
+            let line = block
+                .lines()
+                .find(|l| l.trim_start().starts_with("ID:"))
+                .unwrap_or_else(|| panic!("no ID line:\n{block}"));
+            line.split_once(':').unwrap().1.trim().to_string()
+        })
+}
+
+/// Every object on the token, as `pkcs11-tool --login --list-objects` shows them.
+fn list_objects(hsm: &SoftHsm, token: &str, pin: &str) -> String {
+    let out = hsm.pkcs11_tool(&[
+        "--token-label",
+        token,
+        "--login",
+        "--pin",
+        pin,
+        "--list-objects",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn list_keys_and_generate_key_show_the_tokens_own_cka_ids() {
+    let (hsm, agent) = one_token("ids", "4321");
+    let mut client = agent.client();
+
+    // Without `raw_id`: 16 random bytes, shown as the token has them.
+    let random = client.generate_key("hsm/random", KeyAlg::P256).unwrap();
+    let random_id = random.key.id.clone().expect("a PKCS#11 key has an id").0;
+    assert_eq!(random_id.len(), 16);
+    let listing = list_objects(&hsm, "ids", "4321");
+    assert_eq!(
+        listed_id(&listing, "Private Key", "random"),
+        Some(hex::encode(&random_id)),
+        "{listing}"
+    );
+
+    // With `raw_id`: exactly those bytes, on the private and the public key.
+    let chosen_id = [0x00, 0x99, 0xfe];
+    let chosen = client
+        .generate_key_id("hsm/chosen", KeyAlg::P256, &chosen_id)
+        .unwrap();
+    assert_eq!(chosen.key.id, Some(Bytes(chosen_id.to_vec())));
+    let uri = Pkcs11Uri::parse(chosen.key.uri.as_deref().unwrap()).unwrap();
+    assert_eq!(uri.id.as_deref(), Some(&chosen_id[..]));
+    let listing = list_objects(&hsm, "ids", "4321");
+    for kind in ["Private Key", "Public Key"] {
+        assert_eq!(
+            listed_id(&listing, kind, "chosen").as_deref(),
+            Some("0099fe"),
+            "{kind}:\n{listing}"
+        );
+    }
+    // list_keys shows, for each key, the CKA_ID pkcs11-tool reports.
+    let keys = client.list_keys().unwrap().keys;
+    assert_eq!(keys.len(), 2);
+    for key in &keys {
+        let label = key.name.strip_prefix("hsm/").unwrap();
+        assert_eq!(
+            key.id.as_ref().map(|id| hex::encode(&id.0)),
+            listed_id(&listing, "Private Key", label),
+            "{key:?}"
+        );
+    }
+    // The pair belongs together: its public key verifies its signature.
+    let digest = Sha256::digest(b"paired by CKA_ID");
+    let sig = client
+        .sign_digest("hsm/chosen", &digest, None, None)
+        .unwrap();
+    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&chosen.spki_der.0).unwrap();
+    let sig = p256::ecdsa::Signature::from_der(&sig.signature.0).unwrap();
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    vk.verify_prehash(&digest, &sig).unwrap();
+
+    // An id that a key has already: refused, and nothing is made.
+    let taken = client.generate_key_id("hsm/again", KeyAlg::P256, &chosen_id);
+    match taken {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::KeyExists);
+            assert!(
+                e.message.contains("0x0099fe") && e.message.contains("exists already"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected key-exists, got {other:?}"),
+    }
+    // So is one that another kind of object has (an AES key made by pkcs11-tool).
+    hsm.pkcs11_tool(&[
+        "--token-label",
+        "ids",
+        "--login",
+        "--pin",
+        "4321",
+        "--keygen",
+        "--key-type",
+        "AES:16",
+        "--id",
+        "4242",
+        "--label",
+        "aes",
+    ]);
+    let listing = list_objects(&hsm, "ids", "4321");
+    assert_eq!(
+        listed_id(&listing, "Secret Key", "aes").as_deref(),
+        Some("4242"),
+        "{listing}"
+    );
+    assert_eq!(
+        agent_code(client.generate_key_id("hsm/again", KeyAlg::P256, b"BB")),
+        ErrorCode::KeyExists
+    );
+    let listing = list_objects(&hsm, "ids", "4321");
+    assert_eq!(
+        listed_id(&listing, "Private Key", "again"),
+        None,
+        "{listing}"
+    );
+    assert_eq!(
+        listed_id(&listing, "Public Key", "again"),
+        None,
+        "{listing}"
+    );
+    let names: Vec<String> = client
+        .list_keys()
+        .unwrap()
+        .keys
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["hsm/chosen", "hsm/random"]);
+}
+
+#[test]
+fn a_raw_id_is_refused_on_a_tpm_whose_keys_have_none() {
+    let tpm = Swtpm::start();
+    let keys = tempfile::Builder::new()
+        .prefix("tpm-keys-")
+        .tempdir()
+        .unwrap();
+    let agent = Agent::builder()
+        .config(&tpm_device("tpm", &tpm, keys.path(), None))
+        .start();
+    let mut client = agent.client();
+    match client.generate_key_id("tpm/k", KeyAlg::P256, b"99") {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(
+                e.message.contains("raw_id") && e.message.contains("tpm device"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected bad-request, got {other:?}"),
+    }
+    assert!(
+        !keys.path().join("k.pem").exists(),
+        "no key file is written for a refused request"
+    );
+    // Without `raw_id` the same key is made, and a TPM key has no object id.
+    let made = client.generate_key("tpm/k", KeyAlg::P256).unwrap();
+    assert_eq!(made.key.id, None);
+    assert!(keys.path().join("k.pem").exists());
+    let listed = client.list_keys().unwrap().keys;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), &listed[0].id), ("tpm/k", &None));
 }
