@@ -938,3 +938,40 @@ fn a_certificate_stored_under_raw_id_bytes_is_found_with_that_id_and_label() {
         other => panic!("expected key-exists, got {other:?}"),
     }
 }
+
+/// A certificate may take its own key's CKA_ID (PKCS#11 programs pair a key with its
+/// certificate by equal ids), once; another key's id stays refused.
+#[test]
+fn a_certificate_may_share_its_own_keys_id_once_and_never_another_keys() {
+    let (hsm, agent) = ceremony_agent();
+    let mut client = agent.client();
+    let root = self_signed(&mut client, ROOT, "under its key's id");
+    let own = cka_id(&mut client, ROOT);
+    let other = cka_id(&mut client, INTERMEDIATE);
+    match client.store_certificate_id(ROOT, &other, None, &root) {
+        Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::KeyExists, "{}", e.message),
+        other => panic!("another key's id: expected key-exists, got {other:?}"),
+    }
+    client
+        .store_certificate_id(ROOT, &own, Some("root"), &root)
+        .unwrap();
+    assert_eq!(
+        certificate_object(&mut client, ROOT),
+        (
+            Some(root.clone()),
+            Some(own.clone()),
+            Some("root".to_string())
+        )
+    );
+    match client.store_certificate_id(ROOT, &own, Some("again"), &root) {
+        Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::KeyExists, "{}", e.message),
+        other => panic!("a second certificate under that id: expected key-exists, got {other:?}"),
+    }
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("Certificate Object").count(), 1, "{listed}");
+    assert!(
+        listed.contains(&format!("ID:         {}", hex::encode(&own))),
+        "{listed}"
+    );
+}

@@ -463,10 +463,20 @@ impl Backend for Lane {
         let name = shared.name().to_string();
         self.with_retry(|conn, _, session| {
             shared.load_keys(conn, session)?;
-            if !conn.keys.contains_key(label) {
+            let Some(key) = conn.keys.get(label) else {
                 return Err(unknown_key(&name, label).into());
-            }
-            let taken = session.find_objects(&[Attribute::Id(cert.id.clone())])?;
+            };
+            // The key's own CKA_ID is free for its certificate (programs pair a key
+            // with its certificate by equal ids: docs/pkcs11-module.md); any other id
+            // must be unused, and no id may hold two certificates.
+            let taken = if cert.id == key.id {
+                session.find_objects(&[
+                    Attribute::Class(ObjectClass::CERTIFICATE),
+                    Attribute::Id(cert.id.clone()),
+                ])?
+            } else {
+                session.find_objects(&[Attribute::Id(cert.id.clone())])?
+            };
             if !taken.is_empty() {
                 return Err(id_taken(&name, &cert.id).into());
             }
