@@ -41,7 +41,7 @@ pub fn require(program: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("`{program}` is not installed: run scripts/install-deps"))
 }
 
-/// Paths of the `waxseal-agent` and `waxseal` binaries of this workspace.
+/// Paths of the binaries of this workspace and of its PKCS#11 module.
 #[derive(Debug)]
 pub struct Bins {
     /// `waxseal-agent`.
@@ -52,6 +52,8 @@ pub struct Bins {
     pub kms_plugin: PathBuf,
     /// `piv-emulator`, the PIV card of the YubiKey tests.
     pub piv_emulator: PathBuf,
+    /// `libwaxseal_pkcs11.so`, the PKCS#11 module (pkcs11-module/).
+    pub pkcs11_module: PathBuf,
 }
 
 /// Builds the binaries (once per process) with the cargo and profile of this test run.
@@ -92,11 +94,32 @@ pub fn bins() -> &'static Bins {
             status.success(),
             "cargo build of waxseal-agent, waxseal and piv-emulator failed"
         );
+        // The module is a library (cdylib): `--bins` leaves it out.
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args([
+            "build",
+            "--quiet",
+            "--lib",
+            "-p",
+            "waxseal-pkcs11",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("run cargo build for the PKCS#11 module");
+        assert!(status.success(), "cargo build of waxseal-pkcs11 failed");
         Bins {
             agent: profile_dir.join("waxseal-agent"),
             cli: profile_dir.join("waxseal"),
             kms_plugin: profile_dir.join("sigstore-kms-waxseal"),
             piv_emulator: profile_dir.join("piv-emulator"),
+            pkcs11_module: profile_dir.join("libwaxseal_pkcs11.so"),
         }
     })
 }
