@@ -202,6 +202,7 @@ fn osslsigncode_signs_a_powershell_script_and_verifies_it() {
         .split_whitespace()
         .nth(1)
         .unwrap_or("0")
+        .trim_end_matches(',')
         .split('.')
         .filter_map(|p| p.parse().ok())
         .collect();
