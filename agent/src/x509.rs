@@ -296,7 +296,7 @@ fn agree(
 /// A certificate as a device stores it (PKCS#11 CKO_CERTIFICATE attributes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertObject {
-    /// CKA_ID: the ASCII bytes of the id.
+    /// CKA_ID: the ASCII bytes of `object_id`, or the raw bytes of `raw_id`.
     pub id: Vec<u8>,
     /// CKA_LABEL.
     pub label: String,
@@ -316,7 +316,7 @@ pub struct CertObject {
 
 impl CertObject {
     /// Reads `der`, which must be exactly one X.509 certificate.
-    pub fn from_der(id: &str, label: &str, der: &[u8]) -> Result<CertObject, String> {
+    pub fn from_der(id: &[u8], label: &str, der: &[u8]) -> Result<CertObject, String> {
         let (rest, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
         if !rest.is_empty() {
@@ -324,7 +324,7 @@ impl CertObject {
         }
         let serial = cert.tbs_certificate.raw_serial();
         Ok(CertObject {
-            id: id.as_bytes().to_vec(),
+            id: id.to_vec(),
             label: label.to_string(),
             subject: cert.subject().as_raw().to_vec(),
             issuer: cert.issuer().as_raw().to_vec(),
@@ -333,6 +333,16 @@ impl CertObject {
             spki: cert.public_key().raw.to_vec(),
             subject_text: cert.subject().to_string(),
         })
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of `der`, when it is exactly one X.509 certificate:
+/// what a device's certificate is matched to its key by (docs/protocol.md,
+/// `public_key`).
+pub fn certificate_spki(der: &[u8]) -> Option<&[u8]> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], cert)) => Some(cert.tbs_certificate.subject_pki.raw),
+        _ => None,
     }
 }
 
@@ -378,7 +388,7 @@ mod tests {
         assert!(TbsSummary::parse(b"").is_err());
         assert!(TbsSummary::parse(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_err());
         assert!(TbsSummary::parse(&[0xff; 64]).is_err());
-        assert!(CertObject::from_der("1", "x", &[0x30, 0x00]).is_err());
+        assert!(CertObject::from_der(b"1", "x", &[0x30, 0x00]).is_err());
     }
 
     // --- the judge: hand-made TBSCertificates, one trick each -------------------------
@@ -443,6 +453,21 @@ mod tests {
             fields.push(tlv(0xa3, &[&tlv(0x30, &[&exts.concat()])]));
         }
         tlv(0x30, &[&fields.concat()])
+    }
+
+    #[test]
+    fn a_certificate_is_matched_by_its_whole_spki() {
+        let tbs = tbs_with(&[]);
+        let alg = tlv(0x30, &[&oid("1.2.840.10045.4.3.2")]);
+        let cert = tlv(0x30, &[&tbs, &alg, &tlv(0x03, &[&[0], &[0x30, 0x00]])]);
+        let spki = certificate_spki(&cert).unwrap();
+        assert_eq!(spki[..2], [0x30, 0x59], "a P-256 SubjectPublicKeyInfo");
+        assert!(tbs.ends_with(spki));
+        let mut trailing = cert.clone();
+        trailing.push(0);
+        assert_eq!(certificate_spki(&trailing), None);
+        assert_eq!(certificate_spki(&tbs), None);
+        assert_eq!(certificate_spki(b""), None);
     }
 
     fn refused(exts: &[Vec<u8>], want: &[&str]) -> String {

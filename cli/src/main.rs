@@ -186,7 +186,12 @@ enum SshCommand {
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// NAME DEVICE ALG PURPOSES of every key.
-    List,
+    List {
+        /// Add each key's RFC 7512 URI as the PKCS#11 module shows it
+        /// (pkcs11:token=DEVICE;object=LABEL;type=private).
+        #[arg(long)]
+        uri: bool,
+    },
     /// Generate a key on its device (the private key never leaves it).
     Generate {
         /// DEVICE/LABEL, e.g. hsm/release.

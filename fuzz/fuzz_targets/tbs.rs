@@ -49,7 +49,7 @@ fn check_tbs(der: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     check_tbs(data);
-    if let Ok(obj) = CertObject::from_der("1", "fuzz", data) {
+    if let Ok(obj) = CertObject::from_der(b"1", "fuzz", data) {
         assert_eq!(obj.value, data);
         assert_eq!(obj.id, b"1");
         assert_eq!(obj.label, "fuzz");

@@ -57,6 +57,9 @@ requests = [
     '{"id":9,"op":"status","future":[1,2,3]}',
     '{"id":4,"op":"sign","key":"a/b","purpose":"x509-tbs","tbs":"MAA=","digest":"AAAA"}',
     '{"id":5,"op":"format_disk"}',
+    '{"id":4,"op":"generate_key","key":"hsm/fulcio","alg":"p256","raw_id":"OTk="}',
+    '{"id":7,"op":"store_certificate","key":"hsm/fulcio-root","raw_id":"AP8=","label":"root","cert":"MAA="}',
+    '{"id":7,"op":"store_certificate","key":"hsm/fulcio-root","object_id":"99","raw_id":"OTk=","cert":"MAA="}',
 ]
 for i, r in enumerate(requests):
     out("native_frame", f"req-{i:02}.json", r)
@@ -78,6 +81,9 @@ responses = [
     '{"id":8,"ok":{"device":"yk","locked":false,"message":"PIN verified; 3 tries left"}}',
     '{"id":7,"ok":{"key":"hsm/fulcio-root","object_id":"99","label":"PKCS11CA"}}',
     '{"id":10,"ok":{"records":[{"seq":1,"prev":"00"},{"seq":2}]}}',
+    '{"id":1,"ok":{"keys":[{"name":"hsm/ca","device":"hsm","alg":"p384","purposes":["x509-tbs"],"uri":"pkcs11:token=ca;object=ca;id=%39%39","id":"OTk="}]}}',
+    '{"id":2,"ok":{"spki_der":"MAA=","pem":"x","alg":"p384","certificate":"MAA=","certificate_id":"OTk=","certificate_label":"PKCS11CA"}}',
+    '{"id":7,"ok":{"key":"hsm/fulcio-root","object_id":"00ff","label":"root"}}',
     '{"id":null,"error":{"code":"frame-too-large","message":"big"}}',
     '{"id":3,"notice":"touch your YubiKey"}',
     '{"id":3,"prompt":"PIN for hsm"}',

@@ -341,11 +341,15 @@ unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
         if !reserved.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        module()?;
-        MODULE
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let mut slot = MODULE.write().unwrap_or_else(PoisonError::into_inner);
+        let old = slot.take().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)?;
+        if old.pid() != std::process::id() {
+            // A child after fork() finalizing its parent's state (python-pkcs11's
+            // `reinitialize` does): forget it without touching the parent's
+            // connections, as `C_Initialize` does (docs/pkcs11-module.md, "fork()").
+            old.abandon();
+            std::mem::forget(old);
+        }
         Ok(())
     })
 }

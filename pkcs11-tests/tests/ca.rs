@@ -3,7 +3,9 @@
 //! against Fulcio's certificate profile, verified by `openssl verify -x509_strict`, the
 //! root stored on the token as `fulcio createca` does (read back with `pkcs11-tool`),
 //! and a code-signing leaf issued the way Fulcio's `kmsca` issues it, through
-//! `sigstore-kms-waxseal signMessage`.
+//! `sigstore-kms-waxseal signMessage`; `public_key` answers with the certificate a
+//! token holds for a key, whether the agent or `pkcs11-tool` wrote it, and with the
+//! CKA_ID and CKA_LABEL of the object that holds it (stored under raw id bytes too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
@@ -16,7 +18,8 @@ use pkcs11_tests::{bins, pkcs11_device, read_frame, require, run_ok, write_frame
 use serde_json::{json, Value};
 use sha2::{Digest, Sha384};
 use waxseal::ca::{self, KeyMaterial, RemoteSigner};
-use waxseal_agent::client::ClientError;
+use waxseal_agent::client::{Client, ClientError};
+use waxseal_agent::keyuri::Pkcs11Uri;
 use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg};
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -708,4 +711,267 @@ fn fulcio_kmsca_leaf_signed_through_the_plugin_verifies_to_the_root() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// A self-signed certificate for `key` (which may sign `x509-tbs`), made through the
+/// agent; `cn` tells certificates for one key apart.
+fn self_signed(client: &mut Client, key: &str, cn: &str) -> Vec<u8> {
+    let spki = client.public_key(key).unwrap().spki_der.0;
+    let material = KeyMaterial::from_spki(&spki).unwrap();
+    let params = ca::root_params(cn, "waxseal tests", 30, &material).unwrap();
+    let cell = std::cell::RefCell::new(client);
+    let signer = RemoteSigner::new(material, |tbs: &[u8]| {
+        Ok(cell.borrow_mut().sign_tbs(key, tbs)?.signature.0)
+    });
+    let cert = params
+        .self_signed(&signer)
+        .map_err(|e| signer.explain(e))
+        .unwrap();
+    cert.der().to_vec()
+}
+
+/// The key's CKA_ID, from the `pkcs11:` URI `list_keys` gives it.
+fn cka_id(client: &mut Client, key: &str) -> Vec<u8> {
+    let listed = client.list_keys().unwrap();
+    let uri = listed
+        .keys
+        .iter()
+        .find(|k| k.name == key)
+        .and_then(|k| k.uri.clone())
+        .unwrap();
+    Pkcs11Uri::parse(&uri).unwrap().id.unwrap()
+}
+
+/// The certificate `public_key` carries for `key`.
+fn certificate_of(client: &mut Client, key: &str) -> Option<Vec<u8>> {
+    client.public_key(key).unwrap().certificate.map(|c| c.0)
+}
+
+#[test]
+fn public_key_carries_the_certificate_the_token_holds_for_the_key() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("certs", "5555", "1234");
+    let pin = hsm.pin_file("pin", "1234");
+    let mut config = pkcs11_device("hsm", "certs", &pin);
+    for key in ["hsm/stored", "hsm/written", "hsm/bare"] {
+        config.push_str(&format!(
+            "\n[[key]]\nname = \"{key}\"\npurposes = [\"x509-tbs\", \"digest\"]\n"
+        ));
+    }
+    let agent = Agent::builder().softhsm(&hsm).config(&config).start();
+    let mut client = agent.client();
+    client.generate_key("hsm/stored", KeyAlg::P384).unwrap();
+    client.generate_key("hsm/written", KeyAlg::P256).unwrap();
+    client.generate_key("hsm/bare", KeyAlg::P256).unwrap();
+    for key in ["hsm/stored", "hsm/written", "hsm/bare"] {
+        assert_eq!(certificate_of(&mut client, key), None, "{key}");
+    }
+
+    // Stored through the agent: CKA_ID is the ASCII object id, not the key's.
+    let stored = self_signed(&mut client, "hsm/stored", "stored");
+    client
+        .store_certificate("hsm/stored", "77", None, &stored)
+        .unwrap();
+    assert_eq!(
+        certificate_of(&mut client, "hsm/stored"),
+        Some(stored.clone())
+    );
+    assert_eq!(certificate_of(&mut client, "hsm/bare"), None);
+
+    // A certificate for `written` under another id is found by its public key…
+    let other = self_signed(&mut client, "hsm/written", "under another id");
+    client
+        .store_certificate("hsm/written", "88", None, &other)
+        .unwrap();
+    assert_eq!(certificate_of(&mut client, "hsm/written"), Some(other));
+    // …and one written by pkcs11-tool with the key's CKA_ID is preferred, found on
+    // the next call (nothing is cached).
+    let tmp = tempfile::tempdir().unwrap();
+    let written = self_signed(&mut client, "hsm/written", "written by pkcs11-tool");
+    let written_der = tmp.path().join("written.der");
+    std::fs::write(&written_der, &written).unwrap();
+    let id = hex::encode(cka_id(&mut client, "hsm/written"));
+    hsm.pkcs11_tool(&[
+        "--token-label",
+        "certs",
+        "--login",
+        "--pin",
+        "1234",
+        "--write-object",
+        written_der.to_str().unwrap(),
+        "--type",
+        "cert",
+        "--id",
+        &id,
+        "--label",
+        "written",
+    ]);
+    assert_eq!(certificate_of(&mut client, "hsm/written"), Some(written));
+    // The answer names the object that holds it: the key's own CKA_ID and its label.
+    let answer = client.public_key("hsm/written").unwrap();
+    assert_eq!(
+        answer.certificate_id.map(|c| hex::encode(c.0)),
+        Some(id.clone())
+    );
+    assert_eq!(answer.certificate_label.as_deref(), Some("written"));
+
+    // A certificate under `bare`'s CKA_ID but for another key is not `bare`'s.
+    let stored_der = tmp.path().join("stored.der");
+    std::fs::write(&stored_der, &stored).unwrap();
+    let bare_id = hex::encode(cka_id(&mut client, "hsm/bare"));
+    hsm.pkcs11_tool(&[
+        "--token-label",
+        "certs",
+        "--login",
+        "--pin",
+        "1234",
+        "--write-object",
+        stored_der.to_str().unwrap(),
+        "--type",
+        "cert",
+        "--id",
+        &bare_id,
+    ]);
+    let listed = hsm.pkcs11_tool(&["--token-label", "certs", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("Certificate Object").count(), 4, "{listed}");
+    assert_eq!(certificate_of(&mut client, "hsm/bare"), None);
+    assert_eq!(certificate_of(&mut client, "hsm/stored"), Some(stored));
+}
+
+/// `public_key`'s answer for `key`: the certificate and its object's CKA_ID and label.
+fn certificate_object(
+    client: &mut Client,
+    key: &str,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>, Option<String>) {
+    let answer = client.public_key(key).unwrap();
+    (
+        answer.certificate.map(|c| c.0),
+        answer.certificate_id.map(|c| c.0),
+        answer.certificate_label,
+    )
+}
+
+#[test]
+fn a_certificate_stored_under_raw_id_bytes_is_found_with_that_id_and_label() {
+    let (hsm, agent) = ceremony_agent();
+    let mut client = agent.client();
+    let root = self_signed(&mut client, ROOT, "stored under raw bytes");
+    assert_eq!(certificate_object(&mut client, ROOT), (None, None, None));
+
+    // Neither or both of `object_id` and `raw_id`: refused before the token is touched.
+    let mut raw = agent.raw();
+    let cert = B64.encode(&root);
+    for (ids, want) in [
+        (json!({}), "missing `object_id` or `raw_id`"),
+        (
+            json!({"object_id": "98", "raw_id": B64.encode(b"98")}),
+            "exclude each other",
+        ),
+    ] {
+        let mut req = json!({"id": 3, "op": "store_certificate", "key": ROOT, "cert": cert});
+        req.as_object_mut()
+            .unwrap()
+            .extend(ids.as_object().unwrap().clone());
+        write_frame(&mut raw, req.to_string().as_bytes());
+        let resp: Value = read_frame(&mut raw).expect("an answer");
+        assert_eq!(resp["id"], 3);
+        assert_eq!(resp["error"]["code"], "bad-request", "{resp}");
+        let message = resp["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{message}");
+    }
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(!listed.contains("Certificate Object"), "{listed}");
+
+    // Raw bytes 0x39 0x39: CKA_ID "99", as `--hsm-caroot-id 99` looks for it.
+    let stored = client
+        .store_certificate_id(ROOT, &[0x39, 0x39], None, &root)
+        .unwrap();
+    assert_eq!(
+        (stored.object_id.as_str(), stored.label.as_str()),
+        ("3939", "PKCS11CA")
+    );
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("Certificate Object").count(), 1, "{listed}");
+    assert!(listed.contains("ID:         3939"), "{listed}");
+    assert!(listed.contains("label:      PKCS11CA"), "{listed}");
+    assert_eq!(
+        certificate_object(&mut client, ROOT),
+        (
+            Some(root.clone()),
+            Some(vec![0x39, 0x39]),
+            Some("PKCS11CA".to_string())
+        )
+    );
+    // The ASCII id "99" is the same CKA_ID: taken.
+    match client.store_certificate(ROOT, "99", Some("again"), &root) {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::KeyExists);
+            assert!(e.message.contains("id '99'"), "{}", e.message);
+        }
+        other => panic!("expected key-exists, got {other:?}"),
+    }
+    // Bytes that are not text are stored as they are, and named in hex.
+    let inter = self_signed(&mut client, INTERMEDIATE, "stored under binary bytes");
+    let stored = client
+        .store_certificate_id(INTERMEDIATE, &[0x00, 0xff], Some("binary"), &inter)
+        .unwrap();
+    assert_eq!(stored.object_id, "00ff");
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("ID:         00ff"), "{listed}");
+    assert_eq!(
+        certificate_object(&mut client, INTERMEDIATE),
+        (
+            Some(inter.clone()),
+            Some(vec![0x00, 0xff]),
+            Some("binary".to_string())
+        )
+    );
+    match client.store_certificate_id(INTERMEDIATE, &[0x00, 0xff], None, &inter) {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::KeyExists);
+            assert!(e.message.contains("0x00ff"), "{}", e.message);
+        }
+        other => panic!("expected key-exists, got {other:?}"),
+    }
+}
+
+/// A certificate may take its own key's CKA_ID (PKCS#11 programs pair a key with its
+/// certificate by equal ids), once; another key's id stays refused.
+#[test]
+fn a_certificate_may_share_its_own_keys_id_once_and_never_another_keys() {
+    let (hsm, agent) = ceremony_agent();
+    let mut client = agent.client();
+    let root = self_signed(&mut client, ROOT, "under its key's id");
+    let own = cka_id(&mut client, ROOT);
+    let other = cka_id(&mut client, INTERMEDIATE);
+    match client.store_certificate_id(ROOT, &other, None, &root) {
+        Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::KeyExists, "{}", e.message),
+        other => panic!("another key's id: expected key-exists, got {other:?}"),
+    }
+    client
+        .store_certificate_id(ROOT, &own, Some("root"), &root)
+        .unwrap();
+    assert_eq!(
+        certificate_object(&mut client, ROOT),
+        (
+            Some(root.clone()),
+            Some(own.clone()),
+            Some("root".to_string())
+        )
+    );
+    match client.store_certificate_id(ROOT, &own, Some("again"), &root) {
+        Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::KeyExists, "{}", e.message),
+        other => panic!("a second certificate under that id: expected key-exists, got {other:?}"),
+    }
+    let listed = hsm.pkcs11_tool(&["--token-label", "ca", "--list-objects", "--type", "cert"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("Certificate Object").count(), 1, "{listed}");
+    assert!(
+        listed.contains(&format!("ID:         {}", hex::encode(&own))),
+        "{listed}"
+    );
 }

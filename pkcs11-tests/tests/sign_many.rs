@@ -379,6 +379,7 @@ fn pipelined_requests_behind_a_pin_prompt_are_all_served() {
             tbs: None,
             name: Some(format!("queued-{i}")),
             padding: None,
+            message: None,
         });
         (i, op)
     });

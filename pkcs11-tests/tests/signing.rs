@@ -1,15 +1,22 @@
 //! Keys generated on a real SoftHSM2 token through the agent, signatures verified by
-//! RustCrypto and by OpenSSL, attributes read back by pkcs11-tool, two tokens at once,
-//! and a wrong PIN that costs the token exactly one login.
+//! RustCrypto and by OpenSSL, attributes and object ids (CKA_ID) read back by
+//! pkcs11-tool, two tokens at once, and a wrong PIN that costs the token exactly one
+//! login.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 
 use p256::pkcs8::DecodePublicKey;
-use pkcs11_tests::{pkcs11_device, require, run_ok, Agent, PinFifo, SoftHsm, Spy, SOFTHSM_MODULE};
+use pkcs11_tests::{
+    audit_records, pkcs11_device, read_frame, require, run_ok, tpm_device, write_frame, Agent,
+    PinFifo, SoftHsm, Spy, Swtpm, SOFTHSM_MODULE,
+};
 use sha2::{Digest, Sha256, Sha384};
 use waxseal_agent::client::ClientError;
-use waxseal_agent::proto::{ErrorCode, HashAlg, KeyAlg, RsaPadding};
+use waxseal_agent::keyuri::Pkcs11Uri;
+use waxseal_agent::proto::{
+    Bytes, ErrorCode, HashAlg, KeyAlg, Op, Purpose, RsaPadding, Sign, SignOk, MAX_MESSAGE,
+};
 
 fn one_token(label: &str, pin: &str) -> (SoftHsm, Agent) {
     let hsm = SoftHsm::new();
@@ -484,4 +491,365 @@ fn a_pin_changed_after_the_token_refused_it_is_tried_not_remembered_as_refused()
         "the first login, the refused one, the changed PIN; spy log: {}",
         spy.log.display()
     );
+}
+
+/// A `sign` of `message` with purpose `purpose` and, when given, a digest and a hash
+/// beside it (which the protocol refuses).
+fn message_op(
+    key: &str,
+    purpose: Purpose,
+    message: &[u8],
+    digest: &[u8],
+    hash: Option<HashAlg>,
+) -> Op {
+    Op::Sign(Sign {
+        key: key.into(),
+        purpose,
+        hash,
+        digest: Bytes(digest.to_vec()),
+        tbs: None,
+        name: (purpose == Purpose::Blob).then(|| "artifact".into()),
+        padding: None,
+        message: Some(Bytes(message.to_vec())),
+    })
+}
+
+fn bad_request(r: Result<SignOk, ClientError>, says: &str) {
+    match r {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+            assert!(
+                e.message.contains(says),
+                "expected {says:?} in: {}",
+                e.message
+            );
+        }
+        other => panic!("expected bad-request ({says}), got {other:?}"),
+    }
+}
+
+#[test]
+fn an_ed25519_key_signs_a_whole_message_and_the_audit_log_records_its_hash() {
+    let (_hsm, agent) = one_token("eddsa", "1234");
+    let mut client = agent.client();
+    client.generate_key("hsm/ed", KeyAlg::Ed25519).unwrap();
+    client.generate_key("hsm/ec", KeyAlg::P256).unwrap();
+    let pk = client.public_key("hsm/ed").unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&pk.spki_der.0).unwrap();
+
+    let message: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let signed = client.sign_message("hsm/ed", &message).unwrap();
+    assert_eq!(signed.alg, "ed25519");
+    let sig = ed25519_dalek::Signature::from_slice(&signed.signature.0).unwrap();
+    vk.verify_strict(&message, &sig)
+        .expect("the signature is over the message itself");
+    let mut changed = message.clone();
+    changed[999] ^= 1;
+    assert!(vk.verify_strict(&changed, &sig).is_err());
+    let tmp = tempfile::tempdir().unwrap();
+    openssl_verify(
+        tmp.path(),
+        &pk.pem,
+        &message,
+        &signed.signature.0,
+        KeyAlg::Ed25519,
+        false,
+    );
+
+    // The bounds: one byte and 64 KiB are signed; none and one more are refused.
+    let one = client.sign_message("hsm/ed", b"x").unwrap();
+    vk.verify_strict(
+        b"x",
+        &ed25519_dalek::Signature::from_slice(&one.signature.0).unwrap(),
+    )
+    .unwrap();
+    let most = vec![0x5au8; MAX_MESSAGE];
+    let signed_most = client.sign_message("hsm/ed", &most).unwrap();
+    vk.verify_strict(
+        &most,
+        &ed25519_dalek::Signature::from_slice(&signed_most.signature.0).unwrap(),
+    )
+    .unwrap();
+    bad_request(client.sign_message("hsm/ed", b""), "`message` is empty");
+    bad_request(
+        client.sign_message("hsm/ed", &vec![0u8; MAX_MESSAGE + 1]),
+        &format!("at most {MAX_MESSAGE}"),
+    );
+    // Alone, and for purpose digest only.
+    let d = Sha256::digest(&message);
+    bad_request(
+        client.call(message_op("hsm/ed", Purpose::Digest, &message, &d, None)),
+        "exclude each other",
+    );
+    bad_request(
+        client.call(message_op(
+            "hsm/ed",
+            Purpose::Digest,
+            &message,
+            &[],
+            Some(HashAlg::Sha512),
+        )),
+        "takes no `hash`",
+    );
+    bad_request(
+        client.call(message_op("hsm/ed", Purpose::Blob, &message, &[], None)),
+        "only for purpose digest, not blob",
+    );
+    // Only Ed25519 keys sign messages: the agent knows the key's algorithm.
+    bad_request(
+        client.sign_message("hsm/ec", &message),
+        "only for Ed25519 keys, and hsm/ec is a p256 key",
+    );
+
+    let records = audit_records(&agent.state_dir);
+    let sha = hex::encode(Sha256::digest(&message));
+    let of = |event: &str, key: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| {
+                r["event"] == event && r["key"] == key && r["message_sha256"] == sha.as_str()
+            })
+            .collect()
+    };
+    let intents = of("intent", "hsm/ed");
+    assert_eq!(intents.len(), 1, "{records:#?}");
+    assert_eq!(intents[0]["purpose"], "digest");
+    assert_eq!(intents[0]["message_bytes"], 1000);
+    assert!(intents[0].get("digest").is_none(), "{}", intents[0]);
+    let signed = of("signed", "hsm/ed");
+    assert_eq!(signed.len(), 1, "{records:#?}");
+    assert_eq!(signed[0]["intent"], intents[0]["seq"]);
+    let refused = of("refused", "hsm/ec");
+    assert_eq!(refused.len(), 1, "{records:#?}");
+    assert_eq!(refused[0]["code"], "bad-request");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["key"] != "hsm/ec" || r["event"] == "refused"),
+        "nothing was signed with the P-256 key: {records:#?}"
+    );
+}
+
+#[test]
+fn status_says_which_devices_take_their_pin_from_the_client() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("filepin", "5555", "1234");
+    hsm.init_token("typed", "5555", "4321");
+    let pin = hsm.pin_file("pin", "1234");
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&pkcs11_device("file", "filepin", &pin))
+        .config(&format!(
+            "[[device]]\nname = \"typed\"\nkind = \"pkcs11\"\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"typed\"\npin = \"prompt\"\n"
+        ))
+        .start();
+    let status = agent.client().status().unwrap();
+    let device = |name: &str| status.devices.iter().find(|d| d.name == name).unwrap();
+    assert!(device("typed").pin_prompt, "{status:?}");
+    assert!(!device("file").pin_prompt, "{status:?}");
+    // On the wire the member is there only when true.
+    let mut raw = agent.raw();
+    write_frame(&mut raw, br#"{"id":1,"op":"status"}"#);
+    let answer = read_frame(&mut raw).unwrap();
+    let devices = answer["ok"]["devices"].as_array().unwrap();
+    let wire = |name: &str| devices.iter().find(|d| d["name"] == name).unwrap();
+    assert_eq!(wire("typed")["pin_prompt"], true, "{answer}");
+    assert!(wire("file").get("pin_prompt").is_none(), "{answer}");
+}
+
+/// `public_key` looks for the key's certificate on every call (nothing is cached) at
+/// the cost of one object search, counted by OpenSC's spy.
+#[test]
+fn public_key_searches_the_token_once_per_call_for_a_certificate() {
+    let (_hsm, _pin_file, spy, agent) = spied_agent("246810", "");
+    let mut client = agent.client();
+    client.generate_key("hsm/k", KeyAlg::P256).unwrap();
+    client.public_key("hsm/k").unwrap();
+    let before = spy.calls("C_FindObjectsInit");
+    for _ in 0..10 {
+        assert_eq!(client.public_key("hsm/k").unwrap().certificate, None);
+    }
+    spy.wait_calls("C_FindObjectsInit", before + 10);
+}
+
+/// The `ID:` that `pkcs11-tool --list-objects` reports for the object of `kind`
+/// (`Private Key`, `Public Key`, `Certificate`…) labelled `label`, or `None` when no
+/// such object is listed.
+fn listed_id(listing: &str, kind: &str, label: &str) -> Option<String> {
+    listing
+        .split(&format!("{kind} Object"))
+        .skip(1)
+        .map(|b| b.split(" Object;").next().unwrap_or(b))
+        .find(|block| {
+            block
+                .lines()
+                .any(|l| l.trim() == format!("label:      {label}"))
+        })
+        .map(|block| {
+            let line = block
+                .lines()
+                .find(|l| l.trim_start().starts_with("ID:"))
+                .unwrap_or_else(|| panic!("no ID line:\n{block}"));
+            line.split_once(':').unwrap().1.trim().to_string()
+        })
+}
+
+/// Every object on the token, as `pkcs11-tool --login --list-objects` shows them.
+fn list_objects(hsm: &SoftHsm, token: &str, pin: &str) -> String {
+    let out = hsm.pkcs11_tool(&[
+        "--token-label",
+        token,
+        "--login",
+        "--pin",
+        pin,
+        "--list-objects",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn list_keys_and_generate_key_show_the_tokens_own_cka_ids() {
+    let (hsm, agent) = one_token("ids", "4321");
+    let mut client = agent.client();
+
+    // Without `raw_id`: 16 random bytes, shown as the token has them.
+    let random = client.generate_key("hsm/random", KeyAlg::P256).unwrap();
+    let random_id = random.key.id.clone().expect("a PKCS#11 key has an id").0;
+    assert_eq!(random_id.len(), 16);
+    let listing = list_objects(&hsm, "ids", "4321");
+    assert_eq!(
+        listed_id(&listing, "Private Key", "random"),
+        Some(hex::encode(&random_id)),
+        "{listing}"
+    );
+
+    // With `raw_id`: exactly those bytes, on the private and the public key.
+    let chosen_id = [0x00, 0x99, 0xfe];
+    let chosen = client
+        .generate_key_id("hsm/chosen", KeyAlg::P256, &chosen_id)
+        .unwrap();
+    assert_eq!(chosen.key.id, Some(Bytes(chosen_id.to_vec())));
+    let uri = Pkcs11Uri::parse(chosen.key.uri.as_deref().unwrap()).unwrap();
+    assert_eq!(uri.id.as_deref(), Some(&chosen_id[..]));
+    let listing = list_objects(&hsm, "ids", "4321");
+    for kind in ["Private Key", "Public Key"] {
+        assert_eq!(
+            listed_id(&listing, kind, "chosen").as_deref(),
+            Some("0099fe"),
+            "{kind}:\n{listing}"
+        );
+    }
+    // list_keys shows, for each key, the CKA_ID pkcs11-tool reports.
+    let keys = client.list_keys().unwrap().keys;
+    assert_eq!(keys.len(), 2);
+    for key in &keys {
+        let label = key.name.strip_prefix("hsm/").unwrap();
+        assert_eq!(
+            key.id.as_ref().map(|id| hex::encode(&id.0)),
+            listed_id(&listing, "Private Key", label),
+            "{key:?}"
+        );
+    }
+    // The pair belongs together: its public key verifies its signature.
+    let digest = Sha256::digest(b"paired by CKA_ID");
+    let sig = client
+        .sign_digest("hsm/chosen", &digest, None, None)
+        .unwrap();
+    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&chosen.spki_der.0).unwrap();
+    let sig = p256::ecdsa::Signature::from_der(&sig.signature.0).unwrap();
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    vk.verify_prehash(&digest, &sig).unwrap();
+
+    // An id that a key has already: refused, and nothing is made.
+    let taken = client.generate_key_id("hsm/again", KeyAlg::P256, &chosen_id);
+    match taken {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::KeyExists);
+            assert!(
+                e.message.contains("0x0099fe") && e.message.contains("exists already"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected key-exists, got {other:?}"),
+    }
+    // So is one that another kind of object has (an AES key made by pkcs11-tool).
+    hsm.pkcs11_tool(&[
+        "--token-label",
+        "ids",
+        "--login",
+        "--pin",
+        "4321",
+        "--keygen",
+        "--key-type",
+        "AES:16",
+        "--id",
+        "4242",
+        "--label",
+        "aes",
+    ]);
+    let listing = list_objects(&hsm, "ids", "4321");
+    assert_eq!(
+        listed_id(&listing, "Secret Key", "aes").as_deref(),
+        Some("4242"),
+        "{listing}"
+    );
+    assert_eq!(
+        agent_code(client.generate_key_id("hsm/again", KeyAlg::P256, b"BB")),
+        ErrorCode::KeyExists
+    );
+    let listing = list_objects(&hsm, "ids", "4321");
+    assert_eq!(
+        listed_id(&listing, "Private Key", "again"),
+        None,
+        "{listing}"
+    );
+    assert_eq!(
+        listed_id(&listing, "Public Key", "again"),
+        None,
+        "{listing}"
+    );
+    let names: Vec<String> = client
+        .list_keys()
+        .unwrap()
+        .keys
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["hsm/chosen", "hsm/random"]);
+}
+
+#[test]
+fn a_raw_id_is_refused_on_a_tpm_whose_keys_have_none() {
+    let tpm = Swtpm::start();
+    let keys = tempfile::Builder::new()
+        .prefix("tpm-keys-")
+        .tempdir()
+        .unwrap();
+    let agent = Agent::builder()
+        .config(&tpm_device("tpm", &tpm, keys.path(), None))
+        .start();
+    let mut client = agent.client();
+    match client.generate_key_id("tpm/k", KeyAlg::P256, b"99") {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(
+                e.message.contains("raw_id") && e.message.contains("tpm device"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected bad-request, got {other:?}"),
+    }
+    assert!(
+        !keys.path().join("k.pem").exists(),
+        "no key file is written for a refused request"
+    );
+    // Without `raw_id` the same key is made, and a TPM key has no object id.
+    let made = client.generate_key("tpm/k", KeyAlg::P256).unwrap();
+    assert_eq!(made.key.id, None);
+    assert!(keys.path().join("k.pem").exists());
+    let listed = client.list_keys().unwrap().keys;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), &listed[0].id), ("tpm/k", &None));
 }

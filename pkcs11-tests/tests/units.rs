@@ -755,6 +755,16 @@ fn install_dry_run_prints_the_steps_and_changes_nothing() {
             "{text}"
         );
     }
+    // The PKCS#11 module and its p11-kit module file.
+    for dest in [
+        prefix.join("lib/waxseal/libwaxseal_pkcs11.so"),
+        home.join(".config/pkcs11/modules/waxseal.module"),
+    ] {
+        assert!(
+            text.contains(&format!("would install: {} ", dest.display())),
+            "{text}"
+        );
+    }
     assert!(
         text.contains(&format!(
             "ExecStart={}",
@@ -850,6 +860,46 @@ fn install_user_puts_binaries_and_units_in_place_idempotently() {
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
 
+    // The PKCS#11 module, and the p11-kit module file that points p11-kit-proxy
+    // programs at it; `p11-kit list-modules` reads that file.
+    let module = prefix.join("lib/waxseal/libwaxseal_pkcs11.so");
+    let meta =
+        std::fs::metadata(&module).unwrap_or_else(|e| panic!("{}: {e}\n{text}", module.display()));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert!(
+        std::fs::read(&module).unwrap() == std::fs::read(&bins().pkcs11_module).unwrap(),
+        "the installed module differs from the built one"
+    );
+    let p11kit = home.join(".config/pkcs11/modules/waxseal.module");
+    let p11kit_text = std::fs::read_to_string(&p11kit).unwrap();
+    assert!(
+        p11kit_text
+            .lines()
+            .any(|l| l == format!("module: {}", module.display())),
+        "{p11kit_text}"
+    );
+    // p11-kit ignores user config for root: ask as nobody, who can read the files.
+    require("p11-kit");
+    require("setpriv");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let listed = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "p11-kit",
+            "list-modules",
+        ])
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .output()
+        .unwrap();
+    let listed = output_text(&listed);
+    assert!(
+        listed.contains("waxseal:"),
+        "p11-kit list-modules: {listed}"
+    );
+
     // Manual pages and completions, each working with the program that reads it.
     let share = prefix.join("share");
     let pages = man_and_completions_work(&share, &text);
@@ -859,7 +909,7 @@ fn install_user_puts_binaries_and_units_in_place_idempotently() {
     let again = run();
     assert_eq!(
         again.matches("unchanged: ").count(),
-        6 + pages + 3,
+        6 + pages + 3 + 2,
         "every file is up to date: {again}"
     );
     assert!(!again.contains("installed: "), "{again}");

@@ -430,3 +430,51 @@ fn a_touch_key_makes_the_cli_ask_for_a_touch() {
         "verified for another digest"
     );
 }
+
+#[test]
+fn public_key_carries_the_slot_certificate_only_when_it_is_for_the_slot_key() {
+    let _h = card();
+    let tmp = tempfile::tempdir().unwrap();
+    let pin = tmp.path().join("pin");
+    std::fs::write(&pin, "123456\n").unwrap();
+    let agent = Agent::builder().config(&yk_device(&pin)).start();
+    ok(&agent, &["keys", "generate", "yk/9a", "--alg", "p256"]);
+    ok(&agent, &["keys", "generate", "yk/9e", "--alg", "p384"]);
+    let mut client = agent.client();
+
+    // The certificate the agent wrote into the slot, as the card returns it to the
+    // `yubikey` crate beside the agent.
+    let read = |slot: yubikey::piv::SlotId| {
+        let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial::from(SERIAL)).unwrap();
+        let cert = yubikey::Certificate::read(&mut yk, slot).unwrap();
+        p256::pkcs8::der::Encode::to_der(&cert.cert).unwrap()
+    };
+    let cert_9a = read(yubikey::piv::SlotId::Authentication);
+    let pk = client.public_key("yk/9a").unwrap();
+    let carried = pk.certificate.expect("slot 9a holds a certificate").0;
+    assert_eq!(carried, cert_9a);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&carried).unwrap();
+    assert_eq!(parsed.subject().to_string(), "CN=yk/9a");
+    assert_eq!(parsed.public_key().raw, &pk.spki_der.0[..]);
+    assert!(client.public_key("yk/9e").unwrap().certificate.is_some());
+
+    // Slot 9e given 9a's certificate (read anew on each call): not 9e's key, so left out.
+    {
+        let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial::from(SERIAL)).unwrap();
+        yk.authenticate(yubikey::MgmKey::default()).unwrap();
+        let cert = yubikey::Certificate::from_bytes(cert_9a.clone()).unwrap();
+        cert.write(
+            &mut yk,
+            yubikey::piv::SlotId::CardAuthentication,
+            yubikey::certificate::CertInfo::Uncompressed,
+        )
+        .unwrap();
+    }
+    assert_eq!(read(yubikey::piv::SlotId::CardAuthentication), cert_9a);
+    let pk_9e = client.public_key("yk/9e").unwrap();
+    assert_eq!(pk_9e.certificate, None, "9a's certificate offered for 9e");
+    assert_eq!(
+        client.public_key("yk/9a").unwrap().certificate.unwrap().0,
+        cert_9a
+    );
+}

@@ -298,6 +298,23 @@ impl Client {
             alg,
             touch,
             pin_policy,
+            id: None,
+        }))
+    }
+
+    /// `generate_key` on a PKCS#11 device with `id` as the new key pair's raw CKA_ID.
+    pub fn generate_key_id(
+        &mut self,
+        key: &str,
+        alg: KeyAlg,
+        id: &[u8],
+    ) -> Result<GenerateKeyOk, ClientError> {
+        self.call(Op::GenerateKey(GenerateKey {
+            key: key.into(),
+            alg,
+            touch: None,
+            pin_policy: None,
+            id: Some(Bytes(id.to_vec())),
         }))
     }
 
@@ -343,6 +360,22 @@ impl Client {
             tbs: None,
             name: None,
             padding,
+            message: None,
+        }))
+    }
+
+    /// `sign` with purpose `digest` and a whole `message` (Ed25519 keys only: PureEdDSA
+    /// signs the message itself, up to [`crate::proto::MAX_MESSAGE`] bytes).
+    pub fn sign_message(&mut self, key: &str, message: &[u8]) -> Result<SignOk, ClientError> {
+        self.call(Op::Sign(Sign {
+            key: key.into(),
+            purpose: Purpose::Digest,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: None,
+            name: None,
+            padding: None,
+            message: Some(Bytes(message.to_vec())),
         }))
     }
 
@@ -362,6 +395,7 @@ impl Client {
             tbs: None,
             name: Some(name.into()),
             padding: None,
+            message: None,
         }))
     }
 
@@ -376,10 +410,12 @@ impl Client {
             tbs: Some(Bytes(tbs.to_vec())),
             name: None,
             padding: None,
+            message: None,
         }))
     }
 
-    /// `store_certificate`: `cert` (DER) stored on the device of `key` as object `id`.
+    /// `store_certificate`: `cert` (DER) stored on the device of `key` as object `id`
+    /// (CKA_ID = the ASCII bytes of `id`).
     pub fn store_certificate(
         &mut self,
         key: &str,
@@ -389,7 +425,25 @@ impl Client {
     ) -> Result<StoreCertificateOk, ClientError> {
         self.call(Op::StoreCertificate(StoreCertificate {
             key: key.into(),
-            object_id: id.into(),
+            object_id: Some(id.into()),
+            id: None,
+            label: label.map(Into::into),
+            cert: Bytes(cert.to_vec()),
+        }))
+    }
+
+    /// `store_certificate` with `id` as the raw CKA_ID bytes (not ASCII text).
+    pub fn store_certificate_id(
+        &mut self,
+        key: &str,
+        id: &[u8],
+        label: Option<&str>,
+        cert: &[u8],
+    ) -> Result<StoreCertificateOk, ClientError> {
+        self.call(Op::StoreCertificate(StoreCertificate {
+            key: key.into(),
+            object_id: None,
+            id: Some(Bytes(id.to_vec())),
             label: label.map(Into::into),
             cert: Bytes(cert.to_vec()),
         }))
@@ -532,6 +586,7 @@ mod tests {
             tbs: None,
             name: Some(format!("file-{i}")),
             padding: None,
+            message: None,
         })
     }
 

@@ -35,6 +35,22 @@ pub struct DeviceKey {
     pub alg: KeyAlg,
     /// Device-level reference (an RFC 7512 URI for PKCS#11).
     pub uri: Option<String>,
+    /// The device's own object id of the key: a PKCS#11 private key's CKA_ID (`None`
+    /// when it has none, and on devices without object ids).
+    pub id: Option<Vec<u8>>,
+}
+
+/// A certificate the device holds for a key, with the object that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCertificate {
+    /// The DER X.509 certificate.
+    pub der: Vec<u8>,
+    /// The object's id: a PKCS#11 certificate's CKA_ID (`None` when it has none, and
+    /// on devices without object ids).
+    pub id: Option<Vec<u8>>,
+    /// The object's label: a PKCS#11 certificate's CKA_LABEL (`None` when it has none,
+    /// and on devices without object labels).
+    pub label: Option<String>,
 }
 
 /// A public key.
@@ -59,13 +75,16 @@ pub struct SignInput<'a> {
     pub raw: bool,
 }
 
-/// What a new key gets beyond its algorithm: a YubiKey's touch and PIN policies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a new key gets beyond its algorithm: a YubiKey's touch and PIN policies, a
+/// PKCS#11 key pair's CKA_ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GenerateOptions {
     /// Touch policy.
     pub touch: Option<TouchPolicy>,
     /// PIN policy.
     pub pin_policy: Option<PinPolicy>,
+    /// The CKA_ID of a new PKCS#11 key pair (random when `None`).
+    pub id: Option<Vec<u8>>,
 }
 
 /// A signature and how it was made.
@@ -204,6 +223,14 @@ pub trait Backend: Send {
     fn list_keys(&mut self) -> Result<Vec<DeviceKey>, BackendError>;
     /// The public key of `label`.
     fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError>;
+    /// The DER X.509 certificate the device holds for `label`: one whose public key is
+    /// the key's (docs/protocol.md, `public_key`). Looked up anew on every call, so a
+    /// certificate stored meanwhile (by `store_certificate` or another tool) is found;
+    /// `None` on devices that keep no certificates.
+    fn certificate(&mut self, label: &str) -> Result<Option<DeviceCertificate>, BackendError> {
+        let _ = label;
+        Ok(None)
+    }
     /// Generates a key on the device; the private half never leaves it.
     fn generate(
         &mut self,
@@ -221,6 +248,12 @@ pub trait Backend: Send {
             return Err(BackendError::unsupported(
                 self.name(),
                 "touch and PIN policies are set on YubiKey keys only",
+            ));
+        }
+        if opts.id.is_some() {
+            return Err(BackendError::bad_request(
+                self.name(),
+                "`raw_id` sets a PKCS#11 CKA_ID; this kind of device has no object ids",
             ));
         }
         self.generate(label, alg)

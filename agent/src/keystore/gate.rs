@@ -161,6 +161,13 @@ impl KeyStore {
                 json!(hex::encode(Sha256::digest(&tbs.0))),
             );
         }
+        if let Some(message) = &req.message {
+            subject.insert(
+                "message_sha256".into(),
+                json!(hex::encode(Sha256::digest(&message.0))),
+            );
+            subject.insert("message_bytes".into(), json!(message.0.len()));
+        }
         let ask = Ask {
             key: &req.key,
             purpose: req.purpose,
@@ -169,10 +176,11 @@ impl KeyStore {
             defer,
         };
         let signed = self.gate(ask, subject, ui, |device, label, subject| {
-            match req.purpose {
-                Purpose::Digest | Purpose::Blob => prepare_digest(req),
-                Purpose::X509Tbs => self.prepare_tbs(req, device, label, subject),
-                Purpose::Ssh => Err(WireError::new(
+            match (req.purpose, &req.message) {
+                (Purpose::Digest, Some(message)) => prepare_message(req, message, device, label),
+                (Purpose::Digest | Purpose::Blob, _) => prepare_digest(req),
+                (Purpose::X509Tbs, _) => self.prepare_tbs(req, device, label, subject),
+                (Purpose::Ssh, _) => Err(WireError::new(
                     ErrorCode::Unsupported,
                     format!(
                         "purpose `{}` is not served on agent.sock by this version",
@@ -639,6 +647,41 @@ fn prepare_digest(req: &Sign) -> Result<Prepared<'_>, WireError> {
             Some(n) => format!("artifact {n}, digest {digest}"),
             None => format!("digest {digest}"),
         },
+    })
+}
+
+/// Purpose `digest` with a `message`: the whole message, signed as it is by an
+/// Ed25519 key (PureEdDSA); other keys sign digests only (docs/protocol.md, `sign`).
+fn prepare_message<'a>(
+    req: &Sign,
+    message: &'a Bytes,
+    device: &Device,
+    label: &str,
+) -> Result<Prepared<'a>, WireError> {
+    let alg = device
+        .lanes
+        .run(|b| b.public_key(label))?
+        .map_err(wire)?
+        .alg;
+    if alg != KeyAlg::Ed25519 {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "`message` is only for Ed25519 keys, and {} is a {alg} key: send the message's digest in `digest`",
+                req.key
+            ),
+        ));
+    }
+    Ok(Prepared {
+        digest: Cow::Borrowed(&message.0),
+        hash: None,
+        padding: RsaPadding::Pkcs1,
+        raw: true,
+        what: format!(
+            "message of {} bytes, SHA-256 {}",
+            message.0.len(),
+            hex::encode(Sha256::digest(&message.0))
+        ),
     })
 }
 

@@ -389,6 +389,7 @@ impl KeyStore {
             device: device.to_string(),
             alg: key.alg,
             uri: key.uri,
+            id: key.id.map(Bytes),
         }
     }
 
@@ -474,19 +475,42 @@ impl KeyStore {
         ListKeysOk { keys }
     }
 
-    /// `public_key`.
+    /// `public_key`, with the certificate the device holds for the key, if any. A
+    /// certificate that cannot be read is logged and left out: the public key stands.
     pub fn public_key(&self, key: &str) -> Result<PublicKeyOk, WireError> {
         let (device, name) = self.split(key)?;
-        let pk = device
+        let (pk, certificate) = device
             .lanes
-            .run(|b| b.public_key(name.label))?
+            .run(|b| {
+                let pk = b.public_key(name.label)?;
+                let certificate = b.certificate(name.label).unwrap_or_else(|e| {
+                    warn!(key, error = %e, "the key's certificate cannot be read; left out");
+                    None
+                });
+                Ok::<_, BackendError>((pk, certificate))
+            })?
             .map_err(wire)?;
+        let (certificate, certificate_id, certificate_label) = match certificate {
+            Some(c) => (Some(Bytes(c.der)), c.id.map(Bytes), c.label),
+            None => (None, None, None),
+        };
         Ok(PublicKeyOk {
             pem: backend::crypto::spki_pem(&pk.spki_der),
             spki_der: Bytes(pk.spki_der),
             alg: pk.alg,
-            certificate: None,
+            certificate,
+            certificate_id,
+            certificate_label,
         })
+    }
+
+    /// The public key of `key` alone (no certificate lookup).
+    fn spki(&self, key: &str) -> Result<backend::PublicKey, WireError> {
+        let (device, name) = self.split(key)?;
+        device
+            .lanes
+            .run(|b| b.public_key(name.label))?
+            .map_err(wire)
     }
 
     /// `generate_key`.
@@ -495,8 +519,18 @@ impl KeyStore {
         let opts = GenerateOptions {
             touch: req.touch,
             pin_policy: req.pin_policy,
+            id: req.id.as_ref().map(|id| id.0.clone()),
         };
+        let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
+        req.check_id()
+            .map_err(|m| bad(format!("generate_key: {m}")))?;
         let (device, name) = self.split(&req.key)?;
+        if opts.id.is_some() && device.kind != DeviceKind::Pkcs11 {
+            return Err(bad(format!(
+                "generate_key: `raw_id` sets the CKA_ID of a key on a pkcs11 device; device {} is a {} device",
+                device.name, device.kind
+            )));
+        }
         if !alg.is_generatable() {
             return Err(WireError::new(
                 ErrorCode::Unsupported,
@@ -553,14 +587,18 @@ impl KeyStore {
         self.check_unlocked()?;
         let (device, name) = self.split(&req.key)?;
         let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
-        if req.object_id.is_empty() || req.object_id.len() > 64 {
-            return Err(bad("`object_id` must be 1 to 64 characters".into()));
-        }
+        req.check_id()
+            .map_err(|m| bad(format!("store_certificate: {m}")))?;
+        // The answer's `object_id`: as given, or the hex of `raw_id`.
+        let object_id = req
+            .object_id
+            .clone()
+            .unwrap_or_else(|| hex::encode(req.cka_id()));
         let label = req.label.clone().unwrap_or_else(|| "PKCS11CA".to_string());
         if label.is_empty() || label.len() > 64 {
             return Err(bad("`label` must be 1 to 64 characters".into()));
         }
-        let object = CertObject::from_der(&req.object_id, &label, &req.cert.0)
+        let object = CertObject::from_der(req.cka_id(), &label, &req.cert.0)
             .map_err(|e| bad(format!("store_certificate: {e}")))?;
         let pk = device
             .lanes
@@ -576,10 +614,10 @@ impl KeyStore {
             .lanes
             .run(|b| b.store_certificate(name.label, &object))?
             .map_err(wire)?;
-        info!(key = %req.key, object_id = %req.object_id, label = %label, subject = %object.subject_text, "certificate stored on the device");
+        info!(key = %req.key, object_id = %object_id, label = %label, subject = %object.subject_text, "certificate stored on the device");
         Ok(StoreCertificateOk {
             key: req.key.clone(),
-            object_id: req.object_id.clone(),
+            object_id,
             label,
         })
     }
@@ -675,11 +713,11 @@ impl KeyStore {
             {
                 continue;
             }
-            match self.public_key(&key.name) {
+            match self.spki(&key.name) {
                 Ok(pk) => out.push(SshKey {
                     name: key.name,
                     alg: pk.alg,
-                    spki: pk.spki_der.0,
+                    spki: pk.spki_der,
                 }),
                 Err(e) => warn!(key = %key.name, error = %e, "key left out of the SSH identities"),
             }

@@ -10,10 +10,19 @@ use crate::{sshfmt, KeysCommand};
 pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
     let mut client = ctx.connect()?;
     match cmd {
-        KeysCommand::List => {
+        KeysCommand::List { uri } => {
             let keys = client.list_keys()?;
             if ctx.json {
-                return ctx.print_json(&keys);
+                if !uri {
+                    return ctx.print_json(&keys);
+                }
+                let mut v = serde_json::to_value(&keys)?;
+                if let Some(list) = v.get_mut("keys").and_then(|k| k.as_array_mut()) {
+                    for (entry, k) in list.iter_mut().zip(&keys.keys) {
+                        entry["module_uri"] = module_uri(&k.name).into();
+                    }
+                }
+                return ctx.print_json(&v);
             }
             let width = keys
                 .keys
@@ -29,21 +38,52 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
                 .max()
                 .unwrap_or(6)
                 .max(6);
-            outln!(
-                "{:width$}  {:dev_width$}  {:8}  PURPOSES",
-                "NAME",
-                "DEVICE",
-                "ALG"
-            );
-            for k in &keys.keys {
-                let purposes: Vec<&str> = k.purposes.iter().map(|p| p.as_str()).collect();
+            let purposes = |k: &waxseal_proto::proto::KeyInfo| {
+                let p: Vec<&str> = k.purposes.iter().map(|p| p.as_str()).collect();
+                p.join(",")
+            };
+            let purpose_width = keys
+                .keys
+                .iter()
+                .map(|k| purposes(k).len())
+                .max()
+                .unwrap_or(8)
+                .max(8);
+            if uri {
                 outln!(
-                    "{:width$}  {:dev_width$}  {:8}  {}",
-                    k.name,
-                    k.device,
-                    k.alg.to_string(),
-                    purposes.join(",")
+                    "{:width$}  {:dev_width$}  {:8}  {:purpose_width$}  URI",
+                    "NAME",
+                    "DEVICE",
+                    "ALG",
+                    "PURPOSES"
                 );
+            } else {
+                outln!(
+                    "{:width$}  {:dev_width$}  {:8}  PURPOSES",
+                    "NAME",
+                    "DEVICE",
+                    "ALG"
+                );
+            }
+            for k in &keys.keys {
+                if uri {
+                    outln!(
+                        "{:width$}  {:dev_width$}  {:8}  {:purpose_width$}  {}",
+                        k.name,
+                        k.device,
+                        k.alg.to_string(),
+                        purposes(k),
+                        module_uri(&k.name)
+                    );
+                } else {
+                    outln!(
+                        "{:width$}  {:dev_width$}  {:8}  {}",
+                        k.name,
+                        k.device,
+                        k.alg.to_string(),
+                        purposes(k)
+                    );
+                }
             }
             Ok(())
         }
@@ -124,5 +164,50 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The RFC 7512 URI of key `name` (`DEVICE/LABEL`) as the PKCS#11 module shows it: the
+/// token is the device, the object the label (docs/pkcs11-module.md). Every byte but
+/// RFC 3986's unreserved characters is percent-encoded, which RFC 7512 allows anywhere.
+pub fn module_uri(name: &str) -> String {
+    let (device, label) = name.split_once('/').unwrap_or((name, ""));
+    format!(
+        "pkcs11:token={};object={};type=private",
+        pct(device),
+        pct(label)
+    )
+}
+
+fn pct(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_uri;
+
+    #[test]
+    fn module_uris_percent_encode_all_but_unreserved() {
+        assert_eq!(
+            module_uri("hsm/release"),
+            "pkcs11:token=hsm;object=release;type=private"
+        );
+        assert_eq!(
+            module_uri("yk/9c"),
+            "pkcs11:token=yk;object=9c;type=private"
+        );
+        assert_eq!(
+            module_uri("ca-hsm/root key;1"),
+            "pkcs11:token=ca-hsm;object=root%20key%3B1;type=private"
+        );
     }
 }

@@ -280,6 +280,7 @@ impl Job<'_> {
             tbs: None,
             name,
             padding: self.padding,
+            message: None,
         })
     }
 

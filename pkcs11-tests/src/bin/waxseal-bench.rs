@@ -116,6 +116,37 @@ fn fdatasync_p50(dir: &std::path::Path) -> Duration {
     bench::pct(&mut lat, 0.5)
 }
 
+/// The floor a blocking client pays on this machine, with no agent: a server thread of
+/// this process answers each 200-byte request on a Unix socket with 100 bytes after
+/// `work` of busy CPU (the device's signing time), and one client thread sends and
+/// reads blocking, as `Plain` does. Its latency minus `work` is what two sleeping
+/// reads and their wake-ups cost, beyond which no server can go.
+fn echo_floor(secs: f64, work: Duration) -> bench::Run {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut client, mut server) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut req = [0u8; 200];
+        while server.read_exact(&mut req).is_ok() {
+            let t = Instant::now();
+            while t.elapsed() < work {
+                std::hint::spin_loop();
+            }
+            if server.write_all(&[1u8; 100]).is_err() {
+                break;
+            }
+        }
+    });
+    let (rate, p50, p99) = bench::measure(secs, || {
+        client.write_all(&[0u8; 200]).unwrap();
+        let mut answer = [0u8; 100];
+        client.read_exact(&mut answer).unwrap();
+    });
+    drop(client);
+    server.join().unwrap();
+    bench::Run { rate, p50, p99 }
+}
+
 /// One measured run and the CPU it cost per signature (µs).
 type Costed = (bench::Run, f64);
 
@@ -345,6 +376,18 @@ fn main() {
         }
     }
     report.table(&table);
+    if let (true, Some((d, a))) = (plain, one_client) {
+        let floor = echo_floor(secs, d.p50);
+        let floor_added = bench::us(floor.p50) - bench::us(d.p50);
+        report.line(&format!(
+            "The floor of a blocking client here, with no agent: a thread of the bench answers 200-byte requests on a Unix socket after {} of busy CPU (the direct p50), to one blocking client thread: p50 {} (p99 {}), so the two blocking reads and their wake-ups add {floor_added:.0} µs; the agent added {:.0} µs at one client.",
+            lat(d.p50),
+            lat(floor.p50),
+            lat(floor.p99),
+            bench::us(a.p50) - bench::us(d.p50),
+        ));
+        report.line("");
+    }
 
     let ssh = if ssh_clients.is_empty() {
         Vec::new()

@@ -34,7 +34,8 @@ pub enum ErrorCode {
     ConfirmDenied,
     /// The key's rate limit is reached.
     RateLimited,
-    /// `generate_key` named a key that already exists.
+    /// `generate_key` named a key that already exists, or an object id (`raw_id`,
+    /// `store_certificate`'s `object_id`) that an object on the device has already.
     KeyExists,
 }
 

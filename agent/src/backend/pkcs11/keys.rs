@@ -1,4 +1,4 @@
-//! Keys on the token: reading them, and signing with them.
+//! Keys on the token: reading them and the certificates for them, and signing with them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -7,16 +7,22 @@ use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::Session;
 use tracing::{debug, warn};
 
 use super::session::classify;
-use super::{Conn, KeyEntry, Lane, Link, Shared};
+use super::{lock, Conn, KeyEntry, Lane, Link, Shared};
 use crate::backend::fault::Fault;
-use crate::backend::{crypto, digest_hash, BackendError, PublicKey, SignInput, Signed};
+use crate::backend::{
+    crypto, digest_hash, Backend as _, BackendError, DeviceCertificate, PublicKey, SignInput,
+    Signed,
+};
 use crate::keyuri::Pkcs11Uri;
 use crate::proto::{HashAlg, KeyAlg, RsaPadding};
+use crate::x509::certificate_spki;
 
 impl Shared {
     /// Loads every private key's entry.
@@ -173,6 +179,77 @@ impl Shared {
     }
 }
 
+/// The certificate on the token for the key whose SubjectPublicKeyInfo is `spki` and
+/// CKA_ID `id`, with its object's CKA_ID and CKA_LABEL: of the X.509 CKO_CERTIFICATE
+/// objects (one C_FindObjects), those whose public key is `spki`, the first with CKA_ID
+/// `id` (as `pkcs11-tool --write-object --id` pairs them), else the first other (as
+/// `store_certificate` writes them, CKA_ID the object id it was given).
+pub(super) fn find_certificate(
+    session: &Session,
+    spki: &[u8],
+    id: &[u8],
+) -> Result<Option<DeviceCertificate>, CkError> {
+    let handles = session.find_objects(&[
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::CertificateType(CertificateType::X_509),
+    ])?;
+    let mut other = None;
+    for handle in handles {
+        let (mut cert_id, mut label, mut value) = (Vec::new(), Vec::new(), Vec::new());
+        for a in session.get_attributes(
+            handle,
+            &[
+                AttributeType::Id,
+                AttributeType::Label,
+                AttributeType::Value,
+            ],
+        )? {
+            match a {
+                Attribute::Id(v) => cert_id = v,
+                Attribute::Label(v) => label = v,
+                Attribute::Value(v) => value = v,
+                _ => {}
+            }
+        }
+        if certificate_spki(&value) != Some(spki) {
+            continue;
+        }
+        let ours = !id.is_empty() && cert_id == id;
+        let found = DeviceCertificate {
+            der: value,
+            id: (!cert_id.is_empty()).then_some(cert_id),
+            // A label that is not UTF-8 is left out rather than altered.
+            label: String::from_utf8(label).ok().filter(|l| !l.is_empty()),
+        };
+        if ours {
+            return Ok(Some(found));
+        }
+        other.get_or_insert(found);
+    }
+    Ok(other)
+}
+
+/// A CKA_ID for messages: `'99'` when it is printable ASCII (as `object_id` gives it),
+/// else its hex, `0x0099ff`.
+pub(super) fn id_text(id: &[u8]) -> String {
+    if id.iter().all(u8::is_ascii_graphic) {
+        format!("'{}'", String::from_utf8_lossy(id))
+    } else {
+        format!("0x{}", hex::encode(id))
+    }
+}
+
+/// The answer to a CKA_ID that an object on the token has already.
+pub(super) fn id_taken(device: &str, id: &[u8]) -> BackendError {
+    BackendError::key_exists(
+        device,
+        format!(
+            "an object with id {} (CKA_ID) exists already; choose another id",
+            id_text(id)
+        ),
+    )
+}
+
 pub(super) fn unknown_key(device: &str, label: &str) -> BackendError {
     BackendError::no_such_key(
         device,
@@ -195,6 +272,20 @@ pub(super) fn public_of(
 }
 
 impl Lane {
+    /// The entry of the key `label`, looked for again after a rescan when it is not
+    /// known (it may have been created since).
+    pub(super) fn entry(&mut self, label: &str) -> Result<KeyEntry, BackendError> {
+        if let Some(e) = self.with_retry(|conn, _, _| Ok(conn.keys.get(label).cloned()))? {
+            return Ok(e);
+        }
+        self.list_keys()?;
+        lock(&self.shared.conn)
+            .keys
+            .get(label)
+            .cloned()
+            .ok_or_else(|| unknown_key(self.shared.name(), label))
+    }
+
     /// Signs without the shared lock when this lane's session and key copy are current.
     /// `None`: take the slow path (which connects, logs in, reloads and heals).
     pub(super) fn fast_sign(

@@ -12,7 +12,8 @@
 //! changed), logs in again or reloads the key handles, then tries once more.
 //!
 //! - [`session`]: finding the token, sessions, login, faults and healing.
-//! - [`keys`]: reading keys from the token and signing with them.
+//! - [`keys`]: reading keys (and the certificates for them) from the token and
+//!   signing with them.
 
 mod keys;
 mod session;
@@ -31,13 +32,13 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use tracing::{info, warn};
 
-use self::keys::{finish, public_of, sign_with, unknown_key};
+use self::keys::{find_certificate, finish, id_taken, public_of, sign_with, unknown_key};
 use super::crypto::{OID_ED25519, OID_P256, OID_P384};
 use super::fault::Recover as _;
 use super::pingate::PinGate;
 use super::{
-    digest_hash, Attestation, Backend, BackendError, CertObject, DeviceInfo, DeviceKey, PublicKey,
-    SignInput, Signed,
+    digest_hash, Attestation, Backend, BackendError, CertObject, DeviceCertificate, DeviceInfo,
+    DeviceKey, GenerateOptions, PublicKey, SignInput, Signed,
 };
 use crate::config::TokenSelector;
 use crate::pin::PinSource;
@@ -173,6 +174,7 @@ impl Backend for Lane {
                     label: label.clone(),
                     alg: e.alg,
                     uri: Some(shared.uri(link, label, &e.id)),
+                    id: (!e.id.is_empty()).then(|| e.id.clone()),
                 })
                 .collect();
             keys.sort_by(|a, b| a.label.cmp(&b.label));
@@ -181,21 +183,16 @@ impl Backend for Lane {
     }
 
     fn public_key(&mut self, label: &str) -> Result<PublicKey, BackendError> {
-        let name = self.shared.settings.name.clone();
-        let hit = self.with_retry(|conn, _, _| Ok(conn.keys.get(label).cloned()))?;
-        let entry = match hit {
-            Some(e) => e,
-            None => {
-                // Maybe created since the last scan.
-                self.list_keys()?;
-                let conn = lock(&self.shared.conn);
-                conn.keys
-                    .get(label)
-                    .cloned()
-                    .ok_or_else(|| unknown_key(&name, label))?
-            }
+        let entry = self.entry(label)?;
+        public_of(self.shared.name(), label, &entry)
+    }
+
+    fn certificate(&mut self, label: &str) -> Result<Option<DeviceCertificate>, BackendError> {
+        let entry = self.entry(label)?;
+        let Some(spki) = entry.spki else {
+            return Ok(None);
         };
-        public_of(&name, label, &entry)
+        self.with_retry(|_, _, session| Ok(find_certificate(session, &spki, &entry.id)?))
     }
 
     fn generate(
@@ -203,8 +200,25 @@ impl Backend for Lane {
         label: &str,
         alg: KeyAlg,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        self.generate_with(label, alg, &GenerateOptions::default())
+    }
+
+    /// Generates a key pair with CKA_ID `opts.id`, or 16 random bytes (docs/protocol.md,
+    /// `generate_key`).
+    fn generate_with(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+        opts: &GenerateOptions,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
         let shared = self.shared.clone();
         let name = shared.name().to_string();
+        if opts.touch.is_some() || opts.pin_policy.is_some() {
+            return Err(BackendError::unsupported(
+                &name,
+                "touch and PIN policies are set on YubiKey keys only",
+            ));
+        }
         if !alg.is_generatable() {
             return Err(BackendError::unsupported(
                 &name,
@@ -221,6 +235,14 @@ impl Backend for Lane {
                     format!("a key labelled '{label}' exists already; choose another name"),
                 )
                 .into());
+            }
+            if let Some(id) = &opts.id {
+                if !session
+                    .find_objects(&[Attribute::Id(id.clone())])?
+                    .is_empty()
+                {
+                    return Err(id_taken(&name, id).into());
+                }
             }
             let mechs = link.ctx.get_mechanism_list(link.slot)?;
             let (mech, mech_type, mut public, mut private) = match alg {
@@ -260,10 +282,16 @@ impl Backend for Lane {
                 )
                 .into());
             }
-            let mut id = vec![0u8; 16];
-            getrandom::getrandom(&mut id).map_err(|e| {
-                BackendError::failed(&name, format!("no randomness for the key id: {e}"))
-            })?;
+            let id = match &opts.id {
+                Some(id) => id.clone(),
+                None => {
+                    let mut id = vec![0u8; 16];
+                    getrandom::getrandom(&mut id).map_err(|e| {
+                        BackendError::failed(&name, format!("no randomness for the key id: {e}"))
+                    })?;
+                    id
+                }
+            };
             let common = |v: &mut Vec<Attribute>| {
                 v.push(Attribute::Token(true));
                 v.push(Attribute::Label(label.as_bytes().to_vec()));
@@ -296,6 +324,7 @@ impl Backend for Lane {
                 label: label.to_string(),
                 alg: entry.alg,
                 uri: Some(shared.uri(link, label, &entry.id)),
+                id: (!entry.id.is_empty()).then(|| entry.id.clone()),
             };
             conn.keys.insert(label.to_string(), entry);
             Ok((key, public))
@@ -434,19 +463,22 @@ impl Backend for Lane {
         let name = shared.name().to_string();
         self.with_retry(|conn, _, session| {
             shared.load_keys(conn, session)?;
-            if !conn.keys.contains_key(label) {
+            let Some(key) = conn.keys.get(label) else {
                 return Err(unknown_key(&name, label).into());
-            }
-            let taken = session.find_objects(&[Attribute::Id(cert.id.clone())])?;
+            };
+            // The key's own CKA_ID is free for its certificate (programs pair a key
+            // with its certificate by equal ids: docs/pkcs11-module.md); any other id
+            // must be unused, and no id may hold two certificates.
+            let taken = if cert.id == key.id {
+                session.find_objects(&[
+                    Attribute::Class(ObjectClass::CERTIFICATE),
+                    Attribute::Id(cert.id.clone()),
+                ])?
+            } else {
+                session.find_objects(&[Attribute::Id(cert.id.clone())])?
+            };
             if !taken.is_empty() {
-                return Err(BackendError::key_exists(
-                    &name,
-                    format!(
-                        "an object with id '{}' (CKA_ID) exists already; choose another id",
-                        String::from_utf8_lossy(&cert.id)
-                    ),
-                )
-                .into());
+                return Err(id_taken(&name, &cert.id).into());
             }
             // As `fulcio createca` (crypto11's ImportCertificateWithLabel) stores it.
             session.create_object(&[

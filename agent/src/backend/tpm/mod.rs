@@ -997,6 +997,7 @@ impl Tpm {
                         "tpm:name={label};file={}",
                         self.key_path(&label).display()
                     )),
+                    id: None,
                     label,
                     alg: meta.alg,
                 }),
@@ -1040,6 +1041,7 @@ impl Tpm {
                 label: format!("{h:#010x}"),
                 alg,
                 uri: Some(format!("tpm:handle={h:#010x}")),
+                id: None,
             });
         }
         Ok(keys)
@@ -1139,6 +1141,7 @@ impl Tpm {
                 label: label.to_string(),
                 alg: meta.alg,
                 uri: Some(format!("tpm:name={label};file={}", path.display())),
+                id: None,
             },
             PublicKey {
                 alg: meta.alg,

@@ -32,18 +32,19 @@ use std::time::{Duration, Instant};
 use tracing::info;
 use x509_cert::der::Encode;
 use yubikey::piv::{self, AlgorithmId, SlotId};
-use yubikey::YubiKey;
+use yubikey::{Certificate, YubiKey};
 
 use self::card::CardError;
 use self::slots::{cert_of_object, label_of, piv_alg, slot_of, SLOTS};
 use super::crypto::{digest_info_prefix, pem};
 use super::pingate::PinGate;
 use super::{
-    digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, GenerateOptions,
-    PublicKey, SignInput, Signed,
+    digest_hash, Attestation, Backend, BackendError, DeviceCertificate, DeviceInfo, DeviceKey,
+    GenerateOptions, PublicKey, SignInput, Signed,
 };
 use crate::pin::PinSource;
 use crate::proto::{KeyAlg, PinPolicy, RsaPadding, TouchPolicy};
+use crate::x509::certificate_spki;
 
 /// Below this many PIN tries left the agent does not try without `waxseal unlock`.
 pub const PIN_FLOOR: u8 = 2;
@@ -120,6 +121,7 @@ impl Backend for Lane {
                         self.serial_text(),
                         label_of(slot)
                     )),
+                    id: None,
                 });
             }
         }
@@ -132,6 +134,31 @@ impl Backend for Lane {
             alg: info.alg,
             spki_der: info.spki,
         })
+    }
+
+    /// The slot's certificate when its public key is the slot's key (a slot may hold a
+    /// stale certificate after its key was replaced). Read from the card each time:
+    /// `ykman piv certificates import` may replace it while the agent runs.
+    fn certificate(&mut self, label: &str) -> Result<Option<DeviceCertificate>, BackendError> {
+        let (id, info) = self.slot_key(label)?;
+        let cert = match self.with_card(|yk| Certificate::read(yk, id)) {
+            Ok(c) => c,
+            // An empty certificate object, or none: the card answers "not found".
+            Err(CardError::Card(_)) => return Ok(None),
+            Err(f) => return Err(self.fail(f, "reading the slot's certificate")),
+        };
+        let der = cert.cert.to_der().map_err(|e| {
+            BackendError::failed(
+                self.name(),
+                format!("the certificate of slot {label} cannot be encoded: {e}"),
+            )
+        })?;
+        let ours = certificate_spki(&der) == Some(info.spki.as_slice());
+        Ok(ours.then_some(DeviceCertificate {
+            der,
+            id: None,
+            label: None,
+        }))
     }
 
     fn generate(
@@ -149,6 +176,12 @@ impl Backend for Lane {
         opts: &GenerateOptions,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
         let name = self.name().to_string();
+        if opts.id.is_some() {
+            return Err(BackendError::bad_request(
+                &name,
+                "`raw_id` sets a PKCS#11 CKA_ID; a YubiKey's keys are named by their PIV slot",
+            ));
+        }
         let id = slot_of(&name, label)?;
         let piv = piv_alg(alg).ok_or_else(|| {
             BackendError::unsupported(
@@ -219,6 +252,7 @@ impl Backend for Lane {
                     "yubikey:serial={};slot={label}",
                     self.serial_text()
                 )),
+                id: None,
             },
             PublicKey { alg, spki_der },
         ))
@@ -411,7 +445,6 @@ impl Lane {
         spki: spki::SubjectPublicKeyInfoOwned,
     ) -> Result<(), BackendError> {
         use yubikey::certificate::yubikey_signer::{Rsa2048, YubiRsa};
-        use yubikey::Certificate;
         let name = self.name().to_string();
         let subject = x509_cert::name::Name::from_str(&format!("CN={key_name}")).map_err(|e| {
             BackendError::bad_request(&name, format!("bad certificate subject: {e}"))

@@ -16,10 +16,31 @@ pub use response::*;
 
 /// The longest key NAME (and device name) a request may carry, in bytes.
 pub const MAX_KEY_NAME: usize = 256;
+/// The longest `message` (`sign` with an Ed25519 key) a request may carry, in bytes:
+/// 64 KiB, far below [`super::MAX_FRAME`] once base64-encoded.
+pub const MAX_MESSAGE: usize = 64 * 1024;
 /// The longest artifact name (`sign` purpose `blob`) a request may carry, in bytes.
 /// Names reach the audit log and confirmation questions, whose records and answers
 /// must stay far below [`super::MAX_FRAME`].
 pub const MAX_NAME: usize = 1024;
+/// The longest object id (PKCS#11 `CKA_ID`) `generate_key` and `store_certificate`
+/// accept, in bytes; the shortest is 1.
+pub const MAX_OBJECT_ID: usize = 64;
+
+/// Checks a raw object id (`raw_id` of `generate_key` and `store_certificate`): 1 to
+/// [`MAX_OBJECT_ID`] bytes.
+fn check_object_id(id: &[u8]) -> Result<(), String> {
+    let field = "raw_id";
+    match id.len() {
+        0 => Err(format!(
+            "`{field}` is empty; 1 to {MAX_OBJECT_ID} bytes are accepted"
+        )),
+        n if n > MAX_OBJECT_ID => Err(format!(
+            "`{field}` is {n} bytes long; at most {MAX_OBJECT_ID} are accepted"
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Checks a client-supplied string that reaches the audit log, logs or a question to
 /// a person: at most `max` bytes, and no control characters (a newline in an artifact
@@ -462,6 +483,18 @@ pub struct GenerateKey {
     /// YubiKey: PIN policy of the new key (the card's default if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_policy: Option<PinPolicy>,
+    /// PKCS#11: the raw `CKA_ID` of the new key pair, 1 to [`MAX_OBJECT_ID`] bytes (16
+    /// random bytes if absent). Other devices refuse it. `raw_id` on the wire: a
+    /// request's `id` is its request id.
+    #[serde(rename = "raw_id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Bytes>,
+}
+
+impl GenerateKey {
+    /// Checks `raw_id`, when given: 1 to [`MAX_OBJECT_ID`] bytes.
+    pub fn check_id(&self) -> Result<(), String> {
+        self.id.as_ref().map_or(Ok(()), |id| check_object_id(&id.0))
+    }
 }
 
 /// `unlock`: without `device`, ends a `lock`; with it, the user's go-ahead to try
@@ -517,18 +550,56 @@ pub struct Attest {
 
 /// `store_certificate`: puts `cert` on the device of `key` as a certificate object, the
 /// way `fulcio createca` stores its root (PKCS#11: CKO_CERTIFICATE, CKA_ID = the ASCII
-/// bytes of `object_id`, CKA_LABEL = `label`). The certificate must be for `key`.
+/// bytes of `object_id` or the raw bytes of `id`, CKA_LABEL = `label`). The certificate
+/// must be for `key`. Exactly one of `object_id` and `id` is given
+/// ([`StoreCertificate::check_id`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreCertificate {
     /// Key NAME whose certificate this is.
     pub key: String,
-    /// Object id (CKA_ID, as ASCII bytes); refused when an object has it already.
-    pub object_id: String,
+    /// Object id (CKA_ID, as ASCII bytes), 1 to [`MAX_OBJECT_ID`] characters; refused
+    /// when an object has it already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    /// Object id as raw bytes (CKA_ID), 1 to [`MAX_OBJECT_ID`]; instead of `object_id`.
+    /// `raw_id` on the wire: a request's `id` is its request id.
+    #[serde(rename = "raw_id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Bytes>,
     /// Object label; `PKCS11CA` (what Fulcio's pkcs11ca looks for) if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// The DER certificate.
     pub cert: Bytes,
+}
+
+impl StoreCertificate {
+    /// Checks the object id: exactly one of `object_id` (1 to [`MAX_OBJECT_ID`]
+    /// characters) and `raw_id` (1 to [`MAX_OBJECT_ID`] bytes).
+    pub fn check_id(&self) -> Result<(), String> {
+        match (&self.object_id, &self.id) {
+            (Some(_), Some(_)) => Err(
+                "`object_id` and `raw_id` exclude each other: give the CKA_ID as ASCII (`object_id`) or as raw bytes (`raw_id`), not both".into(),
+            ),
+            (None, None) => Err(
+                "missing `object_id` or `raw_id`: the CKA_ID of the certificate object, as ASCII (`object_id`) or as raw bytes (`raw_id`)".into(),
+            ),
+            (Some(text), None) if text.is_empty() || text.len() > MAX_OBJECT_ID => Err(format!(
+                "`object_id` must be 1 to {MAX_OBJECT_ID} characters"
+            )),
+            (Some(_), None) => Ok(()),
+            (None, Some(id)) => check_object_id(&id.0),
+        }
+    }
+
+    /// The CKA_ID to store: the ASCII bytes of `object_id`, or `id`. Empty when neither
+    /// is given (which [`StoreCertificate::check_id`] refuses).
+    pub fn cka_id(&self) -> &[u8] {
+        match (&self.object_id, &self.id) {
+            (Some(text), _) => text.as_bytes(),
+            (None, Some(id)) => &id.0,
+            (None, None) => &[],
+        }
+    }
 }
 
 /// `sign`.
@@ -555,12 +626,19 @@ pub struct Sign {
     /// RSA padding; PKCS#1 v1.5 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding: Option<RsaPadding>,
+    /// The whole message to sign (purpose `digest`, Ed25519 keys only: PureEdDSA signs
+    /// the message itself), 1 to [`MAX_MESSAGE`] bytes; instead of `digest` and `hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Bytes>,
 }
 
 impl Sign {
-    /// Checks that the payload fits the purpose: `tbs` for `x509-tbs`, `digest` for
-    /// the others, never both.
+    /// Checks that the payload fits the purpose: `tbs` for `x509-tbs`, `message` or
+    /// `digest` for `digest`, `digest` for the others, never two of them.
     fn check_payload(&self) -> Result<(), String> {
+        if let Some(message) = &self.message {
+            return self.check_message(message);
+        }
         match (self.purpose, self.tbs.is_some(), self.digest.is_empty()) {
             (Purpose::X509Tbs, true, true) if self.hash.is_some() || self.padding.is_some() => Err(
                 "purpose x509-tbs takes no `hash` or `padding`: the TBSCertificate's signature algorithm names them".into(),
@@ -578,6 +656,37 @@ impl Sign {
             )),
             (_, false, true) => Err("missing field `digest`".into()),
             (_, false, false) => Ok(()),
+        }
+    }
+
+    /// `message` (docs/protocol.md, `sign`): purpose `digest` only, alone (no `digest`,
+    /// `hash` or `tbs`), 1 to [`MAX_MESSAGE`] bytes. Whether the key is Ed25519 is
+    /// known only to the agent.
+    fn check_message(&self, message: &Bytes) -> Result<(), String> {
+        if self.purpose != Purpose::Digest {
+            return Err(format!(
+                "`message` is only for purpose digest, not {}",
+                self.purpose
+            ));
+        }
+        if !self.digest.is_empty() || self.tbs.is_some() {
+            return Err(
+                "`message` and `digest` exclude each other: send the whole message (Ed25519 keys) or a digest, not both".into(),
+            );
+        }
+        if self.hash.is_some() {
+            return Err(
+                "`message` takes no `hash`: an Ed25519 key hashes the message itself".into(),
+            );
+        }
+        match message.0.len() {
+            0 => Err(format!(
+                "`message` is empty; 1 to {MAX_MESSAGE} bytes are accepted"
+            )),
+            n if n > MAX_MESSAGE => Err(format!(
+                "`message` is {n} bytes long; at most {MAX_MESSAGE} are accepted (sign a digest of a longer message)"
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -695,7 +804,13 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         "status" => Op::Status,
         "list_keys" => Op::ListKeys,
         "public_key" => Op::PublicKey(body(id, &op, map)?),
-        "generate_key" => Op::GenerateKey(body(id, &op, map)?),
+        "generate_key" => {
+            let generate: GenerateKey = body(id, &op, map)?;
+            generate.check_id().map_err(|m| {
+                RequestError::bad(Some(id), format!("`generate_key` request: {m}"))
+            })?;
+            Op::GenerateKey(generate)
+        }
         "sign" => {
             let sign: Sign = body(id, &op, map)?;
             sign.check_payload()
@@ -703,7 +818,13 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
             Op::Sign(sign)
         }
         "attest" => Op::Attest(body(id, &op, map)?),
-        "store_certificate" => Op::StoreCertificate(body(id, &op, map)?),
+        "store_certificate" => {
+            let store: StoreCertificate = body(id, &op, map)?;
+            store.check_id().map_err(|m| {
+                RequestError::bad(Some(id), format!("`store_certificate` request: {m}"))
+            })?;
+            Op::StoreCertificate(store)
+        }
         "lock" => Op::Lock,
         "unlock" => Op::Unlock(body(id, &op, map)?),
         "audit_tail" => Op::AuditTail(body(id, &op, map)?),

@@ -87,6 +87,11 @@ pub struct KeyInfo {
     /// Device-level reference, e.g. an RFC 7512 `pkcs11:` URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// The device's own object id of the key: on PKCS#11, the private key's `CKA_ID`
+    /// (programs pair a key with its certificate by it). Absent for TPM and YubiKey
+    /// keys, and for a PKCS#11 key without a `CKA_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Bytes>,
 }
 
 /// `list_keys` result.
@@ -110,6 +115,14 @@ pub struct PublicKeyOk {
     /// this key's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<Bytes>,
+    /// On a PKCS#11 token: the `CKA_ID` of the certificate object (absent when the
+    /// object has none, and on other devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_id: Option<Bytes>,
+    /// On a PKCS#11 token: the `CKA_LABEL` of the certificate object (absent when the
+    /// object has none, and on other devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_label: Option<String>,
 }
 
 /// `generate_key` result.
@@ -139,7 +152,7 @@ pub struct AttestOk {
 pub struct StoreCertificateOk {
     /// Key NAME.
     pub key: String,
-    /// Object id, as given.
+    /// Object id: `object_id` as given, or the lowercase hex of `id`.
     pub object_id: String,
     /// Object label.
     pub label: String,

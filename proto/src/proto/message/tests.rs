@@ -112,12 +112,21 @@ fn request_round_trip() {
             alg: KeyAlg::Rsa(3072),
             touch: None,
             pin_policy: None,
+            id: None,
+        }),
+        Op::GenerateKey(GenerateKey {
+            key: "a/fulcio".into(),
+            alg: KeyAlg::P256,
+            touch: None,
+            pin_policy: None,
+            id: Some(Bytes(vec![0x00, 0x99, 0xff])),
         }),
         Op::GenerateKey(GenerateKey {
             key: "yk/9c".into(),
             alg: KeyAlg::P256,
             touch: Some(TouchPolicy::Cached),
             pin_policy: Some(PinPolicy::Always),
+            id: None,
         }),
         Op::Unlock(Unlock {
             device: Some("yk".into()),
@@ -133,6 +142,7 @@ fn request_round_trip() {
             tbs: None,
             name: Some("release.tar.gz".into()),
             padding: Some(RsaPadding::Pss),
+            message: None,
         }),
         Op::Sign(Sign {
             key: "a/root".into(),
@@ -142,11 +152,30 @@ fn request_round_trip() {
             tbs: Some(Bytes(vec![0x30, 0x00])),
             name: None,
             padding: None,
+            message: None,
+        }),
+        Op::Sign(Sign {
+            key: "a/ed".into(),
+            purpose: Purpose::Digest,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: None,
+            name: None,
+            padding: None,
+            message: Some(Bytes(vec![1, 2, 3])),
         }),
         Op::StoreCertificate(StoreCertificate {
             key: "a/root".into(),
-            object_id: "99".into(),
+            object_id: Some("99".into()),
+            id: None,
             label: None,
+            cert: Bytes(vec![0x30, 0x00]),
+        }),
+        Op::StoreCertificate(StoreCertificate {
+            key: "a/root".into(),
+            object_id: None,
+            id: Some(Bytes(vec![0x39, 0x39, 0x00])),
+            label: Some("PKCS11CA".into()),
             cert: Bytes(vec![0x30, 0x00]),
         }),
     ];
@@ -275,6 +304,119 @@ fn wrong_typed_members_keep_the_id() {
 }
 
 #[test]
+fn store_certificate_takes_exactly_one_object_id() {
+    let store = |ids: &str| {
+        decode(&format!(
+            r#"{{"id":6,"op":"store_certificate","key":"hsm/root",{ids}"cert":"MAA="}}"#
+        ))
+    };
+    let Op::StoreCertificate(ascii) = store(r#""object_id":"99","#).unwrap().op else {
+        panic!("not store_certificate")
+    };
+    assert_eq!(ascii.cka_id(), b"99");
+    let Op::StoreCertificate(raw) = store(r#""raw_id":"AJn/","#).unwrap().op else {
+        panic!("not store_certificate")
+    };
+    assert_eq!(raw.object_id, None);
+    assert_eq!(raw.cka_id(), [0x00, 0x99, 0xff]);
+    let max = B64.encode([7u8; MAX_OBJECT_ID]);
+    assert!(store(&format!(r#""raw_id":"{max}","#)).is_ok());
+    let over = B64.encode([7u8; MAX_OBJECT_ID + 1]);
+    let ascii_max = "9".repeat(MAX_OBJECT_ID);
+    let ascii_over = "9".repeat(MAX_OBJECT_ID + 1);
+    assert!(store(&format!(r#""object_id":"{ascii_max}","#)).is_ok());
+    for (ids, want) in [
+        (
+            r#""object_id":"99","raw_id":"OTk=","#.to_string(),
+            "exclude each other",
+        ),
+        (String::new(), "missing `object_id` or `raw_id`"),
+        (r#""raw_id":"","#.to_string(), "`raw_id` is empty"),
+        (
+            format!(r#""raw_id":"{over}","#),
+            "65 bytes long; at most 64",
+        ),
+        (
+            r#""object_id":"","#.to_string(),
+            "`object_id` must be 1 to 64",
+        ),
+        (
+            format!(r#""object_id":"{ascii_over}","#),
+            "`object_id` must be 1 to 64",
+        ),
+        (r#""raw_id":"not base64!","#.to_string(), "not base64"),
+    ] {
+        let e = store(&ids).unwrap_err();
+        assert_eq!(e.id, Some(6), "{ids}");
+        assert!(!e.malformed, "{ids}");
+        assert_eq!(e.error.code, ErrorCode::BadRequest, "{ids}");
+        assert!(e.error.message.contains(want), "{ids}: {}", e.error.message);
+    }
+}
+
+#[test]
+fn generate_key_raw_id_is_one_to_64_bytes() {
+    let generate = |id: &str| {
+        decode(&format!(
+            r#"{{"id":7,"op":"generate_key","key":"hsm/k","alg":"p256"{id}}}"#
+        ))
+    };
+    let Op::GenerateKey(plain) = generate("").unwrap().op else {
+        panic!("not generate_key")
+    };
+    assert_eq!(plain.id, None);
+    let Op::GenerateKey(with) = generate(r#","raw_id":"OTk=""#).unwrap().op else {
+        panic!("not generate_key")
+    };
+    assert_eq!(with.id, Some(Bytes(b"99".to_vec())));
+    let max = B64.encode([1u8; MAX_OBJECT_ID]);
+    assert!(generate(&format!(r#","raw_id":"{max}""#)).is_ok());
+    let over = B64.encode([1u8; MAX_OBJECT_ID + 1]);
+    for (id, want) in [
+        (r#","raw_id":"""#.to_string(), "`raw_id` is empty"),
+        (
+            format!(r#","raw_id":"{over}""#),
+            "65 bytes long; at most 64",
+        ),
+    ] {
+        let e = generate(&id).unwrap_err();
+        assert_eq!(e.id, Some(7), "{id}");
+        assert_eq!(e.error.code, ErrorCode::BadRequest, "{id}");
+        assert!(e.error.message.contains(want), "{id}: {}", e.error.message);
+    }
+}
+
+#[test]
+fn new_optional_members_are_left_out_when_absent() {
+    let info = KeyInfo {
+        name: "tpm/k".into(),
+        device: "tpm".into(),
+        alg: KeyAlg::P256,
+        purposes: vec![Purpose::Digest],
+        uri: None,
+        id: None,
+    };
+    let json = serde_json::to_string(&info).unwrap();
+    assert!(!json.contains("\"id\""), "{json}");
+    let with_id = KeyInfo {
+        id: Some(Bytes(vec![0x39, 0x39])),
+        ..info
+    };
+    let json = serde_json::to_string(&with_id).unwrap();
+    assert!(json.contains(r#""id":"OTk=""#), "{json}");
+    // An older agent's answer, without the new members, still reads.
+    let old: PublicKeyOk =
+        serde_json::from_str(r#"{"spki_der":"MAA=","pem":"x","alg":"p256","certificate":"MAA="}"#)
+            .unwrap();
+    assert_eq!((old.certificate_id, old.certificate_label), (None, None));
+    let old: KeyInfo = serde_json::from_str(
+        r#"{"name":"hsm/k","device":"hsm","alg":"p256","purposes":["digest"]}"#,
+    )
+    .unwrap();
+    assert_eq!(old.id, None);
+}
+
+#[test]
 fn unknown_op_is_unsupported() {
     let e = decode(r#"{"id":5,"op":"format_disk"}"#).unwrap_err();
     assert_eq!(e.id, Some(5));
@@ -337,4 +479,62 @@ fn key_alg_words() {
     assert!("p521".parse::<KeyAlg>().is_err());
     assert!(!KeyAlg::Rsa(1024).is_generatable());
     assert_eq!(KeyAlg::P384.default_hash(), HashAlg::Sha384);
+}
+
+#[test]
+fn a_message_is_alone_for_purpose_digest_and_bounded() {
+    let m = |extra: &str, message: &str| {
+        decode(&format!(
+            r#"{{"id":4,"op":"sign","key":"hsm/ed","purpose":"digest"{extra},"message":"{message}"}}"#
+        ))
+    };
+    let r = m("", "aGVsbG8=").unwrap();
+    let Op::Sign(s) = r.op else { panic!("{r:?}") };
+    assert_eq!(s.message, Some(Bytes(b"hello".to_vec())));
+    assert!(s.digest.is_empty());
+    let refused = |extra: &str, message: &str, says: &str| {
+        let e = m(extra, message).unwrap_err();
+        assert_eq!(e.id, Some(4));
+        assert!(!e.malformed);
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        assert!(
+            e.error.message.contains(says),
+            "{says}: {}",
+            e.error.message
+        );
+    };
+    let digest = format!(r#","digest":"{}""#, B64.encode([0u8; 32]));
+    refused(&digest, "aGVsbG8=", "exclude each other");
+    refused(r#","hash":"sha512""#, "aGVsbG8=", "takes no `hash`");
+    refused("", "", "`message` is empty");
+    let big = B64.encode(vec![0u8; MAX_MESSAGE + 1]);
+    refused("", &big, &format!("at most {MAX_MESSAGE}"));
+    assert!(m("", &B64.encode(vec![0u8; MAX_MESSAGE])).is_ok());
+    let blob = decode(
+        r#"{"id":4,"op":"sign","key":"hsm/ed","purpose":"blob","name":"f","message":"aGVsbG8="}"#,
+    )
+    .unwrap_err();
+    assert!(
+        blob.error
+            .message
+            .contains("only for purpose digest, not blob"),
+        "{}",
+        blob.error.message
+    );
+    let tbs = decode(
+        r#"{"id":4,"op":"sign","key":"hsm/ed","purpose":"x509-tbs","tbs":"MAA=","message":"aGVsbG8="}"#,
+    )
+    .unwrap_err();
+    assert!(
+        tbs.error.message.contains("only for purpose digest"),
+        "{}",
+        tbs.error.message
+    );
+    // `null` is the same as leaving it out.
+    let none = decode(&format!(
+        r#"{{"id":4,"op":"sign","key":"hsm/ed","purpose":"digest"{digest},"message":null}}"#
+    ))
+    .unwrap();
+    let Op::Sign(s) = none.op else { panic!() };
+    assert_eq!(s.message, None);
 }
