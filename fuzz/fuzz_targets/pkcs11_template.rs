@@ -9,13 +9,14 @@
 //! matches an object that has exactly its attributes; an accepted key-pair request has
 //! a label without `/` and an algorithm the agent generates; an accepted certificate
 //! re-parses equal; an accepted signing request carries a digest of its hash's length,
-//! and a raw input is that digest (or its RFC 8017 DigestInfo); r‖s is twice the field.
+//! and a raw input is that digest (or its RFC 8017 DigestInfo); an EdDSA request is
+//! the input itself; r‖s is twice the field.
 #![no_main]
 // Every `expect`/`unwrap` here is an assertion of the target: a panic is a finding.
 
 use libfuzzer_sys::fuzz_target;
 use waxseal_pkcs11::asn1::{self, CertFields, Curve, Spki};
-use waxseal_pkcs11::mechanism::Mechanism;
+use waxseal_pkcs11::mechanism::{Mechanism, SignRequest, EDDSA_MESSAGE_LIMIT};
 use waxseal_pkcs11::template::{decode_template, Template};
 
 fn encode(t: &Template) -> Vec<u8> {
@@ -48,15 +49,27 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(CertFields::parse(&c.cert.der).as_ref(), Ok(&c.cert));
         }
         if let (Ok(m), Ok(r)) = (&d.mechanism, &d.request) {
-            assert_eq!(r.digest.len(), r.hash.digest_len());
             let input_at = data.len() - raw_len(data);
             let input = &data[input_at..];
-            match m {
-                Mechanism::RsaPkcs(None) => assert_eq!(input, asn1::digest_info(r.hash, &r.digest)),
-                Mechanism::Ecdsa(None) | Mechanism::RsaPss { hashed: false, .. } => {
-                    assert_eq!(input, r.digest.as_slice())
+            match (m, r) {
+                (Mechanism::Eddsa, SignRequest::Message(msg)) => {
+                    assert_eq!(msg.as_slice(), input);
+                    assert!(!msg.is_empty() && msg.len() <= EDDSA_MESSAGE_LIMIT);
                 }
-                _ => {}
+                (Mechanism::Eddsa, other) => panic!("EdDSA asked {other:?}"),
+                (_, SignRequest::Message(_)) => panic!("{m:?} asked for a message"),
+                (_, SignRequest::Digest(r)) => {
+                    assert_eq!(r.digest.len(), r.hash.digest_len());
+                    match m {
+                        Mechanism::RsaPkcs(None) => {
+                            assert_eq!(input, asn1::digest_info(r.hash, &r.digest))
+                        }
+                        Mechanism::Ecdsa(None) | Mechanism::RsaPss { hashed: false, .. } => {
+                            assert_eq!(input, r.digest.as_slice())
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
     }

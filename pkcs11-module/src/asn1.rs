@@ -22,6 +22,9 @@ pub const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 /// `CKA_EC_PARAMS` of an Ed25519 key: the PrintableString "edwards25519", the form
 /// PKCS#11 v3.0 names and OpenSC 0.23's pkcs11-tool writes (docs/pkcs11-module.md).
 pub const EDWARDS25519_PARAMS: &[u8] = b"\x13\x0cedwards25519";
+/// `CKA_EC_PARAMS` naming Ed25519 by its OID, 1.3.101.112 (PKCS#11 v3.1 prefers it;
+/// accepted for key generation).
+pub const ED25519_OID_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 
 /// What went wrong reading DER.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

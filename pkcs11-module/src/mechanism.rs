@@ -1,15 +1,19 @@
 //! Signing mechanisms: which `CKM_…` the module offers, how their parameters are read,
 //! and how a mechanism's input becomes the agent's `sign` request (a digest, its hash
-//! and the RSA padding) and the agent's answer the PKCS#11 signature.
+//! and the RSA padding; or an Ed25519 message) and the agent's answer the PKCS#11
+//! signature.
+
+use std::mem::offset_of;
 
 use cryptoki_sys::{
     CKG_MGF1_SHA256, CKG_MGF1_SHA384, CKG_MGF1_SHA512, CKM_ECDSA, CKM_ECDSA_SHA256,
-    CKM_ECDSA_SHA384, CKM_ECDSA_SHA512, CKM_EC_KEY_PAIR_GEN, CKM_EDDSA, CKM_RSA_PKCS,
-    CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_PSS, CKM_SHA256, CKM_SHA256_RSA_PKCS,
-    CKM_SHA256_RSA_PKCS_PSS, CKM_SHA384, CKM_SHA384_RSA_PKCS, CKM_SHA384_RSA_PKCS_PSS, CKM_SHA512,
-    CKM_SHA512_RSA_PKCS, CKM_SHA512_RSA_PKCS_PSS, CKR_DATA_INVALID, CKR_DATA_LEN_RANGE,
-    CKR_DEVICE_ERROR, CKR_KEY_TYPE_INCONSISTENT, CKR_MECHANISM_INVALID,
-    CKR_MECHANISM_PARAM_INVALID, CK_MECHANISM_TYPE, CK_RV, CK_ULONG,
+    CKM_ECDSA_SHA384, CKM_ECDSA_SHA512, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKM_EC_KEY_PAIR_GEN,
+    CKM_EDDSA, CKM_RSA_PKCS, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_PSS, CKM_SHA256,
+    CKM_SHA256_RSA_PKCS, CKM_SHA256_RSA_PKCS_PSS, CKM_SHA384, CKM_SHA384_RSA_PKCS,
+    CKM_SHA384_RSA_PKCS_PSS, CKM_SHA512, CKM_SHA512_RSA_PKCS, CKM_SHA512_RSA_PKCS_PSS,
+    CKR_DATA_INVALID, CKR_DATA_LEN_RANGE, CKR_DEVICE_ERROR, CKR_KEY_TYPE_INCONSISTENT,
+    CKR_MECHANISM_INVALID, CKR_MECHANISM_PARAM_INVALID, CK_EDDSA_PARAMS, CK_MECHANISM_TYPE, CK_RV,
+    CK_ULONG,
 };
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use waxseal_proto::proto::{HashAlg, RsaPadding};
@@ -20,6 +24,10 @@ use crate::template::ULONG_LEN;
 /// The longest input a raw mechanism (`CKM_ECDSA`, `CKM_RSA_PKCS`, `CKM_RSA_PKCS_PSS`)
 /// buffers across `C_SignUpdate` calls: a DigestInfo of SHA-512 is 83 bytes.
 pub const RAW_INPUT_LIMIT: usize = 1024;
+
+/// The longest message `CKM_EDDSA` signs: the agent's limit for `sign` with a
+/// `message` (docs/protocol.md, `sign`).
+pub const EDDSA_MESSAGE_LIMIT: usize = waxseal_proto::proto::MAX_MESSAGE;
 
 /// RSA modulus sizes the module offers, in bits.
 pub const RSA_BITS: (usize, usize) = (2048, 4096);
@@ -39,6 +47,8 @@ pub enum Mechanism {
         /// Whether the module hashes the input.
         hashed: bool,
     },
+    /// `CKM_EDDSA`, Ed25519 (PureEdDSA, no context): the input is the message.
+    Eddsa,
 }
 
 fn hash_of_ckm(m: CK_ULONG) -> Option<HashAlg> {
@@ -98,6 +108,29 @@ impl PssParams {
     }
 }
 
+/// `CKM_EDDSA`'s parameters: none, or a `CK_EDDSA_PARAMS` asking for plain Ed25519
+/// (`phFlag` false, no context). Ed25519ph and Ed25519ctx are not what the agent signs.
+/// The context pointer is never followed: its length must be 0.
+fn eddsa(params: Option<&[u8]>) -> Result<Mechanism, CK_RV> {
+    let Some(bytes) = params.filter(|p| !p.is_empty()) else {
+        return Ok(Mechanism::Eddsa);
+    };
+    if bytes.len() != size_of::<CK_EDDSA_PARAMS>() {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    let ph = bytes[offset_of!(CK_EDDSA_PARAMS, phFlag)];
+    let at = offset_of!(CK_EDDSA_PARAMS, ulContextDataLen);
+    let context_len = bytes
+        .get(at..at + ULONG_LEN)
+        .and_then(|b| b.try_into().ok())
+        .map(CK_ULONG::from_ne_bytes)
+        .ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+    if ph != 0 || context_len != 0 {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    Ok(Mechanism::Eddsa)
+}
+
 impl Mechanism {
     /// Reads `CK_MECHANISM` (its type and parameter bytes, `None` for a NULL pointer).
     pub fn decode(ty: CK_MECHANISM_TYPE, params: Option<&[u8]>) -> Result<Mechanism, CK_RV> {
@@ -129,8 +162,7 @@ impl Mechanism {
             CKM_SHA256_RSA_PKCS_PSS => return pss(Some(HashAlg::Sha256)),
             CKM_SHA384_RSA_PKCS_PSS => return pss(Some(HashAlg::Sha384)),
             CKM_SHA512_RSA_PKCS_PSS => return pss(Some(HashAlg::Sha512)),
-            // CKM_EDDSA needs the agent to sign a message of any length, which
-            // docs/protocol.md's `sign` does not offer yet.
+            CKM_EDDSA => return eddsa(params),
             _ => return Err(CKR_MECHANISM_INVALID),
         };
         no_params()?;
@@ -142,6 +174,7 @@ impl Mechanism {
         match self {
             Mechanism::Ecdsa(h) | Mechanism::RsaPkcs(h) => h.is_some(),
             Mechanism::RsaPss { hashed, .. } => hashed,
+            Mechanism::Eddsa => false,
         }
     }
 
@@ -152,40 +185,52 @@ impl Mechanism {
             (Mechanism::RsaPkcs(_) | Mechanism::RsaPss { .. }, PublicKey::Rsa { modulus, .. }) => {
                 Ok(modulus.len())
             }
+            (Mechanism::Eddsa, PublicKey::Ed25519 { .. }) => Ok(64),
             _ => Err(CKR_KEY_TYPE_INCONSISTENT),
         }
     }
 
-    /// The agent's `sign` request for `input`: digest, hash and padding.
+    /// The agent's `sign` request for `input`.
     pub fn request(self, input: &[u8]) -> Result<SignRequest, CK_RV> {
-        let hashed = |hash: HashAlg| SignRequest {
+        if self == Mechanism::Eddsa {
+            if input.is_empty() || input.len() > EDDSA_MESSAGE_LIMIT {
+                return Err(CKR_DATA_LEN_RANGE);
+            }
+            return Ok(SignRequest::Message(input.to_vec()));
+        }
+        self.digest_request(input).map(SignRequest::Digest)
+    }
+
+    fn digest_request(self, input: &[u8]) -> Result<DigestRequest, CK_RV> {
+        let hashed = |hash: HashAlg| DigestRequest {
             digest: digest(hash, input),
             hash,
             padding: None,
         };
         Ok(match self {
             Mechanism::Ecdsa(Some(h)) => hashed(h),
-            Mechanism::Ecdsa(None) => SignRequest {
+            Mechanism::Ecdsa(None) => DigestRequest {
                 hash: HashAlg::from_len(input.len()).ok_or(CKR_DATA_LEN_RANGE)?,
                 digest: input.to_vec(),
                 padding: None,
             },
-            Mechanism::RsaPkcs(Some(h)) => SignRequest {
+            Mechanism::RsaPkcs(Some(h)) => DigestRequest {
                 padding: Some(RsaPadding::Pkcs1),
                 ..hashed(h)
             },
             Mechanism::RsaPkcs(None) => {
                 let (hash, digest) = asn1::parse_digest_info(input).ok_or(CKR_DATA_INVALID)?;
-                SignRequest {
+                DigestRequest {
                     digest: digest.to_vec(),
                     hash,
                     padding: Some(RsaPadding::Pkcs1),
                 }
             }
-            Mechanism::RsaPss { hash, hashed: true } => SignRequest {
+            Mechanism::RsaPss { hash, hashed: true } => DigestRequest {
                 padding: Some(RsaPadding::Pss),
                 ..hashed(hash)
             },
+            Mechanism::Eddsa => return Err(CKR_MECHANISM_INVALID),
             Mechanism::RsaPss {
                 hash,
                 hashed: false,
@@ -193,7 +238,7 @@ impl Mechanism {
                 if input.len() != hash.digest_len() {
                     return Err(CKR_DATA_LEN_RANGE);
                 }
-                SignRequest {
+                DigestRequest {
                     digest: input.to_vec(),
                     hash,
                     padding: Some(RsaPadding::Pss),
@@ -209,6 +254,7 @@ impl Mechanism {
             PublicKey::Ec { curve, .. } => {
                 asn1::ecdsa_raw(answer, *curve).map_err(|_| CKR_DEVICE_ERROR)
             }
+            PublicKey::Ed25519 { .. } if answer.len() == 64 => Ok(answer.to_vec()),
             PublicKey::Rsa { modulus, .. } if answer.len() <= modulus.len() => {
                 let mut out = vec![0u8; modulus.len() - answer.len()];
                 out.extend_from_slice(answer);
@@ -221,7 +267,16 @@ impl Mechanism {
 
 /// What the agent is asked to sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignRequest {
+pub enum SignRequest {
+    /// A digest (ECDSA, RSA).
+    Digest(DigestRequest),
+    /// A whole message (Ed25519).
+    Message(Vec<u8>),
+}
+
+/// A digest for the agent to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestRequest {
     /// The digest.
     pub digest: Vec<u8>,
     /// Its hash.
@@ -243,8 +298,8 @@ pub fn digest(hash: HashAlg, data: &[u8]) -> Vec<u8> {
 /// [`RAW_INPUT_LIMIT`]) for a raw mechanism.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A raw mechanism's bytes.
-    Raw(Vec<u8>),
+    /// A raw mechanism's bytes, and how many it takes.
+    Raw(Vec<u8>, usize),
     /// SHA-256 so far.
     Sha256(Sha256),
     /// SHA-384 so far.
@@ -259,9 +314,10 @@ impl Input {
         let hash = match mechanism {
             Mechanism::Ecdsa(h) | Mechanism::RsaPkcs(h) => h,
             Mechanism::RsaPss { hash, hashed } => hashed.then_some(hash),
+            Mechanism::Eddsa => return Input::Raw(Vec::new(), EDDSA_MESSAGE_LIMIT),
         };
         match hash {
-            None => Input::Raw(Vec::new()),
+            None => Input::Raw(Vec::new(), RAW_INPUT_LIMIT),
             Some(HashAlg::Sha256) => Input::Sha256(Sha256::new()),
             Some(HashAlg::Sha384) => Input::Sha384(Sha384::new()),
             Some(HashAlg::Sha512) => Input::Sha512(Sha512::new()),
@@ -271,8 +327,8 @@ impl Input {
     /// Adds a part.
     pub fn update(&mut self, part: &[u8]) -> Result<(), CK_RV> {
         match self {
-            Input::Raw(buf) => {
-                if buf.len() + part.len() > RAW_INPUT_LIMIT {
+            Input::Raw(buf, limit) => {
+                if buf.len() + part.len() > *limit {
                     return Err(CKR_DATA_LEN_RANGE);
                 }
                 buf.extend_from_slice(part);
@@ -288,18 +344,18 @@ impl Input {
     pub fn request(&self, mechanism: Mechanism) -> Result<SignRequest, CK_RV> {
         let done = |digest: Vec<u8>, hash: HashAlg| {
             let padding = match mechanism {
-                Mechanism::Ecdsa(_) => None,
+                Mechanism::Ecdsa(_) | Mechanism::Eddsa => None,
                 Mechanism::RsaPkcs(_) => Some(RsaPadding::Pkcs1),
                 Mechanism::RsaPss { .. } => Some(RsaPadding::Pss),
             };
-            Ok(SignRequest {
+            Ok(SignRequest::Digest(DigestRequest {
                 digest,
                 hash,
                 padding,
-            })
+            }))
         };
         match self {
-            Input::Raw(buf) => mechanism.request(buf),
+            Input::Raw(buf, _) => mechanism.request(buf),
             Input::Sha256(h) => done(h.clone().finalize().to_vec(), HashAlg::Sha256),
             Input::Sha384(h) => done(h.clone().finalize().to_vec(), HashAlg::Sha384),
             Input::Sha512(h) => done(h.clone().finalize().to_vec(), HashAlg::Sha512),
@@ -314,6 +370,8 @@ pub struct KeyKinds {
     pub ec: Option<(usize, usize)>,
     /// Smallest and largest RSA modulus in bits, if any RSA key.
     pub rsa: Option<(usize, usize)>,
+    /// Whether any Ed25519 key.
+    pub ed25519: bool,
 }
 
 impl KeyKinds {
@@ -325,7 +383,7 @@ impl KeyKinds {
         match key {
             PublicKey::Ec { curve, .. } => widen(&mut self.ec, curve.bits()),
             PublicKey::Rsa { modulus, .. } => widen(&mut self.rsa, modulus.len() * 8),
-            PublicKey::Ed25519 { .. } => {}
+            PublicKey::Ed25519 { .. } => self.ed25519 = true,
         }
     }
 }
@@ -392,7 +450,27 @@ pub fn list(kinds: KeyKinds, generates: bool) -> Vec<(CK_MECHANISM_TYPE, Info)> 
             ));
         }
     }
+    if kinds.ed25519 {
+        out.push((
+            CKM_EDDSA,
+            Info {
+                min: 256,
+                max: 256,
+                sign: true,
+                ec: false,
+            },
+        ));
+    }
     if generates {
+        out.push((
+            CKM_EC_EDWARDS_KEY_PAIR_GEN,
+            Info {
+                min: 256,
+                max: 256,
+                sign: false,
+                ec: false,
+            },
+        ));
         out.push((
             CKM_EC_KEY_PAIR_GEN,
             Info {
@@ -413,11 +491,6 @@ pub fn list(kinds: KeyKinds, generates: bool) -> Vec<(CK_MECHANISM_TYPE, Info)> 
         ));
     }
     out
-}
-
-/// Whether `CKM_EDDSA` is a mechanism this module knows of but refuses.
-pub fn is_eddsa(m: CK_MECHANISM_TYPE) -> bool {
-    m == CKM_EDDSA
 }
 
 #[cfg(test)]
@@ -474,30 +547,31 @@ mod tests {
             Mechanism::decode(CKM_SHA384_RSA_PKCS_PSS, Some(&good)),
             Err(CKR_MECHANISM_PARAM_INVALID)
         );
-        // Parameters where none belong; unknown and EdDSA mechanisms.
+        // Parameters where none belong; an unknown mechanism.
         assert_eq!(
             Mechanism::decode(CKM_ECDSA, Some(&good)),
             Err(CKR_MECHANISM_PARAM_INVALID)
         );
-        assert_eq!(
-            Mechanism::decode(CKM_EDDSA, None),
-            Err(CKR_MECHANISM_INVALID)
-        );
         assert_eq!(Mechanism::decode(0x1234, None), Err(CKR_MECHANISM_INVALID));
+    }
+
+    fn digest_of(r: Result<SignRequest, CK_RV>) -> DigestRequest {
+        match r {
+            Ok(SignRequest::Digest(d)) => d,
+            other => panic!("expected a digest request, got {other:?}"),
+        }
     }
 
     #[test]
     fn inputs_become_agent_requests() {
         let ecdsa = Mechanism::Ecdsa(None);
-        let r = ecdsa.request(&[1u8; 48]).unwrap();
+        let r = digest_of(ecdsa.request(&[1u8; 48]));
         assert_eq!((r.hash, r.digest.len()), (HashAlg::Sha384, 48));
         assert_eq!(ecdsa.request(&[1u8; 20]), Err(CKR_DATA_LEN_RANGE));
-        let hashed = Mechanism::Ecdsa(Some(HashAlg::Sha256))
-            .request(b"abc")
-            .unwrap();
+        let hashed = digest_of(Mechanism::Ecdsa(Some(HashAlg::Sha256)).request(b"abc"));
         assert_eq!(hashed.digest, digest(HashAlg::Sha256, b"abc"));
         let info = asn1::digest_info(HashAlg::Sha512, &[3u8; 64]);
-        let r = Mechanism::RsaPkcs(None).request(&info).unwrap();
+        let r = digest_of(Mechanism::RsaPkcs(None).request(&info));
         assert_eq!(
             (r.hash, r.digest, r.padding),
             (HashAlg::Sha512, vec![3u8; 64], Some(RsaPadding::Pkcs1))
@@ -512,8 +586,54 @@ mod tests {
         };
         assert_eq!(pss.request(&[0u8; 32]), Err(CKR_DATA_LEN_RANGE));
         assert_eq!(
-            pss.request(&[0u8; 48]).unwrap().padding,
+            digest_of(pss.request(&[0u8; 48])).padding,
             Some(RsaPadding::Pss)
+        );
+        // Ed25519 signs the message itself, 1 byte to the agent's limit.
+        assert_eq!(
+            Mechanism::Eddsa.request(b"any length"),
+            Ok(SignRequest::Message(b"any length".to_vec()))
+        );
+        assert_eq!(Mechanism::Eddsa.request(b""), Err(CKR_DATA_LEN_RANGE));
+        assert_eq!(
+            Mechanism::Eddsa.request(&vec![0u8; EDDSA_MESSAGE_LIMIT + 1]),
+            Err(CKR_DATA_LEN_RANGE)
+        );
+    }
+
+    #[test]
+    fn eddsa_parameters_ask_for_plain_ed25519_only() {
+        assert_eq!(Mechanism::decode(CKM_EDDSA, None), Ok(Mechanism::Eddsa));
+        let params = |ph: u8, context: CK_ULONG| {
+            let mut b = vec![0u8; size_of::<CK_EDDSA_PARAMS>()];
+            b[offset_of!(CK_EDDSA_PARAMS, phFlag)] = ph;
+            let at = offset_of!(CK_EDDSA_PARAMS, ulContextDataLen);
+            b[at..at + ULONG_LEN].copy_from_slice(&context.to_ne_bytes());
+            b
+        };
+        assert_eq!(
+            Mechanism::decode(CKM_EDDSA, Some(&params(0, 0))),
+            Ok(Mechanism::Eddsa)
+        );
+        for bad in [params(1, 0), params(0, 4), vec![0u8; 3]] {
+            assert_eq!(
+                Mechanism::decode(CKM_EDDSA, Some(&bad)),
+                Err(CKR_MECHANISM_PARAM_INVALID)
+            );
+        }
+        let ed = PublicKey::Ed25519 { point: vec![1; 32] };
+        assert_eq!(Mechanism::Eddsa.signature_len(&ed), Ok(64));
+        assert_eq!(
+            Mechanism::Ecdsa(None).signature_len(&ed),
+            Err(CKR_KEY_TYPE_INCONSISTENT)
+        );
+        assert_eq!(
+            Mechanism::Eddsa.signature(&ed, &[5u8; 64]),
+            Ok(vec![5u8; 64])
+        );
+        assert_eq!(
+            Mechanism::Eddsa.signature(&ed, &[5u8; 63]),
+            Err(CKR_DEVICE_ERROR)
         );
     }
 

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cryptoki_sys::*;
 use sha2::{Digest, Sha256};
-use waxseal_proto::proto::{DeviceStatus, ErrorCode, KeyAlg};
+use waxseal_proto::proto::{DeviceStatus, ErrorCode, KeyAlg, MAX_OBJECT_ID};
 use zeroize::Zeroizing;
 
 use crate::agent::{Agent, AgentError};
-use crate::asn1::{CertFields, Curve};
-use crate::mechanism::{self, Info, Input, KeyKinds, Mechanism};
+use crate::asn1::{CertFields, Curve, ED25519_OID_PARAMS, EDWARDS25519_PARAMS};
+use crate::mechanism::{self, Info, Input, KeyKinds, Mechanism, SignRequest};
 use crate::objects::{Class, Key, Value};
 use crate::template::{decode_ulong, Template};
 
@@ -444,9 +444,10 @@ impl Module {
             let Ok(pk) = self.agent.call(pin.as_ref(), |c| c.public_key(&info.name)) else {
                 continue;
             };
-            let cert = pk.certificate.as_ref().map(|c| c.0.as_slice());
-            if let Some(key) = Key::new(&info.name, pk.alg, &pk.spki_der.0, cert) {
-                fresh.push(key);
+            let token_id = info.id.as_ref().map(|b| b.0.as_slice());
+            if let Some(key) = Key::new(&info.name, pk.alg, &pk.spki_der.0, token_id) {
+                let cert = pk.certificate.as_ref().map(|c| c.0.as_slice());
+                fresh.push(key.with_certificate(cert, pk.certificate_label.as_deref()));
             }
         }
         let mut state = lock(&self.state);
@@ -645,13 +646,11 @@ impl Module {
         let pin = self.pin_of(device);
         let answer = self
             .agent
-            .call(pin.as_ref(), |c| {
-                c.sign_digest(
-                    &op.key.name,
-                    &request.digest,
-                    Some(request.hash),
-                    request.padding,
-                )
+            .call(pin.as_ref(), |c| match &request {
+                SignRequest::Digest(r) => {
+                    c.sign_digest(&op.key.name, &r.digest, Some(r.hash), r.padding)
+                }
+                SignRequest::Message(m) => c.sign_message(&op.key.name, m),
             })
             .map_err(|e| e.rv())?;
         let signature = op
@@ -687,12 +686,16 @@ impl Module {
         let pin = self.pin_of(&device);
         let made = self
             .agent
-            .call(pin.as_ref(), |c| c.generate_key(&name, request.alg))
+            .call(pin.as_ref(), |c| match &request.id {
+                Some(id) => c.generate_key_id(&name, request.alg, id),
+                None => c.generate_key(&name, request.alg),
+            })
             .map_err(|e| match e {
                 AgentError::Code(ErrorCode::KeyExists) => CKR_ATTRIBUTE_VALUE_INVALID,
                 other => other.rv(),
             })?;
-        let key = Key::new(&made.key.name, made.key.alg, &made.spki_der.0, None)
+        let token_id = made.key.id.as_ref().map(|b| b.0.as_slice());
+        let key = Key::new(&made.key.name, made.key.alg, &made.spki_der.0, token_id)
             .ok_or(CKR_DEVICE_ERROR)?;
         let name = key.name.clone();
         let mut state = lock(&self.state);
@@ -726,13 +729,16 @@ impl Module {
                 .cloned()
                 .ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?
         };
-        let object_id = hex::encode(request.id.as_deref().unwrap_or(&key.id));
+        // The certificate takes the CKA_ID the caller gave, else its key's (the agent
+        // lets a certificate share its own key's CKA_ID: that is how programs pair
+        // them, docs/protocol.md `store_certificate`).
+        let raw_id = request.id.clone().unwrap_or_else(|| key.id.clone());
         let pin = self.pin_of(&device);
         self.agent
             .call(pin.as_ref(), |c| {
-                c.store_certificate(
+                c.store_certificate_id(
                     &key.name,
-                    &object_id,
+                    &raw_id,
                     request.label.as_deref(),
                     &request.cert.der,
                 )
@@ -743,6 +749,7 @@ impl Module {
             })?;
         let mut updated = (*key).clone();
         updated.certificate = Some(request.cert);
+        updated.certificate_label = request.label;
         let name = updated.name.clone();
         let mut state = lock(&self.state);
         state.insert(updated);
@@ -785,11 +792,13 @@ pub struct KeygenRequest {
     pub alg: KeyAlg,
     /// The key's label.
     pub label: String,
+    /// The `CKA_ID` the caller asked for (the agent's `raw_id`), if any.
+    pub id: Option<Vec<u8>>,
 }
 
 impl KeygenRequest {
-    /// Reads the mechanism and templates. The caller's `CKA_ID` is not kept: the
-    /// module's `CKA_ID` is derived from the public key (docs/pkcs11-module.md).
+    /// Reads the mechanism and templates. A `CKA_ID` (1 to 64 bytes, the same in both
+    /// templates when both have one) becomes the new key pair's `CKA_ID` on the token.
     pub fn from_templates(
         mechanism: CK_MECHANISM_TYPE,
         public: &Template,
@@ -805,6 +814,17 @@ impl KeygenRequest {
                     Ok(Curve::P256) => KeyAlg::P256,
                     Ok(Curve::P384) => KeyAlg::P384,
                     Err(_) => return Err(CKR_CURVE_NOT_SUPPORTED),
+                }
+            }
+            CKM_EC_EDWARDS_KEY_PAIR_GEN => {
+                // The curve is named by printable string or OID (PKCS#11 v3.0); only
+                // Ed25519 is offered, so naming none is Ed25519 too.
+                match public.get(CKA_EC_PARAMS)?.or(private.get(CKA_EC_PARAMS)?) {
+                    None => KeyAlg::Ed25519,
+                    Some(p) if p == EDWARDS25519_PARAMS || p == ED25519_OID_PARAMS => {
+                        KeyAlg::Ed25519
+                    }
+                    Some(_) => return Err(CKR_CURVE_NOT_SUPPORTED),
                 }
             }
             CKM_RSA_PKCS_KEY_PAIR_GEN => {
@@ -843,9 +863,21 @@ impl KeygenRequest {
         if label.is_empty() || label.contains('/') || label.chars().any(char::is_control) {
             return Err(CKR_ATTRIBUTE_VALUE_INVALID);
         }
+        let id = match (public.get(CKA_ID)?, private.get(CKA_ID)?) {
+            (Some(a), Some(b)) if a != b => return Err(CKR_TEMPLATE_INCONSISTENT),
+            (Some(id), _) | (None, Some(id)) => Some(id.to_vec()),
+            (None, None) => None,
+        };
+        if id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > MAX_OBJECT_ID)
+        {
+            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+        }
         Ok(KeygenRequest {
             alg,
             label: label.to_string(),
+            id,
         })
     }
 }
@@ -877,7 +909,10 @@ impl CertRequest {
         let value = template.get(CKA_VALUE)?.ok_or(CKR_TEMPLATE_INCOMPLETE)?;
         let cert = CertFields::parse(value).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
         let id = template.get(CKA_ID)?.map(<[u8]>::to_vec);
-        if id.as_ref().is_some_and(|id| id.is_empty() || id.len() > 32) {
+        if id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > MAX_OBJECT_ID)
+        {
             return Err(CKR_ATTRIBUTE_VALUE_INVALID);
         }
         let label = template.text(CKA_LABEL)?.map(str::to_string);
@@ -911,7 +946,8 @@ mod tests {
             KeygenRequest::from_templates(CKM_EC_KEY_PAIR_GEN, &ec, &label),
             Ok(KeygenRequest {
                 alg: KeyAlg::P384,
-                label: "new".into()
+                label: "new".into(),
+                id: None,
             })
         );
         // The private template's label wins over the public one's.

@@ -21,27 +21,43 @@ pub struct Key {
     pub public: PublicKey,
     /// DER SubjectPublicKeyInfo (`CKA_PUBLIC_KEY_INFO`).
     pub spki: Vec<u8>,
-    /// `CKA_ID` (see [`Spki::key_id`]).
-    pub id: [u8; 20],
+    /// `CKA_ID` of the key's three objects: the token's `CKA_ID` of the key when the
+    /// agent reports one (PKCS#11 devices), else [`Spki::key_id`].
+    pub id: Vec<u8>,
     /// The device's certificate for the key, if any.
     pub certificate: Option<CertFields>,
+    /// The certificate object's `CKA_LABEL` on the device, if it has one.
+    pub certificate_label: Option<String>,
 }
 
 impl Key {
-    /// A key from `public_key`'s answer; `None` when the key or certificate is one the
-    /// module cannot show (a certificate that does not parse is left out, the key stays).
-    pub fn new(name: &str, alg: KeyAlg, spki: &[u8], certificate: Option<&[u8]>) -> Option<Key> {
+    /// A key from the agent's answers: its name, algorithm, SPKI and (PKCS#11) its
+    /// `CKA_ID` on the token. `None` when the key is one the module cannot show.
+    pub fn new(name: &str, alg: KeyAlg, spki: &[u8], token_id: Option<&[u8]>) -> Option<Key> {
         let label = name.split_once('/').map_or(name, |(_, l)| l).to_string();
         let parsed = Spki::parse(spki).ok()?;
+        let id = match token_id {
+            Some(id) if !id.is_empty() => id.to_vec(),
+            _ => parsed.key_id().to_vec(),
+        };
         Some(Key {
             name: name.to_string(),
             label,
             alg,
-            id: parsed.key_id(),
+            id,
             public: parsed.key,
             spki: spki.to_vec(),
-            certificate: certificate.and_then(|c| CertFields::parse(c).ok()),
+            certificate: None,
+            certificate_label: None,
         })
+    }
+
+    /// The key with the device's certificate for it (a certificate that does not parse
+    /// is left out).
+    pub fn with_certificate(mut self, der: Option<&[u8]>, label: Option<&str>) -> Key {
+        self.certificate = der.and_then(|c| CertFields::parse(c).ok());
+        self.certificate_label = label.map(str::to_string);
+        self
     }
 }
 
@@ -97,8 +113,14 @@ impl Key {
             CKA_TOKEN => return b(true),
             CKA_PRIVATE => return b(class == Class::Private),
             CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE => return b(false),
-            CKA_LABEL => return Value::Bytes(self.label.as_bytes().to_vec()),
-            CKA_ID => return Value::Bytes(self.id.to_vec()),
+            CKA_LABEL => {
+                let label = match (class, &self.certificate_label) {
+                    (Class::Certificate, Some(l)) => l,
+                    _ => &self.label,
+                };
+                return Value::Bytes(label.as_bytes().to_vec());
+            }
+            CKA_ID => return Value::Bytes(self.id.clone()),
             _ => {}
         }
         if class == Class::Certificate {
@@ -210,6 +232,19 @@ mod tests {
             None,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_tokens_id_wins_over_the_sha1_of_the_key() {
+        let spki = hex::decode(P256_SPKI).unwrap();
+        let k = Key::new("hsm/k", KeyAlg::P256, &spki, Some(&[9, 9])).unwrap();
+        assert_eq!(k.attribute(Class::Public, CKA_ID), Value::Bytes(vec![9, 9]));
+        assert_eq!(
+            k.attribute(Class::Private, CKA_ID),
+            Value::Bytes(vec![9, 9])
+        );
+        let k = Key::new("hsm/k", KeyAlg::P256, &spki, Some(&[])).unwrap();
+        assert_eq!(k.id.len(), 20, "an empty CKA_ID falls back to SHA-1");
     }
 
     #[test]

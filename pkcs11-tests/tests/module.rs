@@ -194,18 +194,20 @@ fn pkcs11_tool_lists_the_token_and_the_objects_of_each_key() {
         2,
         "{objects}"
     );
-    // CKA_ID: SHA-1 of the public key bits, the same on both objects of a key.
+    // CKA_ID: the key's CKA_ID on the token, as the agent reports it, the same on both
+    // objects of a key.
     let ids = fields(&objects, "ID");
     assert_eq!(ids.len(), 4, "{objects}");
-    let mut distinct = ids.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 2, "two keys, one ID each: {objects}");
-    let pem = std::fs::read_to_string(s.path("ec.pem")).unwrap();
-    let spki = pem_der(&pem);
-    // The P-256 point is the last 65 bytes of its SubjectPublicKeyInfo.
-    let id = hex::encode(sha1_of(&spki[spki.len() - 65..]));
-    assert!(ids.contains(&id.as_str()), "{id} not among {ids:?}");
+    let keys = s.agent.client().list_keys().unwrap();
+    for key in &keys.keys {
+        let id = hex::encode(&key.id.as_ref().expect("a PKCS#11 key has a CKA_ID").0);
+        assert_eq!(
+            ids.iter().filter(|i| **i == id).count(),
+            2,
+            "{}: {id} not twice among {ids:?}",
+            key.name
+        );
+    }
     let usage = fields(&objects, "Usage");
     assert!(usage.contains(&"sign"), "{objects}");
     let access = fields(&objects, "Access");
@@ -235,20 +237,6 @@ fn pem_der(pem: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .unwrap()
-}
-
-fn sha1_of(bytes: &[u8]) -> Vec<u8> {
-    // No SHA-1 crate in this test crate: OpenSSL computes it.
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bits");
-    std::fs::write(&f, bytes).unwrap();
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha1", "-binary"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    out.stdout
 }
 
 #[test]
@@ -394,6 +382,8 @@ fn pkcs11_tool_generates_a_key_pair_that_signs() {
         "EC:prime256v1",
         "--label",
         "new",
+        "--id",
+        "0a0b",
     ]);
     assert!(out.contains("Key pair generated"), "{out}");
     let keys = s.agent.client().list_keys().unwrap();
@@ -406,7 +396,9 @@ fn pkcs11_tool_generates_a_key_pair_that_signs() {
     let pk = s.agent.client().public_key("hsm/new").unwrap();
     std::fs::write(s.path("new.pem"), pk.pem).unwrap();
     std::fs::write(s.path("msg"), b"new key").unwrap();
+    // The CKA_ID asked for is the key's.
     let new = s.id("new");
+    assert_eq!(new, "0a0b");
     s.tool_ok(&[
         "--sign",
         "-m",
@@ -696,9 +688,9 @@ fn the_module_survives_the_agent_dying_and_reconnects() {
         vk.verify_prehash(&digest, &sig).unwrap();
     }
 
-    // Ed25519: shown as CKK_EC_EDWARDS objects; CKM_EDDSA is refused (the agent's
-    // `sign` takes a digest, not a message).
-    s.agent
+    // Ed25519: CKK_EC_EDWARDS objects; CKM_EDDSA signs the message itself.
+    let ed_pk = s
+        .agent
         .client()
         .generate_key("hsm/ed", KeyAlg::Ed25519)
         .unwrap();
@@ -713,10 +705,27 @@ fn the_module_survives_the_agent_dying_and_reconnects() {
         ])
         .unwrap();
     let eddsa = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+    let message = b"a message of any length, signed whole".repeat(9);
+    let sig = session.sign(&eddsa, ed_private[0], &message).unwrap();
+    use ed25519_dalek::pkcs8::DecodePublicKey as _;
+    let ed_vk = ed25519_dalek::VerifyingKey::from_public_key_der(&ed_pk.spki_der.0).unwrap();
+    ed_vk
+        .verify_strict(
+            &message,
+            &ed25519_dalek::Signature::from_slice(&sig).unwrap(),
+        )
+        .unwrap();
+    // Multi-part EdDSA buffers the message.
+    session.sign_init(&eddsa, ed_private[0]).unwrap();
+    for part in message.chunks(100) {
+        session.sign_update(part).unwrap();
+    }
     assert_eq!(
-        rv(session.sign(&eddsa, ed_private[0], b"message")),
-        RvError::MechanismInvalid
+        session.sign_final().unwrap(),
+        sig,
+        "Ed25519 is deterministic"
     );
+
     // A private key's value is sensitive: not returned (cryptoki leaves out what the
     // module answers CKR_ATTRIBUTE_SENSITIVE for).
     match session.get_attributes(key, &[AttributeType::Value]) {
