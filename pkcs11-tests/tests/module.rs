@@ -413,6 +413,36 @@ fn pkcs11_tool_generates_a_key_pair_that_signs() {
         "new.sig",
     ]);
     s.verify("new", "msg", "new.sig", &[]);
+
+    // Ed25519: generated with the curve pkcs11-tool names, signed with CKM_EDDSA over
+    // the message itself, verified by OpenSSL.
+    s.tool_ok(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:edwards25519",
+        "--label",
+        "ed",
+    ]);
+    let pk = s.agent.client().public_key("hsm/ed").unwrap();
+    assert_eq!(pk.alg, KeyAlg::Ed25519);
+    std::fs::write(s.path("ed.pem"), pk.pem).unwrap();
+    let ed = s.id("ed");
+    s.tool_ok(&[
+        "--sign",
+        "-m",
+        "EDDSA",
+        "--id",
+        ed.as_str(),
+        "-i",
+        "msg",
+        "-o",
+        "ed.sig",
+    ]);
+    let out = run_ok(s.openssl().args([
+        "pkeyutl", "-verify", "-pubin", "-inkey", "ed.pem", "-rawin", "-in", "msg", "-sigfile",
+        "ed.sig",
+    ]));
+    assert!(out.contains("Signature Verified Successfully"), "{out}");
 }
 
 #[test]
