@@ -61,3 +61,52 @@ pub struct FuzzDecoded {
     /// The agent request a `C_Sign` of the rest of the input would make.
     pub request: Result<mechanism::SignRequest, cryptoki_sys::CK_RV>,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use cryptoki_sys::{
+        CKA_LABEL, CKG_MGF1_SHA256, CKM_RSA_PKCS_PSS, CKM_SHA256, CKR_MECHANISM_INVALID,
+    };
+    use waxseal_proto::proto::{HashAlg, RsaPadding};
+
+    use super::*;
+
+    /// The fuzz target's input layout, built by hand: what `fuzz_decode` reads from it
+    /// is what the module reads from the same C arguments.
+    #[test]
+    fn fuzz_decode_reads_templates_mechanism_and_input() {
+        let mut data = Vec::new();
+        // Public template: CKA_LABEL "k"; end marker.
+        data.extend((CKA_LABEL as u64).to_le_bytes());
+        data.extend(1u16.to_le_bytes());
+        data.extend(b"k");
+        data.extend(0u64.to_le_bytes());
+        data.extend(0xffffu16.to_le_bytes());
+        // Private template: empty.
+        data.extend(0u64.to_le_bytes());
+        data.extend(0xffffu16.to_le_bytes());
+        // CKM_RSA_PKCS_PSS with SHA-256 parameters, then a 32-byte digest.
+        data.extend((CKM_RSA_PKCS_PSS as u64).to_le_bytes());
+        let params: Vec<u8> = [CKM_SHA256, CKG_MGF1_SHA256, 32]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        data.push(params.len() as u8);
+        data.extend(&params);
+        data.extend([7u8; 32]);
+        let d = fuzz_decode(&data).unwrap();
+        assert_eq!(d.public.text(CKA_LABEL), Ok(Some("k")));
+        assert!(d.private.0.is_empty());
+        assert_eq!(d.keygen, Err(CKR_MECHANISM_INVALID));
+        assert_eq!(
+            d.request,
+            Ok(mechanism::SignRequest::Digest(mechanism::DigestRequest {
+                digest: vec![7u8; 32],
+                hash: HashAlg::Sha256,
+                padding: Some(RsaPadding::Pss),
+            }))
+        );
+    }
+}
