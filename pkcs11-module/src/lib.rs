@@ -79,7 +79,7 @@ mod tests {
     fn fuzz_decode_reads_templates_mechanism_and_input() {
         let mut data = Vec::new();
         // Public template: CKA_LABEL "k"; end marker.
-        data.extend((CKA_LABEL as u64).to_le_bytes());
+        data.extend(CKA_LABEL.to_le_bytes());
         data.extend(1u16.to_le_bytes());
         data.extend(b"k");
         data.extend(0u64.to_le_bytes());
@@ -88,7 +88,7 @@ mod tests {
         data.extend(0u64.to_le_bytes());
         data.extend(0xffffu16.to_le_bytes());
         // CKM_RSA_PKCS_PSS with SHA-256 parameters, then a 32-byte digest.
-        data.extend((CKM_RSA_PKCS_PSS as u64).to_le_bytes());
+        data.extend(CKM_RSA_PKCS_PSS.to_le_bytes());
         let params: Vec<u8> = [CKM_SHA256, CKG_MGF1_SHA256, 32]
             .iter()
             .flat_map(|w| w.to_ne_bytes())
