@@ -903,7 +903,7 @@ fn without_an_agent_there_are_no_slots() {
 fn a_forked_child_initialises_afresh() {
     let s = Setup::new("");
     let python = require("python3");
-    std::fs::write(s.path("fork.py"), FORK_DRIVER).unwrap();
+    std::fs::write(s.path("fork.py"), [CTYPES_PRELUDE, FORK_DRIVER].concat()).unwrap();
     let out = Command::new(python)
         .current_dir(s.dir.path())
         .env("WAXSEAL_SOCK", &s.agent.socket)
@@ -936,7 +936,7 @@ fn a_forked_child_initialises_afresh() {
 
 /// Drives the module through its C ABI from Python's ctypes: C_GetFunctionList, then
 /// the table's entries by index (PKCS#11 v2.40's CK_FUNCTION_LIST order).
-const FORK_DRIVER: &str = r#"
+const CTYPES_PRELUDE: &str = r#"
 import ctypes, hashlib, os, sys
 U = ctypes.c_ulong
 lib = ctypes.CDLL(sys.argv[1])
@@ -950,6 +950,8 @@ class Attr(ctypes.Structure):
 class Mech(ctypes.Structure):
     _fields_ = [("mechanism", U), ("param", ctypes.c_void_p), ("len", U)]
 Initialize = fn(0, ctypes.c_void_p)
+Finalize = fn(1, ctypes.c_void_p)
+GetInfo = fn(2, ctypes.c_void_p)
 GetSlotList = fn(4, ctypes.c_ubyte, ctypes.POINTER(U), ctypes.POINTER(U))
 OpenSession = fn(12, U, U, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(U))
 FindObjectsInit = fn(26, U, ctypes.POINTER(Attr), U)
@@ -963,11 +965,7 @@ def slots():
     ids = (U * 8)()
     return GetSlotList(1, ids, ctypes.byref(n)), n.value
 
-def sign(tag):
-    h = U()
-    rv = OpenSession(0, 4, None, None, ctypes.byref(h))  # CKF_SERIAL_SESSION
-    if rv:
-        return rv, b""
+def find_key(h):
     cls = U(3)  # CKO_PRIVATE_KEY
     label = ctypes.create_string_buffer(b"ec", 2)
     attrs = (Attr * 2)(Attr(0, ctypes.cast(ctypes.pointer(cls), ctypes.c_void_p), ctypes.sizeof(U)),
@@ -976,13 +974,24 @@ def sign(tag):
     key, n = U(), U()
     assert FindObjects(h, ctypes.byref(key), 1, ctypes.byref(n)) == 0 and n.value == 1
     assert FindObjectsFinal(h) == 0
+    return key
+
+def sign(tag):
+    h = U()
+    rv = OpenSession(0, 4, None, None, ctypes.byref(h))  # CKF_SERIAL_SESSION
+    if rv:
+        return rv, b""
+    key = find_key(h)
     mech = Mech(0x1041, None, 0)  # CKM_ECDSA
     assert SignInit(h, ctypes.byref(mech), key) == 0
     digest = hashlib.sha256(tag.encode()).digest()
     out, out_len = ctypes.create_string_buffer(64), U(64)
     rv = Sign(h, digest, 32, out, ctypes.byref(out_len))
     return rv, out.raw[:out_len.value]
+"#;
 
+/// The fork scenario (after [`CTYPES_PRELUDE`]).
+const FORK_DRIVER: &str = r#"
 def show(tag):
     rv, sig = sign(tag)
     if rv:
@@ -1008,4 +1017,75 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 assert show("again")
+"#;
+
+/// The C ABI's conventions, from a C caller that is not ours (Python ctypes): NULL
+/// pointers are CKR_ARGUMENTS_BAD; `C_Sign` with no buffer gives the length and with a
+/// small one CKR_BUFFER_TOO_SMALL and the length, both leaving the operation going;
+/// the signature ends it; `C_Initialize` twice and calls after `C_Finalize` are refused.
+#[test]
+fn the_c_abi_keeps_the_length_query_and_null_pointer_rules() {
+    let s = Setup::new("");
+    let python = require("python3");
+    std::fs::write(s.path("abi.py"), [CTYPES_PRELUDE, ABI_DRIVER].concat()).unwrap();
+    let out = Command::new(python)
+        .current_dir(s.dir.path())
+        .env("WAXSEAL_SOCK", &s.agent.socket)
+        .arg("abi.py")
+        .arg(&bins().pkcs11_module)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), s.agent.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sig = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("buffers "))
+        .unwrap_or_else(|| panic!("no signature: {stdout}"));
+    let pem = std::fs::read_to_string(s.path("ec.pem")).unwrap();
+    let der = pem_der(&pem);
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&der[der.len() - 65..]).unwrap();
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    let sig = p256::ecdsa::Signature::from_slice(&hex::decode(sig).unwrap()).unwrap();
+    vk.verify_prehash(&Sha256::digest(b"buffers"), &sig)
+        .unwrap();
+    let signed = audit_records(&s.agent.state_dir)
+        .iter()
+        .filter(|r| r["event"] == "signed")
+        .count();
+    assert_eq!(signed, 1, "the length queries sign nothing");
+}
+
+/// The ABI scenario (after [`CTYPES_PRELUDE`]).
+const ABI_DRIVER: &str = r#"
+def rv_is(got, want, what):
+    if got != want:
+        sys.stderr.write("%s: 0x%x, expected 0x%x\n" % (what, got, want))
+        sys.exit(1)
+
+rv_is(GetSlotList(1, None, None), 0x190, "C_GetSlotList before C_Initialize")
+rv_is(Initialize(None), 0, "C_Initialize")
+rv_is(Initialize(None), 0x191, "C_Initialize again")
+rv_is(GetInfo(None), 0x7, "C_GetInfo(NULL)")
+rv_is(GetSlotList(1, None, None), 0x7, "C_GetSlotList(NULL count)")
+h = U()
+rv_is(OpenSession(0, 4, None, None, None), 0x7, "C_OpenSession(NULL handle)")
+rv_is(OpenSession(0, 4, None, None, ctypes.byref(h)), 0, "C_OpenSession")
+key = find_key(h)
+rv_is(SignInit(h, None, key), 0x7, "C_SignInit(NULL mechanism)")
+rv_is(SignInit(h, ctypes.byref(Mech(0x1041, None, 0)), key), 0, "C_SignInit")
+digest = hashlib.sha256(b"buffers").digest()
+n = U(0)
+rv_is(Sign(h, digest, 32, None, ctypes.byref(n)), 0, "C_Sign length query")
+rv_is(n.value, 64, "length")
+small, n = ctypes.create_string_buffer(10), U(10)
+rv_is(Sign(h, digest, 32, small, ctypes.byref(n)), 0x150, "C_Sign into 10 bytes")
+rv_is(n.value, 64, "length after CKR_BUFFER_TOO_SMALL")
+rv_is(Sign(h, digest, 32, small, None), 0x7, "C_Sign(NULL length)")
+out, n = ctypes.create_string_buffer(64), U(64)
+rv_is(Sign(h, digest, 32, out, ctypes.byref(n)), 0, "C_Sign")
+print("buffers", out.raw[:n.value].hex(), flush=True)
+rv_is(Sign(h, digest, 32, out, ctypes.byref(n)), 0x91, "C_Sign after the signature")
+rv_is(Finalize(None), 0, "C_Finalize with a session open")
+n = U(0)
+rv_is(GetSlotList(1, None, ctypes.byref(n)), 0x190, "C_GetSlotList after C_Finalize")
 "#;
