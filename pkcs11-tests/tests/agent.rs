@@ -229,13 +229,23 @@ fn systemd_socket_activation() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // systemd-socket-activate binds (the path appears) before it listens: until then
+    // a connection is refused, so poll for the first accepted one.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
     // The first connection starts the agent, which takes the passed socket.
-    let mut client = waxseal_agent::client::Client::connect(&path).unwrap();
+    let mut client = loop {
+        match waxseal_agent::client::Client::connect(&path) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no listener at {}: {e}",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
     assert!(client.agent().starts_with("waxseal-agent"));
     assert_eq!(client.status().unwrap().devices.len(), 0);
     assert!(
