@@ -1,0 +1,539 @@
+//! The PKCS#11 module (`libwaxseal_pkcs11.so`) in front of the agent's other two
+//! backends and of its confirmation, driven by programs nobody here wrote:
+//!
+//! - a TPM (swtpm): pkcs11-tool lists the slot and the objects of a P-256 and an
+//!   RSA-2048 key, whose CKA_ID is SHA-1 of the public key bits (docs/pkcs11-module.md,
+//!   "Objects"), and signs with ECDSA, ECDSA-SHA256, SHA256-RSA-PKCS and RSA-PKCS-PSS;
+//!   OpenSSL's pkcs11 engine signs too; OpenSSL verifies every signature against the
+//!   key the agent reports, and each leaves one `signed` audit record;
+//! - a YubiKey (pcscd + vpcd + piv-emulator): the token, a slot key's objects with the
+//!   slot certificate, an ECDSA signature, and `ssh-keygen -D` listing what `ssh-add -L`
+//!   lists on `ssh.sock`;
+//! - a SoftHSM2 key with `confirm = true`: the `confirm_program` is asked about
+//!   pkcs11-tool's request; its yes signs, its no is CKR_FUNCTION_REJECTED and a
+//!   `refused` audit record.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use piv_emulator::harness::{Config, Harness};
+use pkcs11_tests::{
+    audit_records, bins, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm, Swtpm,
+};
+use sha2::{Digest, Sha256};
+use waxseal_agent::proto::KeyAlg;
+use x509_parser::prelude::FromDer;
+
+/// OpenSSL's pkcs11 engine (Debian's libengine-pkcs11-openssl).
+const ENGINE: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
+
+/// An agent, the scratch directory its clients run in, and each key's public key PEM
+/// written there as `LABEL.pem`.
+struct Bench {
+    agent: Agent,
+    dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new(agent: Agent) -> Bench {
+        require("pkcs11-tool");
+        require("openssl");
+        Bench {
+            agent,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Generates `DEVICE/LABEL` through the agent; writes `LABEL.pem`.
+    fn generate(&self, name: &str, alg: KeyAlg) {
+        let made = self
+            .agent
+            .client()
+            .generate_key(name, alg)
+            .unwrap_or_else(|e| panic!("generate {name}: {e}\n{}", self.agent.log()));
+        let label = name.split_once('/').unwrap().1;
+        std::fs::write(self.path(&format!("{label}.pem")), made.pem).unwrap();
+    }
+
+    /// `pkcs11-tool --module libwaxseal_pkcs11.so ARGS` against this agent.
+    fn tool(&self, args: &[&str]) -> Output {
+        Command::new("pkcs11-tool")
+            .current_dir(self.dir.path())
+            .env("WAXSEAL_SOCK", &self.agent.socket)
+            .arg("--module")
+            .arg(&bins().pkcs11_module)
+            .args(args)
+            .output()
+            .expect("run pkcs11-tool")
+    }
+
+    /// As [`Bench::tool`], failing unless it exits 0; returns stdout.
+    fn tool_ok(&self, args: &[&str]) -> String {
+        let out = self.tool(args);
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?} exited with {}:\n{}\nagent log:\n{}",
+            out.status,
+            text(&out),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn openssl(&self) -> Command {
+        let mut cmd = Command::new(require("openssl"));
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    /// `openssl dgst -sha256 -verify LABEL.pem`: OpenSSL accepts `sig` over `msg`.
+    fn verify(&self, label: &str, msg: &str, sig: &str, extra: &[&str]) {
+        let out = run_ok(
+            self.openssl()
+                .args(["dgst", "-sha256", "-verify", &format!("{label}.pem")])
+                .args(extra)
+                .args(["-signature", sig, msg]),
+        );
+        assert!(out.contains("Verified OK"), "{label} {sig}: {out}");
+    }
+
+    /// `signed` audit records of `key`.
+    fn signed(&self, key: &str) -> usize {
+        audit_records(&self.agent.state_dir)
+            .iter()
+            .filter(|r| r["event"] == "signed" && r["key"] == key)
+            .count()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// pkcs11-tool's object listing, as (kind line, label, ID hex) per object.
+fn objects(listing: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for line in listing.lines() {
+        let trimmed = line.trim();
+        if !line.starts_with(' ') && trimmed.contains("Object") {
+            out.push((trimmed.to_string(), String::new(), String::new()));
+        } else if let Some(last) = out.last_mut() {
+            if let Some(v) = trimmed.strip_prefix("label:") {
+                last.1 = v.trim().to_string();
+            } else if let Some(v) = trimmed.strip_prefix("ID:") {
+                last.2 = v.trim().to_string();
+            }
+        }
+    }
+    out
+}
+
+/// SHA-1 (by OpenSSL) of the subjectPublicKey BIT STRING of a DER SPKI, in hex.
+fn spki_sha1(dir: &Path, spki_der: &[u8]) -> String {
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).unwrap();
+    let bits = dir.join("bits");
+    std::fs::write(&bits, spki.subject_public_key.data.as_ref()).unwrap();
+    let out = run_ok(
+        Command::new(require("openssl"))
+            .args(["dgst", "-sha1", "-r"])
+            .arg(&bits),
+    );
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// Whether pkcs11-tool reports CKR_FUNCTION_REJECTED: OpenSC 0.23 prints its value,
+/// "unknown PKCS11 error (0x200)" (docs/pkcs11-module.md, "Errors").
+fn rejected(output: &str) -> bool {
+    output.contains("CKR_FUNCTION_REJECTED") || output.contains("(0x200)")
+}
+
+#[test]
+fn a_tpm_device_is_a_token_whose_keys_sign_through_pkcs11_tool_and_the_engine() {
+    let tpm = Swtpm::start();
+    let keys = tempfile::Builder::new()
+        .prefix("tpm-keys-")
+        .tempdir()
+        .unwrap();
+    let agent = Agent::builder()
+        .config(&tpm_device("tpm", &tpm, keys.path(), None))
+        .start();
+    let b = Bench::new(agent);
+    b.generate("tpm/ec", KeyAlg::P256);
+    b.generate("tpm/rsa", KeyAlg::Rsa(2048));
+
+    // The slot: token label = the device name, model = the device kind.
+    let slots = b.tool_ok(&["-L"]);
+    assert!(slots.contains("token label        : tpm"), "{slots}");
+    assert!(slots.contains("token manufacturer : waxseal"), "{slots}");
+    assert!(slots.contains("token model        : tpm"), "{slots}");
+
+    // Each key's objects, with CKA_ID = SHA-1 of the public key bits the agent reports
+    // (TPM keys have no id of their own: list_keys says none).
+    let listing = b.tool_ok(&["-O"]);
+    let objs = objects(&listing);
+    let listed = b.agent.client().list_keys().unwrap();
+    let mut ids = std::collections::BTreeMap::new();
+    for (label, private, public) in [
+        (
+            "ec",
+            "Private Key Object; EC",
+            "Public Key Object; EC  EC_POINT 256 bits",
+        ),
+        (
+            "rsa",
+            "Private Key Object; RSA",
+            "Public Key Object; RSA 2048 bits",
+        ),
+    ] {
+        let name = format!("tpm/{label}");
+        let info = listed.keys.iter().find(|k| k.name == name).unwrap();
+        assert!(info.id.is_none(), "a TPM key has no device id: {info:?}");
+        let pk = b.agent.client().public_key(&name).unwrap();
+        let id = spki_sha1(b.dir.path(), &pk.spki_der.0);
+        let mine: Vec<_> = objs.iter().filter(|o| o.1 == label).collect();
+        let kinds: BTreeSet<&str> = mine.iter().map(|o| o.0.as_str()).collect();
+        assert_eq!(kinds, BTreeSet::from([private, public]), "{listing}");
+        for o in &mine {
+            assert_eq!(
+                o.2, id,
+                "{label}: CKA_ID is not SHA-1 of the key bits\n{listing}"
+            );
+        }
+        ids.insert(label, id);
+    }
+    assert_eq!(objs.len(), 4, "{listing}");
+
+    let msg = b"through PKCS#11 to the TPM";
+    std::fs::write(b.path("msg"), msg).unwrap();
+    std::fs::write(b.path("digest"), Sha256::digest(msg)).unwrap();
+    let (ec, rsa) = (ids["ec"].as_str(), ids["rsa"].as_str());
+    let (ec0, rsa0) = (b.signed("tpm/ec"), b.signed("tpm/rsa"));
+
+    for (mech, input, out) in [
+        ("ECDSA", "digest", "ecdsa.sig"),
+        ("ECDSA-SHA256", "msg", "ecdsa-sha256.sig"),
+    ] {
+        b.tool_ok(&[
+            "--sign",
+            "-m",
+            mech,
+            "--id",
+            ec,
+            "--signature-format",
+            "openssl",
+            "-i",
+            input,
+            "-o",
+            out,
+        ]);
+        b.verify("ec", "msg", out, &[]);
+    }
+    b.tool_ok(&[
+        "--sign",
+        "-m",
+        "SHA256-RSA-PKCS",
+        "--id",
+        rsa,
+        "-i",
+        "msg",
+        "-o",
+        "rsa.sig",
+    ]);
+    b.verify("rsa", "msg", "rsa.sig", &[]);
+    // PSS with the salt the module asks for (the digest's length), which OpenSSL checks
+    // exactly, not "auto".
+    b.tool_ok(&[
+        "--sign",
+        "-m",
+        "RSA-PKCS-PSS",
+        "--hash-algorithm",
+        "SHA256",
+        "--mgf",
+        "MGF1-SHA256",
+        "--salt-len",
+        "32",
+        "--id",
+        rsa,
+        "-i",
+        "digest",
+        "-o",
+        "pss.sig",
+    ]);
+    b.verify(
+        "rsa",
+        "msg",
+        "pss.sig",
+        &[
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+        ],
+    );
+    assert_eq!(
+        b.signed("tpm/ec") - ec0,
+        2,
+        "one signed record per signature"
+    );
+    assert_eq!(
+        b.signed("tpm/rsa") - rsa0,
+        2,
+        "one signed record per signature"
+    );
+
+    // OpenSSL's pkcs11 engine finds the key by token and object label.
+    require(ENGINE);
+    for label in ["ec", "rsa"] {
+        let sig = format!("engine-{label}.sig");
+        run_ok(
+            b.openssl()
+                .env("WAXSEAL_SOCK", &b.agent.socket)
+                .env("PKCS11_MODULE_PATH", &bins().pkcs11_module)
+                .args([
+                    "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine", "-sign",
+                ])
+                .arg(format!("pkcs11:token=tpm;object={label}"))
+                .args(["-out", &sig, "msg"]),
+        );
+        b.verify(label, "msg", &sig, &[]);
+    }
+    assert_eq!(b.signed("tpm/ec") - ec0, 3);
+    assert_eq!(b.signed("tpm/rsa") - rsa0, 3);
+}
+
+const SERIAL: u32 = 20_260_011;
+
+#[test]
+fn a_yubikey_slot_key_is_seen_with_its_certificate_and_signs() {
+    require("ssh-keygen");
+    require("ssh-add");
+    let mut config = Config::new(bins().piv_emulator.clone());
+    config.serial = SERIAL;
+    config.touch_delay = Duration::from_millis(100);
+    let _card = Harness::start(config).unwrap_or_else(|e| {
+        panic!("pcscd + piv-emulator did not start ({e}); run scripts/install-deps")
+    });
+    let pins = tempfile::tempdir().unwrap();
+    let pin = pins.path().join("pin");
+    std::fs::write(&pin, "123456\n").unwrap();
+    let agent = Agent::builder()
+        .config(&format!(
+            "[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nserial = {SERIAL}\npin = \"file:{}\"\n",
+            pin.display()
+        ))
+        .start();
+    let b = Bench::new(agent);
+    b.generate("yk/9c", KeyAlg::P256);
+    let pk = b.agent.client().public_key("yk/9c").unwrap();
+    let cert = pk
+        .certificate
+        .expect("the agent writes the slot certificate at generation")
+        .0;
+
+    let slots = b.tool_ok(&["-L"]);
+    assert!(slots.contains("token label        : yk"), "{slots}");
+    assert!(slots.contains("token model        : yubikey"), "{slots}");
+
+    // Private key, public key and certificate, with one CKA_ID: SHA-1 of the key bits.
+    let listing = b.tool_ok(&["-O"]);
+    let objs = objects(&listing);
+    let id = spki_sha1(b.dir.path(), &pk.spki_der.0);
+    let kinds: BTreeSet<&str> = objs.iter().map(|o| o.0.as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "Private Key Object; EC",
+            "Public Key Object; EC  EC_POINT 256 bits",
+            "Certificate Object; type = X.509 cert",
+        ]),
+        "{listing}"
+    );
+    for o in &objs {
+        assert_eq!(o.1, "9c", "{listing}");
+        assert_eq!(o.2, id, "{listing}");
+    }
+    // The certificate object's CKA_VALUE is the slot's certificate.
+    b.tool_ok(&[
+        "--read-object",
+        "--type",
+        "cert",
+        "--id",
+        &id,
+        "-o",
+        "cert.der",
+    ]);
+    assert_eq!(std::fs::read(b.path("cert.der")).unwrap(), cert);
+
+    std::fs::write(b.path("msg"), b"through PKCS#11 to the card").unwrap();
+    std::fs::write(
+        b.path("digest"),
+        Sha256::digest(b"through PKCS#11 to the card"),
+    )
+    .unwrap();
+    let before = b.signed("yk/9c");
+    b.tool_ok(&[
+        "--sign",
+        "-m",
+        "ECDSA",
+        "--id",
+        &id,
+        "--signature-format",
+        "openssl",
+        "-i",
+        "digest",
+        "-o",
+        "sig",
+    ]);
+    b.verify("9c", "msg", "sig", &[]);
+    assert_eq!(b.signed("yk/9c") - before, 1);
+
+    // ssh-keygen -D reads through the module the keys ssh-add -L gets from ssh.sock.
+    let keys = |out: &[u8]| -> BTreeSet<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some(format!("{} {}", f.next()?, f.next()?))
+            })
+            .collect()
+    };
+    let via_module = run_ok(
+        Command::new("ssh-keygen")
+            .env("WAXSEAL_SOCK", &b.agent.socket)
+            .arg("-D")
+            .arg(&bins().pkcs11_module),
+    );
+    let via_socket = run_ok(
+        Command::new("ssh-add")
+            .arg("-L")
+            .env("SSH_AUTH_SOCK", &b.agent.ssh_socket),
+    );
+    let (via_module, via_socket) = (keys(via_module.as_bytes()), keys(via_socket.as_bytes()));
+    assert_eq!(via_module.len(), 1, "{via_module:?}");
+    assert!(
+        via_module
+            .iter()
+            .all(|k| k.starts_with("ecdsa-sha2-nistp256 ")),
+        "{via_module:?}"
+    );
+    assert_eq!(via_module, via_socket);
+}
+
+#[test]
+fn a_confirm_key_signs_through_the_module_only_when_the_person_says_yes() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("tok", "5555", "1234");
+    let pin = hsm.pin_file("pin", "1234");
+    let tmp = tempfile::tempdir().unwrap();
+    // The confirm program (docs/architecture.md, step 6 of a request): it records the
+    // question it was given and answers with the exit status the test wrote in
+    // `answer` beforehand.
+    let asked = tmp.path().join("asked");
+    let answer = tmp.path().join("answer");
+    let program = tmp.path().join("confirm");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\n{{ printf 'KEY=%s\\nCALLER=%s\\n' \"$WAXSEAL_CONFIRM_KEY\" \"$WAXSEAL_CONFIRM_CALLER\"; printf '%s\\n--\\n' \"$1\"; }} >> '{}'\nexit \"$(cat '{}')\"\n",
+            asked.display(),
+            answer.display()
+        ),
+    )
+    .unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&program, mode).unwrap();
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&format!(
+            "[agent]\nconfirm_program = \"{}\"\nconfirm_timeout_secs = 20\n\n{}\n[[key]]\nname = \"hsm/ec\"\npurposes = [\"digest\"]\nconfirm = true\n",
+            program.display(),
+            pkcs11_device("hsm", "tok", &pin)
+        ))
+        .start();
+    let b = Bench::new(agent);
+    b.generate("hsm/ec", KeyAlg::P256);
+    let ids = objects(&b.tool_ok(&["-O", "--type", "privkey"]));
+    let id = ids.iter().find(|o| o.1 == "ec").unwrap().2.clone();
+
+    let msg = b"asks first";
+    std::fs::write(b.path("msg"), msg).unwrap();
+    let sign = |out: &str| {
+        b.tool(&[
+            "--sign",
+            "-m",
+            "ECDSA-SHA256",
+            "--id",
+            &id,
+            "--signature-format",
+            "openssl",
+            "-i",
+            "msg",
+            "-o",
+            out,
+        ])
+    };
+
+    // Yes: the signature is made and verifies; the question named the key, pkcs11-tool
+    // as the caller, and the digest.
+    std::fs::write(&answer, "0").unwrap();
+    let out = sign("yes.sig");
+    assert!(out.status.success(), "{}\n{}", text(&out), b.agent.log());
+    b.verify("ec", "msg", "yes.sig", &[]);
+    let question = std::fs::read_to_string(&asked).unwrap();
+    assert!(question.contains("KEY=hsm/ec\n"), "{question}");
+    let caller = question
+        .lines()
+        .find_map(|l| l.strip_prefix("CALLER="))
+        .unwrap();
+    assert!(caller.contains("/pkcs11-tool)"), "{question}");
+    assert!(
+        question.contains(&hex::encode(Sha256::digest(msg))),
+        "{question}"
+    );
+    assert_eq!(b.signed("hsm/ec"), 1);
+
+    // No: CKR_FUNCTION_REJECTED, nothing signed, and the refusal is audited with the
+    // program that asked.
+    std::fs::write(&answer, "1").unwrap();
+    let out = sign("no.sig");
+    assert!(
+        !out.status.success(),
+        "signed although denied: {}",
+        text(&out)
+    );
+    assert!(rejected(&text(&out)), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&asked)
+            .unwrap()
+            .matches("KEY=hsm/ec")
+            .count(),
+        2,
+        "the person was asked again"
+    );
+    assert_eq!(b.signed("hsm/ec"), 1, "a denied request signs nothing");
+    let records = audit_records(&b.agent.state_dir);
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "refused" && r["key"] == "hsm/ec")
+        .collect();
+    assert_eq!(refused.len(), 1, "{records:?}");
+    assert_eq!(refused[0]["code"], "confirm-denied", "{}", refused[0]);
+    assert!(
+        refused[0]["caller"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/pkcs11-tool")),
+        "{}",
+        refused[0]
+    );
+}
