@@ -599,3 +599,124 @@ fn a_confirm_key_signs_through_the_module_only_when_the_person_says_yes() {
         );
     }
 }
+
+/// A signature waiting for its confirmation holds up nothing else in the program that
+/// loaded the module (docs/pkcs11-module.md, "Threads": no module-wide lock while the
+/// agent works): python-pkcs11 signs with the confirm key on one thread and, while the
+/// person has not answered yet, lists the token's keys and signs with another key on
+/// its main thread; then the answer comes and the first signature is made.
+#[test]
+fn a_pending_confirmation_holds_up_nothing_else_in_the_process() {
+    assert!(
+        Path::new(PYTHON).exists(),
+        "{PYTHON} is missing: run scripts/install-deps (it makes the venv with python-pkcs11)"
+    );
+    require("mkfifo");
+    let hsm = SoftHsm::new();
+    hsm.init_token("tok", "5555", "1234");
+    let pin = hsm.pin_file("pin", "1234");
+    let tmp = tempfile::tempdir().unwrap();
+    // The confirm program says it was asked, then waits for the answer on a FIFO: the
+    // person answers when the test writes to it.
+    let asked = tmp.path().join("asked");
+    let gate = tmp.path().join("gate");
+    run_ok(Command::new("mkfifo").arg(&gate));
+    let program = tmp.path().join("confirm");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$WAXSEAL_CONFIRM_KEY\" >> '{}'\nread answer < '{}'\nexit \"$answer\"\n",
+            asked.display(),
+            gate.display()
+        ),
+    )
+    .unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&program, mode).unwrap();
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&format!(
+            "[agent]\nconfirm_program = \"{}\"\nconfirm_timeout_secs = 30\n\n{}\n[[key]]\nname = \"hsm/asks\"\npurposes = [\"digest\"]\nconfirm = true\n",
+            program.display(),
+            pkcs11_device("hsm", "tok", &pin)
+        ))
+        .start();
+    let b = Bench::new(agent);
+    b.generate("hsm/asks", KeyAlg::P256);
+    b.generate("hsm/free", KeyAlg::P256);
+
+    let script = r#"
+import os, sys, threading, time
+import pkcs11
+from pkcs11 import Mechanism, ObjectClass
+module, asked, gate = sys.argv[1:4]
+token = pkcs11.lib(module).get_token(token_label="hsm")
+results = {}
+
+def confirmed():
+    with token.open() as s:
+        key = s.get_key(object_class=ObjectClass.PRIVATE_KEY, label="asks")
+        results["asks"] = key.sign(b"\x01" * 32, mechanism=Mechanism.ECDSA).hex()
+
+worker = threading.Thread(target=confirmed)
+worker.start()
+deadline = time.monotonic() + 20
+while not (os.path.exists(asked) and os.path.getsize(asked) > 0):
+    assert time.monotonic() < deadline, "the confirm program was not asked"
+    time.sleep(0.01)
+# The person has not answered: the rest of the process goes on.
+with token.open() as s:
+    labels = sorted(k.label for k in s.get_objects({pkcs11.Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+    key = s.get_key(object_class=ObjectClass.PRIVATE_KEY, label="free")
+    results["free"] = key.sign(b"\x02" * 32, mechanism=Mechanism.ECDSA).hex()
+assert worker.is_alive(), "the confirmed signature did not wait for its answer"
+print("while-asking", ",".join(labels), results["free"], flush=True)
+with open(gate, "w") as g:
+    g.write("0\n")
+worker.join(20)
+assert not worker.is_alive(), "no signature after the answer"
+print("asks", results["asks"], flush=True)
+"#;
+    let out = Command::new(PYTHON)
+        .env("WAXSEAL_SOCK", &b.agent.socket)
+        .arg("-c")
+        .arg(script)
+        .arg(&bins().pkcs11_module)
+        .arg(&asked)
+        .arg(&gate)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\nagent log:\n{}",
+        text(&out),
+        b.agent.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0][..2], ["while-asking", "asks,free"], "{stdout}");
+    assert_eq!(lines[1][0], "asks", "{stdout}");
+    use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    for (label, digest, sig) in [
+        ("free", [2u8; 32], lines[0][2]),
+        ("asks", [1u8; 32], lines[1][1]),
+    ] {
+        let spki = b
+            .agent
+            .client()
+            .public_key(&format!("hsm/{label}"))
+            .unwrap()
+            .spki_der;
+        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki.0).unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&hex::decode(sig).unwrap()).unwrap();
+        vk.verify_prehash(&digest, &sig)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(b.signed(&format!("hsm/{label}")), 1, "{label}");
+    }
+    assert_eq!(std::fs::read_to_string(&asked).unwrap(), "hsm/asks\n");
+}
