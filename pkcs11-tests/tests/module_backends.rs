@@ -720,3 +720,106 @@ print("asks", results["asks"], flush=True)
     }
     assert_eq!(std::fs::read_to_string(&asked).unwrap(), "hsm/asks\n");
 }
+
+/// The card pulled out under an open session of python-pkcs11: the token is no longer
+/// present (docs/pkcs11-module.md, "Slots and tokens"), signing answers
+/// CKR_DEVICE_REMOVED ("Errors": `device-absent`) without a hang, and once the card is
+/// back the same session signs again.
+#[test]
+fn a_yubikey_pulled_out_under_an_open_session_and_put_back() {
+    assert!(
+        Path::new(PYTHON).exists(),
+        "{PYTHON} is missing: run scripts/install-deps (it makes the venv with python-pkcs11)"
+    );
+    let mut config = Config::new(bins().piv_emulator.clone());
+    config.serial = SERIAL;
+    let card = Harness::start(config).unwrap_or_else(|e| {
+        panic!("pcscd + piv-emulator did not start ({e}); run scripts/install-deps")
+    });
+    let pins = tempfile::tempdir().unwrap();
+    let pin = pins.path().join("pin");
+    std::fs::write(&pin, "123456\n").unwrap();
+    let agent = Agent::builder()
+        .config(&format!(
+            "[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nserial = {SERIAL}\npin = \"file:{}\"\n",
+            pin.display()
+        ))
+        .start();
+    let b = Bench::new(agent);
+    b.generate("yk/9c", KeyAlg::P256);
+
+    // The script signs, then waits for a line on stdin before each next step.
+    let script = r#"
+import sys
+import pkcs11
+from pkcs11 import Mechanism, ObjectClass
+lib = pkcs11.lib(sys.argv[1])
+session = lib.get_token(token_label="yk").open()
+key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="9c")
+def step(tag):
+    try:
+        sig = key.sign(bytes([len(tag)]) * 32, mechanism=Mechanism.ECDSA).hex()
+    except pkcs11.PKCS11Error as e:
+        sig = type(e).__name__
+    present = len(lib.get_slots(token_present=True))
+    print(tag, sig, present, flush=True)
+    sys.stdin.readline()
+step("in")
+step("out")
+step("back-in")
+"#;
+    let mut child = Command::new(PYTHON)
+        .env("WAXSEAL_SOCK", &b.agent.socket)
+        .arg("-c")
+        .arg(script)
+        .arg(&bins().pkcs11_module)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut next = |what: &str| -> Vec<String> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let fields: Vec<String> = line.split_whitespace().map(String::from).collect();
+        assert_eq!(
+            fields.len(),
+            3,
+            "{what}: {line:?}\nagent log:\n{}",
+            b.agent.log()
+        );
+        fields
+    };
+    let spki = b.agent.client().public_key("yk/9c").unwrap().spki_der;
+    let verify = |tag: &str, sig: &str| {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+        use p256::pkcs8::DecodePublicKey as _;
+        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki.0).unwrap();
+        let sig = hex::decode(sig).unwrap_or_else(|_| panic!("{tag}: no signature: {sig}"));
+        let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+        vk.verify_prehash(&[tag.len() as u8; 32], &sig)
+            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+    };
+    use std::io::Write as _;
+
+    let got = next("in");
+    verify("in", &got[1]);
+    assert_eq!(got[2], "1", "the token is present: {got:?}");
+    card.remove().unwrap();
+    let started = std::time::Instant::now();
+    stdin.write_all(b"\n").unwrap();
+    let got = next("out");
+    assert!(started.elapsed() < Duration::from_secs(10), "a hang");
+    assert_eq!(got[1], "DeviceRemoved", "{got:?}");
+    assert_eq!(got[2], "0", "no token without the card: {got:?}");
+    card.insert().unwrap();
+    stdin.write_all(b"\n").unwrap();
+    let got = next("back-in");
+    verify("back-in", &got[1]);
+    assert_eq!(got[2], "1", "{got:?}");
+    stdin.write_all(b"\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(b.signed("yk/9c"), 2);
+}
