@@ -256,7 +256,10 @@ impl Module {
         let device = self.device(slot)?;
         // Without the agent's keys (absent device, no login yet) the list is shorter.
         let _ = self.refresh_keys(&device.name);
-        let mut kinds = KeyKinds::default();
+        let mut kinds = KeyKinds {
+            pkcs1_only: !mechanism::signs_pss(device.kind),
+            ..KeyKinds::default()
+        };
         for key in lock(&self.state)
             .keys
             .values()
@@ -412,6 +415,16 @@ impl Module {
 
     fn pin_of(&self, device: &str) -> Option<Zeroizing<String>> {
         lock(&self.state).logins.get(device).cloned().flatten()
+    }
+
+    /// Whether the RSA keys of `device` sign RSA-PSS (a device not seen yet: the agent
+    /// decides).
+    fn signs_pss(&self, device: &str) -> bool {
+        lock(&self.state)
+            .devices
+            .iter()
+            .find(|d| d.name == device)
+            .is_none_or(|d| mechanism::signs_pss(d.kind))
     }
 
     /// Whether a device needing the client's PIN has one.
@@ -583,6 +596,9 @@ impl Module {
         }
         let mechanism = Mechanism::decode(mechanism, params)?;
         let len = mechanism.signature_len(&key.public)?;
+        if mechanism.is_pss() && !self.signs_pss(&s.device) {
+            return Err(CKR_MECHANISM_INVALID);
+        }
         self.check_login(&s.device)?;
         s.sign = Some(SignOp {
             key,
