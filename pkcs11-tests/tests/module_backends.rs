@@ -823,3 +823,78 @@ step("back-in")
     assert!(child.wait().unwrap().success());
     assert_eq!(b.signed("yk/9c"), 2);
 }
+
+/// A YubiKey RSA key signs PKCS#1 v1.5 only (the agent answers `unsupported` to PSS for
+/// it): the token's mechanism list offers no PSS mechanism, and `C_SignInit` with one
+/// is CKR_MECHANISM_INVALID before anything reaches the agent (docs/pkcs11-module.md,
+/// "Mechanisms": the list tells the truth per token); SHA256-RSA-PKCS signs.
+#[test]
+fn a_yubikey_rsa_key_offers_and_signs_pkcs1_only() {
+    let mut config = Config::new(bins().piv_emulator.clone());
+    config.serial = SERIAL;
+    let _card = Harness::start(config).unwrap_or_else(|e| {
+        panic!("pcscd + piv-emulator did not start ({e}); run scripts/install-deps")
+    });
+    let pins = tempfile::tempdir().unwrap();
+    let pin = pins.path().join("pin");
+    std::fs::write(&pin, "123456\n").unwrap();
+    let agent = Agent::builder()
+        .config(&format!(
+            "[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nserial = {SERIAL}\npin = \"file:{}\"\n",
+            pin.display()
+        ))
+        .start();
+    let b = Bench::new(agent);
+    b.generate("yk/9a", KeyAlg::Rsa(2048));
+    let mechs = b.tool_ok(&["-M"]);
+    assert!(mechs.contains("SHA256-RSA-PKCS,"), "{mechs}");
+    assert!(
+        !mechs.contains("PSS"),
+        "PSS offered for a YubiKey RSA key: {mechs}"
+    );
+
+    let spki = b.agent.client().public_key("yk/9a").unwrap().spki_der;
+    let id = spki_sha1(b.dir.path(), &spki.0);
+    std::fs::write(b.path("msg"), b"PKCS#1 v1.5 on the card").unwrap();
+    std::fs::write(b.path("digest"), Sha256::digest(b"PKCS#1 v1.5 on the card")).unwrap();
+    let records = || audit_records(&b.agent.state_dir).len();
+    let before = records();
+    let out = b.tool(&[
+        "--sign",
+        "-m",
+        "RSA-PKCS-PSS",
+        "--hash-algorithm",
+        "SHA256",
+        "--mgf",
+        "MGF1-SHA256",
+        "--salt-len",
+        "32",
+        "--id",
+        &id,
+        "-i",
+        "digest",
+        "-o",
+        "pss.sig",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("C_SignInit") && text(&out).contains("CKR_MECHANISM_INVALID"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(records(), before, "the agent was asked nothing");
+
+    b.tool_ok(&[
+        "--sign",
+        "-m",
+        "SHA256-RSA-PKCS",
+        "--id",
+        &id,
+        "-i",
+        "msg",
+        "-o",
+        "rsa.sig",
+    ]);
+    b.verify("9a", "msg", "rsa.sig", &[]);
+    assert_eq!(b.signed("yk/9a"), 1);
+}
