@@ -333,6 +333,42 @@ fn a_tpm_device_is_a_token_whose_keys_sign_through_pkcs11_tool_and_the_engine() 
     assert_eq!(b.signed("tpm/ec") - ec0, 3);
     assert_eq!(b.signed("tpm/rsa") - rsa0, 3);
 
+    // The longer hashes, hashed by the module: on P-256 the TPM signs the leftmost
+    // 256 bits of a SHA-384 or SHA-512 digest, as ECDSA verifiers expect.
+    for (mech, id, label, hash, extra) in [
+        ("ECDSA-SHA384", ec, "ec", "-sha384", &[][..]),
+        ("ECDSA-SHA512", ec, "ec", "-sha512", &[][..]),
+        (
+            "SHA512-RSA-PKCS-PSS",
+            rsa,
+            "rsa",
+            "-sha512",
+            &[
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:64",
+            ][..],
+        ),
+    ] {
+        let mut args = vec![
+            "--sign", "-m", mech, "--id", id, "-i", "msg", "-o", "long.sig",
+        ];
+        if label == "ec" {
+            args.extend(["--signature-format", "openssl"]);
+        } else {
+            args.extend(["--mgf", "MGF1-SHA512", "--salt-len", "64"]);
+        }
+        b.tool_ok(&args);
+        let out = run_ok(
+            b.openssl()
+                .args(["dgst", hash, "-verify", &format!("{label}.pem")])
+                .args(extra)
+                .args(["-signature", "long.sig", "msg"]),
+        );
+        assert!(out.contains("Verified OK"), "{mech}: {out}");
+    }
+
     // GnuTLS's p11tool signs and checks against the public key objects.
     for label in ["ec", "rsa"] {
         p11tool_test_sign(&b, "tpm", label);
