@@ -511,6 +511,31 @@ fn a_yubikey_slot_key_is_seen_with_its_certificate_and_signs() {
     ]);
     b.verify("9c", "msg", "sig", &[]);
     assert_eq!(b.signed("yk/9c") - before, 1);
+    // SHA-384 hashed by the module: the card signs its leftmost 256 bits.
+    b.tool_ok(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA384",
+        "--id",
+        &id,
+        "--signature-format",
+        "openssl",
+        "-i",
+        "msg",
+        "-o",
+        "sig384",
+    ]);
+    let out = run_ok(b.openssl().args([
+        "dgst",
+        "-sha384",
+        "-verify",
+        "9c.pem",
+        "-signature",
+        "sig384",
+        "msg",
+    ]));
+    assert!(out.contains("Verified OK"), "{out}");
+    assert_eq!(b.signed("yk/9c") - before, 2);
     p11tool_test_sign(&b, "yk", "9c");
 
     // ssh-keygen -D reads through the module the keys ssh-add -L gets from ssh.sock.
