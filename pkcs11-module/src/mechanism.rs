@@ -532,8 +532,10 @@ mod tests {
 
     #[test]
     fn a_pkcs1_only_token_lists_no_pss_mechanism() {
-        let mut kinds = KeyKinds::default();
-        kinds.rsa = Some((2048, 2048));
+        let mut kinds = KeyKinds {
+            rsa: Some((2048, 2048)),
+            ..KeyKinds::default()
+        };
         let all: Vec<_> = list(kinds, false).into_iter().map(|(m, _)| m).collect();
         assert_eq!(all, RSA_SIGN);
         kinds.pkcs1_only = true;
