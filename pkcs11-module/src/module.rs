@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cryptoki_sys::*;
 use sha2::{Digest, Sha256};
-use waxseal_proto::proto::{DeviceStatus, ErrorCode, KeyAlg, MAX_OBJECT_ID};
+use waxseal_proto::proto::{DeviceKind, DeviceStatus, ErrorCode, KeyAlg, MAX_OBJECT_ID};
 use zeroize::Zeroizing;
 
 use crate::agent::{Agent, AgentError};
@@ -417,14 +417,19 @@ impl Module {
         lock(&self.state).logins.get(device).cloned().flatten()
     }
 
-    /// Whether the RSA keys of `device` sign RSA-PSS (a device not seen yet: the agent
-    /// decides).
-    fn signs_pss(&self, device: &str) -> bool {
+    /// The kind of `device`, as last seen.
+    fn kind_of(&self, device: &str) -> Option<DeviceKind> {
         lock(&self.state)
             .devices
             .iter()
             .find(|d| d.name == device)
-            .is_none_or(|d| mechanism::signs_pss(d.kind))
+            .map(|d| d.kind)
+    }
+
+    /// Whether the RSA keys of `device` sign RSA-PSS (a device not seen yet: the agent
+    /// decides).
+    fn signs_pss(&self, device: &str) -> bool {
+        self.kind_of(device).is_none_or(mechanism::signs_pss)
     }
 
     /// Whether a device needing the client's PIN has one.
@@ -697,6 +702,16 @@ impl Module {
             return Err(CKR_SESSION_READ_ONLY);
         }
         let request = KeygenRequest::from_templates(mechanism, public, private)?;
+        // Only a PKCS#11 token keeps a CKA_ID of the caller's choosing (the agent's
+        // `raw_id`, docs/protocol.md `generate_key`); TPM and YubiKey keys get SHA-1 of
+        // their key bits.
+        if request.id.is_some()
+            && self
+                .kind_of(&device)
+                .is_some_and(|k| k != DeviceKind::Pkcs11)
+        {
+            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+        }
         self.check_login(&device)?;
         let name = format!("{device}/{}", request.label);
         let pin = self.pin_of(&device);
