@@ -369,6 +369,67 @@ fn a_tpm_device_is_a_token_whose_keys_sign_through_pkcs11_tool_and_the_engine() 
         assert!(out.contains("Verified OK"), "{mech}: {out}");
     }
 
+    // C_GenerateKeyPair on the TPM token: the key's CKA_ID is SHA-1 of its key bits,
+    // and it signs; a CKA_ID of the caller's choosing cannot be kept on a TPM, so it is
+    // refused (docs/pkcs11-module.md, "Key generation and certificates") and nothing
+    // is generated.
+    let made = b.tool_ok(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "gen",
+    ]);
+    let pk = b.agent.client().public_key("tpm/gen").unwrap();
+    std::fs::write(b.path("gen.pem"), &pk.pem).unwrap();
+    let gen = spki_sha1(b.dir.path(), &pk.spki_der.0);
+    assert_eq!(
+        objects(&made)
+            .iter()
+            .map(|o| o.2.as_str())
+            .collect::<Vec<_>>(),
+        [gen.as_str(), gen.as_str()],
+        "{made}"
+    );
+    b.tool_ok(&[
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        &gen,
+        "--signature-format",
+        "openssl",
+        "-i",
+        "msg",
+        "-o",
+        "gen.sig",
+    ]);
+    b.verify("gen", "msg", "gen.sig", &[]);
+    let out = b.tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "chosen",
+        "--id",
+        "0a0b",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("CKR_ATTRIBUTE_VALUE_INVALID"),
+        "{}",
+        text(&out)
+    );
+    let names: Vec<String> = b
+        .agent
+        .client()
+        .list_keys()
+        .unwrap()
+        .keys
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["tpm/ec", "tpm/gen", "tpm/rsa"]);
     // GnuTLS's p11tool signs and checks against the public key objects.
     for label in ["ec", "rsa"] {
         p11tool_test_sign(&b, "tpm", label);
