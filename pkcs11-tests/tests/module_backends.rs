@@ -3,15 +3,16 @@
 //!
 //! - a TPM (swtpm): pkcs11-tool lists the slot and the objects of a P-256 and an
 //!   RSA-2048 key, whose CKA_ID is SHA-1 of the public key bits (docs/pkcs11-module.md,
-//!   "Objects"), and signs with ECDSA, ECDSA-SHA256, SHA256-RSA-PKCS and RSA-PKCS-PSS;
-//!   OpenSSL's pkcs11 engine signs too; OpenSSL verifies every signature against the
-//!   key the agent reports, and each leaves one `signed` audit record;
+//!   "Objects"), signs with the ECDSA and RSA mechanisms and generates a key pair;
+//!   OpenSSL's pkcs11 engine, p11tool and python-pkcs11 sign too; every signature is
+//!   verified against the key the agent reports, and each leaves one `signed` record;
 //! - a YubiKey (pcscd + vpcd + piv-emulator): the token, a slot key's objects with the
-//!   slot certificate, an ECDSA signature, and `ssh-keygen -D` listing what `ssh-add -L`
-//!   lists on `ssh.sock`;
+//!   slot certificate, ECDSA signatures, `ssh-keygen -D` listing what `ssh-add -L`
+//!   lists on `ssh.sock`, an RSA key that signs PKCS#1 v1.5 only, and the card pulled
+//!   out under an open session and put back;
 //! - a SoftHSM2 key with `confirm = true`: the `confirm_program` is asked about
 //!   pkcs11-tool's request; its yes signs, its no is CKR_FUNCTION_REJECTED and a
-//!   `refused` audit record.
+//!   `refused` audit record; a pending question holds up no other thread.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
