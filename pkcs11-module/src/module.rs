@@ -722,7 +722,12 @@ impl Module {
                 None => c.generate_key(&name, request.alg),
             })
             .map_err(|e| match e {
-                AgentError::Code(ErrorCode::KeyExists) => CKR_ATTRIBUTE_VALUE_INVALID,
+                // The label or id in use, a label the device cannot name a key by (a
+                // YubiKey's keys are named by PIV slot: `unknown-key`), a value the
+                // agent refuses: all are the template's values.
+                AgentError::Code(
+                    ErrorCode::KeyExists | ErrorCode::UnknownKey | ErrorCode::BadRequest,
+                ) => CKR_ATTRIBUTE_VALUE_INVALID,
                 other => other.rv(),
             })?;
         let token_id = made.key.id.as_ref().map(|b| b.0.as_slice());
