@@ -605,6 +605,44 @@ fn a_yubikey_slot_key_is_seen_with_its_certificate_and_signs() {
     assert_eq!(b.signed("yk/9c") - before, 2);
     p11tool_test_sign(&b, "yk", "9c");
 
+    // C_GenerateKeyPair: the label names the PIV slot. A slot gets its key and its slot
+    // certificate; a label that is no slot is an invalid attribute value (no key).
+    let made = b.tool_ok(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "9d",
+    ]);
+    assert!(made.contains("label:      9d"), "{made}");
+    let certs = b.tool_ok(&["-O", "--type", "cert"]);
+    assert_eq!(
+        objects(&certs)
+            .iter()
+            .map(|o| o.1.as_str())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["9c", "9d"]),
+        "{certs}"
+    );
+    let out = b.tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "release",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("CKR_ATTRIBUTE_VALUE_INVALID"),
+        "{}",
+        text(&out)
+    );
+    let keys = b.agent.client().list_keys().unwrap().keys;
+    assert_eq!(
+        keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        ["yk/9c", "yk/9d"]
+    );
+
     // ssh-keygen -D reads through the module the keys ssh-add -L gets from ssh.sock.
     let keys = |out: &[u8]| -> BTreeSet<String> {
         String::from_utf8_lossy(out)
@@ -627,7 +665,7 @@ fn a_yubikey_slot_key_is_seen_with_its_certificate_and_signs() {
             .env("SSH_AUTH_SOCK", &b.agent.ssh_socket),
     );
     let (via_module, via_socket) = (keys(via_module.as_bytes()), keys(via_socket.as_bytes()));
-    assert_eq!(via_module.len(), 1, "{via_module:?}");
+    assert_eq!(via_module.len(), 2, "9c and 9d: {via_module:?}");
     assert!(
         via_module
             .iter()
