@@ -16,7 +16,7 @@ use cryptoki_sys::{
     CK_ULONG,
 };
 use sha2::{Digest, Sha256, Sha384, Sha512};
-use waxseal_proto::proto::{HashAlg, RsaPadding};
+use waxseal_proto::proto::{DeviceKind, HashAlg, RsaPadding};
 
 use crate::asn1::{self, Curve, PublicKey};
 use crate::template::ULONG_LEN;
@@ -372,6 +372,21 @@ pub struct KeyKinds {
     pub rsa: Option<(usize, usize)>,
     /// Whether any Ed25519 key.
     pub ed25519: bool,
+    /// The token's RSA keys sign PKCS#1 v1.5 only ([`signs_pss`]): no PSS mechanism.
+    pub pkcs1_only: bool,
+}
+
+/// Whether RSA keys of a `kind` device sign RSA-PSS: a YubiKey's do not, the agent
+/// answers `unsupported` (docs/protocol.md, "How each kind of key signs").
+pub fn signs_pss(kind: DeviceKind) -> bool {
+    kind != DeviceKind::Yubikey
+}
+
+impl Mechanism {
+    /// Whether this is one of the RSA-PSS mechanisms.
+    pub fn is_pss(&self) -> bool {
+        matches!(self, Mechanism::RsaPss { .. })
+    }
 }
 
 impl KeyKinds {
@@ -438,7 +453,16 @@ pub fn list(kinds: KeyKinds, generates: bool) -> Vec<(CK_MECHANISM_TYPE, Info)> 
         }
     }
     if let Some((min, max)) = kinds.rsa {
-        for m in RSA_SIGN {
+        let pss = [
+            CKM_RSA_PKCS_PSS,
+            CKM_SHA256_RSA_PKCS_PSS,
+            CKM_SHA384_RSA_PKCS_PSS,
+            CKM_SHA512_RSA_PKCS_PSS,
+        ];
+        for m in RSA_SIGN
+            .into_iter()
+            .filter(|m| !(kinds.pkcs1_only && pss.contains(m)))
+        {
             out.push((
                 m,
                 Info {
@@ -504,6 +528,29 @@ mod tests {
             .iter()
             .flat_map(|w| w.to_ne_bytes())
             .collect()
+    }
+
+    #[test]
+    fn a_pkcs1_only_token_lists_no_pss_mechanism() {
+        let mut kinds = KeyKinds {
+            rsa: Some((2048, 2048)),
+            ..KeyKinds::default()
+        };
+        let all: Vec<_> = list(kinds, false).into_iter().map(|(m, _)| m).collect();
+        assert_eq!(all, RSA_SIGN);
+        kinds.pkcs1_only = true;
+        let some: Vec<_> = list(kinds, false).into_iter().map(|(m, _)| m).collect();
+        assert_eq!(
+            some,
+            [
+                CKM_RSA_PKCS,
+                CKM_SHA256_RSA_PKCS,
+                CKM_SHA384_RSA_PKCS,
+                CKM_SHA512_RSA_PKCS
+            ]
+        );
+        assert!(!signs_pss(DeviceKind::Yubikey));
+        assert!(signs_pss(DeviceKind::Tpm) && signs_pss(DeviceKind::Pkcs11));
     }
 
     #[test]

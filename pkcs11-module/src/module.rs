@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cryptoki_sys::*;
 use sha2::{Digest, Sha256};
-use waxseal_proto::proto::{DeviceStatus, ErrorCode, KeyAlg, MAX_OBJECT_ID};
+use waxseal_proto::proto::{DeviceKind, DeviceStatus, ErrorCode, KeyAlg, MAX_OBJECT_ID};
 use zeroize::Zeroizing;
 
 use crate::agent::{Agent, AgentError};
@@ -256,7 +256,10 @@ impl Module {
         let device = self.device(slot)?;
         // Without the agent's keys (absent device, no login yet) the list is shorter.
         let _ = self.refresh_keys(&device.name);
-        let mut kinds = KeyKinds::default();
+        let mut kinds = KeyKinds {
+            pkcs1_only: !mechanism::signs_pss(device.kind),
+            ..KeyKinds::default()
+        };
         for key in lock(&self.state)
             .keys
             .values()
@@ -412,6 +415,21 @@ impl Module {
 
     fn pin_of(&self, device: &str) -> Option<Zeroizing<String>> {
         lock(&self.state).logins.get(device).cloned().flatten()
+    }
+
+    /// The kind of `device`, as last seen.
+    fn kind_of(&self, device: &str) -> Option<DeviceKind> {
+        lock(&self.state)
+            .devices
+            .iter()
+            .find(|d| d.name == device)
+            .map(|d| d.kind)
+    }
+
+    /// Whether the RSA keys of `device` sign RSA-PSS (a device not seen yet: the agent
+    /// decides).
+    fn signs_pss(&self, device: &str) -> bool {
+        self.kind_of(device).is_none_or(mechanism::signs_pss)
     }
 
     /// Whether a device needing the client's PIN has one.
@@ -583,6 +601,9 @@ impl Module {
         }
         let mechanism = Mechanism::decode(mechanism, params)?;
         let len = mechanism.signature_len(&key.public)?;
+        if mechanism.is_pss() && !self.signs_pss(&s.device) {
+            return Err(CKR_MECHANISM_INVALID);
+        }
         self.check_login(&s.device)?;
         s.sign = Some(SignOp {
             key,
@@ -681,6 +702,16 @@ impl Module {
             return Err(CKR_SESSION_READ_ONLY);
         }
         let request = KeygenRequest::from_templates(mechanism, public, private)?;
+        // Only a PKCS#11 token keeps a CKA_ID of the caller's choosing (the agent's
+        // `raw_id`, docs/protocol.md `generate_key`); TPM and YubiKey keys get SHA-1 of
+        // their key bits.
+        if request.id.is_some()
+            && self
+                .kind_of(&device)
+                .is_some_and(|k| k != DeviceKind::Pkcs11)
+        {
+            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+        }
         self.check_login(&device)?;
         let name = format!("{device}/{}", request.label);
         let pin = self.pin_of(&device);
@@ -691,7 +722,12 @@ impl Module {
                 None => c.generate_key(&name, request.alg),
             })
             .map_err(|e| match e {
-                AgentError::Code(ErrorCode::KeyExists) => CKR_ATTRIBUTE_VALUE_INVALID,
+                // The label or id in use, a label the device cannot name a key by (a
+                // YubiKey's keys are named by PIV slot: `unknown-key`), a value the
+                // agent refuses: all are the template's values.
+                AgentError::Code(
+                    ErrorCode::KeyExists | ErrorCode::UnknownKey | ErrorCode::BadRequest,
+                ) => CKR_ATTRIBUTE_VALUE_INVALID,
                 other => other.rv(),
             })?;
         let token_id = made.key.id.as_ref().map(|b| b.0.as_slice());
