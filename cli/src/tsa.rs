@@ -530,6 +530,240 @@ mod tests {
         }
     }
 
+    /// What a test TSA gets wrong.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Flaw {
+        None,
+        /// The TSTInfo is changed after its digest was signed.
+        TstChangedAfterSigning,
+        /// The signed attributes are signed by another key than the certificate's.
+        OtherKey,
+        /// The signed contentType is id-data, not TSTInfo.
+        ContentType,
+        /// The token carries no certificate.
+        NoCertificate,
+    }
+
+    const KEY: [u8; 32] = [0x11; 32];
+    const OTHER_KEY: [u8; 32] = [0x22; 32];
+    const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+
+    fn ecdsa(key: &[u8; 32], msg: &[u8]) -> Vec<u8> {
+        use p256::ecdsa::signature::Signer as _;
+        let key = p256::ecdsa::SigningKey::from_slice(key).unwrap();
+        let sig: p256::ecdsa::Signature = key.sign(msg);
+        sig.to_der().as_bytes().to_vec()
+    }
+
+    /// A self-signed TSA certificate for [`KEY`], with an extended key usage of `ekus`
+    /// (critical or not), or none.
+    fn certificate(eku: Option<(bool, Vec<ObjectIdentifier>)>) -> Certificate {
+        use spki::EncodePublicKey as _;
+        let key = p256::ecdsa::SigningKey::from_slice(&KEY).unwrap();
+        let spki = key.verifying_key().to_public_key_der().unwrap();
+        let material = crate::ca::KeyMaterial::from_spki(spki.as_bytes()).unwrap();
+        let signer = crate::ca::RemoteSigner::new(material, |msg: &[u8]| Ok(ecdsa(&KEY, msg)));
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test tsa");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42]));
+        if let Some((critical, oids)) = eku {
+            let mut ext = rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 37],
+                ExtendedKeyUsage(oids).to_der().unwrap(),
+            );
+            ext.set_criticality(critical);
+            params.custom_extensions.push(ext);
+        }
+        let der = params.self_signed(&signer).unwrap().der().to_vec();
+        Certificate::from_der(&der).unwrap()
+    }
+
+    fn time_stamping() -> Option<(bool, Vec<ObjectIdentifier>)> {
+        Some((true, vec![ID_KP_TIME_STAMPING]))
+    }
+
+    /// A `TimeStampResp` over `imprint` with `nonce`, signed by [`KEY`] in `cert`.
+    fn response(cert: &Certificate, imprint: &[u8; 32], nonce: &[u8; 8], flaw: Flaw) -> Vec<u8> {
+        use cms::cert::IssuerAndSerialNumber;
+        use cms::content_info::CmsVersion;
+        use cms::signed_data::{CertificateSet, EncapsulatedContentInfo, SignerInfo, SignerInfos};
+        use der::asn1::SetOfVec;
+        use x509_cert::attr::Attribute;
+
+        let sha256 = AlgorithmIdentifierOwned {
+            oid: ID_SHA256,
+            parameters: None,
+        };
+        let mut tst = TstInfo {
+            version: 1,
+            policy: ObjectIdentifier::new_unwrap("1.3.6.1.4.1.99999.1"),
+            message_imprint: sha256_imprint(imprint).unwrap(),
+            serial_number: Int::new(&[0x01, 0x02]).unwrap(),
+            gen_time: Any::new(Tag::GeneralizedTime, b"20261201153440.5Z".as_slice()).unwrap(),
+            accuracy: Some(Accuracy {
+                seconds: Some(1),
+                millis: None,
+                micros: None,
+            }),
+            ordering: false,
+            nonce: Some(nonce_int(nonce).unwrap()),
+            tsa: None,
+            extensions: None,
+        };
+        let signed_tst = tst.to_der().unwrap();
+        if flaw == Flaw::TstChangedAfterSigning {
+            tst.serial_number = Int::new(&[0x01, 0x03]).unwrap();
+        }
+        let content_type = if flaw == Flaw::ContentType {
+            ID_DATA
+        } else {
+            ID_CT_TSTINFO
+        };
+        let attr = |oid, value: Any| Attribute {
+            oid,
+            values: SetOfVec::try_from(vec![value]).unwrap(),
+        };
+        let attrs = SetOfVec::try_from(vec![
+            attr(ID_CONTENT_TYPE, Any::encode_from(&content_type).unwrap()),
+            attr(
+                ID_MESSAGE_DIGEST,
+                Any::encode_from(&OctetString::new(Sha256::digest(&signed_tst).to_vec()).unwrap())
+                    .unwrap(),
+            ),
+        ])
+        .unwrap();
+        let signing_key = if flaw == Flaw::OtherKey {
+            &OTHER_KEY
+        } else {
+            &KEY
+        };
+        let signature = ecdsa(signing_key, &attrs.to_der().unwrap());
+        let signer = SignerInfo {
+            version: CmsVersion::V1,
+            sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+                issuer: cert.tbs_certificate.issuer.clone(),
+                serial_number: cert.tbs_certificate.serial_number.clone(),
+            }),
+            digest_alg: sha256.clone(),
+            signed_attrs: Some(attrs),
+            signature_algorithm: AlgorithmIdentifierOwned {
+                oid: ID_ECDSA_SHA256,
+                parameters: None,
+            },
+            signature: OctetString::new(signature).unwrap(),
+            unsigned_attrs: None,
+        };
+        let certificates = (flaw != Flaw::NoCertificate).then(|| {
+            CertificateSet(
+                SetOfVec::try_from(vec![CertificateChoices::Certificate(cert.clone())]).unwrap(),
+            )
+        });
+        let sd = SignedData {
+            version: CmsVersion::V3,
+            digest_algorithms: SetOfVec::try_from(vec![sha256]).unwrap(),
+            encap_content_info: EncapsulatedContentInfo {
+                econtent_type: ID_CT_TSTINFO,
+                econtent: Some(
+                    Any::encode_from(&OctetString::new(tst.to_der().unwrap()).unwrap()).unwrap(),
+                ),
+            },
+            certificates,
+            crls: None,
+            signer_infos: SignerInfos(SetOfVec::try_from(vec![signer]).unwrap()),
+        };
+        let token = ContentInfo {
+            content_type: ID_SIGNED_DATA,
+            content: Any::encode_from(&sd).unwrap(),
+        };
+        TimeStampResp {
+            status: PkiStatusInfo {
+                status: 0,
+                status_string: None,
+                fail_info: None,
+            },
+            time_stamp_token: Some(Any::encode_from(&token).unwrap()),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    fn refusal(cert: &Certificate, flaw: Flaw, imprint: [u8; 32], nonce: [u8; 8]) -> String {
+        let answer = response(cert, &[7; 32], &[9; 8], flaw);
+        let e = check_response(&answer, &imprint, &nonce).unwrap_err();
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn a_sound_token_passes_and_keeps_the_answer() {
+        let cert = certificate(time_stamping());
+        let answer = response(&cert, &[7; 32], &[9; 8], Flaw::None);
+        let stamp = check_response(&answer, &[7; 32], &[9; 8]).unwrap();
+        assert_eq!(stamp.response, answer);
+        assert!(answer.ends_with(&stamp.token));
+        let since = stamp.time.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(since, Duration::from_millis(1_796_139_280_500));
+        // The token alone checks out too, without a nonce to compare.
+        check_token(&stamp.token, &[7; 32], None).unwrap();
+    }
+
+    #[test]
+    fn each_flaw_of_a_token_is_refused_and_named() {
+        let cert = certificate(time_stamping());
+        let cases = [
+            (
+                Flaw::None,
+                [8; 32],
+                [9; 8],
+                "message imprint is not SHA-256 of the signature",
+            ),
+            (Flaw::None, [7; 32], [8; 8], "is not the query's"),
+            (
+                Flaw::TstChangedAfterSigning,
+                [7; 32],
+                [9; 8],
+                "messageDigest is not the TSTInfo's",
+            ),
+            (Flaw::OtherKey, [7; 32], [9; 8], "signature does not verify"),
+            (
+                Flaw::ContentType,
+                [7; 32],
+                [9; 8],
+                "signed contentType is 1.2.840.113549.1.7.1",
+            ),
+            (
+                Flaw::NoCertificate,
+                [7; 32],
+                [9; 8],
+                "carries no certificate",
+            ),
+        ];
+        for (flaw, imprint, nonce, said) in cases {
+            let e = refusal(&cert, flaw, imprint, nonce);
+            assert!(e.contains(said), "{said}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_certificate_must_be_for_time_stamping_alone_and_critically() {
+        let code_signing = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
+        let cases = [
+            (None, "has no extended key usage"),
+            (Some((false, vec![ID_KP_TIME_STAMPING])), "is not critical"),
+            (
+                Some((true, vec![ID_KP_TIME_STAMPING, code_signing])),
+                "not timeStamping alone",
+            ),
+            (Some((true, vec![code_signing])), "not timeStamping alone"),
+        ];
+        for (eku, said) in cases {
+            let cert = certificate(eku);
+            let e = refusal(&cert, Flaw::None, [7; 32], [9; 8]);
+            assert!(e.contains(said), "{said}: {e}");
+        }
+    }
+
     #[test]
     fn garbage_and_refusals_are_named() {
         let e = check_response(b"<html>", &[0; 32], &[0; 8]).unwrap_err();
