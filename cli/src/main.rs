@@ -294,6 +294,10 @@ struct VerifyArgs {
     /// Check the bundle's transparency log entries against this Rekor public key (PEM).
     #[arg(long, value_name = "PEMFILE", conflicts_with = "signature")]
     rekor_public_key: Option<PathBuf>,
+    /// Check the bundle's RFC 3161 timestamps against this TSA's certificates (PEM: the
+    /// TSA's signing certificate, or the certificates that issued it).
+    #[arg(long, value_name = "PEMFILE", conflicts_with = "signature")]
+    tsa_cert_chain: Option<PathBuf>,
     /// Verify with this agent key.
     #[arg(
         long,

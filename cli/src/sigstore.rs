@@ -838,15 +838,23 @@ pub struct Verified {
     /// The log's time for the first checked entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrated_time: Option<i64>,
+    /// RFC 3161 timestamps checked against the trusted TSA.
+    pub timestamps_checked: usize,
+    /// RFC 3161 timestamps present but not checked (no TSA certificates given).
+    pub timestamps_unchecked: usize,
+    /// The first checked timestamp's time, seconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
 }
 
-/// Verifies `bundle` for `file` with the key `spki`, and its log entries with `rekor`.
-/// Each failure says what did not match.
+/// Verifies `bundle` for `file` with the key `spki`, its log entries with `rekor` and
+/// its RFC 3161 timestamps with `tsa`. Each failure says what did not match.
 pub fn verify_bundle(
     bundle: &Bundle,
     file: &Path,
     spki: &[u8],
     rekor: Option<&Rekor>,
+    tsa: Option<&crate::tsa::TrustedTsa>,
 ) -> Result<Verified> {
     if bundle.dsse_envelope.is_some() {
         bail!("the bundle holds a DSSE envelope (an attestation), not a message signature");
@@ -902,13 +910,57 @@ pub fn verify_bundle(
             checked += 1;
         }
     }
+    let stamps = timestamps(vm)?;
+    let mut timestamp = None;
+    let mut stamps_checked = 0;
+    if let Some(tsa) = tsa {
+        if stamps.is_empty() {
+            bail!("the bundle has no RFC 3161 timestamp, and --tsa-cert-chain asks for one");
+        }
+        for (i, stamp) in stamps.iter().enumerate() {
+            let time = tsa
+                .check(stamp, &ms.signature.0)
+                .with_context(|| format!("RFC 3161 timestamp {i}"))?;
+            let secs = time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            timestamp.get_or_insert(secs);
+            stamps_checked += 1;
+        }
+    }
     Ok(Verified {
         alg,
         hash: hash_name(hash).to_string(),
         tlog_entries_checked: checked,
         tlog_entries_unchecked: vm.tlog_entries.len() - checked,
         integrated_time,
+        timestamps_checked: stamps_checked,
+        timestamps_unchecked: stamps.len() - stamps_checked,
+        timestamp,
     })
+}
+
+/// The DER `TimeStampResp`s of `timestampVerificationData.rfc3161Timestamps`.
+fn timestamps(vm: &VerificationMaterial) -> Result<Vec<Vec<u8>>> {
+    let Some(data) = &vm.timestamp_verification_data else {
+        return Ok(Vec::new());
+    };
+    let list = match &data["rfc3161Timestamps"] {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(list) => list,
+        _ => bail!("timestampVerificationData.rfc3161Timestamps is not a list"),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let text = t["signedTimestamp"]
+                .as_str()
+                .ok_or_else(|| anyhow!("RFC 3161 timestamp {i} has no signedTimestamp"))?;
+            B64.decode(text.trim())
+                .with_context(|| format!("RFC 3161 timestamp {i} is not base64"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

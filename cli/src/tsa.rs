@@ -147,6 +147,8 @@ pub struct Timestamp {
     pub response: Vec<u8>,
     /// The DER `TimeStampToken` in it (a CMS `ContentInfo`).
     pub token: Vec<u8>,
+    /// The TSA certificate that signed it, from the token.
+    pub certificate: Certificate,
     /// The TSA's time.
     pub time: SystemTime,
 }
@@ -356,6 +358,7 @@ pub fn check_token(token: &[u8], imprint: &[u8], nonce: Option<&[u8; 8]>) -> Res
     Ok(Timestamp {
         response: Vec::new(),
         token: token.to_vec(),
+        certificate: cert.clone(),
         time,
     })
 }
@@ -390,6 +393,79 @@ fn gen_time(any: &Any) -> Result<SystemTime> {
     let nanos: u32 = format!("{fraction:0<9}")[..9].parse().map_err(|_| bad())?;
     let since = u64::try_from(seconds).map_err(|_| bad())?;
     Ok(SystemTime::UNIX_EPOCH + Duration::new(since, nanos))
+}
+
+/// The TSAs a verifier trusts: certificates from a PEM file (a TSA's chain, as a
+/// Sigstore trusted root's `timestampAuthorities[].certChain` lists it). A token's
+/// signing certificate is trusted if it is one of them or is issued and signed by one.
+#[derive(Debug, Clone)]
+pub struct TrustedTsa {
+    certs: Vec<Certificate>,
+}
+
+impl TrustedTsa {
+    /// From PEM certificates.
+    pub fn from_pem(pem: &[u8]) -> Result<TrustedTsa> {
+        let certs =
+            Certificate::load_pem_chain(pem).map_err(|e| anyhow!("not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            bail!("no certificate in it");
+        }
+        Ok(TrustedTsa { certs })
+    }
+
+    /// Checks a bundle's `signedTimestamp` (a DER `TimeStampResp`) over `signature`:
+    /// a sound token (as [`check_token`] says) signed by a trusted TSA. Returns its time.
+    pub fn check(&self, response: &[u8], signature: &[u8]) -> Result<SystemTime> {
+        let resp = TimeStampResp::from_der(response)
+            .map_err(|e| anyhow!("not an RFC 3161 TimeStampResp: {e}"))?;
+        if resp.status.status > 1 {
+            bail!("status {} (not granted)", resp.status.status);
+        }
+        let token = resp
+            .time_stamp_token
+            .ok_or_else(|| anyhow!("no timeStampToken"))?
+            .to_der()?;
+        let stamp = check_token(&token, &Sha256::digest(signature), None)?;
+        let cert = &stamp.certificate;
+        let der = cert.to_der()?;
+        for t in &self.certs {
+            if t.to_der()? == der {
+                return Ok(stamp.time);
+            }
+        }
+        for t in self
+            .certs
+            .iter()
+            .filter(|t| t.tbs_certificate.subject == cert.tbs_certificate.issuer)
+        {
+            if issued_by(cert, t).is_ok() {
+                return Ok(stamp.time);
+            }
+        }
+        bail!("the TSA certificate in the token is not one of the trusted TSA certificates, nor issued by one")
+    }
+}
+
+/// Checks that `issuer`'s key signed `cert`.
+fn issued_by(cert: &Certificate, issuer: &Certificate) -> Result<()> {
+    let spki = issuer.tbs_certificate.subject_public_key_info.to_der()?;
+    let key = AnyPublicKey::from_spki(&spki)?;
+    let oid = &cert.signature_algorithm.oid;
+    let hash = match *oid {
+        ID_ECDSA_SHA256 | ID_RSA_SHA256 => HashAlg::Sha256,
+        ID_ECDSA_SHA384 | ID_RSA_SHA384 => HashAlg::Sha384,
+        ID_ECDSA_SHA512 | ID_RSA_SHA512 => HashAlg::Sha512,
+        other => bail!("certificate signature algorithm {other} is not supported"),
+    };
+    check_signature_algorithm(oid, &key, hash)?;
+    let tbs = cert.tbs_certificate.to_der()?;
+    let sig = cert
+        .signature
+        .as_bytes()
+        .ok_or_else(|| anyhow!("the certificate's signature is not whole bytes"))?;
+    key.verify_digest(&digest(hash, &tbs), hash, sig, false)?;
+    Ok(())
 }
 
 fn digest_hash(oid: &ObjectIdentifier) -> Result<HashAlg> {
@@ -558,11 +634,19 @@ mod tests {
     /// A self-signed TSA certificate for [`KEY`], with an extended key usage of `ekus`
     /// (critical or not), or none.
     fn certificate(eku: Option<(bool, Vec<ObjectIdentifier>)>) -> Certificate {
+        certificate_for(&KEY, eku)
+    }
+
+    /// The same for another key.
+    fn certificate_for(
+        secret: &'static [u8; 32],
+        eku: Option<(bool, Vec<ObjectIdentifier>)>,
+    ) -> Certificate {
         use spki::EncodePublicKey as _;
-        let key = p256::ecdsa::SigningKey::from_slice(&KEY).unwrap();
+        let key = p256::ecdsa::SigningKey::from_slice(secret).unwrap();
         let spki = key.verifying_key().to_public_key_der().unwrap();
         let material = crate::ca::KeyMaterial::from_spki(spki.as_bytes()).unwrap();
-        let signer = crate::ca::RemoteSigner::new(material, |msg: &[u8]| Ok(ecdsa(&KEY, msg)));
+        let signer = crate::ca::RemoteSigner::new(material, |msg: &[u8]| Ok(ecdsa(secret, msg)));
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
@@ -762,6 +846,27 @@ mod tests {
             let e = refusal(&cert, Flaw::None, [7; 32], [9; 8]);
             assert!(e.contains(said), "{said}: {e}");
         }
+    }
+
+    #[test]
+    fn a_verifier_trusts_only_the_tsa_it_names() {
+        use der::EncodePem as _;
+        let cert = certificate(time_stamping());
+        let answer = response(&cert, &Sha256::digest(b"sig").into(), &[9; 8], Flaw::None);
+        let pem = cert.to_pem(der::pem::LineEnding::LF).unwrap();
+        let trusted = TrustedTsa::from_pem(pem.as_bytes()).unwrap();
+        trusted.check(&answer, b"sig").unwrap();
+        // Over another signature: refused.
+        let e = trusted.check(&answer, b"other").unwrap_err();
+        assert!(format!("{e:#}").contains("message imprint"), "{e:#}");
+        // Another TSA of the same name (another key): not trusted.
+        let other = certificate_for(&OTHER_KEY, time_stamping());
+        let other_pem = other.to_pem(der::pem::LineEnding::LF).unwrap();
+        let e = TrustedTsa::from_pem(other_pem.as_bytes())
+            .unwrap()
+            .check(&answer, b"sig")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("not one of the trusted"), "{e:#}");
     }
 
     #[test]

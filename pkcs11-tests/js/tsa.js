@@ -44,6 +44,10 @@ async function main() {
     info.nonce = nonce ? new asn1js.Integer({ valueHex: nonce }) : undefined;
     return info;
   };
+  // Whole seconds: the mock writes genTime's milliseconds without trailing zeros (as
+  // DER wants, e.g. "…30.5Z"), and @sigstore/core reads only exactly three fraction
+  // digits, so one token in ten would fail there for that reason alone.
+  tsa.getCurrentTime = () => new Date(Math.floor(Date.now() / 1000) * 1000);
   const handler = tsaHandler(tsa);
   const server = http.createServer((req, res) => {
     const chunks = [];

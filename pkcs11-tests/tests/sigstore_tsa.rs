@@ -150,6 +150,23 @@ fn tsa_only_bundles_verify_with_sigstore_js_and_openssl() {
             // @sigstore/verify: one timestamp from exactly this TSA.
             sigstore_js_verify_with(&bundle_path, &file, &pem, None, Some(chain))
                 .unwrap_or_else(|e| panic!("@sigstore/verify refused {key}/{name}: {e}"));
+            // waxseal, trusting this TSA: the mock's chain, or only OpenSSL's root (which
+            // issued its TSA certificate).
+            let trust = if *name == "mock" { chain } else { root };
+            let out = agent.cli(&[
+                "verify",
+                f,
+                "--key",
+                key,
+                "--tsa-cert-chain",
+                trust.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{name}: {}", text(&out));
+            assert!(
+                text(&out).contains("RFC 3161 timestamp: 1 checked"),
+                "{}",
+                text(&out)
+            );
             // OpenSSL: the token is over the signature bytes.
             let (ok, said) = openssl_ts_verify(&tok, &signature(&b), root, chain);
             assert!(ok, "openssl ts -verify refused {key}/{name}: {said}");
@@ -161,6 +178,20 @@ fn tsa_only_bundles_verify_with_sigstore_js_and_openssl() {
             assert!(
                 sigstore_js_verify_with(&bundle_path, &file, &pem, None, Some(other)).is_err(),
                 "{key}/{name} verified against the other TSA"
+            );
+            let out = agent.cli(&[
+                "verify",
+                f,
+                "--key",
+                key,
+                "--tsa-cert-chain",
+                other.to_str().unwrap(),
+            ]);
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(
+                text(&out).contains("not one of the trusted TSA certificates"),
+                "{}",
+                text(&out)
             );
 
             // One byte of the token changed (the last: the TSA's signature): both refuse.
@@ -174,6 +205,22 @@ fn tsa_only_bundles_verify_with_sigstore_js_and_openssl() {
             assert!(e.contains("FAILED"), "{e}");
             let (ok, _) = openssl_ts_verify(&bad, &signature(&b), root, chain);
             assert!(!ok, "openssl ts -verify accepted a changed token");
+            let out = agent.cli(&[
+                "verify",
+                f,
+                "--bundle",
+                tampered.to_str().unwrap(),
+                "--key",
+                key,
+                "--tsa-cert-chain",
+                trust.to_str().unwrap(),
+            ]);
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(
+                text(&out).contains("RFC 3161 timestamp 0"),
+                "{}",
+                text(&out)
+            );
         }
     }
 }
@@ -244,7 +291,21 @@ fn rekor_v2_bundles_with_a_timestamp_verify_with_sigstore_js_and_waxseal() {
             Some(&chain),
         )
         .unwrap_or_else(|e| panic!("@sigstore/verify refused the v2 bundle: {e}"));
-        let ours = agent.cli(&["verify", f, "--key", key, "--rekor-public-key", rk]);
+        let ours = agent.cli(&[
+            "verify",
+            f,
+            "--key",
+            key,
+            "--rekor-public-key",
+            rk,
+            "--tsa-cert-chain",
+            chain.to_str().unwrap(),
+        ]);
+        assert!(
+            text(&ours).contains("RFC 3161 timestamp: 1 checked"),
+            "{}",
+            text(&ours)
+        );
         assert!(ours.status.success(), "{}", text(&ours));
         assert!(
             text(&ours).contains("transparency log: 1 entry checked"),
@@ -316,6 +377,24 @@ fn rekor_v2_bundles_with_a_timestamp_verify_with_sigstore_js_and_waxseal() {
             )
             .is_err(),
             "@sigstore/verify accepted a changed timestamp"
+        );
+        let out = agent.cli(&[
+            "verify",
+            f,
+            "--bundle",
+            tp.to_str().unwrap(),
+            "--key",
+            key,
+            "--rekor-public-key",
+            rk,
+            "--tsa-cert-chain",
+            chain.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("RFC 3161 timestamp 0"),
+            "{}",
+            text(&out)
         );
     }
 }
