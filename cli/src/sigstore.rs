@@ -432,7 +432,7 @@ impl Rekor {
         spki: &[u8],
     ) -> Result<()> {
         if entry.kind_version.version == "0.0.2" {
-            return self.check_entry_v2(entry, digest, signature);
+            return self.check_entry_v2(entry, digest, signature, spki);
         }
         let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
         // 1. The entry is ours.
@@ -592,16 +592,23 @@ impl Rekor {
         let entry: TlogEntry = serde_json::from_str(&text).with_context(|| {
             format!("Rekor v2 at {url}: the answer is not a TransparencyLogEntry")
         })?;
-        self.check_entry_v2(&entry, digest, signature)
+        self.check_entry_v2(&entry, digest, signature, spki)
             .with_context(|| format!("Rekor v2 at {url}: the entry does not check out"))?;
         Ok(entry)
     }
 
-    /// Checks a hashedrekord v0.0.2 entry: it logs our digest and signature, its
+    /// Checks a hashedrekord v0.0.2 entry: it logs our digest, signature and key, its
     /// inclusion proof leads to the root of its checkpoint, and the checkpoint is signed
     /// by this log's key. There is no signed entry timestamp (the bundle's time comes
-    /// from a TSA).
-    pub fn check_entry_v2(&self, entry: &TlogEntry, digest: &[u8], signature: &[u8]) -> Result<()> {
+    /// from a TSA). The entry's logId is not compared: the checkpoint's signature is
+    /// what ties the entry to the log.
+    pub fn check_entry_v2(
+        &self,
+        entry: &TlogEntry,
+        digest: &[u8],
+        signature: &[u8],
+        spki: &[u8],
+    ) -> Result<()> {
         let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
         if entry.kind_version.kind != "hashedrekord" || entry.kind_version.version != "0.0.2" {
             bail!(
@@ -610,23 +617,24 @@ impl Rekor {
                 entry.kind_version.version
             );
         }
+        // The logged body: a Rekor v2 `Entry` (protobuf-specs rekor/v2), whose spec is
+        // `hashedRekordV002` {data: {algorithm, digest}, signature: {content, verifier}}.
         let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
             .context("canonicalizedBody is not JSON")?;
-        // Rekor v2 logs `spec.hashedRekordV002` ({data: {digest}, signature}); the
-        // logged form may also be the request itself ({hashedRekordRequestV002: {digest,
-        // signature}}), as @sigstore/mock's log keeps it.
-        let (logged_digest, logged_sig) = if let Some(v) = body["spec"].get("hashedRekordV002") {
-            (&v["data"]["digest"], &v["signature"]["content"])
-        } else {
-            let v = &body["hashedRekordRequestV002"];
-            (&v["digest"], &v["signature"]["content"])
-        };
+        if body["kind"] != "hashedrekord" || body["apiVersion"] != "0.0.2" {
+            bail!("the logged body is not a hashedrekord 0.0.2 entry");
+        }
+        let spec = &body["spec"]["hashedRekordV002"];
         let decoded = |v: &Value| v.as_str().and_then(|s| B64.decode(s).ok());
-        if decoded(logged_digest).as_deref() != Some(digest) {
+        if decoded(&spec["data"]["digest"]).as_deref() != Some(digest) {
             bail!("the logged digest is not the artifact's");
         }
-        if decoded(logged_sig).as_deref() != Some(signature) {
+        if decoded(&spec["signature"]["content"]).as_deref() != Some(signature) {
             bail!("the logged signature is not the bundle's");
+        }
+        let logged_key = &spec["signature"]["verifier"]["publicKey"]["rawBytes"];
+        if decoded(logged_key).as_deref() != Some(spki) {
+            bail!("the logged public key is not the signing key");
         }
         let proof = entry
             .inclusion_proof

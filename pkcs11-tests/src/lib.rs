@@ -843,6 +843,24 @@ pub fn sigstore_js() -> PathBuf {
             dir.display()
         );
     }
+    // The TSA and Rekor v2 tests need @sigstore/mock ≥ 0.13 (package-lock.json).
+    let manifest = dir.join("node_modules/@sigstore/mock/package.json");
+    let version = std::fs::read(&manifest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["version"].as_str().map(String::from))
+        .unwrap_or_default();
+    let numbers: Vec<u32> = version
+        .split('.')
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        matches!(numbers.as_slice(), [major, _] if *major > 0)
+            || matches!(numbers.as_slice(), [0, minor] if *minor >= 13),
+        "@sigstore/mock {version} is older than 0.13 in {}: run scripts/install-deps",
+        dir.display()
+    );
     dir
 }
 
