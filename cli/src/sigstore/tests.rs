@@ -174,3 +174,51 @@ fn checkpoints_signed_by_an_ecdsa_log_key_use_the_spki_key_id() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
 }
+
+#[test]
+fn rekor_v2_key_details_fix_the_hash_and_refuse_ed25519() {
+    // One trait (the pkcs8 crate's) for all three key types.
+    use ed25519_dalek::pkcs8::EncodePublicKey as _;
+    let p256 = p256::ecdsa::SigningKey::from_slice(&[6; 32]).unwrap();
+    let p256 = p256.verifying_key().to_public_key_der().unwrap();
+    let p384 = p384::ecdsa::SigningKey::from_slice(&[6; 48]).unwrap();
+    let p384 = p384.verifying_key().to_public_key_der().unwrap();
+    let ed = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let ed = ed.verifying_key().to_public_key_der().unwrap();
+
+    assert_eq!(
+        key_details(p256.as_bytes(), HashAlg::Sha256).unwrap(),
+        "PKIX_ECDSA_P256_SHA_256"
+    );
+    assert_eq!(
+        key_details(p384.as_bytes(), HashAlg::Sha384).unwrap(),
+        "PKIX_ECDSA_P384_SHA_384"
+    );
+    let e = key_details(p256.as_bytes(), HashAlg::Sha384).unwrap_err();
+    assert!(e.to_string().contains("over sha256 digests only"), "{e}");
+    let e = key_details(ed.as_bytes(), HashAlg::Sha256).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Rekor v2 does not accept pure Ed25519"),
+        "{e}"
+    );
+
+    // The request carries the key's DER and its details, the digest and the signature.
+    let req = hashedrekord_v2(
+        &[1; 32],
+        &[2; 70],
+        p256.as_bytes(),
+        "PKIX_ECDSA_P256_SHA_256",
+    );
+    let r = &req["hashedRekordRequestV002"];
+    assert_eq!(r["digest"], B64.encode([1; 32]));
+    assert_eq!(r["signature"]["content"], B64.encode([2; 70]));
+    assert_eq!(
+        r["signature"]["verifier"]["publicKey"]["rawBytes"],
+        B64.encode(p256.as_bytes())
+    );
+    assert_eq!(
+        r["signature"]["verifier"]["keyDetails"],
+        "PKIX_ECDSA_P256_SHA_256"
+    );
+}
