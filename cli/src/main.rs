@@ -272,8 +272,8 @@ struct SignArgs {
     /// (hashedrekord v0.0.2, no signed time: needs --tsa-url; no Ed25519 keys).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2), requires = "rekor_url")]
     rekor_version: u8,
-    /// Timestamp each signature with this RFC 3161 time-stamp authority and put the
-    /// token into the bundle.
+    /// Timestamp each signature with this RFC 3161 time-stamp authority and put its
+    /// checked answer into the bundle.
     #[arg(long, value_name = "URL", conflicts_with_all = ["raw", "digest"])]
     tsa_url: Option<String>,
     /// Seconds the TSA has to answer.

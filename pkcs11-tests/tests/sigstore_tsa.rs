@@ -559,3 +559,43 @@ fn ed25519_keys_are_refused_for_rekor_v2_before_signing() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(signed_records(&agent), before + 1);
 }
+
+/// Why the Rekor v2 tests use a stand-in: @sigstore/mock 0.13's own `rekorV2Handler`
+/// answers an entry whose body is its internal request object (not a Rekor v2 `Entry`)
+/// and whose inclusion proof's index lies outside its one-leaf tree. waxseal refuses
+/// it, says why, and writes no bundle. When a later mock passes, the tests can use it.
+#[test]
+fn the_mock_rekor_v2_answer_is_refused_and_named() {
+    let (_hsm, agent) = agent_with_keys(&[("hsm/ec", "p256")]);
+    let js = pkcs11_tests::sigstore_js();
+    let script = js.join("rekor.js");
+    let mock = LocalService::start(
+        "node",
+        &[script.to_str().unwrap(), "{dir}/rekor.pub.pem", "v2"],
+    );
+    let tsa = LocalService::mock_tsa("ok");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a.tgz");
+    std::fs::write(&file, b"artifact").unwrap();
+    let f = file.to_str().unwrap();
+    let key = mock.file("rekor.pub.pem");
+    let out = agent.cli(&[
+        "sign",
+        f,
+        "--key",
+        "hsm/ec",
+        "--rekor-url",
+        &mock.url,
+        "--rekor-public-key",
+        key.to_str().unwrap(),
+        "--rekor-version",
+        "2",
+        "--tsa-url",
+        &tsa.url,
+    ]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("the entry does not check out"), "{said}");
+    assert!(said.contains("not a hashedrekord 0.0.2 entry"), "{said}");
+    assert!(!PathBuf::from(format!("{f}.sigstore.json")).exists());
+}
