@@ -599,3 +599,44 @@ fn the_mock_rekor_v2_answer_is_refused_and_named() {
     assert!(said.contains("not a hashedrekord 0.0.2 entry"), "{said}");
     assert!(!PathBuf::from(format!("{f}.sigstore.json")).exists());
 }
+
+#[test]
+fn many_files_each_get_their_own_timestamp() {
+    let (_hsm, agent) = agent_with_keys(&[("hsm/ec", "p256")]);
+    let tsa = LocalService::openssl_tsa();
+    let root = tsa.file("root.pem");
+    let tmp = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..5)
+        .map(|i| {
+            let p = tmp.path().join(format!("part-{i}.bin"));
+            std::fs::write(&p, format!("part {i}\n").repeat(10)).unwrap();
+            p
+        })
+        .collect();
+    let mut args = vec!["sign", "--key", "hsm/ec", "--tsa-url", &tsa.url];
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    let out = agent.cli(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut tokens = Vec::new();
+    for file in &files {
+        let f = file.to_str().unwrap();
+        let b = read_json(&PathBuf::from(format!("{f}.sigstore.json")));
+        let tok = token(&b);
+        // Each timestamp is over its own file's signature.
+        let (ok, said) = openssl_ts_verify(&tok, &signature(&b), &root, &tsa.file("tsa.pem"));
+        assert!(ok, "{f}: {said}");
+        let out = agent.cli(&[
+            "verify",
+            f,
+            "--key",
+            "hsm/ec",
+            "--tsa-cert-chain",
+            root.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{f}: {}", text(&out));
+        tokens.push(tok);
+    }
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), files.len(), "one distinct timestamp per file");
+}
