@@ -32,6 +32,7 @@ use x509_cert::Certificate;
 
 use crate::verify::AnyPublicKey;
 
+// `new_unwrap` in a `const` runs at compile time: a malformed OID fails the build.
 const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
 const ID_CT_TSTINFO: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.1.4");
 const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
