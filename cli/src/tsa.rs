@@ -40,6 +40,8 @@ const ID_MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.84
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 const ID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 const ID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
+const ID_SIGNING_CERTIFICATE_V2: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
 const ID_EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
 const ID_SUBJECT_KEY_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
 const ID_KP_TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
@@ -124,6 +126,25 @@ struct TstInfo {
     tsa: Option<GeneralName>,
     #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
     extensions: Option<Extensions>,
+}
+
+/// `ESSCertIDv2` (RFC 5035, section 4): the hash of the TSA's certificate.
+#[derive(Clone, Debug, Eq, PartialEq, Sequence)]
+struct EssCertIdV2 {
+    #[asn1(optional = "true")]
+    hash_algorithm: Option<AlgorithmIdentifierOwned>,
+    cert_hash: OctetString,
+    #[asn1(optional = "true")]
+    issuer_serial: Option<Any>,
+}
+
+/// `SigningCertificateV2` (RFC 5035, section 3): the first entry names the signer's
+/// certificate.
+#[derive(Clone, Debug, Eq, PartialEq, Sequence)]
+struct SigningCertificateV2 {
+    certs: Vec<EssCertIdV2>,
+    #[asn1(optional = "true")]
+    policies: Option<Any>,
 }
 
 fn false_() -> bool {
@@ -333,6 +354,25 @@ pub fn check_token(token: &[u8], imprint: &[u8], nonce: Option<&[u8; 8]>) -> Res
 
     // 3. The signature verifies with the TSA certificate in the token.
     let cert = signer_certificate(&sd, &signer.sid)?;
+    // RFC 3161 section 2.4.1 / RFC 5816: a signed signingCertificateV2 binds the
+    // certificate to the signature; when there is one, it must name this certificate.
+    if attrs.iter().any(|a| a.oid == ID_SIGNING_CERTIFICATE_V2) {
+        let ess: SigningCertificateV2 = attr(ID_SIGNING_CERTIFICATE_V2, "signingCertificateV2")?
+            .decode_as()
+            .map_err(|e| anyhow!("the signingCertificateV2 attribute: {e}"))?;
+        let first = ess
+            .certs
+            .first()
+            .ok_or_else(|| anyhow!("the signingCertificateV2 attribute names no certificate"))?;
+        let ess_hash = match &first.hash_algorithm {
+            None => HashAlg::Sha256,
+            Some(alg) => digest_hash(&alg.oid)?,
+        };
+        let cert_der = cert.to_der().context("the TSA certificate")?;
+        if first.cert_hash.as_bytes() != digest(ess_hash, &cert_der).as_slice() {
+            bail!("the signingCertificateV2 attribute names another certificate than the signer's");
+        }
+    }
     let spki = cert
         .tbs_certificate
         .subject_public_key_info
@@ -619,6 +659,8 @@ mod tests {
         ContentType,
         /// The token carries no certificate.
         NoCertificate,
+        /// The signed signingCertificateV2 names another certificate.
+        OtherEssCertificate,
     }
 
     const KEY: [u8; 32] = [0x11; 32];
@@ -710,7 +752,20 @@ mod tests {
             oid,
             values: SetOfVec::try_from(vec![value]).unwrap(),
         };
+        let mut cert_hash = Sha256::digest(cert.to_der().unwrap()).to_vec();
+        if flaw == Flaw::OtherEssCertificate {
+            cert_hash[0] ^= 1;
+        }
+        let ess = SigningCertificateV2 {
+            certs: vec![EssCertIdV2 {
+                hash_algorithm: None,
+                cert_hash: OctetString::new(cert_hash).unwrap(),
+                issuer_serial: None,
+            }],
+            policies: None,
+        };
         let attrs = SetOfVec::try_from(vec![
+            attr(ID_SIGNING_CERTIFICATE_V2, Any::encode_from(&ess).unwrap()),
             attr(ID_CONTENT_TYPE, Any::encode_from(&content_type).unwrap()),
             attr(
                 ID_MESSAGE_DIGEST,
@@ -822,6 +877,12 @@ mod tests {
                 [7; 32],
                 [9; 8],
                 "carries no certificate",
+            ),
+            (
+                Flaw::OtherEssCertificate,
+                [7; 32],
+                [9; 8],
+                "names another certificate than the signer's",
             ),
         ];
         for (flaw, imprint, nonce, said) in cases {
