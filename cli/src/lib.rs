@@ -5,4 +5,5 @@ pub mod ca;
 pub mod kms;
 pub mod sigstore;
 pub mod sshfmt;
+pub mod tsa;
 pub mod verify;

@@ -31,6 +31,7 @@ macro_rules! outln {
 mod commands;
 use waxseal::sigstore;
 use waxseal::sshfmt;
+use waxseal::tsa;
 use waxseal::verify;
 
 use waxseal_proto::proto::{HashAlg, KeyAlg, PinPolicy, TouchPolicy};
@@ -260,12 +261,24 @@ struct SignArgs {
     /// With --raw: where the signature goes (default: FILE.sig); one FILE only.
     #[arg(long, value_name = "OUT", requires = "raw")]
     out: Option<PathBuf>,
-    /// Upload the signature to this Rekor v1 log and put the entry into the bundle.
+    /// Upload the signature to this Rekor log and put the entry into the bundle.
     #[arg(long, value_name = "URL", requires = "rekor_public_key", conflicts_with_all = ["raw", "digest"])]
     rekor_url: Option<String>,
-    /// The Rekor log's public key (PEM): its answer is checked against it.
+    /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked
+    /// against it.
     #[arg(long, value_name = "PEMFILE", requires = "rekor_url")]
     rekor_public_key: Option<PathBuf>,
+    /// The Rekor API: 1 (hashedrekord v0.0.1, a signed entry timestamp) or 2
+    /// (hashedrekord v0.0.2, no signed time: needs --tsa-url; no Ed25519 keys).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2), requires = "rekor_url")]
+    rekor_version: u8,
+    /// Timestamp each signature with this RFC 3161 time-stamp authority and put its
+    /// checked answer into the bundle.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["raw", "digest"])]
+    tsa_url: Option<String>,
+    /// Seconds the TSA has to answer.
+    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "tsa_url")]
+    tsa_timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -281,6 +294,10 @@ struct VerifyArgs {
     /// Check the bundle's transparency log entries against this Rekor public key (PEM).
     #[arg(long, value_name = "PEMFILE", conflicts_with = "signature")]
     rekor_public_key: Option<PathBuf>,
+    /// Check the bundle's RFC 3161 timestamps against this TSA's certificates (PEM: the
+    /// TSA's signing certificate, or the certificates that issued it).
+    #[arg(long, value_name = "PEMFILE", conflicts_with = "signature")]
+    tsa_cert_chain: Option<PathBuf>,
     /// Verify with this agent key.
     #[arg(
         long,

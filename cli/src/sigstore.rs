@@ -149,12 +149,15 @@ pub struct HashOutput {
 #[serde(rename_all = "camelCase")]
 pub struct TlogEntry {
     /// Index in the log.
+    #[serde(default)]
     pub log_index: Int64,
     /// SHA-256 of the log's public key.
     pub log_id: LogId,
     /// `hashedrekord` / `0.0.1`.
     pub kind_version: KindVersion,
-    /// Seconds since the epoch, as the log recorded it.
+    /// Seconds since the epoch, as the log recorded it (0 in Rekor v2, which gives
+    /// no time: protobuf JSON may leave it out).
+    #[serde(default)]
     pub integrated_time: Int64,
     /// The signed entry timestamp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,6 +199,7 @@ pub struct InclusionPromise {
 #[serde(rename_all = "camelCase")]
 pub struct InclusionProof {
     /// Index of the entry in the tree the proof is for.
+    #[serde(default)]
     pub log_index: Int64,
     /// Root hash of that tree.
     pub root_hash: B64Bytes,
@@ -427,6 +431,9 @@ impl Rekor {
         signature: &[u8],
         spki: &[u8],
     ) -> Result<()> {
+        if entry.kind_version.version == "0.0.2" {
+            return self.check_entry_v2(entry, digest, signature, spki);
+        }
         let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
         // 1. The entry is ours.
         if entry.kind_version.kind != "hashedrekord" {
@@ -505,6 +512,151 @@ impl Rekor {
         Ok(())
     }
 }
+
+// --- Rekor v2 --------------------------------------------------------------------------
+
+/// The `keyDetails` (protobuf-specs `PublicKeyDetails`) Rekor v2 is told the key has.
+/// A hashedrekord v0.0.2 digest carries no algorithm: the key details imply it, so the
+/// signature's hash must be the one they name. Pure Ed25519 is refused by Rekor v2.
+pub fn key_details(spki: &[u8], hash: HashAlg) -> Result<&'static str> {
+    use rsa::traits::PublicKeyParts as _;
+    let key = AnyPublicKey::from_spki(spki)?;
+    let (details, wants) = match &key {
+        AnyPublicKey::P256(_) => ("PKIX_ECDSA_P256_SHA_256", HashAlg::Sha256),
+        AnyPublicKey::P384(_) => ("PKIX_ECDSA_P384_SHA_384", HashAlg::Sha384),
+        AnyPublicKey::Rsa(k) => match k.size() * 8 {
+            2048 => ("PKIX_RSA_PKCS1V15_2048_SHA256", HashAlg::Sha256),
+            3072 => ("PKIX_RSA_PKCS1V15_3072_SHA256", HashAlg::Sha256),
+            4096 => ("PKIX_RSA_PKCS1V15_4096_SHA256", HashAlg::Sha256),
+            bits => bail!("Rekor v2 takes RSA keys of 2048, 3072 or 4096 bits, not {bits}"),
+        },
+        AnyPublicKey::Ed25519(_) => {
+            bail!("Rekor v2 does not accept pure Ed25519 keys: sign with an ECDSA or RSA key")
+        }
+    };
+    if hash != wants {
+        bail!("Rekor v2 logs this key's signatures over {wants} digests only, not {hash}");
+    }
+    Ok(details)
+}
+
+/// The `CreateEntryRequest` (protobuf-specs `rekor.v2`) of a hashedrekord v0.0.2 entry.
+pub fn hashedrekord_v2(digest: &[u8], signature: &[u8], spki: &[u8], details: &str) -> Value {
+    json!({
+        "hashedRekordRequestV002": {
+            "digest": B64.encode(digest),
+            "signature": {
+                "content": B64.encode(signature),
+                "verifier": {
+                    "publicKey": { "rawBytes": B64.encode(spki) },
+                    "keyDetails": details
+                }
+            }
+        }
+    })
+}
+
+impl Rekor {
+    /// Uploads a hashedrekord v0.0.2 entry to a Rekor v2 log (`POST /api/v2/log/entries`)
+    /// and returns the checked `TransparencyLogEntry`. The log answers once a checkpoint
+    /// covers the entry, so the wait is long.
+    pub fn upload_v2(
+        &self,
+        hash: HashAlg,
+        digest: &[u8],
+        signature: &[u8],
+        spki: &[u8],
+    ) -> Result<TlogEntry> {
+        let url = format!("{}/api/v2/log/entries", self.url.trim_end_matches('/'));
+        let details = key_details(spki, hash)?;
+        let request = hashedrekord_v2(digest, signature, spki, details);
+        let agent = ureq::AgentBuilder::new().timeout(REKOR_V2_TIMEOUT).build();
+        let response = agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .set("Accept", "application/json")
+            .send_string(&request.to_string());
+        let text = match response {
+            Ok(r) => r
+                .into_string()
+                .with_context(|| format!("Rekor v2 at {url}: cannot read the answer"))?,
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                bail!(
+                    "Rekor v2 at {url} refused the entry: HTTP {code}: {}",
+                    body.trim().chars().take(300).collect::<String>()
+                );
+            }
+            Err(e) => bail!("cannot reach Rekor v2 at {url}: {e}"),
+        };
+        let entry: TlogEntry = serde_json::from_str(&text).with_context(|| {
+            format!("Rekor v2 at {url}: the answer is not a TransparencyLogEntry")
+        })?;
+        self.check_entry_v2(&entry, digest, signature, spki)
+            .with_context(|| format!("Rekor v2 at {url}: the entry does not check out"))?;
+        Ok(entry)
+    }
+
+    /// Checks a hashedrekord v0.0.2 entry: it logs our digest, signature and key, its
+    /// inclusion proof leads to the root of its checkpoint, and the checkpoint is signed
+    /// by this log's key. There is no signed entry timestamp (the bundle's time comes
+    /// from a TSA). The entry's logId is not compared: the checkpoint's signature is
+    /// what ties the entry to the log.
+    pub fn check_entry_v2(
+        &self,
+        entry: &TlogEntry,
+        digest: &[u8],
+        signature: &[u8],
+        spki: &[u8],
+    ) -> Result<()> {
+        let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
+        if entry.kind_version.kind != "hashedrekord" || entry.kind_version.version != "0.0.2" {
+            bail!(
+                "the entry is {} {}, not hashedrekord 0.0.2",
+                entry.kind_version.kind,
+                entry.kind_version.version
+            );
+        }
+        // The logged body: a Rekor v2 `Entry` (protobuf-specs rekor/v2), whose spec is
+        // `hashedRekordV002` {data: {algorithm, digest}, signature: {content, verifier}}.
+        let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
+            .context("canonicalizedBody is not JSON")?;
+        if body["kind"] != "hashedrekord" || body["apiVersion"] != "0.0.2" {
+            bail!("the logged body is not a hashedrekord 0.0.2 entry");
+        }
+        let spec = &body["spec"]["hashedRekordV002"];
+        let decoded = |v: &Value| v.as_str().and_then(|s| B64.decode(s).ok());
+        if decoded(&spec["data"]["digest"]).as_deref() != Some(digest) {
+            bail!("the logged digest is not the artifact's");
+        }
+        if decoded(&spec["signature"]["content"]).as_deref() != Some(signature) {
+            bail!("the logged signature is not the bundle's");
+        }
+        let logged_key = &spec["signature"]["verifier"]["publicKey"]["rawBytes"];
+        if decoded(logged_key).as_deref() != Some(spki) {
+            bail!("the logged public key is not the signing key");
+        }
+        let proof = entry
+            .inclusion_proof
+            .as_ref()
+            .ok_or_else(|| anyhow!("the log entry has no inclusion proof"))?;
+        let leaf = leaf_hash(&entry.canonicalized_body.0);
+        let root = root_from_proof(
+            proof.log_index.0,
+            proof.tree_size.0,
+            leaf,
+            &proof.hashes.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
+        )?;
+        if root.as_slice() != proof.root_hash.0.as_slice() {
+            bail!("the inclusion proof does not lead to its root hash");
+        }
+        check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)
+    }
+}
+
+/// How long a Rekor v2 log may take to answer: it answers once a checkpoint covers the
+/// entry (rekor-tiles batches entries for a few seconds).
+const REKOR_V2_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn to_tlog_entry(e: RekorEntry) -> Result<TlogEntry> {
     let v = e
@@ -630,24 +782,52 @@ fn check_checkpoint(
     if size != proof.tree_size.0 || root != proof.root_hash.0 {
         bail!("the checkpoint is for another tree than the inclusion proof");
     }
-    let key_hint = &Sha256::digest(log_der)[..4];
-    let digest = Sha256::digest(note.as_bytes());
+    let note_bytes = note.as_bytes();
     for line in sigs.lines() {
         let Some(rest) = line.strip_prefix("\u{2014} ") else {
             continue;
         };
-        let Some((_name, sig)) = rest.rsplit_once(' ') else {
+        let Some((name, sig)) = rest.rsplit_once(' ') else {
             continue;
         };
         let Ok(raw) = B64.decode(sig) else { continue };
-        if raw.len() > 4 && &raw[..4] == key_hint {
-            log_key
-                .verify_digest(&digest, HashAlg::Sha256, &raw[4..], false)
-                .context("the checkpoint's signature does not verify with the Rekor public key")?;
-            return Ok(());
+        if raw.len() <= 4 || raw[..4] != note_key_id(log_key, log_der, name)? {
+            continue;
         }
+        match log_key {
+            // C2SP signed-note: Ed25519 signs the note text itself.
+            AnyPublicKey::Ed25519(_) => {
+                log_key.verify_digest(note_bytes, HashAlg::Sha256, &raw[4..], false)
+            }
+            _ => {
+                let hash = log_key.default_hash();
+                let digest = crate::tsa::digest(hash, note_bytes);
+                log_key.verify_digest(&digest, hash, &raw[4..], false)
+            }
+        }
+        .context("the checkpoint's signature does not verify with the Rekor public key")?;
+        return Ok(());
     }
     bail!("the checkpoint carries no signature by the Rekor key")
+}
+
+/// The key ID a signed note names `log_key` by (C2SP signed-note): for Ed25519,
+/// SHA-256(name || 0x0A || 0x01 || key)[:4]; for ECDSA (and the RSA keys of Rekor v1
+/// logs), SHA-256 of the DER SubjectPublicKeyInfo, truncated to 4 bytes.
+fn note_key_id(log_key: &AnyPublicKey, log_der: &[u8], name: &str) -> Result<[u8; 4]> {
+    let full = match log_key {
+        AnyPublicKey::Ed25519(k) => {
+            let mut h = Sha256::new();
+            h.update(name.as_bytes());
+            h.update([0x0a, 0x01]);
+            h.update(k.as_bytes());
+            h.finalize()
+        }
+        _ => Sha256::digest(log_der),
+    };
+    let mut id = [0u8; 4];
+    id.copy_from_slice(&full[..4]);
+    Ok(id)
 }
 
 // --- verification --------------------------------------------------------------------
@@ -666,15 +846,23 @@ pub struct Verified {
     /// The log's time for the first checked entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrated_time: Option<i64>,
+    /// RFC 3161 timestamps checked against the trusted TSA.
+    pub timestamps_checked: usize,
+    /// RFC 3161 timestamps present but not checked (no TSA certificates given).
+    pub timestamps_unchecked: usize,
+    /// The first checked timestamp's time, seconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
 }
 
-/// Verifies `bundle` for `file` with the key `spki`, and its log entries with `rekor`.
-/// Each failure says what did not match.
+/// Verifies `bundle` for `file` with the key `spki`, its log entries with `rekor` and
+/// its RFC 3161 timestamps with `tsa`. Each failure says what did not match.
 pub fn verify_bundle(
     bundle: &Bundle,
     file: &Path,
     spki: &[u8],
     rekor: Option<&Rekor>,
+    tsa: Option<&crate::tsa::TrustedTsa>,
 ) -> Result<Verified> {
     if bundle.dsse_envelope.is_some() {
         bail!("the bundle holds a DSSE envelope (an attestation), not a message signature");
@@ -730,13 +918,57 @@ pub fn verify_bundle(
             checked += 1;
         }
     }
+    let stamps = timestamps(vm)?;
+    let mut timestamp = None;
+    let mut stamps_checked = 0;
+    if let Some(tsa) = tsa {
+        if stamps.is_empty() {
+            bail!("the bundle has no RFC 3161 timestamp, and --tsa-cert-chain asks for one");
+        }
+        for (i, stamp) in stamps.iter().enumerate() {
+            let time = tsa
+                .check(stamp, &ms.signature.0)
+                .with_context(|| format!("RFC 3161 timestamp {i}"))?;
+            let secs = time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            timestamp.get_or_insert(secs);
+            stamps_checked += 1;
+        }
+    }
     Ok(Verified {
         alg,
         hash: hash_name(hash).to_string(),
         tlog_entries_checked: checked,
         tlog_entries_unchecked: vm.tlog_entries.len() - checked,
         integrated_time,
+        timestamps_checked: stamps_checked,
+        timestamps_unchecked: stamps.len() - stamps_checked,
+        timestamp,
     })
+}
+
+/// The DER `TimeStampResp`s of `timestampVerificationData.rfc3161Timestamps`.
+fn timestamps(vm: &VerificationMaterial) -> Result<Vec<Vec<u8>>> {
+    let Some(data) = &vm.timestamp_verification_data else {
+        return Ok(Vec::new());
+    };
+    let list = match &data["rfc3161Timestamps"] {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(list) => list,
+        _ => bail!("timestampVerificationData.rfc3161Timestamps is not a list"),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let text = t["signedTimestamp"]
+                .as_str()
+                .ok_or_else(|| anyhow!("RFC 3161 timestamp {i} has no signedTimestamp"))?;
+            B64.decode(text.trim())
+                .with_context(|| format!("RFC 3161 timestamp {i} is not base64"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
 // Verifies a Sigstore bundle with @sigstore/verify, a verifier waxseal did not write.
 // Usage: node verify.js BUNDLE ARTIFACT PUBLIC_KEY.pem [REKOR_PUBLIC_KEY.pem REKOR_URL]
-// Without a Rekor key: key-only bundle, tlogThreshold 0 and timestampThreshold 0.
-// With one: the log is trusted and the default thresholds apply (one tlog entry, one
-// timestamp). Prints "OK" and exits 0, or prints the error and exits 1.
+//                       [--tsa TSA_CHAIN.pem]
+// The trusted root names exactly the services given: the Rekor log (v1 or v2, by its
+// key and URL) and the TSA (its certificate chain, signing certificate first).
+// Nothing given: key-only bundle, tlogThreshold 0 and timestampThreshold 0. A Rekor key
+// alone: the default thresholds (one tlog entry, one timestamp: a v1 SET counts). A TSA
+// alone: one RFC 3161 timestamp and no tlog entry. Both: one of each.
+// Prints "OK" and exits 0, or prints the error and exits 1.
 'use strict';
 const fs = require('fs');
 const crypto = require('crypto');
@@ -11,7 +15,11 @@ const { TrustedRoot } = require('@sigstore/protobuf-specs');
 const { Verifier, toSignedEntity, toTrustMaterial } = require('@sigstore/verify');
 
 function main() {
-  const [bundlePath, artifactPath, keyPath, rekorKeyPath, rekorUrl] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  let tsaChainPath;
+  const tsa = args.indexOf('--tsa');
+  if (tsa >= 0) [, tsaChainPath] = args.splice(tsa, 2);
+  const [bundlePath, artifactPath, keyPath, rekorKeyPath, rekorUrl] = args;
   if (!keyPath) throw new Error('usage: node verify.js BUNDLE ARTIFACT PUBLIC_KEY.pem [REKOR_PUBLIC_KEY.pem]');
   const bundle = bundleFromJSON(JSON.parse(fs.readFileSync(bundlePath, 'utf8')));
   const artifact = fs.readFileSync(artifactPath);
@@ -34,6 +42,18 @@ function main() {
       logId: { keyId: crypto.createHash('sha256').update(logDer).digest('base64') },
     });
     options = {};
+  }
+  if (tsaChainPath) {
+    const chain = fs.readFileSync(tsaChainPath, 'utf8')
+      .match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g)
+      .map((pem) => ({ rawBytes: new crypto.X509Certificate(pem).raw.toString('base64') }));
+    root.timestampAuthorities.push({
+      subject: { organization: 'waxseal tests', commonName: 'tsa' },
+      uri: 'http://127.0.0.1',
+      certChain: { certificates: chain },
+      validFor: { start: '2000-01-01T00:00:00Z' },
+    });
+    options = { tlogThreshold: rekorKeyPath ? 1 : 0, timestampThreshold: 1 };
   }
   const trust = toTrustMaterial(TrustedRoot.fromJSON(root), keyFinder);
   new Verifier(trust, options).verify(toSignedEntity(bundle, artifact));

@@ -843,6 +843,24 @@ pub fn sigstore_js() -> PathBuf {
             dir.display()
         );
     }
+    // The TSA and Rekor v2 tests need @sigstore/mock ≥ 0.13 (package-lock.json).
+    let manifest = dir.join("node_modules/@sigstore/mock/package.json");
+    let version = std::fs::read(&manifest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["version"].as_str().map(String::from))
+        .unwrap_or_default();
+    let numbers: Vec<u32> = version
+        .split('.')
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        matches!(numbers.as_slice(), [major, _] if *major > 0)
+            || matches!(numbers.as_slice(), [0, minor] if *minor >= 13),
+        "@sigstore/mock {version} is older than 0.13 in {}: run scripts/install-deps",
+        dir.display()
+    );
     dir
 }
 
@@ -929,6 +947,137 @@ impl Drop for MockRekor {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A service of the Sigstore tests run as a child process on 127.0.0.1 (a Node or
+/// Python script that prints `PORT <n>` once it listens); killed when dropped.
+#[derive(Debug)]
+pub struct LocalService {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its temp dir: keys and certificates it wrote.
+    pub dir: TempDir,
+}
+
+impl LocalService {
+    /// Runs `program args…` (`{dir}` in an argument is replaced by the temp dir) and
+    /// waits for its `PORT` line.
+    pub fn start(program: &str, args: &[&str]) -> LocalService {
+        let dir = tempfile::Builder::new()
+            .prefix("svc-")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path().to_str().expect("utf-8 temp dir");
+        let mut child = Command::new(program)
+            .args(args.iter().map(|a| a.replace("{dir}", d)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program} {args:?}: {e}"));
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let port = line
+            .strip_prefix("PORT ")
+            .unwrap_or_else(|| panic!("{program} {args:?} did not start: {line:?}"))
+            .trim()
+            .to_string();
+        LocalService {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    /// A file in its temp dir.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// @sigstore/mock's `tsaHandler` as an RFC 3161 TSA (`js/tsa.js`); `mode` is `ok`,
+    /// `garbage` or `wrong-nonce`. Its chain is [`LocalService::file`]`("chain.pem")`.
+    pub fn mock_tsa(mode: &str) -> LocalService {
+        let js = sigstore_js();
+        let script = js.join("tsa.js");
+        LocalService::start(
+            "node",
+            &[script.to_str().expect("utf-8"), "{dir}/chain.pem", mode],
+        )
+    }
+
+    /// The Rekor v2 stand-in (`js/rekor-v2.js`: @sigstore/mock's v2 handler answers
+    /// entries no verifier accepts); `mode` is `ok` or `refuse`. Its key is
+    /// [`LocalService::file`]`("rekor.pub.pem")`.
+    pub fn rekor_v2(mode: &str) -> LocalService {
+        let js = sigstore_js();
+        let script = js.join("rekor-v2.js");
+        LocalService::start(
+            "node",
+            &[script.to_str().expect("utf-8"), "{dir}/rekor.pub.pem", mode],
+        )
+    }
+
+    /// OpenSSL's own TSA (`openssl ts -reply`) behind Python's `http.server`
+    /// (`py/openssl_tsa.py`), with an RSA TSA certificate whose only extended key usage
+    /// is a critical timeStamping, issued by a fresh root. Its files: `root.pem`,
+    /// `tsa.pem` (the TSA certificate), `chain.pem` (both, TSA first).
+    pub fn openssl_tsa() -> LocalService {
+        require("openssl");
+        let python = require("python3");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/openssl_tsa.py");
+        LocalService::start(
+            python.to_str().expect("utf-8"),
+            &[script.to_str().expect("utf-8"), "{dir}"],
+        )
+    }
+}
+
+impl Drop for LocalService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `node js/verify.js BUNDLE ARTIFACT KEY [REKOR_KEY REKOR_URL] [--tsa CHAIN]`:
+/// @sigstore/verify's verdict against a trusted root naming exactly the log
+/// (`(key PEM, URL)`) and the TSA (its chain) given.
+pub fn sigstore_js_verify_with(
+    bundle: &Path,
+    artifact: &Path,
+    key_pem: &Path,
+    rekor: Option<(&Path, &str)>,
+    tsa_chain: Option<&Path>,
+) -> Result<(), String> {
+    let dir = sigstore_js();
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("verify.js"))
+        .arg(bundle)
+        .arg(artifact)
+        .arg(key_pem);
+    if let Some((key, url)) = rekor {
+        cmd.arg(key).arg(url);
+    }
+    if let Some(chain) = tsa_chain {
+        cmd.arg("--tsa").arg(chain);
+    }
+    let out = cmd.output().expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && text.trim() == "OK" {
+        Ok(())
+    } else {
+        Err(text)
     }
 }
 

@@ -6,8 +6,10 @@
 //! connection (docs/protocol.md, "Pipelining"): while the agent signs a window of
 //! files, the next are hashed. A file that cannot be read, that the agent refuses, or
 //! whose bundle cannot be written is named on stderr and the others go on; the
-//! command fails (exit status 1) if any file was not signed. Rekor uploads, with
-//! `--rekor-url`, are made one file after another as the signatures come back.
+//! command fails (exit status 1) if any file was not signed. Timestamps (`--tsa-url`,
+//! RFC 3161) and Rekor uploads (`--rekor-url`, v1 or v2) are made one file after
+//! another as the signatures come back; a file whose timestamp or entry fails gets no
+//! bundle, and an older bundle of it stays.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use waxseal_proto::proto::{Bytes, HashAlg, KeyAlg, Op, Purpose, RsaPadding, Sign
 
 use super::Ctx;
 use crate::sigstore::{Bundle, Rekor};
+use crate::tsa::Tsa;
 use crate::verify::hash_file;
 use crate::SignArgs;
 
@@ -94,19 +97,38 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         }
         _ => None,
     };
+    let rekor_v2 = rekor.is_some() && args.rekor_version == 2;
+    if rekor_v2 && args.tsa_url.is_none() {
+        bail!("a Rekor v2 entry carries no signed time (no signed entry timestamp): add --tsa-url so the bundle gets an RFC 3161 timestamp");
+    }
+    let tsa = args.tsa_url.as_ref().map(|url| Tsa {
+        url: url.clone(),
+        timeout: std::time::Duration::from_secs(args.tsa_timeout),
+    });
     let mut client = ctx.connect()?;
     let pk = client.public_key(&args.key)?;
+    let hash = args.hash.unwrap_or_else(|| pk.alg.default_hash());
+    if rekor_v2 {
+        // Before anything is signed: a key or hash Rekor v2 refuses costs no signature.
+        if pk.alg == KeyAlg::Ed25519 {
+            bail!("{} is an Ed25519 key: Rekor v2 does not accept pure Ed25519 signatures (use an ECDSA or RSA key, or --rekor-version 1)", args.key);
+        }
+        crate::sigstore::key_details(&pk.spki_der.0, hash)
+            .with_context(|| format!("{} cannot be logged in Rekor v2", args.key))?;
+    }
     if !args.raw && pk.alg == KeyAlg::Ed25519 {
         bail!("{} is an Ed25519 key; Sigstore message-signature bundles need an ECDSA or RSA key (or use --raw)", args.key);
     }
     let job = Job {
         key: &args.key,
-        hash: args.hash.unwrap_or_else(|| pk.alg.default_hash()),
+        hash,
         padding,
         raw: args.raw,
         out: if args.raw { &args.out } else { &args.bundle },
         spki: &pk.spki_der.0,
         rekor: rekor.as_ref(),
+        rekor_v2,
+        tsa: tsa.as_ref(),
     };
     let many = args.files.len() > 1;
     let outcomes = job.sign_files(&mut client, &args.files, many);
@@ -178,6 +200,10 @@ struct Job<'a> {
     out: &'a Option<PathBuf>,
     spki: &'a [u8],
     rekor: Option<&'a Rekor>,
+    /// Log in `rekor` through its v2 API.
+    rekor_v2: bool,
+    /// Timestamp each signature with this TSA.
+    tsa: Option<&'a Tsa>,
 }
 
 /// What became of one file.
@@ -300,10 +326,19 @@ impl Job<'_> {
         }
         let mut bundle = Bundle::new(self.spki, self.hash, &digest, signature);
         let mut logged = None;
+        if let Some(tsa) = self.tsa {
+            let stamp = tsa.timestamp(signature).context("no bundle was written")?;
+            bundle.verification_material.timestamp_verification_data = Some(json!({
+                "rfc3161Timestamps": [{ "signedTimestamp": B64.encode(&stamp.response) }]
+            }));
+        }
         if let Some(rekor) = self.rekor {
-            let entry = rekor
-                .upload(self.hash, &digest, signature, self.spki)
-                .context("no bundle was written")?;
+            let entry = if self.rekor_v2 {
+                rekor.upload_v2(self.hash, &digest, signature, self.spki)
+            } else {
+                rekor.upload(self.hash, &digest, signature, self.spki)
+            }
+            .context("no bundle was written")?;
             logged = Some((entry.log_index.0, entry.integrated_time.0));
             bundle.verification_material.tlog_entries.push(entry);
         }

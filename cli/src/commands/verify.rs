@@ -1,5 +1,5 @@
 //! `waxseal verify FILE [--bundle B | --signature SIG] (--key NAME | --public-key PEM)
-//! [--rekor-public-key PEM]`.
+//! [--rekor-public-key PEM] [--tsa-cert-chain PEM]`.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::sigstore::{verify_bundle, Bundle, Rekor};
+use crate::tsa::TrustedTsa;
 use crate::verify::{read_signature, spki_from_pem, verify_file};
 use crate::VerifyArgs;
 
@@ -36,7 +37,8 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         None if args.bundle.is_none()
             && !bundle_path.exists()
             && with_suffix(".sig").exists()
-            && args.rekor_public_key.is_none() =>
+            && args.rekor_public_key.is_none()
+            && args.tsa_cert_chain.is_none() =>
         {
             Some(with_suffix(".sig"))
         }
@@ -62,14 +64,27 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         }),
         None => None,
     };
+    let tsa = match &args.tsa_cert_chain {
+        Some(pem) => {
+            let text = std::fs::read(pem)
+                .with_context(|| format!("cannot read the TSA certificates {}", pem.display()))?;
+            Some(
+                TrustedTsa::from_pem(&text)
+                    .with_context(|| format!("{}: the TSA certificates", pem.display()))?,
+            )
+        }
+        None => None,
+    };
     let bundle = Bundle::read(&bundle_path)?;
-    let v = verify_bundle(&bundle, &args.file, &spki, rekor.as_ref()).with_context(|| {
-        format!(
-            "{} does not verify against {}",
-            args.file.display(),
-            bundle_path.display()
-        )
-    })?;
+    let v = verify_bundle(&bundle, &args.file, &spki, rekor.as_ref(), tsa.as_ref()).with_context(
+        || {
+            format!(
+                "{} does not verify against {}",
+                args.file.display(),
+                bundle_path.display()
+            )
+        },
+    )?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
             "verified": true, "file": args.file, "bundle": bundle_path, "result": v,
@@ -82,6 +97,26 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
             v.tlog_entries_checked,
             if v.tlog_entries_checked == 1 { "y" } else { "ies" },
             v.integrated_time.map_or(String::new(), |t| format!("{t} (Unix time)"))
+        );
+    }
+    if v.timestamps_checked > 0 {
+        outln!(
+            "  RFC 3161 timestamp{}: {} checked against the TSA certificates; signed at {}",
+            if v.timestamps_checked == 1 { "" } else { "s" },
+            v.timestamps_checked,
+            v.timestamp
+                .map_or(String::new(), |t| format!("{t} (Unix time)"))
+        );
+    }
+    if v.timestamps_unchecked > 0 {
+        eprintln!(
+            "note: {} RFC 3161 timestamp{} not checked: give --tsa-cert-chain to check them",
+            v.timestamps_unchecked,
+            if v.timestamps_unchecked == 1 {
+                " was"
+            } else {
+                "s were"
+            }
         );
     }
     if v.tlog_entries_unchecked > 0 {

@@ -71,3 +71,154 @@ fn bundle_json_follows_the_protobuf_mapping() {
     e["integratedTime"] = json!(true);
     assert!(serde_json::from_value::<TlogEntry>(e).is_err());
 }
+
+fn proof_for(root: &[u8], size: i64) -> InclusionProof {
+    InclusionProof {
+        log_index: Int64(0),
+        root_hash: B64Bytes(root.to_vec()),
+        tree_size: Int64(size),
+        hashes: vec![],
+        checkpoint: Checkpoint {
+            envelope: String::new(),
+        },
+    }
+}
+
+fn signed_note(note: &str, name: &str, key_id: &[u8], sig: &[u8]) -> String {
+    format!(
+        "{note}\n\u{2014} {name} {}\n",
+        B64.encode([key_id, sig].concat())
+    )
+}
+
+#[test]
+fn checkpoints_signed_by_an_ed25519_log_key_follow_c2sp_key_ids() {
+    use ed25519_dalek::pkcs8::EncodePublicKey as _;
+    use ed25519_dalek::Signer as _;
+    let name = "log.example/v2";
+    let root = [3u8; 32];
+    let note = format!("{name}\n5\n{}\n", B64.encode(root));
+    let sk = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let der = sk.verifying_key().to_public_key_der().unwrap();
+    let key = AnyPublicKey::from_spki(der.as_bytes()).unwrap();
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0x0a, 0x01]);
+    h.update(sk.verifying_key().as_bytes());
+    let id = h.finalize()[..4].to_vec();
+    let sig = sk.sign(note.as_bytes()).to_bytes();
+    let proof = proof_for(&root, 5);
+
+    let good = signed_note(&note, name, &id, &sig);
+    check_checkpoint(&good, &key, der.as_bytes(), &proof).unwrap();
+    // Another line first (another witness) does not matter.
+    let witnessed = good.replace(
+        "\n\n",
+        &format!("\n\n\u{2014} witness.example {}\n", B64.encode([9u8; 68])),
+    );
+    check_checkpoint(&witnessed, &key, der.as_bytes(), &proof).unwrap();
+
+    // The key ID of the SPKI (the ECDSA rule) is not this key's.
+    let spki_id = Sha256::digest(der.as_bytes())[..4].to_vec();
+    let e = check_checkpoint(
+        &signed_note(&note, name, &spki_id, &sig),
+        &key,
+        der.as_bytes(),
+        &proof,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("carries no signature by the Rekor key"),
+        "{e:#}"
+    );
+    // A changed note: the signature no longer verifies.
+    let changed = good.replacen("\n5\n", "\n6\n", 1);
+    let e = check_checkpoint(&changed, &key, der.as_bytes(), &proof_for(&root, 6)).unwrap_err();
+    assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+    // Another tree than the proof's.
+    let e = check_checkpoint(&good, &key, der.as_bytes(), &proof_for(&root, 4)).unwrap_err();
+    assert!(e.to_string().contains("another tree"), "{e:#}");
+}
+
+#[test]
+fn checkpoints_signed_by_an_ecdsa_log_key_use_the_spki_key_id() {
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::EncodePublicKey as _;
+    let name = "rekor.example";
+    let root = [4u8; 32];
+    let note = format!("{name}\n9\n{}\n", B64.encode(root));
+    let sk = p256::ecdsa::SigningKey::from_slice(&[6; 32]).unwrap();
+    let der = sk.verifying_key().to_public_key_der().unwrap();
+    let key = AnyPublicKey::from_spki(der.as_bytes()).unwrap();
+    let id = Sha256::digest(der.as_bytes())[..4].to_vec();
+    let sig: p256::ecdsa::Signature = sk.sign(note.as_bytes());
+    let sig = sig.to_der().as_bytes().to_vec();
+    let proof = proof_for(&root, 9);
+    check_checkpoint(
+        &signed_note(&note, name, &id, &sig),
+        &key,
+        der.as_bytes(),
+        &proof,
+    )
+    .unwrap();
+    let mut bad = sig.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let e = check_checkpoint(
+        &signed_note(&note, name, &id, &bad),
+        &key,
+        der.as_bytes(),
+        &proof,
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+}
+
+#[test]
+fn rekor_v2_key_details_fix_the_hash_and_refuse_ed25519() {
+    // One trait (the pkcs8 crate's) for all three key types.
+    use ed25519_dalek::pkcs8::EncodePublicKey as _;
+    let p256 = p256::ecdsa::SigningKey::from_slice(&[6; 32]).unwrap();
+    let p256 = p256.verifying_key().to_public_key_der().unwrap();
+    let p384 = p384::ecdsa::SigningKey::from_slice(&[6; 48]).unwrap();
+    let p384 = p384.verifying_key().to_public_key_der().unwrap();
+    let ed = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let ed = ed.verifying_key().to_public_key_der().unwrap();
+
+    assert_eq!(
+        key_details(p256.as_bytes(), HashAlg::Sha256).unwrap(),
+        "PKIX_ECDSA_P256_SHA_256"
+    );
+    assert_eq!(
+        key_details(p384.as_bytes(), HashAlg::Sha384).unwrap(),
+        "PKIX_ECDSA_P384_SHA_384"
+    );
+    let e = key_details(p256.as_bytes(), HashAlg::Sha384).unwrap_err();
+    assert!(e.to_string().contains("over sha256 digests only"), "{e}");
+    let e = key_details(ed.as_bytes(), HashAlg::Sha256).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Rekor v2 does not accept pure Ed25519"),
+        "{e}"
+    );
+
+    // The request carries the key's DER and its details, the digest and the signature.
+    let req = hashedrekord_v2(
+        &[1; 32],
+        &[2; 70],
+        p256.as_bytes(),
+        "PKIX_ECDSA_P256_SHA_256",
+    );
+    let r = &req["hashedRekordRequestV002"];
+    assert_eq!(r["digest"], B64.encode([1; 32]));
+    assert_eq!(r["signature"]["content"], B64.encode([2; 70]));
+    assert_eq!(
+        r["signature"]["verifier"]["publicKey"]["rawBytes"],
+        B64.encode(p256.as_bytes())
+    );
+    assert_eq!(
+        r["signature"]["verifier"]["keyDetails"],
+        "PKIX_ECDSA_P256_SHA_256"
+    );
+}
