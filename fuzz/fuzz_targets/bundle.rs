@@ -75,6 +75,6 @@ fuzz_target!(|data: &[u8]| {
         url: "http://127.0.0.1:9".into(),
         key_der: REKOR_SPKI.to_vec(),
     };
-    let _ = verify_bundle(&bundle, &f.artifact, SIGNER_SPKI, Some(&rekor));
-    let _ = verify_bundle(&bundle, &f.artifact, SIGNER_SPKI, None);
+    let _ = verify_bundle(&bundle, &f.artifact, SIGNER_SPKI, Some(&rekor), None);
+    let _ = verify_bundle(&bundle, &f.artifact, SIGNER_SPKI, None, None);
 });
