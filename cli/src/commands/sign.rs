@@ -281,6 +281,7 @@ impl Job<'_> {
             name,
             padding: self.padding,
             message: None,
+            statement: None,
         })
     }
 
