@@ -2,7 +2,9 @@
 // Usage: node verify.js BUNDLE ARTIFACT PUBLIC_KEY.pem [REKOR_PUBLIC_KEY.pem REKOR_URL]
 // Without a Rekor key: key-only bundle, tlogThreshold 0 and timestampThreshold 0.
 // With one: the log is trusted and the default thresholds apply (one tlog entry, one
-// timestamp). Prints "OK" and exits 0, or prints the error and exits 1.
+// timestamp). A DSSE bundle (waxseal attest) is checked the same way, and ARTIFACT
+// must be one of its statement's subjects. Prints "OK" and exits 0, or prints the
+// error and exits 1.
 'use strict';
 const fs = require('fs');
 const crypto = require('crypto');
@@ -37,6 +39,17 @@ function main() {
   }
   const trust = toTrustMaterial(TrustedRoot.fromJSON(root), keyFinder);
   new Verifier(trust, options).verify(toSignedEntity(bundle, artifact));
+  // A DSSE bundle's signature covers the envelope, not the artifact: @sigstore/verify
+  // leaves matching the artifact to its caller, so this harness checks that the
+  // artifact's SHA-256 is one of the in-toto statement's subjects.
+  if (bundle.content.$case === 'dsseEnvelope') {
+    const statement = JSON.parse(bundle.content.dsseEnvelope.payload.toString('utf8'));
+    const sha256 = crypto.createHash('sha256').update(artifact).digest('hex');
+    const subjects = (statement.subject || []).map((s) => (s.digest || {}).sha256);
+    if (!subjects.includes(sha256)) {
+      throw new Error(`artifact sha256 ${sha256} is not a subject of the statement (${subjects.join(', ')})`);
+    }
+  }
   process.stdout.write('OK\n');
 }
 
