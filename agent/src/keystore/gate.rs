@@ -169,6 +169,12 @@ impl KeyStore {
             );
             subject.insert("message_bytes".into(), json!(message.0.len()));
         }
+        if let Some(statement) = &req.statement {
+            subject.insert(
+                "statement_sha256".into(),
+                json!(hex::encode(Sha256::digest(&statement.0))),
+            );
+        }
         let ask = Ask {
             key: &req.key,
             purpose: req.purpose,
@@ -669,10 +675,6 @@ fn prepare_attest<'a>(
             "purpose attest needs `statement`, the in-toto statement",
         ));
     };
-    subject.insert(
-        "statement_sha256".into(),
-        json!(hex::encode(Sha256::digest(&statement.0))),
-    );
     let parsed = Statement::parse(&statement.0)
         .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("attest: {e}")))?;
     subject.insert("predicate_type".into(), json!(parsed.predicate_type));
