@@ -295,9 +295,48 @@ fn a_complete_statement_is_signed_as_it_is_and_bad_ones_are_refused() {
         );
     }
 
-    // --statement with --predicate: a usage error naming both.
+    // A predicate that is not a JSON object is refused before anything is signed.
     let predicate = tmp.path().join("p.json");
+    std::fs::write(&predicate, b"[1, 2]").unwrap();
+    let out = agent.cli(&[
+        "attest",
+        "--key",
+        "hsm/ec",
+        "--type",
+        PROVENANCE,
+        "--predicate",
+        s(&predicate),
+        s(&file),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a JSON object"),
+        "{}",
+        text(&out)
+    );
+    assert!(!tmp.path().join("tool.intoto.sigstore.json").exists());
+
+    // --json says what was signed.
     std::fs::write(&predicate, b"{}").unwrap();
+    let out = agent.cli(&[
+        "--json",
+        "attest",
+        "--key",
+        "hsm/ec",
+        "--type",
+        PROVENANCE,
+        "--predicate",
+        s(&predicate),
+        s(&file),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["predicate_type"], PROVENANCE, "{said}");
+    assert_eq!(said["subjects"][0]["sha256"], sha256_hex(&file), "{said}");
+    assert_eq!(said["alg"], "ecdsa-p256-sha256", "{said}");
+    assert!(tmp.path().join("tool.intoto.sigstore.json").exists());
+
+    // --statement with --predicate: a usage error naming both.
     let out = agent.cli(&[
         "attest",
         "--key",
