@@ -1,8 +1,10 @@
 //! Who may use which key for what.
 //!
 //! This version decides by purpose: a key listed in a `[[key]]` entry serves exactly
-//! the purposes named there; any other key serves `digest`, `blob` and `ssh`
-//! (`x509-tbs` only where configured). Callers are already limited to the agent's own
+//! the purposes named there; any other key serves `digest`, `blob`, `ssh` and `attest`
+//! (`x509-tbs` only where configured). `attest` is a default because a key that signs
+//! any `digest` could sign a DSSE PAE's digest anyway: leaving it out would protect
+//! nothing, while `purposes = ["attest"]` does narrow a key to attestations. Callers are already limited to the agent's own
 //! uid when they connect.
 
 use std::collections::{HashMap, HashSet};
@@ -12,7 +14,12 @@ use crate::proto::{ErrorCode, Purpose, WireError};
 use crate::x509::{CertKind, TbsSummary};
 
 /// Purposes of a key that has no `[[key]]` entry.
-pub const DEFAULT_PURPOSES: [Purpose; 3] = [Purpose::Digest, Purpose::Blob, Purpose::Ssh];
+pub const DEFAULT_PURPOSES: [Purpose; 4] = [
+    Purpose::Digest,
+    Purpose::Blob,
+    Purpose::Ssh,
+    Purpose::Attest,
+];
 
 /// Who is asking (read from the socket with SO_PEERCRED).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -71,6 +71,8 @@ enum Command {
     Sign(SignArgs),
     /// Verify a file's Sigstore bundle (or bare signature) with an agent key or a PEM public key.
     Verify(VerifyArgs),
+    /// Sign an in-toto attestation about files: a Sigstore bundle holding a DSSE envelope.
+    Attest(AttestArgs),
     /// The embedded default: a SoftHSM2 token, an agent, a key, a signature, verified.
     Demo(DemoArgs),
     /// SSH: the keys offered on ssh.sock.
@@ -279,6 +281,45 @@ struct SignArgs {
     /// Seconds the TSA has to answer.
     #[arg(long, value_name = "SECS", default_value_t = 10, requires = "tsa_url")]
     tsa_timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct AttestArgs {
+    /// Files the attestation is about: each file's name and SHA-256 become a subject of
+    /// the statement.
+    #[arg(
+        value_name = "SUBJECT",
+        required_unless_present = "statement",
+        conflicts_with = "statement"
+    )]
+    subjects: Vec<PathBuf>,
+    /// Key NAME (DEVICE/LABEL).
+    #[arg(long)]
+    key: String,
+    /// The predicate type, a URI (e.g. https://slsa.dev/provenance/v1).
+    #[arg(
+        long = "type",
+        value_name = "URI",
+        required_unless_present = "statement",
+        conflicts_with = "statement"
+    )]
+    predicate_type: Option<String>,
+    /// The predicate: a file holding one JSON object.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "statement",
+        conflicts_with = "statement"
+    )]
+    predicate: Option<PathBuf>,
+    /// A complete in-toto statement v1 to sign as it is, instead of --type, --predicate
+    /// and SUBJECTs; its subjects must name their SHA-256.
+    #[arg(long, value_name = "FILE")]
+    statement: Option<PathBuf>,
+    /// Where the bundle goes (default: SUBJECT.intoto.sigstore.json beside the first
+    /// SUBJECT, or STATEMENT.sigstore.json beside the --statement file).
+    #[arg(long, value_name = "OUT")]
+    bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

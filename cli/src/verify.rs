@@ -110,6 +110,15 @@ impl AnyPublicKey {
     }
 }
 
+/// Hashes bytes.
+pub fn hash_bytes(hash: HashAlg, data: &[u8]) -> Vec<u8> {
+    match hash {
+        HashAlg::Sha256 => Sha256::digest(data).to_vec(),
+        HashAlg::Sha384 => Sha384::digest(data).to_vec(),
+        HashAlg::Sha512 => Sha512::digest(data).to_vec(),
+    }
+}
+
 /// Hashes a file.
 pub fn hash_file(path: &Path, hash: HashAlg) -> Result<Vec<u8>> {
     let mut f =

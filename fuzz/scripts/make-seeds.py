@@ -37,6 +37,23 @@ spki_der = lambda k: k.public_key().public_bytes(
 spki_pem = lambda k: k.public_key().public_bytes(
     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
+# --- intoto_statement: in-toto statements v1, accepted and refused ---------------------
+def intoto(subjects, kind="https://in-toto.io/Statement/v1"):
+    return json.dumps({"_type": kind, "subject": subjects,
+                       "predicateType": "https://slsa.dev/provenance/v1",
+                       "predicate": {"buildDefinition": {"buildType": "make"}}}).encode()
+
+sha = hashlib.sha256(b"release").hexdigest()
+statement = intoto([{"name": "app.tgz", "digest": {"sha256": sha}},
+                    {"digest": {"sha256": sha, "sha512": "00"}}])
+for i, st in enumerate([
+    statement,
+    intoto([]),
+    intoto([{"name": "a", "digest": {"sha1": "00"}}]),
+    intoto([{"name": "a", "digest": {"sha256": sha}}], "https://in-toto.io/Statement/v0.1"),
+]):
+    out("intoto_statement", f"statement-{i:02}.json", st)
+
 # --- native_frame and response: the golden exchanges --------------------------------
 requests = [
     '{"id":0,"op":"hello","version":1}',
@@ -48,6 +65,7 @@ requests = [
     '{"id":3,"op":"sign","key":"hsm/release","purpose":"digest","hash":"sha256","digest":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}',
     '{"id":5,"op":"sign","key":"hsm/rsa","purpose":"blob","name":"release.tar.gz","hash":"sha384","padding":"pss","digest":"' + b64(bytes(48)) + '"}',
     '{"id":6,"op":"sign","key":"hsm/fulcio-root","purpose":"x509-tbs","tbs":"MAA="}',
+    '{"id":7,"op":"sign","key":"hsm/release","purpose":"attest","statement":"' + b64(statement) + '"}',
     '{"id":6,"op":"attest","key":"tpm/git","nonce":"ABEiM0RVZneImaq7zN3u/w=="}',
     '{"id":7,"op":"store_certificate","key":"hsm/fulcio-root","object_id":"99","cert":"MAA="}',
     '{"id":8,"op":"unlock","device":"yk"}',

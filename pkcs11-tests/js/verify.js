@@ -5,8 +5,9 @@
 // key and URL) and the TSA (its certificate chain, signing certificate first).
 // Nothing given: key-only bundle, tlogThreshold 0 and timestampThreshold 0. A Rekor key
 // alone: the default thresholds (one tlog entry, one timestamp: a v1 SET counts). A TSA
-// alone: one RFC 3161 timestamp and no tlog entry. Both: one of each.
-// Prints "OK" and exits 0, or prints the error and exits 1.
+// alone: one RFC 3161 timestamp and no tlog entry. Both: one of each. A DSSE bundle
+// (waxseal attest) is checked the same way, and ARTIFACT must be one of its
+// statement's subjects. Prints "OK" and exits 0, or prints the error and exits 1.
 'use strict';
 const fs = require('fs');
 const crypto = require('crypto');
@@ -57,6 +58,17 @@ function main() {
   }
   const trust = toTrustMaterial(TrustedRoot.fromJSON(root), keyFinder);
   new Verifier(trust, options).verify(toSignedEntity(bundle, artifact));
+  // A DSSE bundle's signature covers the envelope, not the artifact: @sigstore/verify
+  // leaves matching the artifact to its caller, so this harness checks that the
+  // artifact's SHA-256 is one of the in-toto statement's subjects.
+  if (bundle.content.$case === 'dsseEnvelope') {
+    const statement = JSON.parse(bundle.content.dsseEnvelope.payload.toString('utf8'));
+    const sha256 = crypto.createHash('sha256').update(artifact).digest('hex');
+    const subjects = (statement.subject || []).map((s) => (s.digest || {}).sha256);
+    if (!subjects.includes(sha256)) {
+      throw new Error(`artifact sha256 ${sha256} is not a subject of the statement (${subjects.join(', ')})`);
+    }
+  }
   process.stdout.write('OK\n');
 }
 

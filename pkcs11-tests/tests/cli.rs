@@ -41,7 +41,7 @@ fn keys_sign_verify_round_trip_with_openssl() {
         lines
             .iter()
             .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == ["hsm/release", "hsm", "p384", "digest,blob,ssh"]),
+                == ["hsm/release", "hsm", "p384", "digest,blob,ssh,attest"]),
         "{list}"
     );
     assert!(

@@ -194,7 +194,7 @@ fn busctl_reads_devices_keys_and_locked_and_lock_stops_signing_until_unlock() {
     let keys = bus.property("Keys");
     assert_eq!(
         keys,
-        r#"a(sssas) 1 "hsm/k" "hsm" "p256" 3 "digest" "blob" "ssh""#,
+        r#"a(sssas) 1 "hsm/k" "hsm" "p256" 4 "digest" "blob" "ssh" "attest""#,
         "log:\n{}",
         agent.log()
     );

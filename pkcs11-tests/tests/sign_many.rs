@@ -380,6 +380,7 @@ fn pipelined_requests_behind_a_pin_prompt_are_all_served() {
             name: Some(format!("queued-{i}")),
             padding: None,
             message: None,
+            statement: None,
         });
         (i, op)
     });

@@ -511,6 +511,7 @@ fn message_op(
         name: (purpose == Purpose::Blob).then(|| "artifact".into()),
         padding: None,
         message: Some(Bytes(message.to_vec())),
+        statement: None,
     })
 }
 

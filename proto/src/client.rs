@@ -361,6 +361,7 @@ impl Client {
             name: None,
             padding,
             message: None,
+            statement: None,
         }))
     }
 
@@ -376,6 +377,7 @@ impl Client {
             name: None,
             padding: None,
             message: Some(Bytes(message.to_vec())),
+            statement: None,
         }))
     }
 
@@ -396,6 +398,24 @@ impl Client {
             name: Some(name.into()),
             padding: None,
             message: None,
+            statement: None,
+        }))
+    }
+
+    /// `sign` with purpose `attest`: the agent reads the in-toto `statement`, and
+    /// signs the DSSE PAE of it (payload type [`crate::intoto::PAYLOAD_TYPE`]) with the
+    /// key's hash.
+    pub fn sign_statement(&mut self, key: &str, statement: &[u8]) -> Result<SignOk, ClientError> {
+        self.call(Op::Sign(Sign {
+            key: key.into(),
+            purpose: Purpose::Attest,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: None,
+            name: None,
+            padding: None,
+            message: None,
+            statement: Some(Bytes(statement.to_vec())),
         }))
     }
 
@@ -411,6 +431,7 @@ impl Client {
             name: None,
             padding: None,
             message: None,
+            statement: None,
         }))
     }
 
@@ -587,6 +608,7 @@ mod tests {
             name: Some(format!("file-{i}")),
             padding: None,
             message: None,
+            statement: None,
         })
     }
 

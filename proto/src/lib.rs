@@ -3,7 +3,7 @@
 //!
 //! The wire protocol ([`proto`]: frames, requests, responses, error codes; pure, no IO),
 //! frames over a Unix stream ([`wire`]), the blocking client ([`client`]), key names
-//! ([`keyuri`]), the default paths shared by the agent and its clients ([`paths`]) and
+//! ([`keyuri`]), in-toto statements and DSSE's PAE ([`intoto`]), the default paths shared by the agent and its clients ([`paths`]) and
 //! the audit log's chain verifier ([`audit_chain`]). The CLI and the KMS plug-in link
 //! this crate alone; it pulls in no async runtime and no PKCS#11, TPM or PC/SC crate
 //! (`cargo tree -p waxseal-proto`). The agent re-exports these modules under the same
@@ -12,6 +12,7 @@
 
 pub mod audit_chain;
 pub mod client;
+pub mod intoto;
 pub mod keyuri;
 pub mod paths;
 pub mod proto;

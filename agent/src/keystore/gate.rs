@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::{wire, ConfirmRequest, Device, Event, Interaction, KeyStore, NoInteraction};
 use crate::audit::{self, Record};
 use crate::backend::SignInput;
+use crate::intoto::{self, Statement};
 use crate::policy::Caller;
 use crate::proto::{
     Bytes, DeviceKind, ErrorCode, HashAlg, KeyAlg, Purpose, RsaPadding, Sign, SignOk, WireError,
@@ -168,6 +169,12 @@ impl KeyStore {
             );
             subject.insert("message_bytes".into(), json!(message.0.len()));
         }
+        if let Some(statement) = &req.statement {
+            subject.insert(
+                "statement_sha256".into(),
+                json!(hex::encode(Sha256::digest(&statement.0))),
+            );
+        }
         let ask = Ask {
             key: &req.key,
             purpose: req.purpose,
@@ -180,6 +187,7 @@ impl KeyStore {
                 (Purpose::Digest, Some(message)) => prepare_message(req, message, device, label),
                 (Purpose::Digest | Purpose::Blob, _) => prepare_digest(req),
                 (Purpose::X509Tbs, _) => self.prepare_tbs(req, device, label, subject),
+                (Purpose::Attest, _) => prepare_attest(req, device, label, subject),
                 (Purpose::Ssh, _) => Err(WireError::new(
                     ErrorCode::Unsupported,
                     format!(
@@ -647,6 +655,78 @@ fn prepare_digest(req: &Sign) -> Result<Prepared<'_>, WireError> {
             Some(n) => format!("artifact {n}, digest {digest}"),
             None => format!("digest {digest}"),
         },
+    })
+}
+
+/// Purpose `attest`: reads the in-toto statement (v1, every subject with a SHA-256),
+/// records its predicate type and subjects, and builds the DSSE PAE the signature is
+/// over, with the payload type fixed to in-toto's: the agent signs only what it has
+/// read (docs/protocol.md, `sign`). Ed25519 keys sign the PAE itself; others its hash
+/// (the request's, or the key's default).
+fn prepare_attest<'a>(
+    req: &Sign,
+    device: &Device,
+    label: &str,
+    subject: &mut Map<String, Value>,
+) -> Result<Prepared<'a>, WireError> {
+    let Some(statement) = &req.statement else {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "purpose attest needs `statement`, the in-toto statement",
+        ));
+    };
+    let parsed = Statement::parse(&statement.0)
+        .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("attest: {e}")))?;
+    subject.insert("predicate_type".into(), json!(parsed.predicate_type));
+    subject.insert(
+        "subjects".into(),
+        Value::Array(
+            parsed
+                .subjects
+                .iter()
+                .map(|s| json!({"name": s.name, "sha256": s.sha256}))
+                .collect(),
+        ),
+    );
+    let pae = intoto::pae(intoto::PAYLOAD_TYPE, &statement.0);
+    let alg = device
+        .lanes
+        .run(|b| b.public_key(label))?
+        .map_err(wire)?
+        .alg;
+    let (digest, hash, raw) = if alg == KeyAlg::Ed25519 {
+        if req.hash.is_some() {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{} is an Ed25519 key, which signs the PAE itself: send no `hash`",
+                    req.key
+                ),
+            ));
+        }
+        (pae, None, true)
+    } else {
+        let h = req.hash.unwrap_or(alg.default_hash());
+        subject.insert("hash".into(), json!(h));
+        let digest = hash(h, &pae);
+        subject.insert("digest".into(), json!(hex::encode(&digest)));
+        (digest, Some(h), false)
+    };
+    let names: Vec<String> = parsed
+        .subjects
+        .iter()
+        .map(|s| format!("{} sha256:{}", s.name, s.sha256))
+        .collect();
+    Ok(Prepared {
+        digest: Cow::Owned(digest),
+        hash,
+        padding: req.padding.unwrap_or(RsaPadding::Pkcs1),
+        raw,
+        what: format!(
+            "in-toto attestation {} about {}",
+            parsed.predicate_type,
+            names.join(", ")
+        ),
     })
 }
 

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::{Cli, Command};
 
+mod attest;
 mod audit;
 mod ca;
 mod demo;
@@ -82,6 +83,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Keys(k) => keys::run(&ctx, k),
         Command::Sign(a) => sign::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
+        Command::Attest(a) => attest::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Ssh(c) => ssh::run(&ctx, c),
         Command::Ca(c) => ca::run(&ctx, c),

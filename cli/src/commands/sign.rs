@@ -307,6 +307,7 @@ impl Job<'_> {
             name,
             padding: self.padding,
             message: None,
+            statement: None,
         })
     }
 

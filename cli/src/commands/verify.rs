@@ -1,5 +1,7 @@
 //! `waxseal verify FILE [--bundle B | --signature SIG] (--key NAME | --public-key PEM)
-//! [--rekor-public-key PEM] [--tsa-cert-chain PEM]`.
+//! [--rekor-public-key PEM] [--tsa-cert-chain PEM]`: message-signature bundles, DSSE
+//! bundles of `waxseal attest` (FILE must be one of the statement's subjects), and bare
+//! signatures.
 
 use std::path::PathBuf;
 
@@ -28,10 +30,18 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         p.push(s);
         PathBuf::from(p)
     };
-    let bundle_path = args
-        .bundle
-        .clone()
-        .unwrap_or_else(|| with_suffix(".sigstore.json"));
+    let bundle_path = args.bundle.clone().unwrap_or_else(|| {
+        // `waxseal attest`'s default, when the file has no bundle of its own.
+        let (plain, attested) = (
+            with_suffix(".sigstore.json"),
+            with_suffix(".intoto.sigstore.json"),
+        );
+        if !plain.exists() && attested.exists() {
+            attested
+        } else {
+            plain
+        }
+    });
     let raw_path = match &args.signature {
         Some(p) => Some(p.clone()),
         None if args.bundle.is_none()
@@ -91,6 +101,9 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         }));
     }
     outln!("Verified OK: {} ({})", args.file.display(), v.alg);
+    if let Some(predicate_type) = &v.predicate_type {
+        outln!("  in-toto statement about this file, predicate type {predicate_type}");
+    }
     if v.tlog_entries_checked > 0 {
         outln!(
             "  transparency log: {} entr{} checked (signed entry timestamp, inclusion proof, checkpoint); logged at {}",

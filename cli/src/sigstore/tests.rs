@@ -222,3 +222,17 @@ fn rekor_v2_key_details_fix_the_hash_and_refuse_ed25519() {
         "PKIX_ECDSA_P256_SHA_256"
     );
 }
+
+#[test]
+fn dsse_bundle_json_follows_the_protobuf_mapping() {
+    let b = Bundle::new_dsse(b"spki", b"{}", &[2; 8]);
+    let v = serde_json::to_value(&b).unwrap();
+    assert_eq!(v["mediaType"], MEDIA_TYPE);
+    assert!(v.get("messageSignature").is_none());
+    let e = &v["dsseEnvelope"];
+    assert_eq!(e["payload"], "e30=");
+    assert_eq!(e["payloadType"], "application/vnd.in-toto+json");
+    assert_eq!(e["signatures"], json!([{"sig": "AgICAgICAgI="}]));
+    let back: Bundle = serde_json::from_value(v).unwrap();
+    assert_eq!(back, b);
+}

@@ -67,6 +67,11 @@ fn check_text(field: &str, text: &str, max: usize) -> Result<(), String> {
 /// frame can disagree on what it asks.
 struct Strict(Value);
 
+/// Parses JSON text in which no object names a member twice (see [`Strict`]).
+pub(crate) fn strict_json(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str::<Strict>(text).map(|s| s.0)
+}
+
 impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(StrictVisitor).map(Strict)
@@ -225,6 +230,9 @@ word_enum! {
         X509Tbs = "x509-tbs",
         /// An SSH signature request (ssh.sock only).
         Ssh = "ssh",
+        /// An in-toto statement in a DSSE envelope: the agent reads the statement,
+        /// builds the envelope's PAE and signs that (docs/protocol.md, `sign`).
+        Attest = "attest",
     }
 }
 
@@ -630,6 +638,11 @@ pub struct Sign {
     /// the message itself), 1 to [`MAX_MESSAGE`] bytes; instead of `digest` and `hash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<Bytes>,
+    /// The in-toto statement to sign (purpose `attest`), 1 to
+    /// [`crate::intoto::MAX_STATEMENT`] bytes: the DSSE payload. The agent signs the
+    /// PAE of it with payload type `application/vnd.in-toto+json`; instead of `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Bytes>,
 }
 
 impl Sign {
@@ -638,6 +651,9 @@ impl Sign {
     fn check_payload(&self) -> Result<(), String> {
         if let Some(message) = &self.message {
             return self.check_message(message);
+        }
+        if self.purpose == Purpose::Attest || self.statement.is_some() {
+            return self.check_statement();
         }
         match (self.purpose, self.tbs.is_some(), self.digest.is_empty()) {
             (Purpose::X509Tbs, true, true) if self.hash.is_some() || self.padding.is_some() => Err(
@@ -656,6 +672,38 @@ impl Sign {
             )),
             (_, false, true) => Err("missing field `digest`".into()),
             (_, false, false) => Ok(()),
+        }
+    }
+
+    /// `statement` (docs/protocol.md, `sign`): purpose `attest` only, alone (no
+    /// `digest`, `tbs` or `message`), 1 to [`crate::intoto::MAX_STATEMENT`] bytes. What
+    /// the statement says is read by the agent ([`crate::intoto::Statement::parse`]).
+    fn check_statement(&self) -> Result<(), String> {
+        use crate::intoto::MAX_STATEMENT;
+        let Some(statement) = &self.statement else {
+            return Err(
+                "missing field `statement` (purpose attest signs an in-toto statement)".into(),
+            );
+        };
+        if self.purpose != Purpose::Attest {
+            return Err(format!(
+                "`statement` is only for purpose attest, not {}",
+                self.purpose
+            ));
+        }
+        if !self.digest.is_empty() || self.tbs.is_some() || self.message.is_some() {
+            return Err(
+                "purpose attest takes `statement` alone: the agent builds and hashes the DSSE PAE itself, so `digest`, `tbs` and `message` are refused".into(),
+            );
+        }
+        match statement.0.len() {
+            0 => Err(format!(
+                "`statement` is empty; 1 to {MAX_STATEMENT} bytes are accepted"
+            )),
+            n if n > MAX_STATEMENT => Err(format!(
+                "`statement` is {n} bytes long; at most {MAX_STATEMENT} are accepted"
+            )),
+            _ => Ok(()),
         }
     }
 

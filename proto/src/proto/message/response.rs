@@ -73,6 +73,12 @@ pub struct AuditStatus {
     pub waited: u64,
 }
 
+/// The purposes of a list of words, without the words this version does not know.
+fn known_purposes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Purpose>, D::Error> {
+    let words = Vec::<String>::deserialize(d)?;
+    Ok(words.iter().filter_map(|w| w.parse().ok()).collect())
+}
+
 /// One key in `list_keys`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyInfo {
@@ -82,7 +88,10 @@ pub struct KeyInfo {
     pub device: String,
     /// Algorithm.
     pub alg: KeyAlg,
-    /// Purposes the policy grants this key.
+    /// Purposes the policy grants this key. Words this version does not know (a newer
+    /// agent's purposes) are left out when reading, so that a new purpose does not make
+    /// older clients fail to list keys.
+    #[serde(deserialize_with = "known_purposes")]
     pub purposes: Vec<Purpose>,
     /// Device-level reference, e.g. an RFC 7512 `pkcs11:` URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]

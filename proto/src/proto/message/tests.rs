@@ -143,6 +143,7 @@ fn request_round_trip() {
             name: Some("release.tar.gz".into()),
             padding: Some(RsaPadding::Pss),
             message: None,
+            statement: None,
         }),
         Op::Sign(Sign {
             key: "a/root".into(),
@@ -153,6 +154,7 @@ fn request_round_trip() {
             name: None,
             padding: None,
             message: None,
+            statement: None,
         }),
         Op::Sign(Sign {
             key: "a/ed".into(),
@@ -163,6 +165,18 @@ fn request_round_trip() {
             name: None,
             padding: None,
             message: Some(Bytes(vec![1, 2, 3])),
+            statement: None,
+        }),
+        Op::Sign(Sign {
+            key: "a/release".into(),
+            purpose: Purpose::Attest,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: None,
+            name: None,
+            padding: None,
+            message: None,
+            statement: Some(Bytes(b"{}".to_vec())),
         }),
         Op::StoreCertificate(StoreCertificate {
             key: "a/root".into(),
@@ -446,6 +460,59 @@ fn responses_encode_as_designed() {
     assert!(std::str::from_utf8(&null)
         .unwrap()
         .starts_with(r#"{"id":null,"#));
+}
+
+#[test]
+fn attest_takes_a_statement_alone() {
+    let bad = |json: &str, want: &str| {
+        let e = decode(json).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        assert!(
+            e.error.message.contains(want),
+            "{want:?} not in {}",
+            e.error.message
+        );
+    };
+    bad(
+        r#"{"id":1,"op":"sign","key":"a/b","purpose":"attest","digest":"AAAA"}"#,
+        "missing field `statement`",
+    );
+    bad(
+        r#"{"id":1,"op":"sign","key":"a/b","purpose":"attest","statement":"e30=","digest":"AAAA"}"#,
+        "takes `statement` alone",
+    );
+    bad(
+        r#"{"id":1,"op":"sign","key":"a/b","purpose":"blob","name":"n","digest":"AAAA","statement":"e30="}"#,
+        "only for purpose attest",
+    );
+    bad(
+        r#"{"id":1,"op":"sign","key":"a/b","purpose":"attest","statement":""}"#,
+        "`statement` is empty",
+    );
+    let big = B64.encode(vec![b' '; crate::intoto::MAX_STATEMENT + 1]);
+    bad(
+        &format!(r#"{{"id":1,"op":"sign","key":"a/b","purpose":"attest","statement":"{big}"}}"#),
+        "at most 524288",
+    );
+    let ok = decode(r#"{"id":1,"op":"sign","key":"a/b","purpose":"attest","statement":"e30="}"#)
+        .unwrap();
+    assert!(matches!(
+        ok.op,
+        Op::Sign(Sign {
+            purpose: Purpose::Attest,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn unknown_purposes_in_a_key_list_are_left_out() {
+    let r = Response::decode(br#"{"id":1,"ok":{"keys":[{"name":"hsm/k","device":"hsm","alg":"p256","purposes":["digest","from-the-future","attest"]}]}}"#).unwrap();
+    let keys: ListKeysOk = r.into_result().unwrap();
+    assert_eq!(
+        keys.keys[0].purposes,
+        vec![Purpose::Digest, Purpose::Attest]
+    );
 }
 
 #[test]
