@@ -646,6 +646,74 @@ pub fn is_closed(s: &mut UnixStream) -> bool {
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
+/// A finished command's stdout and stderr, for failure messages and output checks.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A JSON file (a Sigstore bundle, `--json` output), parsed.
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).expect("read the JSON file")).expect("JSON")
+}
+
+/// Writes `key`'s public key (PEM) into `dir`, for verifiers that take a key file.
+pub fn write_pubkey(agent: &Agent, key: &str, dir: &Path) -> PathBuf {
+    let p = dir.join(format!("{}.pub.pem", key.replace('/', "_")));
+    let pem = agent
+        .client()
+        .public_key(key)
+        .expect("the agent's public key")
+        .pem;
+    std::fs::write(&p, pem).expect("write the public key");
+    p
+}
+
+/// A SoftHSM2 token behind an agent, with `keys` (NAME, ALG) generated through the CLI.
+pub fn agent_with_keys(keys: &[(&str, &str)]) -> (SoftHsm, Agent) {
+    let hsm = SoftHsm::new();
+    hsm.init_token("sig", "so-pin-1", "user-pin-1");
+    let pin = hsm.pin_file("pin", "user-pin-1");
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&pkcs11_device("hsm", "sig", &pin))
+        .start();
+    for (name, alg) in keys {
+        let out = agent.cli(&["keys", "generate", name, "--alg", alg]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    (hsm, agent)
+}
+
+/// `pkcs11-tool --module libwaxseal_pkcs11.so ARGS` in `dir`, against `agent`.
+pub fn module_tool(agent: &Agent, dir: &Path, args: &[&str]) -> Output {
+    require("pkcs11-tool");
+    Command::new("pkcs11-tool")
+        .current_dir(dir)
+        .env("WAXSEAL_SOCK", &agent.socket)
+        .arg("--module")
+        .arg(&bins().pkcs11_module)
+        .args(args)
+        .output()
+        .expect("run pkcs11-tool")
+}
+
+/// As [`module_tool`], failing the test unless it exits 0; returns stdout.
+pub fn module_tool_ok(agent: &Agent, dir: &Path, args: &[&str]) -> String {
+    let out = module_tool(agent, dir, args);
+    assert!(
+        out.status.success(),
+        "pkcs11-tool {args:?} exited with {}:\n{}\nagent log:\n{}",
+        out.status,
+        output_text(&out),
+        agent.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a command, asserting success; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use pkcs11_tests::{output_text as text, read_json, write_pubkey};
 use pkcs11_tests::{pkcs11_device, sigstore_js_verify, Agent, SoftHsm};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -32,24 +32,6 @@ fn agent_with(policy: &str, keys: &[(&str, &str)]) -> (SoftHsm, Agent) {
         assert!(out.status.success(), "{}", text(&out));
     }
     (hsm, agent)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn write_pubkey(agent: &Agent, key: &str, dir: &Path) -> PathBuf {
-    let p = dir.join(format!("{}.pub.pem", key.replace('/', "_")));
-    std::fs::write(&p, agent.client().public_key(key).unwrap().pem).unwrap();
-    p
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
 fn sha256_hex(p: &Path) -> String {

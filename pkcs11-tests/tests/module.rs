@@ -14,6 +14,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use pkcs11_tests::output_text as text;
 use pkcs11_tests::{audit_records, bins, pkcs11_device, require, run_ok, Agent, SoftHsm};
 use sha2::{Digest, Sha256};
 use waxseal_agent::proto::KeyAlg;
@@ -60,28 +61,12 @@ impl Setup {
 
     /// `pkcs11-tool --module libwaxseal_pkcs11.so ARGS` against this agent.
     fn tool(&self, args: &[&str]) -> Output {
-        Command::new("pkcs11-tool")
-            .current_dir(self.dir.path())
-            .env("WAXSEAL_SOCK", &self.agent.socket)
-            .arg("--module")
-            .arg(&bins().pkcs11_module)
-            .args(args)
-            .output()
-            .expect("run pkcs11-tool")
+        pkcs11_tests::module_tool(&self.agent, self.dir.path(), args)
     }
 
     /// As [`Setup::tool`], failing the test unless it exits 0; returns stdout.
     fn tool_ok(&self, args: &[&str]) -> String {
-        let out = self.tool(args);
-        assert!(
-            out.status.success(),
-            "pkcs11-tool {args:?} exited with {}:\n{}{}\nagent log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.agent.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        pkcs11_tests::module_tool_ok(&self.agent, self.dir.path(), args)
     }
 
     /// The CKA_ID (hex) pkcs11-tool shows for the private key labelled `label`:
@@ -135,14 +120,6 @@ impl Setup {
             .filter(|r| r["event"] == "signed")
             .count()
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Whether pkcs11-tool reports CKR_FUNCTION_REJECTED: OpenSC 0.23 prints its value,

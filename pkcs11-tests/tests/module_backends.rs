@@ -21,6 +21,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use piv_emulator::harness::{Config, Harness};
+use pkcs11_tests::output_text as text;
 use pkcs11_tests::{
     audit_records, bins, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm, Swtpm,
 };
@@ -67,27 +68,12 @@ impl Bench {
 
     /// `pkcs11-tool --module libwaxseal_pkcs11.so ARGS` against this agent.
     fn tool(&self, args: &[&str]) -> Output {
-        Command::new("pkcs11-tool")
-            .current_dir(self.dir.path())
-            .env("WAXSEAL_SOCK", &self.agent.socket)
-            .arg("--module")
-            .arg(&bins().pkcs11_module)
-            .args(args)
-            .output()
-            .expect("run pkcs11-tool")
+        pkcs11_tests::module_tool(&self.agent, self.dir.path(), args)
     }
 
-    /// As [`Bench::tool`], failing unless it exits 0; returns stdout.
+    /// As [`Bench::tool`], failing the test unless it exits 0; returns stdout.
     fn tool_ok(&self, args: &[&str]) -> String {
-        let out = self.tool(args);
-        assert!(
-            out.status.success(),
-            "pkcs11-tool {args:?} exited with {}:\n{}\nagent log:\n{}",
-            out.status,
-            text(&out),
-            self.agent.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        pkcs11_tests::module_tool_ok(&self.agent, self.dir.path(), args)
     }
 
     fn openssl(&self) -> Command {
@@ -134,14 +120,6 @@ fn p11tool_test_sign(b: &Bench, token: &str, label: &str) {
         text(&out),
         b.agent.log()
     );
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// pkcs11-tool's object listing, as (kind line, label, ID hex) per object.

@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use pkcs11_tests::output_text as text;
 use pkcs11_tests::{
     audit_records, pkcs11_device, read_frame, sigstore_js_verify, write_frame, Agent, MockRekor,
     SoftHsm,
@@ -21,14 +22,6 @@ use waxseal_agent::proto::{Bytes, HashAlg, Op, Purpose, Sign, SignOk};
 use zeroize::Zeroizing;
 
 const KEY: &str = "hsm/rel";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A SoftHSM2 token with a P-256 key `hsm/rel`, behind an agent whose config has
 /// `extra` appended.

@@ -12,43 +12,9 @@ use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use pkcs11_tests::{
-    audit_records, pkcs11_device, require, sigstore_js_verify_with, Agent, LocalService, SoftHsm,
-};
+use pkcs11_tests::{agent_with_keys, output_text as text, read_json, write_pubkey};
+use pkcs11_tests::{audit_records, require, sigstore_js_verify_with, Agent, LocalService};
 use serde_json::Value;
-
-fn agent_with_keys(keys: &[(&str, &str)]) -> (SoftHsm, Agent) {
-    let hsm = SoftHsm::new();
-    hsm.init_token("sig", "so-pin-1", "user-pin-1");
-    let pin = hsm.pin_file("pin", "user-pin-1");
-    let agent = Agent::builder()
-        .softhsm(&hsm)
-        .config(&pkcs11_device("hsm", "sig", &pin))
-        .start();
-    for (name, alg) in keys {
-        let out = agent.cli(&["keys", "generate", name, "--alg", alg]);
-        assert!(out.status.success(), "{}", text(&out));
-    }
-    (hsm, agent)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn write_pubkey(agent: &Agent, key: &str, dir: &Path) -> PathBuf {
-    let p = dir.join(format!("{}.pub.pem", key.replace('/', "_")));
-    std::fs::write(&p, agent.client().public_key(key).unwrap().pem).unwrap();
-    p
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
 
 fn write_json(p: &Path, v: &Value) {
     std::fs::write(p, v.to_string()).unwrap();

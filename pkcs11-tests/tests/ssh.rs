@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use pkcs11_tests::output_text as text;
 use pkcs11_tests::{pkcs11_device, require, run_ok, Agent, SoftHsm};
 use ssh_agent_lib::blocking::Client as SshClient;
 use ssh_agent_lib::proto::SignRequest;
@@ -35,14 +36,6 @@ fn ssh_cmd(agent: &Agent, program: &str) -> Command {
     c.env("SSH_AUTH_SOCK", &agent.ssh_socket)
         .env_remove("SSH_AGENT_PID");
     c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
