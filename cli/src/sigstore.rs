@@ -438,27 +438,7 @@ impl Rekor {
     ) -> Result<TlogEntry> {
         let url = format!("{}/api/v1/log/entries", self.url.trim_end_matches('/'));
         let request = hashedrekord(hash, digest, signature, spki);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build();
-        let response = agent
-            .post(&url)
-            .set("Content-Type", "application/json")
-            .set("Accept", "application/json")
-            .send_string(&request.to_string());
-        let text = match response {
-            Ok(r) => r
-                .into_string()
-                .with_context(|| format!("Rekor at {url}: cannot read the answer"))?,
-            Err(ureq::Error::Status(code, r)) => {
-                let body = r.into_string().unwrap_or_default();
-                bail!(
-                    "Rekor at {url} refused the entry: HTTP {code}: {}",
-                    body.trim().chars().take(300).collect::<String>()
-                );
-            }
-            Err(e) => bail!("cannot reach Rekor at {url}: {e}"),
-        };
+        let text = post_json(&url, &request, Duration::from_secs(30), "Rekor")?;
         let answer: serde_json::Map<String, Value> = serde_json::from_str(&text)
             .with_context(|| format!("Rekor at {url}: the answer is not a JSON object"))?;
         let (uuid, entry) = answer
@@ -621,25 +601,7 @@ impl Rekor {
         let url = format!("{}/api/v2/log/entries", self.url.trim_end_matches('/'));
         let details = key_details(spki, hash)?;
         let request = hashedrekord_v2(digest, signature, spki, details);
-        let agent = ureq::AgentBuilder::new().timeout(REKOR_V2_TIMEOUT).build();
-        let response = agent
-            .post(&url)
-            .set("Content-Type", "application/json")
-            .set("Accept", "application/json")
-            .send_string(&request.to_string());
-        let text = match response {
-            Ok(r) => r
-                .into_string()
-                .with_context(|| format!("Rekor v2 at {url}: cannot read the answer"))?,
-            Err(ureq::Error::Status(code, r)) => {
-                let body = r.into_string().unwrap_or_default();
-                bail!(
-                    "Rekor v2 at {url} refused the entry: HTTP {code}: {}",
-                    body.trim().chars().take(300).collect::<String>()
-                );
-            }
-            Err(e) => bail!("cannot reach Rekor v2 at {url}: {e}"),
-        };
+        let text = post_json(&url, &request, REKOR_V2_TIMEOUT, "Rekor v2")?;
         let entry: TlogEntry = serde_json::from_str(&text).with_context(|| {
             format!("Rekor v2 at {url}: the answer is not a TransparencyLogEntry")
         })?;
@@ -879,6 +841,31 @@ fn note_key_id(log_key: &AnyPublicKey, log_der: &[u8], name: &str) -> Result<[u8
     let mut id = [0u8; 4];
     id.copy_from_slice(&full[..4]);
     Ok(id)
+}
+
+/// POSTs `request` as JSON to a log at `url` and returns the answer's text; a refusal
+/// (its HTTP status and the start of its body) and an unreachable log are errors that
+/// name `service` and the URL.
+fn post_json(url: &str, request: &Value, timeout: Duration, service: &str) -> Result<String> {
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    let response = agent
+        .post(url)
+        .set("Content-Type", "application/json")
+        .set("Accept", "application/json")
+        .send_string(&request.to_string());
+    match response {
+        Ok(r) => r
+            .into_string()
+            .with_context(|| format!("{service} at {url}: cannot read the answer")),
+        Err(ureq::Error::Status(code, r)) => {
+            let body = r.into_string().unwrap_or_default();
+            bail!(
+                "{service} at {url} refused the entry: HTTP {code}: {}",
+                body.trim().chars().take(300).collect::<String>()
+            );
+        }
+        Err(e) => bail!("cannot reach {service} at {url}: {e}"),
+    }
 }
 
 // --- verification --------------------------------------------------------------------
