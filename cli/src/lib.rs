@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod kms;
+pub mod signing_config;
 pub mod sigstore;
 pub mod sshfmt;
 pub mod tsa;

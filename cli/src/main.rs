@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod commands;
+use waxseal::signing_config;
 use waxseal::sigstore;
 use waxseal::sshfmt;
 use waxseal::tsa;
@@ -232,6 +233,10 @@ enum KeysCommand {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    group(clap::ArgGroup::new("rekor_source").args(["rekor_url", "signing_config"])),
+    group(clap::ArgGroup::new("tsa_source").args(["tsa_url", "signing_config"]))
+)]
 struct SignArgs {
     /// Files to sign, each into its own bundle (FILE.sigstore.json) or, with --raw,
     /// signature (FILE.sig); many files are signed over one connection.
@@ -267,8 +272,8 @@ struct SignArgs {
     #[arg(long, value_name = "URL", requires = "rekor_public_key", conflicts_with_all = ["raw", "digest"])]
     rekor_url: Option<String>,
     /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked
-    /// against it.
-    #[arg(long, value_name = "PEMFILE", requires = "rekor_url")]
+    /// against it; with --signing-config, every chosen log's.
+    #[arg(long, value_name = "PEMFILE", requires = "rekor_source")]
     rekor_public_key: Option<PathBuf>,
     /// The Rekor API: 1 (hashedrekord v0.0.1, a signed entry timestamp) or 2
     /// (hashedrekord v0.0.2, no signed time: needs --tsa-url; no Ed25519 keys).
@@ -279,8 +284,19 @@ struct SignArgs {
     #[arg(long, value_name = "URL", conflicts_with_all = ["raw", "digest"])]
     tsa_url: Option<String>,
     /// Seconds the TSA has to answer.
-    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "tsa_url")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        requires = "tsa_source"
+    )]
     tsa_timeout: u64,
+    /// Choose the Rekor logs and TSAs from this Sigstore SigningConfig v0.2 (JSON), as
+    /// sigstore-go does: valid now, the highest API version, one per operator, then
+    /// its selectors (ANY, ALL, EXACT). Each chosen log adds an entry, each TSA a
+    /// timestamp.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_url", "tsa_url", "raw", "digest"])]
+    signing_config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

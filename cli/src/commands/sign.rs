@@ -9,7 +9,9 @@
 //! command fails (exit status 1) if any file was not signed. Timestamps (`--tsa-url`,
 //! RFC 3161) and Rekor uploads (`--rekor-url`, v1 or v2) are made one file after
 //! another as the signatures come back; a file whose timestamp or entry fails gets no
-//! bundle, and an older bundle of it stays.
+//! bundle, and an older bundle of it stays. `--signing-config` chooses those logs and
+//! TSAs from a Sigstore SigningConfig (`crate::signing_config`) before anything is
+//! signed; each chosen log adds an entry and each TSA a timestamp.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use waxseal_proto::client::Client;
 use waxseal_proto::proto::{Bytes, HashAlg, KeyAlg, Op, Purpose, RsaPadding, Sign, SignOk};
 
 use super::Ctx;
+use crate::signing_config::SigningConfig;
 use crate::sigstore::{Bundle, Rekor};
 use crate::tsa::Tsa;
 use crate::verify::hash_file;
@@ -83,28 +86,38 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
     if args.pss && !args.raw {
         bail!("a Sigstore bundle cannot say that an RSA signature is PSS (verifiers assume PKCS#1 v1.5): add --raw for a bare PSS signature");
     }
-    // Read the Rekor key before anything is signed: a bad key file costs no signature.
-    let rekor = match (&args.rekor_url, &args.rekor_public_key) {
-        (Some(url), Some(pem)) => {
+    // The services and the Rekor key before anything is signed: a bad config or key
+    // file costs no signature.
+    let services = Services::from_args(&args, ctx.json)?;
+    let rekor: Vec<Rekor> = match &args.rekor_public_key {
+        Some(pem) if !services.rekor_urls.is_empty() => {
             let text = std::fs::read_to_string(pem)
                 .with_context(|| format!("cannot read the Rekor public key {}", pem.display()))?;
             let key_der = crate::verify::spki_from_pem(&text)
                 .with_context(|| format!("{} is not a PEM public key", pem.display()))?;
-            Some(Rekor {
-                url: url.clone(),
-                key_der,
-            })
+            services
+                .rekor_urls
+                .iter()
+                .map(|url| Rekor {
+                    url: url.clone(),
+                    key_der: key_der.clone(),
+                })
+                .collect()
         }
-        _ => None,
+        _ => Vec::new(),
     };
-    let rekor_v2 = rekor.is_some() && args.rekor_version == 2;
-    if rekor_v2 && args.tsa_url.is_none() {
+    let rekor_v2 = !rekor.is_empty() && services.rekor_version == 2;
+    if rekor_v2 && services.tsa_urls.is_empty() {
         bail!("a Rekor v2 entry carries no signed time (no signed entry timestamp): add --tsa-url so the bundle gets an RFC 3161 timestamp");
     }
-    let tsa = args.tsa_url.as_ref().map(|url| Tsa {
-        url: url.clone(),
-        timeout: std::time::Duration::from_secs(args.tsa_timeout),
-    });
+    let tsa: Vec<Tsa> = services
+        .tsa_urls
+        .iter()
+        .map(|url| Tsa {
+            url: url.clone(),
+            timeout: std::time::Duration::from_secs(args.tsa_timeout),
+        })
+        .collect();
     let mut client = ctx.connect()?;
     let pk = client.public_key(&args.key)?;
     let hash = args.hash.unwrap_or_else(|| pk.alg.default_hash());
@@ -126,9 +139,9 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         raw: args.raw,
         out: if args.raw { &args.out } else { &args.bundle },
         spki: &pk.spki_der.0,
-        rekor: rekor.as_ref(),
+        rekor: &rekor,
         rekor_v2,
-        tsa: tsa.as_ref(),
+        tsa: &tsa,
     };
     let many = args.files.len() > 1;
     let outcomes = job.sign_files(&mut client, &args.files, many);
@@ -142,6 +155,10 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
             return ctx.print_json(&job.json(&outcome.file, &outcome.out, Ok(&signed)));
         }
         let logged = match signed.logged {
+            Some((index, _)) if job.rekor.len() > 1 => format!(
+                "; logged in Rekor at index {index} and in {} more logs",
+                job.rekor.len() - 1
+            ),
             Some((index, _)) => format!("; logged in Rekor at index {index}"),
             None => String::new(),
         };
@@ -190,6 +207,68 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
     Ok(())
 }
 
+/// The Rekor logs and TSAs of one invocation: from `--rekor-url` and `--tsa-url`, or
+/// chosen from `--signing-config` at the time of signing.
+struct Services {
+    rekor_urls: Vec<String>,
+    /// The Rekor API of every log in `rekor_urls`.
+    rekor_version: u8,
+    tsa_urls: Vec<String>,
+}
+
+impl Services {
+    fn from_args(args: &SignArgs, quiet: bool) -> Result<Services> {
+        let Some(path) = &args.signing_config else {
+            return Ok(Services {
+                rekor_urls: args.rekor_url.iter().cloned().collect(),
+                rekor_version: args.rekor_version,
+                tsa_urls: args.tsa_url.iter().cloned().collect(),
+            });
+        };
+        let name = path.display();
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the signing config {name}"))?;
+        let chosen = SigningConfig::parse(&bytes)
+            .and_then(|c| c.choose(time::OffsetDateTime::now_utc()))
+            .map_err(|e| anyhow!("signing config {name}: {e}"))?;
+        let rekor_urls: Vec<String> = chosen.rekor.iter().map(|s| s.url.clone()).collect();
+        // `choose` takes the logs of one API version only.
+        let rekor_version = match chosen.rekor.first().map(|s| s.major_api_version) {
+            Some(2) => 2,
+            _ => 1,
+        };
+        let tsa_urls: Vec<String> = chosen.tsa.iter().map(|s| s.url.clone()).collect();
+        if !rekor_urls.is_empty() && args.rekor_public_key.is_none() {
+            bail!(
+                "signing config {name} chooses the Rekor log {}: add --rekor-public-key (the log's PEM key) so its answer can be checked",
+                rekor_urls.join(", ")
+            );
+        }
+        if rekor_version == 2 && tsa_urls.is_empty() {
+            bail!(
+                "signing config {name} chooses the Rekor v2 log {}, whose entries carry no signed time, and tsaUrls lists no TSA: add one, so the bundle gets an RFC 3161 timestamp",
+                rekor_urls.join(", ")
+            );
+        }
+        if !quiet {
+            let rekor = match rekor_urls.as_slice() {
+                [] => "no Rekor log".to_string(),
+                urls => format!("Rekor v{rekor_version} {}", urls.join(", ")),
+            };
+            let tsa = match tsa_urls.as_slice() {
+                [] => "no TSA".to_string(),
+                urls => format!("TSA {}", urls.join(", ")),
+            };
+            eprintln!("signing config {name}: {rekor}; {tsa}");
+        }
+        Ok(Services {
+            rekor_urls,
+            rekor_version,
+            tsa_urls,
+        })
+    }
+}
+
 /// What every file of one invocation is signed with, and where its output goes.
 struct Job<'a> {
     key: &'a str,
@@ -199,11 +278,12 @@ struct Job<'a> {
     /// `--out` (with `--raw`) or `--bundle`: one file only.
     out: &'a Option<PathBuf>,
     spki: &'a [u8],
-    rekor: Option<&'a Rekor>,
+    /// Log each signature in every one of these logs.
+    rekor: &'a [Rekor],
     /// Log in `rekor` through its v2 API.
     rekor_v2: bool,
-    /// Timestamp each signature with this TSA.
-    tsa: Option<&'a Tsa>,
+    /// Timestamp each signature with every one of these TSAs.
+    tsa: &'a [Tsa],
 }
 
 /// What became of one file.
@@ -327,20 +407,23 @@ impl Job<'_> {
         }
         let mut bundle = Bundle::new(self.spki, self.hash, &digest, signature);
         let mut logged = None;
-        if let Some(tsa) = self.tsa {
+        let mut stamps = Vec::new();
+        for tsa in self.tsa {
             let stamp = tsa.timestamp(signature).context("no bundle was written")?;
-            bundle.verification_material.timestamp_verification_data = Some(json!({
-                "rfc3161Timestamps": [{ "signedTimestamp": B64.encode(&stamp.response) }]
-            }));
+            stamps.push(json!({ "signedTimestamp": B64.encode(&stamp.response) }));
         }
-        if let Some(rekor) = self.rekor {
+        if !stamps.is_empty() {
+            bundle.verification_material.timestamp_verification_data =
+                Some(json!({ "rfc3161Timestamps": stamps }));
+        }
+        for rekor in self.rekor {
             let entry = if self.rekor_v2 {
                 rekor.upload_v2(self.hash, &digest, signature, self.spki)
             } else {
                 rekor.upload(self.hash, &digest, signature, self.spki)
             }
             .context("no bundle was written")?;
-            logged = Some((entry.log_index.0, entry.integrated_time.0));
+            logged.get_or_insert((entry.log_index.0, entry.integrated_time.0));
             bundle.verification_material.tlog_entries.push(entry);
         }
         bundle.write(&out)?;

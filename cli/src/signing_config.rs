@@ -1,0 +1,654 @@
+//! Sigstore signing configs (`SigningConfig` v0.2, JSON): which Rekor logs and which
+//! RFC 3161 time-stamp authorities `waxseal sign --signing-config FILE` uses.
+//!
+//! Pure: [`SigningConfig::parse`] turns the file's bytes into typed services (every
+//! error names the field, e.g. `tsaUrls[1].validFor.start`), and
+//! [`SigningConfig::choose`] picks the services for one moment, as the README's
+//! "Sigstore bundles and Rekor" section describes: only services valid at that moment
+//! (`validFor` is closed, `[start, end]`; a missing end is open), only the highest
+//! major API version waxseal speaks that has any (Rekor 1 or 2, TSA 1), newest
+//! `validFor.start` first, at most one service per `operator`; then the selector:
+//! `ANY` the first of those, `ALL` all of them, `EXACT` the first `count` (fewer
+//! is an error). Reading the file and the clock is the caller's.
+
+use serde_json::Value;
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+
+/// The one media type read.
+pub const MEDIA_TYPE: &str = "application/vnd.dev.sigstore.signingconfig.v0.2+json";
+
+/// Major Rekor API versions waxseal speaks.
+pub const REKOR_VERSIONS: [u32; 2] = [1, 2];
+/// Major TSA API versions waxseal speaks (RFC 3161 over HTTP).
+pub const TSA_VERSIONS: [u32; 1] = [1];
+
+/// Why a signing config was refused. Each variant names the JSON field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Not JSON, or not a JSON object.
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    /// `mediaType` is missing or another one.
+    #[error("mediaType is `{0}`, not {MEDIA_TYPE}")]
+    MediaType(String),
+    /// A field has the wrong type or an unreadable value.
+    #[error("{field}: {what}")]
+    Field {
+        /// The field's path, e.g. `rekorTlogUrls[0].url`.
+        field: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// Services of a kind are listed and none can be used now.
+    #[error("{field}: no service is valid now with a majorApiVersion waxseal speaks ({versions})")]
+    NoValidService {
+        /// `rekorTlogUrls` or `tsaUrls`.
+        field: &'static str,
+        /// The versions looked for.
+        versions: String,
+    },
+    /// `EXACT` asks for more services than there are usable ones.
+    #[error("{field}: EXACT asks for {count} services, and only {usable} are valid now with distinct operators ({urls})")]
+    TooFew {
+        /// `rekorTlogConfig.count` or `tsaConfig.count`.
+        field: &'static str,
+        /// The count asked for.
+        count: u32,
+        /// How many there are.
+        usable: usize,
+        /// Their URLs.
+        urls: String,
+    },
+}
+
+/// How many of the usable services to take (`ServiceSelector`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    /// One.
+    Any,
+    /// All of them.
+    All,
+    /// Exactly this many.
+    Exact(u32),
+}
+
+/// One `Service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Its base URL.
+    pub url: String,
+    /// `majorApiVersion`.
+    pub major_api_version: u32,
+    /// `validFor.start`, if given.
+    pub start: Option<OffsetDateTime>,
+    /// `validFor.end`, if given.
+    pub end: Option<OffsetDateTime>,
+    /// `operator`: at most one service per operator is chosen.
+    pub operator: String,
+}
+
+/// A list of services of one kind and its selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Services {
+    /// The services, in file order.
+    pub services: Vec<Service>,
+    /// The selector; `None` when the list is empty and no config was given.
+    pub selector: Option<Selector>,
+}
+
+/// The parts of a `SigningConfig` waxseal uses (`caUrls` and `oidcUrls` are for
+/// keyless signing and are ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningConfig {
+    /// `rekorTlogUrls` with `rekorTlogConfig`.
+    pub rekor: Services,
+    /// `tsaUrls` with `tsaConfig`.
+    pub tsa: Services,
+}
+
+/// The services chosen for one signing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chosen {
+    /// Rekor logs, all of one major API version.
+    pub rekor: Vec<Service>,
+    /// Time-stamp authorities.
+    pub tsa: Vec<Service>,
+}
+
+impl SigningConfig {
+    /// Parses a `SigningConfig` v0.2 in protobuf JSON.
+    pub fn parse(bytes: &[u8]) -> Result<SigningConfig, ConfigError> {
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::NotJson(e.to_string()))?;
+        let Value::Object(obj) = &v else {
+            return Err(ConfigError::NotJson(
+                "the top level is not an object".into(),
+            ));
+        };
+        match obj.get("mediaType") {
+            Some(Value::String(m)) if m == MEDIA_TYPE => {}
+            Some(Value::String(m)) => return Err(ConfigError::MediaType(m.clone())),
+            Some(other) => return Err(ConfigError::MediaType(other.to_string())),
+            None => return Err(ConfigError::MediaType(String::new())),
+        }
+        Ok(SigningConfig {
+            rekor: services(&v, "rekorTlogUrls", "rekorTlogConfig")?,
+            tsa: services(&v, "tsaUrls", "tsaConfig")?,
+        })
+    }
+
+    /// The services to use at `now`.
+    pub fn choose(&self, now: OffsetDateTime) -> Result<Chosen, ConfigError> {
+        Ok(Chosen {
+            rekor: choose(
+                &self.rekor,
+                &REKOR_VERSIONS,
+                now,
+                "rekorTlogUrls",
+                "rekorTlogConfig.count",
+            )?,
+            tsa: choose(&self.tsa, &TSA_VERSIONS, now, "tsaUrls", "tsaConfig.count")?,
+        })
+    }
+}
+
+impl Service {
+    /// Whether `now` lies in `validFor`, both ends included.
+    pub fn valid_at(&self, now: OffsetDateTime) -> bool {
+        self.start.is_none_or(|s| now >= s) && self.end.is_none_or(|e| now <= e)
+    }
+}
+
+/// The services of `services` to use at `now` (module doc).
+fn choose(
+    services: &Services,
+    versions: &[u32],
+    now: OffsetDateTime,
+    field: &'static str,
+    count_field: &'static str,
+) -> Result<Vec<Service>, ConfigError> {
+    let Some(selector) = services.selector else {
+        return Ok(Vec::new());
+    };
+    if services.services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut newest_first: Vec<&Service> = services.services.iter().collect();
+    // Stable: services with the same start keep their file order; no start sorts last.
+    newest_first.sort_by_key(|s| std::cmp::Reverse(s.start));
+    let mut wanted = versions.to_vec();
+    wanted.sort_unstable_by_key(|v| std::cmp::Reverse(*v));
+    let mut usable: Vec<Service> = Vec::new();
+    for &version in &wanted {
+        for s in &newest_first {
+            if s.major_api_version == version
+                && s.valid_at(now)
+                && !usable.iter().any(|u| u.operator == s.operator)
+            {
+                usable.push((*s).clone());
+            }
+        }
+        if !usable.is_empty() {
+            break;
+        }
+    }
+    if usable.is_empty() {
+        return Err(ConfigError::NoValidService {
+            field,
+            versions: wanted
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" or "),
+        });
+    }
+    match selector {
+        Selector::Any => usable.truncate(1),
+        Selector::All => {}
+        Selector::Exact(count) => {
+            if count as usize > usable.len() {
+                return Err(ConfigError::TooFew {
+                    field: count_field,
+                    count,
+                    usable: usable.len(),
+                    urls: usable
+                        .iter()
+                        .map(|s| s.url.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            usable.truncate(count as usize);
+        }
+    }
+    Ok(usable)
+}
+
+fn field_err(field: impl Into<String>, what: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        what: what.into(),
+    }
+}
+
+/// The services of `list` and their selector from `config`.
+fn services(v: &Value, list: &str, config: &str) -> Result<Services, ConfigError> {
+    let items = match v.get(list) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => return Err(field_err(list, "is not a list")),
+    };
+    let services = items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| service(s, &format!("{list}[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let selector = match v.get(config) {
+        None | Some(Value::Null) if services.is_empty() => None,
+        None | Some(Value::Null) => {
+            return Err(field_err(
+                format!("{config}.selector"),
+                format!("missing, and {list} lists services: say ANY, ALL or EXACT"),
+            ))
+        }
+        Some(c) => Some(selector(c, config)?),
+    };
+    Ok(Services { services, selector })
+}
+
+fn selector(c: &Value, config: &str) -> Result<Selector, ConfigError> {
+    let Value::Object(_) = c else {
+        return Err(field_err(config, "is not an object"));
+    };
+    let field = format!("{config}.selector");
+    // protobuf JSON writes enums by name and reads their numbers too.
+    let name = match c.get("selector") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(1) => "ALL".into(),
+            Some(2) => "ANY".into(),
+            Some(3) => "EXACT".into(),
+            _ => n.to_string(),
+        },
+        None | Some(Value::Null) => {
+            return Err(field_err(field, "missing: say ANY, ALL or EXACT"));
+        }
+        Some(other) => other.to_string(),
+    };
+    let count_field = format!("{config}.count");
+    let count = match c.get("count") {
+        None | Some(Value::Null) => None,
+        Some(n) => Some(
+            n.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| field_err(&count_field, format!("`{n}` is not a uint32")))?,
+        ),
+    };
+    match name.as_str() {
+        "ANY" => Ok(Selector::Any),
+        "ALL" => Ok(Selector::All),
+        "EXACT" => match count {
+            Some(n) if n > 0 => Ok(Selector::Exact(n)),
+            _ => Err(field_err(count_field, "EXACT needs a count of 1 or more")),
+        },
+        other => Err(field_err(
+            field,
+            format!("`{other}` is not a selector waxseal knows (ANY, ALL, EXACT)"),
+        )),
+    }
+}
+
+fn service(s: &Value, at: &str) -> Result<Service, ConfigError> {
+    if !s.is_object() {
+        return Err(field_err(at, "is not an object"));
+    }
+    let url = match s.get("url") {
+        Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+            u.clone()
+        }
+        Some(Value::String(u)) => {
+            return Err(field_err(
+                format!("{at}.url"),
+                format!("`{u}` is not an http:// or https:// URL"),
+            ))
+        }
+        _ => return Err(field_err(format!("{at}.url"), "missing or not a string")),
+    };
+    let major_api_version = match s.get("majorApiVersion") {
+        None | Some(Value::Null) => 0,
+        Some(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                field_err(
+                    format!("{at}.majorApiVersion"),
+                    format!("`{n}` is not a uint32"),
+                )
+            })?,
+    };
+    let (start, end) = match s.get("validFor") {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::Object(r)) => (
+            timestamp(r.get("start"), &format!("{at}.validFor.start"))?,
+            timestamp(r.get("end"), &format!("{at}.validFor.end"))?,
+        ),
+        Some(_) => return Err(field_err(format!("{at}.validFor"), "is not an object")),
+    };
+    let operator = match s.get("operator") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(o)) => o.clone(),
+        Some(_) => return Err(field_err(format!("{at}.operator"), "is not a string")),
+    };
+    Ok(Service {
+        url,
+        major_api_version,
+        start,
+        end,
+        operator,
+    })
+}
+
+/// A protobuf JSON `Timestamp`: RFC 3339, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
+fn timestamp(v: Option<&Value>, field: &str) -> Result<Option<OffsetDateTime>, ConfigError> {
+    let text = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(t)) => t,
+        Some(other) => return Err(field_err(field, format!("`{other}` is not a string"))),
+    };
+    parse_rfc3339(text)
+        .map(Some)
+        .ok_or_else(|| field_err(field, format!("`{text}` is not an RFC 3339 time")))
+}
+
+fn parse_rfc3339(t: &str) -> Option<OffsetDateTime> {
+    let b = t.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let s = t.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let year = i32::try_from(num(0..4)?).ok()?;
+    let month = Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    let date = Date::from_calendar_date(year, month, u8::try_from(num(8..10)?).ok()?).ok()?;
+    let (h, m, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &t[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = frac[..digits].parse::<u32>().ok()? * 10u32.pow(9 - digits as u32);
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => UtcOffset::UTC,
+        _ => {
+            let ob = rest.as_bytes();
+            if ob.len() != 6 || ob[3] != b':' || !matches!(ob[0], b'+' | b'-') {
+                return None;
+            }
+            let oh = i8::try_from(rest[1..3].parse::<u8>().ok()?).ok()?;
+            let om = i8::try_from(rest[4..6].parse::<u8>().ok()?).ok()?;
+            let sign = if ob[0] == b'-' { -1 } else { 1 };
+            UtcOffset::from_hms(sign * oh, sign * om, 0).ok()?
+        }
+    };
+    let time = Time::from_hms_nano(
+        u8::try_from(h).ok()?,
+        u8::try_from(m).ok()?,
+        u8::try_from(s).ok()?,
+        nanos,
+    )
+    .ok()?;
+    Some(PrimitiveDateTime::new(date, time).assume_offset(offset))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(t: &str) -> OffsetDateTime {
+        parse_rfc3339(t).unwrap()
+    }
+
+    fn svc(url: &str, version: u32, start: &str, end: Option<&str>, operator: &str) -> Value {
+        let mut valid = json!({ "start": start });
+        if let Some(end) = end {
+            valid["end"] = json!(end);
+        }
+        json!({ "url": url, "majorApiVersion": version, "validFor": valid, "operator": operator })
+    }
+
+    fn config(rekor: Vec<Value>, rekor_cfg: Value, tsa: Vec<Value>, tsa_cfg: Value) -> Value {
+        json!({
+            "mediaType": MEDIA_TYPE,
+            "rekorTlogUrls": rekor, "rekorTlogConfig": rekor_cfg,
+            "tsaUrls": tsa, "tsaConfig": tsa_cfg,
+        })
+    }
+
+    fn chosen(v: &Value, now: &str) -> Result<Chosen, ConfigError> {
+        SigningConfig::parse(v.to_string().as_bytes())?.choose(at(now))
+    }
+
+    fn urls(s: &[Service]) -> Vec<&str> {
+        s.iter().map(|s| s.url.as_str()).collect()
+    }
+
+    const T0: &str = "2025-01-01T00:00:00Z";
+    const T1: &str = "2025-07-01T00:00:00Z";
+
+    #[test]
+    fn validity_is_closed_at_both_ends() {
+        let v = config(
+            vec![svc("https://r", 1, T0, Some(T1), "a")],
+            json!({"selector": "ANY"}),
+            vec![],
+            Value::Null,
+        );
+        for (now, ok) in [
+            ("2024-12-31T23:59:59.999999999Z", false),
+            (T0, true),
+            ("2025-03-01T00:00:00Z", true),
+            (T1, true),
+            ("2025-07-01T00:00:00.000000001Z", false),
+        ] {
+            let got = chosen(&v, now);
+            assert_eq!(got.is_ok(), ok, "{now}: {got:?}");
+            if ok {
+                assert_eq!(urls(&got.unwrap().rekor), ["https://r"]);
+            } else {
+                assert!(
+                    matches!(
+                        got,
+                        Err(ConfigError::NoValidService {
+                            field: "rekorTlogUrls",
+                            ..
+                        })
+                    ),
+                    "{now}"
+                );
+            }
+        }
+        // An offset is honoured: 01:00+01:00 is T0.
+        assert!(chosen(&v, "2025-01-01T01:00:00+01:00").is_ok());
+        assert!(chosen(&v, "2025-01-01T00:59:59+01:00").is_err());
+    }
+
+    #[test]
+    fn the_highest_version_valid_now_wins_and_unknown_versions_are_skipped() {
+        let rekor = vec![
+            svc("https://v1", 1, T0, None, "a"),
+            svc(
+                "https://v2-expired",
+                2,
+                "2024-01-01T00:00:00Z",
+                Some(T0),
+                "b",
+            ),
+            svc("https://v3", 3, T0, None, "c"),
+            svc("https://v2", 2, T1, None, "d"),
+        ];
+        let v = config(rekor, json!({"selector": "ALL"}), vec![], Value::Null);
+        // Before v2's start only v1 is valid (v3 is not a version waxseal speaks).
+        assert_eq!(
+            urls(&chosen(&v, "2025-02-01T00:00:00Z").unwrap().rekor),
+            ["https://v1"]
+        );
+        // Once v2 is valid, ALL still takes only v2 logs: versions are never mixed.
+        assert_eq!(
+            urls(&chosen(&v, "2025-08-01T00:00:00Z").unwrap().rekor),
+            ["https://v2"]
+        );
+    }
+
+    #[test]
+    fn newest_first_and_one_per_operator() {
+        let tsa = vec![
+            svc("https://old-a", 1, "2024-01-01T00:00:00Z", None, "a"),
+            svc("https://new-a", 1, T0, None, "a"),
+            svc("https://b", 1, "2024-06-01T00:00:00Z", None, "b"),
+        ];
+        let all = config(vec![], Value::Null, tsa.clone(), json!({"selector": "ALL"}));
+        assert_eq!(
+            urls(&chosen(&all, T1).unwrap().tsa),
+            ["https://new-a", "https://b"]
+        );
+        let any = config(vec![], Value::Null, tsa.clone(), json!({"selector": "ANY"}));
+        assert_eq!(urls(&chosen(&any, T1).unwrap().tsa), ["https://new-a"]);
+        let exact = config(
+            vec![],
+            Value::Null,
+            tsa.clone(),
+            json!({"selector": "EXACT", "count": 2}),
+        );
+        assert_eq!(chosen(&exact, T1).unwrap().tsa.len(), 2);
+        // Three listed, two operators: EXACT 3 is refused, naming the count field.
+        let three = config(
+            vec![],
+            Value::Null,
+            tsa,
+            json!({"selector": "EXACT", "count": 3}),
+        );
+        let e = chosen(&three, T1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::TooFew {
+                    field: "tsaConfig.count",
+                    count: 3,
+                    usable: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("https://new-a, https://b"), "{e}");
+    }
+
+    #[test]
+    fn no_services_means_none_chosen_and_no_config_needed() {
+        let v =
+            json!({ "mediaType": MEDIA_TYPE, "caUrls": [svc("https://fulcio", 1, T0, None, "x")] });
+        assert_eq!(chosen(&v, T1).unwrap(), Chosen::default());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let ok_rekor = vec![svc("https://r", 1, T0, None, "a")];
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                json!({"mediaType": "application/vnd.dev.sigstore.signingconfig.v0.1+json"}),
+                "mediaType",
+            ),
+            (json!({}), "mediaType"),
+            (
+                config(
+                    ok_rekor.clone(),
+                    json!({"selector": "SOME"}),
+                    vec![],
+                    Value::Null,
+                ),
+                "rekorTlogConfig.selector: `SOME`",
+            ),
+            (
+                config(ok_rekor.clone(), Value::Null, vec![], Value::Null),
+                "rekorTlogConfig.selector",
+            ),
+            (
+                config(
+                    ok_rekor.clone(),
+                    json!({"selector": "EXACT"}),
+                    vec![],
+                    Value::Null,
+                ),
+                "rekorTlogConfig.count",
+            ),
+            (
+                config(
+                    vec![svc("https://r", 1, "yesterday", None, "a")],
+                    json!({"selector": "ANY"}),
+                    vec![],
+                    Value::Null,
+                ),
+                "rekorTlogUrls[0].validFor.start",
+            ),
+            (
+                config(
+                    vec![],
+                    Value::Null,
+                    vec![json!({"url": "ftp://t"})],
+                    json!({"selector": "ANY"}),
+                ),
+                "tsaUrls[0].url",
+            ),
+            (
+                config(
+                    vec![],
+                    Value::Null,
+                    vec![json!({"url": "https://t", "majorApiVersion": "one"})],
+                    json!({"selector": "ANY"}),
+                ),
+                "tsaUrls[0].majorApiVersion",
+            ),
+            (
+                json!({"mediaType": MEDIA_TYPE, "tsaUrls": {}}),
+                "tsaUrls: is not a list",
+            ),
+        ];
+        for (v, names) in cases {
+            let e = SigningConfig::parse(v.to_string().as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(names), "{names}: {e}");
+        }
+        assert!(matches!(
+            SigningConfig::parse(b"{not json"),
+            Err(ConfigError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn selector_numbers_are_read_as_protobuf_json_allows() {
+        let v = config(
+            vec![
+                svc("https://a", 1, T0, None, "a"),
+                svc("https://b", 1, T0, None, "b"),
+            ],
+            json!({"selector": 1}),
+            vec![],
+            Value::Null,
+        );
+        assert_eq!(chosen(&v, T1).unwrap().rekor.len(), 2);
+    }
+}
