@@ -382,3 +382,76 @@ fn bad_configs_are_refused_before_anything_is_signed() {
     }
     assert_eq!(signed_records(&agent), before);
 }
+
+/// ALL over two logs gives two entries, EXACT 1 one. The two logs are one stand-in
+/// listed under two operators: `--rekor-public-key` is one key for every chosen log.
+#[test]
+fn all_logs_give_one_entry_each_and_exact_takes_count() {
+    let (_hsm, agent) = agent_with_keys(&[("hsm/ec", "p256")]);
+    let rekor = LocalService::rekor_v2("ok");
+    let rk = rekor.file("rekor.pub.pem");
+    let tsa = LocalService::mock_tsa("ok");
+    let tmp = tempfile::tempdir().unwrap();
+    let since = "2024-01-01T00:00:00Z";
+    let logs = json!([
+        service(&rekor.url, 2, since, None, "one.example"),
+        service(&rekor.url, 2, since, None, "two.example"),
+    ]);
+    let mut indexes = Vec::new();
+    for (config, expected) in [
+        (json!({ "selector": "ALL" }), 2usize),
+        (json!({ "selector": "EXACT", "count": 1 }), 1),
+    ] {
+        let name = format!("{expected}.json");
+        let path = write_config(
+            tmp.path(),
+            &name,
+            &json!({
+                "mediaType": MEDIA_TYPE,
+                "rekorTlogUrls": logs, "rekorTlogConfig": config,
+                "tsaUrls": [service(&tsa.url, 1, since, None, "tsa.example")],
+                "tsaConfig": { "selector": "ANY" },
+            }),
+        );
+        let file = tmp.path().join(format!("{expected}.tgz"));
+        std::fs::write(&file, format!("{expected}\n").repeat(20)).unwrap();
+        let f = file.to_str().unwrap();
+        let out = agent.cli(&[
+            "sign",
+            f,
+            "--key",
+            "hsm/ec",
+            "--signing-config",
+            path.to_str().unwrap(),
+            "--rekor-public-key",
+            rk.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let b = read_json(&PathBuf::from(format!("{f}.sigstore.json")));
+        let entries = b["verificationMaterial"]["tlogEntries"].as_array().unwrap();
+        assert_eq!(entries.len(), expected, "{b}");
+        assert_eq!(stamps(&b).len(), 1, "{b}");
+        indexes.extend(entries.iter().map(|e| e["logIndex"].to_string()));
+        let v = agent.cli(&[
+            "verify",
+            f,
+            "--key",
+            "hsm/ec",
+            "--rekor-public-key",
+            rk.to_str().unwrap(),
+            "--tsa-cert-chain",
+            tsa.file("chain.pem").to_str().unwrap(),
+        ]);
+        assert!(v.status.success(), "{}", text(&v));
+        let checked = if expected == 2 {
+            "2 entries checked"
+        } else {
+            "1 entry checked"
+        };
+        assert!(text(&v).contains(checked), "{}", text(&v));
+    }
+    // Three uploads, three distinct entries of the log.
+    indexes.sort();
+    indexes.dedup();
+    assert_eq!(indexes.len(), 3, "{indexes:?}");
+}
