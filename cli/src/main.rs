@@ -235,7 +235,8 @@ enum KeysCommand {
 #[derive(Debug, clap::Args)]
 #[command(
     group(clap::ArgGroup::new("rekor_source").args(["rekor_url", "signing_config"])),
-    group(clap::ArgGroup::new("tsa_source").args(["tsa_url", "signing_config"]))
+    group(clap::ArgGroup::new("tsa_source").args(["tsa_url", "signing_config"])),
+    group(clap::ArgGroup::new("rekor_key").args(["rekor_public_key", "trusted_root"]))
 )]
 struct SignArgs {
     /// Files to sign, each into its own bundle (FILE.sigstore.json) or, with --raw,
@@ -269,12 +270,17 @@ struct SignArgs {
     #[arg(long, value_name = "OUT", requires = "raw")]
     out: Option<PathBuf>,
     /// Upload the signature to this Rekor log and put the entry into the bundle.
-    #[arg(long, value_name = "URL", requires = "rekor_public_key", conflicts_with_all = ["raw", "digest"])]
+    #[arg(long, value_name = "URL", requires = "rekor_key", conflicts_with_all = ["raw", "digest"])]
     rekor_url: Option<String>,
     /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked
     /// against it; with --signing-config, every chosen log's.
     #[arg(long, value_name = "PEMFILE", requires = "rekor_source")]
     rekor_public_key: Option<PathBuf>,
+    /// A Sigstore TrustedRoot (JSON) instead of --rekor-public-key: each log's key is
+    /// the one of its `tlogs[]` entry with the same `baseUrl`, and each timestamp must
+    /// be signed by one of its `timestampAuthorities`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_public_key", "raw", "digest"])]
+    trusted_root: Option<PathBuf>,
     /// The Rekor API: 1 (hashedrekord v0.0.1, a signed entry timestamp) or 2
     /// (hashedrekord v0.0.2, no signed time: needs --tsa-url; no Ed25519 keys).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2), requires = "rekor_url")]

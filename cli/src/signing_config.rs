@@ -9,7 +9,9 @@
 //! major API version waxseal speaks that has any (Rekor 1 or 2, TSA 1), newest
 //! `validFor.start` first, at most one service per `operator`; then the selector:
 //! `ANY` the first of those, `ALL` all of them, `EXACT` the first `count` (fewer
-//! is an error). Reading the file and the clock is the caller's.
+//! is an error). [`TrustedRoot::parse`] reads the keys that check those services'
+//! answers: each log's by its `baseUrl`, and the TSAs' certificate chains. Reading the
+//! files and the clock is the caller's.
 
 use serde_json::Value;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
@@ -411,6 +413,101 @@ fn parse_rfc3339(t: &str) -> Option<OffsetDateTime> {
     Some(PrimitiveDateTime::new(date, time).assume_offset(offset))
 }
 
+/// Media types of trusted roots read.
+pub const TRUSTED_ROOT_MEDIA_TYPES: [&str; 2] = [
+    "application/vnd.dev.sigstore.trustedroot.v0.2+json",
+    "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+];
+
+/// The parts of a Sigstore `TrustedRoot` that check the chosen services' answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedRoot {
+    /// `tlogs[]`: `baseUrl` and `publicKey.rawBytes` (DER SubjectPublicKeyInfo).
+    pub tlogs: Vec<(String, Vec<u8>)>,
+    /// `timestampAuthorities[].certChain.certificates[].rawBytes`, one chain each.
+    pub tsa_chains: Vec<Vec<Vec<u8>>>,
+}
+
+impl TrustedRoot {
+    /// Parses a `TrustedRoot` in protobuf JSON.
+    pub fn parse(bytes: &[u8]) -> Result<TrustedRoot, ConfigError> {
+        use base64::Engine as _;
+        let b64 = |v: Option<&Value>, field: String| -> Result<Vec<u8>, ConfigError> {
+            v.and_then(Value::as_str)
+                .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+                .ok_or_else(|| field_err(field, "missing or not base64"))
+        };
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::NotJson(e.to_string()))?;
+        match v.get("mediaType").and_then(Value::as_str) {
+            Some(m) if TRUSTED_ROOT_MEDIA_TYPES.contains(&m) => {}
+            other => {
+                return Err(field_err(
+                    "mediaType",
+                    format!(
+                        "`{}` is not {}",
+                        other.unwrap_or_default(),
+                        TRUSTED_ROOT_MEDIA_TYPES.join(" or ")
+                    ),
+                ))
+            }
+        }
+        let list = |name: &str| -> Result<Vec<Value>, ConfigError> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(a)) => Ok(a.clone()),
+                Some(_) => Err(field_err(name, "is not a list")),
+            }
+        };
+        let mut tlogs = Vec::new();
+        for (i, t) in list("tlogs")?.iter().enumerate() {
+            let url = t
+                .get("baseUrl")
+                .and_then(Value::as_str)
+                .ok_or_else(|| field_err(format!("tlogs[{i}].baseUrl"), "missing"))?;
+            let key = b64(
+                t.get("publicKey").and_then(|k| k.get("rawBytes")),
+                format!("tlogs[{i}].publicKey.rawBytes"),
+            )?;
+            tlogs.push((url.trim_end_matches('/').to_string(), key));
+        }
+        let mut tsa_chains = Vec::new();
+        for (i, t) in list("timestampAuthorities")?.iter().enumerate() {
+            let certs = t
+                .get("certChain")
+                .and_then(|c| c.get("certificates"))
+                .and_then(Value::as_array)
+                .ok_or_else(|| {
+                    field_err(
+                        format!("timestampAuthorities[{i}].certChain.certificates"),
+                        "missing",
+                    )
+                })?;
+            let chain = certs
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    b64(
+                        c.get("rawBytes"),
+                        format!("timestampAuthorities[{i}].certChain.certificates[{j}].rawBytes"),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            tsa_chains.push(chain);
+        }
+        Ok(TrustedRoot { tlogs, tsa_chains })
+    }
+
+    /// The key of the log at `url` (matched on `baseUrl`, a trailing `/` ignored).
+    pub fn log_key(&self, url: &str) -> Option<&[u8]> {
+        let url = url.trim_end_matches('/');
+        self.tlogs
+            .iter()
+            .find(|(base, _)| base == url)
+            .map(|(_, key)| key.as_slice())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -636,6 +733,25 @@ mod tests {
             SigningConfig::parse(b"{not json"),
             Err(ConfigError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn trusted_roots_give_log_keys_by_base_url() {
+        let root = json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot.v0.2+json",
+            "tlogs": [{ "baseUrl": "https://log.example/", "publicKey": { "rawBytes": "AQID" } }],
+            "timestampAuthorities": [{ "certChain": { "certificates": [{ "rawBytes": "BAU=" }] } }],
+        });
+        let r = TrustedRoot::parse(root.to_string().as_bytes()).unwrap();
+        assert_eq!(r.log_key("https://log.example"), Some(&[1u8, 2, 3][..]));
+        assert_eq!(r.log_key("https://other.example"), None);
+        assert_eq!(r.tsa_chains, vec![vec![vec![4u8, 5]]]);
+        let bad = json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot.v0.2+json",
+            "tlogs": [{ "baseUrl": "https://log.example", "publicKey": {} }],
+        });
+        let e = TrustedRoot::parse(bad.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("tlogs[0].publicKey.rawBytes"), "{e}");
     }
 
     #[test]

@@ -455,6 +455,18 @@ impl TrustedTsa {
         Ok(TrustedTsa { certs })
     }
 
+    /// From DER certificates (a trusted root's `certChain.certificates[].rawBytes`).
+    pub fn from_der(certs: &[Vec<u8>]) -> Result<TrustedTsa> {
+        let certs = certs
+            .iter()
+            .map(|c| Certificate::from_der(c).map_err(|e| anyhow!("not a DER certificate: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        if certs.is_empty() {
+            bail!("no certificate in it");
+        }
+        Ok(TrustedTsa { certs })
+    }
+
     /// Checks a bundle's `signedTimestamp` (a DER `TimeStampResp`) over `signature`:
     /// a sound token (as [`check_token`] says) signed by a trusted TSA. Returns its time.
     pub fn check(&self, response: &[u8], signature: &[u8]) -> Result<SystemTime> {

@@ -455,3 +455,148 @@ fn all_logs_give_one_entry_each_and_exact_takes_count() {
     indexes.dedup();
     assert_eq!(indexes.len(), 3, "{indexes:?}");
 }
+
+/// The base64 DER of each PEM block in `pem`.
+fn pem_blocks(pem: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(pem).unwrap();
+    text.split("-----BEGIN ")
+        .skip(1)
+        .map(|block| {
+            let body = block.split_once("-----\n").unwrap().1;
+            let body = body.split("-----END").next().unwrap();
+            body.lines().map(str::trim).collect::<String>()
+        })
+        .collect()
+}
+
+fn trusted_root(logs: &[(&str, &Path)], tsa_chain: &Path) -> Value {
+    json!({
+        "mediaType": "application/vnd.dev.sigstore.trustedroot.v0.2+json",
+        "tlogs": logs.iter().map(|(url, key)| json!({
+            "baseUrl": url,
+            "hashAlgorithm": "SHA2_256",
+            "publicKey": { "rawBytes": pem_blocks(key)[0] },
+        })).collect::<Vec<_>>(),
+        "timestampAuthorities": [{
+            "certChain": { "certificates": pem_blocks(tsa_chain).iter()
+                .map(|c| json!({ "rawBytes": c })).collect::<Vec<_>>() },
+        }],
+    })
+}
+
+#[test]
+fn a_trusted_root_supplies_each_logs_key_and_the_tsa_chain() {
+    let (_hsm, agent) = agent_with_keys(&[("hsm/ec", "p256")]);
+    let logs = [LocalService::rekor_v2("ok"), LocalService::rekor_v2("ok")];
+    let keys = [logs[0].file("rekor.pub.pem"), logs[1].file("rekor.pub.pem")];
+    let tsa = LocalService::mock_tsa("ok");
+    let chain = tsa.file("chain.pem");
+    let openssl = LocalService::openssl_tsa();
+    let tmp = tempfile::tempdir().unwrap();
+    let pem = write_pubkey(&agent, "hsm/ec", tmp.path());
+    let since = "2024-01-01T00:00:00Z";
+    let config = write_config(
+        tmp.path(),
+        "config.json",
+        &json!({
+            "mediaType": MEDIA_TYPE,
+            "rekorTlogUrls": [
+                service(&logs[0].url, 2, since, None, "one.example"),
+                service(&logs[1].url, 2, since, None, "two.example"),
+            ],
+            "rekorTlogConfig": { "selector": "ALL" },
+            "tsaUrls": [service(&tsa.url, 1, since, None, "tsa.example")],
+            "tsaConfig": { "selector": "ANY" },
+        }),
+    );
+    let both = [
+        (logs[0].url.as_str(), keys[0].as_path()),
+        (logs[1].url.as_str(), keys[1].as_path()),
+    ];
+    let root = write_config(tmp.path(), "root.json", &trusted_root(&both, &chain));
+    let file = tmp.path().join("a.tgz");
+    std::fs::write(&file, b"artifact\n".repeat(10)).unwrap();
+    let f = file.to_str().unwrap();
+    let sign = |root: &Path| {
+        agent.cli(&[
+            "sign",
+            f,
+            "--key",
+            "hsm/ec",
+            "--signing-config",
+            config.to_str().unwrap(),
+            "--trusted-root",
+            root.to_str().unwrap(),
+        ])
+    };
+    let out = sign(&root);
+    assert!(out.status.success(), "{}", text(&out));
+    let bundle = PathBuf::from(format!("{f}.sigstore.json"));
+    let b = read_json(&bundle);
+    let entries = b["verificationMaterial"]["tlogEntries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{b}");
+    // Each entry is its log's: alone in a bundle it verifies with that log's key and
+    // not with the other's.
+    for i in 0..2 {
+        let mut one = b.clone();
+        one["verificationMaterial"]["tlogEntries"] = json!([entries[i].clone()]);
+        let p = tmp.path().join(format!("entry-{i}.json"));
+        std::fs::write(&p, one.to_string()).unwrap();
+        sigstore_js_verify_with(
+            &p,
+            &file,
+            &pem,
+            Some((&keys[i], &logs[i].url)),
+            Some(&chain),
+        )
+        .unwrap_or_else(|e| panic!("entry {i}: {e}"));
+        assert!(
+            sigstore_js_verify_with(
+                &p,
+                &file,
+                &pem,
+                Some((&keys[1 - i], &logs[1 - i].url)),
+                Some(&chain)
+            )
+            .is_err(),
+            "entry {i} verified with the other log's key"
+        );
+    }
+    std::fs::remove_file(&bundle).unwrap();
+
+    // A root that does not name the second log: refused before anything is signed.
+    let before = signed_records(&agent);
+    let partial = write_config(
+        tmp.path(),
+        "partial.json",
+        &trusted_root(&both[..1], &chain),
+    );
+    let out = sign(&partial);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(partial.to_str().unwrap()), "{said}");
+    assert!(
+        said.contains(&format!(
+            "tlogs names no log whose baseUrl is {}",
+            logs[1].url
+        )),
+        "{said}"
+    );
+    assert_eq!(signed_records(&agent), before);
+
+    // A root trusting another TSA: the mock's answer is refused, no bundle written.
+    let other = write_config(
+        tmp.path(),
+        "other-tsa.json",
+        &trusted_root(&both, &openssl.file("chain.pem")),
+    );
+    let out = sign(&other);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("TSA at {}", tsa.url)), "{said}");
+    assert!(
+        said.contains("not one of the timestampAuthorities"),
+        "{said}"
+    );
+    assert!(!bundle.exists());
+}

@@ -11,7 +11,8 @@
 //! another as the signatures come back; a file whose timestamp or entry fails gets no
 //! bundle, and an older bundle of it stays. `--signing-config` chooses those logs and
 //! TSAs from a Sigstore SigningConfig (`crate::signing_config`) before anything is
-//! signed; each chosen log adds an entry and each TSA a timestamp.
+//! signed; each chosen log adds an entry and each TSA a timestamp. `--trusted-root`
+//! gives each log's key (by `baseUrl`) and the TSAs a timestamp must come from.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -26,9 +27,9 @@ use waxseal_proto::client::Client;
 use waxseal_proto::proto::{Bytes, HashAlg, KeyAlg, Op, Purpose, RsaPadding, Sign, SignOk};
 
 use super::Ctx;
-use crate::signing_config::SigningConfig;
+use crate::signing_config::{SigningConfig, TrustedRoot};
 use crate::sigstore::{Bundle, Rekor};
-use crate::tsa::Tsa;
+use crate::tsa::{TrustedTsa, Tsa};
 use crate::verify::hash_file;
 use crate::SignArgs;
 
@@ -89,23 +90,64 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
     // The services and the Rekor key before anything is signed: a bad config or key
     // file costs no signature.
     let services = Services::from_args(&args, ctx.json)?;
-    let rekor: Vec<Rekor> = match &args.rekor_public_key {
+    let trusted_root = match &args.trusted_root {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the trusted root {}", path.display()))?;
+            let root = TrustedRoot::parse(&bytes)
+                .map_err(|e| anyhow!("trusted root {}: {e}", path.display()))?;
+            Some((path, root))
+        }
+        None => None,
+    };
+    let pem_key = match &args.rekor_public_key {
         Some(pem) if !services.rekor_urls.is_empty() => {
             let text = std::fs::read_to_string(pem)
                 .with_context(|| format!("cannot read the Rekor public key {}", pem.display()))?;
-            let key_der = crate::verify::spki_from_pem(&text)
-                .with_context(|| format!("{} is not a PEM public key", pem.display()))?;
-            services
-                .rekor_urls
-                .iter()
-                .map(|url| Rekor {
-                    url: url.clone(),
-                    key_der: key_der.clone(),
-                })
-                .collect()
+            Some(
+                crate::verify::spki_from_pem(&text)
+                    .with_context(|| format!("{} is not a PEM public key", pem.display()))?,
+            )
         }
-        _ => Vec::new(),
+        _ => None,
     };
+    let mut rekor: Vec<Rekor> = Vec::new();
+    for url in &services.rekor_urls {
+        let key_der = match (&pem_key, &trusted_root) {
+            (Some(key), _) => key.clone(),
+            (None, Some((path, root))) => root
+                .log_key(url)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "trusted root {}: tlogs names no log whose baseUrl is {url}",
+                        path.display()
+                    )
+                })?
+                .to_vec(),
+            (None, None) => bail!("the Rekor log {url} needs --rekor-public-key or --trusted-root to check its answer"),
+        };
+        rekor.push(Rekor {
+            url: url.clone(),
+            key_der,
+        });
+    }
+    let mut tsa_trust = Vec::new();
+    if let (Some((path, root)), false) = (&trusted_root, services.tsa_urls.is_empty()) {
+        if root.tsa_chains.is_empty() {
+            bail!(
+                "trusted root {}: timestampAuthorities is empty, so no timestamp could be checked",
+                path.display()
+            );
+        }
+        for (i, chain) in root.tsa_chains.iter().enumerate() {
+            tsa_trust.push(TrustedTsa::from_der(chain).with_context(|| {
+                format!(
+                    "trusted root {}: timestampAuthorities[{i}].certChain",
+                    path.display()
+                )
+            })?);
+        }
+    }
     let rekor_v2 = !rekor.is_empty() && services.rekor_version == 2;
     if rekor_v2 && services.tsa_urls.is_empty() {
         bail!("a Rekor v2 entry carries no signed time (no signed entry timestamp): add --tsa-url so the bundle gets an RFC 3161 timestamp");
@@ -142,6 +184,8 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         rekor: &rekor,
         rekor_v2,
         tsa: &tsa,
+        tsa_trust: &tsa_trust,
+        trusted_root: args.trusted_root.as_deref(),
     };
     let many = args.files.len() > 1;
     let outcomes = job.sign_files(&mut client, &args.files, many);
@@ -238,9 +282,10 @@ impl Services {
             _ => 1,
         };
         let tsa_urls: Vec<String> = chosen.tsa.iter().map(|s| s.url.clone()).collect();
-        if !rekor_urls.is_empty() && args.rekor_public_key.is_none() {
+        if !rekor_urls.is_empty() && args.rekor_public_key.is_none() && args.trusted_root.is_none()
+        {
             bail!(
-                "signing config {name} chooses the Rekor log {}: add --rekor-public-key (the log's PEM key) so its answer can be checked",
+                "signing config {name} chooses the Rekor log {}: add --rekor-public-key (the log's PEM key) or --trusted-root so its answer can be checked",
                 rekor_urls.join(", ")
             );
         }
@@ -284,6 +329,10 @@ struct Job<'a> {
     rekor_v2: bool,
     /// Timestamp each signature with every one of these TSAs.
     tsa: &'a [Tsa],
+    /// With `--trusted-root`: each timestamp must be signed by one of these.
+    tsa_trust: &'a [TrustedTsa],
+    /// `--trusted-root`, to name in errors.
+    trusted_root: Option<&'a Path>,
 }
 
 /// What became of one file.
@@ -410,6 +459,19 @@ impl Job<'_> {
         let mut stamps = Vec::new();
         for tsa in self.tsa {
             let stamp = tsa.timestamp(signature).context("no bundle was written")?;
+            if let Some(root) = self.trusted_root {
+                if !self
+                    .tsa_trust
+                    .iter()
+                    .any(|t| t.check(&stamp.response, signature).is_ok())
+                {
+                    bail!(
+                        "TSA at {}: its certificate is not one of the timestampAuthorities of the trusted root {}, nor issued by one; no bundle was written",
+                        tsa.url,
+                        root.display()
+                    );
+                }
+            }
             stamps.push(json!({ "signedTimestamp": B64.encode(&stamp.response) }));
         }
         if !stamps.is_empty() {
