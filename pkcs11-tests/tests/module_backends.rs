@@ -787,11 +787,12 @@ fn a_pending_confirmation_holds_up_nothing_else_in_the_process() {
     hsm.init_token("tok", "5555", "1234");
     let pin = hsm.pin_file("pin", "1234");
     let tmp = tempfile::tempdir().unwrap();
-    // The confirm program says it was asked, then waits for the answer on a FIFO: the
-    // person answers when the test writes to it.
+    // The confirm program says it was asked on one FIFO (the script waits for that
+    // line), then waits for the answer on another: the person answers when the script
+    // writes to it.
     let asked = tmp.path().join("asked");
     let gate = tmp.path().join("gate");
-    run_ok(Command::new("mkfifo").arg(&gate));
+    run_ok(Command::new("mkfifo").arg(&asked).arg(&gate));
     let program = tmp.path().join("confirm");
     std::fs::write(
         &program,
@@ -817,7 +818,7 @@ fn a_pending_confirmation_holds_up_nothing_else_in_the_process() {
     b.generate("hsm/free", KeyAlg::P256);
 
     let script = r#"
-import os, sys, threading, time
+import os, select, sys, threading
 import pkcs11
 from pkcs11 import Mechanism, ObjectClass
 module, asked, gate = sys.argv[1:4]
@@ -831,10 +832,18 @@ def confirmed():
 
 worker = threading.Thread(target=confirmed)
 worker.start()
-deadline = time.monotonic() + 20
-while not (os.path.exists(asked) and os.path.getsize(asked) > 0):
-    assert time.monotonic() < deadline, "the confirm program was not asked"
-    time.sleep(0.01)
+# Wait for the confirm program's line on the FIFO (opened without blocking, so that a
+# program never asked fails the deadline instead of hanging the test).
+fd = os.open(asked, os.O_RDONLY | os.O_NONBLOCK)
+question = b""
+while not question.endswith(b"\n"):
+    ready, _, _ = select.select([fd], [], [], 20)
+    assert ready, "the confirm program was not asked"
+    chunk = os.read(fd, 256)
+    assert chunk or not question, "the confirm program closed its line early"
+    question += chunk
+os.close(fd)
+print("asked", question.decode().strip(), flush=True)
 # The person has not answered: the rest of the process goes on.
 with token.open() as s:
     labels = sorted(k.label for k in s.get_objects({pkcs11.Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
@@ -868,14 +877,15 @@ print("asks", results["asks"], flush=True)
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
-    assert_eq!(lines[0][..2], ["while-asking", "asks,free"], "{stdout}");
-    assert_eq!(lines[1][0], "asks", "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], ["asked", "hsm/asks"], "{stdout}");
+    assert_eq!(lines[1][..2], ["while-asking", "asks,free"], "{stdout}");
+    assert_eq!(lines[2][0], "asks", "{stdout}");
     use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
     use p256::pkcs8::DecodePublicKey as _;
     for (label, digest, sig) in [
-        ("free", [2u8; 32], lines[0][2]),
-        ("asks", [1u8; 32], lines[1][1]),
+        ("free", [2u8; 32], lines[1][2]),
+        ("asks", [1u8; 32], lines[2][1]),
     ] {
         let spki = b
             .agent
@@ -889,7 +899,6 @@ print("asks", results["asks"], flush=True)
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(b.signed(&format!("hsm/{label}")), 1, "{label}");
     }
-    assert_eq!(std::fs::read_to_string(&asked).unwrap(), "hsm/asks\n");
 }
 
 /// The card pulled out under an open session of python-pkcs11: the token is no longer
