@@ -714,6 +714,17 @@ pub fn module_tool_ok(agent: &Agent, dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes an executable shell script `dir/name` (`#!/bin/sh` and `body`), e.g. a
+/// `confirm_program` or an askpass; returns its path.
+pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+        .expect("make the script executable");
+    p
+}
+
 /// Runs a command, asserting success; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

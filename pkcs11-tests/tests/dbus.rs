@@ -627,13 +627,7 @@ fn confirm_keys_ask_through_desktop_notifications() {
 fn confirm_program_wins_over_notifications() {
     let bus = Bus::start();
     let tmp = tempfile::tempdir().unwrap();
-    let program = tmp.path().join("yes");
-    std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::set_permissions(
-        &program,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let program = pkcs11_tests::write_script(tmp.path(), "yes", "exit 0");
     let (_hsm, agent) = agent_with_key(
         &bus,
         "program",

@@ -664,18 +664,15 @@ fn a_confirm_key_signs_through_the_module_only_when_the_person_says_yes() {
     // `answer` beforehand.
     let asked = tmp.path().join("asked");
     let answer = tmp.path().join("answer");
-    let program = tmp.path().join("confirm");
-    std::fs::write(
-        &program,
-        format!(
-            "#!/bin/sh\n{{ printf 'KEY=%s\\nCALLER=%s\\n' \"$WAXSEAL_CONFIRM_KEY\" \"$WAXSEAL_CONFIRM_CALLER\"; printf '%s\\n--\\n' \"$1\"; }} >> '{}'\nexit \"$(cat '{}')\"\n",
+    let program = pkcs11_tests::write_script(
+        tmp.path(),
+        "confirm",
+        &format!(
+            "{{ printf 'KEY=%s\\nCALLER=%s\\n' \"$WAXSEAL_CONFIRM_KEY\" \"$WAXSEAL_CONFIRM_CALLER\"; printf '%s\\n--\\n' \"$1\"; }} >> '{}'\nexit \"$(cat '{}')\"",
             asked.display(),
             answer.display()
         ),
-    )
-    .unwrap();
-    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
-    std::fs::set_permissions(&program, mode).unwrap();
+    );
     let agent = Agent::builder()
         .softhsm(&hsm)
         .config(&format!(
@@ -793,18 +790,15 @@ fn a_pending_confirmation_holds_up_nothing_else_in_the_process() {
     let asked = tmp.path().join("asked");
     let gate = tmp.path().join("gate");
     run_ok(Command::new("mkfifo").arg(&asked).arg(&gate));
-    let program = tmp.path().join("confirm");
-    std::fs::write(
-        &program,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$WAXSEAL_CONFIRM_KEY\" >> '{}'\nread answer < '{}'\nexit \"$answer\"\n",
+    let program = pkcs11_tests::write_script(
+        tmp.path(),
+        "confirm",
+        &format!(
+            "printf '%s\\n' \"$WAXSEAL_CONFIRM_KEY\" >> '{}'\nread answer < '{}'\nexit \"$answer\"",
             asked.display(),
             gate.display()
         ),
-    )
-    .unwrap();
-    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
-    std::fs::set_permissions(&program, mode).unwrap();
+    );
     let agent = Agent::builder()
         .softhsm(&hsm)
         .config(&format!(

@@ -256,13 +256,7 @@ fn caller_rules_rate_limits_and_confirmation_refuse_naming_the_rule() {
     let (hsm, dev) = token();
     let tmp = tempfile::tempdir().unwrap();
     // Confirmation programs: allow, deny, and one that never answers.
-    let program = |name: &str, body: &str| {
-        let p = tmp.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
-        std::fs::set_permissions(&p, mode).unwrap();
-        p
-    };
+    let program = |name: &str, body: &str| pkcs11_tests::write_script(tmp.path(), name, body);
     let asked = tmp.path().join("asked.txt");
     let confirm = program(
         "confirm",
