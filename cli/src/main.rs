@@ -232,12 +232,52 @@ enum KeysCommand {
     },
 }
 
-#[derive(Debug, clap::Args)]
+/// The Sigstore services a bundle is logged and timestamped with: the same flags, with
+/// the same meaning and checks, for `waxseal sign` and `waxseal attest`
+/// (`commands::services`). Every field is optional so defaults can come from elsewhere.
+#[derive(Debug, Clone, Default, clap::Args)]
 #[command(
     group(clap::ArgGroup::new("rekor_source").args(["rekor_url", "signing_config"])),
     group(clap::ArgGroup::new("tsa_source").args(["tsa_url", "signing_config"])),
     group(clap::ArgGroup::new("rekor_key").args(["rekor_public_key", "trusted_root"]))
 )]
+pub struct ServiceArgs {
+    /// Upload the signature to this Rekor log and put the entry into the bundle.
+    #[arg(long, value_name = "URL", requires = "rekor_key")]
+    pub rekor_url: Option<String>,
+    /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked
+    /// against it; with --signing-config, every chosen log's.
+    #[arg(long, value_name = "PEMFILE", requires = "rekor_source")]
+    pub rekor_public_key: Option<PathBuf>,
+    /// A Sigstore TrustedRoot (JSON) instead of --rekor-public-key: each log's key is
+    /// the one of its `tlogs[]` entry with the same `baseUrl`, and each timestamp must
+    /// be signed by one of its `timestampAuthorities`.
+    #[arg(long, value_name = "FILE", conflicts_with = "rekor_public_key")]
+    pub trusted_root: Option<PathBuf>,
+    /// The Rekor API: 1 (default: hashedrekord v0.0.1, or dsse v0.0.1 for attestations,
+    /// with a signed entry timestamp) or 2 (hashedrekord v0.0.2, no signed time: needs
+    /// --tsa-url; no Ed25519 keys).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2), requires = "rekor_url")]
+    pub rekor_version: Option<u8>,
+    /// Timestamp each signature with this RFC 3161 time-stamp authority and put its
+    /// checked answer into the bundle.
+    #[arg(long, value_name = "URL")]
+    pub tsa_url: Option<String>,
+    /// Seconds the TSA has to answer (default: 10).
+    #[arg(long, value_name = "SECS", requires = "tsa_source")]
+    pub tsa_timeout: Option<u64>,
+    /// Choose the Rekor logs and TSAs from this Sigstore SigningConfig v0.2 (JSON), as
+    /// sigstore-go does: valid now, the highest API version, one per operator, then
+    /// its selectors (ANY, ALL, EXACT). Each chosen log adds an entry, each TSA a
+    /// timestamp.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_url", "tsa_url"])]
+    pub signing_config: Option<PathBuf>,
+}
+
+/// The service flags `--raw` and `--digest` conflict with: they write no bundle.
+const SERVICE_FLAGS: [&str; 4] = ["rekor_url", "tsa_url", "trusted_root", "signing_config"];
+
+#[derive(Debug, clap::Args)]
 struct SignArgs {
     /// Files to sign, each into its own bundle (FILE.sigstore.json) or, with --raw,
     /// signature (FILE.sig); many files are signed over one connection.
@@ -251,7 +291,7 @@ struct SignArgs {
     #[arg(long)]
     key: String,
     /// Sign this digest (hex) instead of a file.
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", conflicts_with_all = SERVICE_FLAGS)]
     digest: Option<String>,
     /// Hash algorithm of --digest (default: the key's, SHA-384 for P-384, else SHA-256).
     #[arg(long, value_parser = parse_hash)]
@@ -264,45 +304,14 @@ struct SignArgs {
     #[arg(long, value_name = "OUT", conflicts_with_all = ["raw", "digest"])]
     bundle: Option<PathBuf>,
     /// Write only the bare signature (base64 DER) to FILE.sig instead of a bundle.
-    #[arg(long, conflicts_with = "digest")]
+    #[arg(long, conflicts_with = "digest", conflicts_with_all = SERVICE_FLAGS)]
     raw: bool,
     /// With --raw: where the signature goes (default: FILE.sig); one FILE only.
     #[arg(long, value_name = "OUT", requires = "raw")]
     out: Option<PathBuf>,
-    /// Upload the signature to this Rekor log and put the entry into the bundle.
-    #[arg(long, value_name = "URL", requires = "rekor_key", conflicts_with_all = ["raw", "digest"])]
-    rekor_url: Option<String>,
-    /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked
-    /// against it; with --signing-config, every chosen log's.
-    #[arg(long, value_name = "PEMFILE", requires = "rekor_source")]
-    rekor_public_key: Option<PathBuf>,
-    /// A Sigstore TrustedRoot (JSON) instead of --rekor-public-key: each log's key is
-    /// the one of its `tlogs[]` entry with the same `baseUrl`, and each timestamp must
-    /// be signed by one of its `timestampAuthorities`.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_public_key", "raw", "digest"])]
-    trusted_root: Option<PathBuf>,
-    /// The Rekor API: 1 (hashedrekord v0.0.1, a signed entry timestamp) or 2
-    /// (hashedrekord v0.0.2, no signed time: needs --tsa-url; no Ed25519 keys).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2), requires = "rekor_url")]
-    rekor_version: u8,
-    /// Timestamp each signature with this RFC 3161 time-stamp authority and put its
-    /// checked answer into the bundle.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["raw", "digest"])]
-    tsa_url: Option<String>,
-    /// Seconds the TSA has to answer.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 10,
-        requires = "tsa_source"
-    )]
-    tsa_timeout: u64,
-    /// Choose the Rekor logs and TSAs from this Sigstore SigningConfig v0.2 (JSON), as
-    /// sigstore-go does: valid now, the highest API version, one per operator, then
-    /// its selectors (ANY, ALL, EXACT). Each chosen log adds an entry, each TSA a
-    /// timestamp.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_url", "tsa_url", "raw", "digest"])]
-    signing_config: Option<PathBuf>,
+    /// Rekor, TSA, signing config, trusted root.
+    #[command(flatten)]
+    services: ServiceArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -342,6 +351,9 @@ struct AttestArgs {
     /// SUBJECT, or STATEMENT.sigstore.json beside the --statement file).
     #[arg(long, value_name = "OUT")]
     bundle: Option<PathBuf>,
+    /// Rekor, TSA, signing config, trusted root: as for `waxseal sign`.
+    #[command(flatten)]
+    services: ServiceArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -427,6 +427,24 @@ pub struct Rekor {
     pub key_der: Vec<u8>,
 }
 
+/// The `dsse` v0.0.1 entry Rekor v1 is asked to log: the envelope as JSON text and the
+/// key that verifies its signature (PEM, base64), as `proposedContent`. Also returns
+/// that text, whose SHA-256 the log records as `envelopeHash`.
+pub fn dsse_proposed(envelope: &Envelope, spki: &[u8]) -> Result<(Value, String)> {
+    let text = serde_json::to_string(envelope)?;
+    let request = json!({
+        "apiVersion": "0.0.1",
+        "kind": "dsse",
+        "spec": {
+            "proposedContent": {
+                "envelope": text,
+                "verifiers": [B64.encode(spki_pem(spki))]
+            }
+        }
+    });
+    Ok((request, text))
+}
+
 impl Rekor {
     /// Uploads a `hashedrekord` entry and returns it as a checked bundle entry.
     pub fn upload(
@@ -436,9 +454,38 @@ impl Rekor {
         signature: &[u8],
         spki: &[u8],
     ) -> Result<TlogEntry> {
-        let url = format!("{}/api/v1/log/entries", self.url.trim_end_matches('/'));
         let request = hashedrekord(hash, digest, signature, spki);
-        let text = post_json(&url, &request, Duration::from_secs(30), "Rekor")?;
+        let (url, uuid, tlog) = self.post_v1(&request)?;
+        self.check_entry(&tlog, hash, digest, signature, spki)
+            .with_context(|| format!("Rekor at {url}: entry {uuid} does not check out"))?;
+        Ok(tlog)
+    }
+
+    /// Uploads a DSSE envelope as a `dsse` v0.0.1 entry and returns it as a checked
+    /// bundle entry. Beyond what a verifier can check later ([`Rekor::check_dsse_entry`]),
+    /// the logged `envelopeHash` must be SHA-256 of the envelope text sent.
+    pub fn upload_dsse(&self, envelope: &Envelope, spki: &[u8]) -> Result<TlogEntry> {
+        let (request, text) = dsse_proposed(envelope, spki)?;
+        let (url, uuid, tlog) = self.post_v1(&request)?;
+        let checked = self.check_dsse_entry(&tlog, envelope, spki).and_then(|()| {
+            let body: Value = serde_json::from_slice(&tlog.canonicalized_body.0)?;
+            let hash = &body["spec"]["envelopeHash"];
+            if hash["algorithm"] != "sha256"
+                || hash["value"].as_str() != Some(&hex::encode(Sha256::digest(text.as_bytes())))
+            {
+                bail!("the logged envelopeHash is not SHA-256 of the envelope sent");
+            }
+            Ok(())
+        });
+        checked.with_context(|| format!("Rekor at {url}: entry {uuid} does not check out"))?;
+        Ok(tlog)
+    }
+
+    /// POSTs a proposed entry to `/api/v1/log/entries`: the URL, the entry's UUID and
+    /// the entry, not yet checked.
+    fn post_v1(&self, request: &Value) -> Result<(String, String, TlogEntry)> {
+        let url = format!("{}/api/v1/log/entries", self.url.trim_end_matches('/'));
+        let text = post_json(&url, request, Duration::from_secs(30), "Rekor")?;
         let answer: serde_json::Map<String, Value> = serde_json::from_str(&text)
             .with_context(|| format!("Rekor at {url}: the answer is not a JSON object"))?;
         let (uuid, entry) = answer
@@ -448,9 +495,55 @@ impl Rekor {
         let entry: RekorEntry = serde_json::from_value(entry)
             .with_context(|| format!("Rekor at {url}: entry {uuid} is not a log entry"))?;
         let tlog = to_tlog_entry(entry).with_context(|| format!("Rekor at {url}: entry {uuid}"))?;
-        self.check_entry(&tlog, hash, digest, signature, spki)
-            .with_context(|| format!("Rekor at {url}: entry {uuid} does not check out"))?;
-        Ok(tlog)
+        Ok((url, uuid.chars().take(128).collect(), tlog))
+    }
+
+    /// Checks a `dsse` v0.0.1 entry of a bundle (what Rekor v1 stores for a DSSE
+    /// envelope: the payload's SHA-256, the envelope's, and each signature with the key
+    /// that verifies it) against this log and the bundle's envelope: the payload hash
+    /// is the envelope's, the one logged signature is its signature and the logged key
+    /// the signing key; then the log's signature, as for hashedrekord. `envelopeHash`
+    /// is not compared: it is the hash of the JSON text that was sent, which a bundle
+    /// does not keep.
+    pub fn check_dsse_entry(&self, entry: &TlogEntry, envelope: &Envelope, spki: &[u8]) -> Result<()> {
+        if entry.kind_version.kind != "dsse" || entry.kind_version.version != "0.0.1" {
+            bail!(
+                "the entry is {} {}, not dsse 0.0.1",
+                entry.kind_version.kind,
+                entry.kind_version.version
+            );
+        }
+        let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
+            .context("canonicalizedBody is not JSON")?;
+        if body["kind"] != "dsse" || body["apiVersion"] != "0.0.1" {
+            bail!("the logged body is not a dsse 0.0.1 entry");
+        }
+        let spec = &body["spec"];
+        let payload_hash = hex::encode(Sha256::digest(&envelope.payload.0));
+        if spec["payloadHash"]["algorithm"] != "sha256"
+            || spec["payloadHash"]["value"].as_str() != Some(payload_hash.as_str())
+        {
+            bail!("the logged payloadHash is not SHA-256 of the envelope's payload");
+        }
+        let [signature] = envelope.signatures.as_slice() else {
+            bail!("the envelope holds {} signatures, not one", envelope.signatures.len());
+        };
+        let logged = match spec["signatures"].as_array().map(Vec::as_slice) {
+            Some([one]) => one,
+            _ => bail!("the entry does not log exactly one signature"),
+        };
+        let logged_sig = logged["signature"].as_str().and_then(|s| B64.decode(s).ok());
+        if logged_sig.as_deref() != Some(signature.sig.0.as_slice()) {
+            bail!("the logged signature is not the envelope's");
+        }
+        let logged_key = logged["verifier"]
+            .as_str()
+            .and_then(|k| B64.decode(k).ok())
+            .and_then(|pem| crate::verify::spki_from_pem(&String::from_utf8_lossy(&pem)).ok());
+        if logged_key.as_deref() != Some(spki) {
+            bail!("the logged public key is not the signing key");
+        }
+        self.check_logged_v1(entry)
     }
 
     /// Checks a bundle's log entry against this log's key and the signature it is for.
@@ -465,7 +558,6 @@ impl Rekor {
         if entry.kind_version.version == "0.0.2" {
             return self.check_entry_v2(entry, digest, signature, spki);
         }
-        let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
         // 1. The entry is ours.
         if entry.kind_version.kind != "hashedrekord" {
             bail!(
@@ -494,6 +586,14 @@ impl Rekor {
         if logged_key.as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
+        self.check_logged_v1(entry)
+    }
+
+    /// What every Rekor v1 entry must pass, whatever its kind: its log ID is this log
+    /// key's, its signed entry timestamp verifies with the key, and its inclusion proof
+    /// leads to the root of a checkpoint the key signed.
+    fn check_logged_v1(&self, entry: &TlogEntry) -> Result<()> {
+        let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
         // 2. The log is the one we trust.
         let log_id = Sha256::digest(&self.key_der);
         if entry.log_id.key_id.0 != log_id[..] {
@@ -897,7 +997,9 @@ pub struct Verified {
 }
 
 /// Verifies `bundle` for `file` with the key `spki`, its log entries with `rekor` and
-/// its RFC 3161 timestamps with `tsa`. Each failure says what did not match.
+/// its RFC 3161 timestamps with `tsa`. Each failure says what did not match. The same
+/// checks hold for message signatures and DSSE envelopes: every log entry is checked
+/// when `rekor` is given, every timestamp (over the signature bytes) when `tsa` is.
 pub fn verify_bundle(
     bundle: &Bundle,
     file: &Path,
@@ -922,13 +1024,7 @@ pub fn verify_bundle(
         if bundle.message_signature.is_some() {
             bail!("the bundle holds both a DSSE envelope and a messageSignature");
         }
-        if rekor.is_some() && !vm.tlog_entries.is_empty() {
-            bail!("checking the transparency log entries of DSSE bundles is not supported by this version (waxseal attest writes none); verify without --rekor-public-key");
-        }
-        if tsa.is_some() {
-            bail!("checking the RFC 3161 timestamps of DSSE bundles is not supported by this version (waxseal attest writes none); verify without --tsa-cert-chain");
-        }
-        return verify_dsse(envelope, vm, file, spki, rekor.is_some());
+        return verify_dsse(envelope, vm, file, spki, rekor, tsa);
     }
     let ms = bundle
         .message_signature
@@ -954,18 +1050,61 @@ pub fn verify_bundle(
         .context(
             "signature mismatch: the bundle's signature is not by this key over this digest",
         )?;
-    let mut checked = 0;
+    let checked = check_material(vm, rekor, tsa, &ms.signature.0, |rekor, e| {
+        rekor.check_entry(e, hash, &digest, &ms.signature.0, spki)
+    })?;
+    Ok(checked.verified(alg, hash, None))
+}
+
+/// What the log entries and timestamps of a bundle came to.
+struct Material {
+    entries: usize,
+    entries_checked: usize,
+    integrated_time: Option<i64>,
+    stamps: usize,
+    stamps_checked: usize,
+    timestamp: Option<u64>,
+}
+
+impl Material {
+    fn verified(self, alg: String, hash: HashAlg, predicate_type: Option<String>) -> Verified {
+        Verified {
+            alg,
+            hash: hash_name(hash).to_string(),
+            tlog_entries_checked: self.entries_checked,
+            tlog_entries_unchecked: self.entries - self.entries_checked,
+            integrated_time: self.integrated_time,
+            timestamps_checked: self.stamps_checked,
+            timestamps_unchecked: self.stamps - self.stamps_checked,
+            timestamp: self.timestamp,
+            predicate_type,
+        }
+    }
+}
+
+/// Checks every log entry of `vm` with `check` when `rekor` is given, and every RFC 3161
+/// timestamp, over `signature`, when `tsa` is; asking for either and finding none is an
+/// error. The log's time counts only from an entry with a signed entry timestamp.
+fn check_material(
+    vm: &VerificationMaterial,
+    rekor: Option<&Rekor>,
+    tsa: Option<&crate::tsa::TrustedTsa>,
+    signature: &[u8],
+    check: impl Fn(&Rekor, &TlogEntry) -> Result<()>,
+) -> Result<Material> {
+    let mut entries_checked = 0;
     let mut integrated_time = None;
     if let Some(rekor) = rekor {
         if vm.tlog_entries.is_empty() {
             bail!("the bundle has no transparency log entry, and --rekor-public-key asks for one");
         }
         for (i, e) in vm.tlog_entries.iter().enumerate() {
-            rekor
-                .check_entry(e, hash, &digest, &ms.signature.0, spki)
+            check(rekor, e)
                 .with_context(|| format!("tlog entry {i} (log index {})", e.log_index.0))?;
-            integrated_time.get_or_insert(e.integrated_time.0);
-            checked += 1;
+            if e.inclusion_promise.is_some() {
+                integrated_time.get_or_insert(e.integrated_time.0);
+            }
+            entries_checked += 1;
         }
     }
     let stamps = timestamps(vm)?;
@@ -977,7 +1116,7 @@ pub fn verify_bundle(
         }
         for (i, stamp) in stamps.iter().enumerate() {
             let time = tsa
-                .check(stamp, &ms.signature.0)
+                .check(stamp, signature)
                 .with_context(|| format!("RFC 3161 timestamp {i}"))?;
             let secs = time
                 .duration_since(std::time::UNIX_EPOCH)
@@ -987,28 +1126,27 @@ pub fn verify_bundle(
             stamps_checked += 1;
         }
     }
-    Ok(Verified {
-        alg,
-        hash: hash_name(hash).to_string(),
-        tlog_entries_checked: checked,
-        tlog_entries_unchecked: vm.tlog_entries.len() - checked,
+    Ok(Material {
+        entries: vm.tlog_entries.len(),
+        entries_checked,
         integrated_time,
-        timestamps_checked: stamps_checked,
-        timestamps_unchecked: stamps.len() - stamps_checked,
+        stamps: stamps.len(),
+        stamps_checked,
         timestamp,
-        predicate_type: None,
     })
 }
 
 /// Verifies a DSSE bundle for `file`: the envelope holds an in-toto statement v1 one
 /// of whose subjects has `file`'s SHA-256, and exactly one signature, by `spki`, over
-/// the PAE (hashed with the key's default hash; Ed25519 signs the PAE itself).
+/// the PAE (hashed with the key's default hash; Ed25519 signs the PAE itself). Log
+/// entries: `dsse` v0.0.1 (Rekor v1) or the PAE's `hashedrekord` v0.0.2 (Rekor v2).
 fn verify_dsse(
     envelope: &Envelope,
     vm: &VerificationMaterial,
     file: &Path,
     spki: &[u8],
-    want_tlog: bool,
+    rekor: Option<&Rekor>,
+    tsa: Option<&crate::tsa::TrustedTsa>,
 ) -> Result<Verified> {
     if envelope.payload_type != intoto::PAYLOAD_TYPE {
         bail!(
@@ -1026,7 +1164,8 @@ fn verify_dsse(
     let key = AnyPublicKey::from_spki(spki)?;
     let pae = intoto::pae(&envelope.payload_type, &envelope.payload.0);
     let hash = key.default_hash();
-    let signed = if matches!(key, AnyPublicKey::Ed25519(_)) {
+    let ed25519 = matches!(key, AnyPublicKey::Ed25519(_));
+    let signed = if ed25519 {
         pae
     } else {
         crate::verify::hash_bytes(hash, &pae)
@@ -1052,20 +1191,18 @@ fn verify_dsse(
                 .join(", ")
         );
     }
-    if want_tlog && vm.tlog_entries.is_empty() {
-        bail!("the bundle has no transparency log entry, and --rekor-public-key asks for one");
-    }
-    Ok(Verified {
-        alg,
-        hash: hash_name(hash).to_string(),
-        tlog_entries_checked: 0,
-        tlog_entries_unchecked: vm.tlog_entries.len(),
-        integrated_time: None,
-        timestamps_checked: 0,
-        timestamps_unchecked: timestamps(vm)?.len(),
-        timestamp: None,
-        predicate_type: Some(statement.predicate_type),
-    })
+    let checked = check_material(vm, rekor, tsa, &signature.sig.0, |rekor, e| {
+        match (e.kind_version.kind.as_str(), e.kind_version.version.as_str()) {
+            ("dsse", "0.0.1") => rekor.check_dsse_entry(e, envelope, spki),
+            ("hashedrekord", "0.0.2") if !ed25519 => {
+                rekor.check_entry_v2(e, &signed, &signature.sig.0, spki)
+            }
+            (kind, version) => bail!(
+                "a {kind} {version} entry is not one waxseal checks for a DSSE envelope (dsse 0.0.1 in Rekor v1, the PAE's hashedrekord 0.0.2 in Rekor v2)"
+            ),
+        }
+    })?;
+    Ok(checked.verified(alg, hash, Some(statement.predicate_type)))
 }
 
 /// The DER `TimeStampResp`s of `timestampVerificationData.rfc3161Timestamps`.

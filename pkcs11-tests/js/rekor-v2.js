@@ -24,6 +24,7 @@ const sha256 = (...parts) => {
   parts.forEach((p) => h.update(p));
   return h.digest();
 };
+const ALGORITHMS = { 32: 'SHA2_256', 48: 'SHA2_384', 64: 'SHA2_512' };
 const leafHash = (data) => sha256(Buffer.from([0]), data);
 const nodeHash = (l, r) => sha256(Buffer.from([1]), l, r);
 
@@ -62,7 +63,8 @@ async function main() {
       kind: 'hashedrekord',
       spec: {
         hashedRekordV002: {
-          data: { algorithm: 'SHA2_256', digest: r.digest },
+          // The hash keyDetails names (rekor-tiles logs it), told here by its length.
+          data: { algorithm: ALGORITHMS[Buffer.from(r.digest, 'base64').length] || 'SHA2_256', digest: r.digest },
           signature: r.signature,
         },
       },

@@ -1,17 +1,72 @@
 // A local Rekor v1 for the tests: @sigstore/mock's rekorHandler behind a Node HTTP
-// server on 127.0.0.1. Usage: node rekor.js LOG_PUBLIC_KEY_OUT.pem [v1|v2]
+// server on 127.0.0.1. Usage: node rekor.js LOG_PUBLIC_KEY_OUT.pem [v1|v2] [ok|refuse]
 // Prints "PORT <n>" once listening; serves until killed. POST /api/v1/log/entries only;
 // with v2, the mock's rekorV2Handler on POST /api/v2/log/entries instead (whose answers
-// do not check out: rekor-v2.js is the Rekor v2 the tests sign against).
+// do not check out: rekor-v2.js is the Rekor v2 the tests sign against). MODE refuse
+// answers every entry with HTTP 400, as Rekor does for an entry it cannot verify.
+//
+// STAND-IN PART, for `dsse` v0.0.1 entries: the mock logs whatever entry it is sent as
+// the entry's body, while real Rekor (sigstore/rekor, pkg/types/dsse/v0.0.1) verifies
+// the envelope's signatures with the proposed verifiers and logs a canonical body of
+// hashes instead of the proposed content:
+//   {"apiVersion":"0.0.1","kind":"dsse","spec":{"envelopeHash":{"algorithm":"sha256",
+//    "value":HEX},"payloadHash":{...},"signatures":[{"signature":B64,"verifier":B64 PEM}]}}
+// A verifier (@sigstore/verify) reads the signature and payload hash from that body, so
+// the mock's body of a DSSE entry is accepted by none. This wrapper does what Rekor does
+// before the mock logs: it checks the envelope (each signature over the PAE with SHA-256,
+// Ed25519 over the PAE itself, as Rekor's verifiers do; 400 otherwise) and hands the mock
+// the canonical body, whose SET, inclusion proof and checkpoint the mock then signs.
 'use strict';
 const http = require('http');
 const fs = require('fs');
 const crypto = require('crypto');
 const { initializeTLog, rekorHandler, rekorV2Handler } = require('@sigstore/mock');
 
+const sha256 = (data) => crypto.createHash('sha256').update(data).digest('hex');
+
+// DSSE's pre-authentication encoding.
+function pae(type, payload) {
+  const t = Buffer.from(type, 'utf8');
+  return Buffer.concat([
+    Buffer.from(`DSSEv1 ${t.length} `), t, Buffer.from(` ${payload.length} `), payload,
+  ]);
+}
+
+// What Rekor stores for a proposed dsse v0.0.1 entry, or an Error saying why it refuses.
+function dsseBody(spec) {
+  const proposed = spec && spec.proposedContent;
+  if (!proposed || typeof proposed.envelope !== 'string' || !Array.isArray(proposed.verifiers)) {
+    throw new Error('dsse: expected proposedContent with envelope and verifiers');
+  }
+  const env = JSON.parse(proposed.envelope);
+  const payload = Buffer.from(env.payload || '', 'base64');
+  const signed = pae(env.payloadType || '', payload);
+  const keys = proposed.verifiers.map((v) => crypto.createPublicKey(Buffer.from(v, 'base64')));
+  const signatures = (env.signatures || []).map((s) => {
+    const sig = Buffer.from(s.sig || '', 'base64');
+    const key = keys.find((k) => crypto.verify(
+      k.asymmetricKeyType === 'ed25519' ? null : 'sha256', signed, k, sig));
+    if (!key) throw new Error('dsse: all signatures must have a key that verifies it');
+    // Rekor logs the key's canonical PEM.
+    const pem = key.export({ type: 'spki', format: 'pem' });
+    return { signature: s.sig, verifier: Buffer.from(pem).toString('base64') };
+  });
+  if (signatures.length === 0) throw new Error('dsse: the envelope has no signatures');
+  signatures.sort((a, b) => (a.signature < b.signature ? -1 : a.signature > b.signature ? 1 : 0));
+  return {
+    apiVersion: '0.0.1',
+    kind: 'dsse',
+    spec: {
+      envelopeHash: { algorithm: 'sha256', value: sha256(Buffer.from(proposed.envelope, 'utf8')) },
+      payloadHash: { algorithm: 'sha256', value: sha256(payload) },
+      signatures,
+    },
+  };
+}
+
 async function main() {
-  const [out, api = 'v1'] = process.argv.slice(2);
-  if (!out) throw new Error('usage: node rekor.js LOG_PUBLIC_KEY_OUT.pem [v1|v2]');
+  const [out, api = 'v1', mode = 'ok'] = process.argv.slice(2);
+  if (!out) throw new Error('usage: node rekor.js LOG_PUBLIC_KEY_OUT.pem [v1|v2] [ok|refuse]');
   const keyPair = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
   fs.writeFileSync(out, keyPair.publicKey.export({ format: 'pem', type: 'spki' }));
   let handler;
@@ -24,7 +79,21 @@ async function main() {
         res.end(JSON.stringify({ code: 404, message: `no route ${req.method} ${req.url}` }));
         return;
       }
-      const r = await handler.fn(Buffer.concat(chunks).toString('utf8'));
+      const refuse = (message) => {
+        res.writeHead(400, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ code: 400, message }));
+      };
+      if (mode === 'refuse') return refuse('error processing entry: invalid signature');
+      let body = Buffer.concat(chunks).toString('utf8');
+      if (api === 'v1') {
+        try {
+          const proposed = JSON.parse(body);
+          if (proposed.kind === 'dsse') body = JSON.stringify(dsseBody(proposed.spec));
+        } catch (e) {
+          return refuse(e.message);
+        }
+      }
+      const r = await handler.fn(body);
       res.writeHead(r.statusCode, { 'content-type': r.contentType || 'text/plain' });
       res.end(r.response);
     });

@@ -5,15 +5,20 @@
 //!
 //! The statement is checked here before anything is asked, with the reader the agent
 //! uses ([`waxseal_proto::intoto`]), so a statement the agent would refuse costs no
-//! connection. Nothing is logged in Rekor: see README, "Signing releases".
+//! connection. The Sigstore services (`--rekor-url`, `--tsa-url`, `--signing-config`,
+//! ...) are `waxseal sign`'s, through the same code (`super::services`): a timestamp over
+//! the envelope's signature, a `dsse` v0.0.1 entry in Rekor v1, the PAE's `hashedrekord`
+//! v0.0.2 in Rekor v2. Whatever a log or TSA refuses, no bundle is written and an older
+//! one stays.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use waxseal_proto::intoto::{Statement, MAX_STATEMENT, STATEMENT_TYPE};
-use waxseal_proto::proto::HashAlg;
+use waxseal_proto::proto::{HashAlg, KeyAlg};
 
+use super::services::{Services, Signed};
 use super::Ctx;
 use crate::sigstore::Bundle;
 use crate::verify::hash_file;
@@ -58,19 +63,49 @@ pub fn run(ctx: &Ctx, args: AttestArgs) -> Result<()> {
         );
     }
     let parsed = Statement::parse(&statement).context("the statement cannot be signed")?;
+    // The services and their keys before anything is signed, as for `waxseal sign`.
+    let services = Services::prepare(&args.services, ctx.json)?;
     let mut client = ctx.connect()?;
     let pk = client.public_key(&args.key)?;
+    // What the agent signs the PAE with (docs/protocol.md, `sign`, purpose `attest`).
+    let hash = (pk.alg != KeyAlg::Ed25519).then(|| pk.alg.default_hash());
+    services.check_key(&args.key, pk.alg, &pk.spki_der.0, hash, true)?;
     let signed = client.sign_statement(&args.key, &statement)?;
-    Bundle::new_dsse(&pk.spki_der.0, &statement, &signed.signature.0).write(&out)?;
+    let signature = &signed.signature.0;
+    let mut bundle = Bundle::new_dsse(&pk.spki_der.0, &statement, signature);
+    let Some(envelope) = &bundle.dsse_envelope else {
+        bail!("internal error: the bundle holds no DSSE envelope");
+    };
+    let logged = services.attach(
+        &mut bundle.verification_material,
+        Signed::Dsse { envelope, hash },
+        signature,
+        &pk.spki_der.0,
+    )?;
+    bundle.write(&out)?;
     if ctx.json {
         return ctx.print_json(&json!({
             "bundle": out, "key": args.key, "alg": signed.alg,
             "predicate_type": parsed.predicate_type,
             "subjects": parsed.subjects.iter().map(|s| json!({"name": s.name, "sha256": s.sha256})).collect::<Vec<_>>(),
+            "log_index": logged.map(|l| l.0),
+            "integrated_time": logged.map(|l| l.1),
+            "timestamps": bundle.verification_material.timestamp_verification_data
+                .as_ref()
+                .and_then(|t| t["rfc3161Timestamps"].as_array().map(Vec::len))
+                .unwrap_or(0),
         }));
     }
+    let logged = match logged {
+        Some((index, _)) if services.logs() > 1 => format!(
+            "; logged in Rekor at index {index} and in {} more logs",
+            services.logs() - 1
+        ),
+        Some((index, _)) => format!("; logged in Rekor at index {index}"),
+        None => String::new(),
+    };
     eprintln!(
-        "attested {} subject{} ({}) with {} ({}); bundle in {}",
+        "attested {} subject{} ({}) with {} ({}){logged}; bundle in {}",
         parsed.subjects.len(),
         if parsed.subjects.len() == 1 { "" } else { "s" },
         parsed.predicate_type,

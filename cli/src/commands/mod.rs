@@ -19,6 +19,7 @@ mod manual;
 mod sign;
 mod ssh;
 mod status;
+mod services;
 mod verify;
 
 /// What every command gets: where the agent is and how to print.

@@ -26,10 +26,9 @@ use serde_json::{json, Value};
 use waxseal_proto::client::Client;
 use waxseal_proto::proto::{Bytes, HashAlg, KeyAlg, Op, Purpose, RsaPadding, Sign, SignOk};
 
+use super::services::{self, Services};
 use super::Ctx;
-use crate::signing_config::{SigningConfig, TrustedRoot};
-use crate::sigstore::{Bundle, Rekor};
-use crate::tsa::{TrustedTsa, Tsa};
+use crate::sigstore::Bundle;
 use crate::verify::hash_file;
 use crate::SignArgs;
 
@@ -89,87 +88,13 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
     }
     // The services and the Rekor key before anything is signed: a bad config or key
     // file costs no signature.
-    let services = Services::from_args(&args, ctx.json)?;
-    let trusted_root = match &args.trusted_root {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read the trusted root {}", path.display()))?;
-            let root = TrustedRoot::parse(&bytes)
-                .map_err(|e| anyhow!("trusted root {}: {e}", path.display()))?;
-            Some((path, root))
-        }
-        None => None,
-    };
-    let pem_key = match &args.rekor_public_key {
-        Some(pem) if !services.rekor_urls.is_empty() => {
-            let text = std::fs::read_to_string(pem)
-                .with_context(|| format!("cannot read the Rekor public key {}", pem.display()))?;
-            Some(
-                crate::verify::spki_from_pem(&text)
-                    .with_context(|| format!("{} is not a PEM public key", pem.display()))?,
-            )
-        }
-        _ => None,
-    };
-    let mut rekor: Vec<Rekor> = Vec::new();
-    for url in &services.rekor_urls {
-        let key_der = match (&pem_key, &trusted_root) {
-            (Some(key), _) => key.clone(),
-            (None, Some((path, root))) => root
-                .log_key(url)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "trusted root {}: tlogs names no log whose baseUrl is {url}",
-                        path.display()
-                    )
-                })?
-                .to_vec(),
-            (None, None) => bail!("the Rekor log {url} needs --rekor-public-key or --trusted-root to check its answer"),
-        };
-        rekor.push(Rekor {
-            url: url.clone(),
-            key_der,
-        });
-    }
-    let mut tsa_trust = Vec::new();
-    if let (Some((path, root)), false) = (&trusted_root, services.tsa_urls.is_empty()) {
-        if root.tsa_chains.is_empty() {
-            bail!(
-                "trusted root {}: timestampAuthorities is empty, so no timestamp could be checked",
-                path.display()
-            );
-        }
-        for (i, chain) in root.tsa_chains.iter().enumerate() {
-            tsa_trust.push(TrustedTsa::from_der(chain).with_context(|| {
-                format!(
-                    "trusted root {}: timestampAuthorities[{i}].certChain",
-                    path.display()
-                )
-            })?);
-        }
-    }
-    let rekor_v2 = !rekor.is_empty() && services.rekor_version == 2;
-    if rekor_v2 && services.tsa_urls.is_empty() {
-        bail!("a Rekor v2 entry carries no signed time (no signed entry timestamp): add --tsa-url so the bundle gets an RFC 3161 timestamp");
-    }
-    let tsa: Vec<Tsa> = services
-        .tsa_urls
-        .iter()
-        .map(|url| Tsa {
-            url: url.clone(),
-            timeout: std::time::Duration::from_secs(args.tsa_timeout),
-        })
-        .collect();
+    let services = Services::prepare(&args.services, ctx.json)?;
     let mut client = ctx.connect()?;
     let pk = client.public_key(&args.key)?;
     let hash = args.hash.unwrap_or_else(|| pk.alg.default_hash());
-    if rekor_v2 {
-        // Before anything is signed: a key or hash Rekor v2 refuses costs no signature.
-        if pk.alg == KeyAlg::Ed25519 {
-            bail!("{} is an Ed25519 key: Rekor v2 does not accept pure Ed25519 signatures (use an ECDSA or RSA key, or --rekor-version 1)", args.key);
-        }
-        crate::sigstore::key_details(&pk.spki_der.0, hash)
-            .with_context(|| format!("{} cannot be logged in Rekor v2", args.key))?;
+    if !args.raw {
+        // Before anything is signed: a key or hash a log refuses costs no signature.
+        services.check_key(&args.key, pk.alg, &pk.spki_der.0, Some(hash), false)?;
     }
     if !args.raw && pk.alg == KeyAlg::Ed25519 {
         bail!("{} is an Ed25519 key; Sigstore message-signature bundles need an ECDSA or RSA key (or use --raw)", args.key);
@@ -181,11 +106,7 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         raw: args.raw,
         out: if args.raw { &args.out } else { &args.bundle },
         spki: &pk.spki_der.0,
-        rekor: &rekor,
-        rekor_v2,
-        tsa: &tsa,
-        tsa_trust: &tsa_trust,
-        trusted_root: args.trusted_root.as_deref(),
+        services: &services,
     };
     let many = args.files.len() > 1;
     let outcomes = job.sign_files(&mut client, &args.files, many);
@@ -199,9 +120,9 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
             return ctx.print_json(&job.json(&outcome.file, &outcome.out, Ok(&signed)));
         }
         let logged = match signed.logged {
-            Some((index, _)) if job.rekor.len() > 1 => format!(
+            Some((index, _)) if job.services.logs() > 1 => format!(
                 "; logged in Rekor at index {index} and in {} more logs",
-                job.rekor.len() - 1
+                job.services.logs() - 1
             ),
             Some((index, _)) => format!("; logged in Rekor at index {index}"),
             None => String::new(),
@@ -251,69 +172,6 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
     Ok(())
 }
 
-/// The Rekor logs and TSAs of one invocation: from `--rekor-url` and `--tsa-url`, or
-/// chosen from `--signing-config` at the time of signing.
-struct Services {
-    rekor_urls: Vec<String>,
-    /// The Rekor API of every log in `rekor_urls`.
-    rekor_version: u8,
-    tsa_urls: Vec<String>,
-}
-
-impl Services {
-    fn from_args(args: &SignArgs, quiet: bool) -> Result<Services> {
-        let Some(path) = &args.signing_config else {
-            return Ok(Services {
-                rekor_urls: args.rekor_url.iter().cloned().collect(),
-                rekor_version: args.rekor_version,
-                tsa_urls: args.tsa_url.iter().cloned().collect(),
-            });
-        };
-        let name = path.display();
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read the signing config {name}"))?;
-        let chosen = SigningConfig::parse(&bytes)
-            .and_then(|c| c.choose(time::OffsetDateTime::now_utc()))
-            .map_err(|e| anyhow!("signing config {name}: {e}"))?;
-        let rekor_urls: Vec<String> = chosen.rekor.iter().map(|s| s.url.clone()).collect();
-        // `choose` takes the logs of one API version only.
-        let rekor_version = match chosen.rekor.first().map(|s| s.major_api_version) {
-            Some(2) => 2,
-            _ => 1,
-        };
-        let tsa_urls: Vec<String> = chosen.tsa.iter().map(|s| s.url.clone()).collect();
-        if !rekor_urls.is_empty() && args.rekor_public_key.is_none() && args.trusted_root.is_none()
-        {
-            bail!(
-                "signing config {name} chooses the Rekor log {}: add --rekor-public-key (the log's PEM key) or --trusted-root so its answer can be checked",
-                rekor_urls.join(", ")
-            );
-        }
-        if rekor_version == 2 && tsa_urls.is_empty() {
-            bail!(
-                "signing config {name} chooses the Rekor v2 log {}, whose entries carry no signed time, and tsaUrls lists no TSA: add one, so the bundle gets an RFC 3161 timestamp",
-                rekor_urls.join(", ")
-            );
-        }
-        if !quiet {
-            let rekor = match rekor_urls.as_slice() {
-                [] => "no Rekor log".to_string(),
-                urls => format!("Rekor v{rekor_version} {}", urls.join(", ")),
-            };
-            let tsa = match tsa_urls.as_slice() {
-                [] => "no TSA".to_string(),
-                urls => format!("TSA {}", urls.join(", ")),
-            };
-            eprintln!("signing config {name}: {rekor}; {tsa}");
-        }
-        Ok(Services {
-            rekor_urls,
-            rekor_version,
-            tsa_urls,
-        })
-    }
-}
-
 /// What every file of one invocation is signed with, and where its output goes.
 struct Job<'a> {
     key: &'a str,
@@ -323,16 +181,8 @@ struct Job<'a> {
     /// `--out` (with `--raw`) or `--bundle`: one file only.
     out: &'a Option<PathBuf>,
     spki: &'a [u8],
-    /// Log each signature in every one of these logs.
-    rekor: &'a [Rekor],
-    /// Log in `rekor` through its v2 API.
-    rekor_v2: bool,
-    /// Timestamp each signature with every one of these TSAs.
-    tsa: &'a [Tsa],
-    /// With `--trusted-root`: each timestamp must be signed by one of these.
-    tsa_trust: &'a [TrustedTsa],
-    /// `--trusted-root`, to name in errors.
-    trusted_root: Option<&'a Path>,
+    /// The logs and TSAs each bundle gets entries and timestamps from.
+    services: &'a Services,
 }
 
 /// What became of one file.
@@ -455,39 +305,13 @@ impl Job<'_> {
             });
         }
         let mut bundle = Bundle::new(self.spki, self.hash, &digest, signature);
-        let mut logged = None;
-        let mut stamps = Vec::new();
-        for tsa in self.tsa {
-            let stamp = tsa.timestamp(signature).context("no bundle was written")?;
-            if let Some(root) = self.trusted_root {
-                if !self
-                    .tsa_trust
-                    .iter()
-                    .any(|t| t.check(&stamp.response, signature).is_ok())
-                {
-                    bail!(
-                        "TSA at {}: its certificate is not one of the timestampAuthorities of the trusted root {}, nor issued by one; no bundle was written",
-                        tsa.url,
-                        root.display()
-                    );
-                }
-            }
-            stamps.push(json!({ "signedTimestamp": B64.encode(&stamp.response) }));
-        }
-        if !stamps.is_empty() {
-            bundle.verification_material.timestamp_verification_data =
-                Some(json!({ "rfc3161Timestamps": stamps }));
-        }
-        for rekor in self.rekor {
-            let entry = if self.rekor_v2 {
-                rekor.upload_v2(self.hash, &digest, signature, self.spki)
-            } else {
-                rekor.upload(self.hash, &digest, signature, self.spki)
-            }
-            .context("no bundle was written")?;
-            logged.get_or_insert((entry.log_index.0, entry.integrated_time.0));
-            bundle.verification_material.tlog_entries.push(entry);
-        }
+        let what = services::Signed::Message {
+            hash: self.hash,
+            digest: &digest,
+        };
+        let logged =
+            self.services
+                .attach(&mut bundle.verification_material, what, signature, self.spki)?;
         bundle.write(&out)?;
         Ok(Signed {
             alg: signed.alg,

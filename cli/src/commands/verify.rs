@@ -106,10 +106,11 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
     }
     if v.tlog_entries_checked > 0 {
         outln!(
-            "  transparency log: {} entr{} checked (signed entry timestamp, inclusion proof, checkpoint); logged at {}",
+            "  transparency log: {} entr{} checked (inclusion proof, checkpoint{}){}",
             v.tlog_entries_checked,
             if v.tlog_entries_checked == 1 { "y" } else { "ies" },
-            v.integrated_time.map_or(String::new(), |t| format!("{t} (Unix time)"))
+            if v.integrated_time.is_some() { ", signed entry timestamp" } else { "" },
+            v.integrated_time.map_or(String::new(), |t| format!("; logged at {t} (Unix time)"))
         );
     }
     if v.timestamps_checked > 0 {
