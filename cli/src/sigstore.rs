@@ -505,7 +505,12 @@ impl Rekor {
     /// the signing key; then the log's signature, as for hashedrekord. `envelopeHash`
     /// is not compared: it is the hash of the JSON text that was sent, which a bundle
     /// does not keep.
-    pub fn check_dsse_entry(&self, entry: &TlogEntry, envelope: &Envelope, spki: &[u8]) -> Result<()> {
+    pub fn check_dsse_entry(
+        &self,
+        entry: &TlogEntry,
+        envelope: &Envelope,
+        spki: &[u8],
+    ) -> Result<()> {
         if entry.kind_version.kind != "dsse" || entry.kind_version.version != "0.0.1" {
             bail!(
                 "the entry is {} {}, not dsse 0.0.1",
@@ -526,13 +531,18 @@ impl Rekor {
             bail!("the logged payloadHash is not SHA-256 of the envelope's payload");
         }
         let [signature] = envelope.signatures.as_slice() else {
-            bail!("the envelope holds {} signatures, not one", envelope.signatures.len());
+            bail!(
+                "the envelope holds {} signatures, not one",
+                envelope.signatures.len()
+            );
         };
         let logged = match spec["signatures"].as_array().map(Vec::as_slice) {
             Some([one]) => one,
             _ => bail!("the entry does not log exactly one signature"),
         };
-        let logged_sig = logged["signature"].as_str().and_then(|s| B64.decode(s).ok());
+        let logged_sig = logged["signature"]
+            .as_str()
+            .and_then(|s| B64.decode(s).ok());
         if logged_sig.as_deref() != Some(signature.sig.0.as_slice()) {
             bail!("the logged signature is not the envelope's");
         }

@@ -16,10 +16,10 @@ mod ca;
 mod demo;
 mod keys;
 mod manual;
+mod services;
 mod sign;
 mod ssh;
 mod status;
-mod services;
 mod verify;
 
 /// What every command gets: where the agent is and how to print.

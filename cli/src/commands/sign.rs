@@ -309,9 +309,12 @@ impl Job<'_> {
             hash: self.hash,
             digest: &digest,
         };
-        let logged =
-            self.services
-                .attach(&mut bundle.verification_material, what, signature, self.spki)?;
+        let logged = self.services.attach(
+            &mut bundle.verification_material,
+            what,
+            signature,
+            self.spki,
+        )?;
         bundle.write(&out)?;
         Ok(Signed {
             alg: signed.alg,

@@ -108,9 +108,18 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         outln!(
             "  transparency log: {} entr{} checked (inclusion proof, checkpoint{}){}",
             v.tlog_entries_checked,
-            if v.tlog_entries_checked == 1 { "y" } else { "ies" },
-            if v.integrated_time.is_some() { ", signed entry timestamp" } else { "" },
-            v.integrated_time.map_or(String::new(), |t| format!("; logged at {t} (Unix time)"))
+            if v.tlog_entries_checked == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            if v.integrated_time.is_some() {
+                ", signed entry timestamp"
+            } else {
+                ""
+            },
+            v.integrated_time
+                .map_or(String::new(), |t| format!("; logged at {t} (Unix time)"))
         );
     }
     if v.timestamps_checked > 0 {
