@@ -242,7 +242,9 @@ enum KeysCommand {
     group(clap::ArgGroup::new("rekor_key").args(["rekor_public_key", "trusted_root"]))
 )]
 pub struct ServiceArgs {
-    /// Upload the signature to this Rekor log and put the entry into the bundle.
+    /// Upload the signature to this Rekor log and put the entry into the bundle (an
+    /// attestation: its DSSE envelope, as a dsse entry; in Rekor v2 its PAE's
+    /// hashedrekord).
     #[arg(long, value_name = "URL", requires = "rekor_key")]
     pub rekor_url: Option<String>,
     /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked

@@ -7,11 +7,14 @@
 //! them ourselves rather than use the `sigstore-protobuf-specs` crate, which brings
 //! prost and a tree of generated types for the four messages we need.
 //!
-//! Rekor: `hashedrekord` v0.0.1 entries are uploaded with `POST /api/v1/log/entries`.
-//! Before an entry goes into a bundle the answer is checked: the canonicalized body
-//! holds our digest, signature and key; the log ID is the log key's; the signed entry
-//! timestamp (SET) verifies against the log key; the inclusion proof leads to its root
-//! hash and the checkpoint over that root is signed by the log key.
+//! Rekor: `hashedrekord` v0.0.1 entries (message signatures) and `dsse` v0.0.1 entries
+//! (DSSE envelopes) are uploaded with `POST /api/v1/log/entries`. Before an entry goes
+//! into a bundle the answer is checked: the canonicalized body holds our digest (for
+//! dsse: the payload's SHA-256 and the SHA-256 of the envelope sent), signature and key;
+//! the log ID is the log key's; the signed entry timestamp (SET) verifies against the
+//! log key; the inclusion proof leads to its root hash and the checkpoint over that root
+//! is signed by the log key. Rekor v2 takes `hashedrekord` v0.0.2 (for a DSSE envelope:
+//! the PAE's digest and the envelope's signature) with `POST /api/v2/log/entries`.
 
 use std::path::Path;
 use std::time::Duration;

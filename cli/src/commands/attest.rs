@@ -1,7 +1,8 @@
 //! `waxseal attest --key NAME --type URI --predicate FILE SUBJECT...` and `waxseal
 //! attest --key NAME --statement FILE`: an in-toto statement v1, signed by the agent
 //! (purpose `attest`) over its DSSE PAE, written as a Sigstore bundle whose content is
-//! the DSSE envelope (docs/protocol.md, `sign`; README, "Signing releases").
+//! the DSSE envelope (docs/protocol.md, `sign`; README, "Attestations: `waxseal
+//! attest`").
 //!
 //! The statement is checked here before anything is asked, with the reader the agent
 //! uses ([`waxseal_proto::intoto`]), so a statement the agent would refuse costs no

@@ -2,7 +2,8 @@
 //! ([`crate::ServiceArgs`]), one preparation that refuses what cannot work before
 //! anything is signed, and one path from a signature to the bundle's
 //! `verificationMaterial` (its RFC 3161 timestamps and transparency log entries), so the
-//! two commands cannot drift apart (README, "Signing releases").
+//! two commands cannot drift apart (README, "Sigstore bundles and Rekor" and
+//! "Attestations: `waxseal attest`").
 //!
 //! The services come from `--rekor-url` and `--tsa-url`, or are chosen from
 //! `--signing-config` (`crate::signing_config`) at the time of signing. Each log's key

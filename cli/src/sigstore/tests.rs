@@ -236,3 +236,81 @@ fn dsse_bundle_json_follows_the_protobuf_mapping() {
     let back: Bundle = serde_json::from_value(v).unwrap();
     assert_eq!(back, b);
 }
+
+/// A `dsse` v0.0.1 entry whose body is `spec`, otherwise empty: the body checks come
+/// before the log's signatures, so each refusal below is the body's.
+fn dsse_entry(spec: Value) -> TlogEntry {
+    let body = json!({"apiVersion": "0.0.1", "kind": "dsse", "spec": spec});
+    TlogEntry {
+        log_index: Int64(0),
+        log_id: LogId {
+            key_id: B64Bytes(vec![0; 32]),
+        },
+        kind_version: KindVersion {
+            kind: "dsse".into(),
+            version: "0.0.1".into(),
+        },
+        integrated_time: Int64(0),
+        inclusion_promise: None,
+        inclusion_proof: None,
+        canonicalized_body: B64Bytes(body.to_string().into_bytes()),
+    }
+}
+
+#[test]
+fn dsse_entries_must_log_this_envelopes_payload_signature_and_key() {
+    use p256::pkcs8::EncodePublicKey as _;
+    let key = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let spki = key.verifying_key().to_public_key_der().unwrap().to_vec();
+    let other = p256::ecdsa::SigningKey::from_slice(&[8; 32]).unwrap();
+    let other_spki = other.verifying_key().to_public_key_der().unwrap().to_vec();
+    let b = Bundle::new_dsse(&spki, b"{\"statement\":1}", &[5; 70]);
+    let env = b.dsse_envelope.unwrap();
+    let rekor = Rekor {
+        url: String::new(),
+        key_der: spki.clone(),
+    };
+    let payload_hash = hex::encode(Sha256::digest(&env.payload.0));
+    let spec = |hash: &str, sig: &[u8], key: &[u8]| {
+        json!({
+            "envelopeHash": {"algorithm": "sha256", "value": "00"},
+            "payloadHash": {"algorithm": "sha256", "value": hash},
+            "signatures": [{"signature": B64.encode(sig), "verifier": B64.encode(spki_pem(key))}],
+        })
+    };
+    // The body is right: what fails next is the log's own part (its ID, then its SET).
+    let right = dsse_entry(spec(&payload_hash, &[5; 70], &spki));
+    let e = rekor.check_dsse_entry(&right, &env, &spki).unwrap_err();
+    assert!(format!("{e:#}").contains("is not the log key's"), "{e:#}");
+    for (entry, says) in [
+        (
+            dsse_entry(spec(&"ab".repeat(32), &[5; 70], &spki)),
+            "payloadHash",
+        ),
+        (
+            dsse_entry(spec(&payload_hash, &[6; 70], &spki)),
+            "signature is not the envelope's",
+        ),
+        (
+            dsse_entry(spec(&payload_hash, &[5; 70], &other_spki)),
+            "public key is not the signing key",
+        ),
+        (
+            dsse_entry(json!({
+                "payloadHash": {"algorithm": "sha256", "value": payload_hash},
+                "proposedContent": {"envelope": "{}", "verifiers": []},
+            })),
+            "exactly one signature",
+        ),
+    ] {
+        let e = rekor.check_dsse_entry(&entry, &env, &spki).unwrap_err();
+        assert!(format!("{e:#}").contains(says), "{says}: {e:#}");
+    }
+    // A hashedrekord entry is not a dsse entry.
+    let mut wrong_kind = right.clone();
+    wrong_kind.kind_version.kind = "hashedrekord".into();
+    let e = rekor
+        .check_dsse_entry(&wrong_kind, &env, &spki)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("not dsse 0.0.1"), "{e:#}");
+}
