@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 
 use crate::proto::{
     self, Attest, AttestOk, AuditTail, AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg,
-    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PcrSelection, PinPolicy, PinReply, PublicKeyOk, Purpose,
-    Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
-    StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PcrSelection, PinPolicy, PinReply, PublicKeyOk,
+    Purpose, Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk,
+    StoreCertificate, StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 use zeroize::Zeroizing;

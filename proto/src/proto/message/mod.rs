@@ -514,7 +514,9 @@ impl GenerateKey {
     /// `pcr_values` (`pcr_values` only with `pcrs`, one value of the bank's length per
     /// PCR).
     pub fn check_id(&self) -> Result<(), String> {
-        self.id.as_ref().map_or(Ok(()), |id| check_object_id(&id.0))?;
+        self.id
+            .as_ref()
+            .map_or(Ok(()), |id| check_object_id(&id.0))?;
         match (&self.pcrs, &self.pcr_values) {
             (None, None) => Ok(()),
             (None, Some(_)) => Err("`pcr_values` needs `pcrs`".into()),

@@ -181,7 +181,9 @@ pub fn parse_pcr_values(text: &str, sel: &PcrSelection) -> Result<Vec<Bytes>, St
         }
         let (bank, index, hex_text) = if let Some((left, value)) = line.split_once('=') {
             let (bank, index) = left.split_once(':').ok_or_else(|| {
-                at(format!("`{line}` is not BANK:INDEX=HEX (e.g. sha256:7=3d45…)"))
+                at(format!(
+                    "`{line}` is not BANK:INDEX=HEX (e.g. sha256:7=3d45…)"
+                ))
             })?;
             (bank.trim().to_string(), index.trim(), value.trim())
         } else if let Some((index, value)) = line.split_once(':') {
@@ -208,7 +210,11 @@ pub fn parse_pcr_values(text: &str, sel: &PcrSelection) -> Result<Vec<Bytes>, St
             .parse()
             .ok()
             .filter(|&i| i <= MAX_PCR_INDEX)
-            .ok_or_else(|| at(format!("`{index}` is not a PCR index (0 to {MAX_PCR_INDEX})")))?;
+            .ok_or_else(|| {
+                at(format!(
+                    "`{index}` is not a PCR index (0 to {MAX_PCR_INDEX})"
+                ))
+            })?;
         let Some(slot) = sel.pcrs.iter().position(|&i| i == index) else {
             continue;
         };
@@ -284,7 +290,10 @@ mod tests {
         let sel = PcrSelection::parse("sha256:0,16").unwrap();
         let zero = "00".repeat(32);
         let ff = "ff".repeat(32);
-        let ours = format!("# state after boot\nsha256:16=0x{ff}\nsha256:0={zero}\nsha1:0={}\n", "00".repeat(20));
+        let ours = format!(
+            "# state after boot\nsha256:16=0x{ff}\nsha256:0={zero}\nsha1:0={}\n",
+            "00".repeat(20)
+        );
         let v = parse_pcr_values(&ours, &sel).unwrap();
         assert_eq!(v, vec![Bytes(vec![0; 32]), Bytes(vec![0xff; 32])]);
         let pcrread = format!(

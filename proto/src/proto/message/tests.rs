@@ -403,9 +403,18 @@ fn generate_key_pcrs_are_checked_on_decode() {
     ))
     .is_ok());
     for (extra, want) in [
-        (r#","pcrs":{"bank":"sha256","pcrs":[]}"#.to_string(), "at least one"),
-        (r#","pcrs":{"bank":"sha256","pcrs":[24]}"#.to_string(), "does not exist"),
-        (r#","pcrs":{"bank":"sha256","pcrs":[7,0]}"#.to_string(), "ascending"),
+        (
+            r#","pcrs":{"bank":"sha256","pcrs":[]}"#.to_string(),
+            "at least one",
+        ),
+        (
+            r#","pcrs":{"bank":"sha256","pcrs":[24]}"#.to_string(),
+            "does not exist",
+        ),
+        (
+            r#","pcrs":{"bank":"sha256","pcrs":[7,0]}"#.to_string(),
+            "ascending",
+        ),
         (format!(r#","pcr_values":["{v32}"]"#), "needs `pcrs`"),
         (
             format!(r#","pcrs":{{"bank":"sha1","pcrs":[0]}},"pcr_values":["{v32}"]"#),
@@ -418,7 +427,11 @@ fn generate_key_pcrs_are_checked_on_decode() {
     ] {
         let e = generate(&extra).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::BadRequest, "{extra}");
-        assert!(e.error.message.contains(want), "{extra}: {}", e.error.message);
+        assert!(
+            e.error.message.contains(want),
+            "{extra}: {}",
+            e.error.message
+        );
     }
 }
 
