@@ -488,3 +488,54 @@ fn bad_pcr_selections_and_values_files_are_refused_clearly() {
     assert_eq!(std::fs::read(keys.path().join("kept.pem")).unwrap(), before);
     assert!(!keys.path().join("kept.pcr-values").exists());
 }
+
+/// Debian 12's tpm2-openssl 1.1.1 cannot use a key file with a policy: its TSS2 key
+/// decoder knows only type, emptyAuth, parent, pubkey and privkey, so the `[1] policy`
+/// field makes it refuse the file, and it has no policy sessions to run. This test pins
+/// that down (README.md, "TPM keys bound to PCRs"); when a newer provider reads such
+/// files it fails, and the provider should then be tested signing under the policy.
+#[test]
+fn tpm2_openssl_1_1_1_refuses_pcr_bound_key_files_but_reads_unbound_ones() {
+    let tpm = Swtpm::start();
+    let keys = key_dir();
+    let mut agent = tpm_agent(&tpm, keys.path(), None);
+    cli_ok(
+        &agent,
+        &[
+            "keys",
+            "generate",
+            "tpm/bound",
+            "--alg",
+            "p256",
+            "--pcrs",
+            "sha256:16",
+        ],
+    );
+    let plain = agent
+        .client()
+        .generate_key("tpm/plain", waxseal_agent::proto::KeyAlg::P256)
+        .unwrap();
+    agent.terminate();
+    let version =
+        run_ok(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "tpm2-openssl"]));
+    let pubout = |name: &str| {
+        tpm.openssl()
+            .args(["pkey", "-provider", "tpm2", "-provider", "default", "-in"])
+            .arg(keys.path().join(format!("{name}.pem")))
+            .arg("-pubout")
+            .output()
+            .unwrap()
+    };
+    // The control: the same provider, TPM and SRK read a key file without a policy.
+    let out = pubout("plain");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), plain.pem);
+    let out = pubout("bound");
+    let text = output_text(&out);
+    assert!(
+        !out.status.success()
+            && text.contains("Could not read key")
+            && text.contains("unsupported"),
+        "tpm2-openssl {version} read a key file with a policy; test signing under it now: {text}"
+    );
+}
