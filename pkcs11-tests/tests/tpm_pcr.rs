@@ -374,7 +374,27 @@ fn bad_pcr_selections_and_values_files_are_refused_clearly() {
     std::fs::write(&missing, format!("sha256:0={}\n", "00".repeat(32))).unwrap();
     let garbage = dir.join("garbage.pcrs");
     std::fs::write(&garbage, "PCR zero is fine\n").unwrap();
+    let huge = dir.join("huge.pcrs");
+    std::fs::write(&huge, "#".repeat(70_000)).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--pcrs".into(),
+                "sha256:0".into(),
+                "--pcr-values".into(),
+                huge.display().to_string(),
+            ],
+            "not a PCR values file",
+        ),
+        (
+            vec![
+                "--pcrs".into(),
+                "sha256:0".into(),
+                "--pcr-values".into(),
+                "/dev/zero".into(),
+            ],
+            "not a PCR values file",
+        ),
         (
             vec!["--pcrs".into(), "sha256:0,24".into()],
             "`24` in `sha256:0,24` is not a PCR index",

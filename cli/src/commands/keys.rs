@@ -213,17 +213,22 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
 /// The values of `sel`'s PCRs from a `--pcr-values` file (docs: README.md, "TPM keys
 /// bound to PCRs").
 fn read_pcr_values(path: &std::path::Path, sel: &PcrSelection) -> Result<Vec<Vec<u8>>> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("cannot read --pcr-values {}", path.display()))?
-        .len();
-    if len > MAX_PCR_VALUES_FILE as u64 {
+    use std::io::Read as _;
+    let mut text = String::new();
+    // At most one byte past the limit, whatever the file is (`-` is not special, but
+    // /dev/stdin or a FIFO works).
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_PCR_VALUES_FILE as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .with_context(|| format!("cannot read --pcr-values {}", path.display()))?;
+    if text.len() > MAX_PCR_VALUES_FILE {
         anyhow::bail!(
-            "--pcr-values {}: {len} bytes; a PCR values file is at most {MAX_PCR_VALUES_FILE}",
+            "--pcr-values {}: over {MAX_PCR_VALUES_FILE} bytes; not a PCR values file",
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --pcr-values {}", path.display()))?;
     let values = parse_pcr_values(&text, sel)
         .map_err(|e| anyhow::anyhow!("--pcr-values {}: {e}", path.display()))?;
     Ok(values.into_iter().map(|b| b.0).collect())

@@ -1641,12 +1641,18 @@ fn read_key_file(path: &Path, values_path: &Path) -> Result<KeyMeta, String> {
 /// The values in `path` when they are the ones `binding`'s digest was made from;
 /// `None` (logged) otherwise. They only explain a refusal: the TPM checks the PCRs.
 fn read_bound_values(path: &Path, binding: &PcrBinding) -> Option<Vec<Vec<u8>>> {
-    let len = fs::metadata(path).ok()?.len();
-    if len > MAX_PCR_VALUES_FILE as u64 {
+    use std::io::Read as _;
+    let mut text = String::new();
+    // At most one byte past the limit, whatever the file is (a device, a FIFO).
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_PCR_VALUES_FILE as u64 + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    if text.len() > MAX_PCR_VALUES_FILE {
         warn!(file = %path.display(), "PCR values file too long; ignored");
         return None;
     }
-    let text = fs::read_to_string(path).ok()?;
     let values: Vec<Vec<u8>> = match crate::proto::parse_pcr_values(&text, &binding.selection) {
         Ok(v) => v.into_iter().map(|b| b.0).collect(),
         Err(e) => {
