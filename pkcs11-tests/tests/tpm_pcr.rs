@@ -559,3 +559,28 @@ fn tpm2_openssl_1_1_1_refuses_pcr_bound_key_files_but_reads_unbound_ones() {
         "tpm2-openssl {version} read a key file with a policy; test signing under it now: {text}"
     );
 }
+
+#[test]
+fn pcr_bindings_are_refused_for_keys_that_are_not_on_a_tpm() {
+    let (_hsm, agent) = pkcs11_tests::agent_with_keys(&[]);
+    let out = agent.cli(&[
+        "keys",
+        "generate",
+        "hsm/bound",
+        "--alg",
+        "p256",
+        "--pcrs",
+        "sha256:7",
+    ]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("bad-request"), "{text}");
+    assert!(
+        text.contains("`pcrs` binds a TPM key to PCRs; device hsm is a pkcs11 device"),
+        "{text}"
+    );
+    assert!(
+        agent.client().list_keys().unwrap().keys.is_empty(),
+        "no key was made"
+    );
+}
