@@ -5,7 +5,9 @@
 //! (tpm2-openssl, ssh-tpm-agent, tpm2-tools) derive the same parent. The TPM returns
 //! each key wrapped by the SRK; the agent stores it as a TSS2 PEM key file
 //! ([`keyfile`]) under the device's key folder. Persistent keys (0x81……) are
-//! listed and used as `DEVICE/0x81……`.
+//! listed and used as `DEVICE/0x81……`. A key may be bound to PCRs ([`pcr`]): it then
+//! signs only in a policy session that passed TPM2_PolicyPCR, and a refusal is
+//! `pcr-mismatch` naming the PCRs that differ.
 //!
 //! An ESAPI context is not `Send`, so each TPM device is owned by one worker thread;
 //! its single lane ([`TpmLane`]) sends that thread jobs. The thread keeps the SRK and
