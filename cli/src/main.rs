@@ -35,7 +35,7 @@ use waxseal::sshfmt;
 use waxseal::tsa;
 use waxseal::verify;
 
-use waxseal_proto::proto::{HashAlg, KeyAlg, PinPolicy, TouchPolicy};
+use waxseal_proto::proto::{HashAlg, KeyAlg, PcrSelection, PinPolicy, TouchPolicy};
 
 /// Sign with keys that stay inside hardware (PKCS#11 tokens, TPMs, YubiKeys).
 #[derive(Debug, Parser)]
@@ -209,6 +209,15 @@ enum KeysCommand {
         /// YubiKey: when the key wants the PIN (never, once, always).
         #[arg(long, value_parser = parse_pin_policy)]
         pin_policy: Option<PinPolicy>,
+        /// TPM: bind the key to these PCRs, BANK:I,J,… (e.g. sha256:0,2,4,7): it signs
+        /// only while they hold the values it is bound to (their current values, or
+        /// --pcr-values).
+        #[arg(long, value_name = "BANK:PCRS", value_parser = parse_pcrs)]
+        pcrs: Option<PcrSelection>,
+        /// TPM, with --pcrs: bind to the values in FILE instead of the current ones
+        /// (`BANK:INDEX=HEX` lines, or the output of tpm2_pcrread).
+        #[arg(long, value_name = "FILE", requires = "pcrs")]
+        pcr_values: Option<PathBuf>,
     },
     /// Attestation: the device's evidence that the key was made inside it (TPM:
     /// TPM2_Certify by the agent's attestation key). JSON on stdout, or a file in DIR.
@@ -411,6 +420,10 @@ fn parse_touch(s: &str) -> Result<TouchPolicy, String> {
 
 fn parse_pin_policy(s: &str) -> Result<PinPolicy, String> {
     s.parse()
+}
+
+fn parse_pcrs(s: &str) -> Result<PcrSelection, String> {
+    PcrSelection::parse(s)
 }
 
 /// Stdout went away: a closed pipe is a normal end, anything else an error.

@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 
 use crate::proto::{
     self, Attest, AttestOk, AuditTail, AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg,
-    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PinPolicy, PinReply, PublicKeyOk, Purpose,
-    Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
-    StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PcrSelection, PinPolicy, PinReply, PublicKeyOk,
+    Purpose, Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk,
+    StoreCertificate, StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 use zeroize::Zeroizing;
@@ -299,6 +300,28 @@ impl Client {
             touch,
             pin_policy,
             id: None,
+            pcrs: None,
+            pcr_values: None,
+        }))
+    }
+
+    /// `generate_key` on a TPM, bound to the PCRs of `pcrs`: to `values` (one per PCR,
+    /// in the selection's order), or to the PCRs' current values when `None`.
+    pub fn generate_key_pcrs(
+        &mut self,
+        key: &str,
+        alg: KeyAlg,
+        pcrs: PcrSelection,
+        values: Option<Vec<Vec<u8>>>,
+    ) -> Result<GenerateKeyOk, ClientError> {
+        self.call(Op::GenerateKey(GenerateKey {
+            key: key.into(),
+            alg,
+            touch: None,
+            pin_policy: None,
+            id: None,
+            pcrs: Some(pcrs),
+            pcr_values: values.map(|v| v.into_iter().map(Bytes).collect()),
         }))
     }
 
@@ -315,6 +338,8 @@ impl Client {
             touch: None,
             pin_policy: None,
             id: Some(Bytes(id.to_vec())),
+            pcrs: None,
+            pcr_values: None,
         }))
     }
 

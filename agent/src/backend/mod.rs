@@ -23,7 +23,9 @@ pub mod tpm;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
 
-use crate::proto::{ErrorCode, HashAlg, KeyAlg, PinPolicy, RsaPadding, TouchPolicy, WireError};
+use crate::proto::{
+    ErrorCode, HashAlg, KeyAlg, PcrSelection, PinPolicy, RsaPadding, TouchPolicy, WireError,
+};
 pub use crate::x509::CertObject;
 
 /// A key as a device lists it.
@@ -38,6 +40,9 @@ pub struct DeviceKey {
     /// The device's own object id of the key: a PKCS#11 private key's CKA_ID (`None`
     /// when it has none, and on devices without object ids).
     pub id: Option<Vec<u8>>,
+    /// The PCRs a TPM key's policy binds it to (`None`: not bound, and on other
+    /// devices).
+    pub pcrs: Option<PcrSelection>,
 }
 
 /// A certificate the device holds for a key, with the object that holds it.
@@ -85,6 +90,11 @@ pub struct GenerateOptions {
     pub pin_policy: Option<PinPolicy>,
     /// The CKA_ID of a new PKCS#11 key pair (random when `None`).
     pub id: Option<Vec<u8>>,
+    /// TPM: bind the new key to these PCRs.
+    pub pcrs: Option<PcrSelection>,
+    /// TPM, with `pcrs`: the values to bind to, one per PCR of `pcrs` in its order
+    /// (their current values when `None`).
+    pub pcr_values: Option<Vec<Vec<u8>>>,
 }
 
 /// A signature and how it was made.
@@ -140,6 +150,9 @@ pub enum Code {
     BadRequest,
     /// The device failed.
     Failed,
+    /// A TPM key bound to PCRs whose current values differ from the bound ones: the
+    /// TPM refused the key's policy.
+    PcrMismatch,
 }
 
 /// A backend operation that failed: what kind of failure, on which device, and what
@@ -196,6 +209,8 @@ impl BackendError {
         bad_request => BadRequest;
         /// [`Code::Failed`].
         failed => Failed;
+        /// [`Code::PcrMismatch`].
+        pcr_mismatch => PcrMismatch;
     }
 
     /// The wire error for a client: the one place backend errors become codes.
@@ -210,6 +225,7 @@ impl BackendError {
             Code::Unsupported => ErrorCode::Unsupported,
             Code::BadRequest => ErrorCode::BadRequest,
             Code::Failed => ErrorCode::DeviceError,
+            Code::PcrMismatch => ErrorCode::PcrMismatch,
         };
         WireError::new(code, self.to_string())
     }
@@ -254,6 +270,12 @@ pub trait Backend: Send {
             return Err(BackendError::bad_request(
                 self.name(),
                 "`raw_id` sets a PKCS#11 CKA_ID; this kind of device has no object ids",
+            ));
+        }
+        if opts.pcrs.is_some() || opts.pcr_values.is_some() {
+            return Err(BackendError::unsupported(
+                self.name(),
+                "PCR bindings are for TPM keys only",
             ));
         }
         self.generate(label, alg)

@@ -390,6 +390,7 @@ impl KeyStore {
             alg: key.alg,
             uri: key.uri,
             id: key.id.map(Bytes),
+            pcrs: key.pcrs,
         }
     }
 
@@ -520,6 +521,11 @@ impl KeyStore {
             touch: req.touch,
             pin_policy: req.pin_policy,
             id: req.id.as_ref().map(|id| id.0.clone()),
+            pcrs: req.pcrs.clone(),
+            pcr_values: req
+                .pcr_values
+                .as_ref()
+                .map(|v| v.iter().map(|b| b.0.clone()).collect()),
         };
         let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
         req.check_id()
@@ -528,6 +534,12 @@ impl KeyStore {
         if opts.id.is_some() && device.kind != DeviceKind::Pkcs11 {
             return Err(bad(format!(
                 "generate_key: `raw_id` sets the CKA_ID of a key on a pkcs11 device; device {} is a {} device",
+                device.name, device.kind
+            )));
+        }
+        if opts.pcrs.is_some() && device.kind != DeviceKind::Tpm {
+            return Err(bad(format!(
+                "generate_key: `pcrs` binds a TPM key to PCRs; device {} is a {} device",
                 device.name, device.kind
             )));
         }

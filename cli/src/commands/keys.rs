@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 
-use waxseal_proto::proto::TouchPolicy;
+use waxseal_proto::proto::{parse_pcr_values, PcrSelection, TouchPolicy, MAX_PCR_VALUES_FILE};
 
 use super::Ctx;
 use crate::{sshfmt, KeysCommand};
@@ -49,38 +49,63 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
                 .max()
                 .unwrap_or(8)
                 .max(8);
+            // The PCRS column only when some key is bound to PCRs.
+            let pcrs = |k: &waxseal_proto::proto::KeyInfo| {
+                k.pcrs
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |p| p.to_string())
+            };
+            let bound = keys.keys.iter().any(|k| k.pcrs.is_some());
+            let pcr_width = keys
+                .keys
+                .iter()
+                .map(|k| pcrs(k).len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let pcr_col = |text: &str| {
+                if bound {
+                    format!("  {text:pcr_width$}")
+                } else {
+                    String::new()
+                }
+            };
             if uri {
                 outln!(
-                    "{:width$}  {:dev_width$}  {:8}  {:purpose_width$}  URI",
+                    "{:width$}  {:dev_width$}  {:8}{}  {:purpose_width$}  URI",
                     "NAME",
                     "DEVICE",
                     "ALG",
+                    pcr_col("PCRS"),
                     "PURPOSES"
                 );
             } else {
                 outln!(
-                    "{:width$}  {:dev_width$}  {:8}  PURPOSES",
+                    "{:width$}  {:dev_width$}  {:8}{}  PURPOSES",
                     "NAME",
                     "DEVICE",
-                    "ALG"
+                    "ALG",
+                    pcr_col("PCRS")
                 );
             }
             for k in &keys.keys {
                 if uri {
                     outln!(
-                        "{:width$}  {:dev_width$}  {:8}  {:purpose_width$}  {}",
+                        "{:width$}  {:dev_width$}  {:8}{}  {:purpose_width$}  {}",
                         k.name,
                         k.device,
                         k.alg.to_string(),
+                        pcr_col(&pcrs(k)),
                         purposes(k),
                         module_uri(&k.name)
                     );
                 } else {
                     outln!(
-                        "{:width$}  {:dev_width$}  {:8}  {}",
+                        "{:width$}  {:dev_width$}  {:8}{}  {}",
                         k.name,
                         k.device,
                         k.alg.to_string(),
+                        pcr_col(&pcrs(k)),
                         purposes(k)
                     );
                 }
@@ -92,11 +117,26 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             alg,
             touch,
             pin_policy,
+            pcrs,
+            pcr_values,
         } => {
             if touch.is_some_and(|t| t != TouchPolicy::Never) {
                 eprintln!("touch the YubiKey when it blinks: it signs the new key's certificate");
             }
-            let made = client.generate_key_with(&name, alg, touch, pin_policy)?;
+            let made = match pcrs {
+                Some(sel) => {
+                    let values = pcr_values
+                        .map(|path| read_pcr_values(&path, &sel))
+                        .transpose()?;
+                    if touch.is_some() || pin_policy.is_some() {
+                        anyhow::bail!(
+                            "--pcrs binds a TPM key; --touch and --pin-policy are for YubiKey keys"
+                        );
+                    }
+                    client.generate_key_pcrs(&name, alg, sel, values)?
+                }
+                None => client.generate_key_with(&name, alg, touch, pin_policy)?,
+            };
             if ctx.json {
                 return ctx.print_json(&made);
             }
@@ -104,6 +144,9 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
                 "generated {} ({}) on device {}; the private key cannot leave it",
                 made.key.name, made.key.alg, made.key.device
             );
+            if let Some(sel) = &made.key.pcrs {
+                eprintln!("it signs only while PCRs {sel} hold the values it is bound to");
+            }
             out!("{}", made.pem);
             Ok(())
         }
@@ -165,6 +208,30 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The values of `sel`'s PCRs from a `--pcr-values` file (docs: README.md, "TPM keys
+/// bound to PCRs").
+fn read_pcr_values(path: &std::path::Path, sel: &PcrSelection) -> Result<Vec<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    // At most one byte past the limit, whatever the file is (`-` is not special, but
+    // /dev/stdin or a FIFO works).
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_PCR_VALUES_FILE as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .with_context(|| format!("cannot read --pcr-values {}", path.display()))?;
+    if text.len() > MAX_PCR_VALUES_FILE {
+        anyhow::bail!(
+            "--pcr-values {}: over {MAX_PCR_VALUES_FILE} bytes; not a PCR values file",
+            path.display()
+        );
+    }
+    let values = parse_pcr_values(&text, sel)
+        .map_err(|e| anyhow::anyhow!("--pcr-values {}: {e}", path.display()))?;
+    Ok(values.into_iter().map(|b| b.0).collect())
 }
 
 /// The RFC 7512 URI of key `name` (`DEVICE/LABEL`) as the PKCS#11 module shows it: the

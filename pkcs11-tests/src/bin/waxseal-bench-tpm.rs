@@ -55,7 +55,7 @@ fn main() {
         let made = ctx
             .create(
                 srk,
-                key_template(KeyAlg::P256).unwrap(),
+                key_template(KeyAlg::P256, None).unwrap(),
                 None,
                 None,
                 None,
@@ -101,7 +101,7 @@ fn main() {
             key_dir: keys.path().to_path_buf(),
             pin: None,
         });
-        backend.generate("bench", KeyAlg::P256).unwrap();
+        backend.generate("bench", KeyAlg::P256, None, None).unwrap();
         backend.disconnect();
         let input = SignInput {
             digest: &digest,

@@ -37,11 +37,14 @@ pub enum ErrorCode {
     /// `generate_key` named a key that already exists, or an object id (`raw_id`,
     /// `store_certificate`'s `object_id`) that an object on the device has already.
     KeyExists,
+    /// A TPM key bound to PCRs: the PCRs' current values are not the ones the key is
+    /// bound to, so the TPM refuses its policy. The message names the PCRs that differ.
+    PcrMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownKey,
@@ -56,6 +59,7 @@ impl ErrorCode {
         ErrorCode::ConfirmDenied,
         ErrorCode::RateLimited,
         ErrorCode::KeyExists,
+        ErrorCode::PcrMismatch,
     ];
 
     /// The word on the wire, e.g. `pin-incorrect`.
@@ -75,6 +79,7 @@ impl ErrorCode {
             ErrorCode::ConfirmDenied => "confirm-denied",
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::KeyExists => "key-exists",
+            ErrorCode::PcrMismatch => "pcr-mismatch",
         }
     }
 }

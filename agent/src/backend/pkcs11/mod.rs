@@ -175,6 +175,7 @@ impl Backend for Lane {
                     alg: e.alg,
                     uri: Some(shared.uri(link, label, &e.id)),
                     id: (!e.id.is_empty()).then(|| e.id.clone()),
+                    pcrs: None,
                 })
                 .collect();
             keys.sort_by(|a, b| a.label.cmp(&b.label));
@@ -325,6 +326,7 @@ impl Backend for Lane {
                 alg: entry.alg,
                 uri: Some(shared.uri(link, label, &entry.id)),
                 id: (!entry.id.is_empty()).then(|| entry.id.clone()),
+                pcrs: None,
             };
             conn.keys.insert(label.to_string(), entry);
             Ok((key, public))

@@ -17,6 +17,10 @@
 //! }
 //! ```
 //!
+//! `policy` is a `SEQUENCE OF TPMPolicy ::= SEQUENCE { commandCode [0] EXPLICIT INTEGER,
+//! commandPolicy [1] EXPLICIT OCTET STRING }`, the policy commands in the order they
+//! are run; [`super::pcr`] says what waxseal writes there and reads back.
+//!
 //! Pure: no TPM, no IO. A small DER reader/writer of our own, for these few types.
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -41,9 +45,10 @@ pub const PARENT_OWNER: u32 = 0x4000_0001;
 pub struct KeyFile {
     /// True when the key has no auth value (`emptyAuth`).
     pub empty_auth: bool,
-    /// True when the key carries a policy (`policy` or `authPolicy`): it can only be
-    /// used through a policy session.
-    pub has_policy: bool,
+    /// The policy statements (`[1] policy`), in the order they are run.
+    pub policy: Vec<PolicyStep>,
+    /// True when the key carries signed policies (`[3] authPolicy`).
+    pub has_auth_policy: bool,
     /// The parent: [`PARENT_OWNER`] or a persistent handle (0x81…).
     pub parent: u32,
     /// TPM2B_PUBLIC, size prefix included.
@@ -53,6 +58,20 @@ pub struct KeyFile {
     /// Optional description (`[4]`).
     pub description: Option<String>,
 }
+
+/// One statement of a key's policy: `TPMPolicy ::= SEQUENCE { commandCode [0]
+/// EXPLICIT INTEGER, commandPolicy [1] EXPLICIT OCTET STRING }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyStep {
+    /// The TPM command code of the policy command (TPM_CC_PolicyPCR 0x17f…).
+    pub command_code: u32,
+    /// The command's policy: its parameters as the key-file format lays them out
+    /// ([`super::pcr`] for PolicyPCR; empty for PolicyAuthValue).
+    pub body: Vec<u8>,
+}
+
+/// The most policy statements a key file may hold.
+pub const MAX_POLICY_STEPS: usize = 16;
 
 /// A file that is not a loadable TSS2 key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +91,22 @@ impl KeyFile {
             let mut b = Vec::new();
             tlv(&mut b, 0x01, &[0xff]);
             tlv(&mut body, 0xa0, &b);
+        }
+        if !self.policy.is_empty() {
+            let mut seq = Vec::new();
+            for step in &self.policy {
+                let mut code = Vec::new();
+                tlv(&mut code, 0x02, &der_uint(step.command_code));
+                let mut command_policy = Vec::new();
+                tlv(&mut command_policy, 0x04, &step.body);
+                let mut one = Vec::new();
+                tlv(&mut one, 0xa0, &code);
+                tlv(&mut one, 0xa1, &command_policy);
+                tlv(&mut seq, 0x30, &one);
+            }
+            let mut b = Vec::new();
+            tlv(&mut b, 0x30, &seq);
+            tlv(&mut body, 0xa1, &b);
         }
         if let Some(d) = &self.description {
             let mut b = Vec::new();
@@ -144,7 +179,8 @@ impl KeyFile {
         }
         let mut key = KeyFile {
             empty_auth: false,
-            has_policy: false,
+            policy: Vec::new(),
+            has_auth_policy: false,
             parent: 0,
             public: Vec::new(),
             private: Vec::new(),
@@ -161,7 +197,8 @@ impl KeyFile {
                     let b = Reader(inner).expect(0x01, "emptyAuth BOOLEAN")?;
                     key.empty_auth = b.first().is_some_and(|&v| v != 0);
                 }
-                1 | 3 => key.has_policy = true,
+                1 => key.policy = parse_policy(inner)?,
+                3 => key.has_auth_policy = true,
                 2 => {
                     return Err(bad(
                         "the key has an import secret ([2]); only loadable keys are supported",
@@ -200,6 +237,40 @@ impl KeyFile {
     pub fn private_blob(&self) -> &[u8] {
         &self.private[2..]
     }
+}
+
+/// Reads `[1] policy`'s content: a SEQUENCE OF TPMPolicy.
+fn parse_policy(inner: &[u8]) -> Result<Vec<PolicyStep>, KeyFileError> {
+    let mut outer = Reader(inner);
+    let mut seq = Reader(outer.expect(0x30, "policy SEQUENCE OF TPMPolicy")?);
+    if !outer.0.is_empty() {
+        return Err(bad("bytes after the policy SEQUENCE"));
+    }
+    let mut steps = Vec::new();
+    while !seq.0.is_empty() {
+        if steps.len() == MAX_POLICY_STEPS {
+            return Err(bad(format!(
+                "the policy has more than {MAX_POLICY_STEPS} statements"
+            )));
+        }
+        let mut one = Reader(seq.expect(0x30, "TPMPolicy SEQUENCE")?);
+        let code = Reader(one.expect(0xa0, "TPMPolicy commandCode [0]")?)
+            .expect(0x02, "commandCode INTEGER")?;
+        let body = Reader(one.expect(0xa1, "TPMPolicy commandPolicy [1]")?)
+            .expect(0x04, "commandPolicy OCTET STRING")?;
+        if !one.0.is_empty() {
+            return Err(bad("unexpected fields in a TPMPolicy"));
+        }
+        steps.push(PolicyStep {
+            command_code: parse_uint(code)
+                .map_err(|_| bad("a commandCode is not a 32-bit value"))?,
+            body: body.to_vec(),
+        });
+    }
+    if steps.is_empty() {
+        return Err(bad("the policy field holds no statements"));
+    }
+    Ok(steps)
 }
 
 /// Prefixes `bytes` with a TPM2B u16 size.
@@ -293,7 +364,8 @@ mod tests {
     fn sample() -> KeyFile {
         KeyFile {
             empty_auth: true,
-            has_policy: false,
+            policy: Vec::new(),
+            has_auth_policy: false,
             parent: PARENT_OWNER,
             public: tpm2b(&[7u8; 90]),
             private: tpm2b(&[9u8; 200]),
@@ -312,6 +384,37 @@ mod tests {
         k2.parent = 0x8100_0001;
         k2.description = Some("git".into());
         assert_eq!(KeyFile::from_der(&k2.to_der()).unwrap(), k2);
+    }
+
+    #[test]
+    fn policy_round_trip_and_layout() {
+        let mut k = sample();
+        k.empty_auth = false;
+        k.policy = vec![
+            PolicyStep {
+                command_code: 0x17f,
+                body: vec![1, 2, 3],
+            },
+            PolicyStep {
+                command_code: 0x16b,
+                body: Vec::new(),
+            },
+        ];
+        let der = k.to_der();
+        assert_eq!(KeyFile::from_der(&der).unwrap(), k);
+        // [1] { SEQUENCE { SEQUENCE { [0] { INTEGER 0x017f } [1] { OCTET STRING 010203 } } … } }
+        let at = der.windows(2).position(|w| w == [0xa1, 0x1d]).unwrap();
+        assert_eq!(
+            &der[at..at + 33],
+            &[
+                0xa1, 0x1d, 0x30, 0x1b, 0x30, 0x0d, 0xa0, 0x04, 0x02, 0x02, 0x01, 0x7f, 0xa1, 0x05,
+                0x04, 0x03, 1, 2, 3, 0x30, 0x0a, 0xa0, 0x04, 0x02, 0x02, 0x01, 0x6b, 0xa1, 0x02,
+                0x04, 0x00, 0x02, 0x04
+            ]
+        );
+        for n in 0..der.len() {
+            assert!(KeyFile::from_der(&der[..n]).is_err(), "truncated at {n}");
+        }
     }
 
     #[test]

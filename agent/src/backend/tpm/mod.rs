@@ -5,7 +5,9 @@
 //! (tpm2-openssl, ssh-tpm-agent, tpm2-tools) derive the same parent. The TPM returns
 //! each key wrapped by the SRK; the agent stores it as a TSS2 PEM key file
 //! ([`keyfile`]) under the device's key folder. Persistent keys (0x81……) are
-//! listed and used as `DEVICE/0x81……`.
+//! listed and used as `DEVICE/0x81……`. A key may be bound to PCRs ([`pcr`]): it then
+//! signs only in a policy session that passed TPM2_PolicyPCR, and a refusal is
+//! `pcr-mismatch` naming the PCRs that differ.
 //!
 //! An ESAPI context is not `Send`, so each TPM device is owned by one worker thread;
 //! its single lane ([`TpmLane`]) sends that thread jobs. The thread keeps the SRK and
@@ -18,6 +20,7 @@
 //! toward the TPM's dictionary-attack lockout.
 
 pub mod keyfile;
+pub mod pcr;
 
 use std::collections::HashMap;
 use std::fs;
@@ -34,21 +37,22 @@ use secrecy::ExposeSecret as _;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, error, info, warn};
-use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::response_code::{Tss2ResponseCode, Tss2ResponseCodeKind};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::constants::{CapabilityType, PropertyTag, StartupType};
-use tss_esapi::handles::{KeyHandle, ObjectHandle, TpmHandle};
+use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, StartupType};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     Auth, CapabilityData, Data, Digest, EccParameter, EccPoint, EccScheme, HashScheme,
-    HashcheckTicket, KeyDerivationFunctionScheme, Private, Public, PublicBuilder,
-    PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
-    Signature, SignatureScheme, SymmetricDefinitionObject,
+    HashcheckTicket, KeyDerivationFunctionScheme, PcrSelectSize, PcrSelectionList, PcrSlot,
+    Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyRsa,
+    PublicRsaParametersBuilder, RsaExponent, RsaScheme, Signature, SignatureScheme,
+    SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
@@ -56,14 +60,15 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
 use self::keyfile::{tpm2b, KeyFile, PARENT_OWNER};
+use self::pcr::{PcrBinding, CC_POLICY_AUTH_VALUE, CC_POLICY_PCR};
 use super::fault::{self, Fault, Faulted, Recover};
 use super::pingate::{PinGate, PinOffer};
 use super::{
-    crypto, digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey, PublicKey,
-    SignInput, Signed,
+    crypto, digest_hash, Attestation, Backend, BackendError, DeviceInfo, DeviceKey,
+    GenerateOptions, PublicKey, SignInput, Signed,
 };
 use crate::pin::PinSource;
-use crate::proto::{HashAlg, KeyAlg, RsaPadding};
+use crate::proto::{HashAlg, KeyAlg, PcrBank, PcrSelection, RsaPadding, MAX_PCR_VALUES_FILE};
 
 /// Default TCTI: the kernel's resource manager.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
@@ -222,7 +227,30 @@ impl Backend for TpmLane {
         alg: KeyAlg,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
         let label = label.to_string();
-        self.call(move |t| t.generate(&label, alg))
+        self.call(move |t| t.generate(&label, alg, None, None))
+    }
+
+    fn generate_with(
+        &mut self,
+        label: &str,
+        alg: KeyAlg,
+        opts: &GenerateOptions,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        if opts.touch.is_some() || opts.pin_policy.is_some() {
+            return Err(BackendError::unsupported(
+                &self.name,
+                "touch and PIN policies are set on YubiKey keys only",
+            ));
+        }
+        if opts.id.is_some() {
+            return Err(BackendError::bad_request(
+                &self.name,
+                "`raw_id` sets a PKCS#11 CKA_ID; a TPM has no object ids",
+            ));
+        }
+        let label = label.to_string();
+        let (pcrs, values) = (opts.pcrs.clone(), opts.pcr_values.clone());
+        self.call(move |t| t.generate(&label, alg, pcrs, values))
     }
 
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError> {
@@ -363,9 +391,23 @@ struct KeyMeta {
     spki: Vec<u8>,
     restricted: bool,
     sign: bool,
+    /// The key file's PCR policy: `Ok(None)` without one, `Err` naming what waxseal
+    /// cannot run.
+    binding: Result<Option<PcrBinding>, String>,
+    /// The values the key is bound to, from `LABEL.pcr-values` when that file is there
+    /// and its values reach the policy's digest.
+    bound_values: Option<Vec<Vec<u8>>>,
 }
 
 impl KeyMeta {
+    fn pcrs(&self) -> Option<PcrSelection> {
+        self.binding
+            .as_ref()
+            .ok()
+            .and_then(|b| b.as_ref())
+            .map(|b| b.selection.clone())
+    }
+
     fn needs_auth(&self) -> bool {
         self.file.as_ref().is_some_and(|f| !f.empty_auth)
     }
@@ -616,19 +658,24 @@ fn ak_template() -> tss_esapi::Result<Public> {
 
 /// An unrestricted signing key: fixedTPM, fixedParent, sensitiveDataOrigin,
 /// userWithAuth, sign; no scheme fixed, so each signature names its hash and padding.
-pub fn key_template(alg: KeyAlg) -> tss_esapi::Result<Public> {
+/// With `policy` (a PCR-bound key, [`pcr`]): that authPolicy and no userWithAuth, so
+/// only a policy session signs.
+pub fn key_template(alg: KeyAlg, policy: Option<[u8; 32]>) -> tss_esapi::Result<Public> {
     let attrs = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
+        .with_user_with_auth(policy.is_none())
         .with_sign_encrypt(true)
         .with_decrypt(false)
         .with_restricted(false)
         .build()?;
-    let builder = PublicBuilder::new()
+    let mut builder = PublicBuilder::new()
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attrs);
+    if let Some(digest) = policy {
+        builder = builder.with_auth_policy(Digest::try_from(digest.to_vec())?);
+    }
     match alg {
         KeyAlg::P256 | KeyAlg::P384 => builder
             .with_public_algorithm(PublicAlgorithm::Ecc)
@@ -721,7 +768,13 @@ fn meta_from_public(
 ) -> Result<KeyMeta, String> {
     let (alg, spki) = describe_public(&public)?;
     let attrs = public.object_attributes();
+    let binding = match &file {
+        Some(f) => PcrBinding::from_steps(&f.policy),
+        None => Ok(None),
+    };
     Ok(KeyMeta {
+        binding,
+        bound_values: None,
         file,
         persistent,
         alg,
@@ -920,6 +973,11 @@ impl Tpm {
         self.settings.key_dir.join(format!("{label}.pem"))
     }
 
+    /// Where a PCR-bound key's bound values are kept ([`pcr`]).
+    fn values_path(&self, label: &str) -> PathBuf {
+        self.settings.key_dir.join(format!("{label}.pcr-values"))
+    }
+
     /// Reads (or takes from the cache) the key file of `label`.
     fn file_meta(&mut self, label: &str) -> Result<KeyMeta, BackendError> {
         let path = self.key_path(label);
@@ -942,7 +1000,7 @@ impl Tpm {
                 return Ok(c.meta.clone());
             }
         }
-        let meta = read_key_file(&path).map_err(|why| {
+        let meta = read_key_file(&path, &self.values_path(label)).map_err(|why| {
             BackendError::failed(
                 self.name(),
                 format!("{} is not a usable TPM key: {why}", path.display()),
@@ -998,6 +1056,7 @@ impl Tpm {
                         self.key_path(&label).display()
                     )),
                     id: None,
+                    pcrs: meta.pcrs(),
                     label,
                     alg: meta.alg,
                 }),
@@ -1042,6 +1101,7 @@ impl Tpm {
                 alg,
                 uri: Some(format!("tpm:handle={h:#010x}")),
                 id: None,
+                pcrs: None,
             });
         }
         Ok(keys)
@@ -1056,11 +1116,15 @@ impl Tpm {
         })
     }
 
-    /// Creates a key under the SRK and writes its TSS2 PEM file.
+    /// Creates a key under the SRK and writes its TSS2 PEM file. With `pcrs`, the key
+    /// is bound to those PCRs: to `values` (one per PCR, in the selection's order), or
+    /// to their current values ([`pcr`]).
     pub fn generate(
         &mut self,
         label: &str,
         alg: KeyAlg,
+        pcrs: Option<PcrSelection>,
+        values: Option<Vec<Vec<u8>>>,
     ) -> Result<(DeviceKey, PublicKey), BackendError> {
         if !valid_file_label(label) {
             return Err(BackendError::bad_request(self.name(), format!(
@@ -1095,10 +1159,41 @@ impl Tpm {
             }
             None => None,
         };
-        let template = key_template(alg).map_err(|e| {
-            BackendError::failed(self.name(), format!("cannot build the key template: {e}"))
-        })?;
         let empty_auth = auth.is_none();
+        let bound = match (pcrs, values) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(BackendError::bad_request(
+                    self.name(),
+                    "PCR values were given without the PCRs they are for",
+                ))
+            }
+            (Some(sel), values) => {
+                sel.check()
+                    .map_err(|e| BackendError::bad_request(self.name(), e))?;
+                // Read even when values are given: it shows that the TPM has the bank.
+                let name = self.settings.name.clone();
+                let current = self.with_conn(|conn, _| read_pcrs(conn, &name, &sel))?;
+                let values = match values {
+                    None => current,
+                    Some(v) => {
+                        let as_bytes: Vec<crate::proto::Bytes> =
+                            v.iter().cloned().map(crate::proto::Bytes).collect();
+                        crate::proto::check_pcr_values(&sel, &as_bytes)
+                            .map_err(|e| BackendError::bad_request(self.name(), e))?;
+                        v
+                    }
+                };
+                Some((sel, values))
+            }
+        };
+        let binding = bound
+            .as_ref()
+            .map(|(sel, v)| PcrBinding::new(sel.clone(), pcr::pcr_digest(v), !empty_auth));
+        let template =
+            key_template(alg, binding.as_ref().map(PcrBinding::policy_digest)).map_err(|e| {
+                BackendError::failed(self.name(), format!("cannot build the key template: {e}"))
+            })?;
         let created = self.with_conn(|conn, _| {
             let srk = conn.srk()?;
             conn.with_object_room(|c| {
@@ -1117,7 +1212,8 @@ impl Tpm {
         })?;
         let file = KeyFile {
             empty_auth,
-            has_policy: false,
+            policy: binding.as_ref().map(PcrBinding::steps).unwrap_or_default(),
+            has_auth_policy: false,
             parent: PARENT_OWNER,
             public: tpm2b(&public_area),
             private: tpm2b(created.out_private.value()),
@@ -1135,6 +1231,23 @@ impl Tpm {
             &path,
             file.to_pem().as_bytes(),
         )?;
+        if let Some((sel, values)) = &bound {
+            // The key file is ours now (it did not exist): a values file left by an
+            // earlier key of this name is replaced. Without it a refusal could not say
+            // which PCRs differ, so the key goes too when it cannot be written.
+            let values_path = self.values_path(label);
+            if let Err(e) = replace_file(&values_path, pcr::values_text(sel, values).as_bytes()) {
+                let _ = fs::remove_file(&path);
+                return Err(BackendError::failed(
+                    self.name(),
+                    format!(
+                        "cannot write {}: {e}; the new key was removed",
+                        values_path.display()
+                    ),
+                ));
+            }
+            info!(device = %self.settings.name, key = %label, pcrs = %sel, "TPM key bound to PCRs");
+        }
         info!(device = %self.settings.name, key = %label, %alg, file = %path.display(), "TPM key generated");
         Ok((
             DeviceKey {
@@ -1142,6 +1255,7 @@ impl Tpm {
                 alg: meta.alg,
                 uri: Some(format!("tpm:name={label};file={}", path.display())),
                 id: None,
+                pcrs: meta.pcrs(),
             },
             PublicKey {
                 alg: meta.alg,
@@ -1170,16 +1284,28 @@ impl Tpm {
         let digest = Digest::try_from(input.digest.to_vec())
             .map_err(|e| BackendError::bad_request(&self.settings.name, format!("digest: {e}")))?;
         let label_owned = label.to_string();
+        let binding = meta.binding.clone().ok().flatten();
+        let device = self.settings.name.clone();
         let signature = self.with_conn(|conn, cx| {
             let handle = load_key(conn, cx, &label_owned, &meta, KeyAuth::value(&auth))?;
+            // A PCR-bound key signs in a policy session that has passed its policy.
+            let session = match &binding {
+                None => AuthSession::Password,
+                Some(b) => {
+                    start_policy(conn, &device, &label_owned, b, meta.bound_values.as_deref())?
+                }
+            };
             // A persistent key needs a free object slot while it signs.
             let result = conn.with_object_room(|c| {
                 c.cmd("TPM2_Sign", |ctx| {
-                    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.execute_with_session(Some(session), |ctx| {
                         ctx.sign(handle, digest.clone(), scheme, null_ticket()?)
                     })
                 })
             });
+            if binding.is_some() {
+                flush_session(conn, session);
+            }
             cx.auth_outcome(&label_owned, KeyAuth::offer(&auth), result)
         })?;
         let bytes = match signature {
@@ -1461,8 +1587,14 @@ fn check_usable(device: &str, label: &str, meta: &KeyMeta) -> Result<(), Backend
             format!("key {label} is not a signing key"),
         ));
     }
-    if meta.file.as_ref().is_some_and(|f| f.has_policy) {
-        return Err(BackendError::unsupported(device, format!("key {label} is bound to a TPM policy; waxseal signs only with keys authorised by an auth value")));
+    if meta.file.as_ref().is_some_and(|f| f.has_auth_policy) {
+        return Err(BackendError::unsupported(device, format!("key {label} carries signed policies (authPolicy, PolicyAuthorize); waxseal runs only PCR policies (PolicyPCR, PolicyAuthValue)")));
+    }
+    if let Err(why) = &meta.binding {
+        return Err(BackendError::unsupported(
+            device,
+            format!("key {label} cannot be used: {why}"),
+        ));
     }
     Ok(())
 }
@@ -1494,13 +1626,47 @@ fn auth_of(device: &str, pin: &[u8]) -> Result<Auth, BackendError> {
         .map_err(|e| BackendError::bad_request(device, format!("auth value: {e}")))
 }
 
-/// Reads a TSS2 PEM key file.
-fn read_key_file(path: &Path) -> Result<KeyMeta, String> {
+/// Reads a TSS2 PEM key file, and for a PCR-bound key the bound values beside it
+/// (`values_path`).
+fn read_key_file(path: &Path, values_path: &Path) -> Result<KeyMeta, String> {
     let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
     let file = KeyFile::from_pem(&text).map_err(|e| e.0)?;
     let public = Public::unmarshall(file.public_area())
         .map_err(|e| format!("its public area does not parse: {e}"))?;
-    meta_from_public(public, Some(file), None)
+    let mut meta = meta_from_public(public, Some(file), None)?;
+    if let Ok(Some(b)) = &meta.binding {
+        meta.bound_values = read_bound_values(values_path, b);
+    }
+    Ok(meta)
+}
+
+/// The values in `path` when they are the ones `binding`'s digest was made from;
+/// `None` (logged) otherwise. They only explain a refusal: the TPM checks the PCRs.
+fn read_bound_values(path: &Path, binding: &PcrBinding) -> Option<Vec<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    // At most one byte past the limit, whatever the file is (a device, a FIFO).
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_PCR_VALUES_FILE as u64 + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    if text.len() > MAX_PCR_VALUES_FILE {
+        warn!(file = %path.display(), "PCR values file too long; ignored");
+        return None;
+    }
+    let values: Vec<Vec<u8>> = match crate::proto::parse_pcr_values(&text, &binding.selection) {
+        Ok(v) => v.into_iter().map(|b| b.0).collect(),
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "PCR values file ignored");
+            return None;
+        }
+    };
+    if pcr::pcr_digest(&values) != binding.pcr_digest {
+        warn!(file = %path.display(), "the PCR values file does not match the key's policy; ignored");
+        return None;
+    }
+    Some(values)
 }
 
 /// The public area of persistent key `handle`.
@@ -1635,6 +1801,173 @@ fn load_key(
     Ok(handle)
 }
 
+fn hashing_of_bank(bank: PcrBank) -> HashingAlgorithm {
+    match bank {
+        PcrBank::Sha1 => HashingAlgorithm::Sha1,
+        PcrBank::Sha256 => HashingAlgorithm::Sha256,
+        PcrBank::Sha384 => HashingAlgorithm::Sha384,
+        PcrBank::Sha512 => HashingAlgorithm::Sha512,
+    }
+}
+
+/// A TPML_PCR_SELECTION of `indices` in `bank`, three select octets (as the key
+/// file's policy marshals it: the policy digest covers these bytes).
+fn selection_list(bank: PcrBank, indices: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
+    let slots = indices
+        .iter()
+        .map(|&i| PcrSlot::try_from(1u32 << i))
+        .collect::<tss_esapi::Result<Vec<_>>>()?;
+    PcrSelectionList::builder()
+        .with_size_of_select(PcrSelectSize::ThreeOctets)
+        .with_selection(hashing_of_bank(bank), &slots)
+        .build()
+}
+
+/// The current values of `sel`'s PCRs, in its order. TPM2_PCR_Read returns at most 8
+/// values per call, so they are read 8 at a time.
+fn read_pcrs(conn: &mut Conn, device: &str, sel: &PcrSelection) -> Result<Vec<Vec<u8>>, Fail> {
+    let mut values = Vec::with_capacity(sel.pcrs.len());
+    for chunk in sel.pcrs.chunks(8) {
+        let list = selection_list(sel.bank, chunk).map_err(|e| Fail::Tpm("PCR selection", e))?;
+        let (_, _, digests) = conn.cmd("TPM2_PCR_Read", |c| c.pcr_read(list.clone()))?;
+        if digests.len() != chunk.len() {
+            return Err(Fail::Backend(BackendError::unsupported(
+                device,
+                format!(
+                    "the TPM has no active {} PCR bank (PCR_Read returned {} of {} values); pick a bank it has (tpm2_getcap pcrs lists them)",
+                    sel.bank,
+                    digests.len(),
+                    chunk.len()
+                ),
+            )));
+        }
+        for d in digests.value() {
+            values.push(d.value().to_vec());
+        }
+    }
+    Ok(values)
+}
+
+/// Starts a policy session and runs `binding`'s policy in it. When the TPM refuses
+/// PolicyPCR because the PCRs are not the bound values, the PCRs are read and the
+/// answer is `pcr-mismatch` naming those that differ.
+fn start_policy(
+    conn: &mut Conn,
+    device: &str,
+    label: &str,
+    binding: &PcrBinding,
+    bound_values: Option<&[Vec<u8>]>,
+) -> Result<AuthSession, Fail> {
+    let session = conn
+        .cmd("TPM2_StartAuthSession", |c| {
+            c.start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::Null,
+                HashingAlgorithm::Sha256,
+            )
+        })?
+        .ok_or_else(|| {
+            Fail::Backend(BackendError::failed(
+                device,
+                "TPM2_StartAuthSession returned no session",
+            ))
+        })?;
+    let result = run_policy(conn, device, label, binding, bound_values, session);
+    if result.is_err() {
+        flush_session(conn, session);
+    }
+    result.map(|()| session)
+}
+
+fn run_policy(
+    conn: &mut Conn,
+    device: &str,
+    label: &str,
+    binding: &PcrBinding,
+    bound_values: Option<&[Vec<u8>]>,
+    session: AuthSession,
+) -> Result<(), Fail> {
+    // Kept open after TPM2_Sign; flushed by the agent either way.
+    let (attrs, mask) = SessionAttributesBuilder::new()
+        .with_continue_session(true)
+        .build();
+    conn.ctx
+        .tr_sess_set_attributes(session, attrs, mask)
+        .map_err(|e| Fail::Tpm("Esys_TRSess_SetAttributes", e))?;
+    let policy = PolicySession::try_from(session).map_err(|e| Fail::Tpm("policy session", e))?;
+    let sel = &binding.selection;
+    let list = selection_list(sel.bank, &sel.pcrs).map_err(|e| Fail::Tpm("PCR selection", e))?;
+    let digest =
+        Digest::try_from(binding.pcr_digest.to_vec()).map_err(|e| Fail::Tpm("PCR digest", e))?;
+    for &code in &binding.order {
+        match code {
+            CC_POLICY_PCR => {
+                match conn.cmd("TPM2_PolicyPCR", |c| {
+                    c.policy_pcr(policy, digest.clone(), list.clone())
+                }) {
+                    Ok(()) => {}
+                    Err(Fail::Tpm(_, e)) if tpm_kind(&e) == Some(Tss2ResponseCodeKind::Value) => {
+                        let current = read_pcrs(conn, device, sel)?;
+                        let why = pcr::describe_mismatch(sel, &current, bound_values);
+                        warn!(device, key = %label, pcrs = %sel, "PCR policy refused: the PCRs are not in the bound state");
+                        return Err(Fail::Backend(BackendError::pcr_mismatch(
+                            device,
+                            format!("key {label}: {why}"),
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            CC_POLICY_AUTH_VALUE => {
+                conn.cmd("TPM2_PolicyAuthValue", |c| c.policy_auth_value(policy))?;
+            }
+            other => {
+                return Err(Fail::Backend(BackendError::unsupported(
+                    device,
+                    format!("key {label}: policy command {other:#x} is not supported"),
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn flush_session(conn: &mut Conn, session: AuthSession) {
+    let handle = ObjectHandle::from(SessionHandle::from(session));
+    let _ = conn.cmd("TPM2_FlushContext (session)", |c| c.flush_context(handle));
+}
+
+/// Writes `path` whole, replacing what was there: a temporary file (0600) beside it,
+/// synced, then renamed over it.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn set_auth(conn: &mut Conn, handle: KeyHandle, auth: &Auth) -> Result<(), Fail> {
     conn.ctx
         .tr_set_auth(ObjectHandle::from(handle), auth.clone())
@@ -1732,12 +2065,16 @@ mod tests {
             KeyAlg::Rsa(2048),
             KeyAlg::Rsa(3072),
         ] {
-            let t = key_template(alg).unwrap();
+            let t = key_template(alg, None).unwrap();
             let a = t.object_attributes();
             assert!(a.fixed_tpm() && a.fixed_parent() && a.sensitive_data_origin());
             assert!(a.user_with_auth() && a.sign_encrypt());
             assert!(!a.decrypt() && !a.restricted());
+            // Bound to PCRs: only a policy session may use it.
+            let t = key_template(alg, Some([5; 32])).unwrap();
+            assert!(!t.object_attributes().user_with_auth());
+            assert_eq!(t.auth_policy().value(), &[5; 32]);
         }
-        assert!(key_template(KeyAlg::Ed25519).is_err());
+        assert!(key_template(KeyAlg::Ed25519, None).is_err());
     }
 }

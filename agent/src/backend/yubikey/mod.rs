@@ -122,6 +122,7 @@ impl Backend for Lane {
                         label_of(slot)
                     )),
                     id: None,
+                    pcrs: None,
                 });
             }
         }
@@ -253,6 +254,7 @@ impl Backend for Lane {
                     self.serial_text()
                 )),
                 id: None,
+                pcrs: None,
             },
             PublicKey { alg, spki_der },
         ))

@@ -219,6 +219,9 @@ macro_rules! word_enum {
     };
 }
 
+mod pcr;
+pub use pcr::*;
+
 word_enum! {
     /// What a signature is for; policy decides which purposes a key serves.
     Purpose {
@@ -496,12 +499,34 @@ pub struct GenerateKey {
     /// request's `id` is its request id.
     #[serde(rename = "raw_id", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Bytes>,
+    /// TPM: bind the new key to these PCRs (its policy is TPM2_PolicyPCR over them).
+    /// Other devices refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcrs: Option<PcrSelection>,
+    /// TPM, with `pcrs`: the values to bind to, one per PCR in `pcrs`' order (the
+    /// PCRs' current values if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr_values: Option<Vec<Bytes>>,
 }
 
 impl GenerateKey {
-    /// Checks `raw_id`, when given: 1 to [`MAX_OBJECT_ID`] bytes.
+    /// Checks `raw_id`, when given: 1 to [`MAX_OBJECT_ID`] bytes; and `pcrs` and
+    /// `pcr_values` (`pcr_values` only with `pcrs`, one value of the bank's length per
+    /// PCR).
     pub fn check_id(&self) -> Result<(), String> {
-        self.id.as_ref().map_or(Ok(()), |id| check_object_id(&id.0))
+        self.id
+            .as_ref()
+            .map_or(Ok(()), |id| check_object_id(&id.0))?;
+        match (&self.pcrs, &self.pcr_values) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err("`pcr_values` needs `pcrs`".into()),
+            (Some(sel), values) => {
+                sel.check().map_err(|e| format!("`pcrs`: {e}"))?;
+                values.as_ref().map_or(Ok(()), |v| {
+                    check_pcr_values(sel, v).map_err(|e| format!("`pcr_values`: {e}"))
+                })
+            }
+        }
     }
 }
 

@@ -101,6 +101,10 @@ pub struct KeyInfo {
     /// keys, and for a PKCS#11 key without a `CKA_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Bytes>,
+    /// TPM keys bound to PCRs: the bank and PCRs of the key's TPM2_PolicyPCR. Absent
+    /// for keys without a PCR binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcrs: Option<PcrSelection>,
 }
 
 /// `list_keys` result.

@@ -113,6 +113,8 @@ fn request_round_trip() {
             touch: None,
             pin_policy: None,
             id: None,
+            pcrs: None,
+            pcr_values: None,
         }),
         Op::GenerateKey(GenerateKey {
             key: "a/fulcio".into(),
@@ -120,6 +122,8 @@ fn request_round_trip() {
             touch: None,
             pin_policy: None,
             id: Some(Bytes(vec![0x00, 0x99, 0xff])),
+            pcrs: None,
+            pcr_values: None,
         }),
         Op::GenerateKey(GenerateKey {
             key: "yk/9c".into(),
@@ -127,6 +131,17 @@ fn request_round_trip() {
             touch: Some(TouchPolicy::Cached),
             pin_policy: Some(PinPolicy::Always),
             id: None,
+            pcrs: None,
+            pcr_values: None,
+        }),
+        Op::GenerateKey(GenerateKey {
+            key: "tpm/root".into(),
+            alg: KeyAlg::P384,
+            touch: None,
+            pin_policy: None,
+            id: None,
+            pcrs: Some(PcrSelection::parse("sha256:0,7").unwrap()),
+            pcr_values: Some(vec![Bytes(vec![0; 32]), Bytes(vec![1; 32])]),
         }),
         Op::Unlock(Unlock {
             device: Some("yk".into()),
@@ -369,6 +384,58 @@ fn store_certificate_takes_exactly_one_object_id() {
 }
 
 #[test]
+fn generate_key_pcrs_are_checked_on_decode() {
+    let generate = |extra: &str| {
+        decode(&format!(
+            r#"{{"id":8,"op":"generate_key","key":"tpm/k","alg":"p256"{extra}}}"#
+        ))
+    };
+    let Op::GenerateKey(g) = generate(r#","pcrs":{"bank":"sha256","pcrs":[0,7]}"#)
+        .unwrap()
+        .op
+    else {
+        panic!("not generate_key")
+    };
+    assert_eq!(g.pcrs.unwrap().to_string(), "sha256:0,7");
+    let v32 = B64.encode([0u8; 32]);
+    assert!(generate(&format!(
+        r#","pcrs":{{"bank":"sha256","pcrs":[0]}},"pcr_values":["{v32}"]"#
+    ))
+    .is_ok());
+    for (extra, want) in [
+        (
+            r#","pcrs":{"bank":"sha256","pcrs":[]}"#.to_string(),
+            "at least one",
+        ),
+        (
+            r#","pcrs":{"bank":"sha256","pcrs":[24]}"#.to_string(),
+            "does not exist",
+        ),
+        (
+            r#","pcrs":{"bank":"sha256","pcrs":[7,0]}"#.to_string(),
+            "ascending",
+        ),
+        (format!(r#","pcr_values":["{v32}"]"#), "needs `pcrs`"),
+        (
+            format!(r#","pcrs":{{"bank":"sha1","pcrs":[0]}},"pcr_values":["{v32}"]"#),
+            "sha1 PCRs are 20 bytes",
+        ),
+        (
+            format!(r#","pcrs":{{"bank":"sha256","pcrs":[0,1]}},"pcr_values":["{v32}"]"#),
+            "1 PCR values for 2 PCRs",
+        ),
+    ] {
+        let e = generate(&extra).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::BadRequest, "{extra}");
+        assert!(
+            e.error.message.contains(want),
+            "{extra}: {}",
+            e.error.message
+        );
+    }
+}
+
+#[test]
 fn generate_key_raw_id_is_one_to_64_bytes() {
     let generate = |id: &str| {
         decode(&format!(
@@ -409,9 +476,11 @@ fn new_optional_members_are_left_out_when_absent() {
         purposes: vec![Purpose::Digest],
         uri: None,
         id: None,
+        pcrs: None,
     };
     let json = serde_json::to_string(&info).unwrap();
     assert!(!json.contains("\"id\""), "{json}");
+    assert!(!json.contains("\"pcrs\""), "{json}");
     let with_id = KeyInfo {
         id: Some(Bytes(vec![0x39, 0x39])),
         ..info
