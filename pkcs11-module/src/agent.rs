@@ -91,7 +91,9 @@ pub fn rv_of(code: ErrorCode) -> CK_RV {
         ErrorCode::PolicyDenied
         | ErrorCode::ConfirmDenied
         | ErrorCode::RateLimited
-        | ErrorCode::Locked => CKR_FUNCTION_REJECTED,
+        | ErrorCode::Locked
+        | ErrorCode::ApprovalRefused
+        | ErrorCode::ApprovalExpired => CKR_FUNCTION_REJECTED,
         ErrorCode::PinIncorrect => CKR_PIN_INCORRECT,
         ErrorCode::PinBlocked => CKR_PIN_LOCKED,
         ErrorCode::PinRequired => CKR_USER_NOT_LOGGED_IN,

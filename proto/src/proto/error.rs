@@ -37,11 +37,17 @@ pub enum ErrorCode {
     /// `generate_key` named a key that already exists, or an object id (`raw_id`,
     /// `store_certificate`'s `object_id`) that an object on the device has already.
     KeyExists,
+    /// An `approve` was refused: not a signature over a pending request's text by one
+    /// of the key's approvers that has not approved it yet (the message says which).
+    ApprovalRefused,
+    /// A request waiting for its quorum of approvals timed out (or its requester went
+    /// away) before the quorum was reached: nothing was signed.
+    ApprovalExpired,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownKey,
@@ -56,6 +62,8 @@ impl ErrorCode {
         ErrorCode::ConfirmDenied,
         ErrorCode::RateLimited,
         ErrorCode::KeyExists,
+        ErrorCode::ApprovalRefused,
+        ErrorCode::ApprovalExpired,
     ];
 
     /// The word on the wire, e.g. `pin-incorrect`.
@@ -75,6 +83,8 @@ impl ErrorCode {
             ErrorCode::ConfirmDenied => "confirm-denied",
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::KeyExists => "key-exists",
+            ErrorCode::ApprovalRefused => "approval-refused",
+            ErrorCode::ApprovalExpired => "approval-expired",
         }
     }
 }
