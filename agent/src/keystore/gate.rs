@@ -279,6 +279,23 @@ impl KeyStore {
                 return Err(e);
             }
         };
+        // Quorum approval: the request waits here, with the exact bytes to sign in
+        // hand, until enough approvers signed its text (crate::approvals).
+        if let Some(approvals) = self.policy().approvals(key).cloned() {
+            let approved = self
+                .await_approvals(key, purpose, caller, &approvals, &prepared, ui)
+                .and_then(|a| self.check_unlocked().map(|()| a));
+            match approved {
+                Ok((id, names)) => {
+                    subject.insert("approval".into(), json!(id));
+                    subject.insert("approved_by".into(), json!(names));
+                }
+                Err(e) => {
+                    self.audit_refusal(key, purpose, caller, subject, &e);
+                    return Err(e);
+                }
+            }
+        }
         let refuse = |e: WireError| {
             self.audit_refusal(key, purpose, caller, subject.clone(), &e);
             e
