@@ -195,8 +195,8 @@ impl State {
 /// How a wait ended.
 #[derive(Debug)]
 pub enum Waited {
-    /// The quorum was reached: these approvers (names) approved.
-    Approved(Vec<String>),
+    /// The quorum was reached: the request as closed, with who approved.
+    Approved(ApprovalInfo),
     /// Nothing signs: why (code `approval-expired`).
     Refused(WireError),
 }
@@ -370,7 +370,7 @@ impl Approvals {
                 if e.approved.len() >= e.info.quorum as usize {
                     let e = state.close(at, Closed::Done);
                     self.changed.notify_all();
-                    return Waited::Approved(e.info.approved_by);
+                    return Waited::Approved(e.info);
                 }
                 let now = Instant::now();
                 if now >= e.deadline {

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::gate::Prepared;
-use super::{Interaction, KeyStore};
+use super::{wire, Device, Interaction, KeyStore};
 use crate::approvals::{self, Accepted, ApprovalPolicy, Waited};
 use crate::audit::{self, Record};
 use crate::policy::Caller;
@@ -51,6 +51,8 @@ impl KeyStore {
         caller: &Caller,
         policy: &ApprovalPolicy,
         prepared: &Prepared<'_>,
+        device: &Device,
+        label: &str,
         ui: &mut dyn Interaction,
     ) -> Result<(String, Vec<String>), WireError> {
         let signs = if prepared.raw {
@@ -60,13 +62,18 @@ impl KeyStore {
                 hex::encode(Sha256::digest(&prepared.digest))
             )
         } else {
-            format!(
-                "{} digest {}",
-                prepared
-                    .hash
-                    .map_or("the key's default hash".to_string(), |h| h.to_string()),
-                hex::encode(&prepared.digest)
-            )
+            let hash = match prepared.hash {
+                Some(h) => h,
+                None => {
+                    device
+                        .lanes
+                        .run(|b| b.public_key(label))?
+                        .map_err(wire)?
+                        .alg
+                        .default_hash()
+                }
+            };
+            format!("{hash} digest {}", hex::encode(&prepared.digest))
         };
         let ask = approvals::Ask {
             key,
@@ -106,9 +113,13 @@ impl KeyStore {
             }
             None => ui.gone(),
         }) {
-            Waited::Approved(names) => {
-                info!(key, approval = %id, approved_by = %names.join(", "), "quorum reached");
-                Ok((id, names))
+            Waited::Approved(info) => {
+                info!(key, approval = %id, approved_by = %info.approved_by.join(", "), "quorum reached");
+                ui.approval(
+                    &format!("{}; quorum reached, signing", progress_notice(&info)),
+                    &info,
+                );
+                Ok((id, info.approved_by))
             }
             Waited::Refused(e) => Err(e),
         }

@@ -283,7 +283,7 @@ impl KeyStore {
         // hand, until enough approvers signed its text (crate::approvals).
         if let Some(approvals) = self.policy().approvals(key).cloned() {
             let approved = self
-                .await_approvals(key, purpose, caller, &approvals, &prepared, ui)
+                .await_approvals(key, purpose, caller, &approvals, &prepared, device, label, ui)
                 .and_then(|a| self.check_unlocked().map(|()| a));
             match approved {
                 Ok((id, names)) => {

@@ -1,0 +1,394 @@
+//! Quorum approval (docs/protocol.md, "Approvals"): a SoftHSM2 key whose `[[key]]
+//! approvals` names an Ed25519 and an ECDSA approver signs only once both signed the
+//! request's text with the real `ssh-keygen -Y sign -n waxseal-approval`; strangers,
+//! other namespaces, duplicates, replays from another request and late approvals are
+//! refused naming why; every step is an audit record and the chain verifies.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use p256::pkcs8::DecodePublicKey;
+use pkcs11_tests::{
+    audit_records, bins, output_text, pkcs11_device, require, Agent, SoftHsm,
+};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const KEY: &str = "hsm/root";
+
+/// An approver's key pair in files, made by ssh-keygen.
+struct Approver {
+    private: PathBuf,
+    line: String,
+}
+
+fn approver(dir: &Path, name: &str, kind: &[&str]) -> Approver {
+    require("ssh-keygen");
+    let private = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&private)
+        .args(kind)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", output_text(&out));
+    let line = std::fs::read_to_string(private.with_extension("pub"))
+        .expect("the public key line")
+        .trim()
+        .to_string();
+    Approver { private, line }
+}
+
+/// Signs `text` with `ssh-keygen -Y sign` in `namespace`; the armored signature's path.
+fn ssh_sign(dir: &Path, who: &Approver, namespace: &str, text: &str, tag: &str) -> PathBuf {
+    let file = dir.join(format!("{tag}.txt"));
+    std::fs::write(&file, text).expect("write the text to sign");
+    let out = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", namespace, "-f"])
+        .arg(&who.private)
+        .arg(&file)
+        .output()
+        .expect("run ssh-keygen -Y sign");
+    assert!(out.status.success(), "ssh-keygen -Y sign: {}", output_text(&out));
+    let sig = dir.join(format!("{tag}.txt.sig"));
+    assert!(sig.exists(), "ssh-keygen wrote no {}", sig.display());
+    sig
+}
+
+/// A SoftHSM2 P-256 key behind an agent, with approvals by `approvers`.
+struct Setup {
+    _hsm: SoftHsm,
+    agent: Agent,
+    dir: TempDir,
+    alice: Approver,
+    bob: Approver,
+    mallory: Approver,
+}
+
+fn setup(quorum: u32, timeout_secs: u64) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = approver(dir.path(), "alice", &["-t", "ed25519"]);
+    let bob = approver(dir.path(), "bob", &["-t", "ecdsa", "-b", "256"]);
+    let mallory = approver(dir.path(), "mallory", &["-t", "ed25519"]);
+    let hsm = SoftHsm::new();
+    hsm.init_token("sig", "so-pin-1", "user-pin-1");
+    let pin = hsm.pin_file("pin", "user-pin-1");
+    let agent = Agent::builder()
+        .softhsm(&hsm)
+        .config(&pkcs11_device("hsm", "sig", &pin))
+        .config(&format!(
+            "[[key]]\nname = \"{KEY}\"\npurposes = [\"digest\"]\napprovals = {{ quorum = {quorum}, approvers = [\"{}\", \"{}\"], timeout_secs = {timeout_secs} }}\n",
+            alice.line, bob.line
+        ))
+        .start();
+    let out = agent.cli(&["keys", "generate", KEY, "--alg", "p256"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    Setup {
+        _hsm: hsm,
+        agent,
+        dir,
+        alice,
+        bob,
+        mallory,
+    }
+}
+
+/// `waxseal sign --digest` running in the background; its stderr lines arrive on a
+/// channel as they are written.
+struct Requester {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+fn request(agent: &Agent, digest: &[u8]) -> Requester {
+    let mut child = Command::new(&bins().cli)
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["sign", "--key", KEY, "--digest", &hex::encode(digest)])
+        .env_remove("WAXSEAL_SOCK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run waxseal sign");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Requester {
+        child: Some(child),
+        lines,
+        seen: Vec::new(),
+    }
+}
+
+impl Requester {
+    /// Waits (20 s at most) for a stderr line holding `wanted`.
+    fn line(&mut self, wanted: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(wanted) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with `{wanted}` from waxseal sign within 20 s; it wrote:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The approval id from the `approval-pending` notice.
+    fn pending_id(&mut self) -> String {
+        let line = self.line("approval-pending");
+        let rest = line
+            .split_once("; request ")
+            .unwrap_or_else(|| panic!("no request id in: {line}"))
+            .1;
+        rest.split('.').next().expect("id").to_string()
+    }
+
+    fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for the exit; stdout, and every stderr line.
+    fn finish(mut self) -> (Output, String) {
+        let child = self.child.take().expect("running");
+        let out = child.wait_with_output().expect("wait for waxseal sign");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (out, self.seen.join("\n"))
+    }
+}
+
+impl Drop for Requester {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `waxseal approvals show ID`: the exact text to sign.
+fn show(agent: &Agent, id: &str) -> String {
+    let out = agent.cli(&["approvals", "show", id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8(out.stdout).expect("UTF-8 text")
+}
+
+fn approve(agent: &Agent, id: &str, sig: &Path) -> Output {
+    agent.cli(&["approve", id, "--signature", sig.to_str().expect("path")])
+}
+
+fn refused(out: &Output, why: &str) {
+    let text = output_text(out);
+    assert!(!out.status.success(), "accepted, expected `{why}`: {text}");
+    assert!(text.contains("approval-refused"), "{text}");
+    assert!(text.contains(why), "expected `{why}` in: {text}");
+}
+
+fn events(agent: &Agent, event: &str) -> Vec<serde_json::Value> {
+    audit_records(&agent.state_dir)
+        .into_iter()
+        .filter(|r| r["event"] == event)
+        .collect()
+}
+
+fn audit_verifies(agent: &Agent) {
+    let dir = agent.state_dir.join("audit");
+    let out = agent.cli(&["audit", "verify", "--dir", dir.to_str().expect("path")]);
+    assert!(out.status.success(), "audit verify: {}", output_text(&out));
+}
+
+/// 1 of 2 does not sign; a duplicate, a stranger and another namespace are refused,
+/// each naming why; the second approver's signature completes the quorum and the
+/// signature verifies over the exact digest the approvers saw.
+#[test]
+fn two_of_two_sign_one_does_not_and_bad_approvals_are_refused() {
+    let s = setup(2, 600);
+    let digest = Sha256::digest(b"the release to sign");
+    let mut req = request(&s.agent, &digest);
+    let id = req.pending_id();
+    let text = show(&s.agent, &id);
+    for wanted in [
+        format!("approval: {id}\n"),
+        format!("key: {KEY}\n"),
+        format!("sha256 digest {}", hex::encode(digest)),
+        "caller: uid ".to_string(),
+        "nonce: ".to_string(),
+        "quorum: 2 of 2\n".to_string(),
+    ] {
+        assert!(text.contains(&wanted), "`{wanted}` not in the text:\n{text}");
+    }
+    let dir = s.dir.path();
+
+    let alice = ssh_sign(dir, &s.alice, "waxseal-approval", &text, "alice");
+    let out = approve(&s.agent, &id, &alice);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("(1 of 2)"), "{}", output_text(&out));
+    req.line("approved by alice (1 of 2)");
+    // One of two: nothing is signed, the requester still waits.
+    assert!(req.running(), "waxseal sign ended with 1 of 2 approvals");
+    assert!(
+        events(&s.agent, "intent").is_empty(),
+        "an intent record with 1 of 2 approvals"
+    );
+    let list = s.agent.cli(&["--json", "approvals", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).expect("JSON");
+    assert_eq!(list["pending"][0]["approval"], id.as_str());
+    assert_eq!(list["pending"][0]["approved_by"], serde_json::json!(["alice"]));
+
+    refused(&approve(&s.agent, &id, &alice), "duplicate: alice");
+    let stranger = ssh_sign(dir, &s.mallory, "waxseal-approval", &text, "mallory");
+    refused(&approve(&s.agent, &id, &stranger), "stranger");
+    let file_ns = ssh_sign(dir, &s.bob, "file", &text, "bob-file");
+    refused(&approve(&s.agent, &id, &file_ns), "wrong namespace");
+    let changed = text.replace("quorum: 2 of 2", "quorum: 1 of 2");
+    let edited = ssh_sign(dir, &s.bob, "waxseal-approval", &changed, "bob-edited");
+    refused(&approve(&s.agent, &id, &edited), "is not over request");
+    assert!(req.running(), "waxseal sign ended after refused approvals");
+
+    let bob = ssh_sign(dir, &s.bob, "waxseal-approval", &text, "bob");
+    let out = approve(&s.agent, &id, &bob);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("quorum reached"), "{}", output_text(&out));
+    let (out, stderr) = req.finish();
+    assert!(out.status.success(), "waxseal sign: {stderr}");
+    assert!(stderr.contains("approved by alice, bob (2 of 2)"), "{stderr}");
+    let der = B64
+        .decode(String::from_utf8_lossy(&out.stdout).trim())
+        .expect("base64 signature");
+    let pem = s.agent.client().public_key(KEY).expect("public key").pem;
+    let vk = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem).expect("P-256 key");
+    let sig = p256::ecdsa::Signature::from_der(&der).expect("DER signature");
+    vk.verify_prehash(&digest, &sig)
+        .expect("the signature verifies over the approved digest");
+
+    // A late approval for a request that was signed is refused too.
+    refused(&approve(&s.agent, &id, &bob), "was signed");
+
+    // The audit log: the request, both approvals, the five refusals, the signature.
+    let requested = events(&s.agent, "approval-requested");
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0]["approval"], id.as_str());
+    assert_eq!(
+        requested[0]["text_sha256"],
+        hex::encode(Sha256::digest(text.as_bytes()))
+    );
+    let approved = events(&s.agent, "approved");
+    let names: Vec<_> = approved.iter().map(|r| r["approver"].clone()).collect();
+    assert_eq!(names, vec!["alice", "bob"]);
+    let reasons: Vec<String> = events(&s.agent, "approval-refused")
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(reasons.len(), 5, "{reasons:#?}");
+    for (reason, why) in reasons.iter().zip([
+        "duplicate",
+        "stranger",
+        "wrong namespace",
+        "is not over request",
+        "was signed",
+    ]) {
+        assert!(reason.contains(why), "`{why}` not in {reason}");
+    }
+    let signed = events(&s.agent, "signed");
+    assert_eq!(signed.len(), 1);
+    assert_eq!(signed[0]["approval"], id.as_str());
+    assert_eq!(signed[0]["approved_by"], serde_json::json!(["alice", "bob"]));
+    audit_verifies(&s.agent);
+}
+
+/// A signature over one waiting request's text, handed in for another, is refused as
+/// a replay naming the request it approves.
+#[test]
+fn an_approval_of_another_request_is_refused_as_a_replay() {
+    let s = setup(2, 600);
+    let mut first = request(&s.agent, &Sha256::digest(b"first"));
+    let a = first.pending_id();
+    let mut second = request(&s.agent, &Sha256::digest(b"second"));
+    let b = second.pending_id();
+    assert_ne!(a, b);
+    let text_a = show(&s.agent, &a);
+    let sig = ssh_sign(s.dir.path(), &s.alice, "waxseal-approval", &text_a, "alice-a");
+    refused(
+        &approve(&s.agent, &b, &sig),
+        "replay: the signature by alice",
+    );
+    let out = approve(&s.agent, &b, &sig);
+    assert!(
+        output_text(&out).contains(&format!("approves request {a}, not {b}")),
+        "{}",
+        output_text(&out)
+    );
+    // It still counts where it belongs.
+    let out = approve(&s.agent, &a, &sig);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(first.running() && second.running());
+    let replays = events(&s.agent, "approval-refused");
+    assert_eq!(replays.len(), 2);
+    assert!(replays
+        .iter()
+        .all(|r| r["approval"] == b.as_str() && r["code"] == "approval-refused"));
+    assert!(events(&s.agent, "intent").is_empty());
+    drop(first);
+    drop(second);
+    audit_verifies(&s.agent);
+}
+
+/// After `timeout_secs` nothing signs: the requester is told `approval-expired`, the
+/// request leaves `approvals list`, and a late approval is refused as too late.
+#[test]
+fn after_the_timeout_nothing_signs_and_a_late_approval_is_refused() {
+    let s = setup(2, 2);
+    let mut req = request(&s.agent, &Sha256::digest(b"too slow"));
+    let id = req.pending_id();
+    let text = show(&s.agent, &id);
+    let alice = ssh_sign(s.dir.path(), &s.alice, "waxseal-approval", &text, "alice");
+    let out = approve(&s.agent, &id, &alice);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let bob = ssh_sign(s.dir.path(), &s.bob, "waxseal-approval", &text, "bob");
+    // The request leaves the list when it expires: poll against a deadline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = s.agent.cli(&["--json", "approvals", "list"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        if list["pending"].as_array().is_some_and(|p| p.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "request {id} still listed after 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (out, stderr) = req.finish();
+    assert!(!out.status.success(), "signed after the timeout: {stderr}");
+    assert!(stderr.contains("approval-expired"), "{stderr}");
+    assert!(stderr.contains("with 1 of 2 approvals (alice)"), "{stderr}");
+    refused(&approve(&s.agent, &id, &bob), "too late");
+    assert!(events(&s.agent, "intent").is_empty(), "an intent after the timeout");
+    let refusals = events(&s.agent, "refused");
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0]["code"], "approval-expired");
+    assert_eq!(events(&s.agent, "approval-refused").len(), 1);
+    audit_verifies(&s.agent);
+}
