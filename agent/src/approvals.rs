@@ -97,7 +97,9 @@ impl ApprovalPolicy {
             if let Some(j) = keys.iter().position(|k| k.blob == key.blob) {
                 return Err((
                     field,
-                    format!("is the same key as approvers[{j}]; each approver needs a key of their own"),
+                    format!(
+                        "is the same key as approvers[{j}]; each approver needs a key of their own"
+                    ),
                 ));
             }
             if let Some(j) = keys.iter().position(|k| k.name() == key.name()) {
@@ -355,7 +357,11 @@ impl Approvals {
     /// `requester(Some(info))` hears of each new approval, and `requester(None)` is
     /// asked every [`POLL`] whether the requester is gone. The request is closed when
     /// this returns.
-    pub fn wait(&self, id: &str, mut requester: impl FnMut(Option<&ApprovalInfo>) -> bool) -> Waited {
+    pub fn wait(
+        &self,
+        id: &str,
+        mut requester: impl FnMut(Option<&ApprovalInfo>) -> bool,
+    ) -> Waited {
         let mut seen = 0usize;
         loop {
             let news = {
@@ -474,8 +480,12 @@ impl Approvals {
             let e = expired(id, &state.pending[at].info.expires);
             return Err(refuse(e, None));
         }
-        let sig = SshSig::parse_armored(armored)
-            .map_err(|m| refuse(refused(format!("the approval is not a readable SSH signature: {m}")), None))?;
+        let sig = SshSig::parse_armored(armored).map_err(|m| {
+            refuse(
+                refused(format!("the approval is not a readable SSH signature: {m}")),
+                None,
+            )
+        })?;
         let fp = format!(
             "SHA256:{}",
             base64::Engine::encode(
@@ -507,7 +517,9 @@ impl Approvals {
             let other = state
                 .pending
                 .iter()
-                .find(|o| o.info.approval != id && sig.verify(approver, o.info.text.as_bytes()).is_ok())
+                .find(|o| {
+                    o.info.approval != id && sig.verify(approver, o.info.text.as_bytes()).is_ok()
+                })
                 .map(|o| o.info.approval.clone());
             let message = match other {
                 Some(other) => format!(

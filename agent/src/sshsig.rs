@@ -77,7 +77,13 @@ pub struct SshPublicKey {
 
 impl std::fmt::Debug for SshPublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} {}", self.kind.as_str(), self.fingerprint(), self.comment)
+        write!(
+            f,
+            "{} {} {}",
+            self.kind.as_str(),
+            self.fingerprint(),
+            self.comment
+        )
     }
 }
 
@@ -232,16 +238,16 @@ impl SshPublicKey {
                 if format != SshKeyKind::P256.as_str() {
                     return Err(format!("a P-256 key with a `{format}` signature"));
                 }
-                let sig = p256::ecdsa::Signature::from_slice(&ecdsa_rs(bytes, 32)?)
-                    .map_err(|_| bad())?;
+                let sig =
+                    p256::ecdsa::Signature::from_slice(&ecdsa_rs(bytes, 32)?).map_err(|_| bad())?;
                 p256::ecdsa::signature::Verifier::verify(k, data, &sig).map_err(|_| bad())
             }
             Verifier::P384(k) => {
                 if format != SshKeyKind::P384.as_str() {
                     return Err(format!("a P-384 key with a `{format}` signature"));
                 }
-                let sig = p384::ecdsa::Signature::from_slice(&ecdsa_rs(bytes, 48)?)
-                    .map_err(|_| bad())?;
+                let sig =
+                    p384::ecdsa::Signature::from_slice(&ecdsa_rs(bytes, 48)?).map_err(|_| bad())?;
                 p384::ecdsa::signature::Verifier::verify(k, data, &sig).map_err(|_| bad())
             }
             Verifier::Rsa(k) => {
@@ -331,7 +337,10 @@ impl SshSig {
             other => {
                 return Err(format!(
                     "hash algorithm `{}` (expected sha512 or sha256)",
-                    String::from_utf8_lossy(other).chars().take(20).collect::<String>()
+                    String::from_utf8_lossy(other)
+                        .chars()
+                        .take(20)
+                        .collect::<String>()
                 ))
             }
         };

@@ -3,6 +3,7 @@
 //! request's text with the real `ssh-keygen -Y sign -n waxseal-approval`; strangers,
 //! other namespaces, duplicates, replays from another request and late approvals are
 //! refused naming why; every step is an audit record and the chain verifies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,9 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
-use pkcs11_tests::{
-    audit_records, bins, output_text, pkcs11_device, require, Agent, SoftHsm,
-};
+use pkcs11_tests::{audit_records, bins, output_text, pkcs11_device, require, Agent, SoftHsm};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -55,7 +54,11 @@ fn ssh_sign(dir: &Path, who: &Approver, namespace: &str, text: &str, tag: &str) 
         .arg(&file)
         .output()
         .expect("run ssh-keygen -Y sign");
-    assert!(out.status.success(), "ssh-keygen -Y sign: {}", output_text(&out));
+    assert!(
+        out.status.success(),
+        "ssh-keygen -Y sign: {}",
+        output_text(&out)
+    );
     let sig = dir.join(format!("{tag}.txt.sig"));
     assert!(sig.exists(), "ssh-keygen wrote no {}", sig.display());
     sig
@@ -239,14 +242,21 @@ fn two_of_two_sign_one_does_not_and_bad_approvals_are_refused() {
         "nonce: ".to_string(),
         "quorum: 2 of 2\n".to_string(),
     ] {
-        assert!(text.contains(&wanted), "`{wanted}` not in the text:\n{text}");
+        assert!(
+            text.contains(&wanted),
+            "`{wanted}` not in the text:\n{text}"
+        );
     }
     let dir = s.dir.path();
 
     let alice = ssh_sign(dir, &s.alice, "waxseal-approval", &text, "alice");
     let out = approve(&s.agent, &id, &alice);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(output_text(&out).contains("(1 of 2)"), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("(1 of 2)"),
+        "{}",
+        output_text(&out)
+    );
     req.line("approved by alice (1 of 2)");
     // One of two: nothing is signed, the requester still waits.
     assert!(req.running(), "waxseal sign ended with 1 of 2 approvals");
@@ -257,7 +267,10 @@ fn two_of_two_sign_one_does_not_and_bad_approvals_are_refused() {
     let list = s.agent.cli(&["--json", "approvals", "list"]);
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).expect("JSON");
     assert_eq!(list["pending"][0]["approval"], id.as_str());
-    assert_eq!(list["pending"][0]["approved_by"], serde_json::json!(["alice"]));
+    assert_eq!(
+        list["pending"][0]["approved_by"],
+        serde_json::json!(["alice"])
+    );
 
     refused(&approve(&s.agent, &id, &alice), "duplicate: alice");
     let stranger = ssh_sign(dir, &s.mallory, "waxseal-approval", &text, "mallory");
@@ -272,10 +285,17 @@ fn two_of_two_sign_one_does_not_and_bad_approvals_are_refused() {
     let bob = ssh_sign(dir, &s.bob, "waxseal-approval", &text, "bob");
     let out = approve(&s.agent, &id, &bob);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(output_text(&out).contains("quorum reached"), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("quorum reached"),
+        "{}",
+        output_text(&out)
+    );
     let (out, stderr) = req.finish();
     assert!(out.status.success(), "waxseal sign: {stderr}");
-    assert!(stderr.contains("approved by alice, bob (2 of 2)"), "{stderr}");
+    assert!(
+        stderr.contains("approved by alice, bob (2 of 2)"),
+        "{stderr}"
+    );
     let der = B64
         .decode(String::from_utf8_lossy(&out.stdout).trim())
         .expect("base64 signature");
@@ -316,7 +336,10 @@ fn two_of_two_sign_one_does_not_and_bad_approvals_are_refused() {
     let signed = events(&s.agent, "signed");
     assert_eq!(signed.len(), 1);
     assert_eq!(signed[0]["approval"], id.as_str());
-    assert_eq!(signed[0]["approved_by"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(
+        signed[0]["approved_by"],
+        serde_json::json!(["alice", "bob"])
+    );
     audit_verifies(&s.agent);
 }
 
@@ -331,7 +354,13 @@ fn an_approval_of_another_request_is_refused_as_a_replay() {
     let b = second.pending_id();
     assert_ne!(a, b);
     let text_a = show(&s.agent, &a);
-    let sig = ssh_sign(s.dir.path(), &s.alice, "waxseal-approval", &text_a, "alice-a");
+    let sig = ssh_sign(
+        s.dir.path(),
+        &s.alice,
+        "waxseal-approval",
+        &text_a,
+        "alice-a",
+    );
     refused(
         &approve(&s.agent, &b, &sig),
         "replay: the signature by alice",
@@ -377,7 +406,10 @@ fn after_the_timeout_nothing_signs_and_a_late_approval_is_refused() {
         if list["pending"].as_array().is_some_and(|p| p.is_empty()) {
             break;
         }
-        assert!(Instant::now() < deadline, "request {id} still listed after 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "request {id} still listed after 20 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (out, stderr) = req.finish();
@@ -385,7 +417,10 @@ fn after_the_timeout_nothing_signs_and_a_late_approval_is_refused() {
     assert!(stderr.contains("approval-expired"), "{stderr}");
     assert!(stderr.contains("with 1 of 2 approvals (alice)"), "{stderr}");
     refused(&approve(&s.agent, &id, &bob), "too late");
-    assert!(events(&s.agent, "intent").is_empty(), "an intent after the timeout");
+    assert!(
+        events(&s.agent, "intent").is_empty(),
+        "an intent after the timeout"
+    );
     let refusals = events(&s.agent, "refused");
     assert_eq!(refusals.len(), 1);
     assert_eq!(refusals[0]["code"], "approval-expired");

@@ -15,10 +15,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    self, ApprovalInfo, ApprovalRef, ApprovalsOk, Approve, ApproveOk, Attest, AttestOk, AuditTail, AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg,
-    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PinPolicy, PinReply, PublicKeyOk, Purpose,
-    Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate,
-    StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    self, ApprovalInfo, ApprovalRef, ApprovalsOk, Approve, ApproveOk, Attest, AttestOk, AuditTail,
+    AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg, KeyRef,
+    ListKeysOk, Op, PinPolicy, PinReply, PublicKeyOk, Purpose, Request, Response, ResponseError,
+    RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk, TouchPolicy, Unlock,
+    UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 use zeroize::Zeroizing;
@@ -333,11 +334,7 @@ impl Client {
 
     /// `approve`: hands in an approver's armored SSH signature over the text of the
     /// pending request `approval` (docs/protocol.md, "Approvals").
-    pub fn approve(
-        &mut self,
-        approval: &str,
-        signature: &str,
-    ) -> Result<ApproveOk, ClientError> {
+    pub fn approve(&mut self, approval: &str, signature: &str) -> Result<ApproveOk, ClientError> {
         self.call(Op::Approve(Approve {
             approval: approval.into(),
             signature: signature.into(),
@@ -350,10 +347,7 @@ impl Client {
     }
 
     /// `approval_show`: one pending request, with the exact text to sign.
-    pub fn approval_show(
-        &mut self,
-        approval: &str,
-    ) -> Result<ApprovalInfo, ClientError> {
+    pub fn approval_show(&mut self, approval: &str) -> Result<ApprovalInfo, ClientError> {
         self.call(Op::ApprovalShow(ApprovalRef {
             approval: approval.into(),
         }))

@@ -40,21 +40,35 @@ fn progress_notice(info: &ApprovalInfo) -> String {
     )
 }
 
+/// A request the gate has judged, for a key with `approvals`.
+pub(super) struct Waiting<'a> {
+    pub(super) key: &'a str,
+    pub(super) purpose: Purpose,
+    pub(super) caller: &'a Caller,
+    pub(super) policy: &'a ApprovalPolicy,
+    pub(super) prepared: &'a Prepared<'a>,
+    pub(super) device: &'a Device,
+    pub(super) label: &'a str,
+}
+
 impl KeyStore {
     /// For a key with `approvals`: opens the request, tells the requester, and waits
     /// for the quorum. Returns the request's id and who approved; an error when it
     /// expired, its requester went away, or its record could not be written.
     pub(super) fn await_approvals(
         &self,
-        key: &str,
-        purpose: Purpose,
-        caller: &Caller,
-        policy: &ApprovalPolicy,
-        prepared: &Prepared<'_>,
-        device: &Device,
-        label: &str,
+        w: Waiting<'_>,
         ui: &mut dyn Interaction,
     ) -> Result<(String, Vec<String>), WireError> {
+        let Waiting {
+            key,
+            purpose,
+            caller,
+            policy,
+            prepared,
+            device,
+            label,
+        } = w;
         let signs = if prepared.raw {
             format!(
                 "the message itself, {} bytes, SHA-256 {}",
@@ -64,14 +78,12 @@ impl KeyStore {
         } else {
             let hash = match prepared.hash {
                 Some(h) => h,
-                None => {
-                    device
-                        .lanes
-                        .run(|b| b.public_key(label))?
-                        .map_err(wire)?
-                        .alg
-                        .default_hash()
-                }
+                None => device
+                    .lanes
+                    .run(|b| b.public_key(label))?
+                    .map_err(wire)?
+                    .alg
+                    .default_hash(),
             };
             format!("{hash} digest {}", hex::encode(&prepared.digest))
         };
@@ -101,7 +113,8 @@ impl KeyStore {
             subject,
             None,
         ) {
-            self.approvals.cancel(&id, "its audit record could not be written");
+            self.approvals
+                .cancel(&id, "its audit record could not be written");
             return Err(e);
         }
         info!(key, %purpose, approval = %id, caller = %caller.describe(), quorum = info.quorum, expires = %info.expires, "signature waits for approvals");

@@ -282,8 +282,17 @@ impl KeyStore {
         // Quorum approval: the request waits here, with the exact bytes to sign in
         // hand, until enough approvers signed its text (crate::approvals).
         if let Some(approvals) = self.policy().approvals(key).cloned() {
+            let waiting = super::approval::Waiting {
+                key,
+                purpose,
+                caller,
+                policy: &approvals,
+                prepared: &prepared,
+                device,
+                label,
+            };
             let approved = self
-                .await_approvals(key, purpose, caller, &approvals, &prepared, device, label, ui)
+                .await_approvals(waiting, ui)
                 .and_then(|a| self.check_unlocked().map(|()| a));
             match approved {
                 Ok((id, names)) => {

@@ -310,7 +310,10 @@ impl Interaction for ConnUi<'_> {
 
     fn approval(&mut self, text: &str, info: &proto::ApprovalInfo) {
         if self.held.flush(self.store, self.stream).is_ok() {
-            let _ = send(self.stream, &proto::encode_approval_notice(self.id, text, info));
+            let _ = send(
+                self.stream,
+                &proto::encode_approval_notice(self.id, text, info),
+            );
         }
     }
 
@@ -319,7 +322,11 @@ impl Interaction for ConnUi<'_> {
     fn gone(&mut self) -> bool {
         use rustix::net::{recv, RecvFlags};
         let mut byte = [0u8; 1];
-        match recv(self.stream, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        match recv(
+            self.stream,
+            &mut byte[..],
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        ) {
             Ok((_, n)) => n == 0,
             Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
         }
