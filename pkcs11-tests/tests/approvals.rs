@@ -15,7 +15,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
-use pkcs11_tests::{audit_records, bins, output_text, pkcs11_device, require, Agent, SoftHsm};
+use pkcs11_tests::{
+    audit_records, bins, output_text, pkcs11_device, require, run_ok, tpm_device, Agent,
+    SoftHsm, Swtpm,
+};
+use waxseal_agent::proto::KeyAlg;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -75,10 +79,16 @@ struct Setup {
 }
 
 fn setup(quorum: u32, timeout_secs: u64) -> Setup {
+    setup_with(quorum, timeout_secs, None)
+}
+
+/// [`setup`]; with `second`, that key line is the second approver instead of bob's.
+fn setup_with(quorum: u32, timeout_secs: u64, second: Option<&str>) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let alice = approver(dir.path(), "alice", &["-t", "ed25519"]);
     let bob = approver(dir.path(), "bob", &["-t", "ecdsa", "-b", "256"]);
     let mallory = approver(dir.path(), "mallory", &["-t", "ed25519"]);
+    let second = second.unwrap_or(&bob.line).to_string();
     let hsm = SoftHsm::new();
     hsm.init_token("sig", "so-pin-1", "user-pin-1");
     let pin = hsm.pin_file("pin", "user-pin-1");
@@ -87,7 +97,7 @@ fn setup(quorum: u32, timeout_secs: u64) -> Setup {
         .config(&pkcs11_device("hsm", "sig", &pin))
         .config(&format!(
             "[[key]]\nname = \"{KEY}\"\npurposes = [\"digest\"]\napprovals = {{ quorum = {quorum}, approvers = [\"{}\", \"{}\"], timeout_secs = {timeout_secs} }}\n",
-            alice.line, bob.line
+            alice.line, second
         ))
         .start();
     let out = agent.cli(&["keys", "generate", KEY, "--alg", "p256"]);
@@ -425,5 +435,73 @@ fn after_the_timeout_nothing_signs_and_a_late_approval_is_refused() {
     assert_eq!(refusals.len(), 1);
     assert_eq!(refusals[0]["code"], "approval-expired");
     assert_eq!(events(&s.agent, "approval-refused").len(), 1);
+    audit_verifies(&s.agent);
+}
+
+/// An approver whose key is itself hardware: a TPM key served by another agent's
+/// `ssh.sock`, used by `ssh-keygen -Y sign` through SSH_AUTH_SOCK, approves with
+/// alice; the signature is made.
+#[test]
+fn an_approver_key_in_a_tpm_behind_ssh_sock_approves() {
+    let tpm = Swtpm::start();
+    let keys = tempfile::Builder::new()
+        .prefix("tpm-keys-")
+        .tempdir()
+        .expect("tempdir");
+    let carols = Agent::builder()
+        .config(&tpm_device("tpm", &tpm, keys.path(), None))
+        .start();
+    carols
+        .client()
+        .generate_key("tpm/approver", KeyAlg::P256)
+        .expect("a TPM key");
+    let ssh_add = run_ok(
+        Command::new(require("ssh-add"))
+            .env("SSH_AUTH_SOCK", &carols.ssh_socket)
+            .env_remove("SSH_AGENT_PID")
+            .arg("-L"),
+    );
+    let served = ssh_add
+        .lines()
+        .find(|l| l.ends_with(" tpm/approver"))
+        .unwrap_or_else(|| panic!("ssh.sock does not offer tpm/approver: {ssh_add}"));
+    assert!(served.starts_with("ecdsa-sha2-nistp256 "), "{served}");
+    let carol_line = served.replace(" tpm/approver", " carol-tpm");
+    let s = setup_with(2, 600, Some(&carol_line));
+    let digest = Sha256::digest(b"approved by hardware");
+    let mut req = request(&s.agent, &digest);
+    let id = req.pending_id();
+    let text = show(&s.agent, &id);
+    let dir = s.dir.path();
+    let alice = ssh_sign(dir, &s.alice, "waxseal-approval", &text, "alice");
+    let out = approve(&s.agent, &id, &alice);
+    assert!(out.status.success(), "{}", output_text(&out));
+    // Carol signs with the TPM key: -f names the public key, the agent holds the key.
+    let carol_pub = dir.join("carol.pub");
+    std::fs::write(&carol_pub, format!("{served}\n")).expect("write carol.pub");
+    let file = dir.join("carol.txt");
+    std::fs::write(&file, &text).expect("write the text");
+    run_ok(
+        Command::new("ssh-keygen")
+            .env("SSH_AUTH_SOCK", &carols.ssh_socket)
+            .env_remove("SSH_AGENT_PID")
+            .args(["-Y", "sign", "-n", "waxseal-approval", "-f"])
+            .arg(&carol_pub)
+            .arg(&file),
+    );
+    let out = approve(&s.agent, &id, &dir.join("carol.txt.sig"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("carol-tpm"), "{}", output_text(&out));
+    let (out, stderr) = req.finish();
+    assert!(out.status.success(), "waxseal sign: {stderr}");
+    assert!(stderr.contains("approved by alice, carol-tpm (2 of 2)"), "{stderr}");
+    // The TPM agent's own audit log has the ssh signature the approval is.
+    let ssh_signed: Vec<_> = audit_records(&carols.state_dir)
+        .into_iter()
+        .filter(|r| r["event"] == "signed" && r["purpose"] == "ssh")
+        .collect();
+    assert_eq!(ssh_signed.len(), 1);
+    let approved = events(&s.agent, "approved");
+    assert_eq!(approved[1]["approver"], "carol-tpm");
     audit_verifies(&s.agent);
 }
