@@ -326,9 +326,42 @@ fn two_of_two_sign_one_does_not_and_bad_approvals_are_refused() {
         requested[0]["text_sha256"],
         hex::encode(Sha256::digest(text.as_bytes()))
     );
+    assert_eq!(requested[0]["text"], text.as_str());
     let approved = events(&s.agent, "approved");
     let names: Vec<_> = approved.iter().map(|r| r["approver"].clone()).collect();
     assert_eq!(names, vec!["alice", "bob"]);
+    // Each recorded approval checks again, offline, with ssh-keygen -Y verify against
+    // the recorded text and the approver's key.
+    let allowed = dir.join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!("alice {}\nbob {}\n", s.alice.line, s.bob.line),
+    )
+    .unwrap();
+    for r in &approved {
+        let who = r["approver"].as_str().unwrap();
+        let sig = dir.join(format!("recorded-{who}.sig"));
+        std::fs::write(&sig, r["signature"].as_str().unwrap()).unwrap();
+        let mut verify = Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-n", "waxseal-approval", "-I", who, "-f"])
+            .arg(&allowed)
+            .arg("-s")
+            .arg(&sig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = verify.stdin.take().unwrap();
+            stdin
+                .write_all(requested[0]["text"].as_str().unwrap().as_bytes())
+                .unwrap();
+        }
+        let out = verify.wait_with_output().unwrap();
+        assert!(out.status.success(), "{who}: {}", output_text(&out));
+    }
     let reasons: Vec<String> = events(&s.agent, "approval-refused")
         .iter()
         .map(|r| r["reason"].as_str().unwrap_or_default().to_string())

@@ -103,6 +103,7 @@ impl KeyStore {
             "text_sha256".into(),
             json!(hex::encode(Sha256::digest(info.text.as_bytes()))),
         );
+        subject.insert("text".into(), json!(info.text));
         subject.insert("quorum".into(), json!(info.quorum));
         subject.insert("approvers".into(), json!(info.approvers));
         subject.insert("expires".into(), json!(info.expires));
@@ -146,6 +147,9 @@ impl KeyStore {
             subject.insert("approval".into(), json!(a.approval));
             subject.insert("approver".into(), json!(acc.approver));
             subject.insert("fingerprint".into(), json!(acc.fingerprint));
+            // The approval itself, so that it can be checked again later, offline,
+            // against the request's text in its `approval-requested` record.
+            subject.insert("signature".into(), json!(a.signature.trim()));
             subject.insert("approvals".into(), json!(acc.approved_by.len()));
             subject.insert("quorum".into(), json!(acc.quorum));
             self.audit_approval(
