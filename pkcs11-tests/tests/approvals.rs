@@ -16,12 +16,12 @@ use base64::Engine as _;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
 use pkcs11_tests::{
-    audit_records, bins, output_text, pkcs11_device, require, run_ok, tpm_device, Agent,
-    SoftHsm, Swtpm,
+    audit_records, bins, output_text, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm,
+    Swtpm,
 };
-use waxseal_agent::proto::KeyAlg;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use waxseal_agent::proto::KeyAlg;
 
 const KEY: &str = "hsm/root";
 
@@ -524,10 +524,17 @@ fn an_approver_key_in_a_tpm_behind_ssh_sock_approves() {
     );
     let out = approve(&s.agent, &id, &dir.join("carol.txt.sig"));
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(output_text(&out).contains("carol-tpm"), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("carol-tpm"),
+        "{}",
+        output_text(&out)
+    );
     let (out, stderr) = req.finish();
     assert!(out.status.success(), "waxseal sign: {stderr}");
-    assert!(stderr.contains("approved by alice, carol-tpm (2 of 2)"), "{stderr}");
+    assert!(
+        stderr.contains("approved by alice, carol-tpm (2 of 2)"),
+        "{stderr}"
+    );
     // The TPM agent's own audit log has the ssh signature the approval is.
     let ssh_signed: Vec<_> = audit_records(&carols.state_dir)
         .into_iter()
