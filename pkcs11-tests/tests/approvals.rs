@@ -96,7 +96,7 @@ fn setup_with(quorum: u32, timeout_secs: u64, second: Option<&str>) -> Setup {
         .softhsm(&hsm)
         .config(&pkcs11_device("hsm", "sig", &pin))
         .config(&format!(
-            "[[key]]\nname = \"{KEY}\"\npurposes = [\"digest\"]\napprovals = {{ quorum = {quorum}, approvers = [\"{}\", \"{}\"], timeout_secs = {timeout_secs} }}\n",
+            "[[key]]\nname = \"{KEY}\"\npurposes = [\"digest\", \"x509-tbs\"]\napprovals = {{ quorum = {quorum}, approvers = [\"{}\", \"{}\"], timeout_secs = {timeout_secs} }}\n",
             alice.line, second
         ))
         .start();
@@ -121,10 +121,18 @@ struct Requester {
 }
 
 fn request(agent: &Agent, digest: &[u8]) -> Requester {
+    request_with(
+        agent,
+        &["sign", "--key", KEY, "--digest", &hex::encode(digest)],
+    )
+}
+
+/// Any `waxseal` command in the background, as [`request`].
+fn request_with(agent: &Agent, args: &[&str]) -> Requester {
     let mut child = Command::new(&bins().cli)
         .arg("--socket")
         .arg(&agent.socket)
-        .args(["sign", "--key", KEY, "--digest", &hex::encode(digest)])
+        .args(args)
         .env_remove("WAXSEAL_SOCK")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -543,5 +551,66 @@ fn an_approver_key_in_a_tpm_behind_ssh_sock_approves() {
     assert_eq!(ssh_signed.len(), 1);
     let approved = events(&s.agent, "approved");
     assert_eq!(approved[1]["approver"], "carol-tpm");
+    audit_verifies(&s.agent);
+}
+
+/// `waxseal ca root` with a root key that needs approvals: the approvers sign a text
+/// that summarises the certificate, the CLI shows who approved, and the certificate is
+/// written once both did.
+#[test]
+fn a_root_certificate_waits_for_its_quorum() {
+    let s = setup(2, 600);
+    let out = s.dir.path().join("root.pem");
+    let mut req = request_with(
+        &s.agent,
+        &[
+            "ca",
+            "root",
+            "--key",
+            KEY,
+            "--cn",
+            "quorum-root",
+            "--org",
+            "example.org",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let id = req.pending_id();
+    let text = show(&s.agent, &id);
+    assert!(text.contains("purpose: x509-tbs\n"), "{text}");
+    assert!(
+        text.contains("what: certificate for O=example.org, CN=quorum-root"),
+        "{text}"
+    );
+    assert!(
+        !out.exists(),
+        "the certificate was written before any approval"
+    );
+    let dir = s.dir.path();
+    for (who, tag) in [(&s.bob, "bob"), (&s.alice, "alice")] {
+        let sig = ssh_sign(dir, who, "waxseal-approval", &text, tag);
+        let o = approve(&s.agent, &id, &sig);
+        assert!(o.status.success(), "{}", output_text(&o));
+    }
+    let (o, stderr) = req.finish();
+    assert!(o.status.success(), "waxseal ca root: {stderr}");
+    assert!(stderr.contains("approved by bob (1 of 2)"), "{stderr}");
+    assert!(
+        stderr.contains("approved by bob, alice (2 of 2)"),
+        "{stderr}"
+    );
+    let text = run_ok(
+        Command::new(require("openssl"))
+            .args(["x509", "-noout", "-subject", "-in"])
+            .arg(&out),
+    );
+    assert!(text.contains("quorum-root"), "{text}");
+    let signed = events(&s.agent, "signed");
+    assert_eq!(signed[0]["purpose"], "x509-tbs");
+    assert_eq!(
+        signed[0]["approved_by"],
+        serde_json::json!(["bob", "alice"])
+    );
     audit_verifies(&s.agent);
 }
