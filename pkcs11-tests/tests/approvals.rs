@@ -96,7 +96,7 @@ fn setup_with(quorum: u32, timeout_secs: u64, second: Option<&str>) -> Setup {
         .softhsm(&hsm)
         .config(&pkcs11_device("hsm", "sig", &pin))
         .config(&format!(
-            "[[key]]\nname = \"{KEY}\"\npurposes = [\"digest\", \"x509-tbs\"]\napprovals = {{ quorum = {quorum}, approvers = [\"{}\", \"{}\"], timeout_secs = {timeout_secs} }}\n",
+            "[[key]]\nname = \"{KEY}\"\npurposes = [\"digest\", \"x509-tbs\", \"ssh\"]\napprovals = {{ quorum = {quorum}, approvers = [\"{}\", \"{}\"], timeout_secs = {timeout_secs} }}\n",
             alice.line, second
         ))
         .start();
@@ -612,5 +612,113 @@ fn a_root_certificate_waits_for_its_quorum() {
         signed[0]["approved_by"],
         serde_json::json!(["bob", "alice"])
     );
+    audit_verifies(&s.agent);
+}
+
+/// Polls `approvals list` (20 s at most) until `done` says the pending list is as
+/// wanted; the list.
+fn poll_list(
+    agent: &Agent,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = agent.cli(&["--json", "approvals", "list"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let pending = list["pending"].as_array().cloned().unwrap_or_default();
+        if done(&pending) {
+            return pending;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 20 s: {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A signature asked on `ssh.sock` (ssh-keygen -Y sign through SSH_AUTH_SOCK) waits for
+/// the quorum too, and is made once both approved; a client that goes away while it
+/// waits closes its request at once, and nothing is signed.
+#[test]
+fn an_ssh_sock_request_waits_for_the_quorum_and_one_whose_client_leaves_is_closed() {
+    let s = setup(2, 600);
+    let dir = s.dir.path();
+    let ssh = |program: &str| {
+        let mut c = Command::new(require(program));
+        c.env("SSH_AUTH_SOCK", &s.agent.ssh_socket)
+            .env_remove("SSH_AGENT_PID");
+        c
+    };
+    let listed = run_ok(ssh("ssh-add").arg("-L"));
+    let line = listed
+        .lines()
+        .find(|l| l.ends_with(&format!(" {KEY}")))
+        .unwrap_or_else(|| panic!("ssh.sock does not offer {KEY}: {listed}"))
+        .to_string();
+    let public = dir.join("root.pub");
+    std::fs::write(&public, format!("{line}\n")).unwrap();
+    let sign = |name: &str| {
+        let msg = dir.join(name);
+        std::fs::write(&msg, format!("{name}: signed on ssh.sock after a quorum\n")).unwrap();
+        ssh("ssh-keygen")
+            .args(["-Y", "sign", "-n", "file", "-f"])
+            .arg(&public)
+            .arg(&msg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    let first = sign("first");
+    let pending = poll_list(&s.agent, "the ssh request listed", |p| p.len() == 1);
+    let id = pending[0]["approval"].as_str().unwrap().to_string();
+    assert_eq!(pending[0]["purpose"], "ssh");
+    let text = show(&s.agent, &id);
+    for (who, tag) in [(&s.alice, "alice"), (&s.bob, "bob")] {
+        let sig = ssh_sign(dir, who, "waxseal-approval", &text, tag);
+        let o = approve(&s.agent, &id, &sig);
+        assert!(o.status.success(), "{}", output_text(&o));
+    }
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen -Y sign: {}",
+        output_text(&out)
+    );
+    let allowed = dir.join("allowed_root");
+    std::fs::write(&allowed, format!("root {line}\n")).unwrap();
+    let verify = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-n", "file", "-I", "root", "-f"])
+        .arg(&allowed)
+        .arg("-s")
+        .arg(dir.join("first.sig"))
+        .stdin(std::fs::File::open(dir.join("first")).unwrap())
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", output_text(&verify));
+
+    let mut second = sign("second");
+    let pending = poll_list(&s.agent, "the second ssh request listed", |p| p.len() == 1);
+    let id2 = pending[0]["approval"].as_str().unwrap().to_string();
+    second.kill().unwrap();
+    second.wait().unwrap();
+    poll_list(&s.agent, "the request of a client that left closed", |p| {
+        p.is_empty()
+    });
+    // Closed: an approval that comes now is refused before its signature is read.
+    let alice = ssh_sign(dir, &s.alice, "waxseal-approval", &text, "alice-late");
+    refused(&approve(&s.agent, &id2, &alice), "requester went away");
+    let refusals = events(&s.agent, "refused");
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["code"], "approval-expired");
+    assert!(refusals[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("went away"));
+    assert_eq!(events(&s.agent, "signed").len(), 1);
     audit_verifies(&s.agent);
 }

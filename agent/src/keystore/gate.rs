@@ -206,6 +206,17 @@ impl KeyStore {
     /// Signs for ssh.sock. An SSH client cannot be told or asked anything: a touch is
     /// only logged, and a device whose PIN source is `prompt` must be logged in first.
     pub fn sign_ssh(&self, req: &SshSign<'_>, caller: &Caller) -> Result<Signature, WireError> {
+        self.sign_ssh_with(req, caller, &mut NoInteraction)
+    }
+
+    /// [`KeyStore::sign_ssh`] for a client that may go away while its signature waits
+    /// for approvals (`ui.gone()`); it is told nothing.
+    pub fn sign_ssh_with(
+        &self,
+        req: &SshSign<'_>,
+        caller: &Caller,
+        ui: &mut dyn Interaction,
+    ) -> Result<Signature, WireError> {
         let mut subject = Map::new();
         if req.forwarded {
             subject.insert("forwarded".into(), json!(true));
@@ -217,7 +228,7 @@ impl KeyStore {
             forwarded: req.forwarded,
             defer: false,
         };
-        let gated = self.gate(ask, subject, &mut NoInteraction, |_, _, subject| {
+        let gated = self.gate(ask, subject, ui, |_, _, subject| {
             let shown = if req.alg == KeyAlg::Ed25519 {
                 hex::encode(Sha256::digest(req.data))
             } else {
