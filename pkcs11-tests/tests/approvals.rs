@@ -16,8 +16,8 @@ use base64::Engine as _;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
 use pkcs11_tests::{
-    audit_records, bins, output_text, pkcs11_device, require, run_ok, tpm_device, Agent, SoftHsm,
-    Swtpm,
+    audit_records, bins, output_text, pkcs11_device, read_frame, require, run_ok, tpm_device,
+    write_frame, Agent, SoftHsm, Swtpm,
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -404,6 +404,44 @@ fn an_approval_of_another_request_is_refused_as_a_replay() {
     let mut second = request(&s.agent, &Sha256::digest(b"second"));
     let b = second.pending_id();
     assert_ne!(a, b);
+    // On the wire: the first frame answering a sign is the `approval-pending`
+    // notice, which carries the request as `approval`.
+    let mut raw = s.agent.raw();
+    let digest = B64.encode(Sha256::digest(b"third"));
+    write_frame(
+        &mut raw,
+        format!(r#"{{"id":9,"op":"sign","key":"{KEY}","purpose":"digest","digest":"{digest}"}}"#)
+            .as_bytes(),
+    );
+    let frame = read_frame(&mut raw).expect("a frame");
+    assert_eq!(frame["id"], 9);
+    assert!(
+        frame.get("ok").is_none() && frame.get("error").is_none(),
+        "{frame}"
+    );
+    assert!(
+        frame["notice"]
+            .as_str()
+            .unwrap()
+            .starts_with("approval-pending: "),
+        "{frame}"
+    );
+    let c = &frame["approval"];
+    assert_eq!(
+        (c["key"].as_str(), c["purpose"].as_str()),
+        (Some(KEY), Some("digest"))
+    );
+    assert_eq!(
+        (c["quorum"].as_u64(), c["approvers"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(c["approved_by"], serde_json::json!([]));
+    let third = c["approval"].as_str().unwrap();
+    assert!(c["text"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("approval: {third}\n")));
+    assert!(![a.as_str(), b.as_str()].contains(&third));
     let text_a = show(&s.agent, &a);
     let sig = ssh_sign(
         s.dir.path(),
