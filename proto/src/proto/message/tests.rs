@@ -620,3 +620,21 @@ fn approve_requests_are_bounded() {
     let ok = decode_request(br#"{"id":4,"op":"approvals"}"#).unwrap();
     assert_eq!(ok.op, Op::Approvals);
 }
+
+#[test]
+fn approval_ops_round_trip() {
+    for op in [
+        Op::Approve(Approve {
+            approval: "0123abcd".into(),
+            signature: "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n".into(),
+        }),
+        Op::Approvals,
+        Op::ApprovalShow(ApprovalRef {
+            approval: "0123abcd".into(),
+        }),
+    ] {
+        let req = Request { id: 5, op };
+        let back = decode_request(&req.to_json()).unwrap();
+        assert_eq!(back, req);
+    }
+}
