@@ -760,3 +760,44 @@ fn an_ssh_sock_request_waits_for_the_quorum_and_one_whose_client_leaves_is_close
     assert_eq!(events(&s.agent, "signed").len(), 1);
     audit_verifies(&s.agent);
 }
+
+/// The policy is checked again once the quorum is reached: a SIGHUP reload that takes
+/// `digest` from the key while a request waits makes it `policy-denied`, though both
+/// approved (with the approvers of when it was asked).
+#[test]
+fn a_reload_that_revokes_the_purpose_while_a_request_waits_refuses_it() {
+    let s = setup(2, 600);
+    let mut req = request(&s.agent, &Sha256::digest(b"revoked meanwhile"));
+    let id = req.pending_id();
+    let text = show(&s.agent, &id);
+    let config = s.agent.dir().join("config.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let narrowed = base.replace(
+        r#"purposes = ["digest", "x509-tbs", "ssh"]"#,
+        r#"purposes = ["x509-tbs"]"#,
+    );
+    assert_ne!(narrowed, base);
+    std::fs::write(&config, narrowed).unwrap();
+    s.agent.signal(rustix::process::Signal::HUP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.agent.log().contains("SIGHUP: config reloaded") {
+        assert!(Instant::now() < deadline, "{}", s.agent.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (who, tag) in [(&s.alice, "alice"), (&s.bob, "bob")] {
+        let sig = ssh_sign(s.dir.path(), who, "waxseal-approval", &text, tag);
+        let o = approve(&s.agent, &id, &sig);
+        assert!(o.status.success(), "{}", output_text(&o));
+    }
+    let (out, stderr) = req.finish();
+    assert!(
+        !out.status.success(),
+        "signed after its purpose was revoked: {stderr}"
+    );
+    assert!(stderr.contains("policy-denied"), "{stderr}");
+    assert!(events(&s.agent, "intent").is_empty());
+    let refusals = events(&s.agent, "refused");
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0]["code"], "policy-denied");
+    audit_verifies(&s.agent);
+}

@@ -302,9 +302,13 @@ impl KeyStore {
                 device,
                 label,
             };
-            let approved = self
-                .await_approvals(waiting, ui)
-                .and_then(|a| self.check_unlocked().map(|()| a));
+            // A wait can be long: the lock and the key's policy (a SIGHUP may have
+            // changed it) are checked again before anything is signed.
+            let approved = self.await_approvals(waiting, ui).and_then(|a| {
+                self.check_unlocked()?;
+                self.policy().check_sign(key, purpose, caller)?;
+                Ok(a)
+            });
             match approved {
                 Ok((id, names)) => {
                     subject.insert("approval".into(), json!(id));
