@@ -21,9 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::audit::time::rfc3339;
-use crate::proto::{
-    ApprovalInfo, ErrorCode, Purpose, WireError, APPROVAL_NAMESPACE, MAX_APPROVAL_ID,
-};
+use crate::proto::{ApprovalInfo, ErrorCode, Purpose, WireError, APPROVAL_NAMESPACE};
 use crate::sshsig::{SshPublicKey, SshSig};
 
 /// The most approvers one key may name.
@@ -272,12 +270,12 @@ impl Approvals {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a request: its id, nonce and text. Refused (`rate-limited`) past the
+    /// Opens a request: its id (16 hex digits, within the protocol's
+    /// [`crate::proto::MAX_APPROVAL_ID`]), nonce and text. Refused (`rate-limited`) past the
     /// bounds on waiting requests.
     pub fn open(&self, ask: &Ask<'_>, policy: &ApprovalPolicy) -> Result<ApprovalInfo, WireError> {
         let id = random_hex(8)?;
         let nonce = random_hex(32)?;
-        debug_assert!(id.len() <= MAX_APPROVAL_ID);
         let now = SystemTime::now();
         let requested = rfc3339(now);
         let expires = rfc3339(now + policy.timeout);
