@@ -9,6 +9,8 @@
 pub use waxseal_proto::{audit_chain, client, intoto, keyuri, paths, proto, wire};
 
 #[cfg(feature = "daemon")]
+pub mod approvals;
+#[cfg(feature = "daemon")]
 pub mod audit;
 #[cfg(feature = "daemon")]
 pub mod backend;
@@ -28,6 +30,8 @@ pub mod policy;
 pub mod rates;
 #[cfg(feature = "daemon")]
 pub mod server;
+#[cfg(feature = "daemon")]
+pub mod sshsig;
 #[cfg(feature = "daemon")]
 pub mod worker;
 #[cfg(feature = "daemon")]

@@ -190,6 +190,11 @@ impl Policy {
         self.entries.get(key).is_some_and(|k| k.confirm)
     }
 
+    /// `key`'s quorum approval, if it has one.
+    pub fn approvals(&self, key: &str) -> Option<&crate::approvals::ApprovalPolicy> {
+        self.entries.get(key).and_then(|k| k.approvals.as_ref())
+    }
+
     /// The rate limits of `key`.
     pub fn limits(&self, key: &str) -> Limits {
         self.entries.get(key).map_or(Limits::default(), |k| Limits {

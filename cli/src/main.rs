@@ -85,6 +85,18 @@ enum Command {
     /// The audit log: check its hash chain, or show its last records.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Approve a request waiting for a quorum: hand in your SSH signature over the
+    /// text `waxseal approvals show ID` prints (ssh-keygen -Y sign -n waxseal-approval).
+    Approve {
+        /// The request's id (`waxseal approvals list`).
+        id: String,
+        /// The armored SSH signature file (`-`: stdin).
+        #[arg(long, value_name = "FILE")]
+        signature: PathBuf,
+    },
+    /// Requests waiting for approvals: list them, or show the exact text to sign.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Drop every cached PIN and refuse signing until `waxseal unlock`.
     Lock,
     /// End `waxseal lock`; or, with DEVICE, let the agent try that device's PIN once
@@ -105,6 +117,18 @@ enum Command {
         /// The directory; created if missing.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// The waiting requests: id, key, who has approved, expiry, requester.
+    List,
+    /// Exactly the text approvers sign (no added newline), so that
+    /// `waxseal approvals show ID > req.txt; ssh-keygen -Y sign -f KEY -n waxseal-approval req.txt` works.
+    Show {
+        /// The request's id.
+        id: String,
     },
 }
 

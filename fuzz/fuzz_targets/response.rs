@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use waxseal_agent::proto::{
-    AttestOk, AuditTailOk, GenerateKeyOk, HelloOk, ListKeysOk, PublicKeyOk, Response, SignOk,
+    ApprovalInfo, ApprovalsOk, ApproveOk, AttestOk, AuditTailOk, GenerateKeyOk, HelloOk, ListKeysOk, PublicKeyOk, Response, SignOk,
     StatusOk, StoreCertificateOk, UnlockOk,
 };
 use waxseal_fuzz::json_eq;
@@ -48,6 +48,12 @@ fn encode(r: &Response) -> Vec<u8> {
     if let Some(p) = &r.prompt {
         m.insert("prompt".into(), Value::String(p.clone()));
     }
+    if let Some(a) = &r.approval {
+        m.insert(
+            "approval".into(),
+            serde_json::to_value(a).expect("ApprovalInfo serialises"),
+        );
+    }
     serde_json::to_vec(&Value::Object(m)).expect("serialise")
 }
 
@@ -71,6 +77,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.error, r.error);
     assert_eq!(again.notice, r.notice);
     assert_eq!(again.prompt, r.prompt);
+    assert_eq!(again.approval, r.approval);
     match (&again.ok, &r.ok) {
         (Some(a), Some(b)) => assert!(json_eq(a, b), "{a} != {b}"),
         (None, None) => {}
@@ -86,4 +93,7 @@ fuzz_target!(|data: &[u8]| {
     typed::<SignOk>(&r);
     typed::<UnlockOk>(&r);
     typed::<AuditTailOk>(&r);
+    typed::<ApprovalsOk>(&r);
+    typed::<ApprovalInfo>(&r);
+    typed::<ApproveOk>(&r);
 });

@@ -92,7 +92,9 @@ pub fn rv_of(code: ErrorCode) -> CK_RV {
         | ErrorCode::ConfirmDenied
         | ErrorCode::RateLimited
         | ErrorCode::Locked
-        | ErrorCode::PcrMismatch => CKR_FUNCTION_REJECTED,
+        | ErrorCode::PcrMismatch
+        | ErrorCode::ApprovalRefused
+        | ErrorCode::ApprovalExpired => CKR_FUNCTION_REJECTED,
         ErrorCode::PinIncorrect => CKR_PIN_INCORRECT,
         ErrorCode::PinBlocked => CKR_PIN_LOCKED,
         ErrorCode::PinRequired => CKR_USER_NOT_LOGGED_IN,

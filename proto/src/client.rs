@@ -15,11 +15,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    self, Attest, AttestOk, AuditTail, AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg,
-    Hello, HelloOk, KeyAlg, KeyRef, ListKeysOk, Op, PcrSelection, PinPolicy, PinReply, PublicKeyOk,
-    Purpose, Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk,
-    StoreCertificate, StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME,
-    PROTOCOL_VERSION,
+    self, ApprovalInfo, ApprovalRef, ApprovalsOk, Approve, ApproveOk, Attest, AttestOk, AuditTail,
+    AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg, KeyRef,
+    ListKeysOk, Op, PcrSelection, PinPolicy, PinReply, PublicKeyOk, Purpose, Request, Response,
+    ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk,
+    TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 use zeroize::Zeroizing;
@@ -354,6 +354,27 @@ impl Client {
     /// `audit_tail`: the last `n` audit records.
     pub fn audit_tail(&mut self, n: Option<u32>) -> Result<AuditTailOk, ClientError> {
         self.call(Op::AuditTail(AuditTail { n }))
+    }
+
+    /// `approve`: hands in an approver's armored SSH signature over the text of the
+    /// pending request `approval` (docs/protocol.md, "Approvals").
+    pub fn approve(&mut self, approval: &str, signature: &str) -> Result<ApproveOk, ClientError> {
+        self.call(Op::Approve(Approve {
+            approval: approval.into(),
+            signature: signature.into(),
+        }))
+    }
+
+    /// `approvals`: the requests waiting for approvals.
+    pub fn approvals(&mut self) -> Result<ApprovalsOk, ClientError> {
+        self.call(Op::Approvals)
+    }
+
+    /// `approval_show`: one pending request, with the exact text to sign.
+    pub fn approval_show(&mut self, approval: &str) -> Result<ApprovalInfo, ClientError> {
+        self.call(Op::ApprovalShow(ApprovalRef {
+            approval: approval.into(),
+        }))
     }
 
     /// `lock`: drop cached PINs and refuse signing until `unlock`.

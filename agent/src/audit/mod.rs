@@ -97,7 +97,7 @@ mod record;
 mod sync;
 #[cfg(test)]
 mod tests;
-mod time;
+pub mod time;
 
 /// The audit directory's name inside the state directory.
 pub const DIR: &str = "audit";

@@ -33,6 +33,14 @@ pub enum Event {
     /// A client unlocked the agent or a device (`waxseal unlock`, D-Bus `Unlock`,
     /// `ssh-add -X`); a refused unlock carries a `code`.
     Unlock,
+    /// A signature waits for approvals (docs/protocol.md, "Approvals"): its id, the
+    /// hash of the text approvers sign, the quorum and the expiry.
+    ApprovalRequested,
+    /// An approver's signature over a waiting request was accepted.
+    Approved,
+    /// An approval was refused (a stranger, another namespace, a replay, a duplicate,
+    /// too late); `code` and `reason` say why.
+    ApprovalRefused,
 }
 
 impl Event {
@@ -46,6 +54,9 @@ impl Event {
             Event::Refused => "refused",
             Event::Lock => "lock",
             Event::Unlock => "unlock",
+            Event::ApprovalRequested => "approval-requested",
+            Event::Approved => "approved",
+            Event::ApprovalRefused => "approval-refused",
         }
     }
 
@@ -59,6 +70,9 @@ impl Event {
             Event::Refused,
             Event::Lock,
             Event::Unlock,
+            Event::ApprovalRequested,
+            Event::Approved,
+            Event::ApprovalRefused,
         ]
         .into_iter()
         .find(|e| e.as_str() == word)

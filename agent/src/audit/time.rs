@@ -4,9 +4,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Now as `2026-11-30T23:40:01.123456Z`.
 pub fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339(SystemTime::now())
+}
+
+/// `t` as `2026-11-30T23:40:01.123456Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let now = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);

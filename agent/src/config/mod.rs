@@ -208,6 +208,9 @@ pub struct KeyConfig {
     pub max_per_hour: Option<u32>,
     /// At most this many signatures in any 24 hours.
     pub max_per_day: Option<u32>,
+    /// Quorum approval: no signature until `quorum` approvers approved the request
+    /// (docs/protocol.md, "Approvals").
+    pub approvals: Option<crate::approvals::ApprovalPolicy>,
 }
 
 /// A configuration that cannot be used, located in its file.
@@ -531,6 +534,13 @@ impl KeyConfig {
                 ));
             }
         }
+        let approvals = match key.approvals {
+            None => None,
+            Some(a) => Some(
+                crate::approvals::ApprovalPolicy::new(a.quorum, &a.approvers, a.timeout_secs)
+                    .map_err(|(field, m)| at(k(&format!("approvals.{field}")), m))?,
+            ),
+        };
         Ok(KeyConfig {
             name: key.name,
             purposes: key.purposes,
@@ -542,6 +552,7 @@ impl KeyConfig {
             confirm: key.confirm,
             max_per_hour: key.max_per_hour,
             max_per_day: key.max_per_day,
+            approvals,
         })
     }
 }

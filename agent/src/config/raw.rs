@@ -203,6 +203,17 @@ pub(super) struct RawKey {
     pub(super) confirm: bool,
     pub(super) max_per_hour: Option<u32>,
     pub(super) max_per_day: Option<u32>,
+    pub(super) approvals: Option<RawApprovals>,
+}
+
+/// `[[key]] approvals = { quorum, approvers, timeout_secs }`, checked by
+/// [`crate::approvals::ApprovalPolicy::new`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApprovals {
+    pub(super) quorum: u32,
+    pub(super) approvers: Vec<String>,
+    pub(super) timeout_secs: Option<u64>,
 }
 
 /// Says an error inside a `[[device]]` as the other checks do. Serde reports a wrong

@@ -262,3 +262,90 @@ fn x509_eku_words() {
     assert_eq!(e.key, "key[0].x509_eku", "{e}");
     assert!(e.message.contains("x509-tbs"), "{e}");
 }
+
+/// An `ssh-ed25519` key line for approver tests.
+fn ed25519_line(seed: u8, name: &str) -> String {
+    use base64::Engine as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    let mut blob = Vec::new();
+    for f in [&b"ssh-ed25519"[..], key.verifying_key().as_bytes()] {
+        blob.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        blob.extend_from_slice(f);
+    }
+    format!(
+        "ssh-ed25519 {} {name}",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
+}
+
+fn with_approvals(approvals: &str) -> String {
+    format!("[[key]]\nname = \"hsm/root\"\npurposes = [\"x509-tbs\"]\napprovals = {approvals}\n")
+}
+
+#[test]
+fn approvals_are_read_and_checked() {
+    let (a, b) = (ed25519_line(1, "alice"), ed25519_line(2, "bob"));
+    let c = Config::parse(
+        &with_approvals(&format!(
+            "{{ quorum = 2, approvers = [\"{a}\", \"{b}\"], timeout_secs = 60 }}"
+        )),
+        "c.toml",
+    )
+    .unwrap();
+    let p = c.keys[0].approvals.as_ref().unwrap();
+    assert_eq!(p.quorum, 2);
+    assert_eq!(p.timeout, std::time::Duration::from_secs(60));
+    assert_eq!(p.approvers[1].name(), "bob");
+    for (approvals, key, why) in [
+        (
+            format!("{{ quorum = 3, approvers = [\"{a}\", \"{b}\"] }}"),
+            "key[0].approvals.quorum",
+            "between 1 and the number of approvers (2)",
+        ),
+        (
+            format!("{{ quorum = 0, approvers = [\"{a}\"] }}"),
+            "key[0].approvals.quorum",
+            "between 1",
+        ),
+        (
+            format!(
+                "{{ quorum = 1, approvers = [\"{a}\", \"{}\"] }}",
+                ed25519_line(1, "carol")
+            ),
+            "key[0].approvals.approvers[1]",
+            "same key as approvers[0]",
+        ),
+        (
+            format!(
+                "{{ quorum = 1, approvers = [\"{a}\", \"{}\"] }}",
+                ed25519_line(3, "alice")
+            ),
+            "key[0].approvals.approvers[1]",
+            "same name `alice`",
+        ),
+        (
+            "{ quorum = 1, approvers = [\"ssh-ed25519 AAAA alice\"] }".to_string(),
+            "key[0].approvals.approvers[0]",
+            "cut short",
+        ),
+        (
+            format!("{{ quorum = 1, approvers = [\"{a}\"], timeout_secs = 0 }}"),
+            "key[0].approvals.timeout_secs",
+            "between 1 and 86400",
+        ),
+        (
+            "{ quorum = 1, approvers = [] }".to_string(),
+            "key[0].approvals.approvers",
+            "at least one",
+        ),
+    ] {
+        let e = err(&with_approvals(&approvals));
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(why), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+    let e = err(&with_approvals(&format!(
+        "{{ quorum = 1, approvers = [\"{a}\"], timeout = 5 }}"
+    )));
+    assert!(e.message.contains("timeout"), "{e}");
+}

@@ -206,6 +206,17 @@ impl KeyStore {
     /// Signs for ssh.sock. An SSH client cannot be told or asked anything: a touch is
     /// only logged, and a device whose PIN source is `prompt` must be logged in first.
     pub fn sign_ssh(&self, req: &SshSign<'_>, caller: &Caller) -> Result<Signature, WireError> {
+        self.sign_ssh_with(req, caller, &mut NoInteraction)
+    }
+
+    /// [`KeyStore::sign_ssh`] for a client that may go away while its signature waits
+    /// for approvals (`ui.gone()`); it is told nothing.
+    pub fn sign_ssh_with(
+        &self,
+        req: &SshSign<'_>,
+        caller: &Caller,
+        ui: &mut dyn Interaction,
+    ) -> Result<Signature, WireError> {
         let mut subject = Map::new();
         if req.forwarded {
             subject.insert("forwarded".into(), json!(true));
@@ -217,7 +228,7 @@ impl KeyStore {
             forwarded: req.forwarded,
             defer: false,
         };
-        let gated = self.gate(ask, subject, &mut NoInteraction, |_, _, subject| {
+        let gated = self.gate(ask, subject, ui, |_, _, subject| {
             let shown = if req.alg == KeyAlg::Ed25519 {
                 hex::encode(Sha256::digest(req.data))
             } else {
@@ -279,6 +290,36 @@ impl KeyStore {
                 return Err(e);
             }
         };
+        // Quorum approval: the request waits here, with the exact bytes to sign in
+        // hand, until enough approvers signed its text (crate::approvals).
+        if let Some(approvals) = self.policy().approvals(key).cloned() {
+            let waiting = super::approval::Waiting {
+                key,
+                purpose,
+                caller,
+                policy: &approvals,
+                prepared: &prepared,
+                device,
+                label,
+            };
+            // A wait can be long: the lock and the key's policy (a SIGHUP may have
+            // changed it) are checked again before anything is signed.
+            let approved = self.await_approvals(waiting, ui).and_then(|a| {
+                self.check_unlocked()?;
+                self.policy().check_sign(key, purpose, caller)?;
+                Ok(a)
+            });
+            match approved {
+                Ok((id, names)) => {
+                    subject.insert("approval".into(), json!(id));
+                    subject.insert("approved_by".into(), json!(names));
+                }
+                Err(e) => {
+                    self.audit_refusal(key, purpose, caller, subject, &e);
+                    return Err(e);
+                }
+            }
+        }
         let refuse = |e: WireError| {
             self.audit_refusal(key, purpose, caller, subject.clone(), &e);
             e

@@ -3,6 +3,7 @@
 //! answers the operations that are not signatures. Every signature goes through the
 //! gate ([`gate`]).
 
+mod approval;
 mod gate;
 mod lock;
 
@@ -63,6 +64,8 @@ pub struct KeyStore {
     /// What each rate-limited key signed over the last day, counted from the audit log
     /// at start ([`crate::rates`]).
     rates: RateBook,
+    /// Requests waiting for approvals ([`crate::approvals`]).
+    approvals: crate::approvals::Approvals,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -96,6 +99,16 @@ pub trait Interaction {
     fn notice(&mut self, text: &str);
     /// Asks the person for a PIN; `None` when nobody can be asked or they cancelled.
     fn ask_pin(&mut self, question: &str) -> Option<secrecy::SecretString>;
+    /// Tells the person their request waits for approvals, or who has approved since
+    /// (docs/protocol.md, "Approvals"); by default as a plain notice.
+    fn approval(&mut self, text: &str, _info: &crate::proto::ApprovalInfo) {
+        self.notice(text);
+    }
+    /// Whether the requester went away (closed its connection) while its request
+    /// waits; by default it is assumed to be there.
+    fn gone(&mut self) -> bool {
+        false
+    }
 }
 
 /// A client that cannot be asked anything (ssh.sock, tools).
@@ -240,6 +253,7 @@ impl KeyStore {
             confirmer: RwLock::new(None),
             audit: None,
             rates: RateBook::new(),
+            approvals: crate::approvals::Approvals::default(),
         }
     }
 

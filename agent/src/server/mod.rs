@@ -28,6 +28,18 @@ use tracing::{info, warn};
 use crate::keystore::KeyStore;
 use crate::policy::Caller;
 
+/// Whether the peer of `stream` closed its end (a read would see end of stream, or
+/// the connection broke), without reading anything: what it sent stays unread. A
+/// request waiting for approvals asks this (docs/protocol.md, "Approvals").
+pub fn peer_gone(stream: &UnixStream) -> bool {
+    use rustix::net::{recv, RecvFlags};
+    let mut byte = [0u8; 1];
+    match recv(stream, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((_, n)) => n == 0,
+        Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+    }
+}
+
 /// Stack of a connection thread: the request path (serde, cryptoki, the module) is shallow.
 const STACK: usize = 512 * 1024;
 

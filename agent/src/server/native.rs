@@ -308,6 +308,30 @@ impl Interaction for ConnUi<'_> {
         }
     }
 
+    fn approval(&mut self, text: &str, info: &proto::ApprovalInfo) {
+        if self.held.flush(self.store, self.stream).is_ok() {
+            let _ = send(
+                self.stream,
+                &proto::encode_approval_notice(self.id, text, info),
+            );
+        }
+    }
+
+    /// The peer closed its end (a read would see end of stream, or the connection
+    /// broke); requests it sent meanwhile stay unread.
+    fn gone(&mut self) -> bool {
+        use rustix::net::{recv, RecvFlags};
+        let mut byte = [0u8; 1];
+        match recv(
+            self.stream,
+            &mut byte[..],
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        ) {
+            Ok((_, n)) => n == 0,
+            Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+        }
+    }
+
     fn ask_pin(&mut self, question: &str) -> Option<SecretString> {
         if !self.may_ask {
             return None;
@@ -433,6 +457,9 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) ->
         Op::Unlock(u) => unlock(&req, &u),
         Op::StoreCertificate(c) => store_certificate(&req, &c),
         Op::Sign(s) => return sign(&mut req, &s),
+        Op::Approve(a) => req.reply(store.approve(&a, caller)),
+        Op::Approvals => encode_ok(id, &store.approvals_list()),
+        Op::ApprovalShow(r) => req.reply(store.approval_show(&r.approval)),
     })
 }
 
@@ -443,7 +470,13 @@ fn admit(req: &Req<'_>, op: &Op) -> Result<(), WireError> {
         return Ok(());
     }
     let allowed = match op {
-        Op::Hello(_) | Op::ListKeys | Op::Sign(_) => true,
+        // An approval's authority is its SSH signature, not the uid that hands it in.
+        Op::Hello(_)
+        | Op::ListKeys
+        | Op::Sign(_)
+        | Op::Approve(_)
+        | Op::Approvals
+        | Op::ApprovalShow(_) => true,
         Op::PublicKey(k) => req.store.policy().visible_to(&k.key, req.caller),
         _ => false,
     };

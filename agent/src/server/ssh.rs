@@ -85,6 +85,9 @@ pub fn connection(
         return;
     }
     let mut session = SshSession::new(store.clone(), caller.clone());
+    if let Ok(peer) = stream.try_clone() {
+        session = session.on(peer);
+    }
     let mut reader = FrameReader::with_limit(MAX_MESSAGE).from_peer(
         Sender {
             pid,
@@ -145,6 +148,22 @@ pub struct SshSession {
     forwarded: bool,
     /// The identities last offered, with their keys.
     keys: Vec<(KeyData, SshKey)>,
+    /// The connection, to notice a client that went away while its signature waits
+    /// for approvals; `None` without a socket.
+    peer: Option<UnixStream>,
+}
+
+/// An SSH client, which cannot be told or asked anything, but can go away.
+struct SshPeer<'a>(Option<&'a UnixStream>);
+
+impl crate::keystore::Interaction for SshPeer<'_> {
+    fn notice(&mut self, _text: &str) {}
+    fn ask_pin(&mut self, _question: &str) -> Option<secrecy::SecretString> {
+        None
+    }
+    fn gone(&mut self) -> bool {
+        self.0.is_some_and(super::peer_gone)
+    }
 }
 
 impl std::fmt::Debug for SshSession {
@@ -165,7 +184,14 @@ impl SshSession {
             caller,
             forwarded: false,
             keys: Vec::new(),
+            peer: None,
         }
+    }
+
+    /// The session of the connection `peer` (see [`SshSession::peer`]).
+    pub fn on(mut self, peer: UnixStream) -> SshSession {
+        self.peer = Some(peer);
+        self
     }
 
     /// Whether the connection counts as bound for forwarding (see the module doc).
@@ -293,7 +319,8 @@ impl Session for SshSession {
             rsa_hash,
             forwarded: self.forwarded,
         };
-        let sig = match self.store.sign_ssh(&sign, &self.caller) {
+        let mut peer = SshPeer(self.peer.as_ref());
+        let sig = match self.store.sign_ssh_with(&sign, &self.caller, &mut peer) {
             Ok(sig) => sig,
             Err(e) => {
                 info!(pid, key = %key.name, code = %e.code, "ssh: sign refused or failed: {}", e.message);

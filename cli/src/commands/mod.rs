@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::{Cli, Command};
 
+mod approvals;
 mod attest;
 mod audit;
 mod ca;
@@ -89,6 +90,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ssh(c) => ssh::run(&ctx, c),
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Audit(c) => audit::run(&ctx, c),
+        Command::Approve { id, signature } => approvals::approve(&ctx, &id, &signature),
+        Command::Approvals(c) => approvals::run(&ctx, c),
         Command::Lock => {
             let ok = ctx.connect()?.lock()?;
             if ctx.json {

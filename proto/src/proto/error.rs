@@ -40,11 +40,17 @@ pub enum ErrorCode {
     /// A TPM key bound to PCRs: the PCRs' current values are not the ones the key is
     /// bound to, so the TPM refuses its policy. The message names the PCRs that differ.
     PcrMismatch,
+    /// An `approve` was refused: not a signature over a pending request's text by one
+    /// of the key's approvers that has not approved it yet (the message says which).
+    ApprovalRefused,
+    /// A request waiting for its quorum of approvals timed out (or its requester went
+    /// away) before the quorum was reached: nothing was signed.
+    ApprovalExpired,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadRequest,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownKey,
@@ -60,6 +66,8 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::KeyExists,
         ErrorCode::PcrMismatch,
+        ErrorCode::ApprovalRefused,
+        ErrorCode::ApprovalExpired,
     ];
 
     /// The word on the wire, e.g. `pin-incorrect`.
@@ -80,6 +88,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::KeyExists => "key-exists",
             ErrorCode::PcrMismatch => "pcr-mismatch",
+            ErrorCode::ApprovalRefused => "approval-refused",
+            ErrorCode::ApprovalExpired => "approval-expired",
         }
     }
 }

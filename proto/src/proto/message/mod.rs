@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 use super::error::{ErrorCode, WireError};
 
+mod approval;
 mod response;
+pub use approval::*;
 pub use response::*;
 
 /// The longest key NAME (and device name) a request may carry, in bytes.
@@ -446,6 +448,12 @@ pub enum Op {
     Unlock(Unlock),
     /// The last records of the audit log.
     AuditTail(AuditTail),
+    /// An approver's signature over a pending request (docs/protocol.md, "Approvals").
+    Approve(Approve),
+    /// The requests waiting for approvals.
+    Approvals,
+    /// One request waiting for approvals, with the text to sign.
+    ApprovalShow(ApprovalRef),
 }
 
 impl Op {
@@ -463,6 +471,9 @@ impl Op {
             Op::Lock => "lock",
             Op::Unlock(_) => "unlock",
             Op::AuditTail(_) => "audit_tail",
+            Op::Approve(_) => "approve",
+            Op::Approvals => "approvals",
+            Op::ApprovalShow(_) => "approval_show",
         }
     }
 }
@@ -901,13 +912,28 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         "lock" => Op::Lock,
         "unlock" => Op::Unlock(body(id, &op, map)?),
         "audit_tail" => Op::AuditTail(body(id, &op, map)?),
+        "approve" => {
+            let approve: Approve = body(id, &op, map)?;
+            approve
+                .check()
+                .map_err(|m| RequestError::bad(Some(id), format!("`approve` request: {m}")))?;
+            Op::Approve(approve)
+        }
+        "approvals" => Op::Approvals,
+        "approval_show" => {
+            let show: ApprovalRef = body(id, &op, map)?;
+            show.check().map_err(|m| {
+                RequestError::bad(Some(id), format!("`approval_show` request: {m}"))
+            })?;
+            Op::ApprovalShow(show)
+        }
         other => {
             return Err(RequestError {
                 id: Some(id),
                 error: WireError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate, lock, unlock, audit_tail)",
+                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate, lock, unlock, audit_tail, approve, approvals, approval_show)",
                         other.chars().take(64).collect::<String>()
                     ),
                 ),

@@ -212,6 +212,24 @@ pub fn encode_notice(id: u64, notice: &str) -> Vec<u8> {
     serde_json::to_vec(&Wire { id, notice }).unwrap_or_default()
 }
 
+/// Encodes a notice about a request waiting for approvals: `{"id":…,"notice":…,
+/// "approval":{…}}` (docs/protocol.md, "Approvals"). The `approval-pending` answer is
+/// the first; each later one says who has approved since.
+pub fn encode_approval_notice(id: u64, notice: &str, approval: &ApprovalInfo) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        id: u64,
+        notice: &'a str,
+        approval: &'a ApprovalInfo,
+    }
+    serde_json::to_vec(&Wire {
+        id,
+        notice,
+        approval,
+    })
+    .unwrap_or_default()
+}
+
 /// Encodes a PIN prompt: the agent asks the requesting person for a PIN
 /// (`pin = "prompt"`). The client answers `{"id":…,"op":"pin_reply","pin":"…"}`, or
 /// `{"id":…,"op":"pin_reply","cancel":true}`, and then reads the response.
@@ -241,6 +259,10 @@ pub struct Response {
     /// A PIN prompt: the client answers with a `pin_reply`; the response follows.
     #[serde(default)]
     pub prompt: Option<String>,
+    /// With a notice: the request waits for approvals (docs/protocol.md, "Approvals");
+    /// the first such notice is the `approval-pending` answer, later ones the progress.
+    #[serde(default)]
+    pub approval: Option<ApprovalInfo>,
 }
 
 impl Response {

@@ -674,3 +674,36 @@ fn a_message_is_alone_for_purpose_digest_and_bounded() {
     let Op::Sign(s) = none.op else { panic!() };
     assert_eq!(s.message, None);
 }
+
+#[test]
+fn approve_requests_are_bounded() {
+    let ok =
+        decode_request(br#"{"id":1,"op":"approve","approval":"ab12","signature":"x"}"#).unwrap();
+    assert_eq!(ok.op.name(), "approve");
+    let long = "s".repeat(MAX_APPROVAL_SIGNATURE + 1);
+    let payload = format!(r#"{{"id":2,"op":"approve","approval":"ab12","signature":"{long}"}}"#);
+    let e = decode_request(payload.as_bytes()).unwrap_err();
+    assert!(e.error.message.contains("at most"), "{}", e.error);
+    let e = decode_request(br#"{"id":3,"op":"approval_show","approval":"a\nb"}"#).unwrap_err();
+    assert!(e.error.message.contains("`approval`"), "{}", e.error);
+    let ok = decode_request(br#"{"id":4,"op":"approvals"}"#).unwrap();
+    assert_eq!(ok.op, Op::Approvals);
+}
+
+#[test]
+fn approval_ops_round_trip() {
+    for op in [
+        Op::Approve(Approve {
+            approval: "0123abcd".into(),
+            signature: "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n".into(),
+        }),
+        Op::Approvals,
+        Op::ApprovalShow(ApprovalRef {
+            approval: "0123abcd".into(),
+        }),
+    ] {
+        let req = Request { id: 5, op };
+        let back = decode_request(&req.to_json()).unwrap();
+        assert_eq!(back, req);
+    }
+}
