@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod commands;
+use waxseal::defaults;
 use waxseal::signing_config;
 use waxseal::sigstore;
 use waxseal::sshfmt;
@@ -47,7 +48,7 @@ use waxseal_proto::proto::{HashAlg, KeyAlg, PinPolicy, TouchPolicy};
     after_long_help = "Exit status: 0 success, 1 a refused or failed operation (stderr says why and \
                        what to do), 2 a usage error.\n\n\
                        Environment: WAXSEAL_SOCK (the agent's socket), XDG_RUNTIME_DIR, \
-                       XDG_STATE_HOME.\n\n\
+                       XDG_STATE_HOME, XDG_CONFIG_HOME (the config file).\n\n\
                        See also: waxseal-agent(1), and README.md and docs/ in the source."
 )]
 pub struct Cli {
@@ -57,6 +58,11 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// The config file whose [sigstore] table gives `sign` its default Sigstore
+    /// services and trust files (default: $XDG_CONFIG_HOME/waxseal/config.toml, the
+    /// agent's; only that table is read).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -232,12 +238,11 @@ enum KeysCommand {
     },
 }
 
+/// `sign`'s Sigstore flags. What one of them needs (a Rekor URL its key, a timeout a
+/// TSA) may come from the config's `[sigstore]` table, so those needs are checked after
+/// the table is applied (cli/src/defaults.rs); flags that exclude each other are
+/// refused here.
 #[derive(Debug, clap::Args)]
-#[command(
-    group(clap::ArgGroup::new("rekor_source").args(["rekor_url", "signing_config"])),
-    group(clap::ArgGroup::new("tsa_source").args(["tsa_url", "signing_config"])),
-    group(clap::ArgGroup::new("rekor_key").args(["rekor_public_key", "trusted_root"]))
-)]
 struct SignArgs {
     /// Files to sign, each into its own bundle (FILE.sigstore.json) or, with --raw,
     /// signature (FILE.sig); many files are signed over one connection.
@@ -270,39 +275,38 @@ struct SignArgs {
     #[arg(long, value_name = "OUT", requires = "raw")]
     out: Option<PathBuf>,
     /// Upload the signature to this Rekor log and put the entry into the bundle.
-    #[arg(long, value_name = "URL", requires = "rekor_key", conflicts_with_all = ["raw", "digest"])]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["raw", "digest"])]
     rekor_url: Option<String>,
     /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked
     /// against it; with --signing-config, every chosen log's.
-    #[arg(long, value_name = "PEMFILE", requires = "rekor_source")]
+    #[arg(long, value_name = "PEMFILE", conflicts_with_all = ["raw", "digest"])]
     rekor_public_key: Option<PathBuf>,
     /// A Sigstore TrustedRoot (JSON) instead of --rekor-public-key: each log's key is
     /// the one of its `tlogs[]` entry with the same `baseUrl`, and each timestamp must
     /// be signed by one of its `timestampAuthorities`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_public_key", "raw", "digest"])]
     trusted_root: Option<PathBuf>,
-    /// The Rekor API: 1 (hashedrekord v0.0.1, a signed entry timestamp) or 2
-    /// (hashedrekord v0.0.2, no signed time: needs --tsa-url; no Ed25519 keys).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2), requires = "rekor_url")]
-    rekor_version: u8,
+    /// The Rekor API: 1 (hashedrekord v0.0.1, a signed entry timestamp; the default)
+    /// or 2 (hashedrekord v0.0.2, no signed time: needs --tsa-url; no Ed25519 keys).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2), conflicts_with_all = ["raw", "digest"])]
+    rekor_version: Option<u8>,
     /// Timestamp each signature with this RFC 3161 time-stamp authority and put its
     /// checked answer into the bundle.
     #[arg(long, value_name = "URL", conflicts_with_all = ["raw", "digest"])]
     tsa_url: Option<String>,
-    /// Seconds the TSA has to answer.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 10,
-        requires = "tsa_source"
-    )]
-    tsa_timeout: u64,
+    /// Seconds the TSA has to answer (default: 10).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=600), conflicts_with_all = ["raw", "digest"])]
+    tsa_timeout: Option<u64>,
     /// Choose the Rekor logs and TSAs from this Sigstore SigningConfig v0.2 (JSON), as
     /// sigstore-go does: valid now, the highest API version, one per operator, then
     /// its selectors (ANY, ALL, EXACT). Each chosen log adds an entry, each TSA a
     /// timestamp.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_url", "tsa_url", "raw", "digest"])]
     signing_config: Option<PathBuf>,
+    /// Ignore the [sigstore] table of the config file: only the services and trust
+    /// files given here are used.
+    #[arg(long)]
+    no_sigstore_defaults: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -12,7 +12,9 @@
 //! bundle, and an older bundle of it stays. `--signing-config` chooses those logs and
 //! TSAs from a Sigstore SigningConfig (`crate::signing_config`) before anything is
 //! signed; each chosen log adds an entry and each TSA a timestamp. `--trusted-root`
-//! gives each log's key (by `baseUrl`) and the TSAs a timestamp must come from.
+//! gives each log's key (by `baseUrl`) and the TSAs a timestamp must come from. Any of
+//! these the command line leaves out may come from the config's `[sigstore]` table
+//! (`crate::defaults`; README, "Signing releases").
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use waxseal_proto::client::Client;
 use waxseal_proto::proto::{Bytes, HashAlg, KeyAlg, Op, Purpose, RsaPadding, Sign, SignOk};
 
 use super::Ctx;
+use crate::defaults::ServiceFlags;
 use crate::signing_config::{SigningConfig, TrustedRoot};
 use crate::sigstore::{Bundle, Rekor};
 use crate::tsa::{TrustedTsa, Tsa};
@@ -88,9 +91,15 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         bail!("a Sigstore bundle cannot say that an RSA signature is PSS (verifiers assume PKCS#1 v1.5): add --raw for a bare PSS signature");
     }
     // The services and the Rekor key before anything is signed: a bad config or key
-    // file costs no signature.
-    let services = Services::from_args(&args, ctx.json)?;
-    let trusted_root = match &args.trusted_root {
+    // file costs no signature. A bare signature has no bundle to put services in, so
+    // the config's [sigstore] defaults do not apply to --raw.
+    let (flags, defaults_from) = ctx.sigstore_services(
+        service_flags(&args),
+        args.no_sigstore_defaults || args.raw,
+        "sign",
+    )?;
+    let services = Services::from_flags(&flags, ctx.json)?;
+    let trusted_root = match &flags.trusted_root {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read the trusted root {}", path.display()))?;
@@ -100,7 +109,7 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         }
         None => None,
     };
-    let pem_key = match &args.rekor_public_key {
+    let pem_key = match &flags.rekor_public_key {
         Some(pem) if !services.rekor_urls.is_empty() => {
             let text = std::fs::read_to_string(pem)
                 .with_context(|| format!("cannot read the Rekor public key {}", pem.display()))?;
@@ -157,7 +166,7 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         .iter()
         .map(|url| Tsa {
             url: url.clone(),
-            timeout: std::time::Duration::from_secs(args.tsa_timeout),
+            timeout: std::time::Duration::from_secs(flags.tsa_timeout()),
         })
         .collect();
     let mut client = ctx.connect()?;
@@ -185,7 +194,9 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         rekor_v2,
         tsa: &tsa,
         tsa_trust: &tsa_trust,
-        trusted_root: args.trusted_root.as_deref(),
+        trusted_root: flags.trusted_root.as_deref(),
+        services: &services,
+        defaults_from: defaults_from.as_deref(),
     };
     let many = args.files.len() > 1;
     let outcomes = job.sign_files(&mut client, &args.files, many);
@@ -251,8 +262,22 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
     Ok(())
 }
 
+/// `sign`'s Sigstore flags as plain values, for [`crate::defaults`].
+fn service_flags(args: &SignArgs) -> ServiceFlags {
+    ServiceFlags {
+        signing_config: args.signing_config.clone(),
+        trusted_root: args.trusted_root.clone(),
+        rekor_url: args.rekor_url.clone(),
+        rekor_version: args.rekor_version,
+        rekor_public_key: args.rekor_public_key.clone(),
+        tsa_url: args.tsa_url.clone(),
+        tsa_timeout: args.tsa_timeout,
+    }
+}
+
 /// The Rekor logs and TSAs of one invocation: from `--rekor-url` and `--tsa-url`, or
-/// chosen from `--signing-config` at the time of signing.
+/// chosen from `--signing-config` at the time of signing (each possibly from the
+/// config's `[sigstore]`).
 struct Services {
     rekor_urls: Vec<String>,
     /// The Rekor API of every log in `rekor_urls`.
@@ -261,12 +286,12 @@ struct Services {
 }
 
 impl Services {
-    fn from_args(args: &SignArgs, quiet: bool) -> Result<Services> {
-        let Some(path) = &args.signing_config else {
+    fn from_flags(flags: &ServiceFlags, quiet: bool) -> Result<Services> {
+        let Some(path) = &flags.signing_config else {
             return Ok(Services {
-                rekor_urls: args.rekor_url.iter().cloned().collect(),
-                rekor_version: args.rekor_version,
-                tsa_urls: args.tsa_url.iter().cloned().collect(),
+                rekor_urls: flags.rekor_url.iter().cloned().collect(),
+                rekor_version: flags.rekor_version(),
+                tsa_urls: flags.tsa_url.iter().cloned().collect(),
             });
         };
         let name = path.display();
@@ -282,7 +307,9 @@ impl Services {
             _ => 1,
         };
         let tsa_urls: Vec<String> = chosen.tsa.iter().map(|s| s.url.clone()).collect();
-        if !rekor_urls.is_empty() && args.rekor_public_key.is_none() && args.trusted_root.is_none()
+        if !rekor_urls.is_empty()
+            && flags.rekor_public_key.is_none()
+            && flags.trusted_root.is_none()
         {
             bail!(
                 "signing config {name} chooses the Rekor log {}: add --rekor-public-key (the log's PEM key) or --trusted-root so its answer can be checked",
@@ -333,6 +360,10 @@ struct Job<'a> {
     tsa_trust: &'a [TrustedTsa],
     /// `--trusted-root`, to name in errors.
     trusted_root: Option<&'a Path>,
+    /// The services used, for `--json`.
+    services: &'a Services,
+    /// The config file whose `[sigstore]` filled in some of them, for `--json`.
+    defaults_from: Option<&'a Path>,
 }
 
 /// What became of one file.
@@ -511,6 +542,13 @@ impl Job<'_> {
         if let (false, Ok(s)) = (self.raw, result) {
             v["log_index"] = json!(s.logged.map(|l| l.0));
             v["integrated_time"] = json!(s.logged.map(|l| l.1));
+            v["services"] = json!({
+                "rekor": self.services.rekor_urls,
+                "rekor_version": (!self.services.rekor_urls.is_empty())
+                    .then_some(self.services.rekor_version),
+                "tsa": self.services.tsa_urls,
+                "sigstore_defaults": self.defaults_from,
+            });
         }
         v
     }
