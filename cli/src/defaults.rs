@@ -308,8 +308,8 @@ struct FileView {
 /// `[sigstore]` of the TOML `text` (paths as written), checked; an empty table when
 /// there is none. `file` names it in errors.
 pub fn parse(text: &str, file: &Path) -> Result<SigstoreDefaults, DefaultsError> {
-    let view: FileView = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-        .map_err(|e| {
+    let view: FileView =
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let message = match inner.message().trim() {

@@ -153,12 +153,18 @@ fn a_table_naming_a_signing_config_and_trusted_root_needs_no_service_flags() {
         "{said}"
     );
     let b = read_json(&bundle);
-    assert_eq!(b["mediaType"], "application/vnd.dev.sigstore.bundle.v0.3+json");
+    assert_eq!(
+        b["mediaType"],
+        "application/vnd.dev.sigstore.bundle.v0.3+json"
+    );
     let e = entries(&b);
     assert_eq!(e.len(), 1, "{b}");
     assert_eq!(e[0]["kindVersion"]["kind"], "hashedrekord");
     assert_eq!(e[0]["kindVersion"]["version"], "0.0.2");
-    assert!(e[0]["inclusionProof"]["checkpoint"]["envelope"].is_string(), "{b}");
+    assert!(
+        e[0]["inclusionProof"]["checkpoint"]["envelope"].is_string(),
+        "{b}"
+    );
     assert_eq!(stamps(&b).len(), 1, "{b}");
     sigstore_js_verify_with(
         &bundle,
@@ -277,7 +283,10 @@ fn a_flag_replaces_the_files_setting_of_its_service_only() {
     ]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("--tsa-url replaces tsa_url of [sigstore]"), "{said}");
+    assert!(
+        said.contains("--tsa-url replaces tsa_url of [sigstore]"),
+        "{said}"
+    );
     let b = read_json(&bundle);
     assert_eq!((entries(&b).len(), stamps(&b).len()), (1, 1), "{b}");
     sigstore_js_verify_with(
@@ -396,7 +405,14 @@ fn a_typo_in_the_table_stops_the_agent_and_the_cli_naming_the_setting() {
     std::fs::write(&file, b"a\n").unwrap();
     let f = file.to_str().unwrap();
     let before = signed_records(&agent);
-    let out = agent.cli(&["--config", bad.to_str().unwrap(), "sign", f, "--key", "hsm/ec"]);
+    let out = agent.cli(&[
+        "--config",
+        bad.to_str().unwrap(),
+        "sign",
+        f,
+        "--key",
+        "hsm/ec",
+    ]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
@@ -414,7 +430,14 @@ fn a_typo_in_the_table_stops_the_agent_and_the_cli_naming_the_setting() {
         "[sigstore]\nrekor_url = \"https://rekor.example\"\nrekor_version = 3\n",
     )
     .unwrap();
-    let out = agent.cli(&["--config", bad.to_str().unwrap(), "sign", f, "--key", "hsm/ec"]);
+    let out = agent.cli(&[
+        "--config",
+        bad.to_str().unwrap(),
+        "sign",
+        f,
+        "--key",
+        "hsm/ec",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(":3: sigstore.rekor_version: 3 is not a Rekor API version"),
@@ -422,7 +445,14 @@ fn a_typo_in_the_table_stops_the_agent_and_the_cli_naming_the_setting() {
         text(&out)
     );
     let gone = dir.path().join("missing.toml");
-    let out = agent.cli(&["--config", gone.to_str().unwrap(), "sign", f, "--key", "hsm/ec"]);
+    let out = agent.cli(&[
+        "--config",
+        gone.to_str().unwrap(),
+        "sign",
+        f,
+        "--key",
+        "hsm/ec",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("config {}: cannot read it", gone.display())),

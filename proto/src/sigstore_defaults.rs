@@ -194,10 +194,7 @@ mod tests {
     fn each_bad_setting_is_named() {
         let cases: [(SigstoreDefaults, &str); 9] = [
             (with(|d| d.rekor_url = Some("ftp://x".into())), "rekor_url"),
-            (
-                with(|d| d.tsa_url = Some("https://a b".into())),
-                "tsa_url",
-            ),
+            (with(|d| d.tsa_url = Some("https://a b".into())), "tsa_url"),
             (
                 with(|d| d.rekor_url = Some(format!("https://{}", "a".repeat(MAX_URL)))),
                 "rekor_url",

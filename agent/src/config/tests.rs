@@ -297,12 +297,19 @@ fn sigstore_typos_and_bad_values_name_line_and_field() {
     assert_eq!(e.line, Some(5), "{e}");
     assert_eq!(e.key, "sigstore.rekor_ulr", "{e}");
     assert!(e.message.contains("unknown field `rekor_ulr`"), "{e}");
-    assert!(e.message.contains("rekor_url"), "expected fields listed: {e}");
+    assert!(
+        e.message.contains("rekor_url"),
+        "expected fields listed: {e}"
+    );
 
     let e = err("[sigstore]\nrekor_url = \"https://rekor\"\nrekor_version = 3\n");
     assert_eq!(e.key, "sigstore.rekor_version", "{e}");
     assert_eq!(e.line, Some(3), "{e}");
-    assert!(e.to_string().starts_with("c.toml:3: sigstore.rekor_version: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("c.toml:3: sigstore.rekor_version: "),
+        "{e}"
+    );
 
     let e = err("[sigstore]\nsigning_config = \"s.json\"\ntsa_url = \"https://tsa\"\n");
     assert_eq!(e.key, "sigstore.tsa_url", "{e}");

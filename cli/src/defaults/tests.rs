@@ -80,7 +80,10 @@ fn a_rekor_url_flag_replaces_the_files_signing_config_and_its_rekor() {
     assert_eq!(flags.tsa_url.as_deref(), Some("https://tsa.internal"));
     assert_eq!(
         applied.replaced,
-        vec![("rekor_url", "--rekor-url"), ("rekor_version", "--rekor-url")]
+        vec![
+            ("rekor_url", "--rekor-url"),
+            ("rekor_version", "--rekor-url")
+        ]
     );
     assert!(applied.uses("rekor_public_key") && applied.uses("tsa_timeout_secs"));
 }
@@ -191,7 +194,10 @@ fn flags_that_need_a_partner_find_it_in_the_file_or_are_refused() {
     let mut flags = alone.clone();
     let applied = apply_defaults(&mut flags, &file_public());
     let e = check(&flags, &applied).unwrap_err();
-    assert!(e.contains("signing config names each log's API version"), "{e}");
+    assert!(
+        e.contains("signing config names each log's API version"),
+        "{e}"
+    );
 
     // --rekor-url with no key anywhere: refused, naming both ways to give one.
     let url = ServiceFlags {
@@ -199,7 +205,10 @@ fn flags_that_need_a_partner_find_it_in_the_file_or_are_refused() {
         ..Default::default()
     };
     let e = check(&url, &Applied::default()).unwrap_err();
-    assert!(e.contains("--rekor-public-key") && e.contains("rekor_public_key"), "{e}");
+    assert!(
+        e.contains("--rekor-public-key") && e.contains("rekor_public_key"),
+        "{e}"
+    );
     let mut flags = url.clone();
     let applied = apply_defaults(
         &mut flags,
@@ -271,7 +280,10 @@ fn bad_tables_name_file_line_and_field() {
     assert_eq!(e.key, "sigstore.tsa_ulr", "{e}");
     assert_eq!(e.line, Some(4), "{e}");
     assert!(e.message.contains("unknown field `tsa_ulr`"), "{e}");
-    assert!(e.message.contains("`tsa_url`"), "the fields are listed: {e}");
+    assert!(
+        e.message.contains("`tsa_url`"),
+        "the fields are listed: {e}"
+    );
     let shown = e.to_string();
     assert!(
         shown.starts_with("config /c/config.toml:4: sigstore.tsa_ulr: unknown field"),
