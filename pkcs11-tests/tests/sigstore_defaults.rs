@@ -175,6 +175,48 @@ fn a_table_naming_a_signing_config_and_trusted_root_needs_no_service_flags() {
     )
     .unwrap_or_else(|e| panic!("@sigstore/verify refused the bundle: {e}"));
 
+    // --rekor-url and --tsa-url set the file's signing config aside (stderr says so)
+    // and keep its trusted root, which must then name the flag's log: it does.
+    std::fs::remove_file(&bundle).unwrap();
+    let out = agent.cli(&[
+        "--config",
+        config.to_str().unwrap(),
+        "sign",
+        f,
+        "--key",
+        "hsm/ec",
+        "--rekor-url",
+        &rekor.url,
+        "--rekor-version",
+        "2",
+        "--tsa-url",
+        &tsa.url,
+    ]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("--rekor-url replaces signing_config of [sigstore]"),
+        "{said}"
+    );
+    assert!(
+        said.contains("from [sigstore] in") && said.contains(": trusted_root"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("signing config "),
+        "the config was read: {said}"
+    );
+    let b = read_json(&bundle);
+    assert_eq!((entries(&b).len(), stamps(&b).len()), (1, 1), "{b}");
+    sigstore_js_verify_with(
+        &bundle,
+        &file,
+        &pem,
+        Some((&rekor_key, &rekor.url)),
+        Some(&chain),
+    )
+    .unwrap_or_else(|e| panic!("@sigstore/verify refused the flags' bundle: {e}"));
+
     // --json reports the services and the file they came from.
     std::fs::remove_file(&bundle).unwrap();
     let out = agent.cli(&[
