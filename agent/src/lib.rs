@@ -6,7 +6,9 @@
 //! config, device lanes, key store, policy, the audit log and the socket servers.
 #![forbid(unsafe_code)]
 
-pub use waxseal_proto::{audit_chain, client, intoto, keyuri, paths, proto, wire};
+pub use waxseal_proto::{
+    audit_chain, client, intoto, keyuri, paths, proto, sigstore_defaults, wire,
+};
 
 #[cfg(feature = "daemon")]
 pub mod approvals;

@@ -1,7 +1,9 @@
 //! The library half of the `waxseal` package: what its two binaries share (`waxseal`
-//! and `sigstore-kms-waxseal`): local signature checks, key formats and the CA profiles.
+//! and `sigstore-kms-waxseal`): local signature checks, key formats, the CA profiles and
+//! the `[sigstore]` defaults of the config file.
 
 pub mod ca;
+pub mod defaults;
 pub mod kms;
 pub mod signing_config;
 pub mod sigstore;

@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod commands;
+use waxseal::defaults;
 use waxseal::signing_config;
 use waxseal::sigstore;
 use waxseal::sshfmt;
@@ -47,7 +48,7 @@ use waxseal_proto::proto::{HashAlg, KeyAlg, PcrSelection, PinPolicy, TouchPolicy
     after_long_help = "Exit status: 0 success, 1 a refused or failed operation (stderr says why and \
                        what to do), 2 a usage error.\n\n\
                        Environment: WAXSEAL_SOCK (the agent's socket), XDG_RUNTIME_DIR, \
-                       XDG_STATE_HOME.\n\n\
+                       XDG_STATE_HOME, XDG_CONFIG_HOME (the config file).\n\n\
                        See also: waxseal-agent(1), and README.md and docs/ in the source."
 )]
 pub struct Cli {
@@ -57,6 +58,11 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// The config file whose [sigstore] table gives `sign` its default Sigstore
+    /// services and trust files (default: $XDG_CONFIG_HOME/waxseal/config.toml, the
+    /// agent's; only that table is read).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -267,22 +273,20 @@ enum KeysCommand {
 
 /// The Sigstore services a bundle is logged and timestamped with: the same flags, with
 /// the same meaning and checks, for `waxseal sign` and `waxseal attest`
-/// (`commands::services`). Every field is optional so defaults can come from elsewhere.
+/// (`commands::services`). Every field is optional: the config's `[sigstore]` table may
+/// fill it (cli/src/defaults.rs), so what one flag needs (a Rekor URL its key, a timeout
+/// a TSA) is checked after the table is applied; flags that exclude each other are
+/// refused here.
 #[derive(Debug, Clone, Default, clap::Args)]
-#[command(
-    group(clap::ArgGroup::new("rekor_source").args(["rekor_url", "signing_config"])),
-    group(clap::ArgGroup::new("tsa_source").args(["tsa_url", "signing_config"])),
-    group(clap::ArgGroup::new("rekor_key").args(["rekor_public_key", "trusted_root"]))
-)]
 pub struct ServiceArgs {
     /// Upload the signature to this Rekor log and put the entry into the bundle (an
     /// attestation: its DSSE envelope, as a dsse entry; in Rekor v2 its PAE's
     /// hashedrekord).
-    #[arg(long, value_name = "URL", requires = "rekor_key")]
+    #[arg(long, value_name = "URL")]
     pub rekor_url: Option<String>,
     /// The Rekor log's public key (PEM): its answer (for v2, its checkpoint) is checked
     /// against it; with --signing-config, every chosen log's.
-    #[arg(long, value_name = "PEMFILE", requires = "rekor_source")]
+    #[arg(long, value_name = "PEMFILE")]
     pub rekor_public_key: Option<PathBuf>,
     /// A Sigstore TrustedRoot (JSON) instead of --rekor-public-key: each log's key is
     /// the one of its `tlogs[]` entry with the same `baseUrl`, and each timestamp must
@@ -292,14 +296,14 @@ pub struct ServiceArgs {
     /// The Rekor API: 1 (default: hashedrekord v0.0.1, or dsse v0.0.1 for attestations,
     /// with a signed entry timestamp) or 2 (hashedrekord v0.0.2, no signed time: needs
     /// --tsa-url; no Ed25519 keys).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2), requires = "rekor_url")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
     pub rekor_version: Option<u8>,
     /// Timestamp each signature with this RFC 3161 time-stamp authority and put its
     /// checked answer into the bundle.
     #[arg(long, value_name = "URL")]
     pub tsa_url: Option<String>,
     /// Seconds the TSA has to answer (default: 10).
-    #[arg(long, value_name = "SECS", requires = "tsa_source")]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=600))]
     pub tsa_timeout: Option<u64>,
     /// Choose the Rekor logs and TSAs from this Sigstore SigningConfig v0.2 (JSON), as
     /// sigstore-go does: valid now, the highest API version, one per operator, then
@@ -307,6 +311,25 @@ pub struct ServiceArgs {
     /// timestamp.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["rekor_url", "tsa_url"])]
     pub signing_config: Option<PathBuf>,
+    /// Ignore the [sigstore] table of the config file: only the services and trust
+    /// files given here are used.
+    #[arg(long)]
+    pub no_sigstore_defaults: bool,
+}
+
+impl ServiceArgs {
+    /// The flags as plain values, for the config's defaults (`waxseal::defaults`).
+    pub fn flags(&self) -> defaults::ServiceFlags {
+        defaults::ServiceFlags {
+            signing_config: self.signing_config.clone(),
+            trusted_root: self.trusted_root.clone(),
+            rekor_url: self.rekor_url.clone(),
+            rekor_version: self.rekor_version,
+            rekor_public_key: self.rekor_public_key.clone(),
+            tsa_url: self.tsa_url.clone(),
+            tsa_timeout: self.tsa_timeout,
+        }
+    }
 }
 
 /// The service flags `--raw` and `--digest` conflict with: they write no bundle.

@@ -1,4 +1,6 @@
-//! The TOML configuration file: agent settings, devices and per-key policy.
+//! The TOML configuration file: agent settings, devices and per-key policy, and the
+//! `[sigstore]` defaults of `waxseal sign`, which the agent only checks (its schema is
+//! [`crate::sigstore_defaults`], shared with the CLI).
 //!
 //! Every error names the file, the line and the key (`device[1].pin`), whether it comes
 //! from TOML syntax, a wrong type, an unknown key or a check made after parsing.
@@ -14,6 +16,7 @@ use x509_cert::der::asn1::ObjectIdentifier;
 use crate::keyuri::{valid_device_name, KeyName};
 use crate::pin::PinSource;
 use crate::proto::{self, Purpose};
+use crate::sigstore_defaults::SigstoreDefaults;
 use crate::x509::{self, CertKind};
 use raw::{device_error, RawAgent, RawConfig, RawDevice, RawKey, SerialValue};
 
@@ -41,6 +44,10 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     /// `[[key]]`, in file order.
     pub keys: Vec<KeyConfig>,
+    /// `[sigstore]`, checked; the CLI's defaults (README, "Signing releases"), unused
+    /// by the agent. Relative paths are relative to the file's directory once
+    /// [`Config::load`] has read it.
+    pub sigstore: Option<SigstoreDefaults>,
 }
 
 /// `[agent]`.
@@ -251,6 +258,8 @@ impl Config {
             message: format!("cannot read the config file: {e}"),
         })?;
         let mut config = Config::parse(&text, &path.display().to_string())?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        config.sigstore = config.sigstore.map(|s| s.relative_to(dir));
         config.path = Some(path.to_path_buf());
         Ok(config)
     }
@@ -291,6 +300,11 @@ impl Config {
             message,
         };
         let agent = AgentConfig::from_raw(raw.agent, &at)?;
+        if let Some(sigstore) = &raw.sigstore {
+            sigstore
+                .check()
+                .map_err(|e| at(format!("sigstore.{}", e.field), e.message))?;
+        }
         let mut names = HashSet::new();
         let mut devices = Vec::new();
         for (i, d) in raw.devices.into_iter().enumerate() {
@@ -306,6 +320,7 @@ impl Config {
             agent,
             devices,
             keys,
+            sigstore: raw.sigstore,
         })
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::{ConfigError, DeviceKind, TokenSelector};
 use crate::pin::PinSource;
 use crate::proto::Purpose;
+use crate::sigstore_defaults::SigstoreDefaults;
 use crate::x509::CertKind;
 
 #[derive(Deserialize, Default)]
@@ -20,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) devices: Vec<RawDevice>,
     #[serde(default, rename = "key")]
     pub(super) keys: Vec<RawKey>,
+    /// `[sigstore]`: read by the CLI, checked here so that a typo stops the agent.
+    pub(super) sigstore: Option<SigstoreDefaults>,
 }
 
 #[derive(Deserialize, Default)]

@@ -349,3 +349,59 @@ fn approvals_are_read_and_checked() {
     )));
     assert!(e.message.contains("timeout"), "{e}");
 }
+
+#[test]
+fn sigstore_table_is_read_and_its_paths_follow_the_file() {
+    let text = format!(
+        "{GOOD}\n[sigstore]\nsigning_config = \"signing_config.v0.2.json\"\ntrusted_root = \"/etc/waxseal/trusted_root.json\"\ntsa_timeout_secs = 20\n"
+    );
+    let c = Config::parse(&text, "c.toml").unwrap();
+    let s = c.sigstore.as_ref().unwrap();
+    assert_eq!(
+        s.signing_config.as_deref(),
+        Some(Path::new("signing_config.v0.2.json"))
+    );
+    assert_eq!(s.tsa_timeout_secs, Some(20));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &text).unwrap();
+    let c = Config::load(&file).unwrap();
+    let s = c.sigstore.unwrap();
+    assert_eq!(
+        s.signing_config.as_deref(),
+        Some(dir.path().join("signing_config.v0.2.json").as_path())
+    );
+    assert_eq!(
+        s.trusted_root.as_deref(),
+        Some(Path::new("/etc/waxseal/trusted_root.json"))
+    );
+    assert!(Config::parse(GOOD, "c.toml").unwrap().sigstore.is_none());
+}
+
+#[test]
+fn sigstore_typos_and_bad_values_name_line_and_field() {
+    let e = err("[agent]\nmax_connections = 2\n\n[sigstore]\nrekor_ulr = \"https://rekor\"\n");
+    assert_eq!(e.line, Some(5), "{e}");
+    assert_eq!(e.key, "sigstore.rekor_ulr", "{e}");
+    assert!(e.message.contains("unknown field `rekor_ulr`"), "{e}");
+    assert!(
+        e.message.contains("rekor_url"),
+        "expected fields listed: {e}"
+    );
+
+    let e = err("[sigstore]\nrekor_url = \"https://rekor\"\nrekor_version = 3\n");
+    assert_eq!(e.key, "sigstore.rekor_version", "{e}");
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("c.toml:3: sigstore.rekor_version: "),
+        "{e}"
+    );
+
+    let e = err("[sigstore]\nsigning_config = \"s.json\"\ntsa_url = \"https://tsa\"\n");
+    assert_eq!(e.key, "sigstore.tsa_url", "{e}");
+    assert_eq!(e.line, Some(3), "{e}");
+
+    let e = err("[sigstore]\ntsa_timeout_secs = \"ten\"\n");
+    assert_eq!(e.key, "sigstore.tsa_timeout_secs", "{e}");
+}

@@ -65,7 +65,13 @@ pub fn run(ctx: &Ctx, args: AttestArgs) -> Result<()> {
     }
     let parsed = Statement::parse(&statement).context("the statement cannot be signed")?;
     // The services and their keys before anything is signed, as for `waxseal sign`.
-    let services = Services::prepare(&args.services, ctx.json)?;
+    // The config's [sigstore] defaults fill what the flags leave out.
+    let (flags, defaults_from) = ctx.sigstore_services(
+        args.services.flags(),
+        args.services.no_sigstore_defaults,
+        "attest",
+    )?;
+    let services = Services::prepare(&flags, ctx.json)?;
     let mut client = ctx.connect()?;
     let pk = client.public_key(&args.key)?;
     // What the agent signs the PAE with (docs/protocol.md, `sign`, purpose `attest`).
@@ -85,6 +91,8 @@ pub fn run(ctx: &Ctx, args: AttestArgs) -> Result<()> {
     )?;
     bundle.write(&out)?;
     if ctx.json {
+        let mut described = services.describe();
+        described["sigstore_defaults"] = json!(defaults_from);
         return ctx.print_json(&json!({
             "bundle": out, "key": args.key, "alg": signed.alg,
             "predicate_type": parsed.predicate_type,
@@ -95,6 +103,7 @@ pub fn run(ctx: &Ctx, args: AttestArgs) -> Result<()> {
                 .as_ref()
                 .and_then(|t| t["rfc3161Timestamps"].as_array().map(Vec::len))
                 .unwrap_or(0),
+            "services": described,
         }));
     }
     let logged = match logged {

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use clap::CommandFactory as _;
 use serde::Serialize;
 use waxseal_proto::client::Client;
 use waxseal_proto::paths;
 use zeroize::Zeroizing;
 
+use crate::defaults::{self, ServiceFlags};
 use crate::{Cli, Command};
 
 mod approvals;
@@ -29,6 +31,8 @@ pub struct Ctx {
     pub socket: PathBuf,
     /// `--json`.
     pub json: bool,
+    /// `--config`: the file whose `[sigstore]` table `sign` reads.
+    pub config: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -38,6 +42,59 @@ impl Ctx {
         client.on_notice(Box::new(|notice| eprintln!("waxseal: {notice}")));
         client.on_prompt(Box::new(read_pin));
         Ok(client)
+    }
+
+    /// The Sigstore settings of `sign` (or `attest`, named by `subcommand`): `flags`
+    /// with the config's `[sigstore]` table filled in by the rule of
+    /// [`crate::defaults`], unless `ignore_file` (`--no-sigstore-defaults`). Says on
+    /// stderr which of the file's settings were used and which a flag set aside. A
+    /// flag whose partner is nowhere (`--rekor-url` without a key) is a usage error,
+    /// exit status 2, as before there was a file. Returns the settings and the file
+    /// they were filled in from, if any.
+    pub fn sigstore_services(
+        &self,
+        mut flags: ServiceFlags,
+        ignore_file: bool,
+        subcommand: &str,
+    ) -> Result<(ServiceFlags, Option<PathBuf>)> {
+        let loaded = if ignore_file {
+            None
+        } else {
+            defaults::load(self.config.as_deref())?
+        };
+        let mut from = None;
+        let mut applied = defaults::Applied::default();
+        if let Some(loaded) = loaded {
+            applied = defaults::apply_defaults(&mut flags, &loaded.defaults);
+            let name = loaded.file.display();
+            if !self.json {
+                for (setting, flag) in &applied.replaced {
+                    eprintln!("waxseal: {flag} replaces {setting} of [sigstore] in {name}");
+                }
+                if !applied.used.is_empty() {
+                    eprintln!(
+                        "waxseal: from [sigstore] in {name}: {}",
+                        applied.used.join(", ")
+                    );
+                }
+            }
+            if !applied.used.is_empty() {
+                from = Some(loaded.file);
+            }
+        }
+        if let Err(message) = defaults::check(&flags, &applied) {
+            let mut cli = Cli::command();
+            cli.build();
+            // The usage shown is the subcommand's; it exists (it is running).
+            let mut usage = match cli.find_subcommand_mut(subcommand) {
+                Some(sub) => sub.clone(),
+                None => cli,
+            };
+            usage
+                .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+                .exit();
+        }
+        Ok((flags, from))
     }
 
     /// Prints `value` as JSON on stdout.
@@ -79,6 +136,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx {
         socket: cli.socket.unwrap_or_else(paths::client_socket),
         json: cli.json,
+        config: cli.config,
     };
     match cli.command {
         Command::Status => status::run(&ctx),

@@ -23,13 +23,10 @@ use serde_json::json;
 use waxseal_proto::intoto;
 use waxseal_proto::proto::{HashAlg, KeyAlg};
 
+use crate::defaults::ServiceFlags;
 use crate::signing_config::{SigningConfig, TrustedRoot};
 use crate::sigstore::{Envelope, Rekor, VerificationMaterial};
 use crate::tsa::{TrustedTsa, Tsa};
-use crate::ServiceArgs;
-
-/// Seconds a TSA has to answer unless `--tsa-timeout` says otherwise.
-const TSA_TIMEOUT: u64 = 10;
 
 /// What a signature is over, as the logs are told.
 #[derive(Clone, Copy)]
@@ -63,7 +60,7 @@ impl Services {
     /// combination that cannot give a verifiable bundle (Rekor v2 without a TSA, a log
     /// without a key, a TSA the trusted root cannot check). Touches no network. With
     /// `quiet` false, says on stderr which services a signing config chose.
-    pub fn prepare(args: &ServiceArgs, quiet: bool) -> Result<Services> {
+    pub fn prepare(args: &ServiceFlags, quiet: bool) -> Result<Services> {
         let chosen = Chosen::from_args(args, quiet)?;
         let trusted_root = match &args.trusted_root {
             Some(path) => {
@@ -128,7 +125,7 @@ impl Services {
         if rekor_v2 && chosen.tsa_urls.is_empty() {
             bail!("a Rekor v2 entry carries no signed time (no signed entry timestamp): add --tsa-url so the bundle gets an RFC 3161 timestamp");
         }
-        let timeout = std::time::Duration::from_secs(args.tsa_timeout.unwrap_or(TSA_TIMEOUT));
+        let timeout = std::time::Duration::from_secs(args.tsa_timeout());
         let tsa = chosen
             .tsa_urls
             .iter()
@@ -149,6 +146,15 @@ impl Services {
     /// How many logs each signature goes into.
     pub fn logs(&self) -> usize {
         self.rekor.len()
+    }
+
+    /// The services used, for `--json`: the logs' URLs and API version, the TSAs' URLs.
+    pub fn describe(&self) -> serde_json::Value {
+        json!({
+            "rekor": self.rekor.iter().map(|r| r.url.as_str()).collect::<Vec<_>>(),
+            "rekor_version": (!self.rekor.is_empty()).then_some(if self.rekor_v2 { 2 } else { 1 }),
+            "tsa": self.tsa.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
+        })
     }
 
     /// Before anything is signed: refuses a key the chosen logs would refuse. Rekor v2
@@ -251,11 +257,11 @@ struct Chosen {
 }
 
 impl Chosen {
-    fn from_args(args: &ServiceArgs, quiet: bool) -> Result<Chosen> {
+    fn from_args(args: &ServiceFlags, quiet: bool) -> Result<Chosen> {
         let Some(path) = &args.signing_config else {
             return Ok(Chosen {
                 rekor_urls: args.rekor_url.iter().cloned().collect(),
-                rekor_version: args.rekor_version.unwrap_or(1),
+                rekor_version: args.rekor_version(),
                 tsa_urls: args.tsa_url.iter().cloned().collect(),
             });
         };

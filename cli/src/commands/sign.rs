@@ -12,7 +12,9 @@
 //! bundle, and an older bundle of it stays. `--signing-config` chooses those logs and
 //! TSAs from a Sigstore SigningConfig (`crate::signing_config`) before anything is
 //! signed; each chosen log adds an entry and each TSA a timestamp. `--trusted-root`
-//! gives each log's key (by `baseUrl`) and the TSAs a timestamp must come from.
+//! gives each log's key (by `baseUrl`) and the TSAs a timestamp must come from. Any of
+//! these the command line leaves out may come from the config's `[sigstore]` table
+//! (`crate::defaults`; README, "Signing releases").
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -87,8 +89,14 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         bail!("a Sigstore bundle cannot say that an RSA signature is PSS (verifiers assume PKCS#1 v1.5): add --raw for a bare PSS signature");
     }
     // The services and the Rekor key before anything is signed: a bad config or key
-    // file costs no signature.
-    let services = Services::prepare(&args.services, ctx.json)?;
+    // file costs no signature. A bare signature has no bundle to put services in, so
+    // the config's [sigstore] defaults apply to neither --raw nor --digest.
+    let (flags, defaults_from) = ctx.sigstore_services(
+        args.services.flags(),
+        args.services.no_sigstore_defaults || args.raw || args.digest.is_some(),
+        "sign",
+    )?;
+    let services = Services::prepare(&flags, ctx.json)?;
     let mut client = ctx.connect()?;
     let pk = client.public_key(&args.key)?;
     let hash = args.hash.unwrap_or_else(|| pk.alg.default_hash());
@@ -107,6 +115,7 @@ pub fn run(ctx: &Ctx, args: SignArgs) -> Result<()> {
         out: if args.raw { &args.out } else { &args.bundle },
         spki: &pk.spki_der.0,
         services: &services,
+        defaults_from: defaults_from.as_deref(),
     };
     let many = args.files.len() > 1;
     let outcomes = job.sign_files(&mut client, &args.files, many);
@@ -183,6 +192,8 @@ struct Job<'a> {
     spki: &'a [u8],
     /// The logs and TSAs each bundle gets entries and timestamps from.
     services: &'a Services,
+    /// The config file whose `[sigstore]` filled in some of them, for `--json`.
+    defaults_from: Option<&'a Path>,
 }
 
 /// What became of one file.
@@ -338,6 +349,9 @@ impl Job<'_> {
         if let (false, Ok(s)) = (self.raw, result) {
             v["log_index"] = json!(s.logged.map(|l| l.0));
             v["integrated_time"] = json!(s.logged.map(|l| l.1));
+            let mut services = self.services.describe();
+            services["sigstore_defaults"] = json!(self.defaults_from);
+            v["services"] = services;
         }
         v
     }
