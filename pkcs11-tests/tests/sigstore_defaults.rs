@@ -175,6 +175,63 @@ fn a_table_naming_a_signing_config_and_trusted_root_needs_no_service_flags() {
     )
     .unwrap_or_else(|e| panic!("@sigstore/verify refused the bundle: {e}"));
 
+    // `waxseal attest` takes the same table: its DSSE bundle gets the PAE's hashedrekord
+    // in the Rekor v2 log and a timestamp, with no service flag.
+    let predicate = tmp.path().join("provenance.json");
+    std::fs::write(&predicate, br#"{"buildType":"https://example.com/make"}"#).unwrap();
+    let statement_bundle = tmp.path().join("release.intoto.sigstore.json");
+    let out = agent.cli(&[
+        "--config",
+        config.to_str().unwrap(),
+        "attest",
+        "--key",
+        "hsm/ec",
+        "--type",
+        "https://slsa.dev/provenance/v1",
+        "--predicate",
+        predicate.to_str().unwrap(),
+        "--bundle",
+        statement_bundle.to_str().unwrap(),
+        f,
+    ]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("from [sigstore] in"), "{said}");
+    let b = read_json(&statement_bundle);
+    assert!(b["dsseEnvelope"]["payload"].is_string(), "{b}");
+    let e = entries(&b);
+    assert_eq!(e.len(), 1, "{b}");
+    assert_eq!(e[0]["kindVersion"]["kind"], "hashedrekord");
+    assert_eq!(e[0]["kindVersion"]["version"], "0.0.2");
+    assert_eq!(stamps(&b).len(), 1, "{b}");
+    sigstore_js_verify_with(
+        &statement_bundle,
+        &file,
+        &pem,
+        Some((&rekor_key, &rekor.url)),
+        Some(&chain),
+    )
+    .unwrap_or_else(|e| panic!("@sigstore/verify refused the attestation: {e}"));
+    // --no-sigstore-defaults: a DSSE bundle with neither entry nor timestamp.
+    let out = agent.cli(&[
+        "--config",
+        config.to_str().unwrap(),
+        "attest",
+        "--key",
+        "hsm/ec",
+        "--type",
+        "https://slsa.dev/provenance/v1",
+        "--predicate",
+        predicate.to_str().unwrap(),
+        "--bundle",
+        statement_bundle.to_str().unwrap(),
+        "--no-sigstore-defaults",
+        f,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let b = read_json(&statement_bundle);
+    assert_eq!((entries(&b).len(), stamps(&b).len()), (0, 0), "{b}");
+
     // --rekor-url and --tsa-url set the file's signing config aside (stderr says so)
     // and keep its trusted root, which must then name the flag's log: it does.
     std::fs::remove_file(&bundle).unwrap();
