@@ -2,6 +2,8 @@
 //! and `sigstore-kms-waxseal`): local signature checks, key formats and the CA profiles.
 
 pub mod ca;
+pub mod cbor;
+pub mod device_attest;
 pub mod kms;
 pub mod signing_config;
 pub mod sigstore;

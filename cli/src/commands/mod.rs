@@ -14,6 +14,7 @@ mod attest;
 mod audit;
 mod ca;
 mod demo;
+mod device_attest;
 mod keys;
 mod manual;
 mod services;
