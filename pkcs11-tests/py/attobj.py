@@ -2,9 +2,10 @@
 --format tpm|step` with decoders waxseal did not write: cbor2 and cryptography
 (pinned in requirements.txt). Used by pkcs11-tests/tests/key_attest_formats.rs.
 
-  attobj.py make-ak-cert AK_SPKI.pem OUT_DIR
+  attobj.py make-ak-cert AK_SPKI.pem OUT_DIR [plain]
       a test attestation CA (OUT_DIR/ca.pem) and an AK certificate for the given key
-      in the WebAuthn §8.3.1 profile (OUT_DIR/ak.pem: AK certificate then CA)
+      in the WebAuthn §8.3.1 profile (OUT_DIR/ak.pem: AK certificate then CA); with
+      `plain`, outside that profile (a subject, no SAN, no tcg-kp-AIKCertificate)
   attobj.py tpm  PAYLOAD.json KEYAUTH PUBKEY.pem ROOT.pem
   attobj.py step PAYLOAD.json KEYAUTH PUBKEY.pem ROOT.pem
 
@@ -214,7 +215,7 @@ def verify_step(payload, keyauth, pubkey_pem, root_pem):
     print("OK slot certificate key = waxseal keys pubkey")
 
 
-def make_ak_cert(ak_spki_pem, out_dir):
+def make_ak_cert(ak_spki_pem, out_dir, plain=False):
     with open(ak_spki_pem, "rb") as f:
         ak_pub = serialization.load_pem_public_key(f.read())
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -238,19 +239,26 @@ def make_ak_cert(ak_spki_pem, out_dir):
         x509.NameAttribute(ObjectIdentifier("2.23.133.2.2"), "swtpm"),
         x509.NameAttribute(ObjectIdentifier("2.23.133.2.3"), "id:20191023"),
     ])
-    ak = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
         .issuer_name(ca_name)
         .public_key(ak_pub)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(tpm_dn)]), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ObjectIdentifier("2.23.133.8.3")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if plain:
+        builder = builder.subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "an AK")])
+        )
+    else:
+        builder = (
+            builder.subject_name(x509.Name([]))
+            .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(tpm_dn)]), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ObjectIdentifier("2.23.133.8.3")]), critical=False)
+        )
+    ak = builder.sign(ca_key, hashes.SHA256())
     pem = serialization.Encoding.PEM
     with open(out_dir + "/ca.pem", "wb") as f:
         f.write(ca.public_bytes(pem))
@@ -262,6 +270,8 @@ def make_ak_cert(ak_spki_pem, out_dir):
 def main(argv):
     if len(argv) == 4 and argv[1] == "make-ak-cert":
         make_ak_cert(argv[2], argv[3])
+    elif len(argv) == 5 and argv[1] == "make-ak-cert" and argv[4] == "plain":
+        make_ak_cert(argv[2], argv[3], plain=True)
     elif len(argv) == 6 and argv[1] == "tpm":
         verify_tpm(*argv[2:])
     elif len(argv) == 6 and argv[1] == "step":

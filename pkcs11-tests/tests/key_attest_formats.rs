@@ -82,17 +82,24 @@ fn tpm_agent(tpm: &Swtpm, keys: &Path) -> Agent {
 }
 
 /// Makes a test attestation CA and an AK certificate for the agent's AK (from the
-/// json evidence) in `dir`: ca.pem and ak.pem (AK certificate, then the CA).
-fn issue_ak_cert(agent: &Agent, key: &str, dir: &Path) {
+/// json evidence) in `dir`: ca.pem and ak.pem (AK certificate, then the CA). `plain`:
+/// a certificate outside the WebAuthn §8.3.1 profile.
+fn issue_ak_cert(agent: &Agent, key: &str, dir: &Path, plain: bool) {
     let doc: serde_json::Value =
         serde_json::from_str(&ok(agent, &["keys", "attest", key])).unwrap();
     let ak = doc["evidence"]["ak_spki_pem"].as_str().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("ak.pub.pem"), ak).unwrap();
-    python_ok(&[
+    let pub_pem = dir.join("ak.pub.pem");
+    let mut args = vec![
         "make-ak-cert",
-        dir.join("ak.pub.pem").to_str().unwrap(),
+        pub_pem.to_str().unwrap(),
         dir.to_str().unwrap(),
-    ]);
+    ];
+    if plain {
+        args.push("plain");
+    }
+    python_ok(&args);
 }
 
 #[test]
@@ -110,24 +117,26 @@ fn tpm_statement_verifies_with_cbor2_and_cryptography_and_holds_the_keys_pubkey(
         )
         .unwrap();
     }
-    issue_ak_cert(&agent, "tpm/ec", &dir);
+    issue_ak_cert(&agent, "tpm/ec", &dir, false);
     let ak = dir.join("ak.pem");
 
-    // --challenge: the key authorization, hashed by the CLI.
-    let payload = ok(
-        &agent,
-        &[
-            "keys",
-            "attest",
-            "tpm/ec",
-            "--format",
-            "tpm",
-            "--challenge",
-            KEYAUTH,
-            "--ak-cert",
-            ak.to_str().unwrap(),
-        ],
-    );
+    // --challenge: the key authorization, hashed by the CLI. An AK certificate in the
+    // WebAuthn profile draws no warning.
+    let out = agent.cli(&[
+        "keys",
+        "attest",
+        "tpm/ec",
+        "--format",
+        "tpm",
+        "--challenge",
+        KEYAUTH,
+        "--ak-cert",
+        ak.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", agent.log());
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let payload = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::write(dir.join("ec.payload.json"), &payload).unwrap();
     let report = python_ok(&[
         "tpm",
@@ -172,6 +181,30 @@ fn tpm_statement_verifies_with_cbor2_and_cryptography_and_holds_the_keys_pubkey(
         dir.join("rsa.pub.pem").to_str().unwrap(),
         dir.join("ca.pem").to_str().unwrap(),
     ]);
+
+    // An AK certificate outside the profile: the statement is written, with a warning
+    // naming what a verifier will refuse.
+    let plain = dir.join("plain");
+    issue_ak_cert(&agent, "tpm/ec", &plain, true);
+    let out = agent.cli(&[
+        "keys",
+        "attest",
+        "tpm/ec",
+        "--format",
+        "tpm",
+        "--challenge",
+        KEYAUTH,
+        "--ak-cert",
+        plain.join("ak.pem").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning")
+            && stderr.contains("not empty")
+            && stderr.contains("2.23.133.8.3"),
+        "{stderr}"
+    );
 
     // The Python checks fail for what they say: a different key authorization, and
     // the other key's public key.
@@ -245,7 +278,7 @@ fn tpm_statement_without_an_ak_certificate_or_for_the_wrong_kind_is_refused() {
     let other_keys = tempfile::tempdir().unwrap();
     let other = tpm_agent(&other_tpm, other_keys.path());
     ok(&other, &["keys", "generate", "tpm/k", "--alg", "p256"]);
-    issue_ak_cert(&other, "tpm/k", &dir);
+    issue_ak_cert(&other, "tpm/k", &dir, false);
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("k.tpm.cbor"), b"older").unwrap();
     let err = refused(
