@@ -55,6 +55,10 @@ pub fn run(ctx: &Ctx, client: &mut Client, req: &Request<'_>) -> Result<()> {
     match req.out {
         Some(dir) => {
             let label = req.name.split_once('/').map_or(req.name, |(_, l)| l);
+            // The file name comes from the key name: never a path of its own.
+            if label.is_empty() || label.starts_with('.') || label.contains('/') {
+                bail!("key label `{label}` cannot name a file in {}", dir.display());
+            }
             let path = dir.join(format!("{label}.{}.cbor", req.format.as_str()));
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
