@@ -192,6 +192,39 @@ pub fn ak_cert_findings(der: &[u8]) -> Vec<String> {
     out
 }
 
+/// What the evidence says of the TPM's EK certificates (`ek_certificates`): the
+/// evidence an attestation CA checks before it certifies the AK.
+pub fn ek_summary(evidence: &serde_json::Value) -> String {
+    let certs = evidence
+        .get("ek_certificates")
+        .and_then(|v| v.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if certs.is_empty() {
+        return "This TPM holds no EK certificate either (NV 0x01c00002 RSA, 0x01c0000a ECC: \
+                TCG EK Credential Profile §2.2.1.4), so the CA must vouch for it another way; \
+                for swtpm, `swtpm_setup --tpm2 --create-ek-cert` provisions one."
+            .to_string();
+    }
+    let mut text = String::from("This TPM holds EK certificates for the CA to check:");
+    for c in certs.iter().take(MAX_AK_CHAIN) {
+        let index = c.get("nv_index").and_then(|v| v.as_str()).unwrap_or("?");
+        let issuer = c
+            .get("pem")
+            .and_then(|v| v.as_str())
+            .and_then(|pem| cert_der_from_pem(pem, "EK certificate").ok())
+            .and_then(|der| {
+                x509_parser::parse_x509_certificate(&der)
+                    .ok()
+                    .map(|(_, cert)| cert.issuer().to_string())
+            })
+            .unwrap_or_else(|| "not a parsable certificate".into());
+        text.push_str(&format!(" NV {index} (issuer: {issuer});"));
+    }
+    text.push_str(" `waxseal keys attest NAME` (json) has them as PEM (ek_certificates).");
+    text
+}
+
 /// The `tpm` attestation object (WebAuthn §6.5 attestation object, §8.3 TPM
 /// attestation statement) from the agent's `tpm2-certify` evidence and the AK
 /// certificate chain (DER, AK certificate first). The AK certificate must hold the

@@ -263,6 +263,7 @@ fn tpm_statement_without_an_ak_certificate_or_for_the_wrong_kind_is_refused() {
         "--ak-cert FILE",
         "2.23.133.8.3",
         "-----BEGIN PUBLIC KEY-----",
+        "holds no EK certificate either",
     ] {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
@@ -319,6 +320,74 @@ fn tpm_statement_without_an_ak_certificate_or_for_the_wrong_kind_is_refused() {
     assert!(
         err.contains("--ak-cert") && err.contains("junk.pem"),
         "{err}"
+    );
+
+    // Once the TPM holds an EK certificate in NV (as a manufacturer or swtpm_setup
+    // --create-ek-cert stores it), the refusal names it and the json evidence has it.
+    require("openssl");
+    let der = dir.join("ek.der");
+    let out = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(dir.join("ca.pem"))
+        .arg("-out")
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = std::fs::metadata(&der).unwrap().len().to_string();
+    for args in [
+        vec![
+            "0x01c0000a",
+            "-C",
+            "o",
+            "-s",
+            &size,
+            "-a",
+            "ownerread|ownerwrite|authread|authwrite",
+        ],
+        vec!["0x01c0000a", "-C", "o", "-i", der.to_str().unwrap()],
+    ] {
+        let program = if args.contains(&"-s") {
+            "tpm2_nvdefine"
+        } else {
+            "tpm2_nvwrite"
+        };
+        let out = tpm.tool(program).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let err = refused(
+        &agent,
+        &[
+            "keys",
+            "attest",
+            "tpm/k",
+            "--format",
+            "tpm",
+            "--challenge",
+            KEYAUTH,
+        ],
+    );
+    assert!(
+        err.contains("holds EK certificates")
+            && err.contains("NV 0x01c0000a (issuer: CN=waxseal test attestation CA)"),
+        "{err}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(&agent, &["keys", "attest", "tpm/k"])).unwrap();
+    let ek = &doc["evidence"]["ek_certificates"];
+    assert_eq!(ek.as_array().unwrap().len(), 1, "{ek}");
+    assert_eq!(ek[0]["nv_index"], "0x01c0000a");
+    assert_eq!(
+        ek[0]["pem"].as_str().unwrap().trim(),
+        std::fs::read_to_string(dir.join("ca.pem")).unwrap().trim()
     );
 
     // --format step asks for a PIV key.

@@ -57,7 +57,10 @@ pub fn run(ctx: &Ctx, client: &mut Client, req: &Request<'_>) -> Result<()> {
             let label = req.name.split_once('/').map_or(req.name, |(_, l)| l);
             // The file name comes from the key name: never a path of its own.
             if label.is_empty() || label.starts_with('.') || label.contains('/') {
-                bail!("key label `{label}` cannot name a file in {}", dir.display());
+                bail!(
+                    "key label `{label}` cannot name a file in {}",
+                    dir.display()
+                );
             }
             let path = dir.join(format!("{label}.{}.cbor", req.format.as_str()));
             std::fs::create_dir_all(dir)
@@ -87,7 +90,8 @@ fn tpm(req: &Request<'_>, evidence: &serde_json::Value) -> Result<Vec<u8>> {
              This TPM's AK has no certificate that waxseal knows of. Have your attestation CA issue one for the AK \
              (WebAuthn §8.3.1 profile: empty subject, SAN with the TPM manufacturer/model/version, EKU 2.23.133.8.3), \
              usually after checking the TPM's EK certificate, and pass it with --ak-cert FILE (PEM: AK certificate, then its CA chain). \
-             The AK's public key:\n{ak}"
+             {}\nThe AK's public key:\n{ak}",
+            da::ek_summary(evidence)
         );
     };
     let text = read_bounded(file, da::MAX_AK_CERT_FILE)?;
