@@ -479,6 +479,29 @@ fn piv_step_statement_verifies_with_cbor2_and_cryptography_and_holds_the_keys_pu
         "{text}"
     );
 
+    // An RSA key: RS256, PKCS#1 v1.5 over SHA-256(keyAuth); --nonce gives the digest.
+    ok(&agent, &["keys", "generate", "yk/82", "--alg", "rsa2048"]);
+    std::fs::write(
+        dir.join("82.pub.pem"),
+        ok(&agent, &["keys", "pubkey", "yk/82"]),
+    )
+    .unwrap();
+    let nonce = hex::encode(Sha256::digest(KEYAUTH.as_bytes()));
+    let payload = ok(
+        &agent,
+        &[
+            "keys", "attest", "yk/82", "--format", "step", "--nonce", &nonce,
+        ],
+    );
+    std::fs::write(dir.join("82.payload.json"), &payload).unwrap();
+    python_ok(&[
+        "step",
+        dir.join("82.payload.json").to_str().unwrap(),
+        KEYAUTH,
+        dir.join("82.pub.pem").to_str().unwrap(),
+        dir.join("root.pem").to_str().unwrap(),
+    ]);
+
     // --nonce for step must be the 32-byte digest.
     let err = refused(
         &agent,
