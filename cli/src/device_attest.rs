@@ -201,9 +201,10 @@ pub fn ek_summary(evidence: &serde_json::Value) -> String {
         .map(Vec::as_slice)
         .unwrap_or_default();
     if certs.is_empty() {
-        return "This TPM holds no EK certificate either (NV 0x01c00002 RSA, 0x01c0000a ECC: \
-                TCG EK Credential Profile §2.2.1.4), so the CA must vouch for it another way; \
-                for swtpm, `swtpm_setup --tpm2 --create-ek-cert` provisions one."
+        return "This TPM holds no EK certificate either, or none the agent could read with the \
+                owner hierarchy's authorization (NV 0x01c00002 RSA, 0x01c0000a ECC: TCG EK Credential \
+                Profile §2.2.1.4; `tpm2_getekcertificate` reads them too), so the CA must vouch for it \
+                another way; for swtpm, `swtpm_setup --tpm2 --create-ek-cert` provisions one."
             .to_string();
     }
     let mut text = String::from("This TPM holds EK certificates for the CA to check:");

@@ -17,9 +17,11 @@ pub const EK_CERT_INDICES: [u32; 2] = [0x01c0_0002, 0x01c0_000a];
 /// An EK certificate is far smaller; a bigger index is not one.
 const MAX_EK_CERT: usize = 16 * 1024;
 
-/// The EK certificates this TPM holds: (NV index, DER). A missing or unreadable index
-/// is left out: a TPM without EK certificates is common (many firmware TPMs, a bare
-/// swtpm), and attestation still works without them.
+/// The EK certificates this TPM holds: (NV index, DER), read with the owner
+/// hierarchy's authorization (empty, as the agent uses it everywhere). A missing or
+/// unreadable index is left out: a TPM without EK certificates is common (many
+/// firmware TPMs, a bare swtpm), and attestation still works without them; an owner
+/// hierarchy with a password also hides them (the CLI's message says so).
 pub(super) fn ek_certificates(conn: &mut Conn) -> Vec<(u32, Vec<u8>)> {
     let mut out = Vec::new();
     for index in EK_CERT_INDICES {
