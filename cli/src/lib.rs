@@ -3,7 +3,9 @@
 //! the `[sigstore]` defaults of the config file.
 
 pub mod ca;
+pub mod cbor;
 pub mod defaults;
+pub mod device_attest;
 pub mod kms;
 pub mod signing_config;
 pub mod sigstore;

@@ -251,15 +251,31 @@ enum KeysCommand {
     },
     /// Attestation: the device's evidence that the key was made inside it (TPM:
     /// TPM2_Certify by the agent's attestation key). JSON on stdout, or a file in DIR.
+    /// `--format tpm|step`: the ACME device-attest-01 attestation object instead
+    /// (docs/key-attestation.md).
     Attest {
         /// DEVICE/LABEL.
         name: String,
-        /// Write DIR/LABEL.FORMAT.json instead of printing.
+        /// Write DIR/LABEL.FORMAT.json (json) or DIR/LABEL.FORMAT.cbor (tpm, step)
+        /// instead of printing.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// Qualifying data (hex, at most 32 bytes) to bind into the evidence; random if absent.
-        #[arg(long, value_name = "HEX")]
+        /// Qualifying data (hex, at most 32 bytes) to bind into the evidence; random if
+        /// absent. For tpm: the TPM's extraData; for step: the 32-byte SHA-256 digest the
+        /// key signs.
+        #[arg(long, value_name = "HEX", conflicts_with = "challenge")]
         nonce: Option<String>,
+        /// The ACME key authorization (token.thumbprint): its SHA-256 is the nonce.
+        #[arg(long, value_name = "KEYAUTH")]
+        challenge: Option<String>,
+        /// json (the agent's evidence), tpm (WebAuthn TPM attestation statement) or
+        /// step (step-ca's PIV format).
+        #[arg(long, default_value = "json", value_parser = ["json", "tpm", "step"])]
+        format: String,
+        /// For tpm: PEM file with the certificate of the TPM's attestation key, then its
+        /// CA chain (the statement's x5c).
+        #[arg(long, value_name = "FILE")]
+        ak_cert: Option<PathBuf>,
     },
     /// Print a public key.
     Pubkey {

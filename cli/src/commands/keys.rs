@@ -150,10 +150,36 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             out!("{}", made.pem);
             Ok(())
         }
-        KeysCommand::Attest { name, out, nonce } => {
+        KeysCommand::Attest {
+            name,
+            out,
+            nonce,
+            challenge,
+            format,
+            ak_cert,
+        } => {
+            let format = waxseal::device_attest::Format::parse(&format)?;
             let nonce = nonce
                 .map(|h| hex::decode(h.trim()).context("--nonce is not hex"))
                 .transpose()?;
+            let nonce = match &challenge {
+                Some(c) => Some(waxseal::device_attest::key_authorization_digest(c)?.to_vec()),
+                None => nonce,
+            };
+            if format != waxseal::device_attest::Format::Json {
+                let req = super::device_attest::Request {
+                    name: &name,
+                    format,
+                    nonce,
+                    challenge: challenge.as_deref(),
+                    ak_cert: ak_cert.as_deref(),
+                    out: out.as_deref(),
+                };
+                return super::device_attest::run(ctx, &mut client, &req);
+            }
+            if ak_cert.is_some() {
+                anyhow::bail!("--ak-cert is for --format tpm");
+            }
             let a = client.attest(&name, nonce.as_deref())?;
             let text = serde_json::to_string_pretty(&a)? + "\n";
             match out {

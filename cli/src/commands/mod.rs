@@ -17,6 +17,7 @@ mod attest;
 mod audit;
 mod ca;
 mod demo;
+mod device_attest;
 mod keys;
 mod manual;
 mod services;

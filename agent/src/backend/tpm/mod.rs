@@ -19,6 +19,7 @@
 //! never retried: its fingerprint is kept, as for PKCS#11 PINs, because each try counts
 //! toward the TPM's dictionary-attack lockout.
 
+mod ek;
 pub mod keyfile;
 pub mod pcr;
 
@@ -1389,6 +1390,7 @@ impl Tpm {
             let (attest, sig) = cx.auth_outcome(&label_owned, KeyAuth::offer(&auth), result)?;
             Ok((attest, sig, ak.out_public))
         })?;
+        let ek_certs = self.with_conn(|conn, _| Ok(ek::ek_certificates(conn)))?;
         let name = &self.settings.name;
         let bad = |e: tss_esapi::Error| BackendError::failed(name, format!("cannot encode: {e}"));
         let attest_bytes = attest.marshall().map_err(bad)?;
@@ -1424,6 +1426,13 @@ impl Tpm {
             "ak_name": name(&ak_area),
             "ak_spki_pem": crypto::spki_pem(&ak_spki),
             "ak_template": "waxseal AK v1: ECC P-256 restricted signing primary key (ECDSA SHA-256), endorsement hierarchy",
+            "ek_certificates": ek_certs
+                .iter()
+                .map(|(index, der)| json!({
+                    "nv_index": format!("0x{index:08x}"),
+                    "pem": crypto::pem("CERTIFICATE", der),
+                }))
+                .collect::<Vec<_>>(),
         });
         Ok(Attestation {
             format: "tpm2-certify".into(),
