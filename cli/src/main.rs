@@ -231,6 +231,33 @@ enum KeysCommand {
         #[arg(long, value_name = "HEX")]
         nonce: Option<String>,
     },
+    /// Bring a key made elsewhere into a device (README.md, "Importing keys"). TPM: a
+    /// key wrapped for this TPM's storage root key by TPM2_Duplicate (the files
+    /// `tpm2_duplicate -G null -r DUP -s SEED` and the key's `tpm2_create -u PUB`
+    /// write); the plaintext key never reaches this machine. YubiKey: a PEM private key
+    /// (--key), which the card takes in the clear.
+    Import {
+        /// DEVICE/LABEL, e.g. tpm/release or yk/9c.
+        name: String,
+        /// TPM: the duplicate (TPM2B_PRIVATE, `tpm2_duplicate -r`).
+        #[arg(long, value_name = "FILE", requires_all = ["public", "seed"], conflicts_with = "key")]
+        duplicate: Option<PathBuf>,
+        /// TPM: the key's public area (TPM2B_PUBLIC, `tpm2_create -u`).
+        #[arg(long, value_name = "FILE", requires = "duplicate")]
+        public: Option<PathBuf>,
+        /// TPM: the encrypted seed (TPM2B_ENCRYPTED_SECRET, `tpm2_duplicate -s`).
+        #[arg(long, value_name = "FILE", requires = "duplicate")]
+        seed: Option<PathBuf>,
+        /// YubiKey: the private key, PEM (PKCS#8, SEC1 or PKCS#1).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// YubiKey: when the key wants a touch to sign (never, always, cached).
+        #[arg(long, value_parser = parse_touch)]
+        touch: Option<TouchPolicy>,
+        /// YubiKey: when the key wants the PIN (never, once, always).
+        #[arg(long, value_parser = parse_pin_policy)]
+        pin_policy: Option<PinPolicy>,
+    },
     /// Print a public key.
     Pubkey {
         /// DEVICE/LABEL.

@@ -33,6 +33,9 @@ pub enum Event {
     /// A client unlocked the agent or a device (`waxseal unlock`, D-Bus `Unlock`,
     /// `ssh-add -X`); a refused unlock carries a `code`.
     Unlock,
+    /// A key was imported into a device (`import_key`); a refused or failed import
+    /// carries a `code`.
+    Import,
 }
 
 impl Event {
@@ -46,6 +49,7 @@ impl Event {
             Event::Refused => "refused",
             Event::Lock => "lock",
             Event::Unlock => "unlock",
+            Event::Import => "import",
         }
     }
 
@@ -59,6 +63,7 @@ impl Event {
             Event::Refused,
             Event::Lock,
             Event::Unlock,
+            Event::Import,
         ]
         .into_iter()
         .find(|e| e.as_str() == word)

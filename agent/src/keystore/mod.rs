@@ -4,6 +4,7 @@
 //! gate ([`gate`]).
 
 mod gate;
+mod import;
 mod lock;
 
 pub use gate::{Gated, Pending, Prepared, Signature, SshSign};
@@ -391,6 +392,7 @@ impl KeyStore {
             uri: key.uri,
             id: key.id.map(Bytes),
             pcrs: key.pcrs,
+            imported: key.imported,
         }
     }
 

@@ -14,6 +14,7 @@ mod attest;
 mod audit;
 mod ca;
 mod demo;
+mod import;
 mod keys;
 mod manual;
 mod services;

@@ -176,6 +176,7 @@ impl Backend for Lane {
                     uri: Some(shared.uri(link, label, &e.id)),
                     id: (!e.id.is_empty()).then(|| e.id.clone()),
                     pcrs: None,
+                    imported: false,
                 })
                 .collect();
             keys.sort_by(|a, b| a.label.cmp(&b.label));
@@ -327,6 +328,7 @@ impl Backend for Lane {
                 uri: Some(shared.uri(link, label, &entry.id)),
                 id: (!entry.id.is_empty()).then(|| entry.id.clone()),
                 pcrs: None,
+                imported: false,
             };
             conn.keys.insert(label.to_string(), entry);
             Ok((key, public))

@@ -123,6 +123,7 @@ impl Backend for Lane {
                     )),
                     id: None,
                     pcrs: None,
+                    imported: false,
                 });
             }
         }
@@ -255,6 +256,7 @@ impl Backend for Lane {
                 )),
                 id: None,
                 pcrs: None,
+                imported: false,
             },
             PublicKey { alg, spki_der },
         ))

@@ -434,6 +434,8 @@ pub enum Op {
     PublicKey(KeyRef),
     /// Create a key on a device.
     GenerateKey(GenerateKey),
+    /// Bring a key made elsewhere into a device.
+    ImportKey(ImportKey),
     /// Sign.
     Sign(Sign),
     /// Evidence that a key was made inside its device.
@@ -457,6 +459,7 @@ impl Op {
             Op::ListKeys => "list_keys",
             Op::PublicKey(_) => "public_key",
             Op::GenerateKey(_) => "generate_key",
+            Op::ImportKey(_) => "import_key",
             Op::Sign(_) => "sign",
             Op::Attest(_) => "attest",
             Op::StoreCertificate(_) => "store_certificate",
@@ -526,6 +529,102 @@ impl GenerateKey {
                     check_pcr_values(sel, v).map_err(|e| format!("`pcr_values`: {e}"))
                 })
             }
+        }
+    }
+}
+
+/// The largest TPM2B part of a TPM duplicate (`public`, `duplicate`, `seed`) that
+/// `import_key` accepts, in bytes: the TPM's own buffers are smaller (a TPM2B_PUBLIC of
+/// an RSA 4096 key with a policy is under 700 bytes).
+pub const MAX_TPM_BLOB: usize = 4096;
+/// The largest PEM private key `import_key` accepts for a YubiKey, in bytes (an RSA
+/// 2048 PKCS#8 PEM is about 1.7 KiB).
+pub const MAX_IMPORT_PEM: usize = 16 * 1024;
+
+/// A key wrapped for a TPM's storage key elsewhere (TPM2_Duplicate's output): each part
+/// as tpm2-tools writes it, a TPM2B with its 2-byte size.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TpmDuplicate {
+    /// TPM2B_PUBLIC of the key.
+    pub public: Bytes,
+    /// TPM2B_PRIVATE: the duplicate (the key's sensitive area under the outer wrapper).
+    pub duplicate: Bytes,
+    /// TPM2B_ENCRYPTED_SECRET: the seed, encrypted to the target storage key.
+    pub seed: Bytes,
+}
+
+impl fmt::Debug for TpmDuplicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TpmDuplicate")
+            .field("public", &self.public.0.len())
+            .field("duplicate", &self.duplicate.0.len())
+            .field("seed", &self.seed.0.len())
+            .finish()
+    }
+}
+
+/// `import_key`: exactly one of `tpm_duplicate` (TPM devices) and `pem` (YubiKeys).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportKey {
+    /// NAME of the new key, `DEVICE/LABEL`.
+    pub key: String,
+    /// TPM: the wrapped key; its plaintext is never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_duplicate: Option<TpmDuplicate>,
+    /// YubiKey: the private key as PEM (PKCS#8 or SEC1/PKCS#1). A PIV card takes the
+    /// key in the clear (its import command has no wrapping), so this one crosses the
+    /// socket; the agent zeroizes it after use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+    /// YubiKey: touch policy (the card's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub touch: Option<TouchPolicy>,
+    /// YubiKey: PIN policy (the card's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_policy: Option<PinPolicy>,
+}
+
+impl fmt::Debug for ImportKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportKey")
+            .field("key", &self.key)
+            .field("tpm_duplicate", &self.tpm_duplicate)
+            .field("pem", &self.pem.as_ref().map(|_| "<redacted>"))
+            .field("touch", &self.touch)
+            .field("pin_policy", &self.pin_policy)
+            .finish()
+    }
+}
+
+impl ImportKey {
+    /// Checks that one kind of key is given and that it is within its bounds.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.tpm_duplicate, &self.pem) {
+            (None, None) => Err("give `tpm_duplicate` (a TPM) or `pem` (a YubiKey)".into()),
+            (Some(_), Some(_)) => Err("give `tpm_duplicate` or `pem`, not both".into()),
+            (Some(d), None) => {
+                for (field, b) in [
+                    ("public", &d.public),
+                    ("duplicate", &d.duplicate),
+                    ("seed", &d.seed),
+                ] {
+                    if b.0.len() < 2 || b.0.len() > MAX_TPM_BLOB {
+                        return Err(format!(
+                            "`tpm_duplicate.{field}` is {} bytes long; 2 to {MAX_TPM_BLOB} are accepted",
+                            b.0.len()
+                        ));
+                    }
+                }
+                if self.touch.is_some() || self.pin_policy.is_some() {
+                    return Err("touch and PIN policies are for YubiKey keys (`pem`)".into());
+                }
+                Ok(())
+            }
+            (None, Some(p)) if p.len() > MAX_IMPORT_PEM => Err(format!(
+                "`pem` is {} bytes long; at most {MAX_IMPORT_PEM} are accepted",
+                p.len()
+            )),
+            (None, Some(_)) => Ok(()),
         }
     }
 }
@@ -884,6 +983,13 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
             })?;
             Op::GenerateKey(generate)
         }
+        "import_key" => {
+            let import: ImportKey = body(id, &op, map)?;
+            import
+                .check()
+                .map_err(|m| RequestError::bad(Some(id), format!("`import_key` request: {m}")))?;
+            Op::ImportKey(import)
+        }
         "sign" => {
             let sign: Sign = body(id, &op, map)?;
             sign.check_payload()
@@ -907,7 +1013,7 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
                 error: WireError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate, lock, unlock, audit_tail)",
+                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, import_key, sign, attest, store_certificate, lock, unlock, audit_tail)",
                         other.chars().take(64).collect::<String>()
                     ),
                 ),

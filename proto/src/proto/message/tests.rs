@@ -477,8 +477,10 @@ fn new_optional_members_are_left_out_when_absent() {
         uri: None,
         id: None,
         pcrs: None,
+        imported: false,
     };
     let json = serde_json::to_string(&info).unwrap();
+    assert!(!json.contains("imported"), "{json}");
     assert!(!json.contains("\"id\""), "{json}");
     assert!(!json.contains("\"pcrs\""), "{json}");
     let with_id = KeyInfo {

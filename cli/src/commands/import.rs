@@ -1,0 +1,84 @@
+//! `waxseal keys import`: a key made elsewhere brought into a device (README.md,
+//! "Importing keys"). For a TPM only the wrapped key (TPM2_Duplicate's output) is read
+//! and sent; for a YubiKey the PEM private key is, since a PIV card takes keys in the
+//! clear. The PEM text is zeroized once sent.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use zeroize::Zeroizing;
+
+use waxseal_proto::client::Client;
+use waxseal_proto::proto::{
+    Bytes, ImportKey, PinPolicy, TouchPolicy, TpmDuplicate, MAX_IMPORT_PEM, MAX_TPM_BLOB,
+};
+
+use super::Ctx;
+
+/// What `keys import` was given.
+pub struct Source {
+    pub name: String,
+    pub duplicate: Option<PathBuf>,
+    pub public: Option<PathBuf>,
+    pub seed: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub touch: Option<TouchPolicy>,
+    pub pin_policy: Option<PinPolicy>,
+}
+
+/// Reads at most `max` bytes of `path` (one more says it is too long).
+fn read_bounded(flag: &str, path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut buf))
+        .with_context(|| format!("cannot read {flag} {}", path.display()))?;
+    if buf.len() > max {
+        anyhow::bail!(
+            "{flag} {}: over {max} bytes; not what {flag} takes",
+            path.display()
+        );
+    }
+    Ok(buf)
+}
+
+pub fn run(ctx: &Ctx, client: &mut Client, src: Source) -> Result<()> {
+    let mut req = ImportKey {
+        key: src.name.clone(),
+        tpm_duplicate: None,
+        pem: None,
+        touch: src.touch,
+        pin_policy: src.pin_policy,
+    };
+    match (&src.duplicate, &src.public, &src.seed, &src.key) {
+        (Some(dup), Some(public), Some(seed), None) => {
+            let part = |flag: &str, p: &Path| -> Result<Bytes> {
+                Ok(Bytes(read_bounded(flag, p, MAX_TPM_BLOB)?.to_vec()))
+            };
+            req.tpm_duplicate = Some(TpmDuplicate {
+                public: part("--public", public)?,
+                duplicate: part("--duplicate", dup)?,
+                seed: part("--seed", seed)?,
+            });
+        }
+        (None, None, None, Some(key)) => {
+            let bytes = read_bounded("--key", key, MAX_IMPORT_PEM)?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| anyhow::anyhow!("--key {}: not PEM text", key.display()))?;
+            req.pem = Some(text.to_string());
+        }
+        _ => anyhow::bail!("give --duplicate, --public and --seed (a TPM), or --key (a YubiKey)"),
+    }
+    // The file's bytes are zeroized when dropped; the request's copy is consumed by
+    // the call (README.md, "Importing keys", says which copies are wiped).
+    let made = client.import_key(req)?;
+    if ctx.json {
+        return ctx.print_json(&made);
+    }
+    eprintln!(
+        "imported {} ({}) into device {}; it was made outside the device, so attestation cannot vouch for it",
+        made.key.name, made.key.alg, made.key.device
+    );
+    out!("{}", made.pem);
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! Keys brought into devices (README.md, "Importing keys"): a key made on another
+//! machine's TPM and duplicated by `tpm2_duplicate` for this TPM's storage root key is
+//! imported through the agent and signs; the same files are refused by a TPM they were
+//! not wrapped for; OpenSSL verifies the signature with the public key the source TPM
+//! printed.
+//!
+//! Each swtpm stands for one machine's TPM. swtpm serves one connection at a time, so
+//! tpm2-tools runs while no agent holds the TPM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use pkcs11_tests::{audit_records, output_text, require, run_ok, tpm_device, Agent, Swtpm};
+use sha2::{Digest as _, Sha256};
+use waxseal_agent::client::ClientError;
+use waxseal_agent::proto::{Bytes, ErrorCode, HashAlg, ImportKey, TpmDuplicate};
+
+/// The attributes of the storage root key the agent makes (the TCG ECC P-256 SRK
+/// template; README.md, "Importing keys", tells operators the same command).
+const SRK_ATTRS: &str =
+    "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda";
+
+fn flush_transients(tpm: &Swtpm) {
+    run_ok(tpm.tool("tpm2_flushcontext").arg("-t"));
+}
+
+/// The target TPM's SRK public (TPM2B_PUBLIC), as an operator reads it there.
+fn srk_public(tpm: &Swtpm, out: &Path) {
+    run_ok(tpm.tool("tpm2_createprimary").args([
+        "-C",
+        "o",
+        "-g",
+        "sha256",
+        "-G",
+        "ecc256:aes128cfb",
+        "-a",
+        SRK_ATTRS,
+        "-c",
+        "srk.ctx",
+    ]));
+    run_ok(
+        tpm.tool("tpm2_readpublic")
+            .args(["-c", "srk.ctx", "-o"])
+            .arg(out),
+    );
+    flush_transients(tpm);
+}
+
+/// On `source` (another machine's TPM): a P-256 signing key that may be duplicated
+/// (policy TPM2_PolicyCommandCode(Duplicate), no fixedTPM/fixedParent), duplicated for
+/// the storage key whose public is `target_srk`. Writes key.pub, dup.dpriv, dup.seed
+/// and orig.pem (the key's public key as the source TPM prints it) into `out`.
+fn duplicate_for(source: &Swtpm, target_srk: &Path, out: &Path) {
+    let t = |p: &str| out.join(p);
+    run_ok(source.tool("tpm2_createprimary").args([
+        "-C",
+        "o",
+        "-g",
+        "sha256",
+        "-G",
+        "ecc256:aes128cfb",
+        "-a",
+        SRK_ATTRS,
+        "-c",
+        "prim.ctx",
+    ]));
+    run_ok(
+        source
+            .tool("tpm2_startauthsession")
+            .args(["-S", "trial.ctx"]),
+    );
+    run_ok(source.tool("tpm2_policycommandcode").args([
+        "-S",
+        "trial.ctx",
+        "-L",
+        "dup.policy",
+        "TPM2_CC_Duplicate",
+    ]));
+    run_ok(source.tool("tpm2_flushcontext").arg("trial.ctx"));
+    run_ok(
+        source
+            .tool("tpm2_create")
+            .args(["-C", "prim.ctx", "-g", "sha256", "-G", "ecc256"])
+            .args(["-a", "sensitivedataorigin|userwithauth|sign"])
+            .args(["-L", "dup.policy", "-u"])
+            .arg(t("key.pub"))
+            .arg("-r")
+            .arg(t("key.priv")),
+    );
+    flush_transients(source);
+    run_ok(
+        source
+            .tool("tpm2_load")
+            .args(["-C", "prim.ctx", "-u"])
+            .arg(t("key.pub"))
+            .arg("-r")
+            .arg(t("key.priv"))
+            .args(["-c", "key.ctx"]),
+    );
+    run_ok(
+        source
+            .tool("tpm2_readpublic")
+            .args(["-c", "key.ctx", "-f", "pem", "-o"])
+            .arg(t("orig.pem")),
+    );
+    flush_transients(source);
+    run_ok(
+        source
+            .tool("tpm2_loadexternal")
+            .args(["-C", "o", "-u"])
+            .arg(target_srk)
+            .args(["-c", "newparent.ctx"]),
+    );
+    run_ok(
+        source
+            .tool("tpm2_startauthsession")
+            .args(["--policy-session", "-S", "s.ctx"]),
+    );
+    run_ok(
+        source
+            .tool("tpm2_policycommandcode")
+            .args(["-S", "s.ctx", "TPM2_CC_Duplicate"]),
+    );
+    run_ok(
+        source
+            .tool("tpm2_duplicate")
+            .args(["-C", "newparent.ctx", "-c", "key.ctx", "-G", "null"])
+            .args(["-p", "session:s.ctx", "-r"])
+            .arg(t("dup.dpriv"))
+            .arg("-s")
+            .arg(t("dup.seed")),
+    );
+    run_ok(source.tool("tpm2_flushcontext").arg("s.ctx"));
+    flush_transients(source);
+}
+
+fn tpm_agent(tpm: &Swtpm, keys: &Path) -> Agent {
+    Agent::builder()
+        .config(&tpm_device("tpm", tpm, keys, None))
+        .start()
+}
+
+fn import_args(files: &Path, name: &str) -> Vec<String> {
+    let f = |p: &str| files.join(p).display().to_string();
+    vec![
+        "keys".into(),
+        "import".into(),
+        name.into(),
+        "--duplicate".into(),
+        f("dup.dpriv"),
+        "--public".into(),
+        f("key.pub"),
+        "--seed".into(),
+        f("dup.seed"),
+    ]
+}
+
+fn cli(agent: &Agent, args: &[String]) -> std::process::Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent.cli(&args)
+}
+
+#[test]
+fn tpm2_duplicate_output_is_imported_signs_and_is_refused_by_another_tpm() {
+    let target = Swtpm::start();
+    let source = Swtpm::start();
+    let third = Swtpm::start();
+    let files = tempfile::Builder::new()
+        .prefix("dup-files-")
+        .tempdir()
+        .unwrap();
+    srk_public(&target, &files.path().join("srk.pub"));
+    duplicate_for(&source, &files.path().join("srk.pub"), files.path());
+
+    // Imported on the target through the CLI; the key is marked as imported.
+    let keys = tempfile::Builder::new()
+        .prefix("import-keys-")
+        .tempdir()
+        .unwrap();
+    let mut agent = tpm_agent(&target, keys.path());
+    let mut args = vec!["--json".to_string()];
+    args.extend(import_args(files.path(), "tpm/moved"));
+    let out = cli(&agent, &args);
+    assert!(
+        out.status.success(),
+        "import: {}\n{}",
+        output_text(&out),
+        agent.log()
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["key"]["imported"], true, "{made}");
+    assert_eq!(made["key"]["alg"], "p256", "{made}");
+    let orig = std::fs::read_to_string(files.path().join("orig.pem")).unwrap();
+    assert_eq!(
+        made["pem"].as_str().unwrap().trim(),
+        orig.trim(),
+        "the imported key's public key is the source TPM's key"
+    );
+    assert!(keys.path().join("moved.pem").exists());
+
+    // It signs on the target; OpenSSL verifies with the public key from the source.
+    let msg = b"signed by a key that moved between TPMs";
+    let sig = agent
+        .client()
+        .sign_digest(
+            "tpm/moved",
+            &Sha256::digest(msg),
+            Some(HashAlg::Sha256),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let dir = files.path();
+    std::fs::write(dir.join("msg"), msg).unwrap();
+    std::fs::write(dir.join("sig"), &sig.signature.0).unwrap();
+    let verified = run_ok(Command::new(require("openssl")).current_dir(dir).args([
+        "dgst",
+        "-sha256",
+        "-verify",
+        "orig.pem",
+        "-signature",
+        "sig",
+        "msg",
+    ]));
+    assert!(verified.contains("Verified OK"), "{verified}");
+
+    // `keys list` shows it as imported (text and JSON); a generated key is not.
+    agent
+        .client()
+        .generate_key("tpm/native", waxseal_agent::proto::KeyAlg::P256)
+        .unwrap();
+    let out = agent.cli(&["keys", "list"]);
+    let list = output_text(&out);
+    assert!(list.lines().next().unwrap().contains("ORIGIN"), "{list}");
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("tpm/moved").contains("imported"), "{list}");
+    assert!(!row("tpm/native").contains("imported"), "{list}");
+    assert!(list.contains("attestation cannot vouch"), "{list}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["--json", "keys", "list"]).stdout).unwrap();
+    let entry = |name: &str| {
+        json["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(entry("tpm/moved")["imported"], true, "{json}");
+    assert!(entry("tpm/native").get("imported").is_none(), "{json}");
+
+    // The audit log has the import, marked as such, with the key's fingerprint.
+    let records = audit_records(&agent.state_dir);
+    let import = records
+        .iter()
+        .find(|r| r["event"] == "import" && r["key"] == "tpm/moved")
+        .unwrap_or_else(|| panic!("no import record: {records:?}"));
+    assert_eq!(import["imported"], true, "{import}");
+    assert_eq!(import["import"], "tpm-duplicate", "{import}");
+    assert!(import.get("code").is_none(), "{import}");
+    assert_eq!(import["alg"], "p256", "{import}");
+
+    // The same name again: refused, the first file stays.
+    let before = std::fs::read(keys.path().join("moved.pem")).unwrap();
+    let again = cli(&agent, &import_args(files.path(), "tpm/moved"));
+    assert!(!again.status.success());
+    assert!(
+        output_text(&again).contains("exists already"),
+        "{}",
+        output_text(&again)
+    );
+    assert_eq!(
+        std::fs::read(keys.path().join("moved.pem")).unwrap(),
+        before
+    );
+    agent.terminate();
+
+    // A third machine's TPM: the seed does not decrypt there; refused, clearly, with
+    // nothing written, and audited with its code.
+    let third_keys = tempfile::Builder::new()
+        .prefix("import-third-")
+        .tempdir()
+        .unwrap();
+    let mut other = tpm_agent(&third, third_keys.path());
+    let dup = |p: &str| Bytes(std::fs::read(files.path().join(p)).unwrap());
+    let refused = other.client().import_key(ImportKey {
+        key: "tpm/moved".into(),
+        tpm_duplicate: Some(TpmDuplicate {
+            public: dup("key.pub"),
+            duplicate: dup("dup.dpriv"),
+            seed: dup("dup.seed"),
+        }),
+        pem: None,
+        touch: None,
+        pin_policy: None,
+    });
+    let e = match refused {
+        Err(ClientError::Agent(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message);
+    assert!(
+        e.message
+            .contains("not wrapped for this TPM's storage root key"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("TPM2_Import"), "{}", e.message);
+    assert_eq!(std::fs::read_dir(third_keys.path()).unwrap().count(), 0);
+    let records = audit_records(&other.state_dir);
+    let refusal = records
+        .iter()
+        .find(|r| r["event"] == "import")
+        .unwrap_or_else(|| panic!("no import record: {records:?}"));
+    assert_eq!(refusal["code"], "bad-request", "{refusal}");
+    other.terminate();
+}
+
+#[test]
+fn damaged_or_oversized_duplicates_are_refused_before_the_tpm() {
+    let tpm = Swtpm::start();
+    let keys = tempfile::Builder::new()
+        .prefix("import-bad-")
+        .tempdir()
+        .unwrap();
+    let mut agent = tpm_agent(&tpm, keys.path());
+    let dir = agent.dir().to_path_buf();
+    // A size prefix that does not match the bytes.
+    std::fs::write(dir.join("pub"), [0u8, 9, 1, 2]).unwrap();
+    std::fs::write(dir.join("dup"), [0u8, 1, 1]).unwrap();
+    std::fs::write(dir.join("seed"), [0u8, 1, 1]).unwrap();
+    let out = agent.cli(&[
+        "keys",
+        "import",
+        "tpm/bad",
+        "--duplicate",
+        dir.join("dup").to_str().unwrap(),
+        "--public",
+        dir.join("pub").to_str().unwrap(),
+        "--seed",
+        dir.join("seed").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let text = output_text(&out);
+    assert!(text.contains("public area (TPM2B_PUBLIC)"), "{text}");
+    // Over the bound: the CLI refuses to send it.
+    std::fs::write(dir.join("big"), vec![0u8; 5000]).unwrap();
+    let out = agent.cli(&[
+        "keys",
+        "import",
+        "tpm/bad",
+        "--duplicate",
+        dir.join("big").to_str().unwrap(),
+        "--public",
+        dir.join("pub").to_str().unwrap(),
+        "--seed",
+        dir.join("seed").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("over 4096 bytes"),
+        "{}",
+        output_text(&out)
+    );
+    // A plaintext key is never taken by a TPM.
+    std::fs::write(dir.join("k.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let out = agent.cli(&[
+        "keys",
+        "import",
+        "tpm/bad",
+        "--key",
+        dir.join("k.pem").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("tpm_duplicate"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(std::fs::read_dir(keys.path()).unwrap().count(), 0);
+    agent.terminate();
+}
