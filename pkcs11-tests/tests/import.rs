@@ -387,3 +387,160 @@ fn damaged_or_oversized_duplicates_are_refused_before_the_tpm() {
     assert_eq!(std::fs::read_dir(keys.path()).unwrap().count(), 0);
     agent.terminate();
 }
+
+// --- YubiKey (PIV) -------------------------------------------------------------------
+
+const PIV_SERIAL: u32 = 20_260_022;
+
+fn card() -> piv_emulator::harness::Harness {
+    let mut config = piv_emulator::harness::Config::new(pkcs11_tests::bins().piv_emulator.clone());
+    config.serial = PIV_SERIAL;
+    piv_emulator::harness::Harness::start(config).unwrap_or_else(|e| {
+        panic!("pcscd + piv-emulator did not start ({e}); run scripts/install-deps")
+    })
+}
+
+#[test]
+fn an_imported_piv_key_signs_shows_as_imported_and_is_not_attested() {
+    let _card = card();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("pin"), "123456\n").unwrap();
+    let agent = Agent::builder()
+        .config(&format!(
+            "[[device]]\nname = \"yk\"\nkind = \"yubikey\"\nserial = {PIV_SERIAL}\npin = \"file:{}\"\n",
+            dir.join("pin").display()
+        ))
+        .start();
+    let openssl =
+        |args: &[&str]| run_ok(Command::new(require("openssl")).current_dir(dir).args(args));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "k.pem",
+    ]);
+    openssl(&["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub.pem"]);
+    let key = dir.join("k.pem").display().to_string();
+
+    let out = agent.cli(&[
+        "--json",
+        "keys",
+        "import",
+        "yk/9c",
+        "--key",
+        &key,
+        "--touch",
+        "never",
+        "--pin-policy",
+        "once",
+    ]);
+    assert!(
+        out.status.success(),
+        "import: {}\n{}",
+        output_text(&out),
+        agent.log()
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["key"]["imported"], true, "{made}");
+    assert_eq!(
+        made["pem"].as_str().unwrap().trim(),
+        std::fs::read_to_string(dir.join("k.pub.pem"))
+            .unwrap()
+            .trim()
+    );
+
+    // It signs; OpenSSL verifies with the public key of the original file.
+    let msg = b"signed by an imported PIV key";
+    let sig = agent
+        .client()
+        .sign_digest("yk/9c", &Sha256::digest(msg), Some(HashAlg::Sha256), None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    std::fs::write(dir.join("msg"), msg).unwrap();
+    std::fs::write(dir.join("sig"), &sig.signature.0).unwrap();
+    let v = openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        "k.pub.pem",
+        "-signature",
+        "sig",
+        "msg",
+    ]);
+    assert!(v.contains("Verified OK"), "{v}");
+
+    // `keys list`: imported (the card's metadata says so), a generated key is not.
+    agent
+        .client()
+        .generate_key("yk/9a", waxseal_agent::proto::KeyAlg::P256)
+        .unwrap();
+    let out = agent.cli(&["keys", "list"]);
+    let list = output_text(&out);
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("yk/9c").contains("imported"), "{list}");
+    assert!(row("yk/9a").contains("device"), "{list}");
+    assert!(list.contains("attestation cannot vouch"), "{list}");
+
+    // Attestation is refused, saying why; the generated key is still attested.
+    let out = agent.cli(&["keys", "attest", "yk/9c"]);
+    assert!(!out.status.success());
+    let text = output_text(&out);
+    assert!(text.contains("imported key"), "{text}");
+    assert!(text.contains("attests only keys it generated"), "{text}");
+    assert!(agent.cli(&["keys", "attest", "yk/9a"]).status.success());
+
+    // A second import into the slot is refused; RSA is refused with the reason.
+    let out = agent.cli(&["keys", "import", "yk/9c", "--key", &key]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("already holds a key"),
+        "{}",
+        output_text(&out)
+    );
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "r.pem",
+    ]);
+    let out = agent.cli(&[
+        "keys",
+        "import",
+        "yk/9d",
+        "--key",
+        dir.join("r.pem").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("RSA import is not offered"),
+        "{}",
+        output_text(&out)
+    );
+
+    // Audited as an import; the PEM never reaches the log.
+    let records = audit_records(&agent.state_dir);
+    let import = records
+        .iter()
+        .find(|r| r["event"] == "import" && r["key"] == "yk/9c" && r.get("code").is_none())
+        .unwrap_or_else(|| panic!("no import record: {records:?}"));
+    assert_eq!(import["imported"], true, "{import}");
+    assert_eq!(import["import"], "private-key", "{import}");
+    let log = std::fs::read_to_string(&key).unwrap();
+    let body: String = log.lines().filter(|l| !l.starts_with("-----")).collect();
+    let all = serde_json::to_string(&records).unwrap();
+    assert!(
+        !all.contains(&body[..40]),
+        "the private key reached the audit log"
+    );
+}
