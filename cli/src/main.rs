@@ -258,6 +258,23 @@ enum KeysCommand {
         #[arg(long, value_parser = parse_pin_policy)]
         pin_policy: Option<PinPolicy>,
     },
+    /// Wrap a plaintext P-256/P-384 key (PEM) for another machine's TPM, here, without
+    /// a TPM: the TPM2_Duplicate format for that TPM's storage root key (SRK), which
+    /// only that TPM can import (`waxseal keys import tpm/NAME --duplicate OUT.dpriv
+    /// --public OUT.pub --seed OUT.seed` there). Writes OUT.pub, OUT.dpriv, OUT.seed.
+    WrapFor {
+        /// The target TPM's storage root key: its TPM2B_PUBLIC (`tpm2_readpublic -o`)
+        /// or PEM public key (`-f pem`), read on the target (README.md, "Importing
+        /// keys"). `--tpm-ek` is accepted as another name, but the key must be the SRK,
+        /// not the endorsement key: a TPM imports only under a storage key.
+        #[arg(long, visible_alias = "tpm-ek", value_name = "FILE")]
+        tpm_srk: PathBuf,
+        /// The private key, PEM (PKCS#8 or SEC1).
+        key: PathBuf,
+        /// Output prefix (default: KEY without its extension, plus `.tpmdup`).
+        #[arg(short = 'o', long, value_name = "OUT")]
+        out: Option<PathBuf>,
+    },
     /// Print a public key.
     Pubkey {
         /// DEVICE/LABEL.

@@ -388,6 +388,165 @@ fn damaged_or_oversized_duplicates_are_refused_before_the_tpm() {
     agent.terminate();
 }
 
+#[test]
+fn wrap_for_wraps_a_plaintext_key_for_one_tpm_only() {
+    let target = Swtpm::start();
+    let third = Swtpm::start();
+    let files = tempfile::Builder::new()
+        .prefix("wrap-for-")
+        .tempdir()
+        .unwrap();
+    let dir = files.path();
+    // The operator reads the target's SRK public there, as PEM this time.
+    srk_public(&target, &dir.join("srk.pub"));
+    run_ok(
+        target
+            .tool("tpm2_createprimary")
+            .args([
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:aes128cfb",
+                "-a",
+                SRK_ATTRS,
+            ])
+            .args(["-c", "srk2.ctx"]),
+    );
+    run_ok(
+        target
+            .tool("tpm2_readpublic")
+            .args(["-c", "srk2.ctx", "-f", "pem", "-o"])
+            .arg(dir.join("srk.pem")),
+    );
+    flush_transients(&target);
+    let openssl =
+        |args: &[&str]| run_ok(Command::new(require("openssl")).current_dir(dir).args(args));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-384",
+        "-out",
+        "k.pem",
+    ]);
+    openssl(&["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub.pem"]);
+
+    // On the source machine: no agent, no TPM. From the TPM2B_PUBLIC and from the PEM.
+    let wrap = |srk: &str, out: &str| {
+        let o = Command::new(&pkcs11_tests::bins().cli)
+            .current_dir(dir)
+            .args(["keys", "wrap-for", "--tpm-ek", srk, "k.pem", "-o", out])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "wrap-for: {}", output_text(&o));
+        output_text(&o)
+    };
+    let text = wrap("srk.pub", "w");
+    assert!(text.contains("--duplicate w.dpriv"), "{text}");
+    wrap("srk.pem", "w2");
+    // A file that is not a storage key is refused and nothing is written.
+    let o = Command::new(&pkcs11_tests::bins().cli)
+        .current_dir(dir)
+        .args([
+            "keys",
+            "wrap-for",
+            "--tpm-srk",
+            "k.pub.pem",
+            "k.pem",
+            "-o",
+            "bad",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        output_text(&o).contains("--tpm-srk k.pub.pem"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!dir.join("bad.dpriv").exists());
+
+    // The target imports both and signs; OpenSSL verifies with the original key.
+    let keys = tempfile::Builder::new()
+        .prefix("wrap-keys-")
+        .tempdir()
+        .unwrap();
+    let mut agent = tpm_agent(&target, keys.path());
+    for (name, prefix) in [("tpm/wrapped", "w"), ("tpm/wrapped2", "w2")] {
+        let f = |ext: &str| Bytes(std::fs::read(dir.join(format!("{prefix}.{ext}"))).unwrap());
+        let made = agent
+            .client()
+            .import_key(ImportKey {
+                key: name.into(),
+                tpm_duplicate: Some(TpmDuplicate {
+                    public: f("pub"),
+                    duplicate: f("dpriv"),
+                    seed: f("seed"),
+                }),
+                pem: None,
+                touch: None,
+                pin_policy: None,
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+        assert!(made.key.imported);
+        assert_eq!(
+            made.pem.trim(),
+            std::fs::read_to_string(dir.join("k.pub.pem"))
+                .unwrap()
+                .trim()
+        );
+        let msg = format!("signed by {name}");
+        let sig = agent
+            .client()
+            .sign_digest(
+                name,
+                &sha2::Sha384::digest(msg.as_bytes()),
+                Some(HashAlg::Sha384),
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+        std::fs::write(dir.join("msg"), &msg).unwrap();
+        std::fs::write(dir.join("sig"), &sig.signature.0).unwrap();
+        let v = openssl(&[
+            "dgst",
+            "-sha384",
+            "-verify",
+            "k.pub.pem",
+            "-signature",
+            "sig",
+            "msg",
+        ]);
+        assert!(v.contains("Verified OK"), "{v}");
+    }
+    agent.terminate();
+
+    // Another TPM cannot import it.
+    let third_keys = tempfile::Builder::new()
+        .prefix("wrap-third-")
+        .tempdir()
+        .unwrap();
+    let mut other = tpm_agent(&third, third_keys.path());
+    let mut args = import_args(dir, "tpm/wrapped");
+    for a in args.iter_mut() {
+        *a = a
+            .replace("dup.dpriv", "w.dpriv")
+            .replace("key.pub", "w.pub")
+            .replace("dup.seed", "w.seed");
+    }
+    let out = cli(&other, &args);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("not wrapped for this TPM's storage root key"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(std::fs::read_dir(third_keys.path()).unwrap().count(), 0);
+    other.terminate();
+}
+
 // --- YubiKey (PIV) -------------------------------------------------------------------
 
 const PIV_SERIAL: u32 = 20_260_022;

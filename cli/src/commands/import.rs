@@ -82,3 +82,63 @@ pub fn run(ctx: &Ctx, client: &mut Client, src: Source) -> Result<()> {
     out!("{}", made.pem);
     Ok(())
 }
+
+/// `waxseal keys wrap-for`: writes OUT.pub, OUT.dpriv and OUT.seed, all or none.
+pub fn wrap_for(ctx: &Ctx, srk: &Path, key: &Path, out: Option<PathBuf>) -> Result<()> {
+    let srk_bytes = read_bounded("--tpm-srk", srk, MAX_TPM_BLOB)?;
+    let srk_key = waxseal::tpmwrap::srk_point(&srk_bytes)
+        .with_context(|| format!("--tpm-srk {}", srk.display()))?;
+    let pem = read_bounded("KEY", key, MAX_IMPORT_PEM)?;
+    let text = std::str::from_utf8(&pem)
+        .map_err(|_| anyhow::anyhow!("{}: not PEM text", key.display()))?;
+    let wrapped =
+        waxseal::tpmwrap::wrap(text, &srk_key).with_context(|| format!("{}", key.display()))?;
+    let prefix = out.unwrap_or_else(|| key.with_extension("tpmdup"));
+    let path = |ext: &str| {
+        let mut p = prefix.clone().into_os_string();
+        p.push(format!(".{ext}"));
+        PathBuf::from(p)
+    };
+    let files = [
+        (path("pub"), &wrapped.public),
+        (path("dpriv"), &wrapped.duplicate),
+        (path("seed"), &wrapped.seed),
+    ];
+    // Each written beside its target and renamed only when all three are written.
+    let tmp = |p: &Path| {
+        let mut t = p.as_os_str().to_owned();
+        t.push(format!(".{}.tmp", std::process::id()));
+        PathBuf::from(t)
+    };
+    let mut written = Vec::new();
+    for (p, bytes) in &files {
+        let t = tmp(p);
+        if let Err(e) = std::fs::write(&t, bytes) {
+            for w in &written {
+                let _ = std::fs::remove_file(w);
+            }
+            let _ = std::fs::remove_file(&t);
+            return Err(e).with_context(|| format!("cannot write {}", t.display()));
+        }
+        written.push(t);
+    }
+    for (p, _) in &files {
+        std::fs::rename(tmp(p), p).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({
+            "public": files[0].0, "duplicate": files[1].0, "seed": files[2].0,
+        }));
+    }
+    eprintln!(
+        "wrapped for the TPM whose storage root key is {}; import it there with:",
+        srk.display()
+    );
+    outln!(
+        "waxseal keys import tpm/NAME --duplicate {} --public {} --seed {}",
+        files[1].0.display(),
+        files[0].0.display(),
+        files[2].0.display()
+    );
+    Ok(())
+}

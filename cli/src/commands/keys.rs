@@ -8,6 +8,10 @@ use super::Ctx;
 use crate::{sshfmt, KeysCommand};
 
 pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
+    // CLI-only: no agent.
+    if let KeysCommand::WrapFor { tpm_srk, key, out } = cmd {
+        return super::import::wrap_for(ctx, &tpm_srk, &key, out);
+    }
     let mut client = ctx.connect()?;
     match cmd {
         KeysCommand::List { uri } => {
@@ -235,6 +239,7 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
                 pin_policy,
             },
         ),
+        KeysCommand::WrapFor { .. } => Ok(()),
         KeysCommand::Pubkey { name, format } => {
             let pk = client.public_key(&name)?;
             match format.as_str() {
