@@ -248,9 +248,23 @@ enum KeysCommand {
         /// TPM: the encrypted seed (TPM2B_ENCRYPTED_SECRET, `tpm2_duplicate -s`).
         #[arg(long, value_name = "FILE", requires = "duplicate")]
         seed: Option<PathBuf>,
-        /// YubiKey: the private key, PEM (PKCS#8, SEC1 or PKCS#1).
-        #[arg(long, value_name = "FILE")]
+        /// YubiKey: the private key, PEM (PKCS#8 or SEC1; P-256 or P-384).
+        #[arg(long, value_name = "FILE", conflicts_with = "wrapped")]
         key: Option<PathBuf>,
+        /// PKCS#11: a PKCS#8 private key wrapped under a secret key of the token
+        /// (`openssl enc -id-aes256-wrap-pad`, or `C_WrapKey` on another token).
+        #[arg(long, value_name = "FILE", requires_all = ["unwrapping_key", "public_key"], conflicts_with = "duplicate")]
+        wrapped: Option<PathBuf>,
+        /// PKCS#11: CKA_LABEL of the token's secret key that unwraps --wrapped.
+        #[arg(long, value_name = "LABEL", requires = "wrapped")]
+        unwrapping_key: Option<String>,
+        /// PKCS#11: the unwrap mechanism.
+        #[arg(long, default_value = "aes-key-wrap-pad", value_parser = ["aes-key-wrap-pad"], requires = "wrapped")]
+        mechanism: String,
+        /// PKCS#11: the key's public key (PEM or DER SubjectPublicKeyInfo), stored beside
+        /// it once the token shows that it is the unwrapped key's.
+        #[arg(long, value_name = "FILE", requires = "wrapped")]
+        public_key: Option<PathBuf>,
         /// YubiKey: when the key wants a touch to sign (never, always, cached).
         #[arg(long, value_parser = parse_touch)]
         touch: Option<TouchPolicy>,

@@ -298,6 +298,7 @@ fn tpm2_duplicate_output_is_imported_signs_and_is_refused_by_another_tpm() {
             seed: dup("dup.seed"),
         }),
         pem: None,
+        pkcs11_wrapped: None,
         touch: None,
         pin_policy: None,
     });
@@ -487,6 +488,7 @@ fn wrap_for_wraps_a_plaintext_key_for_one_tpm_only() {
                     seed: f("seed"),
                 }),
                 pem: None,
+                pkcs11_wrapped: None,
                 touch: None,
                 pin_policy: None,
             })
@@ -701,5 +703,182 @@ fn an_imported_piv_key_signs_shows_as_imported_and_is_not_attested() {
     assert!(
         !all.contains(&body[..40]),
         "the private key reached the audit log"
+    );
+}
+
+// --- PKCS#11 (SoftHSM2) ----------------------------------------------------------------
+
+#[test]
+fn a_key_wrapped_under_a_token_key_is_unwrapped_sensitive_and_signs() {
+    let (hsm, agent) = pkcs11_tests::agent_with_keys(&[("hsm/native", "p256")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let openssl =
+        |args: &[&str]| run_ok(Command::new(require("openssl")).current_dir(dir).args(args));
+    // The token's key-encryption key, known to the source side (here, OpenSSL).
+    std::fs::write(dir.join("kek.bin"), [0x11u8; 32]).unwrap();
+    hsm.pkcs11_tool(&[
+        "--token-label",
+        "sig",
+        "--login",
+        "--pin",
+        "user-pin-1",
+        "--write-object",
+        dir.join("kek.bin").to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "kek",
+        "--usage-wrap",
+    ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "k.pem",
+    ]);
+    openssl(&[
+        "pkcs8", "-topk8", "-nocrypt", "-in", "k.pem", "-outform", "DER", "-out", "k.p8",
+    ]);
+    openssl(&["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub.pem"]);
+    let kek_hex = "11".repeat(32);
+    openssl(&[
+        "enc",
+        "-id-aes256-wrap-pad",
+        "-K",
+        &kek_hex,
+        "-iv",
+        "A65959A6",
+        "-in",
+        "k.p8",
+        "-out",
+        "k.wrapped",
+    ]);
+    // Another key's public key, to be refused.
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "o.pem",
+    ]);
+    openssl(&["pkey", "-in", "o.pem", "-pubout", "-out", "o.pub.pem"]);
+    let path = |p: &str| dir.join(p).display().to_string();
+
+    let out = agent.cli(&[
+        "keys",
+        "import",
+        "hsm/moved",
+        "--wrapped",
+        &path("k.wrapped"),
+        "--unwrapping-key",
+        "kek",
+        "--public-key",
+        &path("o.pub.pem"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("is not the unwrapped key's"),
+        "{}",
+        output_text(&out)
+    );
+
+    let out = agent.cli(&[
+        "--json",
+        "keys",
+        "import",
+        "hsm/moved",
+        "--wrapped",
+        &path("k.wrapped"),
+        "--unwrapping-key",
+        "kek",
+        "--mechanism",
+        "aes-key-wrap-pad",
+        "--public-key",
+        &path("k.pub.pem"),
+    ]);
+    assert!(
+        out.status.success(),
+        "import: {}\n{}",
+        output_text(&out),
+        agent.log()
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["key"]["imported"], true, "{made}");
+
+    let msg = b"signed by an unwrapped key";
+    let sig = agent
+        .client()
+        .sign_digest(
+            "hsm/moved",
+            &Sha256::digest(msg),
+            Some(HashAlg::Sha256),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    std::fs::write(dir.join("msg"), msg).unwrap();
+    std::fs::write(dir.join("sig"), &sig.signature.0).unwrap();
+    let v = openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        "k.pub.pem",
+        "-signature",
+        "sig",
+        "msg",
+    ]);
+    assert!(v.contains("Verified OK"), "{v}");
+
+    // One private key of that label (the refused import left nothing), sensitive and
+    // not extractable, as OpenSC's pkcs11-tool reads it.
+    let objects = String::from_utf8_lossy(
+        &hsm.pkcs11_tool(&[
+            "--token-label",
+            "sig",
+            "--login",
+            "--pin",
+            "user-pin-1",
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    let blocks: Vec<&str> = objects
+        .split("Private Key Object")
+        .filter(|b| b.contains("label:      moved"))
+        .collect();
+    assert_eq!(blocks.len(), 1, "{objects}");
+    assert!(blocks[0].contains("sensitive"), "{objects}");
+    assert!(
+        blocks[0].contains("never extractable") || !blocks[0].contains("extractable"),
+        "{objects}"
+    );
+    assert!(!blocks[0].contains("local"), "{objects}");
+
+    let list = output_text(&agent.cli(&["keys", "list"]));
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("hsm/moved").contains("imported"), "{list}");
+    assert!(row("hsm/native").contains("device"), "{list}");
+    let records = audit_records(&agent.state_dir);
+    assert!(
+        records.iter().any(|r| r["event"] == "import"
+            && r["key"] == "hsm/moved"
+            && r["import"] == "pkcs11-unwrap"
+            && r.get("code").is_none()),
+        "{records:?}"
     );
 }

@@ -61,6 +61,15 @@ pub enum ImportInput {
         /// TPM2B_ENCRYPTED_SECRET.
         seed: Vec<u8>,
     },
+    /// A private key wrapped under a token's secret key (PKCS#11 `C_UnwrapKey`).
+    Pkcs11Wrapped {
+        /// The wrapped PKCS#8 PrivateKeyInfo.
+        wrapped: Vec<u8>,
+        /// `CKA_LABEL` of the unwrapping secret key.
+        unwrapping_key: String,
+        /// The key's public key (DER SubjectPublicKeyInfo).
+        public: Vec<u8>,
+    },
     /// A plaintext private key (PEM), for devices that take keys in the clear (PIV).
     Pem {
         /// The PEM text; zeroized when dropped.
@@ -87,6 +96,7 @@ impl ImportInput {
         match self {
             ImportInput::TpmDuplicate { .. } => "tpm-duplicate",
             ImportInput::Pem { .. } => "private-key",
+            ImportInput::Pkcs11Wrapped { .. } => "pkcs11-unwrap",
         }
     }
 }

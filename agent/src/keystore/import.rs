@@ -46,6 +46,22 @@ impl KeyStore {
         self.check_unlocked()?;
         let (device, name) = self.split(&req.key)?;
         let input = match (&req.tpm_duplicate, &req.pem) {
+            (None, None) if req.pkcs11_wrapped.is_some() => {
+                let Some(w) = &req.pkcs11_wrapped else {
+                    return Err(bad("import_key: no key given".into()));
+                };
+                if device.kind != DeviceKind::Pkcs11 {
+                    return Err(bad(format!(
+                        "import_key: `pkcs11_wrapped` is unwrapped by a PKCS#11 token; device {} is a {} device",
+                        device.name, device.kind
+                    )));
+                }
+                ImportInput::Pkcs11Wrapped {
+                    wrapped: w.wrapped.0.clone(),
+                    unwrapping_key: w.unwrapping_key.clone(),
+                    public: w.public.0.clone(),
+                }
+            }
             (Some(d), _) => {
                 if device.kind != DeviceKind::Tpm {
                     return Err(bad(format!(

@@ -11,7 +11,8 @@ use zeroize::Zeroizing;
 
 use waxseal_proto::client::Client;
 use waxseal_proto::proto::{
-    Bytes, ImportKey, PinPolicy, TouchPolicy, TpmDuplicate, MAX_IMPORT_PEM, MAX_TPM_BLOB,
+    Bytes, ImportKey, PinPolicy, Pkcs11Wrapped, TouchPolicy, TpmDuplicate, MAX_IMPORT_PEM,
+    MAX_TPM_BLOB,
 };
 
 use super::Ctx;
@@ -23,6 +24,10 @@ pub struct Source {
     pub public: Option<PathBuf>,
     pub seed: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub wrapped: Option<PathBuf>,
+    pub unwrapping_key: Option<String>,
+    pub mechanism: String,
+    pub public_key: Option<PathBuf>,
     pub touch: Option<TouchPolicy>,
     pub pin_policy: Option<PinPolicy>,
 }
@@ -42,15 +47,52 @@ fn read_bounded(flag: &str, path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>
     Ok(buf)
 }
 
+/// DER SubjectPublicKeyInfo from PEM (`-----BEGIN PUBLIC KEY-----`) or DER.
+fn spki_der(bytes: &[u8]) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Ok(bytes.to_vec());
+    };
+    let Some(start) = text.find("-----BEGIN PUBLIC KEY-----") else {
+        anyhow::bail!("not a PEM public key (-----BEGIN PUBLIC KEY-----) nor DER");
+    };
+    let body = &text[start + "-----BEGIN PUBLIC KEY-----".len()..];
+    let Some(end) = body.find("-----END PUBLIC KEY-----") else {
+        anyhow::bail!("the PEM public key has no END line");
+    };
+    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| anyhow::anyhow!("the PEM public key is not base64: {e}"))
+}
+
 pub fn run(ctx: &Ctx, client: &mut Client, src: Source) -> Result<()> {
     let mut req = ImportKey {
         key: src.name.clone(),
         tpm_duplicate: None,
+        pkcs11_wrapped: None,
         pem: None,
         touch: src.touch,
         pin_policy: src.pin_policy,
     };
     match (&src.duplicate, &src.public, &src.seed, &src.key) {
+        (None, None, None, None) if src.wrapped.is_some() => {
+            let (Some(wrapped), Some(unwrapping_key), Some(public)) =
+                (&src.wrapped, &src.unwrapping_key, &src.public_key)
+            else {
+                anyhow::bail!("--wrapped needs --unwrapping-key and --public-key");
+            };
+            let pub_bytes = read_bounded("--public-key", public, MAX_IMPORT_PEM)?;
+            req.pkcs11_wrapped = Some(Pkcs11Wrapped {
+                wrapped: Bytes(read_bounded("--wrapped", wrapped, MAX_IMPORT_PEM)?.to_vec()),
+                unwrapping_key: unwrapping_key.clone(),
+                mechanism: src.mechanism.clone(),
+                public: Bytes(
+                    spki_der(&pub_bytes)
+                        .with_context(|| format!("--public-key {}", public.display()))?,
+                ),
+            });
+        }
         (Some(dup), Some(public), Some(seed), None) => {
             let part = |flag: &str, p: &Path| -> Result<Bytes> {
                 Ok(Bytes(read_bounded(flag, p, MAX_TPM_BLOB)?.to_vec()))

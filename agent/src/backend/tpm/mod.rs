@@ -296,7 +296,7 @@ impl Backend for TpmLane {
                 let (public, duplicate, seed) = (public.clone(), duplicate.clone(), seed.clone());
                 self.call(move |t| t.import_duplicate(&label, &public, &duplicate, &seed))
             }
-            super::ImportInput::Pem { .. } => Err(BackendError::unsupported(
+            super::ImportInput::Pem { .. } | super::ImportInput::Pkcs11Wrapped { .. } => Err(BackendError::unsupported(
                 &self.name,
                 "a TPM imports only a key wrapped for its storage key (a TPM2_Duplicate output: `waxseal keys import tpm/NAME --duplicate …`); a plaintext key is never sent to it",
             )),

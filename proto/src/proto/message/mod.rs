@@ -563,7 +563,22 @@ impl fmt::Debug for TpmDuplicate {
     }
 }
 
-/// `import_key`: exactly one of `tpm_duplicate` (TPM devices) and `pem` (YubiKeys).
+/// A private key wrapped under a secret key on a PKCS#11 token, for `C_UnwrapKey`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pkcs11Wrapped {
+    /// The wrapped key: a PKCS#8 PrivateKeyInfo under `mechanism`.
+    pub wrapped: Bytes,
+    /// `CKA_LABEL` of the token's secret key that unwraps it.
+    pub unwrapping_key: String,
+    /// The unwrap mechanism: `aes-key-wrap-pad` (CKM_AES_KEY_WRAP_PAD, RFC 5649).
+    pub mechanism: String,
+    /// The key's public key, DER SubjectPublicKeyInfo: stored as the key's public key
+    /// object once the token has shown that it belongs to the unwrapped key.
+    pub public: Bytes,
+}
+
+/// `import_key`: exactly one of `tpm_duplicate` (TPM devices), `pem` (YubiKeys) and
+/// `pkcs11_wrapped` (PKCS#11 tokens).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportKey {
     /// NAME of the new key, `DEVICE/LABEL`.
@@ -571,6 +586,9 @@ pub struct ImportKey {
     /// TPM: the wrapped key; its plaintext is never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_duplicate: Option<TpmDuplicate>,
+    /// PKCS#11: a key wrapped under a secret key of the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11_wrapped: Option<Pkcs11Wrapped>,
     /// YubiKey: the private key as PEM (PKCS#8 or SEC1/PKCS#1). A PIV card takes the
     /// key in the clear (its import command has no wrapping), so this one crosses the
     /// socket; the agent zeroizes it after use.
@@ -589,6 +607,10 @@ impl fmt::Debug for ImportKey {
         f.debug_struct("ImportKey")
             .field("key", &self.key)
             .field("tpm_duplicate", &self.tpm_duplicate)
+            .field(
+                "pkcs11_wrapped",
+                &self.pkcs11_wrapped.as_ref().map(|w| &w.unwrapping_key),
+            )
             .field("pem", &self.pem.as_ref().map(|_| "<redacted>"))
             .field("touch", &self.touch)
             .field("pin_policy", &self.pin_policy)
@@ -599,33 +621,67 @@ impl fmt::Debug for ImportKey {
 impl ImportKey {
     /// Checks that one kind of key is given and that it is within its bounds.
     pub fn check(&self) -> Result<(), String> {
-        match (&self.tpm_duplicate, &self.pem) {
-            (None, None) => Err("give `tpm_duplicate` (a TPM) or `pem` (a YubiKey)".into()),
-            (Some(_), Some(_)) => Err("give `tpm_duplicate` or `pem`, not both".into()),
-            (Some(d), None) => {
-                for (field, b) in [
-                    ("public", &d.public),
-                    ("duplicate", &d.duplicate),
-                    ("seed", &d.seed),
-                ] {
-                    if b.0.len() < 2 || b.0.len() > MAX_TPM_BLOB {
-                        return Err(format!(
-                            "`tpm_duplicate.{field}` is {} bytes long; 2 to {MAX_TPM_BLOB} are accepted",
-                            b.0.len()
-                        ));
-                    }
-                }
-                if self.touch.is_some() || self.pin_policy.is_some() {
-                    return Err("touch and PIN policies are for YubiKey keys (`pem`)".into());
-                }
-                Ok(())
-            }
-            (None, Some(p)) if p.len() > MAX_IMPORT_PEM => Err(format!(
-                "`pem` is {} bytes long; at most {MAX_IMPORT_PEM} are accepted",
-                p.len()
-            )),
-            (None, Some(_)) => Ok(()),
+        let given = [
+            self.tpm_duplicate.is_some(),
+            self.pem.is_some(),
+            self.pkcs11_wrapped.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
+        if given != 1 {
+            return Err(
+                "give exactly one of `tpm_duplicate` (a TPM), `pem` (a YubiKey) and `pkcs11_wrapped` (a PKCS#11 token)"
+                    .into(),
+            );
         }
+        if (self.touch.is_some() || self.pin_policy.is_some()) && self.pem.is_none() {
+            return Err("touch and PIN policies are for YubiKey keys (`pem`)".into());
+        }
+        if let Some(d) = &self.tpm_duplicate {
+            for (field, b) in [
+                ("public", &d.public),
+                ("duplicate", &d.duplicate),
+                ("seed", &d.seed),
+            ] {
+                if b.0.len() < 2 || b.0.len() > MAX_TPM_BLOB {
+                    return Err(format!(
+                        "`tpm_duplicate.{field}` is {} bytes long; 2 to {MAX_TPM_BLOB} are accepted",
+                        b.0.len()
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.pem {
+            if p.len() > MAX_IMPORT_PEM {
+                return Err(format!(
+                    "`pem` is {} bytes long; at most {MAX_IMPORT_PEM} are accepted",
+                    p.len()
+                ));
+            }
+        }
+        if let Some(w) = &self.pkcs11_wrapped {
+            for (field, b) in [("wrapped", &w.wrapped), ("public", &w.public)] {
+                if b.0.is_empty() || b.0.len() > MAX_IMPORT_PEM {
+                    return Err(format!(
+                        "`pkcs11_wrapped.{field}` is {} bytes long; 1 to {MAX_IMPORT_PEM} are accepted",
+                        b.0.len()
+                    ));
+                }
+            }
+            check_text(
+                "pkcs11_wrapped.unwrapping_key",
+                &w.unwrapping_key,
+                MAX_KEY_NAME,
+            )?;
+            if w.mechanism != "aes-key-wrap-pad" {
+                return Err(format!(
+                    "`pkcs11_wrapped.mechanism` must be `aes-key-wrap-pad` (CKM_AES_KEY_WRAP_PAD), not `{}`",
+                    w.mechanism.chars().take(64).collect::<String>()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
