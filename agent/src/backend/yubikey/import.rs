@@ -19,9 +19,12 @@ use super::{DeviceKey, Lane, PublicKey};
 use crate::backend::{BackendError, ImportInput};
 use crate::proto::{KeyAlg, PinPolicy, TouchPolicy};
 
+/// An EC key's algorithm, private scalar (zeroized on drop) and SPKI DER.
+type EcKey = (KeyAlg, Zeroizing<Vec<u8>>, Vec<u8>);
+
 /// An EC private key from PEM (PKCS#8 `PRIVATE KEY` or SEC1 `EC PRIVATE KEY`): its
 /// algorithm, scalar (zeroized on drop) and SubjectPublicKeyInfo DER.
-fn ec_key(device: &str, pem: &str) -> Result<(KeyAlg, Zeroizing<Vec<u8>>, Vec<u8>), BackendError> {
+fn ec_key(device: &str, pem: &str) -> Result<EcKey, BackendError> {
     let spki_of = |r: Result<spki::Document, spki::Error>| {
         r.map(|d| d.as_bytes().to_vec()).map_err(|e| {
             BackendError::failed(device, format!("cannot encode the key's public key: {e}"))
