@@ -428,7 +428,14 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) ->
         Op::ListKeys => list_keys(&req),
         Op::PublicKey(k) => req.reply(store.public_key(&k.key)),
         Op::GenerateKey(g) => generate_key(&req, &g),
-        Op::ImportKey(i) => import_key(&req, &i),
+        Op::ImportKey(mut i) => {
+            let answer = import_key(&req, &i);
+            // A YubiKey import's PEM private key: wiped once used (README.md, "Importing keys").
+            if let Some(pem) = i.pem.as_mut() {
+                zeroize::Zeroize::zeroize(pem);
+            }
+            answer
+        }
         Op::Attest(a) => attest(&req, &a),
         Op::AuditTail(t) => audit_tail(&req, &t),
         Op::Lock => lock(&req),

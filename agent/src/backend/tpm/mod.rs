@@ -7,7 +7,8 @@
 //! ([`keyfile`]) under the device's key folder. Persistent keys (0x81……) are
 //! listed and used as `DEVICE/0x81……`. A key may be bound to PCRs ([`pcr`]): it then
 //! signs only in a policy session that passed TPM2_PolicyPCR, and a refusal is
-//! `pcr-mismatch` naming the PCRs that differ.
+//! `pcr-mismatch` naming the PCRs that differ. A key made elsewhere and duplicated for
+//! the SRK is brought in by TPM2_Import ([`import`]) and stored the same way.
 //!
 //! An ESAPI context is not `Send`, so each TPM device is owned by one worker thread;
 //! its single lane ([`TpmLane`]) sends that thread jobs. The thread keeps the SRK and
