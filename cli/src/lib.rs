@@ -10,5 +10,6 @@ pub mod kms;
 pub mod signing_config;
 pub mod sigstore;
 pub mod sshfmt;
+pub mod tpmwrap;
 pub mod tsa;
 pub mod verify;

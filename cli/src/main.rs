@@ -277,6 +277,64 @@ enum KeysCommand {
         #[arg(long, value_name = "FILE")]
         ak_cert: Option<PathBuf>,
     },
+    /// Bring a key made elsewhere into a device (README.md, "Importing keys"). TPM: a
+    /// key wrapped for this TPM's storage root key by TPM2_Duplicate (the files
+    /// `tpm2_duplicate -G null -r DUP -s SEED` and the key's `tpm2_create -u PUB`
+    /// write); the plaintext key never reaches this machine. YubiKey: a PEM private key
+    /// (--key), which the card takes in the clear.
+    Import {
+        /// DEVICE/LABEL, e.g. tpm/release or yk/9c.
+        name: String,
+        /// TPM: the duplicate (TPM2B_PRIVATE, `tpm2_duplicate -r`).
+        #[arg(long, value_name = "FILE", requires_all = ["public", "seed"], conflicts_with = "key")]
+        duplicate: Option<PathBuf>,
+        /// TPM: the key's public area (TPM2B_PUBLIC, `tpm2_create -u`).
+        #[arg(long, value_name = "FILE", requires = "duplicate")]
+        public: Option<PathBuf>,
+        /// TPM: the encrypted seed (TPM2B_ENCRYPTED_SECRET, `tpm2_duplicate -s`).
+        #[arg(long, value_name = "FILE", requires = "duplicate")]
+        seed: Option<PathBuf>,
+        /// YubiKey: the private key, PEM (PKCS#8 or SEC1; P-256 or P-384).
+        #[arg(long, value_name = "FILE", conflicts_with = "wrapped")]
+        key: Option<PathBuf>,
+        /// PKCS#11: a PKCS#8 private key wrapped under a secret key of the token
+        /// (`openssl enc -id-aes256-wrap-pad`, or `C_WrapKey` on another token).
+        #[arg(long, value_name = "FILE", requires_all = ["unwrapping_key", "public_key"], conflicts_with = "duplicate")]
+        wrapped: Option<PathBuf>,
+        /// PKCS#11: CKA_LABEL of the token's secret key that unwraps --wrapped.
+        #[arg(long, value_name = "LABEL", requires = "wrapped")]
+        unwrapping_key: Option<String>,
+        /// PKCS#11: the unwrap mechanism.
+        #[arg(long, default_value = "aes-key-wrap-pad", value_parser = ["aes-key-wrap-pad"], requires = "wrapped")]
+        mechanism: String,
+        /// PKCS#11: the key's public key (PEM or DER SubjectPublicKeyInfo), stored beside
+        /// it once the token shows that it is the unwrapped key's.
+        #[arg(long, value_name = "FILE", requires = "wrapped")]
+        public_key: Option<PathBuf>,
+        /// YubiKey: when the key wants a touch to sign (never, always, cached).
+        #[arg(long, value_parser = parse_touch)]
+        touch: Option<TouchPolicy>,
+        /// YubiKey: when the key wants the PIN (never, once, always).
+        #[arg(long, value_parser = parse_pin_policy)]
+        pin_policy: Option<PinPolicy>,
+    },
+    /// Wrap a plaintext P-256/P-384 key (PEM) for another machine's TPM, here, without
+    /// a TPM: the TPM2_Duplicate format for that TPM's storage root key (SRK), which
+    /// only that TPM can import (`waxseal keys import tpm/NAME --duplicate OUT.dpriv
+    /// --public OUT.pub --seed OUT.seed` there). Writes OUT.pub, OUT.dpriv, OUT.seed.
+    WrapFor {
+        /// The target TPM's storage root key: its TPM2B_PUBLIC (`tpm2_readpublic -o`)
+        /// or PEM public key (`-f pem`), read on the target (README.md, "Importing
+        /// keys"). `--tpm-ek` is accepted as another name, but the key must be the SRK,
+        /// not the endorsement key: a TPM imports only under a storage key.
+        #[arg(long, visible_alias = "tpm-ek", value_name = "FILE")]
+        tpm_srk: PathBuf,
+        /// The private key, PEM (PKCS#8 or SEC1).
+        key: PathBuf,
+        /// Output prefix (default: KEY without its extension, plus `.tpmdup`).
+        #[arg(short = 'o', long, value_name = "OUT")]
+        out: Option<PathBuf>,
+    },
     /// Print a public key.
     Pubkey {
         /// DEVICE/LABEL.

@@ -16,10 +16,11 @@ use serde::de::DeserializeOwned;
 
 use crate::proto::{
     self, ApprovalInfo, ApprovalRef, ApprovalsOk, Approve, ApproveOk, Attest, AttestOk, AuditTail,
-    AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, KeyAlg, KeyRef,
-    ListKeysOk, Op, PcrSelection, PinPolicy, PinReply, PublicKeyOk, Purpose, Request, Response,
-    ResponseError, RsaPadding, Sign, SignOk, StatusOk, StoreCertificate, StoreCertificateOk,
-    TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    AuditTailOk, Bytes, GenerateKey, GenerateKeyOk, HashAlg, Hello, HelloOk, ImportKey,
+    ImportKeyOk, KeyAlg, KeyRef, ListKeysOk, Op, PcrSelection, PinPolicy, PinReply, PublicKeyOk,
+    Purpose, Request, Response, ResponseError, RsaPadding, Sign, SignOk, StatusOk,
+    StoreCertificate, StoreCertificateOk, TouchPolicy, Unlock, UnlockOk, WireError, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::wire::{FrameReader, ReadError};
 use zeroize::Zeroizing;
@@ -323,6 +324,11 @@ impl Client {
             pcrs: Some(pcrs),
             pcr_values: values.map(|v| v.into_iter().map(Bytes).collect()),
         }))
+    }
+
+    /// `import_key`: brings a key made elsewhere into its device (docs/protocol.md).
+    pub fn import_key(&mut self, req: ImportKey) -> Result<ImportKeyOk, ClientError> {
+        self.call(Op::ImportKey(req))
     }
 
     /// `generate_key` on a PKCS#11 device with `id` as the new key pair's raw CKA_ID.

@@ -41,6 +41,9 @@ pub enum Event {
     /// An approval was refused (a stranger, another namespace, a replay, a duplicate,
     /// too late); `code` and `reason` say why.
     ApprovalRefused,
+    /// A key was imported into a device (`import_key`); a refused or failed import
+    /// carries a `code`.
+    Import,
 }
 
 impl Event {
@@ -57,6 +60,7 @@ impl Event {
             Event::ApprovalRequested => "approval-requested",
             Event::Approved => "approved",
             Event::ApprovalRefused => "approval-refused",
+            Event::Import => "import",
         }
     }
 
@@ -73,6 +77,7 @@ impl Event {
             Event::ApprovalRequested,
             Event::Approved,
             Event::ApprovalRefused,
+            Event::Import,
         ]
         .into_iter()
         .find(|e| e.as_str() == word)

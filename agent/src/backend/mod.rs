@@ -43,6 +43,62 @@ pub struct DeviceKey {
     /// The PCRs a TPM key's policy binds it to (`None`: not bound, and on other
     /// devices).
     pub pcrs: Option<PcrSelection>,
+    /// The key was brought into the device (imported), not made inside it: its
+    /// device cannot attest that it never existed elsewhere.
+    pub imported: bool,
+}
+
+/// A key made elsewhere, for [`Backend::import`].
+pub enum ImportInput {
+    /// TPM2_Duplicate's output for this TPM's storage key: TPM2B_PUBLIC,
+    /// TPM2B_PRIVATE (the duplicate) and TPM2B_ENCRYPTED_SECRET (the seed), each with
+    /// its size prefix.
+    TpmDuplicate {
+        /// TPM2B_PUBLIC.
+        public: Vec<u8>,
+        /// TPM2B_PRIVATE.
+        duplicate: Vec<u8>,
+        /// TPM2B_ENCRYPTED_SECRET.
+        seed: Vec<u8>,
+    },
+    /// A private key wrapped under a token's secret key (PKCS#11 `C_UnwrapKey`).
+    Pkcs11Wrapped {
+        /// The wrapped PKCS#8 PrivateKeyInfo.
+        wrapped: Vec<u8>,
+        /// `CKA_LABEL` of the unwrapping secret key.
+        unwrapping_key: String,
+        /// The key's public key (DER SubjectPublicKeyInfo).
+        public: Vec<u8>,
+    },
+    /// A plaintext private key (PEM), for devices that take keys in the clear (PIV).
+    Pem {
+        /// The PEM text; zeroized when dropped.
+        pem: zeroize::Zeroizing<String>,
+        /// Touch policy.
+        touch: Option<TouchPolicy>,
+        /// PIN policy.
+        pin_policy: Option<PinPolicy>,
+    },
+}
+
+impl std::fmt::Debug for ImportInput {
+    /// Sizes only: a PEM key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportInput")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImportInput {
+    /// What kind of import, as the audit log records it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImportInput::TpmDuplicate { .. } => "tpm-duplicate",
+            ImportInput::Pem { .. } => "private-key",
+            ImportInput::Pkcs11Wrapped { .. } => "pkcs11-unwrap",
+        }
+    }
 }
 
 /// A certificate the device holds for a key, with the object that holds it.
@@ -279,6 +335,18 @@ pub trait Backend: Send {
             ));
         }
         self.generate(label, alg)
+    }
+    /// Brings a key made elsewhere into the device as `label`.
+    fn import(
+        &mut self,
+        label: &str,
+        input: &ImportInput,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        let _ = (label, input);
+        Err(BackendError::unsupported(
+            self.name(),
+            "this kind of device does not import keys through waxseal",
+        ))
     }
     /// Signs with `label`.
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError>;

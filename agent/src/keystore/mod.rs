@@ -5,6 +5,7 @@
 
 mod approval;
 mod gate;
+mod import;
 mod lock;
 
 pub use gate::{Gated, Pending, Prepared, Signature, SshSign};
@@ -405,6 +406,7 @@ impl KeyStore {
             uri: key.uri,
             id: key.id.map(Bytes),
             pcrs: key.pcrs,
+            imported: key.imported,
         }
     }
 

@@ -25,8 +25,8 @@ use crate::keystore::{Gated, Interaction, KeyStore, Pending};
 use crate::policy::{own_uid, Caller};
 use crate::proto::{
     self, decode_request, encode_error, encode_notice, encode_ok, encode_prompt, Attest, AuditTail,
-    AuditTailOk, ErrorCode, GenerateKey, HelloOk, Op, PinReply, Sign, StoreCertificate, Unlock,
-    UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
+    AuditTailOk, ErrorCode, GenerateKey, HelloOk, ImportKey, Op, PinReply, Sign, StoreCertificate,
+    Unlock, UnlockOk, WireError, AGENT_NAME, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::wire::{Busy, FrameReader, ReadError, Sender};
 use secrecy::SecretString;
@@ -428,6 +428,7 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) ->
     let key = match &op {
         Op::PublicKey(k) => Some(k.key.as_str()),
         Op::GenerateKey(g) => Some(g.key.as_str()),
+        Op::ImportKey(i) => Some(i.key.as_str()),
         Op::Attest(a) => Some(a.key.as_str()),
         Op::StoreCertificate(c) => Some(c.key.as_str()),
         _ => None,
@@ -451,6 +452,14 @@ fn handle(store: &KeyStore, id: u64, op: Op, caller: &Caller, conn: Conn<'_>) ->
         Op::ListKeys => list_keys(&req),
         Op::PublicKey(k) => req.reply(store.public_key(&k.key)),
         Op::GenerateKey(g) => generate_key(&req, &g),
+        Op::ImportKey(mut i) => {
+            let answer = import_key(&req, &i);
+            // A YubiKey import's PEM private key: wiped once used (README.md, "Importing keys").
+            if let Some(pem) = i.pem.as_mut() {
+                zeroize::Zeroize::zeroize(pem);
+            }
+            answer
+        }
         Op::Attest(a) => attest(&req, &a),
         Op::AuditTail(t) => audit_tail(&req, &t),
         Op::Lock => lock(&req),
@@ -512,6 +521,17 @@ fn generate_key(req: &Req<'_>, g: &GenerateKey) -> Vec<u8> {
     let r = req.store.generate(g);
     if r.is_ok() {
         info!(key = %g.key, alg = %g.alg, uid = req.caller.uid, pid = req.pid(), "key generated");
+    }
+    req.reply(r)
+}
+
+fn import_key(req: &Req<'_>, i: &ImportKey) -> Vec<u8> {
+    let r = req.store.import(i, req.caller);
+    match &r {
+        Ok(k) => {
+            info!(key = %i.key, alg = %k.key.alg, uid = req.caller.uid, pid = req.pid(), "key imported")
+        }
+        Err(e) => info!(key = %i.key, pid = req.pid(), code = %e.code, "import refused or failed"),
     }
     req.reply(r)
 }

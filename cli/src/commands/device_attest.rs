@@ -44,6 +44,15 @@ pub fn run(ctx: &Ctx, client: &mut Client, req: &Request<'_>) -> Result<()> {
     if req.format != Format::Tpm && req.ak_cert.is_some() {
         bail!("--ak-cert is for --format tpm");
     }
+    // An imported TPM key has fixedTPM clear: TPM2_Certify would still certify it, but
+    // a statement must not vouch for a key the TPM did not make (docs/key-attestation.md).
+    let listed = client.list_keys()?;
+    if req.format == Format::Tpm && listed.keys.iter().any(|k| k.name == req.name && k.imported) {
+        bail!(
+            "{} was imported (its fixedTPM attribute is clear): the TPM did not create it, so no tpm attestation statement vouches for it",
+            req.name
+        );
+    }
     let att = client.attest(req.name, Some(nonce))?;
     da::check_kind(req.format, &att.format, req.name)?;
     let object = match req.format {

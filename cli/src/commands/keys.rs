@@ -8,6 +8,10 @@ use super::Ctx;
 use crate::{sshfmt, KeysCommand};
 
 pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
+    // CLI-only: no agent.
+    if let KeysCommand::WrapFor { tpm_srk, key, out } = cmd {
+        return super::import::wrap_for(ctx, &tpm_srk, &key, out);
+    }
     let mut client = ctx.connect()?;
     match cmd {
         KeysCommand::List { uri } => {
@@ -63,6 +67,17 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
                 .max()
                 .unwrap_or(4)
                 .max(4);
+            // The ORIGIN column only when some key was imported.
+            let any_imported = keys.keys.iter().any(|k| k.imported);
+            let origin = |k: &waxseal_proto::proto::KeyInfo| {
+                if !any_imported {
+                    String::new()
+                } else if k.imported {
+                    format!("  {:9}", "imported")
+                } else {
+                    format!("  {:9}", "device")
+                }
+            };
             let pcr_col = |text: &str| {
                 if bound {
                     format!("  {text:pcr_width$}")
@@ -72,43 +87,58 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             };
             if uri {
                 outln!(
-                    "{:width$}  {:dev_width$}  {:8}{}  {:purpose_width$}  URI",
+                    "{:width$}  {:dev_width$}  {:8}{}{}  {:purpose_width$}  URI",
                     "NAME",
                     "DEVICE",
                     "ALG",
+                    if any_imported {
+                        format!("  {:9}", "ORIGIN")
+                    } else {
+                        String::new()
+                    },
                     pcr_col("PCRS"),
                     "PURPOSES"
                 );
             } else {
                 outln!(
-                    "{:width$}  {:dev_width$}  {:8}{}  PURPOSES",
+                    "{:width$}  {:dev_width$}  {:8}{}{}  PURPOSES",
                     "NAME",
                     "DEVICE",
                     "ALG",
+                    if any_imported {
+                        format!("  {:9}", "ORIGIN")
+                    } else {
+                        String::new()
+                    },
                     pcr_col("PCRS")
                 );
             }
             for k in &keys.keys {
                 if uri {
                     outln!(
-                        "{:width$}  {:dev_width$}  {:8}{}  {:purpose_width$}  {}",
+                        "{:width$}  {:dev_width$}  {:8}{}{}  {:purpose_width$}  {}",
                         k.name,
                         k.device,
                         k.alg.to_string(),
+                        origin(k),
                         pcr_col(&pcrs(k)),
                         purposes(k),
                         module_uri(&k.name)
                     );
                 } else {
                     outln!(
-                        "{:width$}  {:dev_width$}  {:8}{}  {}",
+                        "{:width$}  {:dev_width$}  {:8}{}{}  {}",
                         k.name,
                         k.device,
                         k.alg.to_string(),
+                        origin(k),
                         pcr_col(&pcrs(k)),
                         purposes(k)
                     );
                 }
+            }
+            if any_imported {
+                eprintln!("ORIGIN imported: the device holds the key but did not make it; its attestation cannot vouch that the key never existed outside it");
             }
             Ok(())
         }
@@ -214,6 +244,36 @@ pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
             }
             Ok(())
         }
+        KeysCommand::Import {
+            name,
+            duplicate,
+            public,
+            seed,
+            key,
+            wrapped,
+            unwrapping_key,
+            mechanism,
+            public_key,
+            touch,
+            pin_policy,
+        } => super::import::run(
+            ctx,
+            &mut client,
+            super::import::Source {
+                name,
+                duplicate,
+                public,
+                seed,
+                key,
+                wrapped,
+                unwrapping_key,
+                mechanism,
+                public_key,
+                touch,
+                pin_policy,
+            },
+        ),
+        KeysCommand::WrapFor { .. } => Ok(()),
         KeysCommand::Pubkey { name, format } => {
             let pk = client.public_key(&name)?;
             match format.as_str() {

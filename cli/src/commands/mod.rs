@@ -18,6 +18,7 @@ mod audit;
 mod ca;
 mod demo;
 mod device_attest;
+mod import;
 mod keys;
 mod manual;
 mod services;

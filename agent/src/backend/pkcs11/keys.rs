@@ -65,10 +65,13 @@ impl Shared {
                 AttributeType::EcParams,
                 AttributeType::Modulus,
                 AttributeType::PublicExponent,
+                AttributeType::Local,
             ],
         )?;
         let (mut label, mut id, mut key_type, mut params, mut modulus, mut exponent) =
             (Vec::new(), Vec::new(), None, None, None, None);
+        // Tokens that do not say are taken to have generated the key.
+        let mut local = true;
         for a in attrs {
             match a {
                 Attribute::Label(v) => label = v,
@@ -77,6 +80,7 @@ impl Shared {
                 Attribute::EcParams(v) => params = Some(v),
                 Attribute::Modulus(v) => modulus = Some(v),
                 Attribute::PublicExponent(v) => exponent = Some(v),
+                Attribute::Local(v) => local = v,
                 _ => {}
             }
         }
@@ -130,6 +134,7 @@ impl Shared {
                 alg,
                 id,
                 spki,
+                local,
             },
         )))
     }

@@ -15,6 +15,7 @@
 //! - [`keys`]: reading keys (and the certificates for them) from the token and
 //!   signing with them.
 
+mod import;
 mod keys;
 mod session;
 
@@ -148,6 +149,8 @@ struct KeyEntry {
     alg: KeyAlg,
     id: Vec<u8>,
     spki: Option<Vec<u8>>,
+    /// `CKA_LOCAL`: generated on the token (false: unwrapped or created from outside).
+    local: bool,
 }
 
 struct Lane {
@@ -176,6 +179,7 @@ impl Backend for Lane {
                     uri: Some(shared.uri(link, label, &e.id)),
                     id: (!e.id.is_empty()).then(|| e.id.clone()),
                     pcrs: None,
+                    imported: !e.local,
                 })
                 .collect();
             keys.sort_by(|a, b| a.label.cmp(&b.label));
@@ -327,10 +331,29 @@ impl Backend for Lane {
                 uri: Some(shared.uri(link, label, &entry.id)),
                 id: (!entry.id.is_empty()).then(|| entry.id.clone()),
                 pcrs: None,
+                imported: false,
             };
             conn.keys.insert(label.to_string(), entry);
             Ok((key, public))
         })
+    }
+
+    fn import(
+        &mut self,
+        label: &str,
+        input: &super::ImportInput,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        match input {
+            super::ImportInput::Pkcs11Wrapped {
+                wrapped,
+                unwrapping_key,
+                public,
+            } => self.import_wrapped(label, wrapped, unwrapping_key, public),
+            _ => Err(BackendError::unsupported(
+                self.shared.name(),
+                "a PKCS#11 token imports a key wrapped under one of its secret keys (C_UnwrapKey): `pkcs11_wrapped`",
+            )),
+        }
     }
 
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError> {

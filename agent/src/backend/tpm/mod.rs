@@ -7,7 +7,8 @@
 //! ([`keyfile`]) under the device's key folder. Persistent keys (0x81……) are
 //! listed and used as `DEVICE/0x81……`. A key may be bound to PCRs ([`pcr`]): it then
 //! signs only in a policy session that passed TPM2_PolicyPCR, and a refusal is
-//! `pcr-mismatch` naming the PCRs that differ.
+//! `pcr-mismatch` naming the PCRs that differ. A key made elsewhere and duplicated for
+//! the SRK is brought in by TPM2_Import ([`import`]) and stored the same way.
 //!
 //! An ESAPI context is not `Send`, so each TPM device is owned by one worker thread;
 //! its single lane ([`TpmLane`]) sends that thread jobs. The thread keeps the SRK and
@@ -20,6 +21,7 @@
 //! toward the TPM's dictionary-attack lockout.
 
 mod ek;
+mod import;
 pub mod keyfile;
 pub mod pcr;
 
@@ -280,6 +282,28 @@ impl Backend for TpmLane {
         let nonce = nonce.to_vec();
         self.call(move |t| t.attest(&label, &nonce))
     }
+
+    fn import(
+        &mut self,
+        label: &str,
+        input: &super::ImportInput,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        match input {
+            super::ImportInput::TpmDuplicate {
+                public,
+                duplicate,
+                seed,
+            } => {
+                let label = label.to_string();
+                let (public, duplicate, seed) = (public.clone(), duplicate.clone(), seed.clone());
+                self.call(move |t| t.import_duplicate(&label, &public, &duplicate, &seed))
+            }
+            super::ImportInput::Pem { .. } | super::ImportInput::Pkcs11Wrapped { .. } => Err(BackendError::unsupported(
+                &self.name,
+                "a TPM imports only a key wrapped for its storage key (a TPM2_Duplicate output: `waxseal keys import tpm/NAME --duplicate …`); a plaintext key is never sent to it",
+            )),
+        }
+    }
 }
 
 // --- errors --------------------------------------------------------------------------
@@ -407,6 +431,12 @@ impl KeyMeta {
             .ok()
             .and_then(|b| b.as_ref())
             .map(|b| b.selection.clone())
+    }
+
+    /// A key without fixedTPM: TPM2_Import accepts only such keys (TPM 2.0 Part 3,
+    /// TPM2_Import), so the TPM cannot vouch that this key was made inside it.
+    fn imported(&self) -> bool {
+        !self.public.object_attributes().fixed_tpm()
     }
 
     fn needs_auth(&self) -> bool {
@@ -1058,6 +1088,7 @@ impl Tpm {
                     )),
                     id: None,
                     pcrs: meta.pcrs(),
+                    imported: meta.imported(),
                     label,
                     alg: meta.alg,
                 }),
@@ -1086,7 +1117,9 @@ impl Tpm {
             let mut out = Vec::new();
             for h in handles {
                 match persistent_meta(conn, &name, h) {
-                    Ok(meta) if meta.sign && !meta.restricted => out.push((h, meta.alg)),
+                    Ok(meta) if meta.sign && !meta.restricted => {
+                        out.push((h, meta.alg, meta.imported()))
+                    }
                     Ok(_) => {}
                     Err(f) if matches!(classify(&f), Fault::Gone | Fault::Relogin) => {
                         return Err(f)
@@ -1096,13 +1129,14 @@ impl Tpm {
             }
             Ok(out)
         })?;
-        for (h, alg) in persistent {
+        for (h, alg, imported) in persistent {
             keys.push(DeviceKey {
                 label: format!("{h:#010x}"),
                 alg,
                 uri: Some(format!("tpm:handle={h:#010x}")),
                 id: None,
                 pcrs: None,
+                imported,
             });
         }
         Ok(keys)
@@ -1257,6 +1291,7 @@ impl Tpm {
                 uri: Some(format!("tpm:name={label};file={}", path.display())),
                 id: None,
                 pcrs: meta.pcrs(),
+                imported: false,
             },
             PublicKey {
                 alg: meta.alg,

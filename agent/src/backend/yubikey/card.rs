@@ -203,6 +203,7 @@ impl Lane {
             spki,
             pin,
             touch,
+            imported: meta.origin == Some(piv::Origin::Imported),
         };
         self.policies.insert(slot, info.clone());
         Ok(Some(info))

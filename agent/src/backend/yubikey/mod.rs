@@ -23,6 +23,7 @@
 //! slots and what they hold.
 
 mod card;
+mod import;
 mod slots;
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ struct SlotInfo {
     spki: Vec<u8>,
     pin: PinPolicy,
     touch: TouchPolicy,
+    /// The card's metadata says the key was imported (origin), not generated on it.
+    imported: bool,
 }
 
 struct Lane {
@@ -123,6 +126,7 @@ impl Backend for Lane {
                     )),
                     id: None,
                     pcrs: None,
+                    imported: info.imported,
                 });
             }
         }
@@ -255,9 +259,18 @@ impl Backend for Lane {
                 )),
                 id: None,
                 pcrs: None,
+                imported: false,
             },
             PublicKey { alg, spki_der },
         ))
+    }
+
+    fn import(
+        &mut self,
+        label: &str,
+        input: &super::ImportInput,
+    ) -> Result<(DeviceKey, PublicKey), BackendError> {
+        self.import_pem(label, input)
     }
 
     fn sign(&mut self, label: &str, input: &SignInput<'_>) -> Result<Signed, BackendError> {
@@ -412,6 +425,11 @@ impl Backend for Lane {
     fn attest(&mut self, label: &str, _nonce: &[u8]) -> Result<Attestation, BackendError> {
         let name = self.name().to_string();
         let (id, info) = self.slot_key(label)?;
+        if info.imported {
+            return Err(BackendError::unsupported(&name, format!(
+                "slot {label} holds an imported key (the card's metadata says origin: imported): a YubiKey attests only keys it generated, since its attestation vouches that the key was made on the card and never existed outside it"
+            )));
+        }
         let slot_cert = self
             .with_card(|yk| piv::attest(yk, id))
             .map_err(|f| self.fail(f, "attesting the key"))?

@@ -436,6 +436,8 @@ pub enum Op {
     PublicKey(KeyRef),
     /// Create a key on a device.
     GenerateKey(GenerateKey),
+    /// Bring a key made elsewhere into a device.
+    ImportKey(ImportKey),
     /// Sign.
     Sign(Sign),
     /// Evidence that a key was made inside its device.
@@ -465,6 +467,7 @@ impl Op {
             Op::ListKeys => "list_keys",
             Op::PublicKey(_) => "public_key",
             Op::GenerateKey(_) => "generate_key",
+            Op::ImportKey(_) => "import_key",
             Op::Sign(_) => "sign",
             Op::Attest(_) => "attest",
             Op::StoreCertificate(_) => "store_certificate",
@@ -538,6 +541,158 @@ impl GenerateKey {
                 })
             }
         }
+    }
+}
+
+/// The largest TPM2B part of a TPM duplicate (`public`, `duplicate`, `seed`) that
+/// `import_key` accepts, in bytes: the TPM's own buffers are smaller (a TPM2B_PUBLIC of
+/// an RSA 4096 key with a policy is under 700 bytes).
+pub const MAX_TPM_BLOB: usize = 4096;
+/// The largest PEM private key `import_key` accepts for a YubiKey, in bytes (an RSA
+/// 2048 PKCS#8 PEM is about 1.7 KiB).
+pub const MAX_IMPORT_PEM: usize = 16 * 1024;
+
+/// A key wrapped for a TPM's storage key elsewhere (TPM2_Duplicate's output): each part
+/// as tpm2-tools writes it, a TPM2B with its 2-byte size.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TpmDuplicate {
+    /// TPM2B_PUBLIC of the key.
+    pub public: Bytes,
+    /// TPM2B_PRIVATE: the duplicate (the key's sensitive area under the outer wrapper).
+    pub duplicate: Bytes,
+    /// TPM2B_ENCRYPTED_SECRET: the seed, encrypted to the target storage key.
+    pub seed: Bytes,
+}
+
+impl fmt::Debug for TpmDuplicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TpmDuplicate")
+            .field("public", &self.public.0.len())
+            .field("duplicate", &self.duplicate.0.len())
+            .field("seed", &self.seed.0.len())
+            .finish()
+    }
+}
+
+/// A private key wrapped under a secret key on a PKCS#11 token, for `C_UnwrapKey`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pkcs11Wrapped {
+    /// The wrapped key: a PKCS#8 PrivateKeyInfo under `mechanism`.
+    pub wrapped: Bytes,
+    /// `CKA_LABEL` of the token's secret key that unwraps it.
+    pub unwrapping_key: String,
+    /// The unwrap mechanism: `aes-key-wrap-pad` (CKM_AES_KEY_WRAP_PAD, RFC 5649).
+    pub mechanism: String,
+    /// The key's public key, DER SubjectPublicKeyInfo: stored as the key's public key
+    /// object once the token has shown that it belongs to the unwrapped key.
+    pub public: Bytes,
+}
+
+/// `import_key`: exactly one of `tpm_duplicate` (TPM devices), `pem` (YubiKeys) and
+/// `pkcs11_wrapped` (PKCS#11 tokens).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportKey {
+    /// NAME of the new key, `DEVICE/LABEL`.
+    pub key: String,
+    /// TPM: the wrapped key; its plaintext is never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_duplicate: Option<TpmDuplicate>,
+    /// PKCS#11: a key wrapped under a secret key of the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11_wrapped: Option<Pkcs11Wrapped>,
+    /// YubiKey: the private key as PEM (PKCS#8 or SEC1/PKCS#1). A PIV card takes the
+    /// key in the clear (its import command has no wrapping), so this one crosses the
+    /// socket; the agent zeroizes it after use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+    /// YubiKey: touch policy (the card's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub touch: Option<TouchPolicy>,
+    /// YubiKey: PIN policy (the card's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_policy: Option<PinPolicy>,
+}
+
+impl fmt::Debug for ImportKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportKey")
+            .field("key", &self.key)
+            .field("tpm_duplicate", &self.tpm_duplicate)
+            .field(
+                "pkcs11_wrapped",
+                &self.pkcs11_wrapped.as_ref().map(|w| &w.unwrapping_key),
+            )
+            .field("pem", &self.pem.as_ref().map(|_| "<redacted>"))
+            .field("touch", &self.touch)
+            .field("pin_policy", &self.pin_policy)
+            .finish()
+    }
+}
+
+impl ImportKey {
+    /// Checks that one kind of key is given and that it is within its bounds.
+    pub fn check(&self) -> Result<(), String> {
+        let given = [
+            self.tpm_duplicate.is_some(),
+            self.pem.is_some(),
+            self.pkcs11_wrapped.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
+        if given != 1 {
+            return Err(
+                "give exactly one of `tpm_duplicate` (a TPM), `pem` (a YubiKey) and `pkcs11_wrapped` (a PKCS#11 token)"
+                    .into(),
+            );
+        }
+        if (self.touch.is_some() || self.pin_policy.is_some()) && self.pem.is_none() {
+            return Err("touch and PIN policies are for YubiKey keys (`pem`)".into());
+        }
+        if let Some(d) = &self.tpm_duplicate {
+            for (field, b) in [
+                ("public", &d.public),
+                ("duplicate", &d.duplicate),
+                ("seed", &d.seed),
+            ] {
+                if b.0.len() < 2 || b.0.len() > MAX_TPM_BLOB {
+                    return Err(format!(
+                        "`tpm_duplicate.{field}` is {} bytes long; 2 to {MAX_TPM_BLOB} are accepted",
+                        b.0.len()
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.pem {
+            if p.len() > MAX_IMPORT_PEM {
+                return Err(format!(
+                    "`pem` is {} bytes long; at most {MAX_IMPORT_PEM} are accepted",
+                    p.len()
+                ));
+            }
+        }
+        if let Some(w) = &self.pkcs11_wrapped {
+            for (field, b) in [("wrapped", &w.wrapped), ("public", &w.public)] {
+                if b.0.is_empty() || b.0.len() > MAX_IMPORT_PEM {
+                    return Err(format!(
+                        "`pkcs11_wrapped.{field}` is {} bytes long; 1 to {MAX_IMPORT_PEM} are accepted",
+                        b.0.len()
+                    ));
+                }
+            }
+            check_text(
+                "pkcs11_wrapped.unwrapping_key",
+                &w.unwrapping_key,
+                MAX_KEY_NAME,
+            )?;
+            if w.mechanism != "aes-key-wrap-pad" {
+                return Err(format!(
+                    "`pkcs11_wrapped.mechanism` must be `aes-key-wrap-pad` (CKM_AES_KEY_WRAP_PAD), not `{}`",
+                    w.mechanism.chars().take(64).collect::<String>()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -895,6 +1050,13 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
             })?;
             Op::GenerateKey(generate)
         }
+        "import_key" => {
+            let import: ImportKey = body(id, &op, map)?;
+            import
+                .check()
+                .map_err(|m| RequestError::bad(Some(id), format!("`import_key` request: {m}")))?;
+            Op::ImportKey(import)
+        }
         "sign" => {
             let sign: Sign = body(id, &op, map)?;
             sign.check_payload()
@@ -933,7 +1095,7 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
                 error: WireError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, sign, attest, store_certificate, lock, unlock, audit_tail, approve, approvals, approval_show)",
+                        "unknown op `{}` (this agent knows hello, status, list_keys, public_key, generate_key, import_key, sign, attest, store_certificate, lock, unlock, audit_tail, approve, approvals, approval_show)",
                         other.chars().take(64).collect::<String>()
                     ),
                 ),

@@ -105,6 +105,12 @@ pub struct KeyInfo {
     /// for keys without a PCR binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcrs: Option<PcrSelection>,
+    /// True for a key brought into its device from outside (`import_key`, or a key the
+    /// device's metadata says was imported): the device holds it, but did not make it,
+    /// so its attestation cannot vouch that the key never existed elsewhere. Absent
+    /// when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
 }
 
 /// `list_keys` result.
@@ -148,6 +154,9 @@ pub struct GenerateKeyOk {
     /// PEM SubjectPublicKeyInfo.
     pub pem: String,
 }
+
+/// `import_key` result: the key as `list_keys` shows it, and its public key.
+pub type ImportKeyOk = GenerateKeyOk;
 
 /// `attest` result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -477,8 +477,10 @@ fn new_optional_members_are_left_out_when_absent() {
         uri: None,
         id: None,
         pcrs: None,
+        imported: false,
     };
     let json = serde_json::to_string(&info).unwrap();
+    assert!(!json.contains("imported"), "{json}");
     assert!(!json.contains("\"id\""), "{json}");
     assert!(!json.contains("\"pcrs\""), "{json}");
     let with_id = KeyInfo {
@@ -706,4 +708,42 @@ fn approval_ops_round_trip() {
         let back = decode_request(&req.to_json()).unwrap();
         assert_eq!(back, req);
     }
+}
+
+#[test]
+fn import_key_takes_exactly_one_bounded_key() {
+    let decode = |body: &str| {
+        decode_request(format!(r#"{{"id":9,"op":"import_key","key":"tpm/k"{body}}}"#).as_bytes())
+    };
+    let dup = |n: usize| {
+        let b = B64.encode(vec![0u8; n]);
+        format!(r#","tpm_duplicate":{{"public":"{b}","duplicate":"{b}","seed":"{b}"}}"#)
+    };
+    let Op::ImportKey(ok) = decode(&dup(4)).unwrap().op else {
+        panic!("not import_key")
+    };
+    assert!(ok.tpm_duplicate.is_some());
+    for (body, want) in [
+        (String::new(), "exactly one"),
+        (format!(r#"{},"pem":"x""#, dup(4)), "exactly one"),
+        (dup(4097), "2 to 4096"),
+        (format!(r#"{},"touch":"never""#, dup(4)), "YubiKey"),
+        (format!(r#","pem":"{}""#, "a".repeat(16 * 1024 + 1)), "at most 16384"),
+        (
+            r#","pkcs11_wrapped":{"wrapped":"AA==","unwrapping_key":"kek","mechanism":"des","public":"AA=="}"#.to_string(),
+            "aes-key-wrap-pad",
+        ),
+    ] {
+        let e = decode(&body).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::BadRequest, "{body}");
+        assert!(e.error.message.contains(want), "{}: {}", want, e.error.message);
+    }
+    // A PEM key never shows in the request's debug form.
+    let Op::ImportKey(pem) = decode(r#","pem":"-----BEGIN PRIVATE KEY-----secret""#)
+        .unwrap()
+        .op
+    else {
+        panic!("not import_key")
+    };
+    assert!(!format!("{pem:?}").contains("secret"));
 }
