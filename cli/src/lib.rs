@@ -8,5 +8,6 @@ pub mod kms;
 pub mod signing_config;
 pub mod sigstore;
 pub mod sshfmt;
+pub mod trustroot;
 pub mod tsa;
 pub mod verify;
