@@ -89,8 +89,10 @@ pub fn default_signing_config() -> Option<Vec<u8>> {
 }
 
 /// `$XDG_DATA_HOME/waxseal`, or `~/.local/share/waxseal`; None without either variable.
+/// A relative `XDG_DATA_HOME` is ignored, as the XDG base directory spec says.
 pub fn data_dir() -> Option<PathBuf> {
-    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    let non_empty =
+        |var: &str| std::env::var_os(var).filter(|v| !v.is_empty() && Path::new(v).is_absolute());
     let base = match non_empty("XDG_DATA_HOME") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(non_empty("HOME")?).join(".local/share"),
@@ -450,10 +452,11 @@ fn subdir_existing(parent: &File, parent_path: &Path, name: &str) -> Result<Opti
 /// Read the regular file `name` in `dir` (not a symlink), at most [`MAX_FILE`] bytes.
 fn read_at(dir: &File, dir_path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let path = dir_path.join(name);
+    // NONBLOCK: a FIFO put there cannot hang the open (it is then refused as not a file).
     match rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
         Ok(fd) => {

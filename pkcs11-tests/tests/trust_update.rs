@@ -244,3 +244,17 @@ fn target_whose_hash_does_not_match_is_refused() {
     refused(&f.update(), "hash mismatch");
     f.assert_default_is(1);
 }
+
+#[test]
+fn symlinked_state_directory_is_refused() {
+    let f = Fixture::new();
+    let elsewhere = tempfile::Builder::new()
+        .prefix("tuf-elsewhere-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir_all(f.home.path().join("waxseal")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), f.home.path().join("waxseal/tuf")).unwrap();
+    refused(&f.update(), "not a symlink");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert_eq!(f.show()["source"], "shipped");
+}
