@@ -11,5 +11,6 @@ pub mod signing_config;
 pub mod sigstore;
 pub mod sshfmt;
 pub mod tpmwrap;
+pub mod trustroot;
 pub mod tsa;
 pub mod verify;

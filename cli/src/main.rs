@@ -103,6 +103,10 @@ enum Command {
     /// Requests waiting for approvals: list them, or show the exact text to sign.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// The Sigstore trusted root verification uses by default: show it, or refresh it over
+    /// TUF (default repository: the public-good instance's, tuf-repo-cdn.sigstore.dev).
+    #[command(subcommand)]
+    Trust(TrustCommand),
     /// Drop every cached PIN and refuse signing until `waxseal unlock`.
     Lock,
     /// End `waxseal lock`; or, with DEVICE, let the agent try that device's PIN once
@@ -124,6 +128,24 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// Fetch the repository's trusted_root.json (and signing_config.v0.2.json) over TUF,
+    /// checking signatures, expiry and rollback; it becomes the default trusted root.
+    Update {
+        /// The TUF repository (metadata at URL/, targets at URL/targets/).
+        #[arg(long, value_name = "URL", default_value = waxseal::trustroot::DEFAULT_REPOSITORY)]
+        repository: String,
+        /// The repository's TUF root.json, obtained out of band, for its first update
+        /// (later updates start from the root stored by the last one; the default
+        /// repository's ships with waxseal).
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+    },
+    /// Print the default trusted root (JSON); with --json, where it comes from and its digest.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

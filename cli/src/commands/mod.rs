@@ -25,6 +25,7 @@ mod services;
 mod sign;
 mod ssh;
 mod status;
+mod trust;
 mod verify;
 
 /// What every command gets: where the agent is and how to print.
@@ -152,6 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(c) => audit::run(&ctx, c),
         Command::Approve { id, signature } => approvals::approve(&ctx, &id, &signature),
         Command::Approvals(c) => approvals::run(&ctx, c),
+        Command::Trust(c) => trust::run(&ctx, c),
         Command::Lock => {
             let ok = ctx.connect()?.lock()?;
             if ctx.json {
