@@ -307,14 +307,16 @@ enum KeysCommand {
     Import {
         /// DEVICE/LABEL, e.g. tpm/release or yk/9c.
         name: String,
-        /// TPM: the duplicate (TPM2B_PRIVATE, `tpm2_duplicate -r`).
-        #[arg(long, value_name = "FILE", requires_all = ["public", "seed"], conflicts_with = "key")]
+        /// TPM: an importable TSS2 key file (`TSS2 PRIVATE KEY`, id-importablekey: what
+        /// `wrap-for` and ssh-tpm-agent's remote wrapping write), or with --public and
+        /// --seed the duplicate alone (TPM2B_PRIVATE, `tpm2_duplicate -r`).
+        #[arg(long, value_name = "FILE", conflicts_with = "key")]
         duplicate: Option<PathBuf>,
         /// TPM: the key's public area (TPM2B_PUBLIC, `tpm2_create -u`).
-        #[arg(long, value_name = "FILE", requires = "duplicate")]
+        #[arg(long, value_name = "FILE", requires_all = ["duplicate", "seed"])]
         public: Option<PathBuf>,
         /// TPM: the encrypted seed (TPM2B_ENCRYPTED_SECRET, `tpm2_duplicate -s`).
-        #[arg(long, value_name = "FILE", requires = "duplicate")]
+        #[arg(long, value_name = "FILE", requires_all = ["duplicate", "public"])]
         seed: Option<PathBuf>,
         /// YubiKey: the private key, PEM (PKCS#8 or SEC1; P-256 or P-384).
         #[arg(long, value_name = "FILE", conflicts_with = "wrapped")]
@@ -340,10 +342,12 @@ enum KeysCommand {
         #[arg(long, value_parser = parse_pin_policy)]
         pin_policy: Option<PinPolicy>,
     },
-    /// Wrap a plaintext P-256/P-384 key (PEM) for another machine's TPM, here, without
-    /// a TPM: the TPM2_Duplicate format for that TPM's storage root key (SRK), which
-    /// only that TPM can import (`waxseal keys import tpm/NAME --duplicate OUT.dpriv
-    /// --public OUT.pub --seed OUT.seed` there). Writes OUT.pub, OUT.dpriv, OUT.seed.
+    /// Wrap a plaintext P-256, P-384, RSA 2048 or RSA 3072 key (PEM) for another
+    /// machine's TPM, here, without a TPM: TPM2_Duplicate's format for that TPM's
+    /// storage root key (SRK), which only that TPM can import (`waxseal keys import
+    /// tpm/NAME --duplicate OUT` there). Writes an importable TSS2 key file (the form
+    /// ssh-tpm-agent also reads), or with `--format tpm2-tools` OUT.pub, OUT.dpriv and
+    /// OUT.seed.
     WrapFor {
         /// The target TPM's storage root key: its TPM2B_PUBLIC (`tpm2_readpublic -o`)
         /// or PEM public key (`-f pem`), read on the target (README.md, "Importing
@@ -351,11 +355,17 @@ enum KeysCommand {
         /// not the endorsement key: a TPM imports only under a storage key.
         #[arg(long, visible_alias = "tpm-ek", value_name = "FILE")]
         tpm_srk: PathBuf,
-        /// The private key, PEM (PKCS#8 or SEC1).
+        /// The private key, PEM (PKCS#8, SEC1 or PKCS#1).
         key: PathBuf,
-        /// Output prefix (default: KEY without its extension, plus `.tpmdup`).
+        /// The output file (default: KEY without its extension, plus
+        /// `.tpm-import.pem`); with `--format tpm2-tools` the prefix of the three files
+        /// (default: KEY without its extension, plus `.tpmdup`).
         #[arg(short = 'o', long, value_name = "OUT")]
         out: Option<PathBuf>,
+        /// `tss2`: one importable TSS2 key file (`TSS2 PRIVATE KEY`, id-importablekey);
+        /// `tpm2-tools`: the three TPM2B files `tpm2_import` reads.
+        #[arg(long, default_value = "tss2", value_parser = ["tss2", "tpm2-tools"])]
+        format: String,
     },
     /// Print a public key.
     Pubkey {

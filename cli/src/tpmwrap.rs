@@ -23,6 +23,8 @@
 use aes::cipher::{BlockEncrypt as _, KeyInit as _};
 
 use anyhow::{anyhow, bail, Result};
+use der::asn1::{Any, ObjectIdentifier, OctetString};
+use der::{Decode as _, Encode as _, Sequence};
 use hmac::{Hmac, Mac as _};
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use sha2::{Digest as _, Sha256};
@@ -30,6 +32,7 @@ use zeroize::Zeroizing;
 
 const TPM_ALG_SHA256: u16 = 0x000B;
 const TPM_ALG_ECC: u16 = 0x0023;
+const TPM_ALG_RSA: u16 = 0x0001;
 const TPM_ALG_NULL: u16 = 0x0010;
 const TPM_ALG_AES: u16 = 0x0006;
 const TPM_ALG_CFB: u16 = 0x0043;
@@ -198,47 +201,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A plaintext EC private key (PKCS#8 or SEC1 PEM): curve id, scalar, x, y.
-type EcKey = (u16, Zeroizing<Vec<u8>>, Vec<u8>, Vec<u8>);
-
-fn ec_key(pem: &str) -> Result<EcKey> {
-    use p256::pkcs8::DecodePrivateKey as _;
-    if let Ok(k) =
-        p256::SecretKey::from_pkcs8_pem(pem).or_else(|_| p256::SecretKey::from_sec1_pem(pem))
-    {
-        let p = k.public_key().to_encoded_point(false);
-        let (x, y) = (p.x().map(|v| v.to_vec()), p.y().map(|v| v.to_vec()));
-        if let (Some(x), Some(y)) = (x, y) {
-            return Ok((
-                TPM_ECC_NIST_P256,
-                Zeroizing::new(k.to_bytes().to_vec()),
-                x,
-                y,
-            ));
-        }
-    }
-    if let Ok(k) =
-        p384::SecretKey::from_pkcs8_pem(pem).or_else(|_| p384::SecretKey::from_sec1_pem(pem))
-    {
-        let p = k.public_key().to_encoded_point(false);
-        let (x, y) = (p.x().map(|v| v.to_vec()), p.y().map(|v| v.to_vec()));
-        if let (Some(x), Some(y)) = (x, y) {
-            return Ok((
-                TPM_ECC_NIST_P384,
-                Zeroizing::new(k.to_bytes().to_vec()),
-                x,
-                y,
-            ));
-        }
-    }
-    bail!("the key is not a P-256 or P-384 private key in PEM (PKCS#8 `PRIVATE KEY` or SEC1 `EC PRIVATE KEY`); wrap-for does not take RSA keys yet")
+/// A plaintext private key's TPMT_PUBLIC (unrestricted signing key, nameAlg SHA-256,
+/// `userWithAuth | sign`, no scheme, no policy) and the sensitive part of its
+/// TPMT_SENSITIVE (type, then the TPM2B of the private scalar or the prime p).
+struct Plain {
+    public: Vec<u8>,
+    sens_type: u16,
+    sensitive: Zeroizing<Vec<u8>>,
 }
 
-/// Wraps the private key `pem` for the storage key `srk`.
-pub fn wrap(pem: &str, srk: &p256::PublicKey) -> Result<Wrapped> {
-    let (curve, scalar, x, y) = ec_key(pem)?;
-
-    // The key's TPMT_PUBLIC and Name.
+fn ec_public(curve: u16, x: &[u8], y: &[u8]) -> Result<Vec<u8>> {
     let mut public = Vec::new();
     public.extend(TPM_ALG_ECC.to_be_bytes());
     public.extend(TPM_ALG_SHA256.to_be_bytes());
@@ -248,8 +220,105 @@ pub fn wrap(pem: &str, srk: &p256::PublicKey) -> Result<Wrapped> {
     public.extend(TPM_ALG_NULL.to_be_bytes()); // scheme
     public.extend(curve.to_be_bytes());
     public.extend(TPM_ALG_NULL.to_be_bytes()); // kdf
-    public.extend(tpm2b(&x)?);
-    public.extend(tpm2b(&y)?);
+    public.extend(tpm2b(x)?);
+    public.extend(tpm2b(y)?);
+    Ok(public)
+}
+
+/// A P-256 or P-384 key (PKCS#8 or SEC1 PEM).
+fn ec_key(pem: &str) -> Option<Result<Plain>> {
+    use p256::pkcs8::DecodePrivateKey as _;
+    if let Ok(k) =
+        p256::SecretKey::from_pkcs8_pem(pem).or_else(|_| p256::SecretKey::from_sec1_pem(pem))
+    {
+        let p = k.public_key().to_encoded_point(false);
+        let (x, y) = (p.x()?, p.y()?);
+        return Some(ec_public(TPM_ECC_NIST_P256, x, y).and_then(|public| {
+            Ok(Plain {
+                public,
+                sens_type: TPM_ALG_ECC,
+                sensitive: Zeroizing::new(tpm2b(&k.to_bytes())?),
+            })
+        }));
+    }
+    if let Ok(k) =
+        p384::SecretKey::from_pkcs8_pem(pem).or_else(|_| p384::SecretKey::from_sec1_pem(pem))
+    {
+        let p = k.public_key().to_encoded_point(false);
+        let (x, y) = (p.x()?, p.y()?);
+        return Some(ec_public(TPM_ECC_NIST_P384, x, y).and_then(|public| {
+            Ok(Plain {
+                public,
+                sens_type: TPM_ALG_ECC,
+                sensitive: Zeroizing::new(tpm2b(&k.to_bytes())?),
+            })
+        }));
+    }
+    None
+}
+
+/// An RSA 2048 or 3072 key of two primes (PKCS#8 or PKCS#1 PEM): TPMS_RSA_PARMS with
+/// no symmetric algorithm, no scheme, the key size and the exponent (0 for 65537, the
+/// TPM's default); unique is the modulus n; the sensitive part is the prime p (TPM 2.0
+/// Part 2, TPMU_SENSITIVE_COMPOSITE: the TPM recomputes q and d from n and p).
+fn rsa_key(pem: &str) -> Option<Result<Plain>> {
+    use rsa::pkcs1::DecodeRsaPrivateKey as _;
+    use rsa::pkcs8::DecodePrivateKey as _;
+    use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
+    let k = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem))
+        .ok()?;
+    Some((|| {
+        let bits = k.n().bits();
+        if bits != 2048 && bits != 3072 {
+            bail!("the RSA key has {bits} bits; a TPM key is RSA 2048 or 3072");
+        }
+        let [p, _q] = k.primes() else {
+            bail!("the RSA key has more than two primes; a TPM key has two");
+        };
+        let e_bytes = k.e().to_bytes_be();
+        if e_bytes.len() > 4 {
+            bail!("the RSA public exponent does not fit the TPM's 32 bits");
+        }
+        let e = e_bytes.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b));
+        let exponent = if e == 65_537 { 0 } else { e };
+        let n = k.n().to_bytes_be();
+        let p = Zeroizing::new(p.to_bytes_be());
+        if p.len() > bits / 16 {
+            bail!("the RSA key's prime p is longer than half the modulus");
+        }
+        let mut public = Vec::new();
+        public.extend(TPM_ALG_RSA.to_be_bytes());
+        public.extend(TPM_ALG_SHA256.to_be_bytes());
+        public.extend(KEY_ATTRIBUTES.to_be_bytes());
+        public.extend(tpm2b(&[])?); // authPolicy
+        public.extend(TPM_ALG_NULL.to_be_bytes()); // symmetric
+        public.extend(TPM_ALG_NULL.to_be_bytes()); // scheme
+        public.extend((bits as u16).to_be_bytes()); // keyBits
+        public.extend(exponent.to_be_bytes());
+        public.extend(tpm2b(&n)?);
+        Ok(Plain {
+            public,
+            sens_type: TPM_ALG_RSA,
+            sensitive: Zeroizing::new(tpm2b(&p)?),
+        })
+    })())
+}
+
+fn plain_key(pem: &str) -> Result<Plain> {
+    if let Some(k) = ec_key(pem).or_else(|| rsa_key(pem)) {
+        return k;
+    }
+    bail!("the key is not a P-256, P-384, RSA 2048 or RSA 3072 private key in PEM (PKCS#8 `PRIVATE KEY`, SEC1 `EC PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`; not encrypted)")
+}
+
+/// Wraps the private key `pem` for the storage key `srk`.
+pub fn wrap(pem: &str, srk: &p256::PublicKey) -> Result<Wrapped> {
+    let Plain {
+        public,
+        sens_type,
+        sensitive: sensitive_part,
+    } = plain_key(pem)?;
     let mut name = TPM_ALG_SHA256.to_be_bytes().to_vec();
     name.extend(Sha256::digest(&public));
 
@@ -281,10 +350,10 @@ pub fn wrap(pem: &str, srk: &p256::PublicKey) -> Result<Wrapped> {
     let mut obfuscation = [0u8; 32];
     getrandom::getrandom(&mut obfuscation).map_err(|e| anyhow!("no randomness: {e}"))?;
     let mut sensitive = Zeroizing::new(Vec::new());
-    sensitive.extend(TPM_ALG_ECC.to_be_bytes());
+    sensitive.extend(sens_type.to_be_bytes());
     sensitive.extend(tpm2b(&[])?); // authValue
     sensitive.extend(tpm2b(&obfuscation)?); // seedValue
-    sensitive.extend(tpm2b(&scalar)?);
+    sensitive.extend_from_slice(&sensitive_part);
     let mut enc_sensitive = Zeroizing::new(tpm2b(&sensitive)?);
 
     // The outer wrapper.
@@ -303,6 +372,180 @@ pub fn wrap(pem: &str, srk: &p256::PublicKey) -> Result<Wrapped> {
         public: tpm2b(&public)?,
         duplicate: tpm2b(&duplicate)?,
         seed: tpm2b(&enc_seed)?,
+    })
+}
+
+// --- The importable TSS2 key file ------------------------------------------------
+
+/// id-importablekey (2.23.133.10.1.4): a TSS2 key file to be taken in by TPM2_Import.
+pub const OID_IMPORTABLE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.133.10.1.4");
+const OID_LOADABLE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.133.10.1.3");
+const OID_OLD_LOADABLE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.133.10.2");
+const OID_SEALED: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.133.10.1.5");
+
+/// `parent` meaning the primary key made in the owner hierarchy from the standard ECC
+/// P-256 SRK template, the agent's SRK (README.md, "Importing keys").
+pub const PARENT_OWNER: u32 = 0x4000_0001;
+
+/// The PEM label of TSS2 key files.
+pub const PEM_LABEL: &str = "TSS2 PRIVATE KEY";
+
+/// The most one TPM2B field of an importable file may hold (the protocol's bound on a
+/// TPM blob, size prefix included).
+pub const MAX_FIELD: usize = waxseal_proto::proto::MAX_TPM_BLOB;
+
+/// The most an importable PEM file may hold: three fields in base64 and some text.
+pub const MAX_IMPORTABLE_PEM: usize = 24 * 1024;
+
+/// `TPMKey` of the TSS2 key file draft (draft-bottomley-tpm2-keys, "ASN.1 Specification
+/// for TPM 2.0 Key Files"), all fields; pubkey, privkey and secret hold the TPM2B
+/// encodings (TPM2B_PUBLIC, TPM2B_PRIVATE, TPM2B_ENCRYPTED_SECRET) with their 2-byte
+/// sizes, as ssh-tpm-agent and openssl_tpm2_engine write them.
+#[derive(Clone, Debug, Eq, PartialEq, Sequence)]
+struct TpmKey {
+    key_type: ObjectIdentifier,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    empty_auth: Option<bool>,
+    #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
+    policy: Option<Any>,
+    #[asn1(context_specific = "2", tag_mode = "EXPLICIT", optional = "true")]
+    secret: Option<OctetString>,
+    #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+    auth_policy: Option<Any>,
+    #[asn1(context_specific = "4", tag_mode = "EXPLICIT", optional = "true")]
+    description: Option<String>,
+    #[asn1(context_specific = "5", tag_mode = "EXPLICIT", optional = "true")]
+    rsa_parent: Option<bool>,
+    parent: u32,
+    pubkey: OctetString,
+    privkey: OctetString,
+}
+
+/// What an importable key file holds besides the three parts.
+#[derive(Debug, Clone)]
+pub struct Importable {
+    /// The three parts, each a TPM2B with its size.
+    pub parts: Wrapped,
+    /// `emptyAuth`: the key has no auth value.
+    pub empty_auth: bool,
+    /// `description`, when there is one.
+    pub description: Option<String>,
+}
+
+/// Writes `w` as an importable TSS2 key file (PEM) for the owner SRK, with
+/// `emptyAuth` (wrap-for gives keys an empty auth value).
+pub fn to_importable_pem(w: &Wrapped) -> Result<String> {
+    let key = TpmKey {
+        key_type: OID_IMPORTABLE,
+        empty_auth: Some(true),
+        policy: None,
+        secret: Some(OctetString::new(w.seed.clone())?),
+        auth_policy: None,
+        description: None,
+        rsa_parent: None,
+        parent: PARENT_OWNER,
+        pubkey: OctetString::new(w.public.clone())?,
+        privkey: OctetString::new(w.duplicate.clone())?,
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key.to_der()?);
+    let mut pem = format!("-----BEGIN {PEM_LABEL}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {PEM_LABEL}-----\n"));
+    Ok(pem)
+}
+
+/// True when `bytes` look like a TSS2 PEM key file.
+pub fn is_tss2_pem(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|t| t.contains(&format!("-----BEGIN {PEM_LABEL}-----")))
+}
+
+/// Checks that `field` is one TPM2B (its size prefix says its length) within bounds.
+fn tpm2b_field(what: &str, field: &[u8]) -> Result<Vec<u8>> {
+    if field.len() > MAX_FIELD {
+        bail!(
+            "{what} holds {} bytes, over the {MAX_FIELD} a TPM blob may have",
+            field.len()
+        );
+    }
+    let ok =
+        field.len() > 2 && usize::from(u16::from_be_bytes([field[0], field[1]])) == field.len() - 2;
+    if !ok {
+        bail!("{what} is not a TPM2B (its 2-byte size does not match its length)");
+    }
+    Ok(field.to_vec())
+}
+
+/// Reads an importable TSS2 key file (PEM): type id-importablekey, parent the owner
+/// SRK, a secret, no policy. Everything else is refused naming what is wrong.
+pub fn from_importable_pem(text: &str) -> Result<Importable> {
+    use base64::Engine as _;
+    if text.len() > MAX_IMPORTABLE_PEM {
+        bail!("over {MAX_IMPORTABLE_PEM} bytes: not an importable key file");
+    }
+    let begin = format!("-----BEGIN {PEM_LABEL}-----");
+    let end = format!("-----END {PEM_LABEL}-----");
+    let Some(start) = text.find(&begin) else {
+        bail!("no `{begin}` line: not a TSS2 key file");
+    };
+    let body = &text[start + begin.len()..];
+    let Some(stop) = body.find(&end) else {
+        bail!("no `{end}` line");
+    };
+    let b64: String = body[..stop]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| anyhow!("the PEM body is not base64: {e}"))?;
+    let key = TpmKey::from_der(&der)
+        .map_err(|e| anyhow!("not a TSS2 key file (TPMKey of draft-bottomley-tpm2-keys): {e}"))?;
+    if key.key_type != OID_IMPORTABLE {
+        let what = if key.key_type == OID_LOADABLE || key.key_type == OID_OLD_LOADABLE {
+            "a loadable key (id-loadablekey): it is already wrapped by the storage key of the TPM that made it and loads only there; an importable key (id-importablekey, 2.23.133.10.1.4) is what another TPM takes in".to_string()
+        } else if key.key_type == OID_SEALED {
+            "sealed data (id-sealedkey), not a key".to_string()
+        } else {
+            format!(
+                "type {} is not id-importablekey (2.23.133.10.1.4)",
+                key.key_type
+            )
+        };
+        bail!("{what}");
+    }
+    if key.rsa_parent == Some(true) {
+        bail!("the key is wrapped for an RSA storage key (rsaParent); the agent imports under its ECC P-256 SRK: wrap it for that key's public");
+    }
+    if key.parent != PARENT_OWNER {
+        bail!(
+            "the key is wrapped for parent {:#010x}; the agent imports only under its SRK, the owner hierarchy's primary from the standard ECC P-256 template (parent 0x40000001): wrap it for that key's public (README.md, \"Importing keys\")",
+            key.parent
+        );
+    }
+    if key.policy.is_some() || key.auth_policy.is_some() {
+        bail!("the key file carries a policy ([1] policy or [3] authPolicy); an imported key signs with its auth value only, so the policy would be lost: wrap the key without one");
+    }
+    let Some(secret) = key.secret else {
+        bail!("the importable key has no secret ([2], the encrypted seed)");
+    };
+    Ok(Importable {
+        parts: Wrapped {
+            public: tpm2b_field("pubkey (TPM2B_PUBLIC)", key.pubkey.as_bytes())?,
+            duplicate: tpm2b_field(
+                "privkey (TPM2B_PRIVATE, the duplicate)",
+                key.privkey.as_bytes(),
+            )?,
+            seed: tpm2b_field(
+                "secret (TPM2B_ENCRYPTED_SECRET, the seed)",
+                secret.as_bytes(),
+            )?,
+        },
+        empty_auth: key.empty_auth == Some(true),
+        description: key.description,
     })
 }
 
@@ -351,5 +594,126 @@ mod tests {
         file[..2].copy_from_slice(&n.to_be_bytes());
         let e = srk_point(&file).unwrap_err().to_string();
         assert!(e.contains("not a storage key"), "{e}");
+    }
+
+    fn parts() -> Wrapped {
+        Wrapped {
+            public: tpm2b(&[1u8; 90]).unwrap(),
+            duplicate: tpm2b(&[2u8; 150]).unwrap(),
+            seed: tpm2b(&[3u8; 68]).unwrap(),
+        }
+    }
+
+    fn reencode(f: impl FnOnce(&mut TpmKey)) -> String {
+        use base64::Engine as _;
+        let pem = to_importable_pem(&parts()).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let mut key = TpmKey::from_der(&der).unwrap();
+        f(&mut key);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.to_der().unwrap());
+        format!("-----BEGIN TSS2 PRIVATE KEY-----\n{b64}\n-----END TSS2 PRIVATE KEY-----\n")
+    }
+
+    #[test]
+    fn importable_file_round_trips_with_the_draft_layout() {
+        let pem = to_importable_pem(&parts()).unwrap();
+        assert!(is_tss2_pem(pem.as_bytes()));
+        let back = from_importable_pem(&pem).unwrap();
+        assert_eq!(back.parts.public, parts().public);
+        assert_eq!(back.parts.duplicate, parts().duplicate);
+        assert_eq!(back.parts.seed, parts().seed);
+        assert!(back.empty_auth);
+        let key = {
+            use base64::Engine as _;
+            let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        };
+        // SEQUENCE { OID 2.23.133.10.1.4, [0] { TRUE }, [2] { OCTET STRING 0044 … } …
+        let body = &key[4..];
+        assert_eq!(
+            &body[..18],
+            &[
+                0x06, 0x06, 0x67, 0x81, 0x05, 0x0a, 0x01, 0x04, 0xa0, 0x03, 0x01, 0x01, 0xff, 0xa2,
+                0x48, 0x04, 0x46, 0x00
+            ]
+        );
+        // … INTEGER 0x40000001, then pubkey and privkey.
+        assert!(key
+            .windows(6)
+            .any(|w| w == [0x02, 0x04, 0x40, 0x00, 0x00, 0x01]));
+    }
+
+    #[test]
+    fn importable_file_refusals_name_the_reason() {
+        let err = |pem: &str| from_importable_pem(pem).unwrap_err().to_string();
+        let e = err(&reencode(|k| k.key_type = OID_LOADABLE));
+        assert!(e.contains("loadable key"), "{e}");
+        let e = err(&reencode(|k| {
+            k.key_type = ObjectIdentifier::new_unwrap("1.2.3.4")
+        }));
+        assert!(e.contains("1.2.3.4 is not id-importablekey"), "{e}");
+        let e = err(&reencode(|k| k.parent = 0x8100_0001));
+        assert!(e.contains("parent 0x81000001"), "{e}");
+        let e = err(&reencode(|k| k.rsa_parent = Some(true)));
+        assert!(e.contains("rsaParent"), "{e}");
+        let e = err(&reencode(|k| k.secret = None));
+        assert!(e.contains("no secret"), "{e}");
+        let e = err(&reencode(|k| {
+            k.policy = Some(Any::new(der::Tag::Sequence, Vec::<u8>::new()).unwrap())
+        }));
+        assert!(e.contains("policy"), "{e}");
+        let e = err(&reencode(|k| {
+            k.pubkey = OctetString::new(vec![0, 9, 1]).unwrap()
+        }));
+        assert!(e.contains("pubkey (TPM2B_PUBLIC) is not a TPM2B"), "{e}");
+        let big = tpm2b(&vec![0u8; MAX_FIELD]).unwrap();
+        let e = err(&reencode(|k| k.privkey = OctetString::new(big).unwrap()));
+        assert!(e.contains("over the 4096"), "{e}");
+        let e = err("-----BEGIN TSS2 PRIVATE KEY-----\nMAA=\n-----END TSS2 PRIVATE KEY-----\n");
+        assert!(e.contains("not a TSS2 key file"), "{e}");
+        let e = err(&"x".repeat(MAX_IMPORTABLE_PEM + 1));
+        assert!(e.contains("over"), "{e}");
+        // Every truncation of the DER is refused.
+        let pem = to_importable_pem(&parts()).unwrap();
+        use base64::Engine as _;
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        for n in 0..der.len() {
+            let b = base64::engine::general_purpose::STANDARD.encode(&der[..n]);
+            assert!(
+                from_importable_pem(&format!(
+                    "-----BEGIN TSS2 PRIVATE KEY-----\n{b}\n-----END TSS2 PRIVATE KEY-----"
+                ))
+                .is_err(),
+                "truncated at {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn rsa_public_area_has_the_modulus_and_default_exponent() {
+        use rsa::pkcs8::EncodePrivateKey as _;
+        use rsa::traits::PublicKeyParts as _;
+        let k = rsa::RsaPrivateKey::new(&mut rand_core_os(), 2048).unwrap();
+        let pem = k.to_pkcs8_pem(Default::default()).unwrap();
+        let plain = plain_key(&pem).unwrap();
+        let p = &plain.public;
+        assert_eq!(&p[..2], &TPM_ALG_RSA.to_be_bytes());
+        // type, nameAlg, attributes, empty policy, NULL sym, NULL scheme, 2048, exponent 0
+        assert_eq!(&p[10..20], &[0, 0x10, 0, 0x10, 0x08, 0x00, 0, 0, 0, 0]);
+        assert_eq!(&p[20..22], &256u16.to_be_bytes());
+        assert_eq!(&p[22..], &k.n().to_bytes_be()[..]);
+        assert_eq!(plain.sensitive.len(), 2 + 128);
+    }
+
+    fn rand_core_os() -> impl rsa::rand_core::CryptoRngCore {
+        rsa::rand_core::OsRng
     }
 }

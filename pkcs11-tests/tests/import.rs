@@ -136,6 +136,45 @@ fn duplicate_for(source: &Swtpm, target_srk: &Path, out: &Path) {
     flush_transients(source);
 }
 
+/// DER TLV (lengths up to 65535).
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    match content.len() {
+        n if n < 0x80 => v.push(n as u8),
+        n if n < 0x100 => v.extend([0x81, n as u8]),
+        n => v.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    v.extend_from_slice(content);
+    v
+}
+
+/// An importable TSS2 key file, encoded here from the draft's ASN.1 (TPMKey with
+/// type 2.23.133.10.1.`oid_last`, emptyAuth, secret [2], parent, pubkey, privkey;
+/// the three parts as the TPM2B files tpm2-tools writes).
+fn importable_pem(oid_last: u8, parent: u32, public: &[u8], dup: &[u8], seed: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut body = tlv(0x06, &[0x67, 0x81, 0x05, 0x0a, 0x01, oid_last]);
+    body.extend(tlv(0xa0, &tlv(0x01, &[0xff])));
+    body.extend(tlv(0xa2, &tlv(0x04, seed)));
+    let mut int = parent.to_be_bytes().to_vec();
+    if int[0] & 0x80 != 0 {
+        int.insert(0, 0);
+    }
+    body.extend(tlv(0x02, &int));
+    body.extend(tlv(0x04, public));
+    body.extend(tlv(0x04, dup));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(tlv(0x30, &body));
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN TSS2 PRIVATE KEY-----\n{}\n-----END TSS2 PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}
+
 fn tpm_agent(tpm: &Swtpm, keys: &Path) -> Agent {
     Agent::builder()
         .config(&tpm_device("tpm", tpm, keys, None))
@@ -282,6 +321,93 @@ fn tpm2_duplicate_output_is_imported_signs_and_is_refused_by_another_tpm() {
     assert_eq!(import["import"], "tpm-duplicate", "{import}");
     assert!(import.get("code").is_none(), "{import}");
     assert_eq!(import["alg"], "p256", "{import}");
+
+    // The same tpm2_duplicate output as an importable TSS2 key file (encoded here by
+    // hand from the draft's ASN.1, not by waxseal's writer) imports too and is the
+    // same key; with another type OID or another parent it is refused, nothing written.
+    let read = |p: &str| std::fs::read(files.path().join(p)).unwrap();
+    let (public, duplicate, seed) = (read("key.pub"), read("dup.dpriv"), read("dup.seed"));
+    let write_pem = |name: &str, oid_last: u8, parent: u32| {
+        let pem = importable_pem(oid_last, parent, &public, &duplicate, &seed);
+        let path = files.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let good = write_pem("dup.tss2.pem", 4, 0x4000_0001);
+    let out = agent.cli(&[
+        "--json",
+        "keys",
+        "import",
+        "tpm/moved-pem",
+        "--duplicate",
+        &good,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        output_text(&out),
+        agent.log()
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["pem"].as_str().unwrap().trim(), orig.trim());
+    let sig = agent
+        .client()
+        .sign_digest(
+            "tpm/moved-pem",
+            &Sha256::digest(msg),
+            Some(HashAlg::Sha256),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    std::fs::write(dir.join("sig2"), &sig.signature.0).unwrap();
+    let verified = run_ok(Command::new(require("openssl")).current_dir(dir).args([
+        "dgst",
+        "-sha256",
+        "-verify",
+        "orig.pem",
+        "-signature",
+        "sig2",
+        "msg",
+    ]));
+    assert!(verified.contains("Verified OK"), "{verified}");
+    for (file, oid_last, parent, why) in [
+        (
+            "loadable.pem",
+            3,
+            0x4000_0001,
+            "a loadable key (id-loadablekey)",
+        ),
+        ("sealed.pem", 5, 0x4000_0001, "sealed data (id-sealedkey)"),
+        (
+            "persistent.pem",
+            4,
+            0x8100_0001,
+            "wrapped for parent 0x81000001",
+        ),
+        (
+            "endorsement.pem",
+            4,
+            0x4000_000b,
+            "wrapped for parent 0x4000000b",
+        ),
+    ] {
+        let path = write_pem(file, oid_last, parent);
+        let out = agent.cli(&["keys", "import", "tpm/refused", "--duplicate", &path]);
+        assert!(!out.status.success(), "{file}");
+        let text = output_text(&out);
+        assert!(text.contains(why), "{file}: {text}");
+        assert!(text.contains(&format!("--duplicate {path}")), "{text}");
+    }
+    // A tpm2_duplicate output alone is not a key file: says what else it needs.
+    let dpriv = files.path().join("dup.dpriv").display().to_string();
+    let out = agent.cli(&["keys", "import", "tpm/refused", "--duplicate", &dpriv]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("needs --public and --seed"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!keys.path().join("refused.pem").exists());
 
     // The same name again: refused, the first file stays.
     let before = std::fs::read(keys.path().join("moved.pem")).unwrap();
@@ -452,18 +578,21 @@ fn wrap_for_wraps_a_plaintext_key_for_one_tpm_only() {
     openssl(&["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub.pem"]);
 
     // On the source machine: no agent, no TPM. From the TPM2B_PUBLIC and from the PEM.
-    let wrap = |srk: &str, out: &str| {
+    let wrap = |srk: &str, out: &str, format: &str| {
         let o = Command::new(&pkcs11_tests::bins().cli)
             .current_dir(dir)
             .args(["keys", "wrap-for", "--tpm-ek", srk, "k.pem", "-o", out])
+            .args(["--format", format])
             .output()
             .unwrap();
         assert!(o.status.success(), "wrap-for: {}", output_text(&o));
         output_text(&o)
     };
-    let text = wrap("srk.pub", "w");
+    let text = wrap("srk.pub", "w", "tpm2-tools");
     assert!(text.contains("--duplicate w.dpriv"), "{text}");
-    wrap("srk.pem", "w2");
+    let text = wrap("srk.pem", "w2.pem", "tss2");
+    assert!(text.contains("--duplicate w2.pem\n"), "{text}");
+    assert!(!dir.join("w2.pem.dpriv").exists());
     // A file that is not a storage key is refused and nothing is written.
     let o = Command::new(&pkcs11_tests::bins().cli)
         .current_dir(dir)
@@ -492,26 +621,48 @@ fn wrap_for_wraps_a_plaintext_key_for_one_tpm_only() {
         .tempdir()
         .unwrap();
     let mut agent = tpm_agent(&target, keys.path());
-    for (name, prefix) in [("tpm/wrapped", "w"), ("tpm/wrapped2", "w2")] {
-        let f = |ext: &str| Bytes(std::fs::read(dir.join(format!("{prefix}.{ext}"))).unwrap());
-        let made = agent
-            .client()
-            .import_key(ImportKey {
-                key: name.into(),
-                tpm_duplicate: Some(TpmDuplicate {
-                    public: f("pub"),
-                    duplicate: f("dpriv"),
-                    seed: f("seed"),
-                }),
-                pem: None,
-                pkcs11_wrapped: None,
-                touch: None,
-                pin_policy: None,
-            })
-            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
-        assert!(made.key.imported);
+    let w2 = dir.join("w2.pem").display().to_string();
+    let out = agent.cli(&[
+        "--json",
+        "keys",
+        "import",
+        "tpm/wrapped2",
+        "--duplicate",
+        &w2,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        output_text(&out),
+        agent.log()
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["key"]["imported"], true, "{made}");
+    assert_eq!(made["key"]["alg"], "p384", "{made}");
+    for name in ["tpm/wrapped", "tpm/wrapped2"] {
+        if name == "tpm/wrapped" {
+            let f = |ext: &str| Bytes(std::fs::read(dir.join(format!("w.{ext}"))).unwrap());
+            let made = agent
+                .client()
+                .import_key(ImportKey {
+                    key: name.into(),
+                    tpm_duplicate: Some(TpmDuplicate {
+                        public: f("pub"),
+                        duplicate: f("dpriv"),
+                        seed: f("seed"),
+                    }),
+                    pem: None,
+                    pkcs11_wrapped: None,
+                    touch: None,
+                    pin_policy: None,
+                })
+                .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+            assert!(made.key.imported);
+        }
+        let pem = agent.cli(&["keys", "pubkey", name]);
+        assert!(pem.status.success(), "{}", output_text(&pem));
         assert_eq!(
-            made.pem.trim(),
+            String::from_utf8(pem.stdout).unwrap().trim(),
             std::fs::read_to_string(dir.join("k.pub.pem"))
                 .unwrap()
                 .trim()
@@ -563,6 +714,150 @@ fn wrap_for_wraps_a_plaintext_key_for_one_tpm_only() {
     );
     assert_eq!(std::fs::read_dir(third_keys.path()).unwrap().count(), 0);
     other.terminate();
+}
+
+#[test]
+fn wrap_for_writes_an_importable_key_file_for_rsa_and_p256_keys() {
+    let target = Swtpm::start();
+    let files = tempfile::Builder::new()
+        .prefix("wrap-pem-")
+        .tempdir()
+        .unwrap();
+    let dir = files.path();
+    srk_public(&target, &dir.join("srk.pub"));
+    let openssl =
+        |args: &[&str]| run_ok(Command::new(require("openssl")).current_dir(dir).args(args));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "rsa.pem",
+    ]);
+    // PKCS#1 (`RSA PRIVATE KEY`) is read as well as PKCS#8.
+    openssl(&["rsa", "-in", "rsa.pem", "-traditional", "-out", "rsa1.pem"]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "ec.pem",
+    ]);
+    for k in ["rsa", "ec"] {
+        openssl(&[
+            "pkey",
+            "-in",
+            &format!("{k}.pem"),
+            "-pubout",
+            "-out",
+            &format!("{k}.pub.pem"),
+        ]);
+    }
+    for key in ["rsa1.pem", "ec.pem"] {
+        let o = Command::new(&pkcs11_tests::bins().cli)
+            .current_dir(dir)
+            .args(["keys", "wrap-for", "--tpm-srk", "srk.pub", key])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "wrap-for {key}: {}", output_text(&o));
+    }
+    // The default output: KEY without its extension plus .tpm-import.pem, one file.
+    let rsa_file = dir.join("rsa1.tpm-import.pem");
+    let ec_file = dir.join("ec.tpm-import.pem");
+    let text = std::fs::read_to_string(&rsa_file).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN TSS2 PRIVATE KEY-----\n"),
+        "{text}"
+    );
+    // OpenSSL's ASN.1 parser reads it as the draft's TPMKey: the importable type, the
+    // owner SRK parent and the three octet strings.
+    let parsed = openssl(&["asn1parse", "-in", rsa_file.to_str().unwrap()]);
+    assert!(parsed.contains(":2.23.133.10.1.4"), "{parsed}");
+    assert!(parsed.contains("cont [ 2 ]"), "{parsed}");
+    assert!(parsed.contains("INTEGER           :40000001"), "{parsed}");
+
+    let keys = tempfile::Builder::new()
+        .prefix("wrap-pem-keys-")
+        .tempdir()
+        .unwrap();
+    let mut agent = tpm_agent(&target, keys.path());
+    for (name, file, alg, public, hash) in [
+        (
+            "tpm/rsa",
+            &rsa_file,
+            "rsa2048",
+            "rsa.pub.pem",
+            HashAlg::Sha256,
+        ),
+        ("tpm/ec", &ec_file, "p256", "ec.pub.pem", HashAlg::Sha256),
+    ] {
+        let out = agent.cli(&[
+            "--json",
+            "keys",
+            "import",
+            name,
+            "--duplicate",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            output_text(&out),
+            agent.log()
+        );
+        let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(made["key"]["alg"], alg, "{made}");
+        assert_eq!(made["key"]["imported"], true, "{made}");
+        assert_eq!(
+            made["pem"].as_str().unwrap().trim(),
+            std::fs::read_to_string(dir.join(public)).unwrap().trim()
+        );
+        let msg = format!("signed by {name} after wrap-for");
+        let sig = agent
+            .client()
+            .sign_digest(name, &Sha256::digest(msg.as_bytes()), Some(hash), None)
+            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+        std::fs::write(dir.join("msg"), &msg).unwrap();
+        std::fs::write(dir.join("sig"), &sig.signature.0).unwrap();
+        let v = openssl(&[
+            "dgst",
+            "-sha256",
+            "-verify",
+            public,
+            "-signature",
+            "sig",
+            "msg",
+        ]);
+        assert!(v.contains("Verified OK"), "{name}: {v}");
+    }
+    agent.terminate();
+
+    // A 1024-bit RSA key is refused by wrap-for, naming the sizes, with nothing written.
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        "small.pem",
+    ]);
+    let o = Command::new(&pkcs11_tests::bins().cli)
+        .current_dir(dir)
+        .args(["keys", "wrap-for", "--tpm-srk", "srk.pub", "small.pem"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        output_text(&o).contains("1024 bits; a TPM key is RSA 2048 or 3072"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!dir.join("small.tpm-import.pem").exists());
 }
 
 // --- YubiKey (PIV) -------------------------------------------------------------------

@@ -103,13 +103,39 @@ pub fn run(ctx: &Ctx, client: &mut Client, src: Source) -> Result<()> {
                 seed: part("--seed", seed)?,
             });
         }
+        (Some(dup), None, None, None) => {
+            let bytes = read_bounded(
+                "--duplicate",
+                dup,
+                waxseal::tpmwrap::MAX_IMPORTABLE_PEM,
+            )?;
+            if !waxseal::tpmwrap::is_tss2_pem(&bytes) {
+                anyhow::bail!(
+                    "--duplicate {}: not a TSS2 key file (`-----BEGIN TSS2 PRIVATE KEY-----`); a tpm2_duplicate output (TPM2B_PRIVATE) needs --public and --seed too",
+                    dup.display()
+                );
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let file = waxseal::tpmwrap::from_importable_pem(&text)
+                .with_context(|| format!("--duplicate {}", dup.display()))?;
+            if !file.empty_auth {
+                eprintln!(
+                    "note: the key file says the key has an auth value (no emptyAuth); the agent signs with the device's PIN, so it must be that value"
+                );
+            }
+            req.tpm_duplicate = Some(TpmDuplicate {
+                public: Bytes(file.parts.public),
+                duplicate: Bytes(file.parts.duplicate),
+                seed: Bytes(file.parts.seed),
+            });
+        }
         (None, None, None, Some(key)) => {
             let bytes = read_bounded("--key", key, MAX_IMPORT_PEM)?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| anyhow::anyhow!("--key {}: not PEM text", key.display()))?;
             req.pem = Some(text.to_string());
         }
-        _ => anyhow::bail!("give --duplicate, --public and --seed (a TPM), or --key (a YubiKey)"),
+        _ => anyhow::bail!("give --duplicate with an importable TSS2 key file, or --duplicate, --public and --seed (a TPM); or --key (a YubiKey)"),
     }
     // The file's bytes are zeroized when dropped; the request's copy is consumed by
     // the call (README.md, "Importing keys", says which copies are wiped).
@@ -125,35 +151,16 @@ pub fn run(ctx: &Ctx, client: &mut Client, src: Source) -> Result<()> {
     Ok(())
 }
 
-/// `waxseal keys wrap-for`: writes OUT.pub, OUT.dpriv and OUT.seed, all or none.
-pub fn wrap_for(ctx: &Ctx, srk: &Path, key: &Path, out: Option<PathBuf>) -> Result<()> {
-    let srk_bytes = read_bounded("--tpm-srk", srk, MAX_TPM_BLOB)?;
-    let srk_key = waxseal::tpmwrap::srk_point(&srk_bytes)
-        .with_context(|| format!("--tpm-srk {}", srk.display()))?;
-    let pem = read_bounded("KEY", key, MAX_IMPORT_PEM)?;
-    let text = std::str::from_utf8(&pem)
-        .map_err(|_| anyhow::anyhow!("{}: not PEM text", key.display()))?;
-    let wrapped =
-        waxseal::tpmwrap::wrap(text, &srk_key).with_context(|| format!("{}", key.display()))?;
-    let prefix = out.unwrap_or_else(|| key.with_extension("tpmdup"));
-    let path = |ext: &str| {
-        let mut p = prefix.clone().into_os_string();
-        p.push(format!(".{ext}"));
-        PathBuf::from(p)
-    };
-    let files = [
-        (path("pub"), &wrapped.public),
-        (path("dpriv"), &wrapped.duplicate),
-        (path("seed"), &wrapped.seed),
-    ];
-    // Each written beside its target and renamed only when all three are written.
+/// Writes each of `files` beside its target and renames them all only when all are
+/// written: all or none.
+fn write_all(files: &[(PathBuf, &[u8])]) -> Result<()> {
     let tmp = |p: &Path| {
         let mut t = p.as_os_str().to_owned();
         t.push(format!(".{}.tmp", std::process::id()));
         PathBuf::from(t)
     };
     let mut written = Vec::new();
-    for (p, bytes) in &files {
+    for (p, bytes) in files {
         let t = tmp(p);
         if let Err(e) = std::fs::write(&t, bytes) {
             for w in &written {
@@ -164,9 +171,58 @@ pub fn wrap_for(ctx: &Ctx, srk: &Path, key: &Path, out: Option<PathBuf>) -> Resu
         }
         written.push(t);
     }
-    for (p, _) in &files {
+    for (p, _) in files {
         std::fs::rename(tmp(p), p).with_context(|| format!("cannot write {}", p.display()))?;
     }
+    Ok(())
+}
+
+/// `waxseal keys wrap-for`: writes an importable TSS2 key file, or with `three_files`
+/// OUT.pub, OUT.dpriv and OUT.seed, all or none.
+pub fn wrap_for(
+    ctx: &Ctx,
+    srk: &Path,
+    key: &Path,
+    out: Option<PathBuf>,
+    three_files: bool,
+) -> Result<()> {
+    let srk_bytes = read_bounded("--tpm-srk", srk, MAX_TPM_BLOB)?;
+    let srk_key = waxseal::tpmwrap::srk_point(&srk_bytes)
+        .with_context(|| format!("--tpm-srk {}", srk.display()))?;
+    let pem = read_bounded("KEY", key, MAX_IMPORT_PEM)?;
+    let text = std::str::from_utf8(&pem)
+        .map_err(|_| anyhow::anyhow!("{}: not PEM text", key.display()))?;
+    let wrapped =
+        waxseal::tpmwrap::wrap(text, &srk_key).with_context(|| format!("{}", key.display()))?;
+    if !three_files {
+        let path = out.unwrap_or_else(|| key.with_extension("tpm-import.pem"));
+        let file = waxseal::tpmwrap::to_importable_pem(&wrapped)?;
+        write_all(&[(path.clone(), file.as_bytes())])?;
+        if ctx.json {
+            return ctx.print_json(&serde_json::json!({ "file": path }));
+        }
+        eprintln!(
+            "wrapped for the TPM whose storage root key is {}; import it there with:",
+            srk.display()
+        );
+        outln!(
+            "waxseal keys import tpm/NAME --duplicate {}",
+            path.display()
+        );
+        return Ok(());
+    }
+    let prefix = out.unwrap_or_else(|| key.with_extension("tpmdup"));
+    let path = |ext: &str| {
+        let mut p = prefix.clone().into_os_string();
+        p.push(format!(".{ext}"));
+        PathBuf::from(p)
+    };
+    let files = [
+        (path("pub"), &wrapped.public[..]),
+        (path("dpriv"), &wrapped.duplicate[..]),
+        (path("seed"), &wrapped.seed[..]),
+    ];
+    write_all(&files)?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
             "public": files[0].0, "duplicate": files[1].0, "seed": files[2].0,

@@ -9,8 +9,14 @@ use crate::{sshfmt, KeysCommand};
 
 pub fn run(ctx: &Ctx, cmd: KeysCommand) -> Result<()> {
     // CLI-only: no agent.
-    if let KeysCommand::WrapFor { tpm_srk, key, out } = cmd {
-        return super::import::wrap_for(ctx, &tpm_srk, &key, out);
+    if let KeysCommand::WrapFor {
+        tpm_srk,
+        key,
+        out,
+        format,
+    } = cmd
+    {
+        return super::import::wrap_for(ctx, &tpm_srk, &key, out, format == "tpm2-tools");
     }
     let mut client = ctx.connect()?;
     match cmd {
