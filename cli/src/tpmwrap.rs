@@ -1,16 +1,19 @@
-//! `waxseal keys wrap-for`: wraps a plaintext EC key for another machine's TPM, on the
-//! source machine, with no TPM needed here (README.md, "Importing keys"). The output is
-//! what TPM2_Duplicate makes with no inner wrapper (`tpm2_duplicate -G null`), for the
-//! target's ECC P-256 storage root key (SRK), so that TPM2_Import there takes it and
-//! only that TPM can: the plaintext never reaches the target.
+//! `waxseal keys wrap-for`: wraps a plaintext P-256, P-384 or RSA 2048/3072 key for
+//! another machine's TPM, on the source machine, with no TPM needed here (README.md,
+//! "Importing keys"). The output is what TPM2_Duplicate makes with no inner wrapper
+//! (`tpm2_duplicate -G null`), for the target's ECC P-256 storage root key (SRK), so
+//! that TPM2_Import there takes it and only that TPM can: the plaintext never reaches
+//! the target. It is written as an importable TSS2 key file (id-importablekey, the
+//! form ssh-tpm-agent's remote wrapping uses; read back by [`from_importable_pem`] for
+//! `keys import`) or as the three tpm2-tools files.
 //!
 //! The construction (TPM 2.0 Library Part 1, "Protected Storage" and "Duplication";
 //! Part 1 §11.4.10 for KDFa and KDFe):
 //! 1. seed: an ephemeral P-256 key pair (d_e, Q_e); Z = x(d_e · Q_srk);
 //!    seed = KDFe(SHA-256, Z, "DUPLICATE", x(Q_e), x(Q_srk), 256 bits); the encrypted
 //!    seed is Q_e as a TPMS_ECC_POINT.
-//! 2. the key's TPMT_SENSITIVE (type ECC, empty authValue, a random 32-byte seedValue,
-//!    the private scalar), as a TPM2B_SENSITIVE.
+//! 2. the key's TPMT_SENSITIVE (type, empty authValue, a random 32-byte seedValue,
+//!    the private scalar or for RSA the prime p), as a TPM2B_SENSITIVE.
 //! 3. outer wrapper: symKey = KDFa(SHA-256, seed, "STORAGE", name, "", 128 bits);
 //!    encSensitive = AES-128-CFB(symKey, IV = 0, TPM2B_SENSITIVE);
 //!    hmacKey = KDFa(SHA-256, seed, "INTEGRITY", "", "", 256 bits);

@@ -736,6 +736,23 @@ fn wrap_for_writes_an_importable_key_file_for_rsa_and_p256_keys() {
         "-out",
         "rsa.pem",
     ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:3072",
+        "-out",
+        "rsa3072.pem",
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        "rsa3072.pem",
+        "-pubout",
+        "-out",
+        "rsa3072.pub.pem",
+    ]);
     // PKCS#1 (`RSA PRIVATE KEY`) is read as well as PKCS#8.
     openssl(&["rsa", "-in", "rsa.pem", "-traditional", "-out", "rsa1.pem"]);
     openssl(&[
@@ -757,7 +774,7 @@ fn wrap_for_writes_an_importable_key_file_for_rsa_and_p256_keys() {
             &format!("{k}.pub.pem"),
         ]);
     }
-    for key in ["rsa1.pem", "ec.pem"] {
+    for key in ["rsa1.pem", "ec.pem", "rsa3072.pem"] {
         let o = Command::new(&pkcs11_tests::bins().cli)
             .current_dir(dir)
             .args(["keys", "wrap-for", "--tpm-srk", "srk.pub", key])
@@ -794,6 +811,13 @@ fn wrap_for_writes_an_importable_key_file_for_rsa_and_p256_keys() {
             HashAlg::Sha256,
         ),
         ("tpm/ec", &ec_file, "p256", "ec.pub.pem", HashAlg::Sha256),
+        (
+            "tpm/rsa3072",
+            &dir.join("rsa3072.tpm-import.pem"),
+            "rsa3072",
+            "rsa3072.pub.pem",
+            HashAlg::Sha256,
+        ),
     ] {
         let out = agent.cli(&[
             "--json",

@@ -1,7 +1,8 @@
 //! `waxseal keys import`: a key made elsewhere brought into a device (README.md,
-//! "Importing keys"). For a TPM only the wrapped key (TPM2_Duplicate's output) is read
-//! and sent; for a YubiKey the PEM private key is, since a PIV card takes keys in the
-//! clear. The PEM text is zeroized once sent.
+//! "Importing keys"). For a TPM only the wrapped key (TPM2_Duplicate's output, as three
+//! tpm2-tools files or one importable TSS2 key file parsed here) is read and sent; for
+//! a YubiKey the PEM private key is, since a PIV card takes keys in the clear. The PEM
+//! text is zeroized once sent.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
