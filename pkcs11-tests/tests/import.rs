@@ -860,6 +860,29 @@ fn wrap_for_writes_an_importable_key_file_for_rsa_and_p256_keys() {
     }
     agent.terminate();
 
+    // An output naming the plaintext key is refused; the key stays as it was.
+    let before = std::fs::read(dir.join("ec.pem")).unwrap();
+    let o = Command::new(&pkcs11_tests::bins().cli)
+        .current_dir(dir)
+        .args([
+            "keys",
+            "wrap-for",
+            "--tpm-srk",
+            "srk.pub",
+            "ec.pem",
+            "-o",
+            "ec.pem",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        output_text(&o).contains("is the key being wrapped"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(std::fs::read(dir.join("ec.pem")).unwrap(), before);
+
     // A 1024-bit RSA key is refused by wrap-for, naming the sizes, with nothing written.
     openssl(&[
         "genpkey",

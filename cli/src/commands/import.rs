@@ -154,7 +154,18 @@ pub fn run(ctx: &Ctx, client: &mut Client, src: Source) -> Result<()> {
 
 /// Writes each of `files` beside its target and renames them all only when all are
 /// written: all or none.
-fn write_all(files: &[(PathBuf, &[u8])]) -> Result<()> {
+fn write_all(key: &Path, files: &[(PathBuf, &[u8])]) -> Result<()> {
+    // An output naming the plaintext key itself would replace it: refused.
+    if let Ok(key) = std::fs::canonicalize(key) {
+        for (p, _) in files {
+            if std::fs::canonicalize(p).is_ok_and(|p| p == key) {
+                anyhow::bail!(
+                    "{} is the key being wrapped; choose another output with -o",
+                    p.display()
+                );
+            }
+        }
+    }
     let tmp = |p: &Path| {
         let mut t = p.as_os_str().to_owned();
         t.push(format!(".{}.tmp", std::process::id()));
@@ -198,7 +209,7 @@ pub fn wrap_for(
     if !three_files {
         let path = out.unwrap_or_else(|| key.with_extension("tpm-import.pem"));
         let file = waxseal::tpmwrap::to_importable_pem(&wrapped)?;
-        write_all(&[(path.clone(), file.as_bytes())])?;
+        write_all(key, &[(path.clone(), file.as_bytes())])?;
         if ctx.json {
             return ctx.print_json(&serde_json::json!({ "file": path }));
         }
@@ -223,7 +234,7 @@ pub fn wrap_for(
         (path("dpriv"), &wrapped.duplicate[..]),
         (path("seed"), &wrapped.seed[..]),
     ];
-    write_all(&files)?;
+    write_all(key, &files)?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
             "public": files[0].0, "duplicate": files[1].0, "seed": files[2].0,

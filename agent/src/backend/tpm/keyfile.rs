@@ -166,7 +166,7 @@ impl KeyFile {
         let oid = r.expect(0x06, "type OBJECT IDENTIFIER")?;
         if oid == OID_IMPORTABLE {
             return Err(bad(
-                "an importable key (id-importablekey): it must be imported into this TPM first (e.g. with tpm2-openssl or tpm2_import)",
+                "an importable key (id-importablekey): it must be imported into this TPM first (`waxseal keys import tpm/NAME --duplicate FILE`)",
             ));
         }
         if oid == OID_SEALED {
