@@ -2,7 +2,9 @@
 //! machine's TPM and duplicated by `tpm2_duplicate` for this TPM's storage root key is
 //! imported through the agent and signs; the same files are refused by a TPM they were
 //! not wrapped for; OpenSSL verifies the signature with the public key the source TPM
-//! printed.
+//! printed. The same wrapping as one importable TSS2 key file (id-importablekey, the
+//! form of ssh-tpm-agent's remote wrapping), and `waxseal keys wrap-for`'s output for
+//! EC and RSA keys, import and sign; files of another type or parent are refused.
 //!
 //! Each swtpm stands for one machine's TPM. swtpm serves one connection at a time, so
 //! tpm2-tools runs while no agent holds the TPM.
