@@ -10,3 +10,4 @@ pub mod sigstore;
 pub mod sshfmt;
 pub mod tsa;
 pub mod verify;
+pub mod verify_sigstore;

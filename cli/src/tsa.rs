@@ -501,7 +501,7 @@ impl TrustedTsa {
 }
 
 /// Checks that `issuer`'s key signed `cert`.
-fn issued_by(cert: &Certificate, issuer: &Certificate) -> Result<()> {
+pub(crate) fn issued_by(cert: &Certificate, issuer: &Certificate) -> Result<()> {
     let spki = issuer.tbs_certificate.subject_public_key_info.to_der()?;
     let key = AnyPublicKey::from_spki(&spki)?;
     let oid = &cert.signature_algorithm.oid;
