@@ -516,16 +516,16 @@ impl Rekor {
         envelope: &Envelope,
         spki: &[u8],
     ) -> Result<()> {
-        self.check_dsse_entry_opts(entry, envelope, spki, true)
+        self.check_dsse_entry_opts(entry, envelope, spki, true, true)
     }
 
-    /// [`Rekor::check_dsse_entry`]; `need_proof: false` for v0.1 bundles (a signed entry
-    /// timestamp alone).
+    /// [`Rekor::check_dsse_entry`], with what [`Rekor::check_logged_v1_opts`] requires.
     pub fn check_dsse_entry_opts(
         &self,
         entry: &TlogEntry,
         envelope: &Envelope,
         spki: &[u8],
+        need_set: bool,
         need_proof: bool,
     ) -> Result<()> {
         if entry.kind_version.kind != "dsse" || entry.kind_version.version != "0.0.1" {
@@ -570,7 +570,7 @@ impl Rekor {
         if logged_key.as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
-        self.check_logged_v1_opts(entry, need_proof)
+        self.check_logged_v1_opts(entry, need_set, need_proof)
     }
 
     /// Checks a bundle's log entry against this log's key and the signature it is for.
@@ -582,10 +582,11 @@ impl Rekor {
         signature: &[u8],
         spki: &[u8],
     ) -> Result<()> {
-        self.check_entry_opts(entry, hash, digest, signature, spki, true)
+        self.check_entry_opts(entry, hash, digest, signature, spki, true, true)
     }
 
-    /// [`Rekor::check_entry`]; `need_proof: false` for v0.1 bundles.
+    /// [`Rekor::check_entry`], with what [`Rekor::check_logged_v1_opts`] requires.
+    #[allow(clippy::too_many_arguments)]
     pub fn check_entry_opts(
         &self,
         entry: &TlogEntry,
@@ -593,6 +594,7 @@ impl Rekor {
         digest: &[u8],
         signature: &[u8],
         spki: &[u8],
+        need_set: bool,
         need_proof: bool,
     ) -> Result<()> {
         if entry.kind_version.version == "0.0.2" {
@@ -626,16 +628,23 @@ impl Rekor {
         if logged_key.as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
-        self.check_logged_v1_opts(entry, need_proof)
+        self.check_logged_v1_opts(entry, need_set, need_proof)
     }
 
     /// What every Rekor v1 entry must pass, whatever its kind: its log ID is this log
     /// key's, its signed entry timestamp verifies with the key, and its inclusion proof
-    /// leads to the root of a checkpoint the key signed. `need_proof: false` takes an entry with a signed
-    /// entry timestamp and no inclusion proof (v0.1 bundles). Each failure is a
+    /// leads to the root of a checkpoint the key signed. Either may be missing when
+    /// not needed (v0.1 bundles: a signed entry timestamp alone; v0.2 and later: an
+    /// inclusion proof alone, and then the entry gives no time); one that is there is
+    /// checked, and an entry with neither is refused. Each failure is a
     /// [`Named`] check: `tlog log id`, `tlog signed entry timestamp`, `tlog inclusion
     /// proof`, `tlog checkpoint`.
-    pub fn check_logged_v1_opts(&self, entry: &TlogEntry, need_proof: bool) -> Result<()> {
+    pub fn check_logged_v1_opts(
+        &self,
+        entry: &TlogEntry,
+        need_set: bool,
+        need_proof: bool,
+    ) -> Result<()> {
         let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
         // 2. The log is the one we trust.
         let log_id = Sha256::digest(&self.key_der);
@@ -647,38 +656,45 @@ impl Rekor {
                 hex::encode(log_id)
             );
         }
+        if entry.inclusion_promise.is_none() && entry.inclusion_proof.is_none() {
+            named_bail!(
+                "tlog inclusion proof",
+                "the log entry has neither an inclusion proof nor a signed entry timestamp"
+            );
+        }
         // 3. The signed entry timestamp.
-        let promise = entry.inclusion_promise.as_ref().ok_or_else(|| {
-            Named::err(
+        match &entry.inclusion_promise {
+            Some(promise) => {
+                let set_payload = format!(
+                    "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
+                    Value::String(B64.encode(&entry.canonicalized_body.0)),
+                    entry.integrated_time.0,
+                    Value::String(hex::encode(&entry.log_id.key_id.0)),
+                    entry.log_index.0
+                );
+                let set_digest = Sha256::digest(set_payload.as_bytes());
+                log_key
+                    .verify_digest(
+                        &set_digest,
+                        HashAlg::Sha256,
+                        &promise.signed_entry_timestamp.0,
+                        false,
+                    )
+                    .map_err(|e| {
+                        Named::err(
+                            "tlog signed entry timestamp",
+                            format!("the signed entry timestamp does not verify with the Rekor public key: {e}"),
+                        )
+                    })?;
+            }
+            None if need_set => named_bail!(
                 "tlog signed entry timestamp",
-                "no inclusion promise (signed entry timestamp)",
-            )
-        })?;
-        let set_payload = format!(
-            "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
-            Value::String(B64.encode(&entry.canonicalized_body.0)),
-            entry.integrated_time.0,
-            Value::String(hex::encode(&entry.log_id.key_id.0)),
-            entry.log_index.0
-        );
-        let set_digest = Sha256::digest(set_payload.as_bytes());
-        log_key
-            .verify_digest(
-                &set_digest,
-                HashAlg::Sha256,
-                &promise.signed_entry_timestamp.0,
-                false,
-            )
-            .map_err(|e| {
-                Named::err(
-                    "tlog signed entry timestamp",
-                    format!(
-                        "the signed entry timestamp does not verify with the Rekor public key: {e}"
-                    ),
-                )
-            })?;
-        // 4. The inclusion proof and its checkpoint: required, as in a v0.3 bundle (an
-        // entry with a signed entry timestamp alone is only a promise of inclusion).
+                "no inclusion promise (signed entry timestamp)"
+            ),
+            None => {}
+        }
+        // 4. The inclusion proof and its checkpoint: required from v0.2 on (an entry with
+        // a signed entry timestamp alone is only a promise of inclusion).
         let Some(proof) = entry.inclusion_proof.as_ref() else {
             if need_proof {
                 named_bail!(

@@ -385,6 +385,7 @@ fn run(
                     &ms.message_digest.digest.0,
                     &signature,
                     &spki,
+                    version == 1,
                     version >= 2,
                 )
             }
@@ -392,7 +393,9 @@ fn run(
                 e.kind_version.kind.as_str(),
                 e.kind_version.version.as_str(),
             ) {
-                ("dsse", "0.0.1") => rekor.check_dsse_entry_opts(e, env, &spki, version >= 2),
+                ("dsse", "0.0.1") => {
+                    rekor.check_dsse_entry_opts(e, env, &spki, version == 1, version >= 2)
+                }
                 ("hashedrekord", "0.0.2") => {
                     let pae = intoto::pae(&env.payload_type, &env.payload.0);
                     let hash = key.default_hash();
