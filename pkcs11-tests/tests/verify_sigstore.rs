@@ -334,3 +334,211 @@ fn a_keyless_bundle_needs_a_trusted_root() {
         output_text(&out)
     );
 }
+
+/// The DER certificates of a PEM file.
+fn pem_certs(path: &Path) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .map(|block| {
+            let body: String = block
+                .split("-----END CERTIFICATE-----")
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            B64.decode(body).unwrap()
+        })
+        .collect()
+}
+
+/// A trusted root naming exactly one Rekor log (its PEM key and URL) and, if given, one
+/// TSA (its chain, signing certificate first), as `js/verify.js` builds it.
+fn key_trusted_root(rekor_pem: &Path, rekor_url: &str, tsa_chain: Option<&Path>) -> Value {
+    let text = std::fs::read_to_string(rekor_pem).unwrap();
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let spki = B64.decode(body).unwrap();
+    let key_id = {
+        use sha2::Digest as _;
+        B64.encode(sha2::Sha256::digest(&spki))
+    };
+    let mut root = json!({
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [{
+            "baseUrl": rekor_url,
+            "hashAlgorithm": "SHA2_256",
+            "publicKey": {
+                "rawBytes": B64.encode(&spki),
+                "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                "validFor": { "start": "2000-01-01T00:00:00Z" },
+            },
+            "logId": { "keyId": key_id },
+        }],
+        "certificateAuthorities": [], "ctlogs": [], "timestampAuthorities": [],
+    });
+    if let Some(chain) = tsa_chain {
+        let certs: Vec<Value> = pem_certs(chain)
+            .iter()
+            .map(|c| json!({ "rawBytes": B64.encode(c) }))
+            .collect();
+        root["timestampAuthorities"] = json!([{
+            "uri": "http://127.0.0.1",
+            "certChain": { "certificates": certs },
+            "validFor": { "start": "2000-01-01T00:00:00Z" },
+        }]);
+    }
+    root
+}
+
+#[test]
+fn both_verifiers_agree_on_key_based_bundles_of_the_signing_tests() {
+    use pkcs11_tests::MockRekor;
+    use pkcs11_tests::{agent_with_keys, sigstore_js_verify_with, write_pubkey, LocalService};
+    let (_hsm, agent) = agent_with_keys(&[("hsm/ec", "p256"), ("hsm/big", "p384")]);
+    let rekor = MockRekor::start();
+    let rekor2 = LocalService::rekor_v2("ok");
+    let rekor2_key = rekor2.file("rekor.pub.pem");
+    let tsa = LocalService::mock_tsa("ok");
+    let chain = tsa.file("chain.pem");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    // (what, key, command, log, TSA?)
+    let kinds: [(&str, &str, &str, u8, bool); 5] = [
+        ("rekor v1", "hsm/ec", "sign", 1, false),
+        ("rekor v1 p384", "hsm/big", "sign", 1, false),
+        ("rekor v1 + tsa", "hsm/ec", "sign", 1, true),
+        ("rekor v2 + tsa", "hsm/ec", "sign", 2, true),
+        ("dsse, rekor v1", "hsm/ec", "attest", 1, false),
+    ];
+    for (i, (what, key, command, log, with_tsa)) in kinds.into_iter().enumerate() {
+        let file = tmp.path().join(format!("artifact-{i}.tgz"));
+        std::fs::write(&file, format!("artifact {i}\n").repeat(20)).unwrap();
+        let (log_url, log_key) = if log == 1 {
+            (rekor.url.clone(), rekor.public_key.clone())
+        } else {
+            (rekor2.url.clone(), rekor2_key.clone())
+        };
+        let mut args = vec![command.to_string()];
+        if command == "attest" {
+            let predicate = tmp.path().join("predicate.json");
+            std::fs::write(&predicate, br#"{"built": "by the tests"}"#).unwrap();
+            args.extend([
+                "--key".into(),
+                key.into(),
+                "--type".into(),
+                "https://example.com/test-predicate/v1".into(),
+                "--predicate".into(),
+                s(&predicate),
+                s(&file),
+            ]);
+        } else {
+            args.extend([s(&file), "--key".into(), key.into()]);
+        }
+        args.extend([
+            "--rekor-url".into(),
+            log_url.clone(),
+            "--rekor-public-key".into(),
+            s(&log_key),
+        ]);
+        if log == 2 {
+            args.extend(["--rekor-version".into(), "2".into()]);
+        }
+        if with_tsa {
+            args.extend(["--tsa-url".into(), tsa.url.clone()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = agent.cli(&argv);
+        assert!(out.status.success(), "{what}: {}", output_text(&out));
+        let bundle = PathBuf::from(format!(
+            "{}{}",
+            s(&file),
+            if command == "attest" {
+                ".intoto.sigstore.json"
+            } else {
+                ".sigstore.json"
+            }
+        ));
+        let pem = write_pubkey(&agent, key, tmp.path());
+        let tsa_chain = with_tsa.then_some(chain.as_path());
+        let root = key_trusted_root(&log_key, &log_url, tsa_chain);
+        let root_path = tmp.path().join(format!("root-{i}.json"));
+        std::fs::write(&root_path, root.to_string()).unwrap();
+        let b = read_json(&bundle);
+
+        let ours = |bundle: &Value, artifact: &Path| -> Result<(), String> {
+            let bp = tmp.path().join("checked.json");
+            std::fs::write(&bp, bundle.to_string()).unwrap();
+            let out = Command::new(&bins().cli)
+                .arg("verify")
+                .arg(artifact)
+                .arg("--bundle")
+                .arg(&bp)
+                .arg("--public-key")
+                .arg(&pem)
+                .arg("--trusted-root")
+                .arg(&root_path)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(output_text(&out))
+            }
+        };
+        let theirs = |bundle: &Value, artifact: &Path| -> Result<(), String> {
+            let bp = tmp.path().join("checked-js.json");
+            std::fs::write(&bp, bundle.to_string()).unwrap();
+            sigstore_js_verify_with(&bp, artifact, &pem, Some((&log_key, &log_url)), tsa_chain)
+        };
+        // @sigstore/verify 4.x checks a DSSE signature with SHA-256 (README,
+        // "Attestations"): P-384 attestations are left out above.
+        let agree = |label: &str, bundle: &Value, artifact: &Path, accept: bool| {
+            let (o, t) = (ours(bundle, artifact), theirs(bundle, artifact));
+            assert_eq!(o.is_ok(), accept, "{what}, {label}: waxseal: {o:?}");
+            assert_eq!(
+                t.is_ok(),
+                accept,
+                "{what}, {label}: @sigstore/verify: {t:?}"
+            );
+        };
+        agree("as made", &b, &file, true);
+
+        let changed = tmp.path().join("changed.tgz");
+        std::fs::write(&changed, b"another artifact\n").unwrap();
+        agree("another artifact", &b, &changed, false);
+
+        // One byte of the checkpoint's signature.
+        let mut t = b.clone();
+        let cp = &mut t["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
+            ["envelope"];
+        let envelope = cp.as_str().unwrap().to_string();
+        let (note, sig_line) = envelope.split_once("\n\n").unwrap();
+        let (prefix, sig_b64) = sig_line.trim_end().rsplit_once(' ').unwrap();
+        let mut sig = B64.decode(sig_b64).unwrap();
+        let last = sig.len() - 1;
+        sig[last] ^= 0x01;
+        *cp = json!(format!("{note}\n\n{prefix} {}\n", B64.encode(&sig)));
+        agree("checkpoint signature", &t, &file, false);
+
+        // The log's time moved (v1: the SET no longer verifies).
+        if log == 1 {
+            let mut t = b.clone();
+            let e = &mut t["verificationMaterial"]["tlogEntries"][0];
+            let time: i64 = e["integratedTime"].as_str().unwrap().parse().unwrap();
+            e["integratedTime"] = json!((time - 3600).to_string());
+            agree("integrated time", &t, &file, false);
+        }
+        // The timestamp's token, one byte changed near its end (the TSA's signature).
+        if with_tsa {
+            let mut t = b.clone();
+            let st = &mut t["verificationMaterial"]["timestampVerificationData"]
+                ["rfc3161Timestamps"][0]["signedTimestamp"];
+            let mut der = B64.decode(st.as_str().unwrap()).unwrap();
+            let n = der.len() - 3;
+            der[n] ^= 0x01;
+            *st = json!(B64.encode(der));
+            agree("timestamp signature", &t, &file, false);
+        }
+    }
+}
