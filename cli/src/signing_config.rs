@@ -920,6 +920,65 @@ mod tests {
     }
 
     #[test]
+    fn trusted_roots_give_logs_by_log_id_cas_and_validity_windows() {
+        let root = json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "tlogs": [{
+                "baseUrl": "https://rekor.example",
+                "publicKey": { "rawBytes": "AQID", "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                               "validFor": { "start": T0, "end": T1 } },
+                "logId": { "keyId": "CQk=" },
+            }],
+            "ctlogs": [{ "publicKey": { "rawBytes": "BAU=" } }],
+            "certificateAuthorities": [{
+                "uri": "https://fulcio.example",
+                "certChain": { "certificates": [{ "rawBytes": "Bgc=" }, { "rawBytes": "CAk=" }] },
+                "validFor": { "start": T0 },
+            }],
+        });
+        let r = TrustedRoot::parse(root.to_string().as_bytes()).unwrap();
+        let log = &r.logs[0];
+        assert_eq!(log.key_id, [9u8, 9]);
+        assert_eq!(log.key_details, "PKIX_ECDSA_P256_SHA_256");
+        // Both ends are inside the window.
+        assert!(log.valid_at(at(T0)) && log.valid_at(at(T1)));
+        assert!(!log.valid_at(at("2024-12-31T23:59:59Z")));
+        assert!(!log.valid_at(at("2025-07-01T00:00:01Z")));
+        // No logId: SHA-256 of the key; no validFor: always.
+        {
+            use sha2::Digest as _;
+            assert_eq!(r.ctlogs[0].key_id, sha2::Sha256::digest([4u8, 5]).to_vec());
+        }
+        assert!(r.ctlogs[0].valid_at(at(T0)));
+        assert_eq!(r.cas[0].chain, vec![vec![6u8, 7], vec![8, 9]]);
+        assert!(r.cas[0].valid_at(at(T1)) && !r.cas[0].valid_at(at("2024-06-01T00:00:00Z")));
+        assert_eq!(
+            r.tlogs,
+            vec![("https://rekor.example".to_string(), vec![1u8, 2, 3])]
+        );
+
+        for (bad, names) in [
+            (
+                json!({"certificateAuthorities": [{"certChain": {"certificates": []}}]}),
+                "certificateAuthorities[0].certChain.certificates",
+            ),
+            (
+                json!({"ctlogs": [{"publicKey": {"rawBytes": "AQ==", "validFor": {"start": "soon"}}}]}),
+                "ctlogs[0].publicKey.validFor.start",
+            ),
+            (
+                json!({"tlogs": (0..65).map(|_| json!({})).collect::<Vec<_>>()}),
+                "tlogs: lists 65 entries",
+            ),
+        ] {
+            let mut v = bad;
+            v["mediaType"] = json!("application/vnd.dev.sigstore.trustedroot.v0.2+json");
+            let e = TrustedRoot::parse(v.to_string().as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(names), "{names}: {e}");
+        }
+    }
+
+    #[test]
     fn selector_numbers_are_read_as_protobuf_json_allows() {
         let v = config(
             vec![

@@ -893,3 +893,71 @@ pub const NO_TRUSTED_ROOT: &str = "no --trusted-root and no default trusted root
 pub fn default_trusted_root() -> Option<Vec<u8>> {
     None
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn sct(log: u8, sig: &[u8]) -> Vec<u8> {
+        let mut s = vec![0u8];
+        s.extend_from_slice(&[log; 32]);
+        s.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+        s.extend_from_slice(&[0, 0, 4, 3]);
+        s.extend_from_slice(&u16::try_from(sig.len()).unwrap().to_be_bytes());
+        s.extend_from_slice(sig);
+        s
+    }
+
+    fn list(scts: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for s in scts {
+            body.extend_from_slice(&u16::try_from(s.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(s);
+        }
+        let mut out = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn sct_lists_parse_and_malformed_ones_are_refused() {
+        let l = list(&[sct(1, b"sig-one"), sct(2, b"sig-two")]);
+        let scts = parse_sct_list(&l).unwrap();
+        assert_eq!(scts.len(), 2);
+        assert_eq!(scts[1].log_id, [2u8; 32]);
+        assert_eq!(scts[0].timestamp_ms, 1_700_000_000_000);
+        assert_eq!((scts[0].hash_alg, scts[0].sig_alg), (4, 3));
+        assert_eq!(scts[1].signature, b"sig-two");
+        // Every truncation is an error, never a panic.
+        for n in 0..l.len() {
+            assert!(parse_sct_list(&l[..n]).is_err(), "{n}");
+        }
+        let mut trailing = l.clone();
+        trailing.push(0);
+        assert!(parse_sct_list(&trailing).is_err());
+        let mut v2 = sct(1, b"s");
+        v2[0] = 1;
+        assert!(parse_sct_list(&list(&[v2])).is_err());
+    }
+
+    #[test]
+    fn the_innermost_named_check_names_a_failure() {
+        let e = Named::err("tlog inclusion proof", "wrong root")
+            .context("entry 0")
+            .context(Named::err("tlog entry body", "outer").to_string());
+        assert_eq!(Named::of(&e, "bundle"), "tlog inclusion proof");
+        assert_eq!(Named::of(&anyhow!("plain"), "bundle"), "bundle");
+    }
+
+    #[test]
+    fn matchers_are_exact_or_unanchored_regexps() {
+        let exact = Matcher::Exact("a@example.com".into());
+        assert!(exact.matches("a@example.com"));
+        assert!(!exact.matches("xa@example.com"));
+        let re = Matcher::Regex(regex::Regex::new("@example\\.com$").unwrap());
+        assert!(re.matches("a@example.com"));
+        assert!(!re.matches("a@example.com.evil"));
+    }
+}
