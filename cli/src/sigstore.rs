@@ -361,7 +361,7 @@ impl Bundle {
 
     /// Reads a bundle file.
     pub fn read(path: &Path) -> Result<Bundle> {
-        let text = std::fs::read(path)
+        let text = read_bounded(path, MAX_BUNDLE_BYTES)
             .with_context(|| format!("cannot read the bundle {}", path.display()))?;
         let bundle: Bundle = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a Sigstore bundle", path.display()))?;
@@ -374,6 +374,22 @@ impl Bundle {
         }
         Ok(bundle)
     }
+}
+
+/// The largest bundle file read (a statement is at most 512 KiB; certificates, entries
+/// and timestamps add little).
+pub const MAX_BUNDLE_BYTES: u64 = 16 << 20;
+
+/// Reads a file of at most `max` bytes; a longer one is refused, not read.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        bail!("{} is longer than {max} bytes", path.display());
+    }
+    Ok(buf)
 }
 
 // --- Rekor ---------------------------------------------------------------------------

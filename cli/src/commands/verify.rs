@@ -22,6 +22,9 @@ fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     spki_from_pem(&text).with_context(|| format!("{} is not a PEM public key", path.display()))
 }
 
+/// The largest trusted root file read (the public-good instance's is about 10 KiB).
+const MAX_TRUSTED_ROOT_BYTES: u64 = 4 << 20;
+
 /// At most this many bytes of a regular expression given on the command line.
 const MAX_REGEX: usize = 1024;
 
@@ -235,7 +238,7 @@ fn run_trusted(ctx: &Ctx, args: &VerifyArgs, identity: bool) -> Result<()> {
         })
     };
     let root_bytes = match &args.trusted_root {
-        Some(path) => std::fs::read(path)
+        Some(path) => crate::sigstore::read_bounded(path, MAX_TRUSTED_ROOT_BYTES)
             .with_context(|| format!("cannot read the trusted root {}", path.display()))?,
         None => default_trusted_root().ok_or_else(|| anyhow::anyhow!("{NO_TRUSTED_ROOT}"))?,
     };
