@@ -101,7 +101,13 @@ fuzz_target!(|data: &[u8]| {
         tsas: Vec::new(),
     };
     let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-    let _ = verify(&bundle, &artifact, &Policy::Key(SIGNER_SPKI.to_vec()), &root, now);
+    let _ = verify(
+        &bundle,
+        &artifact,
+        &Policy::Key(SIGNER_SPKI.to_vec()),
+        &root,
+        now,
+    );
     let identity = Policy::Identity {
         san: Matcher::Exact("a@example.com".into()),
         issuer: Matcher::Exact("https://issuer.example".into()),
