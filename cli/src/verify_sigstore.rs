@@ -421,11 +421,18 @@ fn run(
             )
         })?;
         if let Some(cert) = &leaf_der {
-            if logged_certificate(e).is_some_and(|logged| &logged != cert) {
-                named_bail!(
+            // The log must hold the certificate itself, not only its key: what it
+            // logged is what the signing time vouches for.
+            match logged_certificate(e) {
+                Some(logged) if &logged == cert => {}
+                Some(_) => named_bail!(
                     "tlog entry body",
                     "entry {i}: the logged certificate is not the bundle's"
-                );
+                ),
+                None => named_bail!(
+                    "tlog entry body",
+                    "entry {i}: the entry logs a key, not the bundle's certificate"
+                ),
             }
         }
         if v2 {
