@@ -214,6 +214,25 @@ fn the_wrong_identity_or_issuer_is_refused() {
         &["--certificate-oidc-issuer", "https://accounts.google.com"],
     );
     refused(&out, "certificate issuer");
+    // --json: the report on stdout ends with the failed check, the line on stderr stays.
+    let out = k.verify_with(
+        &k.bundle,
+        &k.root,
+        &k.artifact,
+        &[
+            "--certificate-oidc-issuer",
+            "https://accounts.google.com",
+            "--json",
+        ],
+    );
+    refused(&out, "certificate issuer");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified"], false);
+    let checks = report["checks"].as_array().unwrap();
+    let last = checks.last().unwrap();
+    assert_eq!(last["check"], "certificate issuer", "{report}");
+    assert_eq!(last["ok"], false);
+    assert!(checks[..checks.len() - 1].iter().all(|c| c["ok"] == true));
 }
 
 #[test]
