@@ -14,3 +14,4 @@ pub mod tpmwrap;
 pub mod trustroot;
 pub mod tsa;
 pub mod verify;
+pub mod verify_sigstore;

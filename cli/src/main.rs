@@ -35,6 +35,7 @@ use waxseal::sigstore;
 use waxseal::sshfmt;
 use waxseal::tsa;
 use waxseal::verify;
+use waxseal::verify_sigstore;
 
 use waxseal_proto::proto::{HashAlg, KeyAlg, PcrSelection, PinPolicy, TouchPolicy};
 
@@ -522,7 +523,9 @@ struct AttestArgs {
 
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
-    /// The signed file.
+    /// The signed file, or `sha256:<64 hex>` (its digest) when no file has that name; for
+    /// a DSSE bundle, one of the in-toto statement's subjects.
+    #[arg(value_name = "FILE_OR_DIGEST")]
     file: PathBuf,
     /// The Sigstore bundle (default: FILE.sigstore.json, or FILE.sig when only that exists).
     #[arg(long, value_name = "BUNDLE", conflicts_with = "signature")]
@@ -531,17 +534,17 @@ struct VerifyArgs {
     #[arg(long, value_name = "SIG")]
     signature: Option<PathBuf>,
     /// Check the bundle's transparency log entries against this Rekor public key (PEM).
-    #[arg(long, value_name = "PEMFILE", conflicts_with = "signature")]
+    #[arg(long, value_name = "PEMFILE", conflicts_with_all = ["signature", "trusted_root"])]
     rekor_public_key: Option<PathBuf>,
     /// Check the bundle's RFC 3161 timestamps against this TSA's certificates (PEM: the
     /// TSA's signing certificate, or the certificates that issued it).
-    #[arg(long, value_name = "PEMFILE", conflicts_with = "signature")]
+    #[arg(long, value_name = "PEMFILE", conflicts_with_all = ["signature", "trusted_root"])]
     tsa_cert_chain: Option<PathBuf>,
     /// Verify with this agent key.
     #[arg(
         long,
         conflicts_with = "public_key",
-        required_unless_present = "public_key"
+        required_unless_present_any = ["public_key", "certificate_identity", "certificate_identity_regexp"]
     )]
     key: Option<String>,
     /// Verify with this PEM public key (no agent needed).
@@ -550,6 +553,28 @@ struct VerifyArgs {
     /// RSA keys: the bare signature is PSS.
     #[arg(long)]
     pss: bool,
+    /// Keyless bundles: the certificate's SAN (email or URI) must be exactly this.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["key", "public_key", "signature", "certificate_identity_regexp"])]
+    certificate_identity: Option<String>,
+    /// Keyless bundles: a SAN must match this regular expression (unanchored, as cosign's).
+    #[arg(long, value_name = "RE", conflicts_with_all = ["key", "public_key", "signature"])]
+    certificate_identity_regexp: Option<String>,
+    /// Keyless bundles: the certificate's OIDC issuer must be exactly this URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "certificate_oidc_issuer_regexp"
+    )]
+    certificate_oidc_issuer: Option<String>,
+    /// Keyless bundles: the OIDC issuer must match this regular expression (unanchored).
+    #[arg(long, value_name = "RE")]
+    certificate_oidc_issuer_regexp: Option<String>,
+    /// A Sigstore TrustedRoot (JSON): every log, CT log, Fulcio CA and TSA the bundle's
+    /// entries, certificate and timestamps must chain to, with their validity windows.
+    /// Needed for certificate identities (default: the trusted root `waxseal trust
+    /// update` keeps); with --public-key/--key it makes the transparency log required.
+    #[arg(long, value_name = "FILE", conflicts_with = "signature")]
+    trusted_root: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -419,24 +419,188 @@ pub const TRUSTED_ROOT_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
 ];
 
-/// The parts of a Sigstore `TrustedRoot` that check the chosen services' answers.
+/// At most this many entries in each list of a trusted root, and certificates in a chain.
+pub const TRUSTED_ROOT_MAX_ENTRIES: usize = 64;
+
+/// A `TransparencyLogInstance` of a trusted root (`tlogs[]` or `ctlogs[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogInstance {
+    /// `baseUrl` (a trailing `/` removed; may be empty for CT logs).
+    pub base_url: String,
+    /// `publicKey.rawBytes`: DER SubjectPublicKeyInfo.
+    pub key: Vec<u8>,
+    /// `publicKey.keyDetails` (e.g. `PKIX_ECDSA_P256_SHA_256`), empty when not given.
+    pub key_details: String,
+    /// `logId.keyId`; when the file leaves it out, SHA-256 of the key.
+    pub key_id: Vec<u8>,
+    /// `publicKey.validFor.start`.
+    pub start: Option<OffsetDateTime>,
+    /// `publicKey.validFor.end`.
+    pub end: Option<OffsetDateTime>,
+}
+
+/// A `CertificateAuthority` of a trusted root (`certificateAuthorities[]` or
+/// `timestampAuthorities[]`): its chain, issuing certificate first, root last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// `uri`, may be empty.
+    pub uri: String,
+    /// `certChain.certificates[].rawBytes`.
+    pub chain: Vec<Vec<u8>>,
+    /// `validFor.start`.
+    pub start: Option<OffsetDateTime>,
+    /// `validFor.end`.
+    pub end: Option<OffsetDateTime>,
+}
+
+/// Whether `t` lies in `[start, end]` (both ends included; a missing end is open; a
+/// missing start is open too, as protobuf-specs leaves it required but unchecked).
+pub fn within(
+    start: Option<OffsetDateTime>,
+    end: Option<OffsetDateTime>,
+    t: OffsetDateTime,
+) -> bool {
+    start.is_none_or(|s| t >= s) && end.is_none_or(|e| t <= e)
+}
+
+impl LogInstance {
+    /// Whether the log's key was valid at `t`.
+    pub fn valid_at(&self, t: OffsetDateTime) -> bool {
+        within(self.start, self.end, t)
+    }
+}
+
+impl Authority {
+    /// Whether the authority was valid at `t`.
+    pub fn valid_at(&self, t: OffsetDateTime) -> bool {
+        within(self.start, self.end, t)
+    }
+}
+
+/// A Sigstore `TrustedRoot`: the keys and certificates a verifier trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedRoot {
     /// `tlogs[]`: `baseUrl` and `publicKey.rawBytes` (DER SubjectPublicKeyInfo).
     pub tlogs: Vec<(String, Vec<u8>)>,
     /// `timestampAuthorities[].certChain.certificates[].rawBytes`, one chain each.
     pub tsa_chains: Vec<Vec<Vec<u8>>>,
+    /// `tlogs[]` in full: Rekor logs, found by `logId`.
+    pub logs: Vec<LogInstance>,
+    /// `ctlogs[]`: certificate transparency logs, found by `logId`.
+    pub ctlogs: Vec<LogInstance>,
+    /// `certificateAuthorities[]`: Fulcio instances.
+    pub cas: Vec<Authority>,
+    /// `timestampAuthorities[]` with their validity windows.
+    pub tsas: Vec<Authority>,
+}
+
+/// One `TransparencyLogInstance` at `at`.
+fn log_instance(t: &Value, at: &str, need_url: bool) -> Result<LogInstance, ConfigError> {
+    use base64::Engine as _;
+    let b64 = |v: Option<&Value>, field: String| -> Result<Vec<u8>, ConfigError> {
+        v.and_then(Value::as_str)
+            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+            .ok_or_else(|| field_err(field, "missing or not base64"))
+    };
+    let base_url = match t.get("baseUrl").and_then(Value::as_str) {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None if need_url => return Err(field_err(format!("{at}.baseUrl"), "missing")),
+        None => String::new(),
+    };
+    let pk = t.get("publicKey");
+    let key = b64(
+        pk.and_then(|k| k.get("rawBytes")),
+        format!("{at}.publicKey.rawBytes"),
+    )?;
+    let key_details = match pk.and_then(|k| k.get("keyDetails")) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let key_id = match t.get("logId").and_then(|l| l.get("keyId")) {
+        None | Some(Value::Null) => {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(&key).to_vec()
+        }
+        v => b64(v, format!("{at}.logId.keyId"))?,
+    };
+    let (start, end) = valid_for(
+        pk.and_then(|k| k.get("validFor")),
+        &format!("{at}.publicKey.validFor"),
+    )?;
+    Ok(LogInstance {
+        base_url,
+        key,
+        key_details,
+        key_id,
+        start,
+        end,
+    })
+}
+
+/// A `TimeRange` at `at`.
+fn valid_for(
+    v: Option<&Value>,
+    at: &str,
+) -> Result<(Option<OffsetDateTime>, Option<OffsetDateTime>), ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok((None, None)),
+        Some(Value::Object(r)) => Ok((
+            timestamp(r.get("start"), &format!("{at}.start"))?,
+            timestamp(r.get("end"), &format!("{at}.end"))?,
+        )),
+        Some(_) => Err(field_err(at, "is not an object")),
+    }
+}
+
+/// One `CertificateAuthority` at `at`.
+fn authority(t: &Value, at: &str) -> Result<Authority, ConfigError> {
+    use base64::Engine as _;
+    let certs = t
+        .get("certChain")
+        .and_then(|c| c.get("certificates"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| field_err(format!("{at}.certChain.certificates"), "missing"))?;
+    if certs.is_empty() || certs.len() > TRUSTED_ROOT_MAX_ENTRIES {
+        return Err(field_err(
+            format!("{at}.certChain.certificates"),
+            format!(
+                "holds {} certificates (1 to {TRUSTED_ROOT_MAX_ENTRIES})",
+                certs.len()
+            ),
+        ));
+    }
+    let chain = certs
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            c.get("rawBytes")
+                .and_then(Value::as_str)
+                .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+                .ok_or_else(|| {
+                    field_err(
+                        format!("{at}.certChain.certificates[{j}].rawBytes"),
+                        "missing or not base64",
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (start, end) = valid_for(t.get("validFor"), &format!("{at}.validFor"))?;
+    Ok(Authority {
+        uri: t
+            .get("uri")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        chain,
+        start,
+        end,
+    })
 }
 
 impl TrustedRoot {
     /// Parses a `TrustedRoot` in protobuf JSON.
     pub fn parse(bytes: &[u8]) -> Result<TrustedRoot, ConfigError> {
-        use base64::Engine as _;
-        let b64 = |v: Option<&Value>, field: String| -> Result<Vec<u8>, ConfigError> {
-            v.and_then(Value::as_str)
-                .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
-                .ok_or_else(|| field_err(field, "missing or not base64"))
-        };
         let v: Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::NotJson(e.to_string()))?;
         match v.get("mediaType").and_then(Value::as_str) {
@@ -455,47 +619,48 @@ impl TrustedRoot {
         let list = |name: &str| -> Result<Vec<Value>, ConfigError> {
             match v.get(name) {
                 None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(a)) if a.len() > TRUSTED_ROOT_MAX_ENTRIES => Err(field_err(
+                    name,
+                    format!(
+                        "lists {} entries, more than {TRUSTED_ROOT_MAX_ENTRIES}",
+                        a.len()
+                    ),
+                )),
                 Some(Value::Array(a)) => Ok(a.clone()),
                 Some(_) => Err(field_err(name, "is not a list")),
             }
         };
-        let mut tlogs = Vec::new();
-        for (i, t) in list("tlogs")?.iter().enumerate() {
-            let url = t
-                .get("baseUrl")
-                .and_then(Value::as_str)
-                .ok_or_else(|| field_err(format!("tlogs[{i}].baseUrl"), "missing"))?;
-            let key = b64(
-                t.get("publicKey").and_then(|k| k.get("rawBytes")),
-                format!("tlogs[{i}].publicKey.rawBytes"),
-            )?;
-            tlogs.push((url.trim_end_matches('/').to_string(), key));
-        }
-        let mut tsa_chains = Vec::new();
-        for (i, t) in list("timestampAuthorities")?.iter().enumerate() {
-            let certs = t
-                .get("certChain")
-                .and_then(|c| c.get("certificates"))
-                .and_then(Value::as_array)
-                .ok_or_else(|| {
-                    field_err(
-                        format!("timestampAuthorities[{i}].certChain.certificates"),
-                        "missing",
-                    )
-                })?;
-            let chain = certs
+        let logs = list("tlogs")?
+            .iter()
+            .enumerate()
+            .map(|(i, t)| log_instance(t, &format!("tlogs[{i}]"), true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ctlogs = list("ctlogs")?
+            .iter()
+            .enumerate()
+            .map(|(i, t)| log_instance(t, &format!("ctlogs[{i}]"), false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cas = list("certificateAuthorities")?
+            .iter()
+            .enumerate()
+            .map(|(i, t)| authority(t, &format!("certificateAuthorities[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tsas = list("timestampAuthorities")?
+            .iter()
+            .enumerate()
+            .map(|(i, t)| authority(t, &format!("timestampAuthorities[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedRoot {
+            tlogs: logs
                 .iter()
-                .enumerate()
-                .map(|(j, c)| {
-                    b64(
-                        c.get("rawBytes"),
-                        format!("timestampAuthorities[{i}].certChain.certificates[{j}].rawBytes"),
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            tsa_chains.push(chain);
-        }
-        Ok(TrustedRoot { tlogs, tsa_chains })
+                .map(|l| (l.base_url.clone(), l.key.clone()))
+                .collect(),
+            tsa_chains: tsas.iter().map(|t| t.chain.clone()).collect(),
+            logs,
+            ctlogs,
+            cas,
+            tsas,
+        })
     }
 
     /// The key of the log at `url` (matched on `baseUrl`, a trailing `/` ignored).
@@ -752,6 +917,65 @@ mod tests {
         });
         let e = TrustedRoot::parse(bad.to_string().as_bytes()).unwrap_err();
         assert!(e.to_string().contains("tlogs[0].publicKey.rawBytes"), "{e}");
+    }
+
+    #[test]
+    fn trusted_roots_give_logs_by_log_id_cas_and_validity_windows() {
+        let root = json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "tlogs": [{
+                "baseUrl": "https://rekor.example",
+                "publicKey": { "rawBytes": "AQID", "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                               "validFor": { "start": T0, "end": T1 } },
+                "logId": { "keyId": "CQk=" },
+            }],
+            "ctlogs": [{ "publicKey": { "rawBytes": "BAU=" } }],
+            "certificateAuthorities": [{
+                "uri": "https://fulcio.example",
+                "certChain": { "certificates": [{ "rawBytes": "Bgc=" }, { "rawBytes": "CAk=" }] },
+                "validFor": { "start": T0 },
+            }],
+        });
+        let r = TrustedRoot::parse(root.to_string().as_bytes()).unwrap();
+        let log = &r.logs[0];
+        assert_eq!(log.key_id, [9u8, 9]);
+        assert_eq!(log.key_details, "PKIX_ECDSA_P256_SHA_256");
+        // Both ends are inside the window.
+        assert!(log.valid_at(at(T0)) && log.valid_at(at(T1)));
+        assert!(!log.valid_at(at("2024-12-31T23:59:59Z")));
+        assert!(!log.valid_at(at("2025-07-01T00:00:01Z")));
+        // No logId: SHA-256 of the key; no validFor: always.
+        {
+            use sha2::Digest as _;
+            assert_eq!(r.ctlogs[0].key_id, sha2::Sha256::digest([4u8, 5]).to_vec());
+        }
+        assert!(r.ctlogs[0].valid_at(at(T0)));
+        assert_eq!(r.cas[0].chain, vec![vec![6u8, 7], vec![8, 9]]);
+        assert!(r.cas[0].valid_at(at(T1)) && !r.cas[0].valid_at(at("2024-06-01T00:00:00Z")));
+        assert_eq!(
+            r.tlogs,
+            vec![("https://rekor.example".to_string(), vec![1u8, 2, 3])]
+        );
+
+        for (bad, names) in [
+            (
+                json!({"certificateAuthorities": [{"certChain": {"certificates": []}}]}),
+                "certificateAuthorities[0].certChain.certificates",
+            ),
+            (
+                json!({"ctlogs": [{"publicKey": {"rawBytes": "AQ==", "validFor": {"start": "soon"}}}]}),
+                "ctlogs[0].publicKey.validFor.start",
+            ),
+            (
+                json!({"tlogs": (0..65).map(|_| json!({})).collect::<Vec<_>>()}),
+                "tlogs: lists 65 entries",
+            ),
+        ] {
+            let mut v = bad;
+            v["mediaType"] = json!("application/vnd.dev.sigstore.trustedroot.v0.2+json");
+            let e = TrustedRoot::parse(v.to_string().as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(names), "{names}: {e}");
+        }
     }
 
     #[test]

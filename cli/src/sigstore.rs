@@ -29,12 +29,14 @@ use waxseal_proto::intoto::{self, Statement};
 use waxseal_proto::proto::HashAlg;
 
 use crate::verify::{hash_file, AnyPublicKey};
+use crate::verify_sigstore::{named_bail, Named};
 
 /// The media type of the bundles we write.
 pub const MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 /// Media types we read.
-pub const MEDIA_TYPES_READ: [&str; 3] = [
+pub const MEDIA_TYPES_READ: [&str; 4] = [
     MEDIA_TYPE,
+    "application/vnd.dev.sigstore.bundle+json;version=0.3",
     "application/vnd.dev.sigstore.bundle+json;version=0.2",
     "application/vnd.dev.sigstore.bundle+json;version=0.1",
 ];
@@ -256,7 +258,7 @@ pub fn hash_name(hash: HashAlg) -> &'static str {
     }
 }
 
-fn hash_of_name(name: &str) -> Result<HashAlg> {
+pub(crate) fn hash_of_name(name: &str) -> Result<HashAlg> {
     match name {
         "SHA2_256" => Ok(HashAlg::Sha256),
         "SHA2_384" => Ok(HashAlg::Sha384),
@@ -359,7 +361,7 @@ impl Bundle {
 
     /// Reads a bundle file.
     pub fn read(path: &Path) -> Result<Bundle> {
-        let text = std::fs::read(path)
+        let text = read_bounded(path, MAX_BUNDLE_BYTES)
             .with_context(|| format!("cannot read the bundle {}", path.display()))?;
         let bundle: Bundle = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a Sigstore bundle", path.display()))?;
@@ -372,6 +374,22 @@ impl Bundle {
         }
         Ok(bundle)
     }
+}
+
+/// The largest bundle file read (a statement is at most 512 KiB; certificates, entries
+/// and timestamps add little).
+pub const MAX_BUNDLE_BYTES: u64 = 16 << 20;
+
+/// Reads a file of at most `max` bytes; a longer one is refused, not read.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        bail!("{} is longer than {max} bytes", path.display());
+    }
+    Ok(buf)
 }
 
 // --- Rekor ---------------------------------------------------------------------------
@@ -514,6 +532,18 @@ impl Rekor {
         envelope: &Envelope,
         spki: &[u8],
     ) -> Result<()> {
+        self.check_dsse_entry_opts(entry, envelope, spki, true, true)
+    }
+
+    /// [`Rekor::check_dsse_entry`], with what [`Rekor::check_logged_v1_opts`] requires.
+    pub fn check_dsse_entry_opts(
+        &self,
+        entry: &TlogEntry,
+        envelope: &Envelope,
+        spki: &[u8],
+        need_set: bool,
+        need_proof: bool,
+    ) -> Result<()> {
         if entry.kind_version.kind != "dsse" || entry.kind_version.version != "0.0.1" {
             bail!(
                 "the entry is {} {}, not dsse 0.0.1",
@@ -552,11 +582,11 @@ impl Rekor {
         let logged_key = logged["verifier"]
             .as_str()
             .and_then(|k| B64.decode(k).ok())
-            .and_then(|pem| crate::verify::spki_from_pem(&String::from_utf8_lossy(&pem)).ok());
+            .and_then(|pem| logged_pem_key(&pem));
         if logged_key.as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
-        self.check_logged_v1(entry)
+        self.check_logged_v1_opts(entry, need_set, need_proof)
     }
 
     /// Checks a bundle's log entry against this log's key and the signature it is for.
@@ -567,6 +597,21 @@ impl Rekor {
         digest: &[u8],
         signature: &[u8],
         spki: &[u8],
+    ) -> Result<()> {
+        self.check_entry_opts(entry, hash, digest, signature, spki, true, true)
+    }
+
+    /// [`Rekor::check_entry`], with what [`Rekor::check_logged_v1_opts`] requires.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_entry_opts(
+        &self,
+        entry: &TlogEntry,
+        hash: HashAlg,
+        digest: &[u8],
+        signature: &[u8],
+        spki: &[u8],
+        need_set: bool,
+        need_proof: bool,
     ) -> Result<()> {
         if entry.kind_version.version == "0.0.2" {
             return self.check_entry_v2(entry, digest, signature, spki);
@@ -595,64 +640,90 @@ impl Rekor {
         let logged_key = spec["signature"]["publicKey"]["content"]
             .as_str()
             .and_then(|k| B64.decode(k).ok())
-            .and_then(|pem| crate::verify::spki_from_pem(&String::from_utf8_lossy(&pem)).ok());
+            .and_then(|pem| logged_pem_key(&pem));
         if logged_key.as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
-        self.check_logged_v1(entry)
+        self.check_logged_v1_opts(entry, need_set, need_proof)
     }
 
     /// What every Rekor v1 entry must pass, whatever its kind: its log ID is this log
     /// key's, its signed entry timestamp verifies with the key, and its inclusion proof
-    /// leads to the root of a checkpoint the key signed.
-    fn check_logged_v1(&self, entry: &TlogEntry) -> Result<()> {
+    /// leads to the root of a checkpoint the key signed. Either may be missing when
+    /// not needed (v0.1 bundles: a signed entry timestamp alone; v0.2 and later: an
+    /// inclusion proof alone, and then the entry gives no time); one that is there is
+    /// checked, and an entry with neither is refused. Each failure is a
+    /// [`Named`] check: `tlog log id`, `tlog signed entry timestamp`, `tlog inclusion
+    /// proof`, `tlog checkpoint`.
+    pub fn check_logged_v1_opts(
+        &self,
+        entry: &TlogEntry,
+        need_set: bool,
+        need_proof: bool,
+    ) -> Result<()> {
         let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
         // 2. The log is the one we trust.
         let log_id = Sha256::digest(&self.key_der);
         if entry.log_id.key_id.0 != log_id[..] {
-            bail!(
+            named_bail!(
+                "tlog log id",
                 "logId {} is not the log key's ({})",
                 hex::encode(&entry.log_id.key_id.0),
                 hex::encode(log_id)
             );
         }
-        // 3. The signed entry timestamp.
-        let promise = entry
-            .inclusion_promise
-            .as_ref()
-            .ok_or_else(|| anyhow!("no inclusion promise (signed entry timestamp)"))?;
-        let set_payload = format!(
-            "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
-            Value::String(B64.encode(&entry.canonicalized_body.0)),
-            entry.integrated_time.0,
-            Value::String(hex::encode(&entry.log_id.key_id.0)),
-            entry.log_index.0
-        );
-        let set_digest = Sha256::digest(set_payload.as_bytes());
-        log_key
-            .verify_digest(
-                &set_digest,
-                HashAlg::Sha256,
-                &promise.signed_entry_timestamp.0,
-                false,
-            )
-            .context("the signed entry timestamp does not verify with the Rekor public key")?;
-        // 4. The inclusion proof and its checkpoint: required, as in a v0.3 bundle (an
-        // entry with a signed entry timestamp alone is only a promise of inclusion).
-        let proof = entry.inclusion_proof.as_ref().ok_or_else(|| {
-            anyhow!("the log entry has no inclusion proof (a v0.3 bundle's entries need one)")
-        })?;
-        let leaf = leaf_hash(&entry.canonicalized_body.0);
-        let root = root_from_proof(
-            proof.log_index.0,
-            proof.tree_size.0,
-            leaf,
-            &proof.hashes.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
-        )?;
-        if root.as_slice() != proof.root_hash.0.as_slice() {
-            bail!("the inclusion proof does not lead to its root hash");
+        if entry.inclusion_promise.is_none() && entry.inclusion_proof.is_none() {
+            named_bail!(
+                "tlog inclusion proof",
+                "the log entry has neither an inclusion proof nor a signed entry timestamp"
+            );
         }
-        check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)?;
+        // 3. The signed entry timestamp.
+        match &entry.inclusion_promise {
+            Some(promise) => {
+                let set_payload = format!(
+                    "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
+                    Value::String(B64.encode(&entry.canonicalized_body.0)),
+                    entry.integrated_time.0,
+                    Value::String(hex::encode(&entry.log_id.key_id.0)),
+                    entry.log_index.0
+                );
+                let set_digest = Sha256::digest(set_payload.as_bytes());
+                log_key
+                    .verify_digest(
+                        &set_digest,
+                        HashAlg::Sha256,
+                        &promise.signed_entry_timestamp.0,
+                        false,
+                    )
+                    .map_err(|e| {
+                        Named::err(
+                            "tlog signed entry timestamp",
+                            format!("the signed entry timestamp does not verify with the Rekor public key: {e}"),
+                        )
+                    })?;
+            }
+            None if need_set => named_bail!(
+                "tlog signed entry timestamp",
+                "no inclusion promise (signed entry timestamp)"
+            ),
+            None => {}
+        }
+        // 4. The inclusion proof and its checkpoint: required from v0.2 on (an entry with
+        // a signed entry timestamp alone is only a promise of inclusion).
+        let Some(proof) = entry.inclusion_proof.as_ref() else {
+            if need_proof {
+                named_bail!(
+                    "tlog inclusion proof",
+                    "the log entry has no inclusion proof (a v0.2 or v0.3 bundle's entries need one)"
+                );
+            }
+            return Ok(());
+        };
+        let leaf = leaf_hash(&entry.canonicalized_body.0);
+        check_proof(leaf, proof)?;
+        check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)
+            .map_err(|e| Named::err("tlog checkpoint", format!("{e:#}")))?;
         Ok(())
     }
 }
@@ -758,25 +829,23 @@ impl Rekor {
         if decoded(&spec["signature"]["content"]).as_deref() != Some(signature) {
             bail!("the logged signature is not the bundle's");
         }
-        let logged_key = &spec["signature"]["verifier"]["publicKey"]["rawBytes"];
-        if decoded(logged_key).as_deref() != Some(spki) {
+        let verifier = &spec["signature"]["verifier"];
+        let logged_key = decoded(&verifier["publicKey"]["rawBytes"]).or_else(|| {
+            decoded(&verifier["x509Certificate"]["rawBytes"]).and_then(|c| cert_spki(&c).ok())
+        });
+        if logged_key.as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
-        let proof = entry
-            .inclusion_proof
-            .as_ref()
-            .ok_or_else(|| anyhow!("the log entry has no inclusion proof"))?;
+        let proof = entry.inclusion_proof.as_ref().ok_or_else(|| {
+            Named::err(
+                "tlog inclusion proof",
+                "the log entry has no inclusion proof",
+            )
+        })?;
         let leaf = leaf_hash(&entry.canonicalized_body.0);
-        let root = root_from_proof(
-            proof.log_index.0,
-            proof.tree_size.0,
-            leaf,
-            &proof.hashes.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
-        )?;
-        if root.as_slice() != proof.root_hash.0.as_slice() {
-            bail!("the inclusion proof does not lead to its root hash");
-        }
+        check_proof(leaf, proof)?;
         check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)
+            .map_err(|e| Named::err("tlog checkpoint", format!("{e:#}")))
     }
 }
 
@@ -832,6 +901,57 @@ fn to_tlog_entry(e: RekorEntry) -> Result<TlogEntry> {
         inclusion_proof,
         canonicalized_body: B64Bytes(body),
     })
+}
+
+/// The inclusion proof leads from `leaf` to its root hash (a [`Named`] `tlog inclusion
+/// proof` failure otherwise).
+fn check_proof(leaf: [u8; 32], proof: &InclusionProof) -> Result<()> {
+    let named = |e: &dyn std::fmt::Display| Named::err("tlog inclusion proof", e.to_string());
+    let root = root_from_proof(
+        proof.log_index.0,
+        proof.tree_size.0,
+        leaf,
+        &proof.hashes.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
+    )
+    .map_err(|e| named(&e))?;
+    if root.as_slice() != proof.root_hash.0.as_slice() {
+        return Err(named(&"the inclusion proof does not lead to its root hash"));
+    }
+    Ok(())
+}
+
+/// The key of a PEM a Rekor entry logs as its verifier: a `PUBLIC KEY`, or a
+/// `CERTIFICATE`'s SubjectPublicKeyInfo (keyless bundles log the leaf certificate).
+pub(crate) fn logged_pem_key(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("-----BEGIN CERTIFICATE-----") {
+        let der = logged_pem_certificate(pem)?;
+        return cert_spki(&der).ok();
+    }
+    crate::verify::spki_from_pem(&text).ok()
+}
+
+/// The DER of the first `CERTIFICATE` block of a PEM.
+pub(crate) fn logged_pem_certificate(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    B64.decode(body.trim()).ok().filter(|d| !d.is_empty())
+}
+
+/// A DER certificate's SubjectPublicKeyInfo, DER.
+pub(crate) fn cert_spki(der: &[u8]) -> Result<Vec<u8>> {
+    use der::{Decode as _, Encode as _};
+    let cert =
+        x509_cert::Certificate::from_der(der).map_err(|e| anyhow!("not a DER certificate: {e}"))?;
+    cert.tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| anyhow!("the certificate's public key: {e}"))
 }
 
 /// RFC 6962 leaf hash.
@@ -983,6 +1103,54 @@ fn post_json(url: &str, request: &Value, timeout: Duration, service: &str) -> Re
 
 // --- verification --------------------------------------------------------------------
 
+/// What a bundle is checked against: a file, or the SHA-256 digest of one
+/// (`sha256:<64 hex>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Artifact {
+    /// A file on disk, hashed when checked.
+    File(std::path::PathBuf),
+    /// A SHA-256 digest.
+    Sha256([u8; 32]),
+}
+
+impl Artifact {
+    /// A path, or `sha256:<64 hex>` when no file of that name exists.
+    pub fn parse(arg: &Path) -> Result<Artifact> {
+        if arg.exists() {
+            return Ok(Artifact::File(arg.to_path_buf()));
+        }
+        let text = arg.to_string_lossy();
+        if let Some(hexed) = text.strip_prefix("sha256:") {
+            let mut d = [0u8; 32];
+            if hexed.len() == 64 && hex::decode_to_slice(hexed, &mut d).is_ok() {
+                return Ok(Artifact::Sha256(d));
+            }
+            bail!("`{text}`: a digest is sha256: and 64 hex digits");
+        }
+        Ok(Artifact::File(arg.to_path_buf()))
+    }
+
+    /// The artifact's digest with `hash` (a digest given as such: SHA-256 only).
+    pub fn digest(&self, hash: HashAlg) -> Result<Vec<u8>> {
+        match (self, hash) {
+            (Artifact::File(p), _) => hash_file(p, hash),
+            (Artifact::Sha256(d), HashAlg::Sha256) => Ok(d.to_vec()),
+            (Artifact::Sha256(_), other) => bail!(
+                "the bundle signs a {other} digest, and the artifact is given as a SHA-256 digest: give the file"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Artifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Artifact::File(p) => write!(f, "{}", p.display()),
+            Artifact::Sha256(d) => write!(f, "sha256:{}", hex::encode(d)),
+        }
+    }
+}
+
 /// What a successful bundle verification checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
@@ -1015,7 +1183,7 @@ pub struct Verified {
 /// when `rekor` is given, every timestamp (over the signature bytes) when `tsa` is.
 pub fn verify_bundle(
     bundle: &Bundle,
-    file: &Path,
+    file: &Artifact,
     spki: &[u8],
     rekor: Option<&Rekor>,
     tsa: Option<&crate::tsa::TrustedTsa>,
@@ -1044,11 +1212,11 @@ pub fn verify_bundle(
         .as_ref()
         .ok_or_else(|| anyhow!("the bundle has no messageSignature"))?;
     let hash = hash_of_name(&ms.message_digest.algorithm)?;
-    let digest = hash_file(file, hash)?;
+    let digest = file.digest(hash)?;
     if digest != ms.message_digest.digest.0 {
         bail!(
             "digest mismatch: {} has {} {} but the bundle signed {}",
-            file.display(),
+            file,
             hash,
             hex::encode(&digest),
             hex::encode(&ms.message_digest.digest.0)
@@ -1156,7 +1324,7 @@ fn check_material(
 fn verify_dsse(
     envelope: &Envelope,
     vm: &VerificationMaterial,
-    file: &Path,
+    file: &Artifact,
     spki: &[u8],
     rekor: Option<&Rekor>,
     tsa: Option<&crate::tsa::TrustedTsa>,
@@ -1190,11 +1358,11 @@ fn verify_dsse(
         )?;
     let statement = Statement::parse(&envelope.payload.0)
         .context("the DSSE payload is not an in-toto statement waxseal reads")?;
-    let digest = hash_file(file, HashAlg::Sha256)?;
+    let digest = file.digest(HashAlg::Sha256)?;
     if !statement.names_sha256(&digest) {
         bail!(
             "digest mismatch: {} has SHA-256 {}, which is not among the statement's subjects ({})",
-            file.display(),
+            file,
             hex::encode(&digest),
             statement
                 .subjects
@@ -1219,7 +1387,7 @@ fn verify_dsse(
 }
 
 /// The DER `TimeStampResp`s of `timestampVerificationData.rfc3161Timestamps`.
-fn timestamps(vm: &VerificationMaterial) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn timestamps(vm: &VerificationMaterial) -> Result<Vec<Vec<u8>>> {
     let Some(data) = &vm.timestamp_verification_data else {
         return Ok(Vec::new());
     };

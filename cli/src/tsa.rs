@@ -276,6 +276,18 @@ pub fn check_response(answer: &[u8], imprint: &[u8; 32], nonce: &[u8; 8]) -> Res
 /// Checks a DER `TimeStampToken` over SHA-256 `imprint`, and its nonce when given.
 /// The result's `response` is empty: a token alone has none.
 pub fn check_token(token: &[u8], imprint: &[u8], nonce: Option<&[u8; 8]>) -> Result<Timestamp> {
+    check_token_with(token, imprint, nonce, &[])
+}
+
+/// [`check_token`], where the signer's certificate may also be one of `trusted` (a
+/// token need not carry its certificate when the query did not ask for it, and a
+/// verifier's trusted root names the TSA's).
+pub fn check_token_with(
+    token: &[u8],
+    imprint: &[u8],
+    nonce: Option<&[u8; 8]>,
+    trusted: &[Certificate],
+) -> Result<Timestamp> {
     let info = ContentInfo::from_der(token)
         .map_err(|e| anyhow!("the token is not a CMS ContentInfo: {e}"))?;
     if info.content_type != ID_SIGNED_DATA {
@@ -353,7 +365,7 @@ pub fn check_token(token: &[u8], imprint: &[u8], nonce: Option<&[u8; 8]>) -> Res
     }
 
     // 3. The signature verifies with the TSA certificate in the token.
-    let cert = signer_certificate(&sd, &signer.sid)?;
+    let cert = signer_certificate(&sd, &signer.sid, trusted)?;
     // RFC 3161 section 2.4.1 / RFC 5816: a signed signingCertificateV2 binds the
     // certificate to the signature; when there is one, it must name this certificate.
     if attrs.iter().any(|a| a.oid == ID_SIGNING_CERTIFICATE_V2) {
@@ -479,7 +491,7 @@ impl TrustedTsa {
             .time_stamp_token
             .ok_or_else(|| anyhow!("no timeStampToken"))?
             .to_der()?;
-        let stamp = check_token(&token, &Sha256::digest(signature), None)?;
+        let stamp = check_token_with(&token, &Sha256::digest(signature), None, &self.certs)?;
         let cert = &stamp.certificate;
         let der = cert.to_der()?;
         for t in &self.certs {
@@ -501,7 +513,7 @@ impl TrustedTsa {
 }
 
 /// Checks that `issuer`'s key signed `cert`.
-fn issued_by(cert: &Certificate, issuer: &Certificate) -> Result<()> {
+pub(crate) fn issued_by(cert: &Certificate, issuer: &Certificate) -> Result<()> {
     let spki = issuer.tbs_certificate.subject_public_key_info.to_der()?;
     let key = AnyPublicKey::from_spki(&spki)?;
     let oid = &cert.signature_algorithm.oid;
@@ -569,18 +581,24 @@ fn check_signature_algorithm(
 }
 
 /// The certificate in the token that `sid` names.
-fn signer_certificate<'a>(sd: &'a SignedData, sid: &SignerIdentifier) -> Result<&'a Certificate> {
-    let certs = sd
-        .certificates
-        .as_ref()
-        .ok_or_else(|| anyhow!("the token carries no certificate (the query asked for one)"))?;
-    certs
-        .0
+fn signer_certificate<'a>(
+    sd: &'a SignedData,
+    sid: &SignerIdentifier,
+    trusted: &'a [Certificate],
+) -> Result<&'a Certificate> {
+    let carried = sd.certificates.as_ref();
+    if carried.is_none() && trusted.is_empty() {
+        bail!("the token carries no certificate (the query asked for one)");
+    }
+    carried
+        .map(|c| c.0.as_slice())
+        .unwrap_or_default()
         .iter()
         .filter_map(|c| match c {
             CertificateChoices::Certificate(c) => Some(c),
             CertificateChoices::Other(_) => None,
         })
+        .chain(trusted.iter())
         .find(|c| match sid {
             SignerIdentifier::IssuerAndSerialNumber(is) => {
                 c.tbs_certificate.issuer == is.issuer

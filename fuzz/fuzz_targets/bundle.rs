@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use waxseal::sigstore::{verify_bundle, Bundle, Rekor, MEDIA_TYPES_READ};
+use waxseal::signing_config::{LogInstance, TrustedRoot};
+use waxseal::sigstore::{verify_bundle, Artifact, Bundle, Rekor, MEDIA_TYPES_READ};
+use waxseal::verify_sigstore::{verify, Matcher, Policy};
 use waxseal_fuzz::json_eq;
 
 /// The signer's and the log's public keys (DER SPKI) the seeds are made with.
@@ -75,6 +77,40 @@ fuzz_target!(|data: &[u8]| {
         url: "http://127.0.0.1:9".into(),
         key_der: REKOR_SPKI.to_vec(),
     };
-    let _ = verify_bundle(&bundle, &f.artifact, SIGNER_SPKI, Some(&rekor), None);
-    let _ = verify_bundle(&bundle, &f.artifact, SIGNER_SPKI, None, None);
+    let artifact = Artifact::File(f.artifact.clone());
+    let _ = verify_bundle(&bundle, &artifact, SIGNER_SPKI, Some(&rekor), None);
+    let _ = verify_bundle(&bundle, &artifact, SIGNER_SPKI, None, None);
+    // The trusted-root verifier, with a fixed root naming the Rekor key, for a key and
+    // for an identity (the bundle's certificate, if any, chains to nothing here).
+    let root = TrustedRoot {
+        tlogs: Vec::new(),
+        tsa_chains: Vec::new(),
+        logs: vec![LogInstance {
+            base_url: rekor.url.clone(),
+            key: REKOR_SPKI.to_vec(),
+            key_details: String::new(),
+            key_id: {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(REKOR_SPKI).to_vec()
+            },
+            start: None,
+            end: None,
+        }],
+        ctlogs: Vec::new(),
+        cas: Vec::new(),
+        tsas: Vec::new(),
+    };
+    let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    let _ = verify(
+        &bundle,
+        &artifact,
+        &Policy::Key(SIGNER_SPKI.to_vec()),
+        &root,
+        now,
+    );
+    let identity = Policy::Identity {
+        san: Matcher::Exact("a@example.com".into()),
+        issuer: Matcher::Exact("https://issuer.example".into()),
+    };
+    let _ = verify(&bundle, &artifact, &identity, &root, now);
 });

@@ -1,16 +1,19 @@
-//! `waxseal verify FILE [--bundle B | --signature SIG] (--key NAME | --public-key PEM)
-//! [--rekor-public-key PEM] [--tsa-cert-chain PEM]`: message-signature bundles, DSSE
-//! bundles of `waxseal attest` (FILE must be one of the statement's subjects), and bare
-//! signatures.
+//! `waxseal verify FILE_OR_DIGEST [--bundle B | --signature SIG] (--key NAME |
+//! --public-key PEM | --certificate-identity[-regexp] … --certificate-oidc-issuer[-regexp]
+//! …) [--trusted-root F | --rekor-public-key PEM --tsa-cert-chain PEM]`:
+//! message-signature bundles, DSSE bundles (FILE must be one of the statement's
+//! subjects), and bare signatures. With a trusted root (always, for certificate
+//! identities) the checks are `verify_sigstore`'s, each named.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::Ctx;
-use crate::sigstore::{verify_bundle, Bundle, Rekor};
+use crate::sigstore::{verify_bundle, Artifact, Bundle, Rekor};
 use crate::tsa::TrustedTsa;
 use crate::verify::{read_signature, spki_from_pem, verify_file};
+use crate::verify_sigstore::{default_trusted_root, Matcher, Policy, NO_TRUSTED_ROOT};
 use crate::VerifyArgs;
 
 fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -19,7 +22,38 @@ fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     spki_from_pem(&text).with_context(|| format!("{} is not a PEM public key", path.display()))
 }
 
+/// The largest trusted root file read (the public-good instance's is about 10 KiB).
+const MAX_TRUSTED_ROOT_BYTES: u64 = 4 << 20;
+
+/// At most this many bytes of a regular expression given on the command line.
+const MAX_REGEX: usize = 1024;
+
+fn matcher(exact: &Option<String>, re: &Option<String>, what: &str) -> Result<Matcher> {
+    match (exact, re) {
+        (Some(s), _) => Ok(Matcher::Exact(s.clone())),
+        (None, Some(r)) if r.len() > MAX_REGEX => {
+            bail!("--{what}-regexp is longer than {MAX_REGEX} bytes")
+        }
+        (None, Some(r)) => regex::RegexBuilder::new(r)
+            .size_limit(1 << 20)
+            .build()
+            .map(Matcher::Regex)
+            .with_context(|| format!("--{what}-regexp is not a regular expression")),
+        (None, None) => bail!("give --{what} or --{what}-regexp"),
+    }
+}
+
 pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
+    let identity =
+        args.certificate_identity.is_some() || args.certificate_identity_regexp.is_some();
+    if !identity
+        && (args.certificate_oidc_issuer.is_some() || args.certificate_oidc_issuer_regexp.is_some())
+    {
+        bail!("--certificate-oidc-issuer goes with --certificate-identity or --certificate-identity-regexp");
+    }
+    if identity || args.trusted_root.is_some() {
+        return run_trusted(ctx, &args, identity);
+    }
     let spki = match (&args.key, &args.public_key) {
         (Some(key), _) => ctx.connect()?.public_key(key)?.spki_der.0,
         (None, Some(pem)) => read_pem(pem, "the public key")?,
@@ -86,7 +120,8 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         None => None,
     };
     let bundle = Bundle::read(&bundle_path)?;
-    let v = verify_bundle(&bundle, &args.file, &spki, rekor.as_ref(), tsa.as_ref()).with_context(
+    let artifact = Artifact::parse(&args.file)?;
+    let v = verify_bundle(&bundle, &artifact, &spki, rekor.as_ref(), tsa.as_ref()).with_context(
         || {
             format!(
                 "{} does not verify against {}",
@@ -152,6 +187,97 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
                 "ies were"
             }
         );
+    }
+    Ok(())
+}
+
+/// The bundle's path: `--bundle`, or FILE.sigstore.json, or FILE.intoto.sigstore.json.
+fn default_bundle(args: &VerifyArgs) -> Result<PathBuf> {
+    if let Some(b) = &args.bundle {
+        return Ok(b.clone());
+    }
+    if !args.file.exists() {
+        bail!("give --bundle: {} is not a file", args.file.display());
+    }
+    let with_suffix = |s: &str| {
+        let mut p = args.file.clone().into_os_string();
+        p.push(s);
+        PathBuf::from(p)
+    };
+    let (plain, attested) = (
+        with_suffix(".sigstore.json"),
+        with_suffix(".intoto.sigstore.json"),
+    );
+    Ok(if !plain.exists() && attested.exists() {
+        attested
+    } else {
+        plain
+    })
+}
+
+/// Verification against a trusted root: every check named, `--json` lists them.
+fn run_trusted(ctx: &Ctx, args: &VerifyArgs, identity: bool) -> Result<()> {
+    let policy = if identity {
+        Policy::Identity {
+            san: matcher(
+                &args.certificate_identity,
+                &args.certificate_identity_regexp,
+                "certificate-identity",
+            )?,
+            issuer: matcher(
+                &args.certificate_oidc_issuer,
+                &args.certificate_oidc_issuer_regexp,
+                "certificate-oidc-issuer",
+            )?,
+        }
+    } else {
+        Policy::Key(match (&args.key, &args.public_key) {
+            (Some(key), _) => ctx.connect()?.public_key(key)?.spki_der.0,
+            (None, Some(pem)) => read_pem(pem, "the public key")?,
+            (None, None) => bail!("give --key NAME or --public-key PEMFILE"),
+        })
+    };
+    let root_bytes = match &args.trusted_root {
+        Some(path) => crate::sigstore::read_bounded(path, MAX_TRUSTED_ROOT_BYTES)
+            .with_context(|| format!("cannot read the trusted root {}", path.display()))?,
+        None => default_trusted_root().ok_or_else(|| anyhow::anyhow!("{NO_TRUSTED_ROOT}"))?,
+    };
+    let root = crate::signing_config::TrustedRoot::parse(&root_bytes).with_context(|| {
+        format!(
+            "the trusted root {}",
+            args.trusted_root.as_ref().map_or_else(
+                || match waxseal::trustroot::current_trusted_root().1 {
+                    waxseal::trustroot::Source::Shipped =>
+                        "(default: the public-good instance's, shipped with waxseal)".to_string(),
+                    waxseal::trustroot::Source::Refreshed { repository } =>
+                        format!("(default: from `waxseal trust update` of {repository})"),
+                },
+                |p| p.display().to_string()
+            )
+        )
+    })?;
+    let artifact = Artifact::parse(&args.file)?;
+    let bundle_path = default_bundle(args)?;
+    let bundle = Bundle::read(&bundle_path)
+        .map_err(|e| anyhow::anyhow!("verify: bundle: {}", format!("{e:#}").replace('\n', " ")))?;
+    let report = crate::verify_sigstore::verify(
+        &bundle,
+        &artifact,
+        &policy,
+        &root,
+        time::OffsetDateTime::now_utc(),
+    );
+    if ctx.json {
+        ctx.print_json(&report)?;
+    }
+    if let Some(f) = report.failure() {
+        bail!("verify: {}: {}", f.check, f.detail);
+    }
+    if !ctx.json {
+        outln!("Verified OK: {artifact} ({})", bundle_path.display());
+        for c in &report.checks {
+            outln!("  {}: {}", c.check, c.detail);
+        }
     }
     Ok(())
 }
