@@ -1984,9 +1984,9 @@ fn flush_session(conn: &mut Conn, session: AuthSession) {
     let _ = conn.cmd("TPM2_FlushContext (session)", |c| c.flush_context(handle));
 }
 
-/// Writes `path` whole, replacing what was there: a temporary file (0600) beside it,
-/// synced, then renamed over it.
-fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a new temporary file (0600) beside `path`, synced, and returns its
+/// path; nothing is left behind on failure.
+fn write_synced_temp(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
@@ -2003,9 +2003,22 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes `path` whole, replacing what was there: a temporary file (0600) beside it,
+/// synced, then renamed over it.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = write_synced_temp(path, bytes)?;
+    let result = fs::rename(&tmp, path);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -2029,25 +2042,11 @@ fn write_new_file(device: &str, dir: &Path, path: &Path, bytes: &[u8]) -> Result
         .mode(0o700)
         .create(dir)
         .map_err(|e| io("create the folder of", e))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::hard_link(&tmp, path)
-    })();
-    let _ = fs::remove_file(&tmp);
+    let result = write_synced_temp(path, bytes).and_then(|tmp| {
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        linked
+    });
     match result {
         Ok(()) => {
             if let Ok(d) = fs::File::open(dir) {
