@@ -231,6 +231,42 @@ enum CaCommand {
         #[arg(long, default_value = "chain.pem")]
         out: PathBuf,
     },
+    /// A timestamping certificate (RFC 3161 TSA signer, as sigstore/timestamp-authority
+    /// requires: end entity, keyUsage digitalSignature, only a critical timeStamping
+    /// extended key usage) issued by an agent CA key, and the TSA's chain file.
+    Tsa {
+        /// The TSA's key, DEVICE/LABEL.
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
+        key: Option<String>,
+        /// Certify this public key (PEM `PUBLIC KEY` or DER SubjectPublicKeyInfo)
+        /// instead: a TSA whose key lives elsewhere.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        /// The issuing CA's key, DEVICE/LABEL (a root or an intermediate).
+        #[arg(long)]
+        issuer_key: String,
+        /// The issuer's chain: its certificate first, its root last (`ca root`'s or `ca
+        /// intermediate`'s output).
+        #[arg(long, value_name = "PEMFILE")]
+        issuer_chain: PathBuf,
+        /// Subject common name.
+        #[arg(long)]
+        cn: String,
+        /// Subject organization.
+        #[arg(long)]
+        org: String,
+        /// Validity in days, from now; clipped to the issuer's.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+        /// Where the PEM chain goes (TSA certificate, then the issuer's chain); an
+        /// existing file is never replaced.
+        #[arg(long, default_value = "tsa-chain.pem")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

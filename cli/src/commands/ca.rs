@@ -66,7 +66,121 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 out: &out,
             },
         ),
+        CaCommand::Tsa {
+            key,
+            public_key,
+            issuer_key,
+            issuer_chain,
+            cn,
+            org,
+            days,
+            out,
+        } => tsa(
+            ctx,
+            &Tsa {
+                key: key.as_deref(),
+                public_key: public_key.as_deref(),
+                issuer_key: &issuer_key,
+                issuer_chain: &issuer_chain,
+                cn: &cn,
+                org: &org,
+                days,
+                out: &out,
+            },
+        ),
     }
+}
+
+/// At most this many certificates in a chain file.
+const MAX_CHAIN: usize = 8;
+
+/// `waxseal ca tsa`, as typed.
+#[derive(Debug, Clone, Copy)]
+struct Tsa<'a> {
+    key: Option<&'a str>,
+    public_key: Option<&'a Path>,
+    issuer_key: &'a str,
+    issuer_chain: &'a Path,
+    cn: &'a str,
+    org: &'a str,
+    days: u32,
+    out: &'a Path,
+}
+
+/// The issuer's chain file: its certificates (issuer first), checked as a chain, and
+/// the issuer as [`RootInfo`].
+fn read_issuer_chain(path: &Path) -> Result<(Vec<Vec<u8>>, RootInfo)> {
+    let data = fs::read(path)
+        .with_context(|| format!("cannot read the issuer's chain {}", path.display()))?;
+    let ders = ca::pem_certificates(&data, MAX_CHAIN)
+        .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
+    ca::check_chain(&ders, None)
+        .with_context(|| format!("{} is not a valid chain", path.display()))?;
+    let issuer = RootInfo::parse(&ders[0])
+        .with_context(|| format!("the first certificate of {} cannot issue", path.display()))?;
+    Ok((ders, issuer))
+}
+
+/// The DER SubjectPublicKeyInfo of a PEM `PUBLIC KEY` file, or of a DER one.
+fn read_public_key(path: &Path) -> Result<Vec<u8>> {
+    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if data.len() > 64 * 1024 {
+        bail!("{} is larger than a public key can be", path.display());
+    }
+    ca::pem_or_der(&data, "PUBLIC KEY").with_context(|| format!("{} refused", path.display()))
+}
+
+fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
+    refuse_existing(req.out)?;
+    let (chain, issuer) = read_issuer_chain(req.issuer_chain)?;
+    let client = RefCell::new(ctx.connect()?);
+    let subject_key = match (req.key, req.public_key) {
+        (Some(key), None) => {
+            let public = client
+                .borrow_mut()
+                .public_key(key)
+                .with_context(|| format!("cannot read the public key of {key}"))?;
+            KeyMaterial::from_spki(&public.spki_der.0)?
+        }
+        (None, Some(path)) => KeyMaterial::from_spki(&read_public_key(path)?)
+            .with_context(|| format!("{} cannot be certified", path.display()))?,
+        _ => bail!("name the TSA's key with --key NAME or --public-key FILE (one of them)"),
+    };
+    let signer = agent_signer(&client, req.issuer_key)?;
+    if signer.key().spki() != issuer.spki.as_slice() {
+        bail!(
+            "the first certificate of {} is not {}'s: its public key differs",
+            req.issuer_chain.display(),
+            req.issuer_key
+        );
+    }
+    let params = ca::tsa_params(req.cn, req.org, req.days, &subject_key, &issuer)?;
+    // Before anything is signed: a chain Go's verifiers refuse for timestamping.
+    ca::check_chain(&chain, Some(("1.3.6.1.5.5.7.3.8", "timeStamping"))).with_context(|| {
+        format!(
+            "{} cannot issue a timestamping certificate",
+            req.issuer_chain.display()
+        )
+    })?;
+    let issuer_der = issuer.der.clone();
+    let rc_issuer = ca::issuer_from_cert(&issuer_der, signer)?;
+    let cert = params
+        .signed_by(&subject_key, &rc_issuer)
+        .map_err(|e| rc_issuer.key().explain(e))?;
+    let der = cert.der().to_vec();
+    let mut full = vec![der.clone()];
+    full.extend(chain);
+    ca::check_chain(&full, Some(("1.3.6.1.5.5.7.3.8", "timeStamping")))
+        .context("the new timestamping certificate does not chain to the issuer")?;
+    let text: String = full.iter().map(|d| ca::cert_pem(d)).collect();
+    write_new(req.out, &text)?;
+    report(
+        ctx,
+        &der,
+        req.out,
+        None,
+        "timestamping (chain: TSA, then the issuer's chain)",
+    )
 }
 
 /// A signer that sends each TBSCertificate to the agent with purpose `x509-tbs`.
