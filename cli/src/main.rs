@@ -267,6 +267,41 @@ enum CaCommand {
         #[arg(long, default_value = "tsa-chain.pem")]
         out: PathBuf,
     },
+    /// A Sigstore TrustedRoot v0.2 (JSON) for the clients of a private deployment:
+    /// the CA chain, the Rekor log's key, optionally a CT log's key, and the TSA's
+    /// chain, each with its validity window.
+    TrustedRoot {
+        /// The Fulcio chain (`ca intermediate`'s output: intermediate first, root last).
+        #[arg(long, value_name = "PEMFILE")]
+        ca_chain: Option<PathBuf>,
+        /// The CA's URL (Fulcio).
+        #[arg(long, value_name = "URL", requires = "ca_chain")]
+        ca_url: Option<String>,
+        /// The Rekor log's URL.
+        #[arg(long, value_name = "URL", requires = "rekor_key")]
+        rekor_url: Option<String>,
+        /// The Rekor log's public key (PEM).
+        #[arg(long, value_name = "PEMFILE", requires = "rekor_url")]
+        rekor_key: Option<PathBuf>,
+        /// A CT log's URL.
+        #[arg(long, value_name = "URL", requires = "ctlog_key")]
+        ctlog_url: Option<String>,
+        /// The CT log's public key (PEM).
+        #[arg(long, value_name = "PEMFILE", requires = "ctlog_url")]
+        ctlog_key: Option<PathBuf>,
+        /// Since when the logs' keys are valid (RFC 3339); default: now.
+        #[arg(long, value_name = "TIME")]
+        logs_valid_from: Option<String>,
+        /// The TSA's chain (`ca tsa`'s output: TSA certificate first, root last).
+        #[arg(long, value_name = "PEMFILE")]
+        tsa_chain: Option<PathBuf>,
+        /// The TSA's URL.
+        #[arg(long, value_name = "URL", requires = "tsa_chain")]
+        tsa_url: Option<String>,
+        /// Where the JSON goes; an existing file is never replaced.
+        #[arg(short = 'o', long, default_value = "trusted_root.json")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

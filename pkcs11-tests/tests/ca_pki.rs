@@ -1,17 +1,22 @@
 //! The rest of a private Sigstore's PKI (issue 21, part 3) on a real SoftHSM2 token
 //! behind a real agent: `waxseal ca tsa` (a timestamping certificate that OpenSSL's own
 //! TSA signs replies with, `openssl ts -verify` and `openssl verify -purpose
-//! timestampsign` accept, and waxseal's TSA checks accept in a bundle).
+//! timestampsign` accept, and waxseal's TSA checks accept in a bundle) and `waxseal ca
+//! trusted-root` (a TrustedRoot v0.2 file that `waxseal sign --trusted-root` and
+//! @sigstore/verify read).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use pkcs11_tests::{
-    audit_records, output_text as text, pkcs11_device, require, run_ok, Agent, LocalService,
-    SoftHsm,
+    audit_records, output_text as text, pkcs11_device, read_json, require, run_ok, sigstore_js,
+    write_pubkey, Agent, LocalService, MockRekor, SoftHsm,
 };
-use waxseal::ca;
+use sha2::{Digest, Sha256};
+use waxseal::ca::{self, KeyMaterial, RemoteSigner};
 use waxseal_agent::proto::KeyAlg;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -381,17 +386,11 @@ fn tsa_certificate_for_an_agent_key_follows_the_timestamp_authority_profile() {
     assert!(!refused.exists());
 }
 
-/// A TSA certificate for a key in a file (`--public-key`), issued by the agent's root:
-/// OpenSSL's own TSA (`openssl ts -reply`, which loads its signer key only from a
-/// file, not through an engine) answers with it, `openssl ts -verify` accepts the
-/// reply against the root, and `waxseal sign --tsa-url` against that TSA served over
-/// HTTP makes a bundle `waxseal verify` accepts with the root as the TSA trust anchor.
-#[test]
-fn openssl_ts_signs_with_the_issued_tsa_certificate() {
-    let (_hsm, agent) = pki_agent();
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, _chain) = make_chain(&agent, tmp.path());
-    let tsa_dir = tmp.path().join("tsa");
+/// A TSA whose key is a file (OpenSSL's `openssl ts -reply` loads its signer key only
+/// from a file), certified by `ca tsa --public-key` under the agent's root: the
+/// directory holding tsa.key, tsa.pem, chain.pem (TSA, root), root.pem and tsa.cnf.
+fn file_key_tsa(agent: &Agent, dir: &Path, root: &Path) -> PathBuf {
+    let tsa_dir = dir.join("tsa");
     std::fs::create_dir(&tsa_dir).unwrap();
     let d = |n: &str| tsa_dir.join(n);
     run_ok(
@@ -414,7 +413,7 @@ fn openssl_ts_signs_with_the_issued_tsa_certificate() {
             .arg(d("tsa.pub.pem")),
     );
     cli_ok(
-        &agent,
+        agent,
         &[
             "ca",
             "tsa",
@@ -423,7 +422,7 @@ fn openssl_ts_signs_with_the_issued_tsa_certificate() {
             "--issuer-key",
             ROOT,
             "--issuer-chain",
-            s(&root),
+            s(root),
             "--cn",
             "openssl tsa",
             "--org",
@@ -435,7 +434,7 @@ fn openssl_ts_signs_with_the_issued_tsa_certificate() {
     let got = certs(&d("chain.pem"));
     assert_tsa_profile(&got[0], &got[1]);
     std::fs::write(d("tsa.pem"), ca::cert_pem(&got[0])).unwrap();
-    std::fs::copy(&root, d("root.pem")).unwrap();
+    std::fs::copy(root, d("root.pem")).unwrap();
     std::fs::write(d("serial"), "01\n").unwrap();
     std::fs::write(
         d("tsa.cnf"),
@@ -446,6 +445,28 @@ fn openssl_ts_signs_with_the_issued_tsa_certificate() {
     )
     .unwrap();
 
+    tsa_dir
+}
+
+/// OpenSSL's TSA over `tsa_dir` (see [`file_key_tsa`]) behind HTTP.
+fn serve_tsa(tsa_dir: &Path) -> LocalService {
+    let python = require("python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/openssl_tsa.py");
+    LocalService::start(s(&python), &[s(&script), s(tsa_dir), "existing"])
+}
+
+/// A TSA certificate for a key in a file (`--public-key`), issued by the agent's root:
+/// OpenSSL's own TSA (`openssl ts -reply`, which loads its signer key only from a
+/// file, not through an engine) answers with it, `openssl ts -verify` accepts the
+/// reply against the root, and `waxseal sign --tsa-url` against that TSA served over
+/// HTTP makes a bundle `waxseal verify` accepts with the root as the TSA trust anchor.
+#[test]
+fn openssl_ts_signs_with_the_issued_tsa_certificate() {
+    let (_hsm, agent) = pki_agent();
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, _chain) = make_chain(&agent, tmp.path());
+    let tsa_dir = file_key_tsa(&agent, tmp.path(), &root);
+    let d = |n: &str| tsa_dir.join(n);
     // OpenSSL's TSA, directly: query, reply, verify against the root.
     std::fs::write(d("data"), b"timestamp me").unwrap();
     let ok = |args: &[&str]| {
@@ -531,4 +552,220 @@ fn openssl_ts_signs_with_the_issued_tsa_certificate() {
         s(&other.file("root.pem")),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
+
+/// `node js/verify-root.js`: @sigstore/verify's verdict on a bundle against a trusted
+/// root file, with these tlog and timestamp thresholds (no SCT asked for).
+fn sigstore_js_verify_root(
+    bundle: &Path,
+    artifact: &Path,
+    root: &Path,
+    tlogs: u32,
+    stamps: u32,
+    key: Option<&Path>,
+) -> Result<(), String> {
+    let js = sigstore_js();
+    let mut cmd = Command::new("node");
+    cmd.arg(js.join("verify-root.js"))
+        .arg(bundle)
+        .arg(artifact)
+        .arg(root)
+        .arg(tlogs.to_string())
+        .arg(stamps.to_string());
+    if let Some(k) = key {
+        cmd.arg(k);
+    }
+    let out = cmd.output().unwrap();
+    let said = text(&out);
+    if out.status.success() && said.trim() == "OK" {
+        Ok(())
+    } else {
+        Err(said)
+    }
+}
+
+/// A Fulcio-profile leaf (code signing, an e-mail SAN, 10 minutes) for `key`, issued
+/// by the agent's intermediate key (purpose x509-tbs, x509_issue = ["leaf"]).
+fn leaf_for(agent: &Agent, key: &str, intermediate_der: &[u8]) -> Vec<u8> {
+    let spki = agent.client().public_key(key).unwrap().spki_der.0;
+    let leaf = KeyMaterial::from_spki(&spki).unwrap();
+    let issuer_spki = agent.client().public_key(INTERMEDIATE).unwrap().spki_der.0;
+    let cell = std::cell::RefCell::new(agent.client());
+    let signer = RemoteSigner::new(
+        KeyMaterial::from_spki(&issuer_spki).unwrap(),
+        |tbs: &[u8]| Ok(cell.borrow_mut().sign_tbs(INTERMEDIATE, tbs)?.signature.0),
+    );
+    let issuer = ca::issuer_from_cert(intermediate_der, signer).unwrap();
+    ca::leaf_params("dev@example.org", &leaf)
+        .unwrap()
+        .signed_by(&leaf, &issuer)
+        .map_err(|e| issuer.key().explain(e))
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+/// `ca trusted-root` names the ceremony's chain, the Rekor log's key and the TSA's
+/// chain; `waxseal sign --trusted-root` checks the Rekor answer and the timestamp
+/// with it, and @sigstore/verify, reading the very file, accepts a key bundle (one tlog
+/// entry, one timestamp) and a bundle whose leaf certificate was issued under the
+/// ceremony's intermediate (one timestamp); a trusted root without the CA refuses the
+/// latter.
+#[test]
+fn trusted_root_file_lets_sigstore_js_verify_bundles_of_the_private_deployment() {
+    let (_hsm, agent) = pki_agent();
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, chain) = make_chain(&agent, tmp.path());
+    let tsa_dir = file_key_tsa(&agent, tmp.path(), &root);
+    let tsa = serve_tsa(&tsa_dir);
+    let rekor = MockRekor::start();
+    let tsa_chain = tsa_dir.join("chain.pem");
+    let tr = tmp.path().join("trusted_root.json");
+    let base = [
+        "ca",
+        "trusted-root",
+        "--rekor-url",
+        &rekor.url,
+        "--rekor-key",
+        s(&rekor.public_key),
+        "--tsa-chain",
+        s(&tsa_chain),
+        "--tsa-url",
+        &tsa.url,
+        "--logs-valid-from",
+        "2020-01-01T00:00:00Z",
+    ];
+    let mut args = base.to_vec();
+    args.extend([
+        "--ca-chain",
+        s(&chain),
+        "--ca-url",
+        "https://fulcio.example.com",
+        "-o",
+        s(&tr),
+    ]);
+    cli_ok(&agent, &args);
+    let v = read_json(&tr);
+    assert_eq!(
+        v["mediaType"],
+        "application/vnd.dev.sigstore.trustedroot.v0.2+json"
+    );
+    let rekor_spki =
+        ca::pem_or_der(&std::fs::read(&rekor.public_key).unwrap(), "PUBLIC KEY").unwrap();
+    assert_eq!(
+        v["tlogs"][0]["logId"]["keyId"],
+        B64.encode(Sha256::digest(&rekor_spki))
+    );
+    assert_eq!(
+        v["tlogs"][0]["publicKey"]["rawBytes"],
+        B64.encode(&rekor_spki)
+    );
+    assert_eq!(
+        v["tlogs"][0]["publicKey"]["validFor"]["start"],
+        "2020-01-01T00:00:00Z"
+    );
+    assert_eq!(v["tlogs"][0]["baseUrl"], rekor.url.as_str());
+    let ca_chain = certs(&chain);
+    let got: Vec<Vec<u8>> = v["certificateAuthorities"][0]["certChain"]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| B64.decode(c["rawBytes"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(got, ca_chain);
+    assert_eq!(
+        v["certificateAuthorities"][0]["subject"]["commonName"],
+        "pki intermediate"
+    );
+    let (_, inter) = X509Certificate::from_der(&ca_chain[0]).unwrap();
+    let start = &v["certificateAuthorities"][0]["validFor"]["start"];
+    let t = inter.validity().not_before.to_datetime();
+    let want = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    assert_eq!(start.as_str(), Some(want.as_str()));
+    assert_eq!(
+        v["timestampAuthorities"][0]["certChain"]["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // An existing file is never replaced.
+    let e = cli_err(&agent, &args);
+    assert!(e.contains("exists already"), "{e}");
+
+    // A key bundle through the Rekor stand-in and OpenSSL's TSA, checked by waxseal
+    // against the file as it signs, then by @sigstore/verify.
+    let file = tmp.path().join("release.tgz");
+    std::fs::write(&file, b"release\n".repeat(64)).unwrap();
+    let out = agent.cli(&[
+        "sign",
+        s(&file),
+        "--key",
+        SIGNER,
+        "--rekor-url",
+        &rekor.url,
+        "--tsa-url",
+        &tsa.url,
+        "--trusted-root",
+        s(&tr),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bundle = PathBuf::from(format!("{}.sigstore.json", s(&file)));
+    let pem = write_pubkey(&agent, SIGNER, tmp.path());
+    sigstore_js_verify_root(&bundle, &file, &tr, 1, 1, Some(&pem))
+        .unwrap_or_else(|e| panic!("@sigstore/verify refused the key bundle: {e}"));
+
+    // A certificate bundle: the signer's leaf issued under the ceremony's intermediate,
+    // the signature timestamped by the TSA.
+    let leaf = leaf_for(&agent, SIGNER, &ca_chain[0]);
+    let file2 = tmp.path().join("release2.tgz");
+    std::fs::write(&file2, b"release two\n".repeat(64)).unwrap();
+    let out = agent.cli(&["sign", s(&file2), "--key", SIGNER, "--tsa-url", &tsa.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bundle2 = PathBuf::from(format!("{}.sigstore.json", s(&file2)));
+    let mut b = read_json(&bundle2);
+    let vm = b["verificationMaterial"].as_object_mut().unwrap();
+    vm.remove("publicKey");
+    vm.insert(
+        "certificate".into(),
+        serde_json::json!({ "rawBytes": B64.encode(&leaf) }),
+    );
+    let cert_bundle = tmp.path().join("cert.sigstore.json");
+    std::fs::write(&cert_bundle, b.to_string()).unwrap();
+    sigstore_js_verify_root(&cert_bundle, &file2, &tr, 0, 1, None)
+        .unwrap_or_else(|e| panic!("@sigstore/verify refused the certificate bundle: {e}"));
+    // The same bundle over other bytes is refused.
+    assert!(sigstore_js_verify_root(&cert_bundle, &file, &tr, 0, 1, None).is_err());
+
+    // A trusted root without the CA does not accept the certificate bundle.
+    let no_ca = tmp.path().join("no-ca.json");
+    let mut args = base.to_vec();
+    args.extend(["-o", s(&no_ca)]);
+    cli_ok(&agent, &args);
+    let e = sigstore_js_verify_root(&cert_bundle, &file2, &no_ca, 0, 1, None)
+        .expect_err("verified without the CA");
+    assert!(e.contains("FAILED"), "{e}");
+
+    // A TSA chain whose first certificate is not a timestamping one is refused.
+    let e = cli_err(
+        &agent,
+        &[
+            "ca",
+            "trusted-root",
+            "--tsa-chain",
+            s(&chain),
+            "-o",
+            s(&tmp.path().join("bad.json")),
+        ],
+    );
+    assert!(e.contains("not a timestamping certificate"), "{e}");
+    assert!(!tmp.path().join("bad.json").exists());
 }

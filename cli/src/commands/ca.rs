@@ -88,7 +88,222 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 out: &out,
             },
         ),
+        CaCommand::TrustedRoot {
+            ca_chain,
+            ca_url,
+            rekor_url,
+            rekor_key,
+            ctlog_url,
+            ctlog_key,
+            logs_valid_from,
+            tsa_chain,
+            tsa_url,
+            out,
+        } => trusted_root(
+            ctx,
+            &TrustedRootArgs {
+                ca_chain: ca_chain.as_deref(),
+                ca_url: ca_url.as_deref(),
+                rekor: rekor_url.as_deref().zip(rekor_key.as_deref()),
+                ctlog: ctlog_url.as_deref().zip(ctlog_key.as_deref()),
+                logs_valid_from: logs_valid_from.as_deref(),
+                tsa_chain: tsa_chain.as_deref(),
+                tsa_url: tsa_url.as_deref(),
+                out: &out,
+            },
+        ),
     }
+}
+
+/// `waxseal ca trusted-root`, as typed.
+#[derive(Debug, Clone, Copy)]
+struct TrustedRootArgs<'a> {
+    ca_chain: Option<&'a Path>,
+    ca_url: Option<&'a str>,
+    rekor: Option<(&'a str, &'a Path)>,
+    ctlog: Option<(&'a str, &'a Path)>,
+    logs_valid_from: Option<&'a str>,
+    tsa_chain: Option<&'a Path>,
+    tsa_url: Option<&'a str>,
+    out: &'a Path,
+}
+
+/// RFC 3339 UTC, seconds precision, as Sigstore's JSON writes timestamps.
+fn rfc3339(t: time::OffsetDateTime) -> Result<String> {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    Ok(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
+/// A `CertificateAuthority` entry: subject (O and CN of the chain's first
+/// certificate), uri, the chain, and validFor = that certificate's validity.
+fn authority(path: &Path, url: Option<&str>, eku: (&str, &str)) -> Result<serde_json::Value> {
+    use base64::Engine as _;
+    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let ders = ca::pem_certificates(&data, MAX_CHAIN)
+        .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
+    ca::check_chain(&ders, Some(eku))
+        .with_context(|| format!("{} is not a valid chain for {}", path.display(), eku.1))?;
+    let (_, first) = X509Certificate::from_der(&ders[0])
+        .map_err(|e| anyhow!("{} does not parse: {e}", path.display()))?;
+    let attr = |oid| {
+        first
+            .subject()
+            .iter_by_oid(oid)
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    use x509_parser::oid_registry::{OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME};
+    let v = first.validity();
+    let (org, cn) = (
+        attr(&OID_X509_ORGANIZATION_NAME),
+        attr(&OID_X509_COMMON_NAME),
+    );
+    Ok(serde_json::json!({
+        "subject": { "organization": org, "commonName": cn },
+        "uri": url.unwrap_or_default(),
+        "certChain": {
+            "certificates": ders
+                .iter()
+                .map(|d| serde_json::json!({ "rawBytes": base64::engine::general_purpose::STANDARD.encode(d) }))
+                .collect::<Vec<_>>(),
+        },
+        "validFor": {
+            "start": rfc3339(v.not_before.to_datetime())?,
+            "end": rfc3339(v.not_after.to_datetime())?,
+        },
+    }))
+}
+
+/// A `TransparencyLogInstance`: baseUrl, hashAlgorithm, the key with its details and
+/// validFor.start, and logId.keyId = SHA-256 of the DER SubjectPublicKeyInfo (how
+/// Rekor and CT logs name themselves).
+fn log_instance(url: &str, key: &Path, start: &str) -> Result<serde_json::Value> {
+    use base64::Engine as _;
+    use rsa::traits::PublicKeyParts as _;
+    if url.len() > 2048 || !(url.starts_with("https://") || url.starts_with("http://")) {
+        bail!("{url:?} is not an http(s) URL");
+    }
+    let spki = read_public_key(key)?;
+    let details = match waxseal::verify::AnyPublicKey::from_spki(&spki)
+        .with_context(|| format!("{} is not a log key waxseal reads", key.display()))?
+    {
+        waxseal::verify::AnyPublicKey::P256(_) => "PKIX_ECDSA_P256_SHA_256".to_string(),
+        waxseal::verify::AnyPublicKey::P384(_) => "PKIX_ECDSA_P384_SHA_384".to_string(),
+        waxseal::verify::AnyPublicKey::Ed25519(_) => "PKIX_ED25519".to_string(),
+        waxseal::verify::AnyPublicKey::Rsa(k) => {
+            format!("PKIX_RSA_PKCS1V15_{}_SHA256", k.size() * 8)
+        }
+    };
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    Ok(serde_json::json!({
+        "baseUrl": url.trim_end_matches('/'),
+        "hashAlgorithm": "SHA2_256",
+        "publicKey": {
+            "rawBytes": b64(&spki),
+            "keyDetails": details,
+            "validFor": { "start": start },
+        },
+        "logId": { "keyId": b64(&Sha256::digest(&spki)) },
+    }))
+}
+
+fn trusted_root(ctx: &Ctx, a: &TrustedRootArgs<'_>) -> Result<()> {
+    refuse_existing(a.out)?;
+    if a.ca_chain.is_none() && a.rekor.is_none() && a.tsa_chain.is_none() {
+        bail!("name at least one of --ca-chain, --rekor-url/--rekor-key, --tsa-chain");
+    }
+    let start = match a.logs_valid_from {
+        Some(t) => {
+            let parsed =
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .with_context(|| format!("--logs-valid-from {t:?} is not an RFC 3339 time"))?;
+            rfc3339(parsed)?
+        }
+        None => rfc3339(time::OffsetDateTime::now_utc())?,
+    };
+    let mut root = serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.trustedroot.v0.2+json",
+        "tlogs": [],
+        "certificateAuthorities": [],
+        "ctlogs": [],
+        "timestampAuthorities": [],
+    });
+    if let Some(chain) = a.ca_chain {
+        root["certificateAuthorities"] = serde_json::json!([authority(
+            chain,
+            a.ca_url,
+            ("1.3.6.1.5.5.7.3.3", "codeSigning")
+        )?]);
+    }
+    if let Some((url, key)) = a.rekor {
+        root["tlogs"] = serde_json::json!([
+            log_instance(url, key, &start).with_context(|| format!("the Rekor log {url}"))?
+        ]);
+    }
+    if let Some((url, key)) = a.ctlog {
+        root["ctlogs"] = serde_json::json!([
+            log_instance(url, key, &start).with_context(|| format!("the CT log {url}"))?
+        ]);
+    }
+    if let Some(chain) = a.tsa_chain {
+        tsa_leaf_check(chain)?;
+        root["timestampAuthorities"] = serde_json::json!([authority(
+            chain,
+            a.tsa_url,
+            ("1.3.6.1.5.5.7.3.8", "timeStamping")
+        )?]);
+    }
+    let mut text = serde_json::to_string_pretty(&root)?;
+    text.push('\n');
+    write_new(a.out, &text)?;
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({ "out": a.out }));
+    }
+    outln!("trusted root written to {}", a.out.display());
+    Ok(())
+}
+
+/// The TSA chain's first certificate must be a timestamping certificate: not a CA,
+/// its only extended key usage timeStamping, critical.
+fn tsa_leaf_check(chain: &Path) -> Result<()> {
+    let data = fs::read(chain).with_context(|| format!("cannot read {}", chain.display()))?;
+    let ders = ca::pem_certificates(&data, MAX_CHAIN)
+        .with_context(|| format!("{} is not a PEM certificate chain", chain.display()))?;
+    let (_, leaf) = X509Certificate::from_der(&ders[0])
+        .map_err(|e| anyhow!("{} does not parse: {e}", chain.display()))?;
+    let ok = match leaf.extended_key_usage() {
+        Ok(Some(e)) => {
+            e.critical
+                && e.value.time_stamping
+                && !(e.value.any
+                    || e.value.server_auth
+                    || e.value.client_auth
+                    || e.value.code_signing
+                    || e.value.email_protection
+                    || e.value.ocsp_signing)
+                && e.value.other.is_empty()
+        }
+        _ => false,
+    };
+    let ca = matches!(leaf.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    if !ok || ca {
+        bail!(
+            "the first certificate of {} ({}) is not a timestamping certificate: it must be an end entity whose only extended key usage is a critical timeStamping",
+            chain.display(),
+            leaf.subject()
+        );
+    }
+    Ok(())
 }
 
 /// At most this many certificates in a chain file.
