@@ -509,6 +509,47 @@ pub fn check_signature(der: &[u8], issuer_spki: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A certificate's subject key identifier, if it has one.
+pub fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, c)| c.subject_key_identifier())
+}
+
+/// Checks a DER CRL's signature with the issuer's SubjectPublicKeyInfo.
+pub fn check_crl_signature(der: &[u8], issuer_spki: &[u8]) -> Result<()> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (rest, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| anyhow!("the new CRL does not parse: {e}"))?;
+    if !rest.is_empty() {
+        bail!("bytes follow the new CRL");
+    }
+    let hash = hash_of(&crl.signature_algorithm.algorithm)?;
+    let tbs = crl.tbs_cert_list.as_ref();
+    let key = AnyPublicKey::from_spki(issuer_spki)?;
+    let message = if matches!(key, AnyPublicKey::Ed25519(_)) {
+        tbs.to_vec()
+    } else {
+        digest(hash, tbs)
+    };
+    key.verify_digest(&message, hash, &crl.signature_value.data, false)
+        .context("the CRL's signature does not verify with the issuer's key")?;
+    Ok(())
+}
+
+/// PEM text of DER bytes with `label`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// A CSR's public key, after checking the CSR's signature with it.
 pub fn csr_key(data: &[u8]) -> Result<(KeyMaterial, String)> {
     let der = pem_or_der(data, "CERTIFICATE REQUEST")?;

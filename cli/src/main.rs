@@ -267,6 +267,33 @@ enum CaCommand {
         #[arg(long, default_value = "tsa-chain.pem")]
         out: PathBuf,
     },
+    /// A certificate revocation list signed by an agent CA key (purpose x509-crl),
+    /// revoking the certificates given (e.g. an intermediate that must go).
+    Crl {
+        /// The CA key, DEVICE/LABEL; its [[key]] entry must allow purpose x509-crl.
+        #[arg(long)]
+        key: String,
+        /// The CA's certificate (PEM; the first certificate of the file).
+        #[arg(long, value_name = "PEMFILE")]
+        issuer_cert: PathBuf,
+        /// A certificate to revoke (PEM; the first certificate of the file, e.g. `ca
+        /// intermediate`'s chain); repeat for more. None: an empty CRL.
+        #[arg(long, value_name = "PEMFILE")]
+        revoke: Vec<PathBuf>,
+        /// The revocation reason: unspecified, keyCompromise, caCompromise,
+        /// affiliationChanged, superseded, cessationOfOperation.
+        #[arg(long, default_value = "superseded")]
+        reason: String,
+        /// The CRL number; default: the current Unix time, so that each CRL's is larger.
+        #[arg(long)]
+        crl_number: Option<u64>,
+        /// Days until nextUpdate.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Where the PEM CRL goes; an existing file is never replaced.
+        #[arg(long, default_value = "crl.pem")]
+        out: PathBuf,
+    },
     /// A Sigstore TrustedRoot v0.2 (JSON) for the clients of a private deployment:
     /// the CA chain, the Rekor log's key, optionally a CT log's key, and the TSA's
     /// chain, each with its validity window.

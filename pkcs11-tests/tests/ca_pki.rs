@@ -3,7 +3,9 @@
 //! TSA signs replies with, `openssl ts -verify` and `openssl verify -purpose
 //! timestampsign` accept, and waxseal's TSA checks accept in a bundle) and `waxseal ca
 //! trusted-root` (a TrustedRoot v0.2 file that `waxseal sign --trusted-root` and
-//! @sigstore/verify read).
+//! @sigstore/verify read) and `waxseal ca crl` (purpose x509-crl: a CRL revoking an
+//! intermediate that `openssl crl -verify` accepts and that makes `openssl verify
+//! -crl_check` refuse the intermediate).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -33,7 +35,7 @@ fn pki_agent() -> (SoftHsm, Agent) {
     hsm.init_token("pki", "5555", "1234");
     let pin = hsm.pin_file("pin", "1234");
     let config = format!(
-        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"ca\", \"leaf\"]\n\n[[key]]\nname = \"{INTERMEDIATE}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"leaf\"]\n\n[[key]]\nname = \"{TSA}\"\npurposes = [\"digest\"]\n\n[[key]]\nname = \"{SIGNER}\"\npurposes = [\"blob\", \"digest\"]\n",
+        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\", \"x509-crl\"]\nx509_issue = [\"ca\", \"leaf\"]\n\n[[key]]\nname = \"{INTERMEDIATE}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"leaf\"]\n\n[[key]]\nname = \"{TSA}\"\npurposes = [\"digest\"]\n\n[[key]]\nname = \"{SIGNER}\"\npurposes = [\"blob\", \"digest\"]\n",
         pkcs11_device("hsm", "pki", &pin)
     );
     let agent = Agent::builder().softhsm(&hsm).config(&config).start();
@@ -768,4 +770,217 @@ fn trusted_root_file_lets_sigstore_js_verify_bundles_of_the_private_deployment()
     );
     assert!(e.contains("not a timestamping certificate"), "{e}");
     assert!(!tmp.path().join("bad.json").exists());
+}
+
+/// `ca crl` through the agent (purpose x509-crl): an empty CRL leaves the intermediate
+/// valid under `openssl verify -crl_check`; one revoking it (serial read from its chain
+/// file) verifies with `openssl crl -verify` and makes OpenSSL refuse the intermediate
+/// as revoked; the audit record names the issuer, the serial and the CRL number; a key
+/// whose policy lacks x509-crl is refused.
+#[test]
+fn a_crl_signed_by_the_root_revokes_the_intermediate_for_openssl() {
+    let (_hsm, agent) = pki_agent();
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, chain) = make_chain(&agent, tmp.path());
+    let dir = tmp.path();
+    let inter = certs(&chain).remove(0);
+    std::fs::write(dir.join("intermediate.pem"), ca::cert_pem(&inter)).unwrap();
+    let (_, inter_cert) = X509Certificate::from_der(&inter).unwrap();
+    let serial_hex = hex::encode(inter_cert.tbs_certificate.raw_serial());
+
+    let empty = dir.join("empty.pem");
+    cli_ok(
+        &agent,
+        &[
+            "ca",
+            "crl",
+            "--key",
+            ROOT,
+            "--issuer-cert",
+            s(&root),
+            "--crl-number",
+            "1",
+            "--out",
+            s(&empty),
+        ],
+    );
+    let o = openssl(
+        dir,
+        &[
+            "crl",
+            "-in",
+            "empty.pem",
+            "-CAfile",
+            "root.pem",
+            "-noout",
+            "-verify",
+        ],
+    );
+    assert!(
+        o.status.success() && text(&o).contains("verify OK"),
+        "{}",
+        text(&o)
+    );
+    let o = openssl(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "root.pem",
+            "-CRLfile",
+            "empty.pem",
+            "intermediate.pem",
+        ],
+    );
+    assert!(text(&o).contains("intermediate.pem: OK"), "{}", text(&o));
+
+    let crl = dir.join("crl.pem");
+    let said = cli_ok(
+        &agent,
+        &[
+            "ca",
+            "crl",
+            "--key",
+            ROOT,
+            "--issuer-cert",
+            s(&root),
+            "--revoke",
+            s(&chain),
+            "--reason",
+            "keyCompromise",
+            "--crl-number",
+            "2",
+            "--days",
+            "7",
+            "--out",
+            s(&crl),
+        ],
+    );
+    assert!(said.contains("CRL written"), "{said}");
+    let o = openssl(
+        dir,
+        &[
+            "crl", "-in", "crl.pem", "-CAfile", "root.pem", "-noout", "-verify",
+        ],
+    );
+    assert!(
+        o.status.success() && text(&o).contains("verify OK"),
+        "{}",
+        text(&o)
+    );
+    let o = openssl(dir, &["crl", "-in", "crl.pem", "-noout", "-text"]);
+    let shown = text(&o).to_uppercase();
+    assert!(shown.contains(&serial_hex.to_uppercase()), "{shown}");
+    assert!(shown.contains("KEY COMPROMISE"), "{shown}");
+    assert!(shown.contains("X509V3 CRL NUMBER"), "{shown}");
+    let o = openssl(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "root.pem",
+            "-CRLfile",
+            "crl.pem",
+            "intermediate.pem",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("certificate revoked"), "{}", text(&o));
+    // A CRL changed by one byte (its signature) no longer verifies.
+    let mut der = ca::pem_or_der(&std::fs::read(&crl).unwrap(), "X509 CRL").unwrap();
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    std::fs::write(dir.join("bad.pem"), ca::pem("X509 CRL", &der)).unwrap();
+    let o = openssl(
+        dir,
+        &[
+            "crl", "-in", "bad.pem", "-CAfile", "root.pem", "-noout", "-verify",
+        ],
+    );
+    assert!(!text(&o).contains("verify OK"), "{}", text(&o));
+
+    let records = audit_records(&agent.state_dir);
+    let signed: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "signed" && r["purpose"] == "x509-crl")
+        .collect();
+    assert_eq!(signed.len(), 2, "{records:#?}");
+    assert_eq!(signed[1]["crl"]["revoked"], serde_json::json!([serial_hex]));
+    assert_eq!(signed[1]["crl"]["crl_number"], "2");
+    assert_eq!(signed[1]["crl"]["issuer"], "O=example, CN=pki root");
+    assert_eq!(signed[0]["crl"]["revoked"], serde_json::json!([]));
+
+    // The intermediate's key may not sign CRLs (its policy has no x509-crl).
+    let e = cli_err(
+        &agent,
+        &[
+            "ca",
+            "crl",
+            "--key",
+            INTERMEDIATE,
+            "--issuer-cert",
+            s(&chain),
+            "--out",
+            s(&dir.join("no.pem")),
+        ],
+    );
+    assert!(e.contains("x509-crl"), "{e}");
+    assert!(!dir.join("no.pem").exists());
+    // A certificate the CA did not issue is not put on its CRL.
+    run_ok(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-keyout",
+                "other.key",
+                "-out",
+                "other.pem",
+                "-days",
+                "1",
+            ])
+            .args(["-subj", "/CN=pki root"]),
+    );
+    let e = cli_err(
+        &agent,
+        &[
+            "ca",
+            "crl",
+            "--key",
+            ROOT,
+            "--issuer-cert",
+            s(&root),
+            "--revoke",
+            s(&dir.join("other.pem")),
+            "--out",
+            s(&dir.join("no.pem")),
+        ],
+    );
+    assert!(e.contains("was not issued by"), "{e}");
+    assert!(!dir.join("no.pem").exists());
+    // An existing CRL file is never replaced.
+    let e = cli_err(
+        &agent,
+        &[
+            "ca",
+            "crl",
+            "--key",
+            ROOT,
+            "--issuer-cert",
+            s(&root),
+            "--out",
+            s(&crl),
+        ],
+    );
+    assert!(e.contains("exists already"), "{e}");
 }

@@ -112,7 +112,181 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 out: &out,
             },
         ),
+        CaCommand::Crl {
+            key,
+            issuer_cert,
+            revoke,
+            reason,
+            crl_number,
+            days,
+            out,
+        } => crl(
+            ctx,
+            &Crl {
+                key: &key,
+                issuer_cert: &issuer_cert,
+                revoke: &revoke,
+                reason: &reason,
+                crl_number,
+                days,
+                out: &out,
+            },
+        ),
     }
+}
+
+/// `waxseal ca crl`, as typed.
+#[derive(Debug, Clone, Copy)]
+struct Crl<'a> {
+    key: &'a str,
+    issuer_cert: &'a Path,
+    revoke: &'a [PathBuf],
+    reason: &'a str,
+    crl_number: Option<u64>,
+    days: u32,
+    out: &'a Path,
+}
+
+/// At most this many certificates revoked by one `ca crl`.
+const MAX_REVOKE: usize = 1000;
+
+fn crl(ctx: &Ctx, req: &Crl<'_>) -> Result<()> {
+    use rcgen::{
+        CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
+    };
+    refuse_existing(req.out)?;
+    let reason = match req.reason {
+        "unspecified" => RevocationReason::Unspecified,
+        "keyCompromise" => RevocationReason::KeyCompromise,
+        "caCompromise" => RevocationReason::CaCompromise,
+        "affiliationChanged" => RevocationReason::AffiliationChanged,
+        "superseded" => RevocationReason::Superseded,
+        "cessationOfOperation" => RevocationReason::CessationOfOperation,
+        other => bail!("--reason {other:?} is not unspecified, keyCompromise, caCompromise, affiliationChanged, superseded or cessationOfOperation"),
+    };
+    if req.revoke.len() > MAX_REVOKE {
+        bail!("at most {MAX_REVOKE} certificates per CRL");
+    }
+    let data = fs::read(req.issuer_cert).with_context(|| {
+        format!(
+            "cannot read the CA certificate {}",
+            req.issuer_cert.display()
+        )
+    })?;
+    let first = ca::pem_certificates(&data, MAX_CHAIN)
+        .with_context(|| format!("{} is not a PEM certificate", req.issuer_cert.display()))?
+        .remove(0);
+    let issuer = RootInfo::parse(&first)
+        .with_context(|| format!("{} cannot sign a CRL", req.issuer_cert.display()))?;
+    let (_, issuer_cert) = X509Certificate::from_der(&issuer.der)
+        .map_err(|e| anyhow!("{} does not parse: {e}", req.issuer_cert.display()))?;
+    if !matches!(issuer_cert.key_usage(), Ok(Some(ku)) if ku.value.crl_sign()) {
+        bail!(
+            "{} may not sign CRLs (keyUsage cRLSign missing)",
+            issuer.subject
+        );
+    }
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0)?;
+    let mut revoked = Vec::new();
+    for path in req.revoke {
+        let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let der = ca::pem_certificates(&data, MAX_CHAIN)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))?
+            .remove(0);
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| anyhow!("{} does not parse: {e}", path.display()))?;
+        if cert.issuer().as_raw() != issuer_cert.subject().as_raw()
+            || ca::check_signature(&der, &issuer.spki).is_err()
+        {
+            bail!(
+                "{} ({}) was not issued by {}: a CRL revokes only its issuer's certificates",
+                path.display(),
+                cert.subject(),
+                issuer.subject
+            );
+        }
+        revoked.push(RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(cert.tbs_certificate.raw_serial()),
+            revocation_time: now,
+            reason_code: Some(reason),
+            invalidity_date: None,
+        });
+    }
+    let client = RefCell::new(ctx.connect()?);
+    let public = client
+        .borrow_mut()
+        .public_key(req.key)
+        .with_context(|| format!("cannot read the public key of {}", req.key))?;
+    if public.spki_der.0 != issuer.spki {
+        bail!(
+            "{} is not {}'s certificate: its public key differs",
+            req.issuer_cert.display(),
+            req.key
+        );
+    }
+    let material = KeyMaterial::from_spki(&public.spki_der.0)?;
+    let key = req.key;
+    let client_ref = &client;
+    let sign: SignFn<'_> = Box::new(move |tbs: &[u8]| {
+        let signed = client_ref
+            .borrow_mut()
+            .sign_crl(key, tbs)
+            .map_err(|e| anyhow!("{key} did not sign the CRL: {e}"))?;
+        Ok(signed.signature.0)
+    });
+    let signer = RemoteSigner::new(material, sign);
+    let rc_issuer = ca::issuer_from_cert(&issuer.der, signer)?;
+    let number = match req.crl_number {
+        Some(n) => n,
+        None => u64::try_from(now.unix_timestamp()).unwrap_or(1),
+    };
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(i64::from(req.days)),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::PreSpecified(
+            ca::subject_key_id(&issuer.der).unwrap_or_default(),
+        ),
+    };
+    let list = params
+        .signed_by(&rc_issuer)
+        .map_err(|e| rc_issuer.key().explain(e))?;
+    let der = list.der().to_vec();
+    ca::check_crl_signature(&der, &issuer.spki)?;
+    write_new(req.out, &ca::pem("X509 CRL", &der))?;
+    let serials: Vec<String> = req
+        .revoke
+        .iter()
+        .filter_map(|p| fs::read(p).ok())
+        .filter_map(|d| ca::pem_certificates(&d, MAX_CHAIN).ok())
+        .filter_map(|c| {
+            X509Certificate::from_der(&c[0])
+                .ok()
+                .map(|(_, c)| c.tbs_certificate.raw_serial_as_string())
+        })
+        .collect();
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({
+            "out": req.out,
+            "issuer": issuer.subject,
+            "crl_number": number,
+            "revoked": serials,
+        }));
+    }
+    outln!("CRL written to {}", req.out.display());
+    outln!("  issuer       {}", issuer.subject);
+    outln!("  CRL number   {number}");
+    outln!(
+        "  revoked      {}",
+        if serials.is_empty() {
+            "nothing".to_string()
+        } else {
+            serials.join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// `waxseal ca trusted-root`, as typed.
