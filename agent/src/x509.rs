@@ -897,6 +897,33 @@ mod tests {
     }
 
     #[test]
+    fn a_timestamping_leaf_is_a_leaf_and_names_its_eku() {
+        // As `waxseal ca tsa` makes it: CA:FALSE, digitalSignature, critical
+        // timeStamping alone. x509_issue = ["leaf"] allows it (policy: kind Leaf).
+        let s = TbsSummary::parse(&tbs_with(&[
+            ext(BC, CRITICAL, &[0x30, 0x00]),
+            ext(KU, CRITICAL, &[0x03, 0x02, 0x07, 0x80]),
+            ext(
+                "2.5.29.37",
+                CRITICAL,
+                &tlv(0x30, &[&oid("1.3.6.1.5.5.7.3.8")]),
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(s.kind(), CertKind::Leaf);
+        assert_eq!(s.eku, ["timeStamping"]);
+    }
+
+    #[test]
+    fn crl_garbage_is_refused() {
+        assert!(CrlSummary::parse(b"").is_err());
+        assert!(CrlSummary::parse(&[0x30, 0x00]).is_err());
+        assert!(CrlSummary::parse(&[0xff; 64]).is_err());
+        // A TBSCertificate is not a TBSCertList.
+        assert!(CrlSummary::parse(&tbs_with(&[])).is_err());
+    }
+
+    #[test]
     fn integer_encoding() {
         assert_eq!(der_tlv(0x02, &[0x01]), vec![0x02, 0x01, 0x01]);
         let long = vec![7u8; 200];

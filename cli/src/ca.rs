@@ -367,7 +367,7 @@ pub fn pem_certificates(data: &[u8], max: usize) -> Result<Vec<Vec<u8>>> {
         if out.len() == max {
             bail!("more than {max} certificates");
         }
-        out.push(pem_or_der(block[..end].as_bytes(), "CERTIFICATE")?);
+        out.push(pem_or_der(&block.as_bytes()[..end], "CERTIFICATE")?);
         rest = &block[end..];
     }
     if out.is_empty() {
