@@ -1,4 +1,6 @@
-//! `waxseal ca root|intermediate`: a Fulcio CA whose keys stay in the agent's devices.
+//! `waxseal ca root|intermediate|tsa|crl|trusted-root`: a Fulcio CA whose keys stay in
+//! the agent's devices, the TSA certificate, CRLs and the trusted root of a private
+//! Sigstore deployment (README.md, "Running a Fulcio CA on waxseal").
 //!
 //! The TBSCertificates are built here with rcgen ([`waxseal::ca`]); the agent signs them
 //! with purpose `x509-tbs`, parsing and logging each one. Every certificate is parsed
@@ -320,6 +322,9 @@ fn rfc3339(t: time::OffsetDateTime) -> Result<String> {
 /// certificate), uri, the chain, and validFor = that certificate's validity.
 fn authority(path: &Path, url: Option<&str>, eku: (&str, &str)) -> Result<serde_json::Value> {
     use base64::Engine as _;
+    if let Some(url) = url {
+        check_url(url)?;
+    }
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let ders = ca::pem_certificates(&data, MAX_CHAIN)
         .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
@@ -364,9 +369,7 @@ fn authority(path: &Path, url: Option<&str>, eku: (&str, &str)) -> Result<serde_
 fn log_instance(url: &str, key: &Path, start: &str) -> Result<serde_json::Value> {
     use base64::Engine as _;
     use rsa::traits::PublicKeyParts as _;
-    if url.len() > 2048 || !(url.starts_with("https://") || url.starts_with("http://")) {
-        bail!("{url:?} is not an http(s) URL");
-    }
+    check_url(url)?;
     let spki = read_public_key(key)?;
     let details = match waxseal::verify::AnyPublicKey::from_spki(&spki)
         .with_context(|| format!("{} is not a log key waxseal reads", key.display()))?
@@ -389,6 +392,14 @@ fn log_instance(url: &str, key: &Path, start: &str) -> Result<serde_json::Value>
         },
         "logId": { "keyId": b64(&Sha256::digest(&spki)) },
     }))
+}
+
+/// A service URL for the trusted root: http(s), at most 2048 bytes.
+fn check_url(url: &str) -> Result<()> {
+    if url.len() > 2048 || !(url.starts_with("https://") || url.starts_with("http://")) {
+        bail!("{url:?} is not an http(s) URL of at most 2048 bytes");
+    }
+    Ok(())
 }
 
 fn trusted_root(ctx: &Ctx, a: &TrustedRootArgs<'_>) -> Result<()> {
