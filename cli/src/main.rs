@@ -298,9 +298,11 @@ enum CaCommand {
     /// the CA chain, the Rekor log's key, optionally a CT log's key, and the TSA's
     /// chain, each with its validity window.
     TrustedRoot {
-        /// The Fulcio chain (`ca intermediate`'s output: intermediate first, root last).
+        /// The Fulcio chain (`ca intermediate`'s output: intermediate first, root last);
+        /// repeat for each intermediate while they overlap (README.md, "Intermediate
+        /// rotation").
         #[arg(long, value_name = "PEMFILE")]
-        ca_chain: Option<PathBuf>,
+        ca_chain: Vec<PathBuf>,
         /// The CA's URL (Fulcio).
         #[arg(long, value_name = "URL", requires = "ca_chain")]
         ca_url: Option<String>,

@@ -637,8 +637,31 @@ fn trusted_root_file_lets_sigstore_js_verify_bundles_of_the_private_deployment()
         "--logs-valid-from",
         "2020-01-01T00:00:00Z",
     ];
+    // Intermediate rotation: a second intermediate under the same root, both valid.
+    let chain2 = tmp.path().join("chain2.pem");
+    cli_ok(
+        &agent,
+        &[
+            "ca",
+            "intermediate",
+            "--key",
+            INTERMEDIATE,
+            "--root-key",
+            ROOT,
+            "--root-cert",
+            s(&root),
+            "--cn",
+            "pki intermediate 2",
+            "--org",
+            "example",
+            "--out",
+            s(&chain2),
+        ],
+    );
     let mut args = base.to_vec();
     args.extend([
+        "--ca-chain",
+        s(&chain2),
         "--ca-chain",
         s(&chain),
         "--ca-url",
@@ -668,7 +691,12 @@ fn trusted_root_file_lets_sigstore_js_verify_bundles_of_the_private_deployment()
     );
     assert_eq!(v["tlogs"][0]["baseUrl"], rekor.url.as_str());
     let ca_chain = certs(&chain);
-    let got: Vec<Vec<u8>> = v["certificateAuthorities"][0]["certChain"]["certificates"]
+    assert_eq!(v["certificateAuthorities"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["certificateAuthorities"][0]["subject"]["commonName"],
+        "pki intermediate 2"
+    );
+    let got: Vec<Vec<u8>> = v["certificateAuthorities"][1]["certChain"]["certificates"]
         .as_array()
         .unwrap()
         .iter()
@@ -676,11 +704,11 @@ fn trusted_root_file_lets_sigstore_js_verify_bundles_of_the_private_deployment()
         .collect();
     assert_eq!(got, ca_chain);
     assert_eq!(
-        v["certificateAuthorities"][0]["subject"]["commonName"],
+        v["certificateAuthorities"][1]["subject"]["commonName"],
         "pki intermediate"
     );
     let (_, inter) = X509Certificate::from_der(&ca_chain[0]).unwrap();
-    let start = &v["certificateAuthorities"][0]["validFor"]["start"];
+    let start = &v["certificateAuthorities"][1]["validFor"]["start"];
     let t = inter.validity().not_before.to_datetime();
     let want = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",

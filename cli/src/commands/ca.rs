@@ -104,7 +104,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
         } => trusted_root(
             ctx,
             &TrustedRootArgs {
-                ca_chain: ca_chain.as_deref(),
+                ca_chain: &ca_chain,
                 ca_url: ca_url.as_deref(),
                 rekor: rekor_url.as_deref().zip(rekor_key.as_deref()),
                 ctlog: ctlog_url.as_deref().zip(ctlog_key.as_deref()),
@@ -294,7 +294,7 @@ fn crl(ctx: &Ctx, req: &Crl<'_>) -> Result<()> {
 /// `waxseal ca trusted-root`, as typed.
 #[derive(Debug, Clone, Copy)]
 struct TrustedRootArgs<'a> {
-    ca_chain: Option<&'a Path>,
+    ca_chain: &'a [PathBuf],
     ca_url: Option<&'a str>,
     rekor: Option<(&'a str, &'a Path)>,
     ctlog: Option<(&'a str, &'a Path)>,
@@ -404,7 +404,10 @@ fn check_url(url: &str) -> Result<()> {
 
 fn trusted_root(ctx: &Ctx, a: &TrustedRootArgs<'_>) -> Result<()> {
     refuse_existing(a.out)?;
-    if a.ca_chain.is_none() && a.rekor.is_none() && a.tsa_chain.is_none() {
+    if a.ca_chain.len() > MAX_CHAIN {
+        bail!("at most {MAX_CHAIN} --ca-chain files");
+    }
+    if a.ca_chain.is_empty() && a.rekor.is_none() && a.tsa_chain.is_none() {
         bail!("name at least one of --ca-chain, --rekor-url/--rekor-key, --tsa-chain");
     }
     let start = match a.logs_valid_from {
@@ -423,13 +426,12 @@ fn trusted_root(ctx: &Ctx, a: &TrustedRootArgs<'_>) -> Result<()> {
         "ctlogs": [],
         "timestampAuthorities": [],
     });
-    if let Some(chain) = a.ca_chain {
-        root["certificateAuthorities"] = serde_json::json!([authority(
-            chain,
-            a.ca_url,
-            ("1.3.6.1.5.5.7.3.3", "codeSigning")
-        )?]);
-    }
+    root["certificateAuthorities"] = serde_json::Value::Array(
+        a.ca_chain
+            .iter()
+            .map(|chain| authority(chain, a.ca_url, ("1.3.6.1.5.5.7.3.3", "codeSigning")))
+            .collect::<Result<Vec<_>>>()?,
+    );
     if let Some((url, key)) = a.rekor {
         root["tlogs"] = serde_json::json!([
             log_instance(url, key, &start).with_context(|| format!("the Rekor log {url}"))?
