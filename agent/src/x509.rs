@@ -293,6 +293,159 @@ fn agree(
     Ok(())
 }
 
+/// At most this many revoked certificates in a CRL the agent signs.
+pub const MAX_REVOKED: usize = 10_000;
+
+/// The fields of a TBSCertList (purpose `x509-crl`) that the log records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSummary {
+    /// Issuer DN, RFC 4514 style.
+    pub issuer: String,
+    /// The issuer's DER Name, to match it with the key's certificate.
+    pub issuer_der: Vec<u8>,
+    /// thisUpdate, as OpenSSL prints it.
+    pub this_update: String,
+    /// nextUpdate, if any.
+    pub next_update: Option<String>,
+    /// The revoked serial numbers, hex.
+    pub revoked: Vec<String>,
+    /// The CRL number, decimal, if the CRL carries one.
+    pub crl_number: Option<String>,
+    /// The hash of the signature algorithm.
+    pub hash: HashAlg,
+    /// The signature algorithm's family.
+    pub family: SigFamily,
+}
+
+/// The signature algorithm of an AlgorithmIdentifier the agent signs with.
+fn sig_alg(alg: &x509_parser::der_parser::Oid<'_>) -> Result<(SigFamily, HashAlg), String> {
+    Ok(if *alg == OID_SIG_ECDSA_WITH_SHA256 {
+        (SigFamily::Ecdsa, HashAlg::Sha256)
+    } else if *alg == OID_SIG_ECDSA_WITH_SHA384 {
+        (SigFamily::Ecdsa, HashAlg::Sha384)
+    } else if *alg == OID_SIG_ECDSA_WITH_SHA512 {
+        (SigFamily::Ecdsa, HashAlg::Sha512)
+    } else if *alg == OID_PKCS1_SHA256WITHRSA {
+        (SigFamily::RsaPkcs1, HashAlg::Sha256)
+    } else if *alg == OID_PKCS1_SHA384WITHRSA {
+        (SigFamily::RsaPkcs1, HashAlg::Sha384)
+    } else if *alg == OID_PKCS1_SHA512WITHRSA {
+        (SigFamily::RsaPkcs1, HashAlg::Sha512)
+    } else if *alg == OID_SIG_ED25519 {
+        (SigFamily::Ed25519, HashAlg::Sha512)
+    } else {
+        return Err(format!(
+            "signature algorithm {alg} is not one the agent signs with (ecdsa-with-SHA256/384/512, sha256/384/512WithRSAEncryption, Ed25519)"
+        ));
+    })
+}
+
+impl CrlSummary {
+    /// Parses `der`, which must be exactly one version 2 TBSCertList whose extensions
+    /// are only cRLNumber and authorityKeyIdentifier (none critical), and whose entries
+    /// carry at most a reasonCode and an invalidityDate: anything else is refused, so
+    /// that the log says all a verifier would act on.
+    pub fn parse(der: &[u8]) -> Result<CrlSummary, String> {
+        use x509_parser::revocation_list::TbsCertList;
+        let (rest, tbs) =
+            TbsCertList::from_der(der).map_err(|e| format!("not a DER TBSCertList: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} bytes follow the TBSCertList; send exactly one",
+                rest.len()
+            ));
+        }
+        if tbs.version != Some(X509Version::V2) {
+            return Err("the TBSCertList is not version 2 (v2 CRLs carry extensions)".into());
+        }
+        let (family, hash) = sig_alg(&tbs.signature.algorithm)?;
+        if let Some(next) = tbs.next_update {
+            if next < tbs.this_update {
+                return Err(format!(
+                    "nextUpdate ({next}) comes before thisUpdate ({})",
+                    tbs.this_update
+                ));
+            }
+        }
+        if tbs.revoked_certificates.len() > MAX_REVOKED {
+            return Err(format!(
+                "{} revoked certificates; at most {MAX_REVOKED} are signed",
+                tbs.revoked_certificates.len()
+            ));
+        }
+        let mut crl_number = None;
+        let mut seen = Vec::new();
+        for ext in tbs.extensions() {
+            let id = ext.oid.to_id_string();
+            if seen.contains(&id) {
+                return Err(format!("CRL extension {id} appears twice"));
+            }
+            seen.push(id.clone());
+            match ext.parsed_extension() {
+                ParsedExtension::CRLNumber(n) if !ext.critical => {
+                    crl_number = Some(n.to_string());
+                }
+                ParsedExtension::AuthorityKeyIdentifier(_) if !ext.critical => {}
+                _ => {
+                    return Err(format!(
+                        "CRL extension {id}{} is not one the agent signs (cRLNumber, authorityKeyIdentifier, not critical)",
+                        if ext.critical { " (critical)" } else { "" }
+                    ))
+                }
+            }
+        }
+        let mut revoked = Vec::new();
+        for entry in &tbs.revoked_certificates {
+            for ext in entry.extensions() {
+                match ext.parsed_extension() {
+                    ParsedExtension::ReasonCode(_) | ParsedExtension::InvalidityDate(_)
+                        if !ext.critical => {}
+                    _ => {
+                        return Err(format!(
+                            "the entry of serial {} carries extension {}, which the agent does not sign (reasonCode, invalidityDate)",
+                            entry.raw_serial_as_string(),
+                            ext.oid.to_id_string()
+                        ))
+                    }
+                }
+            }
+            revoked.push(entry.raw_serial_as_string().replace(':', ""));
+        }
+        Ok(CrlSummary {
+            issuer: tbs.issuer.to_string(),
+            issuer_der: tbs.issuer.as_raw().to_vec(),
+            this_update: tbs.this_update.to_string(),
+            next_update: tbs.next_update.map(|t| t.to_string()),
+            revoked,
+            crl_number,
+            hash,
+            family,
+        })
+    }
+}
+
+/// Checks that a key of `alg` can make a signature of `family`.
+pub fn family_fits(family: SigFamily, alg: KeyAlg) -> Result<(), String> {
+    let ok = matches!(
+        (family, alg),
+        (SigFamily::Ecdsa, KeyAlg::P256 | KeyAlg::P384)
+            | (SigFamily::RsaPkcs1, KeyAlg::Rsa(_))
+            | (SigFamily::Ed25519, KeyAlg::Ed25519)
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the request announces a {} signature, which a {alg} key cannot make",
+            match family {
+                SigFamily::Ecdsa => "ECDSA",
+                SigFamily::RsaPkcs1 => "RSA PKCS#1 v1.5",
+                SigFamily::Ed25519 => "Ed25519",
+            }
+        ))
+    }
+}
+
 /// A certificate as a device stores it (PKCS#11 CKO_CERTIFICATE attributes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertObject {
@@ -741,6 +894,33 @@ mod tests {
             )],
             &["timestamps", "SignedCertificateTimestampList"],
         );
+    }
+
+    #[test]
+    fn a_timestamping_leaf_is_a_leaf_and_names_its_eku() {
+        // As `waxseal ca tsa` makes it: CA:FALSE, digitalSignature, critical
+        // timeStamping alone. x509_issue = ["leaf"] allows it (policy: kind Leaf).
+        let s = TbsSummary::parse(&tbs_with(&[
+            ext(BC, CRITICAL, &[0x30, 0x00]),
+            ext(KU, CRITICAL, &[0x03, 0x02, 0x07, 0x80]),
+            ext(
+                "2.5.29.37",
+                CRITICAL,
+                &tlv(0x30, &[&oid("1.3.6.1.5.5.7.3.8")]),
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(s.kind(), CertKind::Leaf);
+        assert_eq!(s.eku, ["timeStamping"]);
+    }
+
+    #[test]
+    fn crl_garbage_is_refused() {
+        assert!(CrlSummary::parse(b"").is_err());
+        assert!(CrlSummary::parse(&[0x30, 0x00]).is_err());
+        assert!(CrlSummary::parse(&[0xff; 64]).is_err());
+        // A TBSCertificate is not a TBSCertList.
+        assert!(CrlSummary::parse(&tbs_with(&[])).is_err());
     }
 
     #[test]

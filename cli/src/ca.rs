@@ -7,7 +7,11 @@
 //! - **intermediate**: keyUsage certSign + cRLSign, EKU codeSigning only, CA:TRUE
 //!   pathlen 0, SKID, AKI = the root's SKID, validity inside the root's;
 //! - **leaf** (what Fulcio's `kmsca` issues, for tests and checks): 10 minutes,
-//!   digitalSignature, EKU codeSigning, an e-mail SAN, no subject.
+//!   digitalSignature, EKU codeSigning, an e-mail SAN, no subject;
+//! - **timestamping leaf** (`waxseal ca tsa`, as sigstore/timestamp-authority requires
+//!   its signer): CN and O, basicConstraints CA:FALSE (critical), keyUsage
+//!   digitalSignature only (critical), extendedKeyUsage timeStamping only and
+//!   critical (RFC 3161 2.3), SKID, AKI, validity inside the issuer's.
 //!
 //! rcgen builds the TBSCertificate and hands it to [`RemoteSigner`], whose closure asks
 //! the agent (purpose `x509-tbs`, or a digest through the KMS plug-in). Every result is
@@ -309,6 +313,147 @@ pub fn leaf_params(email: &str, key: &KeyMaterial) -> Result<CertificateParams> 
     Ok(p)
 }
 
+/// DER of an extendedKeyUsage value naming only timeStamping (1.3.6.1.5.5.7.3.8).
+const EKU_TIME_STAMPING: [u8; 12] = [
+    0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x08,
+];
+
+/// The timestamping leaf profile: `days` long from now, clipped inside the issuer's
+/// validity. rcgen writes extendedKeyUsage non-critical, so the extension is written
+/// here, critical, as RFC 3161 section 2.3 and sigstore/timestamp-authority require.
+pub fn tsa_params(
+    cn: &str,
+    org: &str,
+    days: u32,
+    key: &KeyMaterial,
+    issuer: &RootInfo,
+) -> Result<CertificateParams> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(cn, org)?;
+    p.serial_number = Some(random_serial()?);
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0)?;
+    p.not_before = now.max(issuer.not_before);
+    p.not_after = (now + Duration::days(i64::from(days))).min(issuer.not_after);
+    if p.not_after <= p.not_before {
+        bail!(
+            "the issuer {} is valid only until {}: no room for a timestamping certificate",
+            issuer.subject,
+            issuer.not_after
+        );
+    }
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let mut eku =
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], EKU_TIME_STAMPING.to_vec());
+    eku.set_criticality(true);
+    p.custom_extensions = vec![eku];
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key.key_id());
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+/// The DER certificates of a PEM file (every CERTIFICATE block, in order), at most
+/// `max`.
+pub fn pem_certificates(data: &[u8], max: usize) -> Result<Vec<Vec<u8>>> {
+    let text = std::str::from_utf8(data).map_err(|_| anyhow!("not a PEM file (not UTF-8)"))?;
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let block = &rest[start..];
+        let end = block
+            .find("-----END CERTIFICATE-----")
+            .ok_or_else(|| anyhow!("a -----BEGIN CERTIFICATE----- block has no end"))?;
+        let end = end + "-----END CERTIFICATE-----".len();
+        if out.len() == max {
+            bail!("more than {max} certificates");
+        }
+        out.push(pem_or_der(&block.as_bytes()[..end], "CERTIFICATE")?);
+        rest = &block[end..];
+    }
+    if out.is_empty() {
+        bail!("no -----BEGIN CERTIFICATE----- block");
+    }
+    Ok(out)
+}
+
+/// Checks a chain, leaf (or lowest CA) first and a self-signed root last: every
+/// certificate parses, names the next as its issuer, is signed by the next one's key
+/// and lies inside its validity; every certificate but the first is a CA; the root
+/// signed itself. `purpose`, when given, is an extended key usage OID that every CA
+/// certificate in the chain must allow when it lists any (Go's crypto/x509, which
+/// sigstore/timestamp-authority and Fulcio verify with, requires this nesting).
+pub fn check_chain(ders: &[Vec<u8>], purpose: Option<(&str, &str)>) -> Result<()> {
+    let certs = ders
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let (rest, c) = X509Certificate::from_der(d)
+                .map_err(|e| anyhow!("certificate {i} of the chain does not parse: {e}"))?;
+            if !rest.is_empty() {
+                bail!("certificate {i} of the chain has trailing bytes");
+            }
+            Ok(c)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(root) = certs.last() else {
+        bail!("the chain is empty");
+    };
+    if root.subject().as_raw() != root.issuer().as_raw() {
+        bail!(
+            "the chain ends with {}, issued by {}: it must end with a self-signed root",
+            root.subject(),
+            root.issuer()
+        );
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        let issuer = certs.get(i + 1).unwrap_or(root);
+        let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+        if i > 0 && !is_ca {
+            bail!(
+                "{} issues a certificate in the chain but is not a CA",
+                cert.subject()
+            );
+        }
+        if cert.issuer().as_raw() != issuer.subject().as_raw() {
+            bail!(
+                "{} names {} as its issuer, but the next certificate of the chain is {}",
+                cert.subject(),
+                cert.issuer(),
+                issuer.subject()
+            );
+        }
+        check_signature(&ders[i], issuer.public_key().raw)
+            .with_context(|| format!("{} is not signed by {}", cert.subject(), issuer.subject()))?;
+        let (v, w) = (cert.validity(), issuer.validity());
+        if v.not_before < w.not_before || v.not_after > w.not_after {
+            bail!(
+                "{} is valid {} to {}, outside its issuer's {} to {}",
+                cert.subject(),
+                v.not_before,
+                v.not_after,
+                w.not_before,
+                w.not_after
+            );
+        }
+        if let (Some((oid, label)), true) = (purpose, is_ca) {
+            if let Ok(Some(eku)) = cert.extended_key_usage() {
+                let e = eku.value;
+                let listed = e.any
+                    || e.other.iter().any(|o| o.to_id_string() == oid)
+                    || (oid == "1.3.6.1.5.5.7.3.8" && e.time_stamping)
+                    || (oid == "1.3.6.1.5.5.7.3.3" && e.code_signing);
+                if !listed {
+                    bail!(
+                        "the CA {} limits its extended key usages and {label} is not among them, so Go's crypto/x509 (sigstore/timestamp-authority, Fulcio) refuses the chain for {label}. Issue from a CA without extendedKeyUsage or one that lists {label} (e.g. the root)",
+                        cert.subject()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An issuer over `signer` from its CA certificate: its subject (the same attribute
 /// types, strings and order) and its subject key identifier.
 pub fn issuer_from_cert<S: SigningKey>(ca_der: &[u8], signer: S) -> Result<Issuer<'static, S>> {
@@ -362,6 +507,47 @@ pub fn check_signature(der: &[u8], issuer_spki: &[u8]) -> Result<()> {
     key.verify_digest(&message, hash, &cert.signature_value.data, false)
         .context("the certificate's signature does not verify with the issuer's key")?;
     Ok(())
+}
+
+/// A certificate's subject key identifier, if it has one.
+pub fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, c)| c.subject_key_identifier())
+}
+
+/// Checks a DER CRL's signature with the issuer's SubjectPublicKeyInfo.
+pub fn check_crl_signature(der: &[u8], issuer_spki: &[u8]) -> Result<()> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (rest, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| anyhow!("the new CRL does not parse: {e}"))?;
+    if !rest.is_empty() {
+        bail!("bytes follow the new CRL");
+    }
+    let hash = hash_of(&crl.signature_algorithm.algorithm)?;
+    let tbs = crl.tbs_cert_list.as_ref();
+    let key = AnyPublicKey::from_spki(issuer_spki)?;
+    let message = if matches!(key, AnyPublicKey::Ed25519(_)) {
+        tbs.to_vec()
+    } else {
+        digest(hash, tbs)
+    };
+    key.verify_digest(&message, hash, &crl.signature_value.data, false)
+        .context("the CRL's signature does not verify with the issuer's key")?;
+    Ok(())
+}
+
+/// PEM text of DER bytes with `label`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// A CSR's public key, after checking the CSR's signature with it.

@@ -232,6 +232,106 @@ enum CaCommand {
         #[arg(long, default_value = "chain.pem")]
         out: PathBuf,
     },
+    /// A timestamping certificate (RFC 3161 TSA signer, as sigstore/timestamp-authority
+    /// requires: end entity, keyUsage digitalSignature, only a critical timeStamping
+    /// extended key usage) issued by an agent CA key, and the TSA's chain file.
+    Tsa {
+        /// The TSA's key, DEVICE/LABEL.
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
+        key: Option<String>,
+        /// Certify this public key (PEM `PUBLIC KEY` or DER SubjectPublicKeyInfo)
+        /// instead: a TSA whose key lives elsewhere.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        /// The issuing CA's key, DEVICE/LABEL (a root or an intermediate).
+        #[arg(long)]
+        issuer_key: String,
+        /// The issuer's chain: its certificate first, its root last (`ca root`'s or `ca
+        /// intermediate`'s output).
+        #[arg(long, value_name = "PEMFILE")]
+        issuer_chain: PathBuf,
+        /// Subject common name.
+        #[arg(long)]
+        cn: String,
+        /// Subject organization.
+        #[arg(long)]
+        org: String,
+        /// Validity in days, from now; clipped to the issuer's.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+        /// Where the PEM chain goes (TSA certificate, then the issuer's chain); an
+        /// existing file is never replaced.
+        #[arg(long, default_value = "tsa-chain.pem")]
+        out: PathBuf,
+    },
+    /// A certificate revocation list signed by an agent CA key (purpose x509-crl),
+    /// revoking the certificates given (e.g. an intermediate that must go).
+    Crl {
+        /// The CA key, DEVICE/LABEL; its [[key]] entry must allow purpose x509-crl.
+        #[arg(long)]
+        key: String,
+        /// The CA's certificate (PEM; the first certificate of the file).
+        #[arg(long, value_name = "PEMFILE")]
+        issuer_cert: PathBuf,
+        /// A certificate to revoke (PEM; the first certificate of the file, e.g. `ca
+        /// intermediate`'s chain); repeat for more. None: an empty CRL.
+        #[arg(long, value_name = "PEMFILE")]
+        revoke: Vec<PathBuf>,
+        /// The revocation reason: unspecified, keyCompromise, caCompromise,
+        /// affiliationChanged, superseded, cessationOfOperation.
+        #[arg(long, default_value = "superseded")]
+        reason: String,
+        /// The CRL number; default: the current Unix time, so that each CRL's is larger.
+        #[arg(long)]
+        crl_number: Option<u64>,
+        /// Days until nextUpdate.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Where the PEM CRL goes; an existing file is never replaced.
+        #[arg(long, default_value = "crl.pem")]
+        out: PathBuf,
+    },
+    /// A Sigstore TrustedRoot v0.2 (JSON) for the clients of a private deployment:
+    /// the CA chain, the Rekor log's key, optionally a CT log's key, and the TSA's
+    /// chain, each with its validity window.
+    TrustedRoot {
+        /// The Fulcio chain (`ca intermediate`'s output: intermediate first, root last);
+        /// repeat for each intermediate while they overlap (README.md, "Intermediate
+        /// rotation").
+        #[arg(long, value_name = "PEMFILE")]
+        ca_chain: Vec<PathBuf>,
+        /// The CA's URL (Fulcio).
+        #[arg(long, value_name = "URL", requires = "ca_chain")]
+        ca_url: Option<String>,
+        /// The Rekor log's URL.
+        #[arg(long, value_name = "URL", requires = "rekor_key")]
+        rekor_url: Option<String>,
+        /// The Rekor log's public key (PEM).
+        #[arg(long, value_name = "PEMFILE", requires = "rekor_url")]
+        rekor_key: Option<PathBuf>,
+        /// A CT log's URL.
+        #[arg(long, value_name = "URL", requires = "ctlog_key")]
+        ctlog_url: Option<String>,
+        /// The CT log's public key (PEM).
+        #[arg(long, value_name = "PEMFILE", requires = "ctlog_url")]
+        ctlog_key: Option<PathBuf>,
+        /// Since when the logs' keys are valid (RFC 3339); default: now.
+        #[arg(long, value_name = "TIME")]
+        logs_valid_from: Option<String>,
+        /// The TSA's chain (`ca tsa`'s output: TSA certificate first, root last).
+        #[arg(long, value_name = "PEMFILE")]
+        tsa_chain: Option<PathBuf>,
+        /// The TSA's URL.
+        #[arg(long, value_name = "URL", requires = "tsa_chain")]
+        tsa_url: Option<String>,
+        /// Where the JSON goes; an existing file is never replaced.
+        #[arg(short = 'o', long, default_value = "trusted_root.json")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,10 +1,12 @@
 """OpenSSL's own RFC 3161 TSA (`openssl ts -reply`) behind Python's http.server, for the
 waxseal tests: a second TSA, independent of sigstore-js's.
 
-Usage: python3 openssl_tsa.py DIR
+Usage: python3 openssl_tsa.py DIR [existing]
 Creates in DIR a root CA, an RSA-2048 TSA certificate whose only extended key usage is a
 critical timeStamping (root.pem, tsa.pem, chain.pem), and tsa.cnf; prints "PORT <n>"
 once listening on 127.0.0.1 and answers each POSTed TimeStampReq until killed.
+With "existing", DIR already holds tsa.cnf (and the files it names): nothing is created,
+so a test can serve a TSA certificate it issued itself.
 """
 
 import http.server
@@ -87,7 +89,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def main():
     d = os.path.abspath(sys.argv[1])
-    setup(d)
+    if sys.argv[2:] != ["existing"]:
+        setup(d)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.dir = d
     print(f"PORT {server.server_address[1]}", flush=True)

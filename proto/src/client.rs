@@ -487,6 +487,22 @@ impl Client {
         }))
     }
 
+    /// `sign` with purpose `x509-crl`: the signature over a DER TBSCertList, made with
+    /// the hash its signature algorithm names (RSA: PKCS#1 v1.5).
+    pub fn sign_crl(&mut self, key: &str, tbs: &[u8]) -> Result<SignOk, ClientError> {
+        self.call(Op::Sign(Sign {
+            key: key.into(),
+            purpose: Purpose::X509Crl,
+            hash: None,
+            digest: Bytes::default(),
+            tbs: Some(Bytes(tbs.to_vec())),
+            name: None,
+            padding: None,
+            message: None,
+            statement: None,
+        }))
+    }
+
     /// `store_certificate`: `cert` (DER) stored on the device of `key` as object `id`
     /// (CKA_ID = the ASCII bytes of `id`).
     pub fn store_certificate(

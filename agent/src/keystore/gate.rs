@@ -187,6 +187,7 @@ impl KeyStore {
                 (Purpose::Digest, Some(message)) => prepare_message(req, message, device, label),
                 (Purpose::Digest | Purpose::Blob, _) => prepare_digest(req),
                 (Purpose::X509Tbs, _) => self.prepare_tbs(req, device, label, subject),
+                (Purpose::X509Crl, _) => prepare_crl(req, device, label, subject),
                 (Purpose::Attest, _) => prepare_attest(req, device, label, subject),
                 (Purpose::Ssh, _) => Err(WireError::new(
                     ErrorCode::Unsupported,
@@ -859,4 +860,83 @@ fn hash(alg: HashAlg, data: &[u8]) -> Vec<u8> {
         HashAlg::Sha384 => Sha384::digest(data).to_vec(),
         HashAlg::Sha512 => Sha512::digest(data).to_vec(),
     }
+}
+
+/// Purpose `x509-crl`: parses the TBSCertList, records what it revokes (issuer,
+/// thisUpdate/nextUpdate, serials, CRL number), checks that its issuer is the subject
+/// of the certificate the device holds for the key (when it holds one) and that the
+/// key can make the signature it announces, and hashes it with that signature's hash.
+fn prepare_crl<'a>(
+    req: &'a Sign,
+    device: &Device,
+    label: &str,
+    subject: &mut Map<String, Value>,
+) -> Result<Prepared<'a>, WireError> {
+    let key = &req.key;
+    let Some(tbs) = req.tbs.as_ref() else {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "purpose x509-crl needs `tbs`, the DER TBSCertList",
+        ));
+    };
+    let summary = crate::x509::CrlSummary::parse(&tbs.0).map_err(|e| {
+        warn!(key = %key, error = %e, "x509-crl refused: malformed TBSCertList");
+        WireError::new(ErrorCode::BadRequest, format!("x509-crl: {e}"))
+    })?;
+    subject.insert(
+        "crl".into(),
+        json!({
+            "issuer": summary.issuer,
+            "this_update": summary.this_update,
+            "next_update": summary.next_update,
+            "revoked": summary.revoked,
+            "crl_number": summary.crl_number,
+        }),
+    );
+    let pk = device.lanes.run(|b| b.public_key(label))?.map_err(wire)?;
+    crate::x509::family_fits(summary.family, pk.alg)
+        .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("x509-crl: {e}")))?;
+    let cert = device.lanes.run(|b| b.certificate(label))?.map_err(wire)?;
+    if let Some(cert) = cert {
+        if let Ok((_, c)) = x509_parser::parse_x509_certificate(&cert.der) {
+            if c.subject().as_raw() != summary.issuer_der.as_slice() {
+                return Err(WireError::new(
+                    ErrorCode::PolicyDenied,
+                    format!(
+                        "x509-crl: the CRL's issuer {} is not the subject {} of the certificate the device holds for {key}",
+                        summary.issuer,
+                        c.subject()
+                    ),
+                ));
+            }
+        }
+    }
+    let raw = summary.family == SigFamily::Ed25519;
+    let digest = if raw {
+        Cow::Borrowed(tbs.0.as_slice())
+    } else {
+        Cow::Owned(hash(summary.hash, &tbs.0))
+    };
+    info!(
+        key = %key, issuer = %summary.issuer, this_update = %summary.this_update,
+        revoked = %summary.revoked.join(","), "x509-crl judged: the CRL may be signed"
+    );
+    Ok(Prepared {
+        digest,
+        hash: Some(summary.hash),
+        padding: RsaPadding::Pkcs1,
+        raw,
+        what: format!(
+            "CRL of {} (thisUpdate {}, nextUpdate {}, CRL number {}) revoking {}",
+            summary.issuer,
+            summary.this_update,
+            summary.next_update.as_deref().unwrap_or("none"),
+            summary.crl_number.as_deref().unwrap_or("none"),
+            if summary.revoked.is_empty() {
+                "nothing".to_string()
+            } else {
+                summary.revoked.join(", ")
+            }
+        ),
+    })
 }

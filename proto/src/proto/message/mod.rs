@@ -233,6 +233,9 @@ word_enum! {
         Blob = "blob",
         /// A DER TBSCertificate (CA keys).
         X509Tbs = "x509-tbs",
+        /// A DER TBSCertList: a certificate revocation list (CA keys), read and
+        /// summarised by the agent like a TBSCertificate.
+        X509Crl = "x509-crl",
         /// An SSH signature request (ssh.sock only).
         Ssh = "ssh",
         /// An in-toto statement in a DSSE envelope: the agent reads the statement,
@@ -814,7 +817,8 @@ pub struct Sign {
     /// The digest to sign (`digest` and `blob`); absent for `x509-tbs`.
     #[serde(default, skip_serializing_if = "Bytes::is_empty")]
     pub digest: Bytes,
-    /// The DER TBSCertificate to sign (`x509-tbs`): the agent parses it, checks it
+    /// The DER TBSCertificate to sign (`x509-tbs`), or TBSCertList (`x509-crl`): the
+    /// agent parses it, checks it
     /// against the key's policy, logs it, and signs it with the hash its signature
     /// algorithm names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -846,6 +850,20 @@ impl Sign {
         if self.purpose == Purpose::Attest || self.statement.is_some() {
             return self.check_statement();
         }
+        if self.purpose == Purpose::X509Crl {
+            return match (self.tbs.is_some(), self.digest.is_empty()) {
+                (true, true) if self.hash.is_some() || self.padding.is_some() => Err(
+                    "purpose x509-crl takes no `hash` or `padding`: the TBSCertList's signature algorithm names them".into(),
+                ),
+                (true, true) => Ok(()),
+                (false, _) => Err(
+                    "missing field `tbs` (purpose x509-crl signs a DER TBSCertList)".into(),
+                ),
+                (true, false) => Err(
+                    "purpose x509-crl takes `tbs` and no `digest`: the agent hashes the TBSCertList itself".into(),
+                ),
+            };
+        }
         match (self.purpose, self.tbs.is_some(), self.digest.is_empty()) {
             (Purpose::X509Tbs, true, true) if self.hash.is_some() || self.padding.is_some() => Err(
                 "purpose x509-tbs takes no `hash` or `padding`: the TBSCertificate's signature algorithm names them".into(),
@@ -858,7 +876,7 @@ impl Sign {
                 "purpose x509-tbs takes `tbs` and no `digest`: the agent hashes the TBSCertificate itself".into(),
             ),
             (_, true, _) => Err(format!(
-                "`tbs` is only for purpose x509-tbs, not {}",
+                "`tbs` is only for purpose x509-tbs or x509-crl, not {}",
                 self.purpose
             )),
             (_, false, true) => Err("missing field `digest`".into()),
