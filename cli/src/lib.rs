@@ -11,6 +11,7 @@ pub mod signing_config;
 pub mod sigstore;
 pub mod sshfmt;
 pub mod tpmwrap;
+pub mod transcript;
 pub mod trustroot;
 pub mod tsa;
 pub mod verify;

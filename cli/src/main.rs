@@ -202,6 +202,9 @@ enum CaCommand {
         /// does (CKA_ID = ID, label PKCS11CA), for Fulcio's pkcs11ca.
         #[arg(long, value_name = "ID")]
         pkcs11_store: Option<String>,
+        /// A ceremony transcript (README.md, "Ceremony transcripts").
+        #[command(flatten)]
+        record: commands::TranscriptArgs,
     },
     /// An intermediate certificate signed by the root key, and the chain file for
     /// Fulcio's --kms-cert-chain-path (intermediate first, root last).
@@ -231,6 +234,9 @@ enum CaCommand {
         /// Where the PEM chain goes; an existing file is never replaced.
         #[arg(long, default_value = "chain.pem")]
         out: PathBuf,
+        /// A ceremony transcript (README.md, "Ceremony transcripts").
+        #[command(flatten)]
+        record: commands::TranscriptArgs,
     },
     /// A timestamping certificate (RFC 3161 TSA signer, as sigstore/timestamp-authority
     /// requires: end entity, keyUsage digitalSignature, only a critical timeStamping
@@ -267,6 +273,9 @@ enum CaCommand {
         /// existing file is never replaced.
         #[arg(long, default_value = "tsa-chain.pem")]
         out: PathBuf,
+        /// A ceremony transcript (README.md, "Ceremony transcripts").
+        #[command(flatten)]
+        record: commands::TranscriptArgs,
     },
     /// A certificate revocation list signed by an agent CA key (purpose x509-crl),
     /// revoking the certificates given (e.g. an intermediate that must go).
@@ -294,7 +303,13 @@ enum CaCommand {
         /// Where the PEM CRL goes; an existing file is never replaced.
         #[arg(long, default_value = "crl.pem")]
         out: PathBuf,
+        /// A ceremony transcript (README.md, "Ceremony transcripts").
+        #[command(flatten)]
+        record: commands::TranscriptArgs,
     },
+    /// Ceremony transcripts (`--transcript DIR` of root, intermediate, tsa, crl).
+    #[command(subcommand)]
+    Transcript(TranscriptCommand),
     /// A Sigstore TrustedRoot v0.2 (JSON) for the clients of a private deployment:
     /// the CA chain, the Rekor log's key, optionally a CT log's key, and the TSA's
     /// chain, each with its validity window.
@@ -331,6 +346,21 @@ enum CaCommand {
         /// Where the JSON goes; an existing file is never replaced.
         #[arg(short = 'o', long, default_value = "trusted_root.json")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TranscriptCommand {
+    /// Check a ceremony transcript offline: the witness's signature over MANIFEST,
+    /// every file's SHA-256, no file missing or extra, the audit records' chain links,
+    /// the `signed` record naming tbs.der, the result's TBS and signature, approvals.
+    Verify {
+        /// The transcript directory.
+        dir: PathBuf,
+        /// The witness's public key (PEM) you trust; without it the transcript's own
+        /// witness.pub.pem is used, which proves integrity, not who witnessed.
+        #[arg(long, value_name = "PEMFILE")]
+        witness_public_key: Option<PathBuf>,
     },
 }
 

@@ -19,8 +19,9 @@ use waxseal::ca::{self, KeyMaterial, RemoteSigner, RootInfo, SignFn};
 use waxseal_proto::client::Client;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::transcript::{Signed, TranscriptArgs};
 use super::Ctx;
-use crate::CaCommand;
+use crate::{CaCommand, TranscriptCommand};
 
 /// What was issued, for `--json` and the summary.
 #[derive(Debug, Serialize)]
@@ -45,7 +46,21 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             days,
             out,
             pkcs11_store,
-        } => root(ctx, &key, &cn, &org, days, &out, pkcs11_store.as_deref()),
+            record,
+        } => root(
+            ctx,
+            &key,
+            &cn,
+            &org,
+            days,
+            &out,
+            pkcs11_store.as_deref(),
+            &record,
+        ),
+        CaCommand::Transcript(TranscriptCommand::Verify {
+            dir,
+            witness_public_key,
+        }) => super::transcript::verify(ctx, &dir, witness_public_key.as_deref()),
         CaCommand::Intermediate {
             key,
             csr,
@@ -55,6 +70,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             org,
             days,
             out,
+            record,
         } => intermediate(
             ctx,
             &Intermediate {
@@ -66,6 +82,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 org: &org,
                 days,
                 out: &out,
+                record: &record,
             },
         ),
         CaCommand::Tsa {
@@ -77,6 +94,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             org,
             days,
             out,
+            record,
         } => tsa(
             ctx,
             &Tsa {
@@ -88,6 +106,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 org: &org,
                 days,
                 out: &out,
+                record: &record,
             },
         ),
         CaCommand::TrustedRoot {
@@ -122,6 +141,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             crl_number,
             days,
             out,
+            record,
         } => crl(
             ctx,
             &Crl {
@@ -132,6 +152,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 crl_number,
                 days,
                 out: &out,
+                record: &record,
             },
         ),
     }
@@ -147,6 +168,7 @@ struct Crl<'a> {
     crl_number: Option<u64>,
     days: u32,
     out: &'a Path,
+    record: &'a TranscriptArgs,
 }
 
 /// At most this many certificates revoked by one `ca crl`.
@@ -157,6 +179,7 @@ fn crl(ctx: &Ctx, req: &Crl<'_>) -> Result<()> {
         CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
     };
     refuse_existing(req.out)?;
+    req.record.check()?;
     let reason = match req.reason {
         "unspecified" => RevocationReason::Unspecified,
         "keyCompromise" => RevocationReason::KeyCompromise,
@@ -229,11 +252,14 @@ fn crl(ctx: &Ctx, req: &Crl<'_>) -> Result<()> {
     let material = KeyMaterial::from_spki(&public.spki_der.0)?;
     let key = req.key;
     let client_ref = &client;
+    let sent = RefCell::new(Vec::new());
+    let sent_ref = &sent;
     let sign: SignFn<'_> = Box::new(move |tbs: &[u8]| {
         let signed = client_ref
             .borrow_mut()
             .sign_crl(key, tbs)
             .map_err(|e| anyhow!("{key} did not sign the CRL: {e}"))?;
+        sent_ref.borrow_mut().push(tbs.to_vec());
         Ok(signed.signature.0)
     });
     let signer = RemoteSigner::new(material, sign);
@@ -257,7 +283,19 @@ fn crl(ctx: &Ctx, req: &Crl<'_>) -> Result<()> {
         .map_err(|e| rc_issuer.key().explain(e))?;
     let der = list.der().to_vec();
     ca::check_crl_signature(&der, &issuer.spki)?;
-    write_new(req.out, &ca::pem("X509 CRL", &der))?;
+    let crl_pem = ca::pem("X509 CRL", &der);
+    write_new(req.out, &crl_pem)?;
+    req.record.write(
+        &mut client.borrow_mut(),
+        &Signed {
+            key: req.key,
+            tbs: &last(&sent)?,
+            results: vec![
+                ("crl.pem", crl_pem.into_bytes()),
+                ("issuer.pem", ca::cert_pem(&issuer.der).into_bytes()),
+            ],
+        },
+    )?;
     let serials: Vec<String> = req
         .revoke
         .iter()
@@ -507,6 +545,7 @@ struct Tsa<'a> {
     org: &'a str,
     days: u32,
     out: &'a Path,
+    record: &'a TranscriptArgs,
 }
 
 /// The issuer's chain file: its certificates (issuer first), checked as a chain, and
@@ -534,6 +573,7 @@ fn read_public_key(path: &Path) -> Result<Vec<u8>> {
 
 fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
     refuse_existing(req.out)?;
+    req.record.check()?;
     let (chain, issuer) = read_issuer_chain(req.issuer_chain)?;
     let client = RefCell::new(ctx.connect()?);
     let subject_key = match (req.key, req.public_key) {
@@ -548,7 +588,8 @@ fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
             .with_context(|| format!("{} cannot be certified", path.display()))?,
         _ => bail!("name the TSA's key with --key NAME or --public-key FILE (one of them)"),
     };
-    let signer = agent_signer(&client, req.issuer_key)?;
+    let sent = RefCell::new(Vec::new());
+    let signer = agent_signer(&client, req.issuer_key, &sent)?;
     if signer.key().spki() != issuer.spki.as_slice() {
         bail!(
             "the first certificate of {} is not {}'s: its public key differs",
@@ -576,6 +617,14 @@ fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
         .context("the new timestamping certificate does not chain to the issuer")?;
     let text: String = full.iter().map(|d| ca::cert_pem(d)).collect();
     write_new(req.out, &text)?;
+    req.record.write(
+        &mut client.borrow_mut(),
+        &Signed {
+            key: req.issuer_key,
+            tbs: &last(&sent)?,
+            results: vec![("certificate.pem", text.into_bytes())],
+        },
+    )?;
     report(
         ctx,
         &der,
@@ -586,7 +635,11 @@ fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
 }
 
 /// A signer that sends each TBSCertificate to the agent with purpose `x509-tbs`.
-fn agent_signer<'c>(client: &'c RefCell<Client>, key: &'c str) -> Result<RemoteSigner<SignFn<'c>>> {
+fn agent_signer<'c>(
+    client: &'c RefCell<Client>,
+    key: &'c str,
+    sent: &'c RefCell<Vec<Vec<u8>>>,
+) -> Result<RemoteSigner<SignFn<'c>>> {
     let public = client
         .borrow_mut()
         .public_key(key)
@@ -598,9 +651,18 @@ fn agent_signer<'c>(client: &'c RefCell<Client>, key: &'c str) -> Result<RemoteS
             .borrow_mut()
             .sign_tbs(key, tbs)
             .map_err(|e| anyhow!("{key} did not sign the certificate: {e}"))?;
+        sent.borrow_mut().push(tbs.to_vec());
         Ok(signed.signature.0)
     });
     Ok(RemoteSigner::new(material, sign))
+}
+
+/// The TBS the agent signed last (for the transcript).
+fn last(sent: &RefCell<Vec<Vec<u8>>>) -> Result<Vec<u8>> {
+    sent.borrow()
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow!("nothing was sent to the agent to sign"))
 }
 
 fn refuse_existing(out: &Path) -> Result<()> {
@@ -621,10 +683,13 @@ fn root(
     days: u32,
     out: &Path,
     pkcs11_store: Option<&str>,
+    record: &TranscriptArgs,
 ) -> Result<()> {
     refuse_existing(out)?;
+    record.check()?;
     let client = RefCell::new(ctx.connect()?);
-    let signer = agent_signer(&client, key)?;
+    let sent = RefCell::new(Vec::new());
+    let signer = agent_signer(&client, key, &sent)?;
     let params = ca::root_params(cn, org, days, signer.key())?;
     let cert = params.self_signed(&signer).map_err(|e| signer.explain(e))?;
     let der = cert.der().to_vec();
@@ -635,7 +700,16 @@ fn root(
             .store_certificate(key, id, None, &der)
             .with_context(|| format!("cannot store the root certificate on {key}'s token as id '{id}'; nothing was written"))?;
     }
-    write_new(out, &ca::cert_pem(&der))?;
+    let pem = ca::cert_pem(&der);
+    write_new(out, &pem)?;
+    record.write(
+        &mut client.borrow_mut(),
+        &Signed {
+            key,
+            tbs: &last(&sent)?,
+            results: vec![("certificate.pem", pem.into_bytes())],
+        },
+    )?;
     report(ctx, &der, out, pkcs11_store, "root")
 }
 
@@ -658,6 +732,8 @@ struct Intermediate<'a> {
     days: u32,
     /// The chain written: intermediate, then root.
     out: &'a Path,
+    /// `--transcript`.
+    record: &'a TranscriptArgs,
 }
 
 fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
@@ -670,8 +746,10 @@ fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
         org,
         days,
         out,
+        record,
     } = *req;
     refuse_existing(out)?;
+    record.check()?;
     let root_data = fs::read(root_cert)
         .with_context(|| format!("cannot read the root certificate {}", root_cert.display()))?;
     let root = RootInfo::parse(&root_data)
@@ -697,7 +775,8 @@ fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
         }
         _ => bail!("name the intermediate's key with --key NAME or --csr FILE (one of them)"),
     };
-    let signer = agent_signer(&client, root_key)?;
+    let sent = RefCell::new(Vec::new());
+    let signer = agent_signer(&client, root_key, &sent)?;
     if signer.key().spki() != root.spki.as_slice() {
         bail!(
             "{} is not {root_key}'s certificate: its public key differs. Pass the root certificate made with --key {root_key}",
@@ -713,6 +792,14 @@ fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
     ca::check_signature(&der, &root.spki)?;
     let chain = format!("{}{}", ca::cert_pem(&der), ca::cert_pem(&root.der));
     write_new(out, &chain)?;
+    record.write(
+        &mut client.borrow_mut(),
+        &Signed {
+            key: root_key,
+            tbs: &last(&sent)?,
+            results: vec![("certificate.pem", chain.into_bytes())],
+        },
+    )?;
     report(
         ctx,
         &der,

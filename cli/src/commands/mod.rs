@@ -12,6 +12,8 @@ use zeroize::Zeroizing;
 use crate::defaults::{self, ServiceFlags};
 use crate::{Cli, Command};
 
+pub use transcript::TranscriptArgs;
+
 mod approvals;
 mod attest;
 mod audit;
@@ -25,6 +27,7 @@ mod services;
 mod sign;
 mod ssh;
 mod status;
+mod transcript;
 mod trust;
 mod verify;
 

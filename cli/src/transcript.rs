@@ -1,0 +1,413 @@
+//! Ceremony transcripts (README.md, "Ceremony transcripts"): the files a `waxseal ca
+//! root|intermediate|tsa|crl --transcript DIR` writes, and the offline check of
+//! `waxseal ca transcript verify DIR`.
+//!
+//! The layout: `command.json`, `agent.json`, `tbs.der`, `tbs-summary.json`,
+//! `approvals/` (when the key needed a quorum), the result (`certificate.pem`, or
+//! `crl.pem` with `issuer.pem`), `audit.jsonl`, `witness.pub.pem`, then `MANIFEST` (one
+//! `SHA256-HEX  PATH` line per file) and `MANIFEST.sig` (base64 of the witness key's
+//! signature over the SHA-256 (P-384: SHA-384) of `MANIFEST`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use base64::Engine as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use waxseal_proto::proto::HashAlg;
+
+use crate::ca;
+use crate::verify::{hash_bytes, spki_from_pem, AnyPublicKey};
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "MANIFEST";
+/// The witness signature's file name.
+pub const MANIFEST_SIG: &str = "MANIFEST.sig";
+/// The witness key's file name.
+pub const WITNESS_PUB: &str = "witness.pub.pem";
+/// The audit records' file name.
+pub const AUDIT: &str = "audit.jsonl";
+/// At most this many files in a transcript.
+pub const MAX_FILES: usize = 200;
+/// At most this many bytes in one transcript file.
+pub const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// Refuses a DIR that is a symlink, not a directory, or not empty.
+pub fn check_target(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow!("cannot read --transcript {}: {e}", dir.display())),
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "--transcript {} is a symbolic link; name the directory itself",
+            dir.display()
+        ),
+        Ok(m) if !m.is_dir() => bail!("--transcript {} is not a directory", dir.display()),
+        Ok(_) => {
+            let mut entries = fs::read_dir(dir)
+                .with_context(|| format!("cannot read --transcript {}", dir.display()))?;
+            if entries.next().is_some() {
+                bail!(
+                    "--transcript {} is not empty; a transcript goes into a new or empty directory",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The manifest text of `files` (relative path → bytes).
+pub fn manifest(files: &BTreeMap<String, Vec<u8>>) -> String {
+    files
+        .iter()
+        .map(|(name, data)| format!("{}  {name}\n", hex::encode(Sha256::digest(data))))
+        .collect()
+}
+
+/// The digest the witness signs: of `manifest`, with the key's default hash.
+pub fn manifest_digest(spki: &[u8], manifest: &[u8]) -> Result<(Vec<u8>, HashAlg)> {
+    let key = AnyPublicKey::from_spki(spki).context("the witness key")?;
+    let hash = key.default_hash();
+    Ok((hash_bytes(hash, manifest), hash))
+}
+
+/// Writes `files` (plus `MANIFEST` and `MANIFEST.sig`) into `dir`, built in a sibling
+/// temporary directory (mode 0700) and renamed into place: no partial transcript.
+pub fn write_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    check_target(dir)?;
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("--transcript {} has no usable name", dir.display()))?;
+    let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
+    let build = || -> Result<()> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        for (rel, data) in files {
+            let path = tmp.join(rel);
+            if let Some(p) = path.parent() {
+                if !p.exists() {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?;
+                }
+            }
+            fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        // rename(2) replaces an empty directory, never one with files.
+        fs::rename(&tmp, dir).with_context(|| format!("cannot create {}", dir.display()))
+    };
+    let r = build();
+    if r.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    r
+}
+
+/// A transcript's audit records as lines: each as the agent wrote it (the agent's
+/// records are JSON objects with sorted keys, so serde_json gives back the same bytes;
+/// the chain check proves it).
+pub fn audit_lines(records: &[Value]) -> Result<String> {
+    let mut out = String::new();
+    for r in records {
+        if r.get("truncated").and_then(Value::as_bool) == Some(true) {
+            bail!("an audit record was too long for the agent's answer; the transcript cannot hold it");
+        }
+        out.push_str(&serde_json::to_string(r)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// One failed check, naming the piece.
+fn fail(piece: &str, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{piece}: {why}")
+}
+
+/// What `verify` found.
+#[derive(Debug, serde::Serialize)]
+pub struct Verified {
+    /// Files checked against the manifest.
+    pub files: usize,
+    /// Audit records whose chain links were checked.
+    pub audit_records: u64,
+    /// The `signed` record's seq.
+    pub signed_seq: u64,
+    /// The key that signed the TBS.
+    pub key: String,
+    /// Approvals found, when the key had a quorum.
+    pub approvals: usize,
+    /// `certificate.pem` or `crl.pem`.
+    pub result: String,
+    /// Where the witness key came from.
+    pub witness: String,
+    /// SHA-256 of the witness key's SubjectPublicKeyInfo.
+    pub witness_key_sha256: String,
+}
+
+/// Every regular file under `dir` (one level of subdirectories), relative paths.
+/// Symbolic links and other kinds are refused.
+fn list(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new(), 0)];
+    while let Some((path, prefix, depth)) = stack.pop() {
+        for e in fs::read_dir(&path).with_context(|| format!("cannot read {}", path.display()))? {
+            let e = e?;
+            let name = e
+                .file_name()
+                .into_string()
+                .map_err(|_| anyhow!("{}: a file name that is not UTF-8", path.display()))?;
+            let rel = format!("{prefix}{name}");
+            let t = e.file_type()?;
+            if t.is_dir() && depth == 0 {
+                stack.push((e.path(), format!("{rel}/"), 1));
+            } else if t.is_file() {
+                out.push(rel);
+            } else {
+                bail!(
+                    "{rel}: not a regular file (symbolic links and nested directories are refused)"
+                );
+            }
+            if out.len() > MAX_FILES {
+                bail!("more than {MAX_FILES} files: not a transcript");
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read(dir: &Path, rel: &str) -> Result<Vec<u8>> {
+    let path = dir.join(rel);
+    let m = fs::symlink_metadata(&path).map_err(|e| fail(rel, format!("cannot read: {e}")))?;
+    if !m.is_file() {
+        bail!("{rel}: not a regular file");
+    }
+    if m.len() > MAX_FILE {
+        bail!("{rel}: larger than {MAX_FILE} bytes");
+    }
+    fs::read(&path).map_err(|e| fail(rel, format!("cannot read: {e}")))
+}
+
+/// Checks the transcript in `dir` offline; `witness` is the witness key's PEM when the
+/// caller trusts one, else the transcript's own `witness.pub.pem` (integrity only).
+pub fn verify(dir: &Path, witness: Option<&Path>) -> Result<Verified> {
+    let meta =
+        fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "{} is not a directory (symbolic links are not followed)",
+            dir.display()
+        );
+    }
+    // The manifest and its signature first.
+    let manifest = read(dir, MANIFEST)?;
+    let sig_text = read(dir, MANIFEST_SIG)?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&sig_text).trim())
+        .map_err(|e| fail(MANIFEST_SIG, format!("not base64: {e}")))?;
+    let (witness_pem, witness_from) = match witness {
+        Some(p) => (
+            fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            String::from_utf8(read(dir, WITNESS_PUB)?)
+                .map_err(|_| fail(WITNESS_PUB, "not UTF-8"))?,
+            format!("{WITNESS_PUB} (the transcript's own key: this proves integrity, not who witnessed)"),
+        ),
+    };
+    let spki = spki_from_pem(&witness_pem).map_err(|e| fail("witness key", e))?;
+    let key = AnyPublicKey::from_spki(&spki).map_err(|e| fail("witness key", e))?;
+    let hash = key.default_hash();
+    key.verify_digest(&hash_bytes(hash, &manifest), hash, &signature, false)
+        .map_err(|e| {
+            fail(
+                MANIFEST_SIG,
+                format!("{e} (the manifest or its signature was changed, or another witness key)"),
+            )
+        })?;
+
+    // Every file listed, with its hash; nothing missing, nothing extra.
+    let text = std::str::from_utf8(&manifest).map_err(|_| fail(MANIFEST, "not UTF-8"))?;
+    let mut listed = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let (digest, name) = line
+            .split_once("  ")
+            .ok_or_else(|| fail(MANIFEST, format!("line {}: not `SHA256  PATH`", i + 1)))?;
+        if name.contains("..")
+            || name.starts_with('/')
+            || listed
+                .insert(name.to_string(), digest.to_string())
+                .is_some()
+        {
+            bail!(
+                "{MANIFEST}: line {}: {name:?} is not a fresh relative path",
+                i + 1
+            );
+        }
+    }
+    let present = list(dir)?;
+    for name in &present {
+        if name != MANIFEST && name != MANIFEST_SIG && !listed.contains_key(name) {
+            bail!("{name}: a file the manifest does not list");
+        }
+    }
+    let mut files = BTreeMap::new();
+    for (name, digest) in &listed {
+        if !present.contains(name) {
+            bail!("{name}: listed in the manifest but missing");
+        }
+        let data = read(dir, name)?;
+        if hex::encode(Sha256::digest(&data)) != *digest {
+            bail!("{name}: its SHA-256 differs from the manifest's (the file was changed)");
+        }
+        files.insert(name.clone(), data);
+    }
+    let get = |name: &str| {
+        files
+            .get(name)
+            .ok_or_else(|| fail(name, "missing from the transcript"))
+    };
+
+    // The audit records: chain links, then the signature's records.
+    let audit_path = dir.join(AUDIT);
+    waxseal_proto::audit_chain::verify_files(&[audit_path])
+        .map_err(|b| fail(AUDIT, format!("line {}: {}", b.line, b.problem)))?;
+    let records: Vec<Value> = std::str::from_utf8(get(AUDIT)?)
+        .map_err(|_| fail(AUDIT, "not UTF-8"))?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(AUDIT, e))?;
+    let tbs = get("tbs.der")?;
+    let tbs_sha = hex::encode(Sha256::digest(tbs));
+    let field = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+    let signed = records
+        .iter()
+        .find(|r| {
+            field(r, "event").as_deref() == Some("signed")
+                && field(r, "tbs_sha256").as_deref() == Some(&tbs_sha)
+        })
+        .ok_or_else(|| fail(AUDIT, "no `signed` record names the SHA-256 of tbs.der"))?;
+    let seq = signed
+        .get("seq")
+        .and_then(Value::as_u64)
+        .unwrap_or_default();
+    let signer = field(signed, "key").unwrap_or_default();
+    let intent = signed.get("intent").and_then(Value::as_u64);
+    if !records.iter().any(|r| {
+        r.get("seq").and_then(Value::as_u64) == intent
+            && field(r, "event").as_deref() == Some("intent")
+    }) {
+        bail!("{AUDIT}: the intent record of the signature (seq {intent:?}) is missing");
+    }
+    let summary: Value = serde_json::from_slice(get("tbs-summary.json")?)
+        .map_err(|e| fail("tbs-summary.json", e))?;
+    if summary.get("tbs_sha256").and_then(Value::as_str) != Some(&tbs_sha) {
+        bail!("tbs-summary.json: its tbs_sha256 is not the SHA-256 of tbs.der");
+    }
+
+    // The result: its TBS is tbs.der, and the issuer's key verifies it.
+    let result = if files.contains_key("certificate.pem") {
+        let certs = ca::pem_certificates(get("certificate.pem")?, 10)
+            .map_err(|e| fail("certificate.pem", e))?;
+        let (_, cert) =
+            X509Certificate::from_der(&certs[0]).map_err(|e| fail("certificate.pem", e))?;
+        if cert.tbs_certificate.as_ref() != tbs.as_slice() {
+            bail!("certificate.pem: its TBSCertificate is not tbs.der");
+        }
+        let issuer_spki = match certs.get(1) {
+            Some(next) => X509Certificate::from_der(next)
+                .map_err(|e| fail("certificate.pem", e))?
+                .1
+                .public_key()
+                .raw
+                .to_vec(),
+            None => cert.public_key().raw.to_vec(),
+        };
+        ca::check_signature(&certs[0], &issuer_spki)
+            .map_err(|e| fail("certificate.pem", format!("{e:#}")))?;
+        "certificate.pem"
+    } else if files.contains_key("crl.pem") {
+        use x509_parser::revocation_list::CertificateRevocationList;
+        let der = ca::pem_or_der(get("crl.pem")?, "X509 CRL").map_err(|e| fail("crl.pem", e))?;
+        let (_, crl) = CertificateRevocationList::from_der(&der).map_err(|e| fail("crl.pem", e))?;
+        if crl.tbs_cert_list.as_ref() != tbs.as_slice() {
+            bail!("crl.pem: its TBSCertList is not tbs.der");
+        }
+        let issuer =
+            ca::pem_certificates(get("issuer.pem")?, 10).map_err(|e| fail("issuer.pem", e))?;
+        let (_, cert) = X509Certificate::from_der(&issuer[0]).map_err(|e| fail("issuer.pem", e))?;
+        ca::check_crl_signature(&der, cert.public_key().raw)
+            .map_err(|e| fail("crl.pem", format!("{e:#}")))?;
+        "crl.pem"
+    } else {
+        bail!("certificate.pem or crl.pem: the transcript holds no result");
+    };
+
+    // Approvals: the texts and signatures are those of the audit records.
+    let mut approvals = 0;
+    if let Some(id) = field(signed, "approval") {
+        let requested = records
+            .iter()
+            .find(|r| {
+                field(r, "event").as_deref() == Some("approval-requested")
+                    && field(r, "approval").as_deref() == Some(&id)
+            })
+            .ok_or_else(|| {
+                fail(
+                    AUDIT,
+                    format!("the approval-requested record of {id} is missing"),
+                )
+            })?;
+        let text = get("approvals/text.txt")?;
+        if field(requested, "text").as_deref().map(str::as_bytes) != Some(text.as_slice()) {
+            bail!("approvals/text.txt: not the text of the approval-requested record");
+        }
+        for r in records.iter().filter(|r| {
+            field(r, "event").as_deref() == Some("approved")
+                && field(r, "approval").as_deref() == Some(&id)
+        }) {
+            approvals += 1;
+            let name = format!("approvals/{approvals}.sig");
+            let sig = get(&name)?;
+            if field(r, "signature").as_deref().map(str::as_bytes) != Some(sig.as_slice()) {
+                bail!("{name}: not the signature of the audit record of approval {approvals}");
+            }
+        }
+        let quorum = requested
+            .get("quorum")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
+        if (approvals as u64) < quorum {
+            bail!("{AUDIT}: {approvals} approvals of {id}, fewer than its quorum {quorum}");
+        }
+        if files.contains_key(&format!("approvals/{}.sig", approvals + 1)) {
+            bail!("approvals/{}.sig: no audit record holds it", approvals + 1);
+        }
+    }
+    Ok(Verified {
+        files: files.len(),
+        audit_records: records.len() as u64,
+        signed_seq: seq,
+        key: signer,
+        approvals,
+        result: result.to_string(),
+        witness: witness_from,
+        witness_key_sha256: hex::encode(Sha256::digest(&spki)),
+    })
+}

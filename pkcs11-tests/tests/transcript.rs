@@ -1,0 +1,306 @@
+//! Ceremony transcripts (README.md, "Ceremony transcripts"): `waxseal ca root
+//! --transcript DIR --witness-key NAME` on a real SoftHSM2 token writes a transcript
+//! that `waxseal ca transcript verify` accepts offline; one byte changed in any file,
+//! a file removed, a file added, an audit record edited (even with the manifest
+//! re-hashed and re-signed by another key), or another witness key, each fail naming
+//! the piece.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use p256::ecdsa::signature::hazmat::PrehashSigner;
+use p256::pkcs8::EncodePublicKey;
+use pkcs11_tests::{output_text, pkcs11_device, Agent, SoftHsm};
+use sha2::{Digest, Sha256};
+use waxseal_agent::proto::KeyAlg;
+
+const ROOT: &str = "hsm/ceremony-root";
+const WITNESS: &str = "hsm/witness";
+
+fn ceremony() -> (SoftHsm, Agent) {
+    let hsm = SoftHsm::new();
+    hsm.init_token("ca", "5555", "1234");
+    let pin = hsm.pin_file("pin", "1234");
+    let config = format!(
+        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"ca\"]\n\n[[key]]\nname = \"{WITNESS}\"\npurposes = [\"digest\"]\n",
+        pkcs11_device("hsm", "ca", &pin)
+    );
+    let agent = Agent::builder().softhsm(&hsm).config(&config).start();
+    let mut client = agent.client();
+    client.generate_key(ROOT, KeyAlg::P384).unwrap();
+    client.generate_key(WITNESS, KeyAlg::P256).unwrap();
+    (hsm, agent)
+}
+
+fn verify(agent: &Agent, dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["ca", "transcript", "verify", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    agent.cli(&args)
+}
+
+/// `ca transcript verify` fails, naming `piece`.
+fn fails(agent: &Agent, dir: &Path, extra: &[&str], piece: &str, case: &str) {
+    let out = verify(agent, dir, extra);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{case}: verified anyway: {text}");
+    assert!(
+        text.contains(piece),
+        "{case}: expected `{piece}` in: {text}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Every file of the transcript, relative.
+fn files(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("MANIFEST")).unwrap();
+    let mut names: Vec<String> = text
+        .lines()
+        .map(|l| l.split_once("  ").unwrap().1.to_string())
+        .collect();
+    names.push("MANIFEST".into());
+    names.push("MANIFEST.sig".into());
+    names
+}
+
+/// The manifest of `dir` rebuilt and signed by a key that is not the witness's, with
+/// witness.pub.pem replaced by that key: what an attacker who edits files can do.
+fn resign(dir: &Path) {
+    let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let spki = key.verifying_key().to_public_key_der().unwrap();
+    std::fs::write(
+        dir.join("witness.pub.pem"),
+        waxseal::ca::pem("PUBLIC KEY", spki.as_bytes()),
+    )
+    .unwrap();
+    let mut names: Vec<String> = files(dir)
+        .into_iter()
+        .filter(|n| n != "MANIFEST" && n != "MANIFEST.sig")
+        .collect();
+    names.sort();
+    let manifest: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "{}  {n}\n",
+                hex::encode(Sha256::digest(std::fs::read(dir.join(n)).unwrap()))
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("MANIFEST"), &manifest).unwrap();
+    let sig: p256::ecdsa::Signature = key.sign_prehash(&Sha256::digest(&manifest)).unwrap();
+    std::fs::write(
+        dir.join("MANIFEST.sig"),
+        format!("{}\n", B64.encode(sig.to_der().as_bytes())),
+    )
+    .unwrap();
+}
+
+fn ca_root(agent: &Agent, out: &Path, dir: &Path) -> std::process::Output {
+    agent.cli(&[
+        "ca",
+        "root",
+        "--key",
+        ROOT,
+        "--cn",
+        "ceremony",
+        "--org",
+        "example.org",
+        "--out",
+        out.to_str().unwrap(),
+        "--transcript",
+        dir.to_str().unwrap(),
+        "--witness-key",
+        WITNESS,
+    ])
+}
+
+#[test]
+fn a_root_transcript_verifies_and_every_tampering_is_named() {
+    let (_hsm, agent) = ceremony();
+    let work = tempfile::tempdir().unwrap();
+    let good = work.path().join("transcript");
+    let out = ca_root(&agent, &work.path().join("root.pem"), &good);
+    assert!(
+        out.status.success(),
+        "ca root --transcript: {}",
+        output_text(&out)
+    );
+
+    // What it holds.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&good).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the transcript directory's mode");
+    let names = files(&good);
+    for want in [
+        "command.json",
+        "agent.json",
+        "tbs.der",
+        "tbs-summary.json",
+        "certificate.pem",
+        "audit.jsonl",
+        "witness.pub.pem",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    assert_eq!(
+        std::fs::read(good.join("certificate.pem")).unwrap(),
+        std::fs::read(work.path().join("root.pem")).unwrap()
+    );
+    let agent_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(good.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(
+        agent_json["key_evidence"]["can_prove"], false,
+        "{agent_json}"
+    );
+    assert!(
+        agent_json["key_evidence"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("PKCS#11 token cannot prove"),
+        "{agent_json}"
+    );
+    let command: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(good.join("command.json")).unwrap()).unwrap();
+    assert!(
+        command["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--transcript"),
+        "{command}"
+    );
+    let audit = std::fs::read_to_string(good.join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"event\":\"intent\""), "{audit}");
+    assert!(audit.contains("\"event\":\"signed\""), "{audit}");
+
+    // It verifies, with its own witness key and with the witness key given.
+    let ok = verify(&agent, &good, &[]);
+    assert!(ok.status.success(), "verify: {}", output_text(&ok));
+    assert!(
+        output_text(&ok).contains("proves integrity, not who"),
+        "{}",
+        output_text(&ok)
+    );
+    let witness_pem = work.path().join("witness.pem");
+    std::fs::copy(good.join("witness.pub.pem"), &witness_pem).unwrap();
+    let witness_arg = ["--witness-public-key", witness_pem.to_str().unwrap()];
+    let ok = verify(&agent, &good, &witness_arg);
+    assert!(ok.status.success(), "verify: {}", output_text(&ok));
+
+    // One byte changed in any file: named (MANIFEST's own change breaks its signature).
+    for name in files(&good) {
+        let bad = work.path().join(format!("byte-{}", name.replace('/', "_")));
+        copy_dir(&good, &bad);
+        let path = bad.join(&name);
+        let mut data = std::fs::read(&path).unwrap();
+        let i = data.len() / 2;
+        data[i] ^= 0x01;
+        std::fs::write(&path, data).unwrap();
+        let piece = if name == "MANIFEST" {
+            "MANIFEST.sig"
+        } else {
+            name.as_str()
+        };
+        fails(
+            &agent,
+            &bad,
+            &[],
+            piece,
+            &format!("one byte of {name} changed"),
+        );
+    }
+
+    // A file removed; a file added.
+    for name in ["tbs.der", "audit.jsonl", "certificate.pem", "agent.json"] {
+        let bad = work.path().join(format!("gone-{name}"));
+        copy_dir(&good, &bad);
+        std::fs::remove_file(bad.join(name)).unwrap();
+        fails(
+            &agent,
+            &bad,
+            &[],
+            &format!("{name}: listed in the manifest but missing"),
+            &format!("{name} removed"),
+        );
+    }
+    let bad = work.path().join("extra");
+    copy_dir(&good, &bad);
+    std::fs::write(bad.join("notes.txt"), "added later").unwrap();
+    fails(
+        &agent,
+        &bad,
+        &[],
+        "notes.txt: a file the manifest does not list",
+        "a file added",
+    );
+
+    // An audit record edited, the manifest re-hashed and re-signed by another key:
+    // the chain names the record; the trusted witness key names the signature.
+    let bad = work.path().join("edited-audit");
+    copy_dir(&good, &bad);
+    let text = std::fs::read_to_string(bad.join("audit.jsonl")).unwrap();
+    let edited = text.replacen(
+        "\"event\":\"intent\"",
+        "\"event\":\"intent\",\"note\":\"x\"",
+        1,
+    );
+    assert_ne!(edited, text);
+    std::fs::write(bad.join("audit.jsonl"), edited).unwrap();
+    resign(&bad);
+    fails(
+        &agent,
+        &bad,
+        &[],
+        "audit.jsonl: line",
+        "an audit record edited",
+    );
+    fails(
+        &agent,
+        &bad,
+        &witness_arg,
+        "MANIFEST.sig",
+        "re-signed by another key",
+    );
+
+    // The TBS and the certificate swapped for another ceremony's, re-signed: the
+    // audit record no longer names tbs.der.
+    let other = work.path().join("other");
+    let out = ca_root(&agent, &work.path().join("root2.pem"), &other);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let bad = work.path().join("swapped");
+    copy_dir(&good, &bad);
+    for name in ["tbs.der", "certificate.pem", "tbs-summary.json"] {
+        std::fs::copy(other.join(name), bad.join(name)).unwrap();
+    }
+    resign(&bad);
+    fails(
+        &agent,
+        &bad,
+        &[],
+        "no `signed` record names the SHA-256 of tbs.der",
+        "another ceremony's TBS",
+    );
+
+    // An existing non-empty DIR is refused before anything is signed.
+    let out = ca_root(&agent, &work.path().join("root3.pem"), &good);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("is not empty"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!work.path().join("root3.pem").exists());
+}
