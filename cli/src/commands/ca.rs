@@ -49,13 +49,15 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             record,
         } => root(
             ctx,
-            &key,
-            &cn,
-            &org,
-            days,
-            &out,
-            pkcs11_store.as_deref(),
-            &record,
+            &Root {
+                key: &key,
+                cn: &cn,
+                org: &org,
+                days,
+                out: &out,
+                pkcs11_store: pkcs11_store.as_deref(),
+                record: &record,
+            },
         ),
         CaCommand::Transcript(TranscriptCommand::Verify {
             dir,
@@ -675,16 +677,28 @@ fn refuse_existing(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn root(
-    ctx: &Ctx,
-    key: &str,
-    cn: &str,
-    org: &str,
+/// `waxseal ca root`, as typed.
+#[derive(Debug, Clone, Copy)]
+struct Root<'a> {
+    key: &'a str,
+    cn: &'a str,
+    org: &'a str,
     days: u32,
-    out: &Path,
-    pkcs11_store: Option<&str>,
-    record: &TranscriptArgs,
-) -> Result<()> {
+    out: &'a Path,
+    pkcs11_store: Option<&'a str>,
+    record: &'a TranscriptArgs,
+}
+
+fn root(ctx: &Ctx, req: &Root<'_>) -> Result<()> {
+    let Root {
+        key,
+        cn,
+        org,
+        days,
+        out,
+        pkcs11_store,
+        record,
+    } = *req;
     refuse_existing(out)?;
     record.check()?;
     let client = RefCell::new(ctx.connect()?);
