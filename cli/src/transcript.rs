@@ -378,6 +378,7 @@ pub fn verify(dir: &Path, witness: Option<&Path>) -> Result<Verified> {
         if field(requested, "text").as_deref().map(str::as_bytes) != Some(text.as_slice()) {
             bail!("approvals/text.txt: not the text of the approval-requested record");
         }
+        let mut signers = Vec::new();
         for r in records.iter().filter(|r| {
             field(r, "event").as_deref() == Some("approved")
                 && field(r, "approval").as_deref() == Some(&id)
@@ -388,6 +389,16 @@ pub fn verify(dir: &Path, witness: Option<&Path>) -> Result<Verified> {
             if field(r, "signature").as_deref().map(str::as_bytes) != Some(sig.as_slice()) {
                 bail!("{name}: not the signature of the audit record of approval {approvals}");
             }
+            let armored = std::str::from_utf8(sig).map_err(|_| fail(&name, "not UTF-8"))?;
+            let fp = sshsig::verify(armored, text)
+                .map_err(|e| fail(&name, format!("{e:#} (over approvals/text.txt)")))?;
+            if field(r, "fingerprint").as_deref() != Some(fp.as_str()) {
+                bail!("{name}: signed by {fp}, not by the approver its audit record names");
+            }
+            if signers.contains(&fp) {
+                bail!("{name}: a second approval by {fp}");
+            }
+            signers.push(fp);
         }
         let quorum = requested
             .get("quorum")
@@ -410,4 +421,136 @@ pub fn verify(dir: &Path, witness: Option<&Path>) -> Result<Verified> {
         witness: witness_from,
         witness_key_sha256: hex::encode(Sha256::digest(&spki)),
     })
+}
+
+/// SSH signatures (the SSHSIG format of OpenSSH's PROTOCOL.sshsig) as approvers make
+/// them with `ssh-keygen -Y sign -n waxseal-approval`, checked offline: Ed25519 and
+/// ECDSA P-256/P-384 keys, SHA-256 or SHA-512 message hashes.
+pub mod sshsig {
+    use anyhow::{anyhow, bail, Result};
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256, Sha512};
+
+    /// The namespace approvals are signed in.
+    pub const NAMESPACE: &str = "waxseal-approval";
+    /// At most this many bytes of armored text.
+    const MAX_ARMORED: usize = 64 * 1024;
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+            if self.0.len() < n {
+                bail!("the signature blob ends early");
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Ok(a)
+        }
+        fn string(&mut self) -> Result<&'a [u8]> {
+            let len = self.take(4)?;
+            let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            self.take(n)
+        }
+    }
+
+    fn put_string(out: &mut Vec<u8>, v: &[u8]) {
+        out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+
+    /// A checked signature: the signer's key fingerprint (`SHA256:…`, as ssh-keygen
+    /// prints it).
+    pub fn verify(armored: &str, message: &[u8]) -> Result<String> {
+        if armored.len() > MAX_ARMORED {
+            bail!("larger than an SSH signature can be");
+        }
+        let body = armored
+            .trim()
+            .strip_prefix("-----BEGIN SSH SIGNATURE-----")
+            .and_then(|b| b.strip_suffix("-----END SSH SIGNATURE-----"))
+            .ok_or_else(|| anyhow!("not an armored SSH signature"))?;
+        let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| anyhow!("not base64: {e}"))?;
+        let mut r = Reader(&blob);
+        if r.take(6)? != b"SSHSIG" || r.take(4)? != [0, 0, 0, 1] {
+            bail!("not an SSHSIG version 1 signature");
+        }
+        let public = r.string()?;
+        let namespace = r.string()?;
+        let reserved = r.string()?;
+        let hash_alg = r.string()?;
+        let signature = r.string()?;
+        if namespace != NAMESPACE.as_bytes() {
+            bail!("made for another namespace than {NAMESPACE}");
+        }
+        let hashed = match hash_alg {
+            b"sha256" => Sha256::digest(message).to_vec(),
+            b"sha512" => Sha512::digest(message).to_vec(),
+            _ => bail!("unknown hash algorithm"),
+        };
+        let mut signed = b"SSHSIG".to_vec();
+        put_string(&mut signed, namespace);
+        put_string(&mut signed, reserved);
+        put_string(&mut signed, hash_alg);
+        put_string(&mut signed, &hashed);
+        let mut k = Reader(public);
+        let kind = k.string()?;
+        let mut s = Reader(signature);
+        if s.string()? != kind {
+            bail!("the signature's algorithm is not its key's");
+        }
+        let sig = s.string()?;
+        let bad = |e: &dyn std::fmt::Display| anyhow!("the signature does NOT verify: {e}");
+        match kind {
+            b"ssh-ed25519" => {
+                let key: [u8; 32] = k
+                    .string()?
+                    .try_into()
+                    .map_err(|_| anyhow!("bad Ed25519 key"))?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|e| bad(&e))?;
+                let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|e| bad(&e))?;
+                key.verify_strict(&signed, &sig).map_err(|e| bad(&e))?;
+            }
+            b"ecdsa-sha2-nistp256" | b"ecdsa-sha2-nistp384" => {
+                let _curve = k.string()?;
+                let point = k.string()?;
+                let mut rs = Reader(sig);
+                let (rr, ss) = (rs.string()?, rs.string()?);
+                let trim = |v: &[u8], n: usize| -> Result<Vec<u8>> {
+                    let v = &v[v.iter().position(|&b| b != 0).unwrap_or(v.len())..];
+                    if v.len() > n {
+                        bail!("an ECDSA signature value is too long");
+                    }
+                    let mut out = vec![0u8; n - v.len()];
+                    out.extend_from_slice(v);
+                    Ok(out)
+                };
+                use p256::ecdsa::signature::Verifier as _;
+                if kind == b"ecdsa-sha2-nistp256" {
+                    let key =
+                        p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|e| bad(&e))?;
+                    let raw = [trim(rr, 32)?, trim(ss, 32)?].concat();
+                    let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| bad(&e))?;
+                    key.verify(&signed, &sig).map_err(|e| bad(&e))?;
+                } else {
+                    let key =
+                        p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|e| bad(&e))?;
+                    let raw = [trim(rr, 48)?, trim(ss, 48)?].concat();
+                    let sig = p384::ecdsa::Signature::from_slice(&raw).map_err(|e| bad(&e))?;
+                    key.verify(&signed, &sig).map_err(|e| bad(&e))?;
+                }
+            }
+            other => bail!(
+                "key type {:?} is not checked offline (Ed25519 and ECDSA P-256/P-384 are)",
+                String::from_utf8_lossy(&other[..other.len().min(40)])
+            ),
+        }
+        Ok(format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(public))
+        ))
+    }
 }

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -303,4 +305,218 @@ fn a_root_transcript_verifies_and_every_tampering_is_named() {
         output_text(&out)
     );
     assert!(!work.path().join("root3.pem").exists());
+}
+
+/// An approver's key pair made by ssh-keygen: (private key path, public key line).
+fn approver(dir: &Path, name: &str, kind: &[&str]) -> (std::path::PathBuf, String) {
+    pkcs11_tests::require("ssh-keygen");
+    let private = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&private)
+        .args(kind)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen: {}", output_text(&out));
+    let line = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    (private, line.trim().to_string())
+}
+
+/// `ca intermediate --transcript` with a root key that needs 2 of 2 approvals (real
+/// `ssh-keygen -Y sign`, Ed25519 and ECDSA): the transcript holds the request's text
+/// and both signatures, verifies (each SSH signature checked offline), and fails when
+/// an approval is removed or swapped for another approver's signature.
+#[test]
+fn an_intermediate_with_a_quorum_has_its_approvals_in_the_transcript() {
+    let work = tempfile::tempdir().unwrap();
+    let (alice_key, alice) = approver(work.path(), "alice", &["-t", "ed25519"]);
+    let (bob_key, bob) = approver(work.path(), "bob", &["-t", "ecdsa", "-b", "256"]);
+    let (mallory_key, _) = approver(work.path(), "mallory", &["-t", "ed25519"]);
+    let hsm = SoftHsm::new();
+    hsm.init_token("ca", "5555", "1234");
+    let pin = hsm.pin_file("pin", "1234");
+    let config = format!(
+        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"ca\"]\napprovals = {{ quorum = 2, approvers = [\"{alice}\", \"{bob}\"], timeout_secs = 600 }}\n\n[[key]]\nname = \"{INTERMEDIATE}\"\npurposes = [\"x509-tbs\"]\n\n[[key]]\nname = \"{WITNESS}\"\npurposes = [\"digest\"]\n",
+        pkcs11_device("hsm", "ca", &pin)
+    );
+    let agent = Agent::builder().softhsm(&hsm).config(&config).start();
+    let mut client = agent.client();
+    client.generate_key(ROOT, KeyAlg::P256).unwrap();
+    client.generate_key(INTERMEDIATE, KeyAlg::P256).unwrap();
+    client.generate_key(WITNESS, KeyAlg::P256).unwrap();
+
+    // The root, approved by both.
+    let root = work.path().join("root.pem");
+    let root_args = [
+        "ca",
+        "root",
+        "--key",
+        ROOT,
+        "--cn",
+        "quorum-root",
+        "--org",
+        "example.org",
+        "--out",
+        root.to_str().unwrap(),
+    ];
+    approve_all(
+        &agent,
+        work.path(),
+        &root_args,
+        &[(&alice_key, "a1"), (&bob_key, "b1")],
+    );
+
+    // The intermediate, with its transcript.
+    let chain = work.path().join("chain.pem");
+    let good = work.path().join("transcript");
+    let args = [
+        "ca",
+        "intermediate",
+        "--key",
+        INTERMEDIATE,
+        "--root-key",
+        ROOT,
+        "--root-cert",
+        root.to_str().unwrap(),
+        "--cn",
+        "quorum-intermediate",
+        "--org",
+        "example.org",
+        "--out",
+        chain.to_str().unwrap(),
+        "--transcript",
+        good.to_str().unwrap(),
+        "--witness-key",
+        WITNESS,
+    ];
+    approve_all(
+        &agent,
+        work.path(),
+        &args,
+        &[(&bob_key, "b2"), (&alice_key, "a2")],
+    );
+    let ok = verify(&agent, &good, &[]);
+    let text = output_text(&ok);
+    assert!(ok.status.success(), "verify: {text}");
+    assert!(text.contains("approvals    2"), "{text}");
+    let request = std::fs::read_to_string(good.join("approvals/text.txt")).unwrap();
+    assert!(request.contains("quorum-intermediate"), "{request}");
+    assert!(good.join("approvals/1.sig").exists() && good.join("approvals/2.sig").exists());
+    let audit = std::fs::read_to_string(good.join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"event\":\"approval-requested\""),
+        "{audit}"
+    );
+    assert_eq!(
+        audit.matches("\"event\":\"approved\"").count(),
+        2,
+        "{audit}"
+    );
+
+    // An approval removed, even with the manifest re-signed: named.
+    let bad = work.path().join("no-approval");
+    copy_dir(&good, &bad);
+    std::fs::remove_file(bad.join("approvals/2.sig")).unwrap();
+    fails(
+        &agent,
+        &bad,
+        &[],
+        "approvals/2.sig: listed in the manifest but missing",
+        "an approval removed",
+    );
+    std::fs::copy(bad.join("approvals/1.sig"), bad.join("approvals/2.sig")).unwrap();
+    resign(&bad);
+    fails(
+        &agent,
+        &bad,
+        &[],
+        "approvals/2.sig: not the signature of the audit record",
+        "an approval duplicated",
+    );
+
+    // A stranger's signature over the same text, in both the file and the audit
+    // record: the chain breaks at the record; with the record left alone, the file
+    // no longer matches it.
+    let bad = work.path().join("stranger");
+    copy_dir(&good, &bad);
+    let forged = ssh_sign(work.path(), &mallory_key, &request, "m");
+    std::fs::write(bad.join("approvals/1.sig"), forged.trim()).unwrap();
+    resign(&bad);
+    fails(
+        &agent,
+        &bad,
+        &[],
+        "approvals/1.sig: not the signature of the audit record",
+        "a stranger's approval",
+    );
+}
+
+const INTERMEDIATE: &str = "hsm/ceremony-intermediate";
+
+/// Signs `text` with `ssh-keygen -Y sign -n waxseal-approval`; the armored signature.
+fn ssh_sign(dir: &Path, key: &Path, text: &str, tag: &str) -> String {
+    let file = dir.join(format!("{tag}.txt"));
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "waxseal-approval", "-f"])
+        .arg(key)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen -Y sign: {}",
+        output_text(&out)
+    );
+    std::fs::read_to_string(dir.join(format!("{tag}.txt.sig"))).unwrap()
+}
+
+/// Runs `waxseal ARGS` in the background, approves its request with each key as
+/// it becomes pending (the id from `approvals list --json`, the text from `approvals
+/// show`), and waits for it to succeed.
+fn approve_all(agent: &Agent, dir: &Path, args: &[&str], approvers: &[(&Path, &str)]) {
+    let child = Command::new(&pkcs11_tests::bins().cli)
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(args)
+        .env_remove("WAXSEAL_SOCK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let out = agent.cli(&["--json", "approvals", "list"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let list = v["pending"].clone();
+        if let Some(id) = list
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|p| p["approval"].as_str())
+        {
+            break id.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending approval for {args:?}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let show = agent.cli(&["approvals", "show", &id]);
+    assert!(show.status.success(), "{}", output_text(&show));
+    let text = String::from_utf8(show.stdout).unwrap();
+    for (key, tag) in approvers {
+        let sig = ssh_sign(dir, key, &text, tag);
+        let file = dir.join(format!("{tag}.sig"));
+        std::fs::write(&file, sig).unwrap();
+        let out = agent.cli(&["approve", &id, "--signature", file.to_str().unwrap()]);
+        assert!(out.status.success(), "approve: {}", output_text(&out));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "waxseal {args:?}: {}",
+        output_text(&out)
+    );
 }

@@ -211,9 +211,17 @@ fn write(client: &mut Client, dir: &Path, witness: &str, signed: &Signed<'_>) ->
     );
     let manifest = transcript::manifest(&files);
     let (digest, hash) = transcript::manifest_digest(&public.spki_der.0, manifest.as_bytes())?;
-    let sig = client
-        .sign_digest(witness, &digest, Some(hash), None)
-        .with_context(|| format!("the witness key {witness} did not sign the manifest"))?;
+    // Ed25519 signs the digest bytes as its message (PureEdDSA), as `verify` checks.
+    let ed25519 = matches!(
+        waxseal::verify::AnyPublicKey::from_spki(&public.spki_der.0),
+        Ok(waxseal::verify::AnyPublicKey::Ed25519(_))
+    );
+    let sig = if ed25519 {
+        client.sign_message(witness, &digest)
+    } else {
+        client.sign_digest(witness, &digest, Some(hash), None)
+    }
+    .with_context(|| format!("the witness key {witness} did not sign the manifest"))?;
     files.insert(MANIFEST.into(), manifest.into_bytes());
     files.insert(
         MANIFEST_SIG.into(),
@@ -263,7 +271,7 @@ pub fn verify(ctx: &Ctx, dir: &Path, witness: Option<&Path>) -> Result<()> {
         v.result
     );
     if v.approvals > 0 {
-        outln!("  approvals    {} (text and signatures match the audit records; the SSH signatures themselves were checked by the agent and are not re-verified here)", v.approvals);
+        outln!("  approvals    {} (each SSH signature checked over approvals/text.txt in namespace waxseal-approval, its key the fingerprint its audit record names, no approver twice, at least the quorum)", v.approvals);
     }
     Ok(())
 }
