@@ -413,6 +413,25 @@ fn an_intermediate_with_a_quorum_has_its_approvals_in_the_transcript() {
         "{audit}"
     );
 
+    // The offline SSHSIG check itself: each approval verifies over the text and names
+    // its signer's fingerprint as ssh-keygen prints it; over another text it fails.
+    for (n, key) in [(1, &bob_key), (2, &alice_key)] {
+        let sig = std::fs::read_to_string(good.join(format!("approvals/{n}.sig"))).unwrap();
+        let fp = waxseal::transcript::sshsig::verify(&sig, request.as_bytes()).unwrap();
+        let listed = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub"))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&listed.stdout).contains(&fp),
+            "{fp}"
+        );
+        let other = request.replace("quorum-intermediate", "quorum-intermediatf");
+        let err = waxseal::transcript::sshsig::verify(&sig, other.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("does NOT verify"), "{err}");
+    }
+
     // An approval removed, even with the manifest re-signed: named.
     let bad = work.path().join("no-approval");
     copy_dir(&good, &bad);
