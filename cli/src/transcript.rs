@@ -89,11 +89,12 @@ pub fn write_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow!("--transcript {} has no usable name", dir.display()))?;
     let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
+    // mkdir(2) refuses an existing path (a symbolic link too): the directory is ours.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     let build = || -> Result<()> {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
         for (rel, data) in files {
             let path = tmp.join(rel);
             if let Some(p) = path.parent() {
@@ -143,6 +144,10 @@ pub struct Verified {
     pub files: usize,
     /// Audit records whose chain links were checked.
     pub audit_records: u64,
+    /// The seq of the transcript's last audit record, and its SHA-256: in the agent's
+    /// log, the record after it has this hash as `prev` (or, when it is the last, `waxseal
+    /// audit verify` prints it), which shows the records are the log's own.
+    pub audit_last: (u64, String),
     /// The `signed` record's seq.
     pub signed_seq: u64,
     /// The key that signed the TBS.
@@ -220,7 +225,14 @@ pub fn verify(dir: &Path, witness: Option<&Path>) -> Result<Verified> {
         .map_err(|e| fail(MANIFEST_SIG, format!("not base64: {e}")))?;
     let (witness_pem, witness_from) = match witness {
         Some(p) => (
-            fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            {
+                let data = fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                if data.len() > 64 * 1024 {
+                    bail!("{} is larger than a public key can be", p.display());
+                }
+                String::from_utf8(data)
+                    .map_err(|_| anyhow!("{} is not a PEM public key", p.display()))?
+            },
             p.display().to_string(),
         ),
         None => (
@@ -284,7 +296,7 @@ pub fn verify(dir: &Path, witness: Option<&Path>) -> Result<Verified> {
 
     // The audit records: chain links, then the signature's records.
     let audit_path = dir.join(AUDIT);
-    waxseal_proto::audit_chain::verify_files(&[audit_path])
+    let chain = waxseal_proto::audit_chain::verify_files(&[audit_path])
         .map_err(|b| fail(AUDIT, format!("line {}: {}", b.line, b.problem)))?;
     let records: Vec<Value> = std::str::from_utf8(get(AUDIT)?)
         .map_err(|_| fail(AUDIT, "not UTF-8"))?
@@ -414,6 +426,7 @@ pub fn verify(dir: &Path, witness: Option<&Path>) -> Result<Verified> {
     Ok(Verified {
         files: files.len(),
         audit_records: records.len() as u64,
+        audit_last: (chain.records, chain.last_hash),
         signed_seq: seq,
         key: signer,
         approvals,

@@ -261,10 +261,12 @@ pub fn verify(ctx: &Ctx, dir: &Path, witness: Option<&Path>) -> Result<()> {
         v.witness_key_sha256
     );
     outln!(
-        "  audit        {} records, chain links checked; `signed` record seq {} by {}",
+        "  audit        {} records, chain links checked; `signed` record seq {} by {}; last record seq {} SHA-256 {}",
         v.audit_records,
         v.signed_seq,
-        v.key
+        v.key,
+        v.audit_last.0,
+        v.audit_last.1
     );
     outln!(
         "  result       {}: its TBS is tbs.der and the issuer's key verifies it",
