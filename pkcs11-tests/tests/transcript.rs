@@ -1,6 +1,7 @@
 //! Ceremony transcripts (README.md, "Ceremony transcripts"): `waxseal ca root
 //! --transcript DIR --witness-key NAME` on a real SoftHSM2 token writes a transcript
-//! that `waxseal ca transcript verify` accepts offline; one byte changed in any file,
+//! that `waxseal ca transcript verify` accepts offline (and `ca tsa`, `ca crl` and a
+//! `ca intermediate` under a 2-of-2 quorum root key); one byte changed in any file,
 //! a file removed, a file added, an audit record edited (even with the manifest
 //! re-hashed and re-signed by another key), or another witness key, each fail naming
 //! the piece.
@@ -20,17 +21,19 @@ use waxseal_agent::proto::KeyAlg;
 
 const ROOT: &str = "hsm/ceremony-root";
 const WITNESS: &str = "hsm/witness";
+const TSA: &str = "hsm/tsa";
 
 fn ceremony() -> (SoftHsm, Agent) {
     let hsm = SoftHsm::new();
     hsm.init_token("ca", "5555", "1234");
     let pin = hsm.pin_file("pin", "1234");
     let config = format!(
-        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"ca\"]\n\n[[key]]\nname = \"{WITNESS}\"\npurposes = [\"digest\"]\n",
+        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\", \"x509-crl\"]\n\n[[key]]\nname = \"{WITNESS}\"\npurposes = [\"digest\"]\n\n[[key]]\nname = \"{TSA}\"\npurposes = [\"digest\"]\n",
         pkcs11_device("hsm", "ca", &pin)
     );
     let agent = Agent::builder().softhsm(&hsm).config(&config).start();
     let mut client = agent.client();
+    client.generate_key(TSA, KeyAlg::P256).unwrap();
     client.generate_key(ROOT, KeyAlg::P384).unwrap();
     client.generate_key(WITNESS, KeyAlg::P256).unwrap();
     (hsm, agent)
@@ -295,6 +298,107 @@ fn a_root_transcript_verifies_and_every_tampering_is_named() {
         "no `signed` record names the SHA-256 of tbs.der",
         "another ceremony's TBS",
     );
+
+    // `ca tsa` and `ca crl` write transcripts that verify too.
+    let root = work.path().join("root.pem");
+    let tsa_dir = work.path().join("tsa-transcript");
+    let out = agent.cli(&[
+        "ca",
+        "tsa",
+        "--key",
+        TSA,
+        "--issuer-key",
+        ROOT,
+        "--issuer-chain",
+        root.to_str().unwrap(),
+        "--cn",
+        "ceremony-tsa",
+        "--org",
+        "example.org",
+        "--out",
+        work.path().join("tsa.pem").to_str().unwrap(),
+        "--transcript",
+        tsa_dir.to_str().unwrap(),
+        "--witness-key",
+        WITNESS,
+    ]);
+    assert!(
+        out.status.success(),
+        "ca tsa --transcript: {}",
+        output_text(&out)
+    );
+    let ok = verify(&agent, &tsa_dir, &witness_arg);
+    assert!(
+        ok.status.success(),
+        "verify the tsa transcript: {}",
+        output_text(&ok)
+    );
+    let crl_dir = work.path().join("crl-transcript");
+    let out = agent.cli(&[
+        "ca",
+        "crl",
+        "--key",
+        ROOT,
+        "--issuer-cert",
+        root.to_str().unwrap(),
+        "--out",
+        work.path().join("crl.pem").to_str().unwrap(),
+        "--transcript",
+        crl_dir.to_str().unwrap(),
+        "--witness-key",
+        WITNESS,
+    ]);
+    assert!(
+        out.status.success(),
+        "ca crl --transcript: {}",
+        output_text(&out)
+    );
+    let ok = verify(&agent, &crl_dir, &witness_arg);
+    assert!(
+        ok.status.success(),
+        "verify the crl transcript: {}",
+        output_text(&ok)
+    );
+    assert!(output_text(&ok).contains("crl.pem"), "{}", output_text(&ok));
+    // A CRL transcript whose crl.pem is swapped for another CRL of the same issuer,
+    // re-signed: its TBSCertList is not tbs.der.
+    let other_crl = work.path().join("crl2.pem");
+    let out = agent.cli(&[
+        "ca",
+        "crl",
+        "--key",
+        ROOT,
+        "--issuer-cert",
+        root.to_str().unwrap(),
+        "--crl-number",
+        "7",
+        "--out",
+        other_crl.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let bad = work.path().join("crl-swapped");
+    copy_dir(&crl_dir, &bad);
+    std::fs::copy(&other_crl, bad.join("crl.pem")).unwrap();
+    resign(&bad);
+    fails(
+        &agent,
+        &bad,
+        &[],
+        "crl.pem: its TBSCertList is not tbs.der",
+        "another CRL",
+    );
+
+    // A symbolic link as DIR is refused before anything is signed.
+    let link = work.path().join("link");
+    std::os::unix::fs::symlink(work.path().join("elsewhere"), &link).unwrap();
+    let out = ca_root(&agent, &work.path().join("root4.pem"), &link);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("symbolic link"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!work.path().join("root4.pem").exists());
 
     // An existing non-empty DIR is refused before anything is signed.
     let out = ca_root(&agent, &work.path().join("root3.pem"), &good);
