@@ -388,6 +388,32 @@ fn a_root_transcript_verifies_and_every_tampering_is_named() {
         "another CRL",
     );
 
+    // A witness key that does not exist is refused before anything is signed.
+    let out = agent.cli(&[
+        "ca",
+        "root",
+        "--key",
+        ROOT,
+        "--cn",
+        "ceremony",
+        "--org",
+        "example.org",
+        "--out",
+        work.path().join("root5.pem").to_str().unwrap(),
+        "--transcript",
+        work.path().join("t5").to_str().unwrap(),
+        "--witness-key",
+        "hsm/no-such-witness",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("--witness-key hsm/no-such-witness"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!work.path().join("root5.pem").exists());
+    assert!(!work.path().join("t5").exists());
+
     // A symbolic link as DIR is refused before anything is signed.
     let link = work.path().join("link");
     std::os::unix::fs::symlink(work.path().join("elsewhere"), &link).unwrap();

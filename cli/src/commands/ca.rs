@@ -240,6 +240,7 @@ fn crl(ctx: &Ctx, req: &Crl<'_>) -> Result<()> {
         });
     }
     let client = RefCell::new(ctx.connect()?);
+    req.record.check_witness(&mut client.borrow_mut())?;
     let public = client
         .borrow_mut()
         .public_key(req.key)
@@ -578,6 +579,7 @@ fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
     req.record.check()?;
     let (chain, issuer) = read_issuer_chain(req.issuer_chain)?;
     let client = RefCell::new(ctx.connect()?);
+    req.record.check_witness(&mut client.borrow_mut())?;
     let subject_key = match (req.key, req.public_key) {
         (Some(key), None) => {
             let public = client
@@ -702,6 +704,7 @@ fn root(ctx: &Ctx, req: &Root<'_>) -> Result<()> {
     refuse_existing(out)?;
     record.check()?;
     let client = RefCell::new(ctx.connect()?);
+    record.check_witness(&mut client.borrow_mut())?;
     let sent = RefCell::new(Vec::new());
     let signer = agent_signer(&client, key, &sent)?;
     let params = ca::root_params(cn, org, days, signer.key())?;
@@ -769,6 +772,7 @@ fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
     let root = RootInfo::parse(&root_data)
         .with_context(|| format!("{} cannot issue the intermediate", root_cert.display()))?;
     let client = RefCell::new(ctx.connect()?);
+    record.check_witness(&mut client.borrow_mut())?;
     let subject_key = match (key, csr) {
         (Some(key), None) => {
             let public = client

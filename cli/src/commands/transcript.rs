@@ -52,6 +52,17 @@ impl TranscriptArgs {
         }
     }
 
+    /// Before anything is signed: the witness key must exist (its public key reads), so
+    /// that a typo does not leave a ceremony without its transcript.
+    pub fn check_witness(&self, client: &mut Client) -> Result<()> {
+        if let Some(witness) = &self.witness_key {
+            client.public_key(witness).with_context(|| {
+                format!("--witness-key {witness}: cannot read its public key; nothing was signed")
+            })?;
+        }
+        Ok(())
+    }
+
     /// After the result was written: the transcript, if asked for.
     pub fn write(&self, client: &mut Client, signed: &Signed<'_>) -> Result<()> {
         let (Some(dir), Some(witness)) = (&self.transcript, &self.witness_key) else {
