@@ -567,3 +567,75 @@ pub mod sshsig {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn armored(blob: &[u8]) -> String {
+        format!(
+            "-----BEGIN SSH SIGNATURE-----\n{}\n-----END SSH SIGNATURE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
+    }
+
+    fn string(out: &mut Vec<u8>, v: &[u8]) {
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+
+    #[test]
+    fn malformed_ssh_signatures_are_refused_naming_why() {
+        let err = |a: &str| sshsig::verify(a, b"text").unwrap_err().to_string();
+        assert!(err("hello").contains("not an armored SSH signature"));
+        assert!(err(&armored(b"SSHSIG")).contains("ends early"));
+        assert!(err(&armored(b"SSHSIG\0\0\0\x02")).contains("version 1"));
+        let mut blob = b"SSHSIG\0\0\0\x01".to_vec();
+        string(&mut blob, b"pub");
+        string(&mut blob, b"git");
+        string(&mut blob, b"");
+        string(&mut blob, b"sha512");
+        string(&mut blob, b"sig");
+        assert!(err(&armored(&blob)).contains("another namespace"));
+        // A length that runs past the end.
+        let mut blob = b"SSHSIG\0\0\0\x01".to_vec();
+        blob.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(err(&armored(&blob)).contains("ends early"));
+        assert!(err(&"x".repeat(70_000)).contains("larger than"));
+    }
+
+    #[test]
+    fn the_target_must_be_new_or_empty_and_not_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_target(&dir.path().join("new")).is_ok());
+        assert!(check_target(dir.path()).is_ok());
+        fs::write(dir.path().join("f"), "x").unwrap();
+        let e = check_target(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not empty"), "{e}");
+        assert!(check_target(&dir.path().join("f"))
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("l")).unwrap();
+        let e = check_target(&dir.path().join("l")).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn the_manifest_lists_each_file_with_its_sha256() {
+        let mut files = BTreeMap::new();
+        files.insert("b".to_string(), b"two".to_vec());
+        files.insert("a".to_string(), b"one".to_vec());
+        let m = manifest(&files);
+        assert_eq!(
+            m,
+            format!(
+                "{}  a\n{}  b\n",
+                hex::encode(Sha256::digest(b"one")),
+                hex::encode(Sha256::digest(b"two"))
+            )
+        );
+    }
+}
