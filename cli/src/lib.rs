@@ -3,6 +3,7 @@
 //! the `[sigstore]` defaults of the config file.
 
 pub mod ca;
+pub mod ca_template;
 pub mod cbor;
 pub mod defaults;
 pub mod device_attest;

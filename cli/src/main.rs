@@ -187,14 +187,26 @@ enum CaCommand {
         #[arg(long)]
         key: String,
         /// Subject common name.
-        #[arg(long)]
-        cn: String,
+        #[arg(
+            long,
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
+        cn: Option<String>,
         /// Subject organization.
-        #[arg(long)]
-        org: String,
-        /// Validity in days, from now.
-        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
-        days: u32,
+        #[arg(
+            long,
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
+        org: Option<String>,
+        /// Validity in days, from now (default 3650).
+        #[arg(long, conflicts_with = "template", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: Option<u32>,
+        /// A Fulcio certificate-maker JSON template giving the subject, validity
+        /// (certLife) and extensions (README.md, "Templates"); refuses --cn/--org/--days.
+        #[arg(long, value_name = "FILE")]
+        template: Option<PathBuf>,
         /// Where the PEM certificate goes; an existing file is never replaced.
         #[arg(long, default_value = "root.pem")]
         out: PathBuf,
@@ -223,14 +235,27 @@ enum CaCommand {
         #[arg(long, value_name = "PEMFILE")]
         root_cert: PathBuf,
         /// Subject common name.
-        #[arg(long)]
-        cn: String,
+        #[arg(
+            long,
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
+        cn: Option<String>,
         /// Subject organization.
-        #[arg(long)]
-        org: String,
-        /// Validity in days, from now; clipped to the root's.
-        #[arg(long, default_value_t = 1825, value_parser = clap::value_parser!(u32).range(1..=36500))]
-        days: u32,
+        #[arg(
+            long,
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
+        org: Option<String>,
+        /// Validity in days, from now (default 1825); clipped to the root's.
+        #[arg(long, conflicts_with = "template", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: Option<u32>,
+        /// A Fulcio certificate-maker JSON template giving the subject, validity
+        /// (certLife, clipped to the root's) and extensions (README.md, "Templates");
+        /// refuses --cn/--org/--days.
+        #[arg(long, value_name = "FILE")]
+        template: Option<PathBuf>,
         /// Where the PEM chain goes; an existing file is never replaced.
         #[arg(long, default_value = "chain.pem")]
         out: PathBuf,

@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use waxseal::ca::{self, KeyMaterial, RemoteSigner, RootInfo, SignFn};
+use waxseal::ca_template::{self, Kind};
 use waxseal_proto::client::Client;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -44,6 +45,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             cn,
             org,
             days,
+            template,
             out,
             pkcs11_store,
             record,
@@ -51,9 +53,10 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             ctx,
             &Root {
                 key: &key,
-                cn: &cn,
-                org: &org,
+                cn: cn.as_deref(),
+                org: org.as_deref(),
                 days,
+                template: template.as_deref(),
                 out: &out,
                 pkcs11_store: pkcs11_store.as_deref(),
                 record: &record,
@@ -71,6 +74,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             cn,
             org,
             days,
+            template,
             out,
             record,
         } => intermediate(
@@ -80,9 +84,10 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 csr: csr.as_deref(),
                 root_key: &root_key,
                 root_cert: &root_cert,
-                cn: &cn,
-                org: &org,
+                cn: cn.as_deref(),
+                org: org.as_deref(),
                 days,
+                template: template.as_deref(),
                 out: &out,
                 record: &record,
             },
@@ -683,9 +688,11 @@ fn refuse_existing(out: &Path) -> Result<()> {
 #[derive(Debug, Clone, Copy)]
 struct Root<'a> {
     key: &'a str,
-    cn: &'a str,
-    org: &'a str,
-    days: u32,
+    cn: Option<&'a str>,
+    org: Option<&'a str>,
+    days: Option<u32>,
+    /// `--template`: replaces cn, org and days (clap refuses both at once).
+    template: Option<&'a Path>,
     out: &'a Path,
     pkcs11_store: Option<&'a str>,
     record: &'a TranscriptArgs,
@@ -697,17 +704,34 @@ fn root(ctx: &Ctx, req: &Root<'_>) -> Result<()> {
         cn,
         org,
         days,
+        template,
         out,
         pkcs11_store,
         record,
     } = *req;
     refuse_existing(out)?;
     record.check()?;
+    let template = template
+        .map(|t| ca_template::load(t, Kind::Root))
+        .transpose()?;
     let client = RefCell::new(ctx.connect()?);
     record.check_witness(&mut client.borrow_mut())?;
     let sent = RefCell::new(Vec::new());
     let signer = agent_signer(&client, key, &sent)?;
-    let params = ca::root_params(cn, org, days, signer.key())?;
+    let params = match &template {
+        Some(t) => {
+            // The profile's subject and validity are replaced by the template's.
+            let mut p = ca::root_params(t.subject_cn(), "template", 1, signer.key())?;
+            t.apply(&mut p, Kind::Root, None)?;
+            p
+        }
+        None => ca::root_params(
+            cn.unwrap_or_default(),
+            org.unwrap_or_default(),
+            days.unwrap_or(3650),
+            signer.key(),
+        )?,
+    };
     let cert = params.self_signed(&signer).map_err(|e| signer.explain(e))?;
     let der = cert.der().to_vec();
     ca::check_signature(&der, signer.key().spki())?;
@@ -742,11 +766,13 @@ struct Intermediate<'a> {
     /// The root certificate.
     root_cert: &'a Path,
     /// Subject CN.
-    cn: &'a str,
+    cn: Option<&'a str>,
     /// Subject O.
-    org: &'a str,
+    org: Option<&'a str>,
     /// Validity, clipped inside the root's.
-    days: u32,
+    days: Option<u32>,
+    /// `--template`: replaces cn, org and days (clap refuses both at once).
+    template: Option<&'a Path>,
     /// The chain written: intermediate, then root.
     out: &'a Path,
     /// `--transcript`.
@@ -762,11 +788,15 @@ fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
         cn,
         org,
         days,
+        template,
         out,
         record,
     } = *req;
     refuse_existing(out)?;
     record.check()?;
+    let template = template
+        .map(|t| ca_template::load(t, Kind::Intermediate))
+        .transpose()?;
     let root_data = fs::read(root_cert)
         .with_context(|| format!("cannot read the root certificate {}", root_cert.display()))?;
     let root = RootInfo::parse(&root_data)
@@ -786,8 +816,16 @@ fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
             let (material, subject) =
                 ca::csr_key(&data).with_context(|| format!("{} refused", csr.display()))?;
             eprintln!(
-                "certificate request {} checked (its subject {subject:?} is replaced by CN={cn}, O={org})",
-                csr.display()
+                "certificate request {} checked (its subject {subject:?} is replaced by {})",
+                csr.display(),
+                match &template {
+                    Some(_) => "the template's".to_string(),
+                    None => format!(
+                        "CN={}, O={}",
+                        cn.unwrap_or_default(),
+                        org.unwrap_or_default()
+                    ),
+                }
             );
             material
         }
@@ -801,7 +839,22 @@ fn intermediate(ctx: &Ctx, req: &Intermediate<'_>) -> Result<()> {
             root_cert.display()
         );
     }
-    let params = ca::intermediate_params(cn, org, days, &subject_key, &root)?;
+    let params = match &template {
+        Some(t) => {
+            // The profile's subject and validity are replaced by the template's.
+            let mut p =
+                ca::intermediate_params(t.subject_cn(), "template", 1, &subject_key, &root)?;
+            t.apply(&mut p, Kind::Intermediate, Some(&root))?;
+            p
+        }
+        None => ca::intermediate_params(
+            cn.unwrap_or_default(),
+            org.unwrap_or_default(),
+            days.unwrap_or(1825),
+            &subject_key,
+            &root,
+        )?,
+    };
     let issuer = ca::issuer_from_cert(&root.der, signer)?;
     let cert = params
         .signed_by(&subject_key, &issuer)
