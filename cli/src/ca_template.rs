@@ -24,6 +24,8 @@ pub enum Kind {
     Root,
     /// `ca intermediate`.
     Intermediate,
+    /// `ca tsa`: certificate-maker's leaf, a timestamping end entity.
+    Leaf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,17 +188,34 @@ impl Template {
                 bail!("template field keyUsage: {u:?} is not one of certSign, crlSign, digitalSignature");
             }
         }
+        check_list("extKeyUsage", &self.ext_key_usage)?;
+        if kind == Kind::Leaf {
+            if self.key_usage != ["digitalSignature"] {
+                bail!("template field keyUsage: the timestamping leaf needs exactly [\"digitalSignature\"]");
+            }
+            if self.ext_key_usage != ["TimeStamping"] {
+                bail!("template field extKeyUsage: the timestamping leaf needs exactly [\"TimeStamping\"] (sigstore/timestamp-authority refuses any other)");
+            }
+            if let Some(bc) = &self.basic_constraints {
+                if bc.is_ca {
+                    bail!("template field basicConstraints.isCA: a leaf is not a CA");
+                }
+                if bc.max_path_len.is_some() {
+                    bail!("template field basicConstraints.maxPathLen: a leaf has no path length");
+                }
+            }
+            return Ok(());
+        }
         if !self.key_usage.iter().any(|u| u == "certSign") {
             bail!("template field keyUsage: a CA certificate needs certSign");
         }
-        check_list("extKeyUsage", &self.ext_key_usage)?;
         match kind {
             Kind::Root => {
                 if !self.ext_key_usage.is_empty() {
                     bail!("template field extKeyUsage: the Fulcio root profile has no extended key usage");
                 }
             }
-            Kind::Intermediate => {
+            Kind::Intermediate | Kind::Leaf => {
                 if self.ext_key_usage != ["CodeSigning"] {
                     bail!("template field extKeyUsage: the Fulcio intermediate profile needs exactly [\"CodeSigning\"]");
                 }
@@ -212,9 +231,9 @@ impl Template {
             );
         }
         match (kind, bc.max_path_len) {
-            (Kind::Root, Some(0 | 1) | None) | (Kind::Intermediate, Some(0) | None) => {}
+            (Kind::Root, Some(0 | 1) | None) | (Kind::Intermediate | Kind::Leaf, Some(0) | None) => {}
             (Kind::Root, Some(n)) => bail!("template field basicConstraints.maxPathLen: {n}; the Fulcio root allows 0 or 1"),
-            (Kind::Intermediate, Some(n)) => bail!("template field basicConstraints.maxPathLen: {n}; the Fulcio intermediate allows only 0"),
+            (_, Some(n)) => bail!("template field basicConstraints.maxPathLen: {n}; the Fulcio intermediate allows only 0"),
         }
         Ok(())
     }
@@ -271,6 +290,11 @@ impl Template {
             bail!("template field certLife: no room inside the issuer's validity");
         }
         p.not_after = end;
+        if kind == Kind::Leaf {
+            // The profile's digitalSignature, critical timeStamping and CA:FALSE stay:
+            // the template was checked to ask for exactly those.
+            return Ok(());
+        }
         p.key_usages = self
             .key_usage
             .iter()
@@ -328,6 +352,7 @@ impl Kind {
         match self {
             Kind::Root => "root",
             Kind::Intermediate => "intermediate",
+            Kind::Leaf => "leaf",
         }
     }
 }

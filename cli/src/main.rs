@@ -286,14 +286,27 @@ enum CaCommand {
         #[arg(long, value_name = "PEMFILE")]
         issuer_chain: PathBuf,
         /// Subject common name.
-        #[arg(long)]
-        cn: String,
+        #[arg(
+            long,
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
+        cn: Option<String>,
         /// Subject organization.
-        #[arg(long)]
-        org: String,
-        /// Validity in days, from now; clipped to the issuer's.
-        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
-        days: u32,
+        #[arg(
+            long,
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
+        org: Option<String>,
+        /// Validity in days, from now (default 365); clipped to the issuer's.
+        #[arg(long, conflicts_with = "template", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: Option<u32>,
+        /// A Fulcio certificate-maker leaf template (keyUsage digitalSignature,
+        /// extKeyUsage TimeStamping) giving the subject and validity (README.md,
+        /// "Templates"); refuses --cn/--org/--days.
+        #[arg(long, value_name = "FILE")]
+        template: Option<PathBuf>,
         /// Where the PEM chain goes (TSA certificate, then the issuer's chain); an
         /// existing file is never replaced.
         #[arg(long, default_value = "tsa-chain.pem")]

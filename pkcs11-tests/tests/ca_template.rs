@@ -1,4 +1,4 @@
-//! `waxseal ca root --template` and `ca intermediate --template` with Fulcio
+//! `waxseal ca root`, `ca intermediate` and `ca tsa` (the leaf) `--template` with Fulcio
 //! certificate-maker JSON templates, on a real SoftHSM2 token through a real agent:
 //! the certificates carry the template's subject, validity and extensions and verify
 //! with `openssl verify -x509_strict`; a template the Fulcio profile would reject is
@@ -24,7 +24,7 @@ fn agent() -> (SoftHsm, Agent) {
     hsm.init_token("ca", "5555", "1234");
     let pin = hsm.pin_file("pin", "1234");
     let config = format!(
-        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"ca\"]\n\n[[key]]\nname = \"{INTERMEDIATE}\"\npurposes = [\"x509-tbs\", \"digest\"]\n",
+        "{}\n[[key]]\nname = \"{ROOT}\"\npurposes = [\"x509-tbs\"]\nx509_issue = [\"ca\", \"leaf\"]\n\n[[key]]\nname = \"{INTERMEDIATE}\"\npurposes = [\"x509-tbs\", \"digest\"]\n",
         pkcs11_device("hsm", "ca", &pin)
     );
     let agent = Agent::builder().softhsm(&hsm).config(&config).start();
@@ -62,6 +62,40 @@ const INTERMEDIATE_TEMPLATE: &str = r#"{
   "extKeyUsage": ["CodeSigning"],
   "basicConstraints": { "isCA": true, "maxPathLen": 0 }
 }"#;
+
+/// Shaped as certificate-maker's leaf example (a timestamping certificate), with only
+/// the TimeStamping EKU sigstore/timestamp-authority accepts.
+const LEAF_TEMPLATE: &str = r#"{
+  "subject": {
+    "country": ["US"],
+    "organization": ["Sigstore"],
+    "organizationalUnit": ["Timestamp Authority"],
+    "commonName": "Test TSA"
+  },
+  "issuer": { "commonName": "https://fulcio.example.com" },
+  "certLife": "4380h",
+  "keyUsage": ["digitalSignature"],
+  "extKeyUsage": ["TimeStamping"]
+}"#;
+
+/// A P-256 public key made by OpenSSL, for `ca tsa --public-key`.
+fn tsa_public_key(dir: &Path) -> std::path::PathBuf {
+    run_ok(Command::new("openssl").current_dir(dir).args([
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "tsa.key",
+    ]));
+    run_ok(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(["pkey", "-in", "tsa.key", "-pubout", "-out", "tsa.pub"]),
+    );
+    dir.join("tsa.pub")
+}
 
 fn cli(agent: &Agent, args: &[&str]) -> std::process::Output {
     agent.cli(args)
@@ -122,7 +156,7 @@ fn check_common(cert: &X509Certificate<'_>, hours: i64, path_len: u32, ku: &[&st
 }
 
 #[test]
-fn root_and_intermediate_from_certificate_maker_templates_match_and_verify() {
+fn root_intermediate_and_leaf_from_certificate_maker_templates_match_and_verify() {
     require("openssl");
     let (_hsm, agent) = agent();
     let tmp = tempfile::tempdir().unwrap();
@@ -205,6 +239,57 @@ fn root_and_intermediate_from_certificate_maker_templates_match_and_verify() {
         "int.pem",
     ]));
     assert!(v.contains("int.pem: OK"), "{v}");
+
+    // certificate-maker's leaf: a timestamping certificate under the root.
+    std::fs::write(d.join("leaf-template.json"), LEAF_TEMPLATE).unwrap();
+    let public = tsa_public_key(d);
+    let tsa_chain = d.join("tsa-chain.pem");
+    ok(
+        &agent,
+        &[
+            "ca",
+            "tsa",
+            "--public-key",
+            public.to_str().unwrap(),
+            "--issuer-key",
+            ROOT,
+            "--issuer-chain",
+            root.to_str().unwrap(),
+            "--template",
+            d.join("leaf-template.json").to_str().unwrap(),
+            "--out",
+            tsa_chain.to_str().unwrap(),
+        ],
+    );
+    let ders = pem_certs(&tsa_chain);
+    let (_, tc) = X509Certificate::from_der(&ders[0]).unwrap();
+    assert_eq!(
+        subject_parts(&tc),
+        "C=US, O=Sigstore, OU=Timestamp Authority, CN=Test TSA"
+    );
+    let v = tc.validity();
+    assert_eq!(
+        (v.not_after.to_datetime() - v.not_before.to_datetime()).whole_hours(),
+        4380
+    );
+    let eku = tc.extended_key_usage().unwrap().unwrap();
+    assert!(eku.critical && eku.value.time_stamping && !eku.value.code_signing);
+    assert!(!tc
+        .basic_constraints()
+        .unwrap()
+        .map(|b| b.value.ca)
+        .unwrap_or(false));
+    std::fs::write(d.join("tsa.pem"), waxseal::ca::cert_pem(&ders[0])).unwrap();
+    let v = run_ok(Command::new("openssl").current_dir(d).args([
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "timestampsign",
+        "-CAfile",
+        "root.pem",
+        "tsa.pem",
+    ]));
+    assert!(v.contains("tsa.pem: OK"), "{v}");
 }
 
 #[test]
@@ -349,6 +434,39 @@ fn bad_templates_are_refused_naming_the_field_and_sign_nothing() {
         );
         assert!(!out_path.exists(), "{what}: a chain was written");
     }
+    // certificate-maker's own leaf example also lists CodeSigning, which a
+    // timestamping leaf must not carry.
+    let leaf = d.join("leaf.json");
+    std::fs::write(
+        &leaf,
+        LEAF_TEMPLATE.replace("[\"TimeStamping\"]", "[\"CodeSigning\", \"TimeStamping\"]"),
+    )
+    .unwrap();
+    let public = tsa_public_key(d);
+    let out = cli(
+        &agent,
+        &[
+            "ca",
+            "tsa",
+            "--public-key",
+            public.to_str().unwrap(),
+            "--issuer-key",
+            ROOT,
+            "--issuer-chain",
+            root.to_str().unwrap(),
+            "--template",
+            leaf.to_str().unwrap(),
+            "--out",
+            d.join("t.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("extKeyUsage"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.join("t.pem").exists());
     // A file over 64 KiB.
     let big = d.join("big.json");
     std::fs::write(&big, " ".repeat(64 * 1024 + 1)).unwrap();

@@ -100,6 +100,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
             cn,
             org,
             days,
+            template,
             out,
             record,
         } => tsa(
@@ -109,9 +110,10 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
                 public_key: public_key.as_deref(),
                 issuer_key: &issuer_key,
                 issuer_chain: &issuer_chain,
-                cn: &cn,
-                org: &org,
+                cn: cn.as_deref(),
+                org: org.as_deref(),
                 days,
+                template: template.as_deref(),
                 out: &out,
                 record: &record,
             },
@@ -549,9 +551,11 @@ struct Tsa<'a> {
     public_key: Option<&'a Path>,
     issuer_key: &'a str,
     issuer_chain: &'a Path,
-    cn: &'a str,
-    org: &'a str,
-    days: u32,
+    cn: Option<&'a str>,
+    org: Option<&'a str>,
+    days: Option<u32>,
+    /// `--template`: replaces cn, org and days (clap refuses both at once).
+    template: Option<&'a Path>,
     out: &'a Path,
     record: &'a TranscriptArgs,
 }
@@ -582,6 +586,10 @@ fn read_public_key(path: &Path) -> Result<Vec<u8>> {
 fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
     refuse_existing(req.out)?;
     req.record.check()?;
+    let template = req
+        .template
+        .map(|t| ca_template::load(t, Kind::Leaf))
+        .transpose()?;
     let (chain, issuer) = read_issuer_chain(req.issuer_chain)?;
     let client = RefCell::new(ctx.connect()?);
     req.record.check_witness(&mut client.borrow_mut())?;
@@ -606,7 +614,21 @@ fn tsa(ctx: &Ctx, req: &Tsa<'_>) -> Result<()> {
             req.issuer_key
         );
     }
-    let params = ca::tsa_params(req.cn, req.org, req.days, &subject_key, &issuer)?;
+    let params = match &template {
+        Some(t) => {
+            // The profile's subject and validity are replaced by the template's.
+            let mut p = ca::tsa_params(t.subject_cn(), "template", 1, &subject_key, &issuer)?;
+            t.apply(&mut p, Kind::Leaf, Some(&issuer))?;
+            p
+        }
+        None => ca::tsa_params(
+            req.cn.unwrap_or_default(),
+            req.org.unwrap_or_default(),
+            req.days.unwrap_or(365),
+            &subject_key,
+            &issuer,
+        )?,
+    };
     // Before anything is signed: a chain Go's verifiers refuse for timestamping.
     ca::check_chain(&chain, Some(("1.3.6.1.5.5.7.3.8", "timeStamping"))).with_context(|| {
         format!(
