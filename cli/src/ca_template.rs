@@ -269,6 +269,11 @@ impl Template {
                 bail!("template field issuer.commonName: {want:?}, but the root certificate's common name is {cn:?}");
             }
         }
+        if let (Kind::Intermediate, Some(root)) = (kind, issuer) {
+            if root_path_len(&root.der)? == Some(0) {
+                bail!("the root {} has pathlen 0 and can certify no intermediate (its template's basicConstraints.maxPathLen)", root.subject);
+            }
+        }
         let clip = issuer.map(|r| r.not_after);
         let mut dn = DistinguishedName::new();
         for c in &self.subject.country {
@@ -328,6 +333,17 @@ fn root_cn(der: &[u8]) -> Result<String> {
         .unwrap_or_default()
         .to_string();
     Ok(cn)
+}
+
+fn root_path_len(der: &[u8]) -> Result<Option<u32>> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::prelude::X509Certificate::from_der(der)
+        .map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
+    Ok(cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|b| b.value.path_len_constraint))
 }
 
 /// Reads a template file for `kind`, at most [`MAX_TEMPLATE_BYTES`], naming the file
