@@ -517,4 +517,58 @@ fn bad_templates_are_refused_naming_the_field_and_sign_nothing() {
         before,
         "nothing was signed"
     );
+
+    // A root made with maxPathLen 0 (allowed: certificate-maker's root over a leaf)
+    // certifies no intermediate, and the intermediate's template is refused for it.
+    let t0 = d.join("root0.json");
+    std::fs::write(
+        &t0,
+        ROOT_TEMPLATE.replace("\"maxPathLen\": 1", "\"maxPathLen\": 0"),
+    )
+    .unwrap();
+    let root0 = d.join("root0.pem");
+    ok(
+        &agent,
+        &[
+            "ca",
+            "root",
+            "--key",
+            ROOT,
+            "--template",
+            t0.to_str().unwrap(),
+            "--out",
+            root0.to_str().unwrap(),
+        ],
+    );
+    let before = audit_records(&agent.state_dir).len();
+    std::fs::write(d.join("int.json"), INTERMEDIATE_TEMPLATE).unwrap();
+    let out = cli(
+        &agent,
+        &[
+            "ca",
+            "intermediate",
+            "--key",
+            INTERMEDIATE,
+            "--root-key",
+            ROOT,
+            "--root-cert",
+            root0.to_str().unwrap(),
+            "--template",
+            d.join("int.json").to_str().unwrap(),
+            "--out",
+            d.join("c0.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pathlen 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.join("c0.pem").exists());
+    assert_eq!(
+        audit_records(&agent.state_dir).len(),
+        before,
+        "nothing was signed"
+    );
 }
