@@ -7,6 +7,7 @@
 //! the piece.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -624,7 +625,7 @@ fn ssh_sign(dir: &Path, key: &Path, text: &str, tag: &str) -> String {
 /// it becomes pending (the id from `approvals list --json`, the text from `approvals
 /// show`), and waits for it to succeed.
 fn approve_all(agent: &Agent, dir: &Path, args: &[&str], approvers: &[(&Path, &str)]) {
-    let child = Command::new(&pkcs11_tests::bins().cli)
+    let mut child = Command::new(&pkcs11_tests::bins().cli)
         .arg("--socket")
         .arg(&agent.socket)
         .args(args)
@@ -633,24 +634,31 @@ fn approve_all(agent: &Agent, dir: &Path, args: &[&str], approvers: &[(&Path, &s
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The requester's stderr, line by line: its `approval-pending` notice names the id.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
-        let out = agent.cli(&["--json", "approvals", "list"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let list = v["pending"].clone();
-        if let Some(id) = list
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|p| p["approval"].as_str())
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no approval-pending notice for {args:?}: {e}"));
+        if let Some((_, rest)) = line
+            .contains("approval-pending")
+            .then(|| line.split_once("; request "))
+            .flatten()
         {
-            break id.to_string();
+            break rest.split('.').next().unwrap().to_string();
         }
-        assert!(
-            Instant::now() < deadline,
-            "no pending approval for {args:?}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     };
     let show = agent.cli(&["approvals", "show", &id]);
     assert!(show.status.success(), "{}", output_text(&show));
@@ -663,9 +671,10 @@ fn approve_all(agent: &Agent, dir: &Path, args: &[&str], approvers: &[(&Path, &s
         assert!(out.status.success(), "approve: {}", output_text(&out));
     }
     let out = child.wait_with_output().unwrap();
+    let said = reader.join().unwrap();
     assert!(
         out.status.success(),
-        "waxseal {args:?}: {}",
+        "waxseal {args:?}: {}{said}",
         output_text(&out)
     );
 }
