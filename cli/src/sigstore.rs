@@ -836,6 +836,71 @@ impl Rekor {
         if logged_key.as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
+        self.check_v2_inclusion(entry, &log_key)
+    }
+
+    /// Checks a dsse v0.0.2 entry of a Rekor v2 log (rekor-tiles' `dsseRequestV002`,
+    /// which sigstore-js sends for a DSSE envelope): the logged body is a `dsseV002`
+    /// spec whose `payloadHash` is SHA-256 of the envelope's payload and whose one
+    /// signature is the envelope's one signature with the signing key (a `publicKey` or
+    /// the `x509Certificate` holding it) as verifier; then the inclusion proof and the
+    /// checkpoint, as for [`Rekor::check_entry_v2`].
+    pub fn check_dsse_entry_v2(
+        &self,
+        entry: &TlogEntry,
+        envelope: &Envelope,
+        spki: &[u8],
+    ) -> Result<()> {
+        let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
+        if entry.kind_version.kind != "dsse" || entry.kind_version.version != "0.0.2" {
+            bail!(
+                "the entry is {} {}, not dsse 0.0.2",
+                entry.kind_version.kind,
+                entry.kind_version.version
+            );
+        }
+        let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
+            .context("canonicalizedBody is not JSON")?;
+        if body["kind"] != "dsse" || body["apiVersion"] != "0.0.2" {
+            bail!("the logged body is not a dsse 0.0.2 entry");
+        }
+        let spec = &body["spec"]["dsseV002"];
+        let decoded = |v: &Value| v.as_str().and_then(|s| B64.decode(s).ok());
+        let payload = &envelope.payload.0;
+        let wanted = match spec["payloadHash"]["algorithm"].as_str() {
+            Some("SHA2_256") => Sha256::digest(payload).to_vec(),
+            Some("SHA2_384") => sha2::Sha384::digest(payload).to_vec(),
+            Some("SHA2_512") => sha2::Sha512::digest(payload).to_vec(),
+            other => bail!("the logged payloadHash algorithm {other:?} is not SHA2_256/384/512"),
+        };
+        if decoded(&spec["payloadHash"]["digest"]).as_deref() != Some(wanted.as_slice()) {
+            bail!("the logged payloadHash is not the hash of the envelope's payload");
+        }
+        let [signature] = envelope.signatures.as_slice() else {
+            bail!(
+                "the envelope holds {} signatures, not one",
+                envelope.signatures.len()
+            );
+        };
+        let logged = match spec["signatures"].as_array().map(Vec::as_slice) {
+            Some([one]) => one,
+            _ => bail!("the entry does not log exactly one signature"),
+        };
+        if decoded(&logged["content"]).as_deref() != Some(signature.sig.0.as_slice()) {
+            bail!("the logged signature is not the envelope's");
+        }
+        let verifier = &logged["verifier"];
+        let logged_key = decoded(&verifier["publicKey"]["rawBytes"]).or_else(|| {
+            decoded(&verifier["x509Certificate"]["rawBytes"]).and_then(|c| cert_spki(&c).ok())
+        });
+        if logged_key.as_deref() != Some(spki) {
+            bail!("the logged public key is not the signing key");
+        }
+        self.check_v2_inclusion(entry, &log_key)
+    }
+
+    /// A Rekor v2 entry's RFC 6962 inclusion proof, and its checkpoint signed by this log.
+    fn check_v2_inclusion(&self, entry: &TlogEntry, log_key: &AnyPublicKey) -> Result<()> {
         let proof = entry.inclusion_proof.as_ref().ok_or_else(|| {
             Named::err(
                 "tlog inclusion proof",
@@ -844,7 +909,7 @@ impl Rekor {
         })?;
         let leaf = leaf_hash(&entry.canonicalized_body.0);
         check_proof(leaf, proof)?;
-        check_checkpoint(&proof.checkpoint.envelope, &log_key, &self.key_der, proof)
+        check_checkpoint(&proof.checkpoint.envelope, log_key, &self.key_der, proof)
             .map_err(|e| Named::err("tlog checkpoint", format!("{e:#}")))
     }
 }

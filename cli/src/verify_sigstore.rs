@@ -52,6 +52,8 @@ const ID_KP_CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6
 const ID_SCT_LIST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11129.2.4.2");
 const ID_FULCIO_ISSUER_V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.1");
 const ID_FULCIO_ISSUER_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.8");
+const ID_FULCIO_OTHERNAME_SAN: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57264.1.7");
 
 /// At most this many transparency log entries, timestamps and SCTs are read.
 const MAX_ITEMS: usize = 32;
@@ -396,6 +398,7 @@ fn run(
                 ("dsse", "0.0.1") => {
                     rekor.check_dsse_entry_opts(e, env, &spki, version == 1, version >= 2)
                 }
+                ("dsse", "0.0.2") => rekor.check_dsse_entry_v2(e, env, &spki),
                 ("hashedrekord", "0.0.2") => {
                     let pae = intoto::pae(&env.payload_type, &env.payload.0);
                     let hash = key.default_hash();
@@ -574,6 +577,14 @@ fn run(
                 .filter_map(|n| match n {
                     GeneralName::Rfc822Name(v) => Some(v.to_string()),
                     GeneralName::UniformResourceIdentifier(v) => Some(v.to_string()),
+                    // Fulcio's username identities (its certificate specification,
+                    // "Username"): an otherName of type 1.3.6.1.4.1.57264.1.7 holding a
+                    // UTF8String.
+                    GeneralName::OtherName(o) if o.type_id == ID_FULCIO_OTHERNAME_SAN => o
+                        .value
+                        .decode_as::<der::asn1::Utf8StringRef<'_>>()
+                        .ok()
+                        .map(|u| u.as_str().to_string()),
                     _ => None,
                 })
                 .collect()
@@ -584,7 +595,7 @@ fn run(
             "certificate identity",
             "the certificate is for {}, not {san}",
             if sans.is_empty() {
-                "no email or URI".to_string()
+                "no email, URI or username".to_string()
             } else {
                 sans.join(", ")
             }
@@ -636,6 +647,9 @@ fn logged_certificate(e: &TlogEntry) -> Option<Vec<u8>> {
         ("dsse", "0.0.1") => logged_pem_certificate(&b64(&spec["signatures"][0]["verifier"])?),
         ("hashedrekord", "0.0.2") => {
             b64(&spec["hashedRekordV002"]["signature"]["verifier"]["x509Certificate"]["rawBytes"])
+        }
+        ("dsse", "0.0.2") => {
+            b64(&spec["dsseV002"]["signatures"][0]["verifier"]["x509Certificate"]["rawBytes"])
         }
         _ => None,
     }

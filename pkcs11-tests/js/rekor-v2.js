@@ -1,8 +1,10 @@
 // A STAND-IN for a Rekor v2 log (rekor-tiles), for the tests: POST /api/v2/log/entries
-// with a hashedrekord v0.0.2 CreateEntryRequest (sigstore/protobuf-specs rekor/v2) in,
-// a TransparencyLogEntry with an RFC 6962 inclusion proof and a C2SP checkpoint out.
+// with a hashedrekord or dsse v0.0.2 CreateEntryRequest (sigstore/protobuf-specs
+// rekor/v2) in, a TransparencyLogEntry with an RFC 6962 inclusion proof and a C2SP
+// checkpoint out.
 // Usage: node rekor-v2.js LOG_PUBLIC_KEY_OUT.pem [ok|refuse]
-// Prints "PORT <n>" once listening; serves until killed.
+// Prints "PORT <n>" once listening; serves until killed. As a module (keyless.js):
+// createLog(origin) gives {publicKey, spki, entry(request)} to mount on another server.
 //
 // Why a stand-in: @sigstore/mock 0.13's rekorV2Handler answers entries that no verifier
 // accepts (its canonicalizedBody is its internal request object rather than a Rekor v2
@@ -42,23 +44,67 @@ function path(leaves, m) {
     : [...path(leaves.slice(k), m - k), root(leaves.slice(0, k))];
 }
 
-async function main() {
-  const [out, mode = 'ok'] = process.argv.slice(2);
-  if (!out) throw new Error('usage: node rekor-v2.js LOG_PUBLIC_KEY_OUT.pem [ok|refuse]');
-  const { publicKey, privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  fs.writeFileSync(out, publicKey.export({ format: 'pem', type: 'spki' }));
-  const spki = publicKey.export({ format: 'der', type: 'spki' });
-  // C2SP signed-note, signature type 0x02 (ECDSA): the key ID is SHA-256 of the SPKI.
-  const keyId = sha256(spki).subarray(0, 4);
-  const leaves = [];
-  let origin;
+// DSSE's pre-authentication encoding.
+function pae(type, payload) {
+  const t = Buffer.from(type, 'utf8');
+  return Buffer.concat([
+    Buffer.from(`DSSEv1 ${t.length} `), t, Buffer.from(` ${payload.length} `), payload,
+  ]);
+}
 
-  const entry = (request) => {
-    const r = request.hashedRekordRequestV002;
-    if (!r || !r.digest || !r.signature || !r.signature.verifier) {
-      throw new Error('expected a hashedRekordRequestV002 with digest, signature and verifier');
+// The public key of a protobuf-specs Verifier ({publicKey|x509Certificate: {rawBytes}}).
+function verifierKey(v) {
+  if (v && v.publicKey && v.publicKey.rawBytes) {
+    return crypto.createPublicKey({ key: Buffer.from(v.publicKey.rawBytes, 'base64'), format: 'der', type: 'spki' });
+  }
+  if (v && v.x509Certificate && v.x509Certificate.rawBytes) {
+    return new crypto.X509Certificate(Buffer.from(v.x509Certificate.rawBytes, 'base64')).publicKey;
+  }
+  throw new Error('a verifier has neither publicKey nor x509Certificate');
+}
+
+// The logged Entry for a request, or an Error saying why the log refuses it. A dsse
+// request is checked as rekor-tiles does (every signature over the PAE verifies with one
+// of the verifiers; the payload hash is SHA-256); a hashedrekord request is logged as sent.
+function logged(request) {
+  if (request.dsseRequestV002) {
+    const { envelope, verifiers } = request.dsseRequestV002;
+    if (!envelope || !Array.isArray(envelope.signatures) || !Array.isArray(verifiers)) {
+      throw new Error('expected a dsseRequestV002 with envelope and verifiers');
     }
-    const body = Buffer.from(canonicalize({
+    const payload = Buffer.from(envelope.payload || '', 'base64');
+    const signed = pae(envelope.payloadType || '', payload);
+    const signatures = envelope.signatures.map((s) => {
+      const sig = Buffer.from(s.sig || '', 'base64');
+      const verifier = verifiers.find((v) => {
+        const key = verifierKey(v);
+        return crypto.verify(key.asymmetricKeyType === 'ed25519' ? null : 'sha256', signed, key, sig);
+      });
+      if (!verifier) throw new Error('invalid signature: no verifier verifies it');
+      return { content: s.sig, verifier };
+    });
+    if (signatures.length === 0) throw new Error('the envelope has no signatures');
+    return {
+      kind: 'dsse',
+      body: {
+        apiVersion: '0.0.2',
+        kind: 'dsse',
+        spec: {
+          dsseV002: {
+            payloadHash: { algorithm: 'SHA2_256', digest: sha256(payload).toString('base64') },
+            signatures,
+          },
+        },
+      },
+    };
+  }
+  const r = request.hashedRekordRequestV002;
+  if (!r || !r.digest || !r.signature || !r.signature.verifier) {
+    throw new Error('expected a hashedRekordRequestV002 with digest, signature and verifier');
+  }
+  return {
+    kind: 'hashedrekord',
+    body: {
       apiVersion: '0.0.2',
       kind: 'hashedrekord',
       spec: {
@@ -68,7 +114,20 @@ async function main() {
           signature: r.signature,
         },
       },
-    }));
+    },
+  };
+}
+
+// A log named `origin` (its checkpoints' first line), with a fresh P-256 key.
+function createLog(origin) {
+  const { publicKey, privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const spki = publicKey.export({ format: 'der', type: 'spki' });
+  // C2SP signed-note, signature type 0x02 (ECDSA): the key ID is SHA-256 of the SPKI.
+  const keyId = sha256(spki).subarray(0, 4);
+  const leaves = [];
+  const entry = (request) => {
+    const { kind, body: value } = logged(request);
+    const body = Buffer.from(canonicalize(value));
     const index = leaves.length;
     leaves.push(leafHash(body));
     const rootHash = root(leaves);
@@ -78,7 +137,7 @@ async function main() {
     return {
       logIndex: String(index),
       logId: { keyId: sha256(spki).toString('base64') },
-      kindVersion: { kind: 'hashedrekord', version: '0.0.2' },
+      kindVersion: { kind, version: '0.0.2' },
       inclusionProof: {
         logIndex: String(index),
         rootHash: rootHash.toString('base64'),
@@ -89,6 +148,13 @@ async function main() {
       canonicalizedBody: body.toString('base64'),
     };
   };
+  return { publicKey, spki, entry };
+}
+
+async function main() {
+  const [out, mode = 'ok'] = process.argv.slice(2);
+  if (!out) throw new Error('usage: node rekor-v2.js LOG_PUBLIC_KEY_OUT.pem [ok|refuse]');
+  let log;
 
   const server = http.createServer((req, res) => {
     const chunks = [];
@@ -105,7 +171,7 @@ async function main() {
         return answer(400, { code: 3, message: 'invalid signature: verification failed' });
       }
       try {
-        answer(201, entry(JSON.parse(Buffer.concat(chunks).toString('utf8'))));
+        answer(201, log.entry(JSON.parse(Buffer.concat(chunks).toString('utf8'))));
       } catch (e) {
         answer(400, { code: 3, message: e.message });
       }
@@ -113,12 +179,17 @@ async function main() {
   });
   server.listen(0, '127.0.0.1', () => {
     const port = server.address().port;
-    origin = `127.0.0.1:${port}`;
+    log = createLog(`127.0.0.1:${port}`);
+    fs.writeFileSync(out, log.publicKey.export({ format: 'pem', type: 'spki' }));
     process.stdout.write(`PORT ${port}\n`);
   });
 }
 
-main().catch((e) => {
-  process.stderr.write(`rekor-v2.js: ${e.stack || e}\n`);
-  process.exit(1);
-});
+module.exports = { createLog };
+
+if (require.main === module) {
+  main().catch((e) => {
+    process.stderr.write(`rekor-v2.js: ${e.stack || e}\n`);
+    process.exit(1);
+  });
+}

@@ -1,6 +1,7 @@
 // A local Rekor v1 for the tests: @sigstore/mock's rekorHandler behind a Node HTTP
 // server on 127.0.0.1. Usage: node rekor.js LOG_PUBLIC_KEY_OUT.pem [v1|v2] [ok|refuse]
-// Prints "PORT <n>" once listening; serves until killed. POST /api/v1/log/entries only;
+// Prints "PORT <n>" once listening; serves until killed (keyless.js takes dsseBody as a
+// module). POST /api/v1/log/entries only;
 // with v2, the mock's rekorV2Handler on POST /api/v2/log/entries instead (whose answers
 // do not check out: rekor-v2.js is the Rekor v2 the tests sign against). MODE refuse
 // answers every entry with HTTP 400, as Rekor does for an entry it cannot verify.
@@ -41,15 +42,23 @@ function dsseBody(spec) {
   const env = JSON.parse(proposed.envelope);
   const payload = Buffer.from(env.payload || '', 'base64');
   const signed = pae(env.payloadType || '', payload);
-  const keys = proposed.verifiers.map((v) => crypto.createPublicKey(Buffer.from(v, 'base64')));
+  // Each verifier: a PEM public key, or a PEM certificate (a keyless signer's).
+  const verifiers = proposed.verifiers.map((v) => {
+    const pem = Buffer.from(v, 'base64').toString('utf8');
+    if (pem.includes('-----BEGIN CERTIFICATE-----')) {
+      const cert = new crypto.X509Certificate(pem);
+      return { key: cert.publicKey, logged: cert.toString() };
+    }
+    const key = crypto.createPublicKey(pem);
+    return { key, logged: key.export({ type: 'spki', format: 'pem' }) };
+  });
   const signatures = (env.signatures || []).map((s) => {
     const sig = Buffer.from(s.sig || '', 'base64');
-    const key = keys.find((k) => crypto.verify(
-      k.asymmetricKeyType === 'ed25519' ? null : 'sha256', signed, k, sig));
-    if (!key) throw new Error('dsse: all signatures must have a key that verifies it');
-    // Rekor logs the key's canonical PEM.
-    const pem = key.export({ type: 'spki', format: 'pem' });
-    return { signature: s.sig, verifier: Buffer.from(pem).toString('base64') };
+    const v = verifiers.find(({ key }) => crypto.verify(
+      key.asymmetricKeyType === 'ed25519' ? null : 'sha256', signed, key, sig));
+    if (!v) throw new Error('dsse: all signatures must have a key that verifies it');
+    // Rekor logs the verifier's canonical PEM: the key's, or the certificate's.
+    return { signature: s.sig, verifier: Buffer.from(v.logged).toString('base64') };
   });
   if (signatures.length === 0) throw new Error('dsse: the envelope has no signatures');
   signatures.sort((a, b) => (a.signature < b.signature ? -1 : a.signature > b.signature ? 1 : 0));
@@ -106,7 +115,11 @@ async function main() {
   });
 }
 
-main().catch((e) => {
-  process.stderr.write(`rekor.js: ${e.stack || e}\n`);
-  process.exit(1);
-});
+module.exports = { dsseBody };
+
+if (require.main === module) {
+  main().catch((e) => {
+    process.stderr.write(`rekor.js: ${e.stack || e}\n`);
+    process.exit(1);
+  });
+}
