@@ -363,12 +363,16 @@ impl Bundle {
     pub fn read(path: &Path) -> Result<Bundle> {
         let text = read_bounded(path, MAX_BUNDLE_BYTES)
             .with_context(|| format!("cannot read the bundle {}", path.display()))?;
-        let bundle: Bundle = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a Sigstore bundle", path.display()))?;
+        Bundle::from_slice(&text).with_context(|| format!("the bundle {}", path.display()))
+    }
+
+    /// Reads a bundle from its JSON bytes: what [`Bundle::read`] does once the file is
+    /// read, so the CLI and the fuzz targets parse one way.
+    pub fn from_slice(text: &[u8]) -> Result<Bundle> {
+        let bundle: Bundle = serde_json::from_slice(text).context("not a Sigstore bundle")?;
         if !MEDIA_TYPES_READ.contains(&bundle.media_type.as_str()) {
             bail!(
-                "{}: mediaType `{}` is not a bundle version this verifier reads (v0.1–v0.3)",
-                path.display(),
+                "mediaType `{}` is not a bundle version this verifier reads (v0.1–v0.3)",
                 bundle.media_type
             );
         }

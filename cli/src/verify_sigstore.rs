@@ -570,26 +570,7 @@ fn run(
     let log = check_scts(&leaf, &issuer_cert, root)?;
     report.pass("certificate sct", format!("log {}", hex::encode(log)));
 
-    let sans: Vec<String> = ext(ID_SAN)
-        .and_then(|e| SubjectAltName::from_der(e.extn_value.as_bytes()).ok())
-        .map(|s| {
-            s.0.iter()
-                .filter_map(|n| match n {
-                    GeneralName::Rfc822Name(v) => Some(v.to_string()),
-                    GeneralName::UniformResourceIdentifier(v) => Some(v.to_string()),
-                    // Fulcio's username identities (its certificate specification,
-                    // "Username"): an otherName of type 1.3.6.1.4.1.57264.1.7 holding a
-                    // UTF8String.
-                    GeneralName::OtherName(o) if o.type_id == ID_FULCIO_OTHERNAME_SAN => o
-                        .value
-                        .decode_as::<der::asn1::Utf8StringRef<'_>>()
-                        .ok()
-                        .map(|u| u.as_str().to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let sans = identities(&leaf);
     let Some(who) = sans.iter().find(|s| san.matches(s)) else {
         named_bail!(
             "certificate identity",
@@ -629,6 +610,34 @@ fn run(
     report.pass("certificate issuer", oidc.clone());
     report.identity = Some((who.clone(), oidc));
     Ok(())
+}
+
+/// The identities a Fulcio certificate's SAN extension names: email addresses, URIs, and
+/// Fulcio's usernames (its certificate specification, "Username": an otherName of type
+/// 1.3.6.1.4.1.57264.1.7 holding a UTF8String). Other names are not identities here.
+fn identities(leaf: &Certificate) -> Vec<String> {
+    leaf.tbs_certificate
+        .extensions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.extn_id == ID_SAN)
+        .and_then(|e| SubjectAltName::from_der(e.extn_value.as_bytes()).ok())
+        .map(|s| {
+            s.0.iter()
+                .filter_map(|n| match n {
+                    GeneralName::Rfc822Name(v) => Some(v.to_string()),
+                    GeneralName::UniformResourceIdentifier(v) => Some(v.to_string()),
+                    GeneralName::OtherName(o) if o.type_id == ID_FULCIO_OTHERNAME_SAN => o
+                        .value
+                        .decode_as::<der::asn1::Utf8StringRef<'_>>()
+                        .ok()
+                        .map(|u| u.as_str().to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The certificate a Rekor entry logs as its verifier, if it logs one.
@@ -970,6 +979,55 @@ mod tests {
             .context(Named::err("tlog entry body", "outer").to_string());
         assert_eq!(Named::of(&e, "bundle"), "tlog inclusion proof");
         assert_eq!(Named::of(&anyhow!("plain"), "bundle"), "bundle");
+    }
+
+    #[test]
+    fn identities_are_emails_uris_and_fulcio_usernames() {
+        use p256::pkcs8::EncodePublicKey as _;
+        use rcgen::{CertificateParams, OtherNameValue, SanType};
+        let sk = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let spki = sk.verifying_key().to_public_key_der().unwrap();
+        let key = crate::ca::RemoteSigner::new(
+            crate::ca::KeyMaterial::from_spki(spki.as_bytes()).unwrap(),
+            |tbs: &[u8]| {
+                use p256::ecdsa::signature::Signer as _;
+                let sig: p256::ecdsa::Signature = sk.sign(tbs);
+                Ok(sig.to_der().as_bytes().to_vec())
+            },
+        );
+        let mut params = CertificateParams::default();
+        params.serial_number = Some(crate::ca::random_serial().unwrap());
+        params.subject_alt_names = vec![
+            SanType::Rfc822Name("dev@example.com".try_into().unwrap()),
+            SanType::URI(
+                "https://github.com/o/r/.github/workflows/w.yml@refs/heads/main"
+                    .try_into()
+                    .unwrap(),
+            ),
+            // Fulcio's username SAN, and an otherName of another type (not an identity).
+            SanType::OtherName((
+                vec![1, 3, 6, 1, 4, 1, 57264, 1, 7],
+                OtherNameValue::Utf8String("alice!example.com".into()),
+            )),
+            SanType::OtherName((
+                vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3],
+                OtherNameValue::Utf8String("upn@example.com".into()),
+            )),
+            SanType::DnsName("example.com".try_into().unwrap()),
+        ];
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let cert = Certificate::from_der(&der).unwrap();
+        assert_eq!(
+            identities(&cert),
+            [
+                "dev@example.com",
+                "https://github.com/o/r/.github/workflows/w.yml@refs/heads/main",
+                "alice!example.com",
+            ]
+        );
+        params.subject_alt_names.clear();
+        let none = params.self_signed(&key).unwrap().der().to_vec();
+        assert!(identities(&Certificate::from_der(&none).unwrap()).is_empty());
     }
 
     #[test]

@@ -212,7 +212,7 @@ for k, exts in tricks.items():
 readme = (ROOT / "README.md").read_text()
 m = re.search(r"```toml\n(.*?)```", readme, re.S)
 out("config", "readme.toml", m.group(1))
-cfg = (ROOT / "agent/src/config.rs").read_text()
+cfg = (ROOT / "agent/src/config/tests.rs").read_text()
 m = re.search(r'const GOOD: &str = r#"(.*?)"#;', cfg, re.S)
 if m:
     out("config", "good.toml", m.group(1))

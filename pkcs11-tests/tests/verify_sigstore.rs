@@ -1,8 +1,10 @@
 //! `waxseal verify --trusted-root` on bundles waxseal did not make (issue 20): keyless
 //! bundles signed by sigstore-js (`@sigstore/sign` against @sigstore/mock's Fulcio with
-//! its CT log, Rekor v1 and TSA on 127.0.0.1, `js/keyless.js`), verified against the
-//! mock's trusted root with the signer's identity, and refused, naming the check, when
-//! one thing is wrong.
+//! its CT log, Rekor v1 and TSA, and the Rekor v2 stand-in of `js/rekor-v2.js`, on
+//! 127.0.0.1, `js/keyless.js`): message signatures and DSSE envelopes, each in Rekor v1
+//! and Rekor v2. They are verified against the services' trusted root with the signer's
+//! identity, and refused, naming the check, when one thing is wrong; `@sigstore/verify`
+//! (`js/verify-keyless.js`) reaches the same verdict on each.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,6 +28,11 @@ struct Keyless {
 }
 
 fn keyless(extra: &[&str]) -> Keyless {
+    keyless_made(extra, "bundle")
+}
+
+/// [`keyless`], reading the bundle `name` keyless.js wrote (`--make` in `extra`).
+fn keyless_made(extra: &[&str], name: &str) -> Keyless {
     let js = sigstore_js();
     assert!(
         js.join("node_modules/@sigstore/sign").is_dir(),
@@ -45,7 +52,7 @@ fn keyless(extra: &[&str]) -> Keyless {
     assert!(out.status.success(), "keyless.js: {}", output_text(&out));
     let id = read_json(&dir.path().join("identity.json"));
     Keyless {
-        bundle: read_json(&dir.path().join("bundle.json")),
+        bundle: read_json(&dir.path().join(format!("{name}.json"))),
         root: read_json(&dir.path().join("trusted_root.json")),
         identity: id["identity"].as_str().unwrap().to_string(),
         issuer: id["issuer"].as_str().unwrap().to_string(),
@@ -564,4 +571,221 @@ fn both_verifiers_agree_on_key_based_bundles_of_the_signing_tests() {
             agree("timestamp signature", &t, &file, false);
         }
     }
+}
+
+/// Makes `bundle` refused by both verifiers for one reason, or accepted as it is.
+struct Case {
+    label: &'static str,
+    /// The check waxseal must name; `None`: both accept.
+    check: Option<&'static str>,
+    /// Changes the bundle, the trusted root, the identity and the issuer asked for.
+    change: fn(&mut Value, &mut Value, &mut String, &mut String),
+}
+
+/// The first tlog entry's inclusion proof with one sibling hash changed or, in a
+/// one-leaf tree, a sibling hash added. (Not its `rootHash`: @sigstore/verify ignores
+/// that field and compares with the checkpoint's root; waxseal, like sigstore-go,
+/// refuses a proof whose root is not the checkpoint's, `a_corrupted_inclusion_proof…`.)
+fn corrupt_proof(b: &mut Value) {
+    let proof = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"];
+    match proof["hashes"].as_array_mut() {
+        Some(hashes) if !hashes.is_empty() => {
+            let mut h = B64.decode(hashes[0].as_str().unwrap()).unwrap();
+            h[0] ^= 1;
+            hashes[0] = json!(B64.encode(h));
+        }
+        _ => proof["hashes"] = json!([B64.encode([7u8; 32])]),
+    }
+}
+
+/// The first tlog entry's checkpoint with its key hint kept and another key's signature.
+fn forge_checkpoint(b: &mut Value) {
+    use p256::ecdsa::signature::Signer as _;
+    let cp = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
+        ["envelope"];
+    let text = cp.as_str().unwrap().to_string();
+    let (note, sigs) = text.split_once("\n\n").unwrap();
+    let rest = sigs
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("\u{2014} ")
+        .unwrap();
+    let (name, sig) = rest.rsplit_once(' ').unwrap();
+    let hint = B64.decode(sig).unwrap()[..4].to_vec();
+    let other = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let forged: p256::ecdsa::Signature = other.sign(format!("{note}\n").as_bytes());
+    let mut raw = hint;
+    raw.extend_from_slice(forged.to_der().as_bytes());
+    *cp = json!(format!("{note}\n\n\u{2014} {name} {}\n", B64.encode(raw)));
+}
+
+const CASES: &[Case] = &[
+    Case {
+        label: "as made",
+        check: None,
+        change: |_, _, _, _| {},
+    },
+    Case {
+        label: "another identity",
+        check: Some("certificate identity"),
+        change: |_, _, id, _| {
+            *id = "https://github.com/mallory/release/.github/workflows/release.yml@refs/heads/main"
+                .into()
+        },
+    },
+    Case {
+        label: "another issuer",
+        check: Some("certificate issuer"),
+        change: |_, _, _, iss| *iss = "https://accounts.google.com".into(),
+    },
+    Case {
+        label: "a changed signature",
+        check: Some("signature"),
+        change: |b, _, _, _| {
+            let field = if b["dsseEnvelope"].is_object() {
+                &mut b["dsseEnvelope"]["signatures"][0]["sig"]
+            } else {
+                &mut b["messageSignature"]["signature"]
+            };
+            let mut sig = B64.decode(field.as_str().unwrap()).unwrap();
+            let n = sig.len() - 2;
+            sig[n] ^= 1;
+            *field = json!(B64.encode(sig));
+        },
+    },
+    Case {
+        label: "a corrupted inclusion proof",
+        check: Some("tlog inclusion proof"),
+        change: |b, _, _, _| corrupt_proof(b),
+    },
+    Case {
+        label: "a checkpoint signed by another key",
+        check: Some("tlog checkpoint"),
+        change: |b, _, _, _| forge_checkpoint(b),
+    },
+    Case {
+        label: "a log outside the trusted root",
+        check: Some("tlog log id"),
+        change: |b, root, _, _| {
+            let id = b["verificationMaterial"]["tlogEntries"][0]["logId"]["keyId"].clone();
+            let logs = root["tlogs"].as_array_mut().unwrap();
+            logs.retain(|l| l["logId"]["keyId"] != id);
+        },
+    },
+    Case {
+        label: "an SCT from a log outside the trusted root",
+        check: Some("certificate sct"),
+        change: |_, root, _, _| root["ctlogs"] = json!([]),
+    },
+    Case {
+        label: "a timestamp outside the TSA's validity",
+        check: Some("rfc3161 timestamp"),
+        change: |_, root, _, _| {
+            let tsa = &mut root["timestampAuthorities"][0]["validFor"];
+            tsa["end"] = tsa["start"].clone();
+        },
+    },
+    Case {
+        label: "a Fulcio CA whose validity ended before the signing",
+        check: Some("certificate chain"),
+        change: |_, root, _, _| {
+            let ca = &mut root["certificateAuthorities"][0]["validFor"];
+            ca["end"] = ca["start"].clone();
+        },
+    },
+];
+
+#[test]
+fn both_verifiers_agree_on_sigstore_js_message_and_dsse_bundles_in_rekor_v1_and_v2() {
+    let made = ["message-v1", "dsse-v1", "message-v2", "dsse-v2"];
+    let k = keyless_made(&["--make", &made.join(",")], "bundle");
+    let js = sigstore_js().join("verify-keyless.js");
+    let tmp = k.dir.path();
+    for name in made {
+        let bundle = read_json(&tmp.join(format!("{name}.json")));
+        let (kind, version) = if name.starts_with("dsse") {
+            (
+                "dsse",
+                if name.ends_with("v2") {
+                    "0.0.2"
+                } else {
+                    "0.0.1"
+                },
+            )
+        } else {
+            (
+                "hashedrekord",
+                if name.ends_with("v2") {
+                    "0.0.2"
+                } else {
+                    "0.0.1"
+                },
+            )
+        };
+        let entry = &bundle["verificationMaterial"]["tlogEntries"][0];
+        assert_eq!(entry["kindVersion"]["kind"], kind, "{name}");
+        assert_eq!(entry["kindVersion"]["version"], version, "{name}");
+        if name.ends_with("v2") {
+            assert!(
+                entry["inclusionPromise"].is_null(),
+                "{name}: Rekor v2 has no SET"
+            );
+        }
+        for case in CASES {
+            let (mut b, mut root) = (bundle.clone(), k.root.clone());
+            let (mut id, mut iss) = (k.identity.clone(), k.issuer.clone());
+            (case.change)(&mut b, &mut root, &mut id, &mut iss);
+            let bp = tmp.join("case.bundle.json");
+            let rp = tmp.join("case.root.json");
+            std::fs::write(&bp, b.to_string()).unwrap();
+            std::fs::write(&rp, root.to_string()).unwrap();
+            let what = format!("{name}, {}", case.label);
+
+            let ours = Command::new(&bins().cli)
+                .arg("verify")
+                .arg(&k.artifact)
+                .arg("--bundle")
+                .arg(&bp)
+                .args(["--certificate-identity", &id])
+                .args(["--certificate-oidc-issuer", &iss])
+                .arg("--trusted-root")
+                .arg(&rp)
+                .output()
+                .unwrap();
+            match case.check {
+                None => ok(&ours),
+                Some(check) => {
+                    let err = String::from_utf8_lossy(&ours.stderr);
+                    assert!(
+                        !ours.status.success()
+                            && err.starts_with(&format!("waxseal: verify: {check}: ")),
+                        "{what}: waxseal should name `{check}`: {}",
+                        output_text(&ours)
+                    );
+                }
+            }
+
+            let mut theirs = Command::new("node");
+            theirs.arg(&js).arg(&bp).arg(&rp).arg(&id).arg(&iss);
+            if kind == "hashedrekord" {
+                theirs.arg(&k.artifact);
+            }
+            let theirs = theirs.output().unwrap();
+            assert_eq!(
+                theirs.status.success(),
+                case.check.is_none(),
+                "{what}: @sigstore/verify: {}",
+                output_text(&theirs)
+            );
+        }
+    }
+
+    // A DSSE bundle verifies only for an artifact its statement names as a subject
+    // (@sigstore/verify takes no artifact for an envelope: this check is waxseal's).
+    let dsse = read_json(&tmp.join("dsse-v2.json"));
+    let other = tmp.join("other.tar.gz");
+    std::fs::write(&other, b"not the subject\n").unwrap();
+    refused(&k.verify_with(&dsse, &k.root, &other, &[]), "artifact");
+    ok(&k.verify_with(&dsse, &k.root, &k.artifact, &[]));
 }
