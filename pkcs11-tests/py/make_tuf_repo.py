@@ -3,6 +3,9 @@
     make_tuf_repo.py init DIR NAME=FILE...      keys, root v1, targets/snapshot/timestamp v1
     make_tuf_repo.py publish DIR NAME=FILE...   new targets, snapshot and timestamp versions
     make_tuf_repo.py expire DIR                 a new timestamp version that expired yesterday
+    make_tuf_repo.py rotate DIR                 root N+1 with new root and timestamp keys, signed
+                                                by the old and the new root key; a new timestamp
+    make_tuf_repo.py rotate-unsigned DIR        the same, but root N+1 signed by the new key only
     make_tuf_repo.py serve DIR                  serve DIR/repo on 127.0.0.1, print `PORT <n>`
 
 DIR/keys holds the ed25519 private keys (one per role), DIR/repo is what the test serves over
@@ -112,6 +115,29 @@ def write_timestamp(d, versions, signers, expires):
         json.dump(versions, f)
 
 
+def rotate(d, signers, signed_by_old):
+    """Root N+1 replacing the root and timestamp keys (the old private keys are kept as
+    keys/ROLE-N.pem), then a timestamp signed by the new timestamp key."""
+    repo = os.path.join(d, "repo")
+    keys = os.path.join(d, "keys")
+    with open(os.path.join(d, "versions.json")) as f:
+        versions = json.load(f)
+    n = versions.get("root", 1)
+    root = load(repo, f"{n}.root.json").signed
+    old_root = signers["root"]
+    for role in ("root", "timestamp"):
+        os.replace(os.path.join(keys, role + ".pem"), os.path.join(keys, f"{role}-{n}.pem"))
+        signers[role] = signer(keys, role)
+        for keyid in list(root.roles[role].keyids):
+            root.revoke_key(keyid, role)
+        root.add_key(signers[role].public_key, role)
+    root.version = n + 1
+    by = [old_root, signers["root"]] if signed_by_old else [signers["root"]]
+    write(repo, f"{n + 1}.root.json", Metadata(root), by)
+    versions["root"] = n + 1
+    write_timestamp(d, versions, signers, future(1))
+
+
 def serve(repo):
     """Python's http.server over DIR/repo (read at each request: the test changes it)."""
     import functools
@@ -156,6 +182,8 @@ def main(argv):
             versions = json.load(f)
         yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).replace(microsecond=0)
         write_timestamp(d, versions, signers, yesterday)
+    elif command in ("rotate", "rotate-unsigned"):
+        rotate(d, signers, command == "rotate")
     else:
         sys.exit(f"unknown command {command!r}\n{__doc__}")
 

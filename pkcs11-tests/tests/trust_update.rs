@@ -1,8 +1,10 @@
 //! `waxseal trust update` against a TUF repository built by python-tuf
 //! (py/make_tuf_repo.py) and served by Python's http.server on 127.0.0.1, and `waxseal
-//! trust show` for what `default_trusted_root()` returns: a new version is taken; an
-//! expired timestamp, a rolled-back timestamp and a target whose hash does not match are
-//! refused, naming the check, and the trusted root stored before stays.
+//! trust show` for what `default_trusted_root()` returns: a new version is taken, and a
+//! root that rotates the root and timestamp keys is followed; an expired timestamp, a
+//! rolled-back timestamp, a target whose hash does not match and a new root not signed by
+//! the old root's key are refused, naming the check, and the trusted root stored before
+//! stays.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -201,6 +203,36 @@ fn first_update_of_another_repository_needs_its_root() {
     let out = f.waxseal(&["trust", "update", "--repository", &f.server.url]);
     refused(&out, "--root");
     assert_eq!(f.show()["source"], "shipped");
+}
+
+#[test]
+fn a_root_rotating_the_root_and_timestamp_keys_is_followed() {
+    let mut f = Fixture::new();
+    f.update_ok();
+    f.assert_default_is(1);
+    // Root 2 (signed by the old and the new root key) replaces both keys; the next
+    // timestamp is signed by the new timestamp key only, so it verifies only for a client
+    // that took root 2.
+    f.repo_tool("rotate", false);
+    f.repo_tool("publish", true);
+    f.update_ok();
+    f.assert_default_is(2);
+    // And root 2 is now the one updates start from.
+    f.repo_tool("publish", true);
+    let out = f.waxseal(&["trust", "update", "--repository", &f.server.url]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    f.assert_default_is(3);
+}
+
+#[test]
+fn a_new_root_not_signed_by_the_old_root_key_is_refused_and_the_old_root_kept() {
+    let mut f = Fixture::new();
+    f.update_ok();
+    f.repo_tool("rotate-unsigned", false);
+    f.repo_tool("publish", true);
+    let text = refused(&f.update(), "root");
+    assert!(text.contains("signature") || text.contains("threshold"), "{text}");
+    f.assert_default_is(1);
 }
 
 #[test]
