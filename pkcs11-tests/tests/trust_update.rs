@@ -76,11 +76,7 @@ impl Fixture {
                 .join(format!("tr{}.json", self.published));
             std::fs::write(&root, trusted_root(self.published)).unwrap();
             let config = self.contents.path().join("signing_config.json");
-            std::fs::write(
-                &config,
-                br#"{"mediaType":"application/vnd.dev.sigstore.signingconfig.v0.2+json"}"#,
-            )
-            .unwrap();
+            std::fs::write(&config, SIGNING_CONFIG).unwrap();
             cmd.arg(format!("trusted_root.json={}", root.display()));
             cmd.arg(format!("signing_config.v0.2.json={}", config.display()));
         }
@@ -133,11 +129,20 @@ impl Fixture {
         let expected: serde_json::Value = serde_json::from_slice(&trusted_root(n)).unwrap();
         assert_eq!(shown["trusted_root"], expected, "expected version {n}");
         assert_eq!(shown["sha256"], hex(&Sha256::digest(trusted_root(n))));
+        // The signing config published with it goes with it.
+        assert_eq!(
+            shown["signing_config_sha256"],
+            hex(&Sha256::digest(SIGNING_CONFIG))
+        );
         // The plain output is the stored bytes themselves.
         let plain = self.waxseal(&["trust", "show"]);
         assert_eq!(plain.stdout, trusted_root(n));
     }
 }
+
+/// The signing config every version publishes.
+const SIGNING_CONFIG: &[u8] =
+    br#"{"mediaType":"application/vnd.dev.sigstore.signingconfig.v0.2+json"}"#;
 
 /// A distinct trusted root per published version.
 fn trusted_root(n: usize) -> Vec<u8> {
@@ -175,6 +180,11 @@ fn update_stores_the_trusted_root_and_takes_new_versions() {
     assert_eq!(
         shipped["trusted_root"]["tlogs"][0]["baseUrl"],
         "https://rekor.sigstore.dev"
+    );
+    // The public-good signing config shipped beside it (cli/data/sigstore-public-good).
+    assert_eq!(
+        shipped["signing_config_sha256"],
+        "9711a6d5375706957a4859af31c5866a4474f81f0544f9f4b76c9c4f4c8a539c"
     );
 
     f.update_ok();
@@ -231,7 +241,10 @@ fn a_new_root_not_signed_by_the_old_root_key_is_refused_and_the_old_root_kept() 
     f.repo_tool("rotate-unsigned", false);
     f.repo_tool("publish", true);
     let text = refused(&f.update(), "root");
-    assert!(text.contains("signature") || text.contains("threshold"), "{text}");
+    assert!(
+        text.contains("signature") || text.contains("threshold"),
+        "{text}"
+    );
     f.assert_default_is(1);
 }
 

@@ -19,6 +19,8 @@ struct Shown {
     repository: Option<String>,
     sha256: String,
     trusted_root: serde_json::Value,
+    /// SHA-256 of the signing config that goes with it (`default_signing_config`), if any.
+    signing_config_sha256: Option<String>,
 }
 
 pub fn run(ctx: &Ctx, command: TrustCommand) -> Result<()> {
@@ -79,6 +81,8 @@ pub fn run(ctx: &Ctx, command: TrustCommand) -> Result<()> {
                     repository,
                     sha256: hex::encode(Sha256::digest(&bytes)),
                     trusted_root,
+                    signing_config_sha256: trustroot::default_signing_config()
+                        .map(|c| hex::encode(Sha256::digest(c))),
                 });
             }
             std::io::stdout()
