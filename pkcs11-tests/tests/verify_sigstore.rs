@@ -620,6 +620,22 @@ fn forge_checkpoint(b: &mut Value) {
     *cp = json!(format!("{note}\n\n\u{2014} {name} {}\n", B64.encode(raw)));
 }
 
+/// The first tlog entry's checkpoint with a witness's cosignature line (C2SP
+/// tlog-cosignature: key hint, 8-byte timestamp, Ed25519 signature) before the log's own
+/// signature, or (`keep_log` false) instead of it.
+fn cosign_checkpoint(b: &mut Value, keep_log: bool) {
+    let cp = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
+        ["envelope"];
+    let text = cp.as_str().unwrap().to_string();
+    let (note, sigs) = text.split_once("\n\n").unwrap();
+    let mut raw = vec![0xa5u8, 0x5a, 0x01, 0x02];
+    raw.extend_from_slice(&1_796_000_000u64.to_be_bytes());
+    raw.extend_from_slice(&[0x42; 64]);
+    let witness = format!("\u{2014} witness.example {}\n", B64.encode(raw));
+    let rest = if keep_log { sigs } else { "" };
+    *cp = json!(format!("{note}\n\n{witness}{rest}"));
+}
+
 const CASES: &[Case] = &[
     Case {
         label: "as made",
@@ -663,6 +679,16 @@ const CASES: &[Case] = &[
         label: "a checkpoint signed by another key",
         check: Some("tlog checkpoint"),
         change: |b, _, _, _| forge_checkpoint(b),
+    },
+    Case {
+        label: "a witness cosignature beside the log's signature",
+        check: None,
+        change: |b, _, _, _| cosign_checkpoint(b, true),
+    },
+    Case {
+        label: "a witness cosignature instead of the log's signature",
+        check: Some("tlog checkpoint"),
+        change: |b, _, _, _| cosign_checkpoint(b, false),
     },
     Case {
         label: "a log outside the trusted root",
