@@ -3,7 +3,7 @@
 // MessageSignatureBundleBuilder, DSSEBundleBuilder) against @sigstore/mock's Fulcio (with
 // its CT log), Rekor v1 and TSA handlers and the Rekor v2 stand-in of rekor-v2.js, behind
 // one Node HTTP server on 127.0.0.1, signing with a mock identity token.
-// Usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--make LIST]
+// Usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--log-minutes-ahead N] [--make LIST]
 // LIST: comma-separated bundles to make, each KIND-LOG with KIND `message` (a message
 // signature over ARTIFACT) or `dsse` (an in-toto v1 statement naming ARTIFACT as its
 // subject, in a DSSE envelope) and LOG `v1` (Rekor v1: hashedrekord 0.0.1, or dsse 0.0.1
@@ -15,6 +15,8 @@
 // OUTDIR/identity.json ({identity, issuer}); prints "OK" and exits.
 // --ca-minutes-ago N: the Fulcio CA's clock is N minutes behind, so that its leaf
 // certificate (valid ten minutes) has expired for N > 10.
+// --log-minutes-ahead N: Rekor v1's clock is N minutes ahead, so that the integrated
+// time its signed entry timestamp vouches for lies in the future.
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -48,6 +50,9 @@ async function main() {
   let caMinutesAgo = 0;
   const i = args.indexOf('--ca-minutes-ago');
   if (i >= 0) caMinutesAgo = Number(args.splice(i, 2)[1]);
+  let logMinutesAhead = 0;
+  const j = args.indexOf('--log-minutes-ahead');
+  if (j >= 0) logMinutesAhead = Number(args.splice(j, 2)[1]);
   let make = ['message-v1'];
   const m = args.indexOf('--make');
   if (m >= 0) make = args.splice(m, 2)[1].split(',');
@@ -55,7 +60,7 @@ async function main() {
     if (!/^(message|dsse)-v[12]$/.test(item)) throw new Error(`--make: unknown bundle ${item}`);
   }
   const [outDir, artifactPath] = args;
-  if (!outDir || !artifactPath) throw new Error('usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--make LIST]');
+  if (!outDir || !artifactPath) throw new Error('usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--log-minutes-ahead N] [--make LIST]');
   const ec = () => crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const [caKey, ctKey, tlogKey, tsaKey] = [ec(), ec(), ec(), ec()];
   const handlers = {};
@@ -83,7 +88,8 @@ async function main() {
   const caClock = caMinutesAgo ? new Date(Date.now() - caMinutesAgo * 60_000) : undefined;
   const ctlog = await initializeCTLog(ctKey);
   const ca = await initializeCA(caKey, ctlog, caClock);
-  const tlog = await initializeTLog(url, tlogKey);
+  const logClock = logMinutesAhead ? new Date(Date.now() + logMinutesAhead * 60_000) : undefined;
+  const tlog = await initializeTLog(url, tlogKey, logClock);
   const tsa = await initializeTSA(tsaKey);
   // Whole seconds: see tsa.js (the mock writes genTime fractions @sigstore/core misreads).
   tsa.getCurrentTime = () => new Date(Math.floor(Date.now() / 1000) * 1000);

@@ -815,3 +815,25 @@ fn both_verifiers_agree_on_sigstore_js_message_and_dsse_bundles_in_rekor_v1_and_
     refused(&k.verify_with(&dsse, &k.root, &other, &[]), "artifact");
     ok(&k.verify_with(&dsse, &k.root, &k.artifact, &[]));
 }
+
+#[test]
+fn an_integrated_time_in_the_future_is_refused() {
+    // Rekor v1's clock a day ahead: its signed entry timestamp vouches for a time that
+    // has not come. @sigstore/verify refuses it too (the leaf is not valid then).
+    let k = keyless(&["--log-minutes-ahead", "1440"]);
+    refused(&k.verify(&k.bundle, &k.root), "tlog integrated time");
+    let b = k.dir.path().join("future.json");
+    let r = k.dir.path().join("future.root.json");
+    std::fs::write(&b, k.bundle.to_string()).unwrap();
+    std::fs::write(&r, k.root.to_string()).unwrap();
+    let theirs = Command::new("node")
+        .arg(sigstore_js().join("verify-keyless.js"))
+        .arg(&b)
+        .arg(&r)
+        .arg(&k.identity)
+        .arg(&k.issuer)
+        .arg(&k.artifact)
+        .output()
+        .unwrap();
+    assert!(!theirs.status.success(), "{}", output_text(&theirs));
+}
