@@ -811,20 +811,9 @@ impl Rekor {
         spki: &[u8],
     ) -> Result<()> {
         let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
-        if entry.kind_version.kind != "hashedrekord" || entry.kind_version.version != "0.0.2" {
-            bail!(
-                "the entry is {} {}, not hashedrekord 0.0.2",
-                entry.kind_version.kind,
-                entry.kind_version.version
-            );
-        }
         // The logged body: a Rekor v2 `Entry` (protobuf-specs rekor/v2), whose spec is
         // `hashedRekordV002` {data: {algorithm, digest}, signature: {content, verifier}}.
-        let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
-            .context("canonicalizedBody is not JSON")?;
-        if body["kind"] != "hashedrekord" || body["apiVersion"] != "0.0.2" {
-            bail!("the logged body is not a hashedrekord 0.0.2 entry");
-        }
+        let body = v2_body(entry, "hashedrekord")?;
         let spec = &body["spec"]["hashedRekordV002"];
         let decoded = |v: &Value| v.as_str().and_then(|s| B64.decode(s).ok());
         if decoded(&spec["data"]["digest"]).as_deref() != Some(digest) {
@@ -834,10 +823,7 @@ impl Rekor {
             bail!("the logged signature is not the bundle's");
         }
         let verifier = &spec["signature"]["verifier"];
-        let logged_key = decoded(&verifier["publicKey"]["rawBytes"]).or_else(|| {
-            decoded(&verifier["x509Certificate"]["rawBytes"]).and_then(|c| cert_spki(&c).ok())
-        });
-        if logged_key.as_deref() != Some(spki) {
+        if v2_verifier_key(verifier).as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
         self.check_v2_inclusion(entry, &log_key)
@@ -856,18 +842,7 @@ impl Rekor {
         spki: &[u8],
     ) -> Result<()> {
         let log_key = AnyPublicKey::from_spki(&self.key_der).context("the Rekor public key")?;
-        if entry.kind_version.kind != "dsse" || entry.kind_version.version != "0.0.2" {
-            bail!(
-                "the entry is {} {}, not dsse 0.0.2",
-                entry.kind_version.kind,
-                entry.kind_version.version
-            );
-        }
-        let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
-            .context("canonicalizedBody is not JSON")?;
-        if body["kind"] != "dsse" || body["apiVersion"] != "0.0.2" {
-            bail!("the logged body is not a dsse 0.0.2 entry");
-        }
+        let body = v2_body(entry, "dsse")?;
         let spec = &body["spec"]["dsseV002"];
         let decoded = |v: &Value| v.as_str().and_then(|s| B64.decode(s).ok());
         let payload = &envelope.payload.0;
@@ -894,10 +869,7 @@ impl Rekor {
             bail!("the logged signature is not the envelope's");
         }
         let verifier = &logged["verifier"];
-        let logged_key = decoded(&verifier["publicKey"]["rawBytes"]).or_else(|| {
-            decoded(&verifier["x509Certificate"]["rawBytes"]).and_then(|c| cert_spki(&c).ok())
-        });
-        if logged_key.as_deref() != Some(spki) {
+        if v2_verifier_key(verifier).as_deref() != Some(spki) {
             bail!("the logged public key is not the signing key");
         }
         self.check_v2_inclusion(entry, &log_key)
@@ -916,6 +888,33 @@ impl Rekor {
         check_checkpoint(&proof.checkpoint.envelope, log_key, &self.key_der, proof)
             .map_err(|e| Named::err("tlog checkpoint", format!("{e:#}")))
     }
+}
+
+/// A Rekor v2 entry's logged body, once its `kindVersion` and the body's own `kind` and
+/// `apiVersion` say it is a `kind` 0.0.2 entry.
+fn v2_body(entry: &TlogEntry, kind: &str) -> Result<Value> {
+    if entry.kind_version.kind != kind || entry.kind_version.version != "0.0.2" {
+        bail!(
+            "the entry is {} {}, not {kind} 0.0.2",
+            entry.kind_version.kind,
+            entry.kind_version.version
+        );
+    }
+    let body: Value = serde_json::from_slice(&entry.canonicalized_body.0)
+        .context("canonicalizedBody is not JSON")?;
+    if body["kind"] != kind || body["apiVersion"] != "0.0.2" {
+        bail!("the logged body is not a {kind} 0.0.2 entry");
+    }
+    Ok(body)
+}
+
+/// The DER SubjectPublicKeyInfo of a Rekor v2 `Verifier`: its `publicKey`, or the key
+/// of its `x509Certificate`.
+fn v2_verifier_key(verifier: &Value) -> Option<Vec<u8>> {
+    let decoded = |v: &Value| v.as_str().and_then(|s| B64.decode(s).ok());
+    decoded(&verifier["publicKey"]["rawBytes"]).or_else(|| {
+        decoded(&verifier["x509Certificate"]["rawBytes"]).and_then(|c| cert_spki(&c).ok())
+    })
 }
 
 /// How long a Rekor v2 log may take to answer: it answers once a checkpoint covers the
