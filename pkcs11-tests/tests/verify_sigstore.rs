@@ -424,7 +424,11 @@ fn key_trusted_root(rekor_pem: &Path, rekor_url: &str, tsa_chain: Option<&Path>)
 fn both_verifiers_agree_on_key_based_bundles_of_the_signing_tests() {
     use pkcs11_tests::MockRekor;
     use pkcs11_tests::{agent_with_keys, sigstore_js_verify_with, write_pubkey, LocalService};
-    let (_hsm, agent) = agent_with_keys(&[("hsm/ec", "p256"), ("hsm/big", "p384")]);
+    let (_hsm, agent) = agent_with_keys(&[
+        ("hsm/ec", "p256"),
+        ("hsm/big", "p384"),
+        ("hsm/ed", "ed25519"),
+    ]);
     let rekor = MockRekor::start();
     let rekor2 = LocalService::rekor_v2("ok");
     let rekor2_key = rekor2.file("rekor.pub.pem");
@@ -434,12 +438,15 @@ fn both_verifiers_agree_on_key_based_bundles_of_the_signing_tests() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
     // (what, key, command, log, TSA?)
-    let kinds: [(&str, &str, &str, u8, bool); 5] = [
+    // (Ed25519 makes no message-signature bundle: `waxseal sign` refuses it.)
+    let kinds: [(&str, &str, &str, u8, bool); 7] = [
         ("rekor v1", "hsm/ec", "sign", 1, false),
         ("rekor v1 p384", "hsm/big", "sign", 1, false),
         ("rekor v1 + tsa", "hsm/ec", "sign", 1, true),
         ("rekor v2 + tsa", "hsm/ec", "sign", 2, true),
         ("dsse, rekor v1", "hsm/ec", "attest", 1, false),
+        ("dsse ed25519, rekor v1", "hsm/ed", "attest", 1, false),
+        ("dsse, rekor v2 + tsa", "hsm/ec", "attest", 2, true),
     ];
     for (i, (what, key, command, log, with_tsa)) in kinds.into_iter().enumerate() {
         let file = tmp.path().join(format!("artifact-{i}.tgz"));
