@@ -844,3 +844,72 @@ fn an_integrated_time_in_the_future_is_refused() {
         .unwrap();
     assert!(!theirs.status.success(), "{}", output_text(&theirs));
 }
+
+#[test]
+fn a_public_good_bundle_verifies_with_the_trusted_root_waxseal_ships() {
+    // A keyless signature made in production (data/public-good/README.md): the real
+    // Fulcio chain, CT log, Rekor key and checkpoint, checked offline against the
+    // public-good trusted root shipped in the binary (no `trust update` state).
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/public-good/rfc8785-0.1.2-wheel.sigstore.json");
+    let digest = "sha256:c4e92e9ecc828bef2aa7dba1de8ac983511f7532a0df11c770d39099a25cf201";
+    let identity =
+        "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml@refs/tags/v0.1.2";
+    let issuer = "https://token.actions.githubusercontent.com";
+    let state = tempfile::tempdir().unwrap();
+    let verify = |bundle: &Path, digest: &str, identity: &str| {
+        Command::new(&bins().cli)
+            .env("XDG_DATA_HOME", state.path())
+            .args(["--json", "verify", digest, "--bundle"])
+            .arg(bundle)
+            .args(["--certificate-identity", identity])
+            .args(["--certificate-oidc-issuer", issuer])
+            .output()
+            .unwrap()
+    };
+    let out = verify(&bundle, digest, identity);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["signing_times"], json!([1_710_888_076]));
+    let detail = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(detail("tlog entry").contains("https://rekor.sigstore.dev index 79605083"));
+    assert!(detail("certificate chain").contains("sigstore-intermediate"));
+    assert!(detail("certificate sct").starts_with("log dd3d306a"));
+
+    // Another tag's workflow, another artifact, and one bit of the inclusion proof.
+    let other = identity.replace("v0.1.2", "v0.1.3");
+    let out = verify(&bundle, digest, &other);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("waxseal: verify: certificate identity: "),
+        "{}",
+        output_text(&out)
+    );
+    let out = verify(&bundle, &format!("sha256:{}", "0".repeat(64)), identity);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("waxseal: verify: artifact: "),
+        "{}",
+        output_text(&out)
+    );
+    let mut b = read_json(&bundle);
+    corrupt_proof(&mut b);
+    let changed = state.path().join("changed.json");
+    std::fs::write(&changed, b.to_string()).unwrap();
+    let out = verify(&changed, digest, identity);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("waxseal: verify: tlog inclusion proof: "),
+        "{}",
+        output_text(&out)
+    );
+}
