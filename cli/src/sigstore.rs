@@ -1424,8 +1424,12 @@ fn verify_dsse(
         .context(
             "signature mismatch: the envelope's signature is not by this key over this payload",
         )?;
-    let statement = Statement::parse(&envelope.payload.0)
-        .context("the DSSE payload is not an in-toto statement waxseal reads")?;
+    let statement = Statement::parse(&envelope.payload.0).map_err(|e| {
+        Named::err(
+            "artifact",
+            format!("the DSSE payload is not an in-toto statement waxseal reads: {e}"),
+        )
+    })?;
     let digest = file.digest(HashAlg::Sha256)?;
     if !statement.names_sha256(&digest) {
         bail!(

@@ -326,10 +326,10 @@ fn run(
     bare.verification_material.timestamp_verification_data = None;
     let checked = verify_bundle(&bare, artifact, &spki, None, None).map_err(|e| {
         let text = format!("{e:#}");
-        let check = if text.contains("digest mismatch") || text.contains("cannot open") {
-            "artifact"
-        } else {
-            "signature"
+        let check = match Named::of(&e, "") {
+            "" if text.contains("digest mismatch") || text.contains("cannot open") => "artifact",
+            "" => "signature",
+            named => named,
         };
         Named::err(check, text)
     })?;

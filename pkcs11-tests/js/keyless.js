@@ -3,7 +3,7 @@
 // MessageSignatureBundleBuilder, DSSEBundleBuilder) against @sigstore/mock's Fulcio (with
 // its CT log), Rekor v1 and TSA handlers and the Rekor v2 stand-in of rekor-v2.js, behind
 // one Node HTTP server on 127.0.0.1, signing with a mock identity token.
-// Usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--log-minutes-ahead N] [--make LIST]
+// Usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--log-minutes-ahead N] [--sha512-subject] [--make LIST]
 // LIST: comma-separated bundles to make, each KIND-LOG with KIND `message` (a message
 // signature over ARTIFACT) or `dsse` (an in-toto v1 statement naming ARTIFACT as its
 // subject, in a DSSE envelope) and LOG `v1` (Rekor v1: hashedrekord 0.0.1, or dsse 0.0.1
@@ -15,6 +15,7 @@
 // OUTDIR/identity.json ({identity, issuer}); prints "OK" and exits.
 // --ca-minutes-ago N: the Fulcio CA's clock is N minutes behind, so that its leaf
 // certificate (valid ten minutes) has expired for N > 10.
+// --sha512-subject: the statement names ARTIFACT by SHA-512 only (as npm's provenance).
 // --log-minutes-ahead N: Rekor v1's clock is N minutes ahead, so that the integrated
 // time its signed entry timestamp vouches for lies in the future.
 'use strict';
@@ -53,6 +54,8 @@ async function main() {
   let logMinutesAhead = 0;
   const j = args.indexOf('--log-minutes-ahead');
   if (j >= 0) logMinutesAhead = Number(args.splice(j, 2)[1]);
+  const sha512Subject = args.includes('--sha512-subject');
+  if (sha512Subject) args.splice(args.indexOf('--sha512-subject'), 1);
   let make = ['message-v1'];
   const m = args.indexOf('--make');
   if (m >= 0) make = args.splice(m, 2)[1].split(',');
@@ -60,7 +63,7 @@ async function main() {
     if (!/^(message|dsse)-v[12]$/.test(item)) throw new Error(`--make: unknown bundle ${item}`);
   }
   const [outDir, artifactPath] = args;
-  if (!outDir || !artifactPath) throw new Error('usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--log-minutes-ahead N] [--make LIST]');
+  if (!outDir || !artifactPath) throw new Error('usage: node keyless.js OUTDIR ARTIFACT [--ca-minutes-ago N] [--log-minutes-ahead N] [--sha512-subject] [--make LIST]');
   const ec = () => crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const [caKey, ctKey, tlogKey, tsaKey] = [ec(), ec(), ec(), ec()];
   const handlers = {};
@@ -118,7 +121,9 @@ async function main() {
     _type: 'https://in-toto.io/Statement/v1',
     subject: [{
       name: path.basename(artifactPath),
-      digest: { sha256: crypto.createHash('sha256').update(data).digest('hex') },
+      digest: sha512Subject
+        ? { sha512: crypto.createHash('sha512').update(data).digest('hex') }
+        : { sha256: crypto.createHash('sha256').update(data).digest('hex') },
     }],
     predicateType: 'https://slsa.dev/provenance/v1',
     predicate: { buildDefinition: { buildType: 'https://waxseal.dev/test' } },

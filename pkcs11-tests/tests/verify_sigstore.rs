@@ -913,3 +913,18 @@ fn a_public_good_bundle_verifies_with_the_trusted_root_waxseal_ships() {
         output_text(&out)
     );
 }
+
+#[test]
+fn a_statement_naming_the_artifact_by_sha512_only_is_refused_at_artifact() {
+    // npm's provenance names its subjects by SHA-512 only; waxseal's in-toto reader
+    // needs SHA-256 (docs/verify.md, "What is not checked yet"). The refusal names the
+    // artifact, not the signature, which verified.
+    let k = keyless_made(&["--make", "dsse-v1", "--sha512-subject"], "dsse-v1");
+    let out = k.verify(&k.bundle, &k.root);
+    refused(&out, "artifact");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an in-toto statement waxseal reads"),
+        "{}",
+        output_text(&out)
+    );
+}
