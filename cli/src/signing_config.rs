@@ -468,6 +468,49 @@ impl LogInstance {
     pub fn valid_at(&self, t: OffsetDateTime) -> bool {
         within(self.start, self.end, t)
     }
+
+    /// Whether a `TransparencyLogEntry`'s `logId.keyId` names this log: it is this log's
+    /// `logId`, or the log's checkpoint key ID in full, which Rekor v2 logs put there
+    /// (rekor-tiles, "TrustedRoot lookup by checkpoint key ID"): SHA-256 of the key name
+    /// (the host of `baseUrl`, the checkpoints' origin), a newline, the C2SP signed-note
+    /// signature type and the key: 0x01 and the 32 raw bytes for Ed25519; 0xFF,
+    /// `PKIX-RSA-PKCS#1v1.5` and the SubjectPublicKeyInfo for RSA. (For ECDSA keys that
+    /// ID is SHA-256 of the SubjectPublicKeyInfo, the `logId` itself.) The public-good
+    /// trusted root already gives Rekor v2 logs this `logId`; older files give the
+    /// SubjectPublicKeyInfo's hash. A wrong match only costs a failed checkpoint check.
+    pub fn named_by(&self, log_id: &[u8]) -> bool {
+        if self.key_id == log_id {
+            return true;
+        }
+        let host = self
+            .base_url
+            .split_once("://")
+            .map_or(self.base_url.as_str(), |(_, rest)| rest);
+        let host = host.split('/').next().unwrap_or_default();
+        if host.is_empty() {
+            return false;
+        }
+        let Ok(key) = crate::verify::AnyPublicKey::from_spki(&self.key) else {
+            return false;
+        };
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(host.as_bytes());
+        h.update(b"\n");
+        match key {
+            crate::verify::AnyPublicKey::Ed25519(k) => {
+                h.update([0x01]);
+                h.update(k.as_bytes());
+            }
+            crate::verify::AnyPublicKey::Rsa(_) => {
+                h.update([0xff]);
+                h.update(b"PKIX-RSA-PKCS#1v1.5");
+                h.update(&self.key);
+            }
+            _ => return false,
+        }
+        h.finalize()[..] == *log_id
+    }
 }
 
 impl Authority {

@@ -1105,7 +1105,11 @@ fn check_checkpoint(
             continue;
         };
         let Ok(raw) = B64.decode(sig) else { continue };
-        if raw.len() <= 4 || raw[..4] != note_key_id(log_key, log_der, name)? {
+        if raw.len() <= 4
+            || !note_key_ids(log_key, log_der, name)
+                .iter()
+                .any(|id| id[..] == raw[..4])
+        {
             continue;
         }
         match log_key {
@@ -1125,23 +1129,33 @@ fn check_checkpoint(
     bail!("the checkpoint carries no signature by the Rekor key")
 }
 
-/// The key ID a signed note names `log_key` by (C2SP signed-note): for Ed25519,
-/// SHA-256(name || 0x0A || 0x01 || key)[:4]; for ECDSA (and the RSA keys of Rekor v1
-/// logs), SHA-256 of the DER SubjectPublicKeyInfo, truncated to 4 bytes.
-fn note_key_id(log_key: &AnyPublicKey, log_der: &[u8], name: &str) -> Result<[u8; 4]> {
-    let full = match log_key {
-        AnyPublicKey::Ed25519(k) => {
-            let mut h = Sha256::new();
-            h.update(name.as_bytes());
-            h.update([0x0a, 0x01]);
-            h.update(k.as_bytes());
-            h.finalize()
-        }
-        _ => Sha256::digest(log_der),
+/// The key IDs a signed note may name `log_key` by (C2SP signed-note): for Ed25519,
+/// SHA-256(name || 0x0A || 0x01 || key)[:4]; for ECDSA, SHA-256 of the DER
+/// SubjectPublicKeyInfo, truncated to 4 bytes; for RSA, that (Rekor v1) or, as Rekor v2
+/// logs name RSA keys, SHA-256(name || 0x0A || 0xFF || `PKIX-RSA-PKCS#1v1.5` ||
+/// SubjectPublicKeyInfo)[:4].
+fn note_key_ids(log_key: &AnyPublicKey, log_der: &[u8], name: &str) -> Vec<[u8; 4]> {
+    let first4 = |full: &[u8]| {
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&full[..4]);
+        id
     };
-    let mut id = [0u8; 4];
-    id.copy_from_slice(&full[..4]);
-    Ok(id)
+    let named = |kind: &[u8], key: &[u8]| {
+        let mut h = Sha256::new();
+        h.update(name.as_bytes());
+        h.update([0x0a]);
+        h.update(kind);
+        h.update(key);
+        first4(&h.finalize())
+    };
+    match log_key {
+        AnyPublicKey::Ed25519(k) => vec![named(&[0x01], k.as_bytes())],
+        AnyPublicKey::Rsa(_) => vec![
+            first4(&Sha256::digest(log_der)),
+            named(b"\xffPKIX-RSA-PKCS#1v1.5", log_der),
+        ],
+        _ => vec![first4(&Sha256::digest(log_der))],
+    }
 }
 
 /// POSTs `request` as JSON to a log at `url` and returns the answer's text; a refusal

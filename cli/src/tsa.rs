@@ -315,7 +315,17 @@ pub fn check_token_with(
         TstInfo::from_der(&tst_der).map_err(|e| anyhow!("the TSTInfo does not parse: {e}"))?;
 
     // 1. The token is over our signature, and answers our query.
-    if tst.message_imprint != sha256_imprint(imprint)? {
+    // SHA-256's AlgorithmIdentifier comes with absent parameters or with NULL ones
+    // (RFC 5754 section 2: both are accepted); Sigstore's timestamp-authority writes NULL.
+    let alg = &tst.message_imprint.hash_algorithm;
+    let null_or_absent = alg
+        .parameters
+        .as_ref()
+        .is_none_or(|p| p.tag() == Tag::Null && p.value().is_empty());
+    if alg.oid != ID_SHA256
+        || !null_or_absent
+        || tst.message_imprint.hashed_message.as_bytes() != imprint
+    {
         bail!("the message imprint is not SHA-256 of the signature");
     }
     if let Some(nonce) = nonce {
@@ -691,6 +701,11 @@ mod tests {
         NoCertificate,
         /// The signed signingCertificateV2 names another certificate.
         OtherEssCertificate,
+        /// Not a flaw: the imprint's SHA-256 AlgorithmIdentifier has NULL parameters,
+        /// as Sigstore's timestamp-authority writes it.
+        NullParameters,
+        /// The imprint's SHA-256 AlgorithmIdentifier has parameters other than NULL.
+        OtherParameters,
     }
 
     const KEY: [u8; 32] = [0x11; 32];
@@ -769,6 +784,17 @@ mod tests {
             tsa: None,
             extensions: None,
         };
+        match flaw {
+            Flaw::NullParameters => {
+                tst.message_imprint.hash_algorithm.parameters =
+                    Some(Any::new(Tag::Null, [0u8; 0].as_slice()).unwrap());
+            }
+            Flaw::OtherParameters => {
+                tst.message_imprint.hash_algorithm.parameters =
+                    Some(Any::new(Tag::OctetString, [1u8].as_slice()).unwrap());
+            }
+            _ => {}
+        }
         let signed_tst = tst.to_der().unwrap();
         if flaw == Flaw::TstChangedAfterSigning {
             tst.serial_number = Int::new(&[0x01, 0x03]).unwrap();
@@ -876,6 +902,24 @@ mod tests {
         assert_eq!(since, Duration::from_millis(1_796_139_280_500));
         // The token alone checks out too, without a nonce to compare.
         check_token(&stamp.token, &[7; 32], None).unwrap();
+    }
+
+    #[test]
+    fn an_imprint_naming_sha256_with_null_parameters_is_accepted_and_others_are_not() {
+        // RFC 5754 section 2: SHA-256 with absent or NULL parameters; Sigstore's TSA
+        // writes NULL.
+        let cert = certificate(time_stamping());
+        let answer = response(&cert, &[7; 32], &[9; 8], Flaw::NullParameters);
+        check_response(&answer, &[7; 32], &[9; 8]).unwrap();
+        let answer = response(&cert, &[7; 32], &[9; 8], Flaw::OtherParameters);
+        let e = check_response(&answer, &[7; 32], &[9; 8]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("message imprint is not SHA-256 of the signature"),
+            "{e:#}"
+        );
+        // NULL parameters do not make another imprint pass.
+        let answer = response(&cert, &[8; 32], &[9; 8], Flaw::NullParameters);
+        assert!(check_response(&answer, &[7; 32], &[9; 8]).is_err());
     }
 
     #[test]

@@ -363,7 +363,7 @@ fn run(
         let log = root
             .logs
             .iter()
-            .find(|l| l.key_id == e.log_id.key_id.0)
+            .find(|l| l.named_by(&e.log_id.key_id.0))
             .ok_or_else(|| {
                 Named::err(
                     "tlog log id",

@@ -928,3 +928,97 @@ fn a_statement_naming_the_artifact_by_sha512_only_is_refused_at_artifact() {
         output_text(&out)
     );
 }
+
+#[test]
+fn a_rekor_v2_bundle_of_sigstore_staging_verifies_offline() {
+    // Real rekor-tiles output (an Ed25519-signed checkpoint, the entry's logId being the
+    // log's checkpoint key ID) and a real timestamp-authority token (an imprint whose
+    // SHA-256 AlgorithmIdentifier has NULL parameters): data/sigstage/README.md.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sigstage");
+    let bundle = data.join("rekor-v2-tsa.sigstore.json");
+    let root = read_json(&data.join("trusted_root.json"));
+    let digest = "sha256:15f67246115921bb7c1de0e7e9e9275c8016dc254a0c009888944b7ed3644aaa";
+    let tmp = tempfile::tempdir().unwrap();
+    let verify = |bundle: &Value, root: &Value, identity: &str| {
+        let b = tmp.path().join("b.json");
+        let r = tmp.path().join("r.json");
+        std::fs::write(&b, bundle.to_string()).unwrap();
+        std::fs::write(&r, root.to_string()).unwrap();
+        Command::new(&bins().cli)
+            .args(["verify", digest, "--bundle"])
+            .arg(&b)
+            .args(["--certificate-identity", identity])
+            .args([
+                "--certificate-oidc-issuer",
+                "https://github.com/login/oauth",
+            ])
+            .arg("--trusted-root")
+            .arg(&r)
+            .output()
+            .unwrap()
+    };
+    let b = read_json(&bundle);
+    let out = verify(&b, &root, "jku@goto.fi");
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "log https://log2025-alpha1.rekor.sigstage.dev index 645 (hashedrekord 0.0.2)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("rfc3161 timestamp: timestamp 0: 1749470258"),
+        "{text}"
+    );
+
+    // The same log named in the trusted root by its checkpoint key ID (as the
+    // public-good trusted root names its Rekor v2 log) verifies too.
+    let mut by_checkpoint_id = root.clone();
+    by_checkpoint_id["tlogs"][0]["logId"]["keyId"] =
+        b["verificationMaterial"]["tlogEntries"][0]["logId"]["keyId"].clone();
+    ok(&verify(&b, &by_checkpoint_id, "jku@goto.fi"));
+
+    // Refusals, each naming its check.
+    refused(
+        &verify(&b, &root, "someone@example.com"),
+        "certificate identity",
+    );
+    let mut t = b.clone();
+    corrupt_proof(&mut t);
+    refused(&verify(&t, &root, "jku@goto.fi"), "tlog inclusion proof");
+    let mut t = b.clone();
+    forge_checkpoint_ed25519(&mut t);
+    refused(&verify(&t, &root, "jku@goto.fi"), "tlog checkpoint");
+    let mut t = b.clone();
+    let st = &mut t["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"][0]
+        ["signedTimestamp"];
+    let mut der = B64.decode(st.as_str().unwrap()).unwrap();
+    let n = der.len() - 3;
+    der[n] ^= 0x01;
+    *st = json!(B64.encode(der));
+    refused(&verify(&t, &root, "jku@goto.fi"), "rfc3161 timestamp");
+    // Another host for the log: its checkpoint key ID no longer names the entry's log.
+    let mut other_host = root.clone();
+    other_host["tlogs"][0]["baseUrl"] = json!("https://log2025-alpha2.rekor.sigstage.dev");
+    refused(&verify(&b, &other_host, "jku@goto.fi"), "tlog log id");
+}
+
+/// The first tlog entry's checkpoint with the log's key hint and 64 other bytes as its
+/// Ed25519 signature.
+fn forge_checkpoint_ed25519(b: &mut Value) {
+    let cp = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
+        ["envelope"];
+    let text = cp.as_str().unwrap().to_string();
+    let (note, sigs) = text.split_once("\n\n").unwrap();
+    let rest = sigs
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("\u{2014} ")
+        .unwrap();
+    let (name, sig) = rest.rsplit_once(' ').unwrap();
+    let mut raw = B64.decode(sig).unwrap();
+    raw[10] ^= 0x01;
+    *cp = json!(format!("{note}\n\n\u{2014} {name} {}\n", B64.encode(raw)));
+}
