@@ -605,9 +605,9 @@ fn corrupt_proof(b: &mut Value) {
     }
 }
 
-/// The first tlog entry's checkpoint with its key hint kept and another key's signature.
-fn forge_checkpoint(b: &mut Value) {
-    use p256::ecdsa::signature::Signer as _;
+/// The first tlog entry's checkpoint with its first signature line's bytes replaced by
+/// `change(note, bytes)` (the note text with its final newline; key hint and signature).
+fn resign_checkpoint(b: &mut Value, change: impl FnOnce(&str, Vec<u8>) -> Vec<u8>) {
     let cp = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
         ["envelope"];
     let text = cp.as_str().unwrap().to_string();
@@ -619,12 +619,20 @@ fn forge_checkpoint(b: &mut Value) {
         .strip_prefix("\u{2014} ")
         .unwrap();
     let (name, sig) = rest.rsplit_once(' ').unwrap();
-    let hint = B64.decode(sig).unwrap()[..4].to_vec();
-    let other = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
-    let forged: p256::ecdsa::Signature = other.sign(format!("{note}\n").as_bytes());
-    let mut raw = hint;
-    raw.extend_from_slice(forged.to_der().as_bytes());
+    let raw = change(&format!("{note}\n"), B64.decode(sig).unwrap());
     *cp = json!(format!("{note}\n\n\u{2014} {name} {}\n", B64.encode(raw)));
+}
+
+/// The first tlog entry's checkpoint with its key hint kept and another key's signature.
+fn forge_checkpoint(b: &mut Value) {
+    use p256::ecdsa::signature::Signer as _;
+    resign_checkpoint(b, |note, raw| {
+        let other = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let forged: p256::ecdsa::Signature = other.sign(note.as_bytes());
+        let mut out = raw[..4].to_vec();
+        out.extend_from_slice(forged.to_der().as_bytes());
+        out
+    });
 }
 
 /// The first tlog entry's checkpoint with a witness's cosignature line (C2SP
@@ -1004,21 +1012,11 @@ fn a_rekor_v2_bundle_of_sigstore_staging_verifies_offline() {
     refused(&verify(&b, &other_host, "jku@goto.fi"), "tlog log id");
 }
 
-/// The first tlog entry's checkpoint with the log's key hint and 64 other bytes as its
-/// Ed25519 signature.
+/// The first tlog entry's checkpoint with the log's key hint and one bit of its Ed25519
+/// signature changed.
 fn forge_checkpoint_ed25519(b: &mut Value) {
-    let cp = &mut b["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
-        ["envelope"];
-    let text = cp.as_str().unwrap().to_string();
-    let (note, sigs) = text.split_once("\n\n").unwrap();
-    let rest = sigs
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("\u{2014} ")
-        .unwrap();
-    let (name, sig) = rest.rsplit_once(' ').unwrap();
-    let mut raw = B64.decode(sig).unwrap();
-    raw[10] ^= 0x01;
-    *cp = json!(format!("{note}\n\n\u{2014} {name} {}\n", B64.encode(raw)));
+    resign_checkpoint(b, |_, mut raw| {
+        raw[10] ^= 0x01;
+        raw
+    });
 }
