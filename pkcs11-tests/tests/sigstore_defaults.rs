@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pkcs11_tests::{audit_records, bins, pkcs11_device, sigstore_js_verify_with, write_pubkey};
 use pkcs11_tests::{output_text as text, read_json, Agent, LocalService, SoftHsm};
@@ -465,7 +465,7 @@ fn a_typo_in_the_table_stops_the_agent_and_the_cli_naming_the_setting() {
         "[agent]\nmax_connections = 8\n\n[sigstore]\nsigning_config = \"sc.json\"\nrekor_ulr = \"https://rekor.example\"\n",
     )
     .unwrap();
-    let mut child = Command::new(&bins().agent)
+    let child = Command::new(&bins().agent)
         .arg("--config")
         .arg(&bad)
         .arg("--runtime-dir")
@@ -477,18 +477,20 @@ fn a_typo_in_the_table_stops_the_agent_and_the_cli_naming_the_setting() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
+    // The agent's exit is the event: a thread waits for it; 20 s bound the wait.
+    let pid = rustix::process::Pid::from_child(&child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             panic!("the agent still runs with a typo in [sigstore]");
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
-    let out = child.wait_with_output().unwrap();
+    let status = out.status;
     let said = text(&out);
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(
