@@ -116,6 +116,7 @@ fuzz_target!(|data: &[u8]| {
         let response = session.answer(body);
         let wire = encode_response(&response);
         let (prefix, message) = wire.split_at(4);
+        // `split_at(4)` made `prefix` four bytes: the conversion cannot fail.
         assert_eq!(
             u32::from_be_bytes(prefix.try_into().unwrap()) as usize,
             message.len(),

@@ -17,6 +17,9 @@
 //!   every check passed, with at least one verified signing time when the bundle has a
 //!   certificate; a refusal names one of the verifier's checks, last, with a detail.
 #![no_main]
+// The two `expect`s are assertions of the target: the embedded root parses (the seeds'
+// script wrote it), and a report with a failed check has a last check. A panic is a
+// finding, which libFuzzer keeps.
 
 use std::sync::OnceLock;
 
