@@ -471,11 +471,9 @@ impl LogInstance {
 
     /// Whether a `TransparencyLogEntry`'s `logId.keyId` names this log: it is this log's
     /// `logId`, or the log's checkpoint key ID in full, which Rekor v2 logs put there
-    /// (rekor-tiles, "TrustedRoot lookup by checkpoint key ID"): SHA-256 of the key name
-    /// (the host of `baseUrl`, the checkpoints' origin), a newline, the C2SP signed-note
-    /// signature type and the key: 0x01 and the 32 raw bytes for Ed25519; 0xFF,
-    /// `PKIX-RSA-PKCS#1v1.5` and the SubjectPublicKeyInfo for RSA. (For ECDSA keys that
-    /// ID is SHA-256 of the SubjectPublicKeyInfo, the `logId` itself.) The public-good
+    /// (rekor-tiles, "TrustedRoot lookup by checkpoint key ID"), computed with the host
+    /// of `baseUrl` (the checkpoints' origin) as key name by
+    /// [`crate::sigstore::checkpoint_key_ids`]. The public-good
     /// trusted root already gives Rekor v2 logs this `logId`; older files give the
     /// SubjectPublicKeyInfo's hash. A wrong match only costs a failed checkpoint check.
     pub fn named_by(&self, log_id: &[u8]) -> bool {
@@ -490,26 +488,9 @@ impl LogInstance {
         if host.is_empty() {
             return false;
         }
-        let Ok(key) = crate::verify::AnyPublicKey::from_spki(&self.key) else {
-            return false;
-        };
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        h.update(host.as_bytes());
-        h.update(b"\n");
-        match key {
-            crate::verify::AnyPublicKey::Ed25519(k) => {
-                h.update([0x01]);
-                h.update(k.as_bytes());
-            }
-            crate::verify::AnyPublicKey::Rsa(_) => {
-                h.update([0xff]);
-                h.update(b"PKIX-RSA-PKCS#1v1.5");
-                h.update(&self.key);
-            }
-            _ => return false,
-        }
-        h.finalize()[..] == *log_id
+        crate::sigstore::checkpoint_key_ids(&self.key, host)
+            .iter()
+            .any(|id| id[..] == *log_id)
     }
 }
 

@@ -1106,9 +1106,9 @@ fn check_checkpoint(
         };
         let Ok(raw) = B64.decode(sig) else { continue };
         if raw.len() <= 4
-            || !note_key_ids(log_key, log_der, name)
+            || !checkpoint_key_ids(log_der, name)
                 .iter()
-                .any(|id| id[..] == raw[..4])
+                .any(|id| id[..4] == raw[..4])
         {
             continue;
         }
@@ -1129,32 +1129,28 @@ fn check_checkpoint(
     bail!("the checkpoint carries no signature by the Rekor key")
 }
 
-/// The key IDs a signed note may name `log_key` by (C2SP signed-note): for Ed25519,
-/// SHA-256(name || 0x0A || 0x01 || key)[:4]; for ECDSA, SHA-256 of the DER
-/// SubjectPublicKeyInfo, truncated to 4 bytes; for RSA, that (Rekor v1) or, as Rekor v2
-/// logs name RSA keys, SHA-256(name || 0x0A || 0xFF || `PKIX-RSA-PKCS#1v1.5` ||
-/// SubjectPublicKeyInfo)[:4].
-fn note_key_ids(log_key: &AnyPublicKey, log_der: &[u8], name: &str) -> Vec<[u8; 4]> {
-    let first4 = |full: &[u8]| {
-        let mut id = [0u8; 4];
-        id.copy_from_slice(&full[..4]);
-        id
-    };
-    let named = |kind: &[u8], key: &[u8]| {
+/// The full key IDs (SHA-256, before C2SP signed-note truncates them to 4 bytes) under
+/// which a log whose key is `log_der` may sign notes as `name`: for Ed25519,
+/// SHA-256(name || 0x0A || 0x01 || key); for ECDSA, SHA-256 of the DER
+/// SubjectPublicKeyInfo; for RSA, that (Rekor v1) or, as Rekor v2 logs name RSA keys,
+/// SHA-256(name || 0x0A || 0xFF || `PKIX-RSA-PKCS#1v1.5` || SubjectPublicKeyInfo).
+/// Rekor v2 entries carry the full ID as their `logId` (LogInstance::named_by).
+pub(crate) fn checkpoint_key_ids(log_der: &[u8], name: &str) -> Vec<[u8; 32]> {
+    let named = |kind: &[u8], key: &[u8]| -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(name.as_bytes());
         h.update([0x0a]);
         h.update(kind);
         h.update(key);
-        first4(&h.finalize())
+        h.finalize().into()
     };
-    match log_key {
-        AnyPublicKey::Ed25519(k) => vec![named(&[0x01], k.as_bytes())],
-        AnyPublicKey::Rsa(_) => vec![
-            first4(&Sha256::digest(log_der)),
+    match AnyPublicKey::from_spki(log_der) {
+        Ok(AnyPublicKey::Ed25519(k)) => vec![named(&[0x01], k.as_bytes())],
+        Ok(AnyPublicKey::Rsa(_)) => vec![
+            Sha256::digest(log_der).into(),
             named(b"\xffPKIX-RSA-PKCS#1v1.5", log_der),
         ],
-        _ => vec![first4(&Sha256::digest(log_der))],
+        _ => vec![Sha256::digest(log_der).into()],
     }
 }
 
