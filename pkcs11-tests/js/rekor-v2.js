@@ -20,6 +20,7 @@ const http = require('http');
 const fs = require('fs');
 const crypto = require('crypto');
 const canonicalize = require('canonicalize');
+const { pae } = require('./rekor.js');
 
 const sha256 = (...parts) => {
   const h = crypto.createHash('sha256');
@@ -42,14 +43,6 @@ function path(leaves, m) {
   return m < k
     ? [...path(leaves.slice(0, k), m), root(leaves.slice(k))]
     : [...path(leaves.slice(k), m - k), root(leaves.slice(0, k))];
-}
-
-// DSSE's pre-authentication encoding.
-function pae(type, payload) {
-  const t = Buffer.from(type, 'utf8');
-  return Buffer.concat([
-    Buffer.from(`DSSEv1 ${t.length} `), t, Buffer.from(` ${payload.length} `), payload,
-  ]);
 }
 
 // The public key of a protobuf-specs Verifier ({publicKey|x509Certificate: {rawBytes}}).

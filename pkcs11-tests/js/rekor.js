@@ -115,7 +115,7 @@ async function main() {
   });
 }
 
-module.exports = { dsseBody };
+module.exports = { dsseBody, pae };
 
 if (require.main === module) {
   main().catch((e) => {
